@@ -1,0 +1,1 @@
+"""gatequeue: queue and watch GPU training runs of differentiable logic gate networks."""
