@@ -39,7 +39,7 @@ class Settings:
             mongodb_uri=env.get("MONGODB_URI") or None,
             db_name=env.get("GATEQUEUE_DB") or DEFAULT_DB,
             api_token=env.get("GATEQUEUE_API_TOKEN") or None,
-            gpus=_parse_gpus(env.get("GATEQUEUE_GPUS")),
+            gpus=parse_gpus(env.get("GATEQUEUE_GPUS")),
             lease_s=_parse_positive_float(
                 "GATEQUEUE_LEASE_S", env.get("GATEQUEUE_LEASE_S"), DEFAULT_LEASE_S
             ),
@@ -57,7 +57,7 @@ class Settings:
         )
 
 
-def _parse_gpus(raw: str | None) -> tuple[str, ...] | None:
+def parse_gpus(raw: str | None) -> tuple[str, ...] | None:
     """`GATEQUEUE_GPUS` is either a count ("2") or a list of device ids ("0,3") or "cpu".
 
     A count means devices 0..n-1; "cpu" (or "0") means one CPU slot, which is what a

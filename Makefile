@@ -1,0 +1,30 @@
+# The two commands of the README are `make run` and `make test`; everything else is theirs.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test lint bench-quick clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The whole system on this machine: MongoDB (embedded), API, one worker, a demo run.
+run: install
+	$(BIN)/gatequeue up --demo
+
+## The whole test suite.
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+
+
+clean:
+	rm -rf $(VENV) .gatequeue .pytest_cache .ruff_cache

@@ -1,0 +1,249 @@
+"""The `gatequeue` command: server-side commands here, client commands in `cli_client`.
+
+Every command reads the Configuration environment variables of DESIGN.md through
+`Settings.from_env()`; flags given on the command line win over them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import structlog
+
+from service.config import DEFAULT_API_PORT, ConfigError, Settings
+from service.logconfig import configure_logging
+
+log = structlog.get_logger(__name__)
+
+STATE_DIR = Path(".gatequeue")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"gatequeue: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "mongodb_uri", None):
+        settings = dataclasses.replace(settings, mongodb_uri=args.mongodb_uri)
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        return int(args.func(args, settings) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gatequeue",
+        description="Queue and watch training runs of differentiable logic gate networks.",
+    )
+    sub = parser.add_subparsers(metavar="COMMAND")
+
+    up = sub.add_parser("up", help="MongoDB + API + one worker on this machine")
+    up.add_argument("--host", default="127.0.0.1")
+    up.add_argument("--port", type=int, default=DEFAULT_API_PORT)
+    up.add_argument(
+        "--state-dir",
+        type=Path,
+        default=STATE_DIR,
+        help="where the embedded MongoDB keeps its data and the worker its files",
+    )
+    up.add_argument("--mongodb-uri", help="use this MongoDB instead of the embedded one")
+    up.add_argument(
+        "--demo",
+        action="store_true",
+        help="submit one small training run on the digits data set once everything is up",
+    )
+    up.set_defaults(func=cmd_up)
+
+    mongo = sub.add_parser("mongo", help="the embedded MongoDB-compatible server")
+    mongo.add_argument("--port", type=int, default=27017, help="0 picks a free port")
+    where = mongo.add_mutually_exclusive_group()
+    where.add_argument("--memory", action="store_true", help="keep nothing on disk (default)")
+    where.add_argument("--data-dir", type=Path, help="keep data in this folder")
+    mongo.set_defaults(func=cmd_mongo)
+
+    serve = sub.add_parser("serve", help="the HTTP API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_API_PORT)
+    serve.add_argument("--mongodb-uri", help="default: $MONGODB_URI")
+    serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="one worker with the configured GPU slots")
+    worker.add_argument("--mongodb-uri", help="default: $MONGODB_URI")
+    worker.add_argument("--gpus", help="slots: a count, device ids (0,3) or 'cpu'")
+    worker.set_defaults(func=cmd_worker)
+
+    from service import cli_client
+
+    cli_client.add_commands(sub)
+    return parser
+
+
+def _need_uri(settings: Settings) -> str:
+    if not settings.mongodb_uri:
+        raise SystemExit(
+            "gatequeue: no MongoDB: set MONGODB_URI or pass --mongodb-uri "
+            "(or run `gatequeue up` for everything on one machine)"
+        )
+    return settings.mongodb_uri
+
+
+def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
+    from service.embedded_mongo import EmbeddedMongoUnavailable, run_foreground
+
+    try:
+        return run_foreground(args.port, None if args.memory else args.data_dir)
+    except EmbeddedMongoUnavailable as exc:
+        print(f"gatequeue: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from service.api.app import serve
+
+    _need_uri(settings)
+    return _run_until_signal(lambda: serve(settings, args.host, args.port))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from service.config import parse_gpus
+    from service.worker import run_worker
+
+    _need_uri(settings)
+    if args.gpus:
+        try:
+            settings = dataclasses.replace(settings, gpus=parse_gpus(args.gpus))
+        except ConfigError as exc:
+            print(f"gatequeue: {exc}", file=sys.stderr)
+            return 2
+    return _run_until_signal(lambda: run_worker(settings))
+
+
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from service import mongo_discovery
+    from service.embedded_mongo import EmbeddedMongoUnavailable
+
+    state: Path = args.state_dir
+    state.mkdir(parents=True, exist_ok=True)
+    settings = dataclasses.replace(
+        settings,
+        data_dir=settings.data_dir if "GATEQUEUE_DATA_DIR" in os.environ else state / "data",
+    )
+    kind = "uri" if settings.mongodb_uri else "embedded"
+    if kind == "uri":
+        os.environ["MONGODB_URI"] = settings.mongodb_uri or ""
+    else:
+        print("gatequeue: starting the embedded MongoDB (the first start builds it, ~1 min)",
+              file=sys.stderr)
+    try:
+        with mongo_discovery.discover(kind=kind, data_dir=state / "mongo") as mongo:
+            settings = dataclasses.replace(settings, mongodb_uri=mongo.uri)
+            return _run_until_signal(lambda: _up(settings, args, mongo.description))
+    except EmbeddedMongoUnavailable as exc:
+        print(f"gatequeue: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _up(settings: Settings, args: argparse.Namespace, mongo_description: str) -> None:
+    from service.api.app import serve
+    from service.worker import run_worker
+
+    url = f"http://{args.host}:{args.port}/"
+    tasks = [
+        asyncio.create_task(serve(settings, args.host, args.port), name="api"),
+        asyncio.create_task(run_worker(settings), name="worker"),
+    ]
+    await _wait_until_ready(url, tasks)
+    print(f"gatequeue is up: {url}  (MongoDB: {mongo_description}; Ctrl-C stops)", flush=True)
+    if args.demo:
+        tasks.append(asyncio.create_task(_submit_demo(url, settings), name="demo"))
+    try:
+        done, _ = await asyncio.wait(
+            [t for t in tasks if t.get_name() != "demo"], return_when=asyncio.FIRST_COMPLETED
+        )
+        for task in done:
+            task.result()  # surface a crash of the API or the worker
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _wait_until_ready(url: str, tasks: list[asyncio.Task[None]]) -> None:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            for task in tasks:
+                if task.done():
+                    task.result()
+                    raise RuntimeError(f"{task.get_name()} stopped during start-up")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url + "readyz") as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"the API at {url} did not become ready in 60 s")
+
+
+DEMO_JOB = {
+    "gateOptimizer": "sparsemax_noise",
+    "gates": 2000,
+    "networkLayers": 4,
+    "grouping": 10,
+    "groupSumTau": 30,
+    "residualLayers": 2,
+    "noiseTemp": 0.2,
+    "epochs": 10,
+    "dataset": "digits",
+    "name": "demo: digits, sparsemax_noise",
+}
+
+
+async def _submit_demo(url: str, settings: Settings) -> None:
+    from service.client import GateQueueClient
+
+    async with GateQueueClient(url, token=settings.api_token) as client:
+        job = await client.submit(**DEMO_JOB)
+        print(f"submitted a demo training run: {url}#/jobs/{job['id']}", flush=True)
+        final = await client.wait(job["id"])
+        metrics = final.get("latestMetrics") or {}
+        print(
+            f"demo run {final['status']}: "
+            + " ".join(f"{k}={v}" for k, v in metrics.items() if k.startswith("test")),
+            flush=True,
+        )
+
+
+def _run_until_signal(factory: Callable[[], Awaitable[None]]) -> int:
+    """Run a coroutine; SIGTERM and SIGINT cancel it so its clean-up code runs."""
+
+    async def runner() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(factory())
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(runner())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
