@@ -1,0 +1,61 @@
+"""Configuration: every variable of DESIGN.md read in one place, bad values named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service.config import ConfigError, Settings, parse_gpus
+
+
+def test_defaults() -> None:
+    s = Settings.from_env({})
+    assert s.mongodb_uri is None
+    assert s.db_name == "gatequeue"
+    assert s.api_token is None
+    assert s.gpus is None
+    assert s.lease_s == 30.0
+
+
+def test_all_variables() -> None:
+    s = Settings.from_env(
+        {
+            "MONGODB_URI": "mongodb://x/?replicaSet=rs0",
+            "GATEQUEUE_DB": "q",
+            "GATEQUEUE_API_TOKEN": "t0k",
+            "GATEQUEUE_GPUS": "0,3",
+            "GATEQUEUE_LEASE_S": "12.5",
+            "GATEQUEUE_DATA_DIR": "/data",
+            "GATEQUEUE_LOG_FORMAT": "JSON",
+        }
+    )
+    assert s.mongodb_uri == "mongodb://x/?replicaSet=rs0"
+    assert s.db_name == "q"
+    assert s.api_token == "t0k"
+    assert s.gpus == ("0", "3")
+    assert s.lease_s == 12.5
+    assert s.data_dir == Path("/data")
+    assert s.log_format == "json"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("2", ("0", "1")), ("cpu", ("cpu",)), ("0", ("cpu",)), ("1, 2", ("1", "2")), ("", None)],
+)
+def test_gpus(raw: str, expected: tuple[str, ...] | None) -> None:
+    assert parse_gpus(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"GATEQUEUE_GPUS": "a,b"}, "GATEQUEUE_GPUS"),
+        ({"GATEQUEUE_LEASE_S": "soon"}, "GATEQUEUE_LEASE_S"),
+        ({"GATEQUEUE_LEASE_S": "-1"}, "GATEQUEUE_LEASE_S"),
+        ({"GATEQUEUE_LOG_FORMAT": "xml"}, "GATEQUEUE_LOG_FORMAT"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env(env)
