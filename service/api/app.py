@@ -1,0 +1,106 @@
+"""Build the aiohttp application and run it.
+
+`create_app` wires everything from a `Settings` and an open `Store`; it owns neither, so
+tests hand in a store on a throw-away database. Route modules are listed in
+`ROUTE_MODULES`; each has `setup(app)`, which adds its routes and may add start-up and
+clean-up work (`app.on_startup`, `app.cleanup_ctx`: e.g. one change stream per process
+fanned out to WebSocket clients). Shared objects live under the typed keys of
+`service.api.keys`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from types import ModuleType
+
+import structlog
+from aiohttp import web
+
+from service.api import routes_health, routes_jobs
+from service.api.errors import MAX_BODY_BYTES, error_middleware
+from service.api.keys import METRICS, OPENAPI_BODY, READY_TIMEOUT_S, SETTINGS, STORE
+from service.api.limits import READY_TIMEOUT_S as DEFAULT_READY_TIMEOUT_S
+from service.api.middleware import request_middleware
+from service.api.openapi import openapi_document
+from service.api.prom import ApiMetrics
+from service.config import Settings
+from service.mongo import connect
+from service.store import Store
+
+log = structlog.get_logger(__name__)
+
+# Order matters only for overlapping paths; later modules (WebSockets, the web page) append.
+ROUTE_MODULES: list[ModuleType] = [routes_health, routes_jobs]
+
+# Seconds in-flight requests get to finish after a stop is asked for.
+SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def create_app(
+    settings: Settings,
+    store: Store,
+    *,
+    route_modules: list[ModuleType] | None = None,
+    ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+) -> web.Application:
+    app = web.Application(
+        # The access-log middleware is outermost, so it sees what the error middleware made
+        # of failures (and its X-Request-ID lands on error responses too).
+        middlewares=[request_middleware, error_middleware],
+        client_max_size=MAX_BODY_BYTES,
+    )
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[METRICS] = ApiMetrics()
+    app[READY_TIMEOUT_S] = ready_timeout_s
+    app[OPENAPI_BODY] = json.dumps(openapi_document(), separators=(",", ":")).encode()
+    for module in route_modules if route_modules is not None else ROUTE_MODULES:
+        setup: Callable[[web.Application], None] = module.setup
+        setup(app)
+    return app
+
+
+async def serve(
+    settings: Settings,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    started: Callable[[str], None] | None = None,
+) -> None:
+    """Connect, ensure indexes, serve until cancelled; then stop accepting, let in-flight
+    requests finish (up to SHUTDOWN_TIMEOUT_S), run clean-up hooks and close the client.
+
+    The caller turns SIGTERM/SIGINT into a cancel of this coroutine (`gatequeue serve`,
+    `python -m service.api`). `started` gets the URL once the socket listens.
+    """
+    if not settings.mongodb_uri:
+        raise ValueError("serve() needs settings.mongodb_uri")
+    client = connect(settings.mongodb_uri)
+    try:
+        store = Store(client, settings.db_name)
+        await store.ensure_indexes()
+        app = create_app(settings, store)
+        # aiohttp's own access log is off: ours is structlog's, with the request id.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, host, port)
+            await site.start()
+            bound = runner.addresses[0] if runner.addresses else (host, port)
+            url = f"http://{bound[0]}:{bound[1]}/"
+            log.info(
+                "api listening",
+                url=url,
+                db=settings.db_name,
+                auth="token" if settings.api_token else "open",
+            )
+            if started is not None:
+                started(url)
+            await asyncio.Event().wait()  # until cancelled
+        finally:
+            log.info("api stopping")
+            await runner.cleanup()
+    finally:
+        await client.close()

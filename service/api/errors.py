@@ -1,0 +1,140 @@
+"""The one error shape of the API, `{"error": {"code", "message", "fields"?}}`, for every
+error: ours, aiohttp's own (404, 405, 413) and unexpected exceptions (500).
+
+Clients and the web page then need a single code path for failures, and nothing of a
+traceback ever reaches a client: the 500 body only points at the request id in the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from pymongo.errors import ConnectionFailure
+
+log = structlog.get_logger("service.api")
+
+JSON_CONTENT_TYPE = "application/json"
+# aiohttp refuses larger bodies with a 413 (`client_max_size`); a job request is < 1 KiB.
+MAX_BODY_BYTES = 64 * 1024
+
+# Codes for statuses aiohttp raises itself (routing, body size) or that we raise bare.
+STATUS_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    """Raised by handlers (and helpers like `check_token`) to answer with an error."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        fields: list[dict[str, str]] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.fields = fields
+        self.headers = dict(headers or {})
+
+
+def dumps(data: Any) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """Compact JSON; cheaper than `web.json_response`'s default separators on hot paths."""
+    return web.Response(
+        body=dumps(data), status=status, headers=headers, content_type=JSON_CONTENT_TYPE
+    )
+
+
+def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict:
+    err: dict[str, Any] = {"code": code, "message": message}
+    if fields is not None:
+        err["fields"] = fields
+    return {"error": err}
+
+
+def error_response(
+    status: int,
+    code: str,
+    message: str,
+    *,
+    fields: list[dict[str, str]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    return json_response(error_body(code, message, fields), status=status, headers=headers)
+
+
+def validation_error(fields: list[dict[str, str]]) -> ApiError:
+    names = ", ".join(dict.fromkeys(f["field"] for f in fields))
+    return ApiError(422, "validation_error", f"invalid fields: {names}", fields=fields)
+
+
+def _from_http_exception(exc: web.HTTPException) -> web.Response:
+    status = exc.status
+    code = STATUS_CODES.get(status, "error")
+    if status == 413:
+        message = f"request body too large; the limit is {MAX_BODY_BYTES} bytes"
+    elif status == 404:
+        message = "no such route"
+    elif status == 405:
+        allowed = exc.headers.get("Allow", "")
+        message = f"method not allowed; allowed: {allowed}" if allowed else "method not allowed"
+    else:
+        message = exc.reason
+    # Keep headers that carry meaning (Allow on 405); drop aiohttp's text/plain ones.
+    headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "www-authenticate")}
+    return error_response(status, code, message, headers=headers)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn every failure into the error shape; inner to the access-log middleware so the
+    access log records the status the client really got."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(
+            exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers
+        )
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _from_http_exception(exc)
+    except asyncio.CancelledError:
+        raise
+    except ConnectionFailure as exc:
+        # An unreachable database is an outage, not a bug: 503 tells clients to retry.
+        log.warning("database unavailable", error=str(exc))
+        return error_response(503, "database_unavailable", "the database is not reachable")
+    except Exception:
+        log.exception("unhandled error", method=request.method, path=request.path)
+        rid = request.get("request_id", "")
+        return error_response(
+            500, "internal_error", f"internal server error; request id {rid}".strip()
+        )

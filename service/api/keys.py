@@ -1,0 +1,22 @@
+"""Typed keys for the objects the whole application shares.
+
+Route modules (and the WebSocket module that comes later) read what they need from the app
+through these keys instead of importing globals, so many apps can live in one process (the
+tests build one per test) without sharing state.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from service.api.prom import ApiMetrics
+from service.config import Settings
+from service.store import Store
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+STORE: web.AppKey[Store] = web.AppKey("store", Store)
+METRICS: web.AppKey[ApiMetrics] = web.AppKey("metrics", ApiMetrics)
+# The OpenAPI document, rendered once per app: it depends only on the code.
+OPENAPI_BODY: web.AppKey[bytes] = web.AppKey("openapi_body", bytes)
+# Seconds /readyz waits for MongoDB to answer a ping.
+READY_TIMEOUT_S: web.AppKey[float] = web.AppKey("ready_timeout_s", float)

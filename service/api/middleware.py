@@ -1,0 +1,66 @@
+"""Request id, access log and request metrics: the outermost layer around every handler.
+
+The request id is the client's `X-Request-ID` when it looks sane (so a proxy's or a
+client's id follows the request through our logs) or a fresh one; it is echoed on every
+response, errors included, and bound into structlog's context so every line a handler
+logs carries it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from service.api.keys import METRICS
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+access_log = structlog.get_logger("service.api.access")
+
+
+def request_id_of(request: web.Request) -> str:
+    given = request.headers.get(REQUEST_ID_HEADER)
+    if given is not None and _SANE_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def route_of(request: web.Request) -> str:
+    """The route template (`/jobs/{id}`), never the raw path: metric labels stay few."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    start = time.perf_counter()
+    rid = request_id_of(request)
+    request["request_id"] = rid
+    status = 500
+    with structlog.contextvars.bound_contextvars(request_id=rid):
+        try:
+            response = await handler(request)
+            status = response.status
+            # A WebSocket response is already prepared (headers sent); nothing to add then.
+            if not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = rid
+            return response
+        finally:
+            elapsed = time.perf_counter() - start
+            route = route_of(request)
+            request.app[METRICS].observe(request.method, route, status, elapsed)
+            access_log.info(
+                "request",
+                method=request.method,
+                path=request.path,
+                route=route,
+                status=status,
+                ms=round(elapsed * 1000, 2),
+                remote=request.remote,
+            )

@@ -1,0 +1,265 @@
+"""The `/jobs` routes: submit, list, inspect, cancel, stored logs and metrics.
+
+Every handler checks the token first (before reading a body), answers with
+`service.serialize`'s JSON, and raises `ApiError` for anything a client did wrong; the
+error middleware turns that into the one error shape.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from aiohttp import web
+from bson import ObjectId
+from pydantic import ValidationError
+
+from service.api.auth import check_token
+from service.api.errors import ApiError, json_response, validation_error
+from service.api.keys import STORE
+from service.api.limits import (
+    DEFAULT_LIST_LIMIT,
+    DEFAULT_LOG_LIMIT,
+    IDEMPOTENCY_KEY_MAX,
+    MAX_LIST_LIMIT,
+    MAX_LOG_LIMIT,
+)
+from service.hyperparameters import RUN_OPTIONS, JobRequest, field_errors
+from service.jobstatus import Status
+from service.serialize import job_to_json, log_batch_to_json, metrics_to_json
+from service.store import CancelOutcome, parse_job_id, request_hash
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+_KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
+_UINT_RE = re.compile(r"[0-9]{1,9}")
+_STATUSES = frozenset(s.value for s in Status)
+_REQUEST_FIELDS = frozenset(JobRequest.model_fields)
+
+
+# -- request parsing -------------------------------------------------------------------
+
+
+def _require_json(request: web.Request) -> None:
+    """JSON only, and the header is required: a POST without Content-Type (or with a form
+    type) is a CORS "simple request" any web page can send to a gatequeue on localhost,
+    while `application/json` makes browsers ask first (and we never say yes)."""
+    if "Content-Type" not in request.headers:
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "missing Content-Type; send 'Content-Type: application/json'",
+        )
+    mime = request.content_type
+    if mime != "application/json" and not (
+        mime.startswith("application/") and mime.endswith("+json")
+    ):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"Content-Type {mime!r} is not JSON; send 'Content-Type: application/json'",
+        )
+
+
+def _named_fields(exc: ValidationError) -> list[dict[str, str]]:
+    """`field_errors`, with whole-model errors pinned on the field they are about.
+
+    The cross-field checks of `JobRequest` ("residualLayers (5) must not exceed ...") come
+    from a model validator, so pydantic reports them at the model's root; their message
+    starts with the offending field's name, which is what a client needs to highlight.
+    """
+    out = field_errors(exc)
+    for err in out:
+        if err["field"] == "body" and err["type"] == "value_error":
+            first = err["message"].split(" ", 1)[0]
+            if first in _REQUEST_FIELDS:
+                err["field"] = first
+    return out
+
+
+def _body_error(exc: ValidationError) -> ApiError:
+    errors = exc.errors(include_url=False)
+    for err in errors:
+        if err["type"] == "json_invalid":
+            return ApiError(400, "invalid_json", f"malformed JSON: {err['msg']}")
+    if any(err["loc"] == () and err["type"] == "model_type" for err in errors):
+        return ApiError(400, "invalid_body", "the body must be a JSON object")
+    return validation_error(_named_fields(exc))
+
+
+def _query_uint(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    if not _UINT_RE.fullmatch(raw) or not lo <= int(raw) <= hi:
+        raise validation_error(
+            [
+                {
+                    "field": name,
+                    "message": f"must be an integer from {lo} to {hi}",
+                    "type": "query_int",
+                }
+            ]
+        )
+    return int(raw)
+
+
+def _job_id(request: web.Request) -> ObjectId:
+    """Malformed ids are unknown ids: 404, the same as a well-formed id nobody has."""
+    raw = request.match_info["id"]
+    oid = parse_job_id(raw) if len(raw) == 24 else None
+    if oid is None:
+        raise _not_found(raw)
+    return oid
+
+
+def _not_found(raw: object) -> ApiError:
+    return ApiError(404, "job_not_found", f"no job with id {str(raw)[:64]!r}")
+
+
+# -- handlers ----------------------------------------------------------------------------
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    check_token(request)
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is not None and not _KEY_RE.fullmatch(key):
+        raise ApiError(
+            400,
+            "invalid_idempotency_key",
+            f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters "
+            "without spaces",
+        )
+    _require_json(request)
+    body = await request.read()  # aiohttp raises 413 past client_max_size
+    try:
+        job_request = JobRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise _body_error(exc) from None
+    fields = job_request.model_dump()
+    hyperparameters = {k: v for k, v in fields.items() if k not in RUN_OPTIONS}
+    body_hash = request_hash(fields) if key is not None else None
+    job, created = await request.app[STORE].insert_job(
+        hyperparameters,
+        name=job_request.name,
+        max_attempts=job_request.maxAttempts,
+        idempotency_key=key,
+        body_hash=body_hash,
+    )
+    if not created and job.get("requestHash") != body_hash:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was used for job {job['_id']} with a different body",
+        )
+    return json_response(
+        job_to_json(job),
+        status=201 if created else 200,
+        headers={"Location": f"/jobs/{job['_id']}"},
+    )
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    check_token(request)
+    problems: list[dict[str, str]] = []
+    status = request.query.get("status")
+    if status is not None and status not in _STATUSES:
+        problems.append(
+            {
+                "field": "status",
+                "message": f"must be one of {', '.join(sorted(_STATUSES))}",
+                "type": "enum",
+            }
+        )
+    after_raw = request.query.get("after")
+    after = None
+    if after_raw is not None:
+        after = parse_job_id(after_raw) if len(after_raw) == 24 else None
+        if after is None:
+            problems.append(
+                {"field": "after", "message": "must be a job id (24 hex digits)", "type": "id"}
+            )
+    try:
+        limit = _query_uint(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
+    except ApiError as exc:
+        problems += exc.fields or []
+        limit = DEFAULT_LIST_LIMIT
+    if problems:
+        raise validation_error(problems)
+    # One extra row says whether there is a next page, so the last page has `next: null`.
+    docs = await request.app[STORE].list_jobs(status=status, limit=limit + 1, after=after)
+    page = docs[:limit]
+    more = len(docs) > limit
+    return json_response(
+        {
+            "jobs": [job_to_json(d) for d in page],
+            "next": str(page[-1]["_id"]) if more and page else None,
+        }
+    )
+
+
+async def get_job(request: web.Request) -> web.Response:
+    check_token(request)
+    oid = _job_id(request)
+    job = await request.app[STORE].get_job(oid)
+    if job is None:
+        raise _not_found(oid)
+    return json_response(job_to_json(job))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    check_token(request)
+    oid = _job_id(request)
+    result = await request.app[STORE].request_cancel(oid)
+    outcome = result.outcome
+    if outcome is CancelOutcome.NOT_FOUND or result.job is None:
+        raise _not_found(oid)
+    if outcome is CancelOutcome.FINISHED:
+        raise ApiError(
+            409, "job_finished", f"job {oid} has already finished ({result.job['status']})"
+        )
+    status = 200 if outcome is CancelOutcome.CANCELLED else 202
+    return json_response(job_to_json(result.job), status=status)
+
+
+async def job_logs(request: web.Request) -> web.Response:
+    check_token(request)
+    oid = _job_id(request)
+    problems: list[dict[str, str]] = []
+    values: dict[str, int] = {}
+    for name, default, lo, hi in (
+        ("from", 0, 0, 999_999_999),
+        ("limit", DEFAULT_LOG_LIMIT, 1, MAX_LOG_LIMIT),
+    ):
+        try:
+            values[name] = _query_uint(request, name, default, lo, hi)
+        except ApiError as exc:
+            problems += exc.fields or []
+    store = request.app[STORE]
+    if await store.jobs.find_one({"_id": oid}, {"_id": 1}) is None:
+        raise _not_found(oid)
+    if problems:
+        raise validation_error(problems)
+    start = values["from"]
+    batches = await store.read_logs(oid, start, values["limit"])
+    out: list[dict[str, Any]] = [log_batch_to_json(b) for b in batches]
+    nxt = out[-1]["seq"] + len(out[-1]["lines"]) if out else start
+    return json_response({"jobId": str(oid), "from": start, "next": nxt, "batches": out})
+
+
+async def job_metrics(request: web.Request) -> web.Response:
+    check_token(request)
+    oid = _job_id(request)
+    store = request.app[STORE]
+    if await store.jobs.find_one({"_id": oid}, {"_id": 1}) is None:
+        raise _not_found(oid)
+    rows = await store.get_metrics(oid)
+    return json_response({"jobId": str(oid), "metrics": [metrics_to_json(r) for r in rows]})
+
+
+def setup(app: web.Application) -> None:
+    app.router.add_post("/jobs", submit_job)
+    app.router.add_get("/jobs", list_jobs, allow_head=False)
+    app.router.add_get("/jobs/{id}", get_job, allow_head=False)
+    app.router.add_post("/jobs/{id}/cancel", cancel_job)
+    app.router.add_get("/jobs/{id}/logs", job_logs, allow_head=False)
+    app.router.add_get("/jobs/{id}/metrics", job_metrics, allow_head=False)

@@ -1,0 +1,127 @@
+"""Pydantic models of the API's responses, for the OpenAPI document and the tests.
+
+The request model is `service.hyperparameters.JobRequest`, which also validates; these
+describe what the server writes. Responses are not validated at run time (that would be
+work on every request for nothing); the tests and schemathesis hold the server to them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.jobstatus import Status
+
+StatusName = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+assert set(StatusName.__args__) == {s.value for s in Status}  # type: ignore[attr-defined]
+
+JobId = Annotated[
+    str,
+    Field(
+        pattern=r"^[0-9a-f]{24}$",
+        description="Hex of the job's MongoDB ObjectId.",
+        examples=["665f1c2e9b1e8a3d4c2b1a00"],
+    ),
+]
+
+
+class Worker(BaseModel):
+    id: str
+    host: str
+    gpu: str
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: JobId
+    name: str | None
+    status: StatusName
+    version: int = Field(ge=0, description="Bumped by every change of status, worker, lease.")
+    hyperparameters: dict[str, Any] = Field(
+        description="The validated training parameters (the fields of JobRequest without "
+        "the run options name and maxAttempts)."
+    )
+    createdAt: str = Field(description="ISO-8601 UTC, e.g. 2025-01-31T12:00:00.000Z")
+    updatedAt: str
+    startedAt: str | None
+    finishedAt: str | None
+    worker: Worker | None
+    leaseExpiresAt: str | None
+    attempt: int = Field(ge=0)
+    maxAttempts: int = Field(ge=1)
+    cancelRequested: bool
+    exitCode: int | None
+    error: str | None
+    latestMetrics: dict[str, Any] | None = Field(
+        description="The last EPOCH line's numbers, e.g. {epoch, epochs, train_loss, ...}."
+    )
+
+
+class JobList(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: list[Job] = Field(description="Newest first.")
+    next: JobId | None = Field(
+        description="Pass as `after` for the next page; null on the last page.",
+    )
+
+
+class FieldError(BaseModel):
+    field: str = Field(description="Dotted path of the bad field, or `body`.")
+    message: str
+    type: str = Field(description="Machine-readable kind, e.g. missing, extra_forbidden.")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. validation_error.")
+    message: str
+    fields: list[FieldError] | None = Field(
+        None, description="Present on 422: one entry per bad field."
+    )
+
+
+class Error(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    error: ErrorDetail
+
+
+class LogBatch(BaseModel):
+    seq: int = Field(ge=0, description="Index of the batch's first line in the job's log.")
+    stream: Literal["stdout", "stderr", "system"]
+    lines: list[str]
+    ts: str | None
+
+
+class Logs(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobId: JobId
+    from_: int = Field(alias="from", ge=0)
+    next: int = Field(ge=0, description="The `from` to ask for next (the seq after the last line).")
+    batches: list[LogBatch]
+
+
+class Metrics(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    jobId: JobId
+    metrics: list[dict[str, Any]] = Field(
+        description="One entry per epoch: {epoch, epochs, <key>: number..., ts}."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok", "ready"]
+
+
+RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
+    Job,
+    JobList,
+    Error,
+    Logs,
+    Metrics,
+    Health,
+)
