@@ -1,0 +1,360 @@
+"""One change stream per collection for the whole API process, fanned out to subscribers.
+
+Every WebSocket client of the process shares two change streams: `job_logs` inserts and
+`jobs` changes. Opening one stream per client would multiply MongoDB cursors (and
+getMores) by the number of browsers watching, which is exactly what DESIGN.md rules out.
+
+Each subscriber gets its own bounded queue. Dispatch never waits for a subscriber: a
+queue that overflows drops its subscriber (which the WebSocket layer turns into a close
+with a reason), so one slow client can neither slow the others nor grow memory.
+
+Consistency: a subscriber registers *before* it reads the store, so anything committed
+after its store read reaches it live. When a stream has to be reopened without a resume
+token (first start, or the server lost the token's history), events may have been missed,
+so every subscriber is sent a `Resync` and re-reads the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from bson import ObjectId
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import OperationFailure, PyMongoError
+
+from service.store import Store
+
+log = structlog.get_logger(__name__)
+
+# Server error codes after which a resume token is useless and the stream starts afresh.
+# 260 InvalidResumeToken, 280 ChangeStreamFatalError, 286 ChangeStreamHistoryLost.
+_TOKEN_LOST_CODES = frozenset({260, 280, 286})
+
+LOGS_STREAM = "job_logs"
+JOBS_STREAM = "jobs"
+
+
+class LogBatch:
+    """A `job_logs` insert as it came off the change stream; shared by all subscribers,
+    so it is never mutated and its WebSocket message is encoded at most once."""
+
+    __slots__ = ("_message", "job_id", "lines", "seq", "stream")
+
+    def __init__(self, job_id: ObjectId, seq: int, stream: str, lines: list[str]) -> None:
+        self.job_id = job_id
+        self.seq = seq
+        self.stream = stream
+        self.lines = lines
+        self._message: str | None = None
+
+    @property
+    def end(self) -> int:
+        """The seq one past this batch's last line."""
+        return self.seq + len(self.lines)
+
+    def message(self) -> str:
+        if self._message is None:
+            self._message = lines_message(self.seq, self.stream, self.lines)
+        return self._message
+
+
+@dataclass(frozen=True, slots=True)
+class JobChange:
+    """A `jobs` insert or update with the document as it was looked up after it."""
+
+    job: dict[str, Any]
+
+    @property
+    def job_id(self) -> ObjectId:
+        return self.job["_id"]
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Events may have been missed: re-read whatever the subscriber shows from the store."""
+
+    reason: str
+
+
+Item = LogBatch | JobChange | Resync
+
+
+def lines_message(seq: int, stream: str, lines: list[str]) -> str:
+    return json.dumps(
+        {"type": "lines", "seq": seq, "stream": stream, "lines": lines},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+class SubscriptionDropped(Exception):
+    """The subscriber fell too far behind; `reason` says by how much."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class Subscription:
+    """A bounded queue of items for one WebSocket connection.
+
+    Bounded by both items and log lines: batch sizes vary a lot (one line of a slow trainer,
+    thousands from a fast one), and memory follows lines.
+    """
+
+    max_items: int
+    max_lines: int
+    job_ids: frozenset[ObjectId] | None  # None: every job (the jobs stream)
+    _items: deque[Item] = field(default_factory=deque)
+    _lines: int = 0
+    _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    dropped: asyncio.Event = field(default_factory=asyncio.Event)
+    drop_reason: str | None = None
+    _on_close: Callable[[Subscription], None] | None = None
+
+    def offer(self, item: Item) -> None:
+        """Called by the dispatcher; never blocks. Overflow drops the subscriber."""
+        if self.drop_reason is not None:
+            return
+        n = len(item.lines) if isinstance(item, LogBatch) else 0
+        if len(self._items) >= self.max_items or self._lines + n > self.max_lines:
+            self.drop(
+                f"client too slow: more than {self.max_items} messages or "
+                f"{self.max_lines} log lines waiting to be sent"
+            )
+            return
+        self._items.append(item)
+        self._lines += n
+        self._wakeup.set()
+
+    def drop(self, reason: str) -> None:
+        if self.drop_reason is not None:
+            return
+        self.drop_reason = reason
+        self._items.clear()
+        self._lines = 0
+        self._wakeup.set()
+        self.dropped.set()
+
+    async def get(self) -> Item:
+        while not self._items:
+            if self.drop_reason is not None:
+                raise SubscriptionDropped(self.drop_reason)
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        if self.drop_reason is not None:
+            raise SubscriptionDropped(self.drop_reason)
+        item = self._items.popleft()
+        if isinstance(item, LogBatch):
+            self._lines -= len(item.lines)
+        return item
+
+    def pending(self) -> int:
+        return len(self._items)
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close(self)
+            self._on_close = None
+
+
+@dataclass
+class _StreamSpec:
+    name: str
+    collection: AsyncCollection
+    pipeline: list[dict[str, Any]]
+    options: dict[str, Any]
+    on_change: Callable[[Mapping[str, Any]], None]
+
+
+class Fanout:
+    """The process's change streams and their subscribers.
+
+    `streams_opened` counts `watch()` calls per collection; tests assert it stays at one
+    per collection however many clients subscribe.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_queue_items: int = 2_000,
+        max_queue_lines: int = 100_000,
+        retry_initial_s: float = 0.1,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self.store = store
+        self.max_queue_items = max_queue_items
+        self.max_queue_lines = max_queue_lines
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.streams_opened: dict[str, int] = {LOGS_STREAM: 0, JOBS_STREAM: 0}
+        self.events_seen: dict[str, int] = {LOGS_STREAM: 0, JOBS_STREAM: 0}
+        self.dropped_subscribers = 0
+        self.ready: dict[str, asyncio.Event] = {
+            LOGS_STREAM: asyncio.Event(),
+            JOBS_STREAM: asyncio.Event(),
+        }
+        self._log_subs: dict[ObjectId, set[Subscription]] = {}
+        self._job_subs: set[Subscription] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._specs = [
+            _StreamSpec(
+                LOGS_STREAM,
+                store.job_logs,
+                [{"$match": {"operationType": "insert"}}],
+                {},
+                self._on_log_change,
+            ),
+            _StreamSpec(
+                JOBS_STREAM,
+                store.jobs,
+                [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}],
+                {"full_document": "updateLookup"},
+                self._on_job_change,
+            ),
+        ]
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._tasks:
+            return
+        self._tasks = [
+            asyncio.create_task(self._run(spec), name=f"fanout-{spec.name}") for spec in self._specs
+        ]
+
+    async def wait_ready(self) -> None:
+        """Until both streams are open; for tests and benchmarks that must not miss the
+        first events (WebSocket handlers do not need it, see `Resync`)."""
+        for event in self.ready.values():
+            await event.wait()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        for event in self.ready.values():
+            event.clear()
+
+    # -- subscribers ---------------------------------------------------------------------
+
+    def subscribe_logs(self, job_id: ObjectId) -> Subscription:
+        """Log batches and changes of one job. Register before reading the store."""
+        sub = self._new_subscription(frozenset({job_id}))
+        self._log_subs.setdefault(job_id, set()).add(sub)
+        sub._on_close = self._remove_log_sub
+        return sub
+
+    def subscribe_jobs(self, job_ids: Iterable[ObjectId] | None = None) -> Subscription:
+        """Changes of the given jobs, or of every job when `job_ids` is None."""
+        sub = self._new_subscription(None if job_ids is None else frozenset(job_ids))
+        self._job_subs.add(sub)
+        sub._on_close = self._job_subs.discard
+        return sub
+
+    def subscriber_count(self) -> int:
+        return len(self._job_subs) + sum(len(s) for s in self._log_subs.values())
+
+    def _new_subscription(self, job_ids: frozenset[ObjectId] | None) -> Subscription:
+        return Subscription(
+            max_items=self.max_queue_items, max_lines=self.max_queue_lines, job_ids=job_ids
+        )
+
+    def _remove_log_sub(self, sub: Subscription) -> None:
+        assert sub.job_ids is not None
+        for job_id in sub.job_ids:
+            subs = self._log_subs.get(job_id)
+            if subs is None:
+                continue
+            subs.discard(sub)
+            if not subs:
+                del self._log_subs[job_id]
+
+    def _all_subscriptions(self) -> list[Subscription]:
+        return [*self._job_subs, *(s for subs in self._log_subs.values() for s in subs)]
+
+    def _offer(self, sub: Subscription, item: Item) -> None:
+        was_dropped = sub.drop_reason is not None
+        sub.offer(item)
+        if not was_dropped and sub.drop_reason is not None:
+            self.dropped_subscribers += 1
+            log.warning("slow subscriber dropped", reason=sub.drop_reason)
+
+    # -- dispatch ------------------------------------------------------------------------
+
+    def _on_log_change(self, change: Mapping[str, Any]) -> None:
+        doc = change.get("fullDocument")
+        if not doc:
+            return
+        subs = self._log_subs.get(doc.get("jobId"))
+        if not subs:
+            return
+        batch = LogBatch(doc["jobId"], doc["seq"], doc["stream"], doc["lines"])
+        for sub in list(subs):
+            self._offer(sub, batch)
+
+    def _on_job_change(self, change: Mapping[str, Any]) -> None:
+        doc = change.get("fullDocument")
+        if not doc:  # deleted since the update; nothing to show
+            return
+        item = JobChange(doc)
+        for sub in list(self._log_subs.get(doc["_id"], ())):
+            self._offer(sub, item)
+        for sub in list(self._job_subs):
+            if sub.job_ids is None or doc["_id"] in sub.job_ids:
+                self._offer(sub, item)
+
+    def _broadcast_resync(self, reason: str) -> None:
+        for sub in self._all_subscriptions():
+            self._offer(sub, Resync(reason))
+
+    # -- the streams ---------------------------------------------------------------------
+
+    async def _run(self, spec: _StreamSpec) -> None:
+        """Keep one change stream open forever, resuming from the last token after errors."""
+        token: Mapping[str, Any] | None = None
+        delay = self.retry_initial_s
+        while True:
+            try:
+                stream = await spec.collection.watch(
+                    spec.pipeline, resume_after=token, **spec.options
+                )
+                async with stream:
+                    self.streams_opened[spec.name] += 1
+                    if token is None:
+                        self._broadcast_resync(f"{spec.name} change stream (re)started")
+                    self.ready[spec.name].set()
+                    log.info("change stream open", collection=spec.name, resumed=token is not None)
+                    delay = self.retry_initial_s
+                    async for change in stream:
+                        self.events_seen[spec.name] += 1
+                        try:
+                            spec.on_change(change)
+                        except Exception:  # one bad event must not stop everyone's stream
+                            log.exception("change dispatch failed", collection=spec.name)
+                        token = stream.resume_token
+            except asyncio.CancelledError:
+                raise
+            except OperationFailure as exc:
+                if exc.code in _TOKEN_LOST_CODES:
+                    log.warning("resume token lost; restarting", collection=spec.name)
+                    token = None
+                else:
+                    log.warning("change stream failed", collection=spec.name, error=str(exc))
+            except PyMongoError as exc:
+                log.warning("change stream failed", collection=spec.name, error=str(exc))
+            self.ready[spec.name].clear()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_s)

@@ -1,0 +1,419 @@
+"""The WebSocket routes: `/jobs/{id}/logs/ws?from=N` (log tail) and `/ws/jobs` (job changes).
+
+Both sit on the process's `Fanout` (one change stream per collection). The log tail's
+order of work is what makes it gap-free and repeat-free:
+
+1. subscribe to live batches of the job (before anything is read);
+2. send the stored lines from N, page by page;
+3. send live batches, skipping lines already sent (seq below the next expected one); a
+   batch that starts past the next expected seq reveals a gap, which is filled from the
+   store before the batch is sent;
+4. on a final job status, read the store to its end (the last batch may be committed
+   after the status update is seen) and only then send `{"type": "end", ...}`.
+
+A subscriber that falls too far behind is closed with code 4001 and a reason that says
+from which seq to resume; `GateQueueClient.logs` does exactly that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from aiohttp import WSCloseCode, web
+from bson import ObjectId
+
+from service.api.auth import check_token
+from service.api.errors import ApiError
+from service.api.fanout import (
+    Fanout,
+    JobChange,
+    LogBatch,
+    Resync,
+    Subscription,
+    SubscriptionDropped,
+    lines_message,
+)
+from service.api.keys import STORE
+from service.jobstatus import Status
+from service.serialize import job_to_json
+from service.store import Store, parse_job_id
+
+log = structlog.get_logger(__name__)
+
+# Close codes in the private range: a client can tell "resume later" from "give up".
+CLOSE_TOO_SLOW = 4001  # resume from the last seq received
+CLOSE_SERVER_ERROR = 4002  # the store failed mid-stream; resume from the last seq
+CLOSE_GOING_AWAY = WSCloseCode.GOING_AWAY  # the API process is stopping
+
+# Lines per store read while catching up: bounds memory for logs of any length.
+CATCH_UP_PAGE_LINES = 5_000
+# Seconds a close may wait for a client that no longer reads before the socket is cut.
+CLOSE_TIMEOUT_S = 2.0
+HEARTBEAT_S = 30.0
+MAX_JOB_FILTER = 100
+
+
+@dataclass(frozen=True)
+class LiveSettings:
+    max_queue_items: int = 2_000
+    max_queue_lines: int = 100_000
+    catch_up_page_lines: int = CATCH_UP_PAGE_LINES
+
+
+class Live:
+    """What the WebSocket routes share per app: the fanout and the open connections.
+
+    `connections` is there for shutdown (every client gets a 1001 close) and for tests
+    that force a connection closed half-way to check that clients resume correctly.
+    """
+
+    def __init__(self, store: Store, settings: LiveSettings | None = None) -> None:
+        self.settings = settings or LiveSettings()
+        self.fanout = Fanout(
+            store,
+            max_queue_items=self.settings.max_queue_items,
+            max_queue_lines=self.settings.max_queue_lines,
+        )
+        self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    def log_tails(self, job_id: str | ObjectId | None = None) -> list[Connection]:
+        oid = None if job_id is None else parse_job_id(job_id)
+        return [
+            c for c in self.connections if c.kind == "logs" and (oid is None or c.job_id == oid)
+        ]
+
+    async def close_all(self, code: int, message: str) -> None:
+        await asyncio.gather(
+            *(c.close(code, message) for c in list(self.connections)), return_exceptions=True
+        )
+
+
+LIVE: web.AppKey[Live] = web.AppKey("live", Live)
+
+
+class Connection:
+    """One accepted WebSocket with its subscription; closes itself exactly once."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        sub: Subscription,
+        kind: str,
+        job_id: ObjectId | None = None,
+    ) -> None:
+        self.request = request
+        self.ws = ws
+        self.sub = sub
+        self.kind = kind
+        self.job_id = job_id
+        self.next_seq = 0  # logs: the seq of the next line to send
+        self._closing = False
+
+    async def send(self, text: str) -> None:
+        await self.ws.send_str(text)
+
+    async def close(self, code: int, message: str) -> None:
+        """Close with a reason; a client that no longer reads is cut off after a grace."""
+        if self._closing:
+            return
+        self._closing = True
+        self.sub.close()
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self.ws.close(code=code, message=message[:120].encode())
+        except TimeoutError:
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+
+    async def serve(self, pump: Callable[[], Awaitable[tuple[int, str]]]) -> None:
+        """Run `pump` (which sends) beside a reader (which notices the client leaving) and
+        the subscription's drop signal; whichever ends first decides how to close."""
+        pump_task = asyncio.create_task(pump())
+        reader_task = asyncio.create_task(self._read_until_closed())
+        dropped_task = asyncio.create_task(self.sub.dropped.wait())
+        tasks = {pump_task, reader_task, dropped_task}
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if pump_task in done and not pump_task.cancelled():
+            exc = pump_task.exception()
+            if exc is None:
+                code, message = pump_task.result()
+            elif isinstance(exc, SubscriptionDropped):
+                code, message = self._too_slow(exc.reason)
+            else:
+                log.warning("websocket stream failed", kind=self.kind, error=repr(exc))
+                code, message = CLOSE_SERVER_ERROR, self._resume_hint("server error")
+        elif dropped_task in done:
+            code, message = self._too_slow(self.sub.drop_reason or "client too slow")
+        else:  # the client went away (or closed first)
+            code, message = WSCloseCode.OK, ""
+        await self.close(code, message)
+
+    def _too_slow(self, reason: str) -> tuple[int, str]:
+        return CLOSE_TOO_SLOW, self._resume_hint(reason)
+
+    def _resume_hint(self, reason: str) -> str:
+        if self.kind == "logs":
+            return f"{reason}; resume from={self.next_seq}"
+        return reason
+
+    async def _read_until_closed(self) -> None:
+        # Clients have nothing to say; reading keeps pings answered and sees the close.
+        async for _ in self.ws:
+            pass
+
+
+def _parse_id(raw: str) -> ObjectId | None:
+    """As the HTTP routes do: only 24 hex digits are an id."""
+    return parse_job_id(raw) if len(raw) == 24 else None
+
+
+def _not_found(raw: object) -> ApiError:
+    return ApiError(404, "job_not_found", f"no job with id {str(raw)[:64]!r}")
+
+
+def _prepare(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
+    if not ws.can_prepare(request).ok:
+        raise ApiError(
+            400, "websocket_required", "this route speaks WebSocket: send an Upgrade request"
+        )
+    return ws
+
+
+def _from_param(request: web.Request) -> int:
+    raw = request.query.get("from", "0")
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ApiError(
+            422,
+            "validation_error",
+            "from must be a non-negative integer",
+            fields=[{"field": "from", "message": "must be a non-negative integer"}],
+        )
+    return value
+
+
+def end_message(job: dict[str, Any], seq: int) -> str:
+    return json.dumps(
+        {
+            "type": "end",
+            "status": job["status"],
+            "exitCode": job.get("exitCode"),
+            "error": job.get("error"),
+            "seq": seq,
+        },
+        separators=(",", ":"),
+    )
+
+
+def _finished(job: dict[str, Any] | None) -> bool:
+    return job is not None and Status(job["status"]).finished
+
+
+# -- the log tail ------------------------------------------------------------------------
+
+
+class LogTail:
+    """The sending half of one log WebSocket; `conn.next_seq` is its only state."""
+
+    def __init__(self, conn: Connection, store: Store, page_lines: int) -> None:
+        self.conn = conn
+        self.store = store
+        self.page_lines = page_lines
+        assert conn.job_id is not None
+        self.job_id: ObjectId = conn.job_id
+
+    async def catch_up(self) -> None:
+        """Send every stored line from `next_seq` to the end of what is stored now."""
+        while True:
+            batches = await self.store.read_logs(
+                self.job_id, self.conn.next_seq, limit=self.page_lines
+            )
+            if not batches:
+                return
+            for batch in batches:
+                await self.conn.send(lines_message(batch["seq"], batch["stream"], batch["lines"]))
+                self.conn.next_seq = batch["seq"] + len(batch["lines"])
+
+    async def send_live(self, batch: LogBatch) -> None:
+        conn = self.conn
+        if batch.end <= conn.next_seq:
+            return  # already sent from the store
+        if batch.seq > conn.next_seq:
+            await self.catch_up()  # a gap: fill it from the store, which has it by now
+            if batch.end <= conn.next_seq:
+                return
+            if batch.seq > conn.next_seq:  # pragma: no cover - the store tiles the log
+                log.error("log gap persists", job_id=str(self.job_id), at=conn.next_seq)
+                return
+        if batch.seq == conn.next_seq:
+            await conn.send(batch.message())
+        else:
+            offset = conn.next_seq - batch.seq
+            await conn.send(lines_message(conn.next_seq, batch.stream, batch.lines[offset:]))
+        conn.next_seq = batch.end
+
+    async def finish(self, job: dict[str, Any]) -> tuple[int, str]:
+        await self.catch_up()
+        await self.conn.send(end_message(job, self.conn.next_seq))
+        return WSCloseCode.OK, f"job {job['status']}"
+
+    async def run(self) -> tuple[int, str]:
+        await self.catch_up()
+        job = await self.store.get_job(self.job_id)
+        if job is None:
+            return WSCloseCode.OK, "job deleted"
+        if _finished(job):
+            return await self.finish(job)
+        while True:
+            item = await self.conn.sub.get()
+            if isinstance(item, LogBatch):
+                await self.send_live(item)
+            elif isinstance(item, JobChange):
+                if _finished(item.job):
+                    return await self.finish(item.job)
+            elif isinstance(item, Resync):
+                # The job's final update may be among what was missed: look it up too.
+                await self.catch_up()
+                job = await self.store.get_job(self.job_id)
+                if job is None:
+                    return WSCloseCode.OK, "job deleted"
+                if _finished(job):
+                    return await self.finish(job)
+
+
+async def logs_ws(request: web.Request) -> web.StreamResponse:
+    check_token(request, allow_query=True)
+    live = request.app[LIVE]
+    store = request.app[STORE]
+    raw = request.match_info["id"]
+    oid = _parse_id(raw)
+    if oid is None or await store.jobs.find_one({"_id": oid}, {"_id": 1}) is None:
+        raise _not_found(raw)
+    from_seq = _from_param(request)
+    ws = _prepare(request)
+    sub = live.fanout.subscribe_logs(oid)  # before any store read: see the module doc
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        sub.close()
+        raise
+    conn = Connection(request, ws, sub, "logs", oid)
+    conn.next_seq = from_seq
+    live.connections.add(conn)
+    tail = LogTail(conn, store, live.settings.catch_up_page_lines)
+    await conn.serve(tail.run)
+    return ws
+
+
+# -- job changes -------------------------------------------------------------------------
+
+
+def _job_filter(request: web.Request) -> list[ObjectId] | None:
+    raw: list[str] = []
+    for value in request.query.getall("id", []):
+        raw += [v for v in value.split(",") if v]
+    if not raw:
+        return None
+    if len(raw) > MAX_JOB_FILTER:
+        raise ApiError(422, "validation_error", f"at most {MAX_JOB_FILTER} ids")
+    ids = [_parse_id(v) for v in raw]
+    bad = [v for v, oid in zip(raw, ids, strict=True) if oid is None]
+    if bad:
+        raise _not_found(bad[0])
+    return [oid for oid in ids if oid is not None]
+
+
+def job_message(doc: dict[str, Any]) -> str:
+    return json.dumps({"type": "job", "job": job_to_json(doc)}, separators=(",", ":"))
+
+
+async def _job_changes(
+    conn: Connection, store: Store, ids: list[ObjectId] | None
+) -> tuple[int, str]:
+    """With `?id=`, the watched jobs' current documents come first, so a client needs no
+    separate GET (and cannot miss a change between the GET and the subscription)."""
+
+    async def snapshot(ids: Iterable[ObjectId]) -> None:
+        for oid in ids:
+            doc = await store.get_job(oid)
+            if doc is not None:
+                await conn.send(job_message(doc))
+
+    if ids is not None:
+        await snapshot(ids)
+    while True:
+        item = await conn.sub.get()
+        if isinstance(item, JobChange):
+            await conn.send(job_message(item.job))
+        elif isinstance(item, Resync):
+            await conn.send(json.dumps({"type": "resync", "reason": item.reason}))
+            if ids is not None:
+                await snapshot(ids)
+
+
+async def jobs_ws(request: web.Request) -> web.StreamResponse:
+    check_token(request, allow_query=True)
+    live = request.app[LIVE]
+    ids = _job_filter(request)
+    store = request.app[STORE]
+    if ids is not None:
+        # Watching a job nobody has would wait forever: refuse as GET /jobs/{id} would.
+        found = {d["_id"] async for d in store.jobs.find({"_id": {"$in": ids}}, {"_id": 1})}
+        missing = [oid for oid in ids if oid not in found]
+        if missing:
+            raise _not_found(missing[0])
+    ws = _prepare(request)
+    sub = live.fanout.subscribe_jobs(ids)
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        sub.close()
+        raise
+    conn = Connection(request, ws, sub, "jobs")
+    live.connections.add(conn)
+    await conn.serve(lambda: _job_changes(conn, store, ids))
+    return ws
+
+
+# -- wiring ------------------------------------------------------------------------------
+
+
+async def _fanout_ctx(app: web.Application) -> AsyncIterator[None]:
+    live = app[LIVE]
+    await live.fanout.start()
+    yield
+    await live.fanout.stop()
+
+
+async def _on_shutdown(app: web.Application) -> None:
+    await app[LIVE].close_all(CLOSE_GOING_AWAY, "server shutting down; reconnect")
+
+
+def setup(app: web.Application) -> None:
+    """Routes plus the fanout's lifetime; a test may put its own `Live` in the app first."""
+    if LIVE not in app:
+        app[LIVE] = Live(app[STORE])
+    app.cleanup_ctx.append(_fanout_ctx)
+    app.on_shutdown.append(_on_shutdown)
+    app.router.add_get("/jobs/{id}/logs/ws", logs_ws, allow_head=False)
+    app.router.add_get("/ws/jobs", jobs_ws, allow_head=False)

@@ -1,0 +1,452 @@
+"""An asyncio client for the gatequeue API.
+
+    async with GateQueueClient("http://127.0.0.1:8080") as gq:
+        job = await gq.submit(gateOptimizer="sparsemax_noise", gates=3332, epochs=5)
+        async for line in gq.logs(job["id"]):
+            print(line.seq, line.line)
+        final = await gq.wait(job["id"])
+
+Failures raise `GateQueueError`, which carries the API's error body (`code`, `message`,
+`fields`) and the HTTP status; an API that cannot be reached raises
+`GateQueueConnectionError`, a subclass, so one `except` handles both.
+
+Following is push, not polling: `logs(follow=True)` reads the log WebSocket, and `wait`
+and `watch` read `/ws/jobs`. Both reconnect on their own after a dropped connection; the
+log iterator resumes from the line after the last one it yielded, so every line comes
+exactly once and in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, NamedTuple, Self, TypedDict
+from urllib.parse import quote
+
+import aiohttp
+
+DEFAULT_API = "http://127.0.0.1:8080"
+FINAL_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
+
+# WebSocket close codes of the server (service.api.ws) after which resuming makes sense.
+_RESUMABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 4001, 4002})
+
+
+class Job(TypedDict, total=False):
+    """A job as the API shows it (see the OpenAPI document for every field)."""
+
+    id: str
+    name: str | None
+    status: str
+    version: int
+    hyperparameters: dict[str, Any]
+    createdAt: str
+    updatedAt: str
+    startedAt: str | None
+    finishedAt: str | None
+    worker: dict[str, str] | None
+    leaseExpiresAt: str | None
+    attempt: int
+    maxAttempts: int
+    cancelRequested: bool
+    exitCode: int | None
+    error: str | None
+    latestMetrics: dict[str, Any] | None
+
+
+class JobPage(list[Job]):
+    """One page of `GET /jobs`, newest first; `next` is the `after` of the next page."""
+
+    def __init__(self, jobs: list[Job], next_after: str | None) -> None:
+        super().__init__(jobs)
+        self.next = next_after
+
+
+class LogLine(NamedTuple):
+    seq: int
+    stream: str
+    line: str
+
+
+@dataclass(frozen=True)
+class LogEnd:
+    """The log tail's last message: the job's final state and the log's length."""
+
+    status: str
+    exit_code: int | None
+    error: str | None = None
+    seq: int | None = None
+
+
+class GateQueueError(Exception):
+    """An error answer of the API; `body` is its `{"error": {...}}` document as sent."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        fields: list[dict[str, Any]] | None = None,
+        body: Any = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.code = code
+        self.fields = fields
+        self.body = body
+
+    @classmethod
+    def from_response(cls, status: int, body: Any, text: str) -> GateQueueError:
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict):
+            return cls(
+                str(err.get("message") or f"HTTP {status}"),
+                status=status,
+                code=err.get("code"),
+                fields=err.get("fields"),
+                body=body,
+            )
+        return cls(f"HTTP {status}: {text[:200]}", status=status, body=body)
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.status is not None:
+            parts.insert(0, f"[{self.status}{' ' + self.code if self.code else ''}]")
+        for f in self.fields or []:
+            parts.append(f"\n  {f.get('field')}: {f.get('message')}")
+        return " ".join(parts[:2]) + "".join(parts[2:])
+
+
+class GateQueueConnectionError(GateQueueError):
+    """The API did not answer (refused, unreachable, timed out, or kept dropping us)."""
+
+
+class GateQueueClient:
+    """Typed access to one gatequeue API; use it as an async context manager.
+
+    `token` defaults to `$GATEQUEUE_API_TOKEN`, as the API itself reads it.
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_API,
+        token: str | None = None,
+        *,
+        timeout_s: float = 30.0,
+        reconnect_delay_s: float = 0.2,
+        max_reconnect_delay_s: float = 5.0,
+        max_reconnect_attempts: int = 12,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token if token is not None else os.environ.get("GATEQUEUE_API_TOKEN")
+        self.timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self.reconnect_delay_s = reconnect_delay_s
+        self.max_reconnect_delay_s = max_reconnect_delay_s
+        self.max_reconnect_attempts = max_reconnect_attempts
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        self._http()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            headers = {"Accept": "application/json"}
+            if self.token:
+                headers["Authorization"] = f"Bearer {self.token}"
+            self._session = aiohttp.ClientSession(headers=headers, timeout=self.timeout)
+        return self._session
+
+    def _url(self, path: str) -> str:
+        return self.base_url + path
+
+    def _ws_url(self, path: str) -> str:
+        url = self._url(path)
+        if url.startswith("https://"):
+            return "wss://" + url.removeprefix("https://")
+        return "ws://" + url.removeprefix("http://")
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int] | None = None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Any:
+        try:
+            async with self._http().request(
+                method, self._url(path), params=params, json=json_body, headers=headers
+            ) as resp:
+                text = await resp.text()
+                try:
+                    body = json.loads(text) if text else None
+                except ValueError:
+                    body = None
+                if resp.status >= 400:
+                    raise GateQueueError.from_response(resp.status, body, text)
+                return body
+        except aiohttp.ClientConnectionError as exc:
+            raise GateQueueConnectionError(
+                f"cannot reach the gatequeue API at {self.base_url}: {exc}"
+            ) from exc
+        except TimeoutError as exc:
+            raise GateQueueConnectionError(
+                f"the gatequeue API at {self.base_url} did not answer in time"
+            ) from exc
+
+    @staticmethod
+    def _job_path(job_id: str) -> str:
+        return "/jobs/" + quote(str(job_id), safe="")
+
+    async def _connect_ws(
+        self, path: str, params: Mapping[str, str | int]
+    ) -> aiohttp.ClientWebSocketResponse:
+        try:
+            return await self._http().ws_connect(
+                self._ws_url(path), params=params, heartbeat=30.0, max_msg_size=0
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise GateQueueError(
+                f"WebSocket {path} refused: {exc.message}", status=exc.status, code="ws_refused"
+            ) from exc
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise GateQueueConnectionError(
+                f"cannot reach the gatequeue API at {self.base_url}: {exc}"
+            ) from exc
+
+    async def _explain_refusal(self, job_id: str, exc: GateQueueError) -> GateQueueError:
+        """A refused WebSocket handshake has no body; the same question over HTTP does."""
+        if exc.status is not None and 400 <= exc.status < 500:
+            try:
+                await self.get(job_id)
+            except GateQueueError as detailed:
+                return detailed
+        return exc
+
+    async def _backoff(self, attempt: int, last: BaseException | None) -> None:
+        if attempt > self.max_reconnect_attempts:
+            raise GateQueueConnectionError(
+                f"lost the connection to {self.base_url} and could not get it back "
+                f"after {self.max_reconnect_attempts} attempts: {last}"
+            ) from last
+        delay = min(self.reconnect_delay_s * 2 ** (attempt - 1), self.max_reconnect_delay_s)
+        await asyncio.sleep(delay)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    async def submit(self, *, idempotency_key: str | None = None, **hyperparameters: Any) -> Job:
+        """Submit a job: camelCase fields as in POST /jobs (`gateOptimizer`, `gates`, ...).
+
+        With `idempotency_key`, a retried submit returns the job of the first attempt.
+        """
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return await self._request("POST", "/jobs", json_body=hyperparameters, headers=headers)
+
+    async def get(self, job_id: str) -> Job:
+        return await self._request("GET", self._job_path(job_id))
+
+    async def list(
+        self, *, status: str | None = None, limit: int = 50, after: str | None = None
+    ) -> JobPage:
+        """One page, newest first; pass `page.next` as `after` for the next one."""
+        params: dict[str, str | int] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if after:
+            params["after"] = after
+        body = await self._request("GET", "/jobs", params=params)
+        return JobPage(body["jobs"], body.get("next"))
+
+    async def cancel(self, job_id: str) -> Job:
+        """Pending jobs are Cancelled at once; Running ones are stopped by their worker.
+        A finished job is a `GateQueueError` with status 409."""
+        return await self._request("POST", self._job_path(job_id) + "/cancel")
+
+    async def metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """One row per finished epoch: `{epoch, epochs, train_loss, test_acc, ..., ts}`."""
+        body = await self._request("GET", self._job_path(job_id) + "/metrics")
+        return list(body["metrics"])
+
+    async def watch(self, job_id: str) -> AsyncIterator[Job]:
+        """The job now, then again after every change, until it has finished."""
+        attempt = 0
+        last_error: BaseException | None = None
+        while True:
+            try:
+                ws = await self._connect_ws("/ws/jobs", {"id": job_id})
+            except GateQueueConnectionError as exc:
+                attempt += 1
+                last_error = exc
+                await self._backoff(attempt, last_error)
+                continue
+            except GateQueueError as exc:
+                raise await self._explain_refusal(job_id, exc) from None
+            try:
+                async for msg in ws:
+                    if msg.type is not aiohttp.WSMsgType.TEXT:
+                        break
+                    data = json.loads(msg.data)
+                    if data.get("type") != "job":
+                        continue
+                    attempt = 0
+                    job: Job = data["job"]
+                    yield job
+                    if job.get("status") in FINAL_STATUSES:
+                        return
+            finally:
+                await ws.close()
+            # The server closed (restart, slow client) or the network dropped: reconnect;
+            # the first message after reconnecting is the job as it is then.
+            attempt += 1
+            last_error = ws.exception() or ConnectionError(f"closed with {ws.close_code}")
+            await self._backoff(attempt, last_error)
+
+    async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
+        """Until the job has finished; returns its final document (status, latestMetrics)."""
+        async with asyncio.timeout(timeout_s):
+            async for job in self.watch(job_id):
+                if job.get("status") in FINAL_STATUSES:
+                    return job
+        raise GateQueueError(f"job {job_id} stopped being reported before it finished")
+
+    # -- logs ----------------------------------------------------------------------------
+
+    def logs(self, job_id: str, follow: bool = True, from_seq: int = 0) -> LogStream:
+        """The job's log lines from `from_seq`. With `follow`, live lines follow until the
+        job ends (`stream.end` then says how); without, only what is stored now."""
+        return LogStream(self, job_id, follow=follow, from_seq=from_seq)
+
+
+class LogStream:
+    """Async iterator over `LogLine`s; reconnects and resumes after the last line yielded."""
+
+    def __init__(
+        self, client: GateQueueClient, job_id: str, *, follow: bool, from_seq: int
+    ) -> None:
+        self.client = client
+        self.job_id = job_id
+        self.follow = follow
+        self.next_seq = from_seq
+        self.end: LogEnd | None = None
+        self.reconnects = 0
+        self._buffer: deque[LogLine] = deque()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._done = False
+        self._failures = 0
+
+    def __aiter__(self) -> LogStream:
+        return self
+
+    async def __anext__(self) -> LogLine:
+        while not self._buffer:
+            if self._done:
+                await self.aclose()
+                raise StopAsyncIteration
+            if self.follow:
+                await self._receive()
+            else:
+                await self._read_page()
+        line = self._buffer.popleft()
+        self.next_seq = line.seq + 1
+        return line
+
+    async def aclose(self) -> None:
+        self._done = True
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
+
+    async def __aenter__(self) -> LogStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def _take(self, seq: int, stream: str, lines: list[str]) -> None:
+        """Queue lines not yet seen; a resumed stream may repeat what was already queued."""
+        expected = self._buffer[-1].seq + 1 if self._buffer else self.next_seq
+        for i, line in enumerate(lines):
+            s = seq + i
+            if s >= expected:
+                self._buffer.append(LogLine(s, stream, line))
+                expected = s + 1
+
+    async def _read_page(self) -> None:
+        start = self._buffer[-1].seq + 1 if self._buffer else self.next_seq
+        body = await self.client._request(
+            "GET",
+            GateQueueClient._job_path(self.job_id) + "/logs",
+            params={"from": start, "limit": 10_000},
+        )
+        for batch in body["batches"]:
+            self._take(batch["seq"], batch["stream"], batch["lines"])
+        if not body["batches"]:
+            self._done = True
+
+    async def _receive(self) -> None:
+        if self._ws is None:
+            await self._connect()
+            return
+        msg = await self._ws.receive()
+        if msg.type is aiohttp.WSMsgType.TEXT:
+            data = json.loads(msg.data)
+            kind = data.get("type")
+            if kind == "lines":
+                self._failures = 0
+                self._take(data["seq"], data["stream"], data["lines"])
+            elif kind == "end":
+                self.end = LogEnd(
+                    data["status"], data.get("exitCode"), data.get("error"), data.get("seq")
+                )
+                self._done = True
+            return
+        # Closed or broken: resume unless the server said there is nothing more to send.
+        code = self._ws.close_code
+        reason = msg.extra if msg.type is aiohttp.WSMsgType.CLOSE else None
+        error = self._ws.exception()
+        await self._ws.close()
+        self._ws = None
+        if code is not None and code not in _RESUMABLE_CLOSE_CODES and error is None:
+            self._done = True  # a normal close without an end message: job deleted
+            return
+        self._failures += 1
+        self.reconnects += 1
+        await self.client._backoff(
+            self._failures, error or ConnectionError(f"closed with {code}: {reason or ''}")
+        )
+
+    async def _connect(self) -> None:
+        start = self._buffer[-1].seq + 1 if self._buffer else self.next_seq
+        try:
+            self._ws = await self.client._connect_ws(
+                GateQueueClient._job_path(self.job_id) + "/logs/ws", {"from": start}
+            )
+        except GateQueueConnectionError as exc:
+            self._failures += 1
+            await self.client._backoff(self._failures, exc)
+        except GateQueueError as exc:
+            raise await self.client._explain_refusal(self.job_id, exc) from None
