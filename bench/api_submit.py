@@ -1,0 +1,336 @@
+"""POST /jobs throughput and latency against the database's own insert ceiling.
+
+    python bench/api_submit.py [--duration 20] [--concurrency 64] [--profile out.txt]
+
+1. A MongoDB: `MONGODB_URI` if set, else the embedded server (`gatequeue mongo`).
+2. The API in its own process (`python -m service.api`), so the load generator does not
+   share its event loop or its CPU time slices.
+3. `--concurrency` keep-alive connections POST the seed's body for `--duration` seconds.
+   The client is a few lines of asyncio streams rather than aiohttp's client: it costs
+   ~10x less CPU per request, and on a small machine the load generator's CPU is taken
+   from the server under test.
+4. The same job documents through raw PyMongo `insert_one`, same concurrency, same
+   indexes: the ceiling no API in front of this database can pass.
+
+Prints req/s, p50 and p99 of both and the ratio API / raw. `--profile FILE` runs the API
+under pyinstrument and writes its report there (slower; for finding where time goes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from service import mongo_discovery  # noqa: E402
+from service.hyperparameters import JobRequest  # noqa: E402
+from service.jobstatus import Status  # noqa: E402
+from service.mongo import connect  # noqa: E402
+from service.store import Store, utcnow  # noqa: E402
+
+SEED_BODY = {
+    "gateOptimizer": "sparsemax_noise",
+    "gates": 3332,
+    "networkLayers": 4,
+    "grouping": 10,
+    "groupSumTau": 100,
+    "residualLayers": 4,
+    "noiseTemp": 0.2,
+    "epochs": 5,
+}
+
+
+@dataclass
+class Result:
+    name: str
+    ok: int
+    errors: int
+    seconds: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.seconds if self.seconds else 0.0
+
+    def pct(self, q: float) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+    def line(self) -> str:
+        return (
+            f"{self.name:<22} {self.rate:>9,.0f} req/s   p50 {self.pct(0.50):6.2f} ms   "
+            f"p99 {self.pct(0.99):6.2f} ms   ({self.ok:,} ok, {self.errors} errors, "
+            f"{self.seconds:.1f} s)"
+        )
+
+
+# -- load generators -----------------------------------------------------------------------
+
+
+async def _closed_loop(
+    concurrency: int,
+    duration: float,
+    make_one: Callable[[], Awaitable[Callable[[], Awaitable[bool]]]],
+) -> tuple[int, int, list[float], float]:
+    """`concurrency` workers each doing one call after another until the deadline."""
+    latencies: list[float] = []
+    counts = [0, 0]
+    callers = [await make_one() for _ in range(concurrency)]
+    start = time.perf_counter()
+    deadline = start + duration
+
+    async def worker(call: Callable[[], Awaitable[bool]]) -> None:
+        perf = time.perf_counter
+        while True:
+            t0 = perf()
+            if t0 >= deadline:
+                return
+            ok = await call()
+            latencies.append(perf() - t0)
+            counts[0 if ok else 1] += 1
+
+    await asyncio.gather(*(worker(c) for c in callers))
+    return counts[0], counts[1], latencies, time.perf_counter() - start
+
+
+class HttpConn:
+    """One keep-alive HTTP/1.1 connection sending the same POST again and again."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, req: bytes):
+        self.reader, self.writer, self.request = reader, writer, req
+        self.statuses: dict[int, int] = {}
+
+    async def call(self) -> bool:
+        self.writer.write(self.request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+                break
+        if length:
+            await self.reader.readexactly(length)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        return status == 201
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def bench_api(host: str, port: int, concurrency: int, duration: float) -> Result:
+    body = json.dumps(SEED_BODY).encode()
+    request = (
+        f"POST /jobs HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    conns: list[HttpConn] = []
+
+    async def make_one() -> Callable[[], Awaitable[bool]]:
+        reader, writer = await asyncio.open_connection(host, port)
+        conn = HttpConn(reader, writer, request)
+        conns.append(conn)
+        return conn.call
+
+    try:
+        ok, errors, lat, secs = await _closed_loop(concurrency, duration, make_one)
+    finally:
+        statuses: dict[int, int] = {}
+        for conn in conns:
+            for status, n in conn.statuses.items():
+                statuses[status] = statuses.get(status, 0) + n
+            conn.close()
+    if set(statuses) - {201}:
+        print(f"  API statuses: {statuses}", file=sys.stderr)
+    return Result("API POST /jobs", ok, errors, secs, lat)
+
+
+def job_document(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """The document `Store.insert_job` writes, field for field."""
+    now = utcnow()
+    return {
+        "_id": ObjectId(),
+        "name": None,
+        "status": Status.PENDING.value,
+        "version": 0,
+        "hyperparameters": dict(hyperparameters),
+        "createdAt": now,
+        "updatedAt": now,
+        "startedAt": None,
+        "finishedAt": None,
+        "worker": None,
+        "leaseExpiresAt": None,
+        "attempt": 0,
+        "maxAttempts": 3,
+        "cancelRequested": False,
+        "exitCode": None,
+        "error": None,
+        "latestMetrics": None,
+    }
+
+
+async def bench_raw(uri: str, db_name: str, concurrency: int, duration: float) -> Result:
+    hyperparameters = JobRequest.model_validate(SEED_BODY).hyperparameters()
+    client = connect(uri, maxPoolSize=concurrency)
+    try:
+        store = Store(client, db_name)
+        await store.ensure_indexes()  # the same indexes the API's collection has
+        jobs = store.jobs
+
+        async def make_one() -> Callable[[], Awaitable[bool]]:
+            async def call() -> bool:
+                await jobs.insert_one(job_document(hyperparameters))
+                return True
+
+            return call
+
+        # Warm the pool so connection set-up is not timed.
+        await asyncio.gather(*(store.ping() for _ in range(concurrency)))
+        ok, errors, lat, secs = await _closed_loop(concurrency, duration, make_one)
+        return Result("raw insert_one", ok, errors, secs, lat)
+    finally:
+        await client.close()
+
+
+# -- orchestration -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mongodb() -> Iterator[tuple[str, str]]:
+    if os.environ.get("MONGODB_URI"):
+        yield os.environ["MONGODB_URI"], "MONGODB_URI"
+        return
+    with mongo_discovery.discover(kind="embedded") as handle:
+        yield handle.uri, handle.description
+
+
+@contextlib.contextmanager
+def api_process(uri: str, db_name: str, port: int, profile: Path | None) -> Iterator[None]:
+    env = {
+        **os.environ,
+        "MONGODB_URI": uri,
+        "GATEQUEUE_DB": db_name,
+        "GATEQUEUE_LOG_FORMAT": "json",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("GATEQUEUE_API_TOKEN", None)
+    argv = [sys.executable]
+    if profile is not None:
+        argv += ["-m", "pyinstrument", "--renderer", "text", "-o", str(profile)]
+    argv += ["-m", "service.api", "--host", "127.0.0.1", "--port", str(port)]
+    # The access log is rendered as in production (JSON lines) and thrown away here.
+    with tempfile.TemporaryFile() as errlog:
+        proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errlog)
+        try:
+            _wait_ready(port, proc, errlog)
+            yield
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_ready(port: int, proc: subprocess.Popen[bytes], errlog: Any) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            errlog.seek(0)
+            raise RuntimeError(f"the API exited: {errlog.read().decode()[-2000:]}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                return
+        time.sleep(0.2)
+    raise RuntimeError("the API did not become ready in 60 s")
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument report of the API")
+    parser.add_argument("--skip-raw", action="store_true", help="only the API phase")
+    args = parser.parse_args()
+
+    with mongodb() as (uri, description):
+        print(f"machine:  {machine()}")
+        print(f"mongodb:  {description}")
+        print(f"load:     {args.concurrency} concurrent, {args.duration:g} s per phase")
+        run_id = uuid.uuid4().hex[:8]
+        api_db, raw_db = f"bench_api_{run_id}", f"bench_raw_{run_id}"
+        port = _free_port()
+        try:
+            with api_process(uri, api_db, port, args.profile):
+                if args.warmup > 0:
+                    asyncio.run(bench_api("127.0.0.1", port, args.concurrency, args.warmup))
+                api = asyncio.run(bench_api("127.0.0.1", port, args.concurrency, args.duration))
+            print(api.line(), flush=True)
+            if args.skip_raw:
+                return 0
+            raw = asyncio.run(bench_raw(uri, raw_db, args.concurrency, args.duration))
+            print(raw.line())
+            print(
+                f"ratio API/raw: {api.rate / raw.rate:.0%} of the raw insert rate; "
+                f"p99 {api.pct(0.99):.1f} ms (goal: >= 50 % and p99 < 50 ms)"
+            )
+        finally:
+            asyncio.run(_drop(uri, [api_db, raw_db]))
+        if args.profile:
+            print(f"profile:  {args.profile}")
+    return 0
+
+
+async def _drop(uri: str, names: list[str]) -> None:
+    client = connect(uri)
+    try:
+        for name in names:
+            await client.drop_database(name)
+    finally:
+        await client.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Constants and small helpers shared by the API tests (imported as `api_helpers`)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from types import ModuleType
+from typing import Any, Protocol
+
+from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
+
+from service.api.schemas import Error
+from service.store import Store
+
+SEED_BODY: dict[str, Any] = {
+    "gateOptimizer": "sparsemax_noise",
+    "gates": 3332,
+    "networkLayers": 4,
+    "grouping": 10,
+    "groupSumTau": 100,
+    "residualLayers": 4,
+    "noiseTemp": 0.2,
+    "epochs": 5,
+}
+
+# The seed README's request body, byte for byte as its curl sent it.
+SEED_CURL_BODY = (
+    b'{"gateOptimizer": "sparsemax_noise", "gates": 3332, "networkLayers": 4, '
+    b'"grouping": 10, "groupSumTau": 100, "residualLayers": 4, "noiseTemp": 0.2, '
+    b'"epochs": 5}'
+)
+JSON = {"Content-Type": "application/json"}
+
+
+async def job_count(store: Store) -> int:
+    return await store.jobs.count_documents({})
+
+
+async def error_of(resp: ClientResponse, status: int, code: str | None = None) -> dict[str, Any]:
+    """Assert the one error shape (and status, code); return the `error` object."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    Error.model_validate(body)
+    if code is not None:
+        assert body["error"]["code"] == code, body
+    return body["error"]
+
+
+class MakeApi(Protocol):
+    def __call__(
+        self,
+        *,
+        token: str | None = None,
+        store: Store | None = None,
+        route_modules: list[ModuleType] | None = None,
+        ready_timeout_s: float = 2.0,
+    ) -> Awaitable[TestClient]: ...
