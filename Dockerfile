@@ -1,0 +1,153 @@
+# syntax=docker/dockerfile:1
+#
+# Two images from one file:
+#   docker build --target api    -t gatequeue-api .     # aiohttp API, no torch (~200 MB)
+#   docker build --target worker -t gatequeue-worker .  # CUDA runtime, torch, difflogic's CUDA kernels
+#
+# Both run as the unprivileged user 10001 and have no ENTRYPOINT, so
+# `docker run IMAGE gatequeue submit ...` and `docker run -it IMAGE bash` work as expected.
+# docs/deploy.md explains the build arguments; tests/test_deploy_manifests.py checks this file.
+
+ARG PYTHON_VERSION=3.12
+# The worker's CUDA toolkit must match the CUDA build of the torch wheel (TORCH_INDEX_URL):
+# difflogic's extension is compiled by this nvcc against that torch.
+ARG CUDA_VERSION=12.8.1
+ARG UBUNTU_VERSION=ubuntu24.04
+ARG TORCH_VERSION=2.8.0
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+ARG DIFFLOGIC_VERSION=0.1.0
+# Compute capabilities the difflogic kernels are compiled for: T4, A100, A10/RTX 30xx,
+# L4/L40/RTX 40xx, H100/H200, B200, RTX 50xx; +PTX lets newer GPUs JIT-compile the last one.
+ARG TORCH_CUDA_ARCH_LIST="7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+ARG APP_UID=10001
+
+
+# ---------------------------------------------------------------------------------------
+# api: build a virtualenv with the service's runtime dependencies and no torch
+# ---------------------------------------------------------------------------------------
+FROM python:${PYTHON_VERSION}-slim-bookworm AS api-build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The API process imports only the `service` package. pyproject.toml lists torch, entmax,
+# numpy and scikit-learn for the trainer, so the package is installed with --no-deps and the
+# service's own dependencies are spelled out here. tests/test_deploy_manifests.py fails when
+# this list and pyproject.toml drift apart.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install \
+        "aiohttp>=3.10" \
+        "pymongo>=4.13" \
+        "structlog>=24.1" \
+        "pydantic>=2.7" \
+        "prometheus-client>=0.20" \
+        "rich>=13.7"
+COPY pyproject.toml README.md /src/
+COPY service /src/service
+COPY trainer /src/trainer
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --no-deps /src
+
+
+FROM python:${PYTHON_VERSION}-slim-bookworm AS api
+ARG APP_UID
+RUN groupadd --system --gid ${APP_UID} gatequeue \
+ && useradd --system --uid ${APP_UID} --gid ${APP_UID} --create-home \
+        --home-dir /home/gatequeue --shell /usr/sbin/nologin gatequeue
+COPY --from=api-build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GATEQUEUE_LOG_FORMAT=json
+USER ${APP_UID}:${APP_UID}
+WORKDIR /home/gatequeue
+EXPOSE 8080
+# Liveness only: /readyz also needs MongoDB, and an API that cannot reach MongoDB should be
+# taken out of the load balancer (Kubernetes readiness), not restarted.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+CMD ["gatequeue", "serve", "--host", "0.0.0.0", "--port", "8080"]
+
+
+# ---------------------------------------------------------------------------------------
+# worker: compile difflogic's CUDA extension with nvcc, then copy the virtualenv into a
+# CUDA runtime image (no compiler, no headers)
+# ---------------------------------------------------------------------------------------
+FROM nvidia/cuda:${CUDA_VERSION}-devel-${UBUNTU_VERSION} AS worker-build
+ARG TORCH_VERSION
+ARG TORCH_INDEX_URL
+ARG DIFFLOGIC_VERSION
+ARG TORCH_CUDA_ARCH_LIST
+ENV DEBIAN_FRONTEND=noninteractive \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST} \
+    MAX_JOBS=4
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends \
+        python3 python3-dev python3-venv build-essential ca-certificates \
+ && rm -rf /var/lib/apt/lists/*
+RUN python3 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --upgrade pip setuptools wheel ninja
+# torch first, from the index whose CUDA build matches this image's nvcc.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
+# difflogic ships only an sdist whose setup.py imports torch, hence --no-build-isolation.
+# Its kernels pass `tensor.type()` to AT_DISPATCH_*, which torch >= 2.7 no longer accepts;
+# `scalar_type()` (and `is_cuda()` on the tensor) mean the same on every torch version.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    set -eux; \
+    mkdir -p /tmp/difflogic /wheels; \
+    pip download --no-deps --no-binary :all: --no-build-isolation \
+        -d /tmp/difflogic "difflogic==${DIFFLOGIC_VERSION}"; \
+    tar -xzf /tmp/difflogic/difflogic-*.tar.gz -C /tmp/difflogic; \
+    src="$(find /tmp/difflogic -mindepth 1 -maxdepth 1 -type d -name 'difflogic-*')"; \
+    sed -i -E \
+        -e 's/([A-Za-z_][A-Za-z0-9_]*)\.type\(\)\.is_cuda\(\)/\1.is_cuda()/g' \
+        -e 's/(AT_DISPATCH_[A-Z_]+\(\s*[A-Za-z_][A-Za-z0-9_]*)\.type\(\)/\1.scalar_type()/g' \
+        "$src"/difflogic/cuda/*.cu "$src"/difflogic/cuda/*.cpp; \
+    if grep -n '\.type()' "$src"/difflogic/cuda/*.cu "$src"/difflogic/cuda/*.cpp; then \
+        echo "difflogic sources still call Tensor.type(); update the patch above" >&2; exit 1; \
+    fi; \
+    pip wheel --no-deps --no-build-isolation -w /wheels "$src"; \
+    pip install /wheels/difflogic-*.whl; \
+    python -c "import torch, difflogic_cuda; print('difflogic_cuda built for', torch.__version__)"
+COPY pyproject.toml README.md /src/
+COPY service /src/service
+COPY trainer /src/trainer
+# torch is already satisfied, so this adds only the lighter dependencies and the package.
+RUN --mount=type=cache,target=/root/.cache/pip \
+    pip install /src \
+ && pip uninstall -y ninja
+
+
+FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU_VERSION} AS worker
+ARG APP_UID
+ENV DEBIAN_FRONTEND=noninteractive
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid ${APP_UID} gatequeue \
+ && useradd --system --uid ${APP_UID} --gid ${APP_UID} --create-home \
+        --home-dir /home/gatequeue --shell /usr/sbin/nologin gatequeue \
+ && mkdir -p /var/lib/gatequeue/data \
+ && chown -R ${APP_UID}:${APP_UID} /var/lib/gatequeue
+COPY --from=worker-build /opt/venv /opt/venv
+# GATEQUEUE_HEARTBEAT_FILE: the worker touches this file every few seconds from its event
+# loop; the HEALTHCHECK below and the Kubernetes probes fail when it is older than 60 s
+# (contract in docs/deploy.md, "Worker heartbeat").
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    GATEQUEUE_LOG_FORMAT=json \
+    GATEQUEUE_DATA_DIR=/var/lib/gatequeue/data \
+    GATEQUEUE_HEARTBEAT_FILE=/tmp/gatequeue-worker-heartbeat
+VOLUME ["/var/lib/gatequeue/data"]
+USER ${APP_UID}:${APP_UID}
+WORKDIR /home/gatequeue
+HEALTHCHECK --interval=30s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import os, sys, time; sys.exit(time.time() - os.stat(os.environ['GATEQUEUE_HEARTBEAT_FILE']).st_mtime >= 60)"]
+# The CUDA base image's entrypoint prints a banner into what should be JSON logs.
+ENTRYPOINT []
+CMD ["gatequeue", "worker"]
