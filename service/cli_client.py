@@ -1,0 +1,393 @@
+"""The client half of the `gatequeue` command: submit, ls, show, logs, cancel.
+
+The submit flags are generated from `JobRequest`, so a field added to the request model is
+a flag here at once, with the model's default and description as its help. Every command
+talks to the API through `GateQueueClient` and answers with an exit status scripts can use:
+
+    0  done (for `submit --wait` and `logs -f`: the job Succeeded)
+    1  the job finished but did not succeed (Failed or Cancelled)
+    2  the API refused the request (invalid values, unknown job, bad token, ...)
+    3  the API could not be reached
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import types
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Literal, Union, get_args, get_origin
+
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.client import (
+    DEFAULT_API,
+    GateQueueClient,
+    GateQueueConnectionError,
+    GateQueueError,
+    Job,
+)
+from service.config import Settings
+from service.hyperparameters import JobRequest
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_REFUSED = 2
+EXIT_UNREACHABLE = 3
+
+STATUS_STYLE = {
+    "Pending": "yellow",
+    "Running": "cyan",
+    "Succeeded": "green",
+    "Failed": "red",
+    "Cancelled": "magenta",
+}
+# Metrics shown first (when present) in progress lines and tables.
+METRIC_ORDER = ("train_loss", "train_acc", "test_acc", "test_acc_discrete", "epoch_s")
+
+Command = Callable[[argparse.Namespace, Settings], int]
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    api = argparse.ArgumentParser(add_help=False)
+    group = api.add_argument_group("API")
+    group.add_argument(
+        "--api",
+        default=os.environ.get("GATEQUEUE_API") or DEFAULT_API,
+        metavar="URL",
+        help="the gatequeue API (default: $GATEQUEUE_API or %(default)s)",
+    )
+    group.add_argument(
+        "--token", help="API token (default: $GATEQUEUE_API_TOKEN, when the API needs one)"
+    )
+
+    submit = subparsers.add_parser(
+        "submit",
+        parents=[api],
+        help="submit a training run",
+        description="Submit a training run. Omitted flags take the API's defaults.",
+    )
+    submit.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the job to its end with a progress bar; exit 0 only if it Succeeded",
+    )
+    submit.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
+    hp = submit.add_argument_group("job request (flags mirror the JSON fields)")
+    for name, field in JobRequest.model_fields.items():
+        _add_field_flag(hp, name, field)
+    submit.set_defaults(func=_sync(cmd_submit))
+
+    ls = subparsers.add_parser("ls", parents=[api], help="list jobs, newest first")
+    ls.add_argument("--status", choices=tuple(STATUS_STYLE), help="only jobs with this status")
+    ls.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
+    ls.add_argument("--json", action="store_true", help="one JSON document per line")
+    ls.set_defaults(func=_sync(cmd_ls))
+
+    show = subparsers.add_parser("show", parents=[api], help="one job with its metrics")
+    show.add_argument("job", metavar="JOB", help="job id")
+    show.add_argument("--json", action="store_true", help="the job and metrics as JSON")
+    show.set_defaults(func=_sync(cmd_show))
+
+    logs = subparsers.add_parser("logs", parents=[api], help="print (or follow) a job's log")
+    logs.add_argument("job", metavar="JOB", help="job id")
+    logs.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing live lines until the job ends; exit 0 only if it Succeeded",
+    )
+    logs.add_argument(
+        "--from", dest="from_seq", type=int, default=0, metavar="N", help="start at line N"
+    )
+    logs.set_defaults(func=_sync(cmd_logs))
+
+    cancel = subparsers.add_parser("cancel", parents=[api], help="cancel a job")
+    cancel.add_argument("job", metavar="JOB", help="job id")
+    cancel.set_defaults(func=_sync(cmd_cancel))
+
+
+# -- flags from the request model -------------------------------------------------------
+
+
+def flag_name(field: str) -> str:
+    """`gateOptimizer` -> `--gate-optimizer`, as the trainer spells its flags."""
+    out = "".join("-" + c.lower() if c.isupper() else c for c in field)
+    return "--" + out
+
+
+def _add_field_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> None:
+    annotation = field.annotation
+    if get_origin(annotation) in (Union, types.UnionType):  # `str | None` -> str
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    kwargs: dict[str, Any] = {"dest": name, "default": None}
+    if get_origin(annotation) is Literal:
+        kwargs["choices"] = get_args(annotation)
+        kwargs["metavar"] = "{" + ",".join(map(str, get_args(annotation))) + "}"
+    elif annotation in (int, float, str):
+        kwargs["type"] = annotation
+        kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[annotation]
+    else:  # pragma: no cover - a new field type needs a decision here
+        raise TypeError(f"no CLI flag type for {name}: {annotation!r}")
+    help_text = field.description or ""
+    if field.is_required():
+        kwargs["required"] = True
+    elif field.default is not PydanticUndefined and field.default is not None:
+        help_text = f"{help_text} (default {field.default})".strip()
+    kwargs["help"] = help_text or None
+    group.add_argument(flag_name(name), **kwargs)
+
+
+def request_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /jobs body: only the fields given on the command line."""
+    return {
+        name: getattr(args, name)
+        for name in JobRequest.model_fields
+        if getattr(args, name, None) is not None
+    }
+
+
+# -- running commands -------------------------------------------------------------------
+
+
+def _sync(
+    command: Callable[[argparse.Namespace, Settings, GateQueueClient], Awaitable[int]],
+) -> Command:
+    """Wrap an async command as `(args, settings) -> int`: one client, errors to exits."""
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        token = args.token or settings.api_token
+
+        async def main() -> int:
+            async with GateQueueClient(args.api, token=token) as client:
+                return await command(args, settings, client)
+
+        return run_client(main())
+
+    run.__name__ = command.__name__
+    run.__doc__ = command.__doc__
+    return run
+
+
+def run_client(coro: Coroutine[Any, Any, int]) -> int:
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    try:
+        return asyncio.run(coro)
+    except GateQueueConnectionError as exc:
+        err.print(f"[red]gatequeue:[/] {exc}", markup=True)
+        err.print(
+            "  is the API running? start one with `gatequeue up` or set --api / $GATEQUEUE_API"
+        )
+        return EXIT_UNREACHABLE
+    except GateQueueError as exc:
+        err.print(f"[red]gatequeue:[/] {_escape(str(exc))}", markup=True)
+        if exc.status == 401:
+            err.print("  pass --token or set $GATEQUEUE_API_TOKEN")
+        return EXIT_REFUSED
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def _status(status: str | None) -> str:
+    style = STATUS_STYLE.get(status or "", "white")
+    return f"[{style}]{status}[/]"
+
+
+def _metrics_text(metrics: dict[str, Any] | None) -> str:
+    if not metrics:
+        return ""
+    keys = [k for k in METRIC_ORDER if k in metrics]
+    keys += [k for k in metrics if k not in keys and k not in ("epoch", "epochs")]
+    return "  ".join(f"{k}={_num(metrics[k])}" for k in keys)
+
+
+def _num(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _epochs(job: Job) -> tuple[int, int]:
+    metrics = job.get("latestMetrics") or {}
+    total = metrics.get("epochs") or (job.get("hyperparameters") or {}).get("epochs") or 1
+    done = metrics.get("epoch") or 0
+    return int(done), int(total)
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+async def cmd_submit(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
+    """Submit; print the job id (stdout) so scripts can capture it."""
+    job = await client.submit(idempotency_key=args.idempotency_key, **request_body(args))
+    out = Console(highlight=False, soft_wrap=True)
+    if not args.wait:
+        print(job["id"])
+        return EXIT_OK
+    out.print(f"submitted {job['id']}  {_page_url(args.api, job['id'])}")
+    final = await follow_progress(client, job)
+    status = final.get("status")
+    line = f"job {final['id']} {_status(status)}"
+    if final.get("exitCode") is not None:
+        line += f" (exit {final['exitCode']})"
+    out.print(line)
+    if final.get("latestMetrics"):
+        out.print("  " + _metrics_text(final["latestMetrics"]))
+    if final.get("error"):
+        out.print(f"  error: {_escape(final['error'])}")
+    return EXIT_OK if status == "Succeeded" else EXIT_JOB_FAILED
+
+
+def _page_url(api: str, job_id: str) -> str:
+    return f"{api.rstrip('/')}/#/jobs/{job_id}"
+
+
+async def follow_progress(client: GateQueueClient, job: Job) -> Job:
+    """A progress bar over epochs, fed by /ws/jobs pushes (no polling); the final job."""
+    done, total = _epochs(job)
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("{task.fields[status]}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[metrics]}"),
+        console=console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(
+            "train", total=total, completed=done, status=_status(job.get("status")), metrics=""
+        )
+        final = job
+        async for update in client.watch(job["id"]):
+            final = update
+            done, total = _epochs(update)
+            progress.update(
+                task,
+                total=total,
+                completed=done,
+                status=_status(update.get("status")),
+                metrics=_escape(_metrics_text(update.get("latestMetrics"))),
+            )
+    return final
+
+
+async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
+    jobs = await client.list(status=args.status, limit=args.limit)
+    if args.json:
+        for job in jobs:
+            print(json.dumps(job))
+        return EXIT_OK
+    console = Console(highlight=False, soft_wrap=True)
+    if not jobs:
+        console.print("no jobs" + (f" with status {args.status}" if args.status else ""))
+        return EXIT_OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("ID", "STATUS", "NAME", "OPTIMIZER", "EPOCH", "TEST ACC", "CREATED"):
+        table.add_column(col, no_wrap=col != "NAME")
+    for job in jobs:
+        done, total = _epochs(job)
+        metrics = job.get("latestMetrics") or {}
+        acc = metrics.get("test_acc")
+        table.add_row(
+            job["id"],
+            _status(job.get("status")),
+            _escape(job.get("name") or ""),
+            (job.get("hyperparameters") or {}).get("gateOptimizer", ""),
+            f"{done}/{total}",
+            f"{acc:.4f}" if isinstance(acc, int | float) else "",
+            (job.get("createdAt") or "")[:19].replace("T", " "),
+        )
+    console.print(table)
+    if jobs.next:
+        console.print(f"[dim]more: gatequeue ls --limit {args.limit * 2}[/]")
+    return EXIT_OK
+
+
+async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
+    job = await client.get(args.job)
+    metrics = await client.metrics(args.job)
+    if args.json:
+        print(json.dumps({"job": job, "metrics": metrics}, indent=2))
+        return EXIT_OK
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(
+        f"[bold]{job['id']}[/]  {_status(job.get('status'))}  {_escape(job.get('name') or '')}"
+    )
+    rows: list[tuple[str, str]] = [
+        ("created", job.get("createdAt") or ""),
+        ("started", job.get("startedAt") or ""),
+        ("finished", job.get("finishedAt") or ""),
+        ("attempt", f"{job.get('attempt')}/{job.get('maxAttempts')}"),
+    ]
+    worker = job.get("worker")
+    if worker:
+        rows.append(("worker", f"{worker.get('id')} on {worker.get('host')} ({worker.get('gpu')})"))
+    if job.get("exitCode") is not None:
+        rows.append(("exit code", str(job["exitCode"])))
+    if job.get("cancelRequested") and job.get("status") == "Running":
+        rows.append(("cancel", "requested"))
+    if job.get("error"):
+        rows.append(("error", _escape(job["error"])))
+    hp = job.get("hyperparameters") or {}
+    rows.append(("hyperparameters", " ".join(f"{k}={v}" for k, v in hp.items())))
+    for key, value in rows:
+        if value:
+            console.print(f"  [dim]{key:<16}[/]{value}")
+    if metrics:
+        keys = [k for k in METRIC_ORDER if any(k in m for m in metrics)]
+        keys += sorted({k for m in metrics for k in m} - {*keys, "epoch", "epochs", "ts"})
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        table.add_column("EPOCH")
+        for k in keys:
+            table.add_column(k, justify="right")
+        for m in metrics:
+            table.add_row(
+                f"{m.get('epoch')}/{m.get('epochs')}", *(_num(m.get(k, "")) for k in keys)
+            )
+        console.print()
+        console.print(table)
+    return EXIT_OK
+
+
+async def cmd_logs(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
+    out, err = sys.stdout, sys.stderr
+    async with client.logs(args.job, follow=args.follow, from_seq=args.from_seq) as stream:
+        async for line in stream:
+            if line.stream == "stdout":
+                out.write(line.line + "\n")
+            elif line.stream == "stderr":
+                err.write(line.line + "\n")
+            else:
+                err.write(f"[{line.stream}] {line.line}\n")
+        out.flush()
+    if not args.follow:
+        return EXIT_OK
+    end = stream.end
+    if end is None:
+        return EXIT_OK
+    exit_info = f" (exit {end.exit_code})" if end.exit_code is not None else ""
+    err.write(f"job {end.status}{exit_info}\n")
+    return EXIT_OK if end.status == "Succeeded" else EXIT_JOB_FAILED
+
+
+async def cmd_cancel(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
+    job = await client.cancel(args.job)
+    console = Console(highlight=False, soft_wrap=True)
+    if job.get("status") == "Cancelled":
+        console.print(f"{job['id']} {_status('Cancelled')}")
+    else:
+        console.print(
+            f"{job['id']} {_status(job.get('status'))}: cancel requested; its worker stops it"
+        )
+    return EXIT_OK
