@@ -17,6 +17,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from pymongo.errors import ConnectionFailure
 
+from service.api.keys import REQUEST_ID
+
 log = structlog.get_logger("service.api")
 
 JSON_CONTENT_TYPE = "application/json"
@@ -134,7 +136,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(503, "database_unavailable", "the database is not reachable")
     except Exception:
         log.exception("unhandled error", method=request.method, path=request.path)
-        rid = request.get("request_id", "")
+        rid = request.get(REQUEST_ID, "")
         return error_response(
             500, "internal_error", f"internal server error; request id {rid}".strip()
         )

@@ -7,6 +7,8 @@ tests build one per test) without sharing state.
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from service.api.prom import ApiMetrics
@@ -20,3 +22,7 @@ METRICS: web.AppKey[ApiMetrics] = web.AppKey("metrics", ApiMetrics)
 OPENAPI_BODY: web.AppKey[bytes] = web.AppKey("openapi_body", bytes)
 # Seconds /readyz waits for MongoDB to answer a ping.
 READY_TIMEOUT_S: web.AppKey[float] = web.AppKey("ready_timeout_s", float)
+
+# Per-request: the request id the middleware picked. `web.RequestKey` exists from aiohttp
+# 3.14 on (which warns about plain string keys); older versions take the string.
+REQUEST_ID: Any = web.RequestKey("request_id", str) if hasattr(web, "RequestKey") else "request_id"

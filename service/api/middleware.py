@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service.api.keys import METRICS
+from service.api.keys import METRICS, REQUEST_ID
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
@@ -41,7 +41,7 @@ def route_of(request: web.Request) -> str:
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
     rid = request_id_of(request)
-    request["request_id"] = rid
+    request[REQUEST_ID] = rid
     status = 500
     with structlog.contextvars.bound_contextvars(request_id=rid):
         try:
