@@ -946,7 +946,7 @@ def test_dockerignore_lets_the_copied_sources_in() -> None:
 
 def test_service_cli_imports_without_torch() -> None:
     """The api image has no torch, numpy, entmax or scikit-learn: `gatequeue serve` must
-    start without them, so nothing the CLI imports at module level may need them."""
+    start without them, so neither the CLI nor the `service.api` package may import them."""
     if not (REPO / "service" / "cli.py").exists():
         pytest.skip("service/cli.py does not exist yet")
     code = (
@@ -957,7 +957,13 @@ def test_service_cli_imports_without_torch() -> None:
         "        if name.split('.')[0] in BLOCKED:\n"
         "            raise ImportError(f'{name} is not in the api image')\n"
         "sys.meta_path.insert(0, Block())\n"
+        "import importlib, importlib.util, pkgutil\n"
         "import service.cli\n"
+        "if importlib.util.find_spec('service.api') is not None:\n"
+        "    import service.api\n"
+        "    for module in pkgutil.walk_packages(service.api.__path__, 'service.api.'):\n"
+        "        if not module.name.endswith('__main__'):\n"
+        "            importlib.import_module(module.name)\n"
         "sys.argv = ['gatequeue', 'serve', '--help']\n"
         "try:\n"
         "    rc = service.cli.main()\n"
