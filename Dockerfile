@@ -125,8 +125,10 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 FROM nvidia/cuda:${CUDA_VERSION}-runtime-${UBUNTU_VERSION} AS worker
 ARG APP_UID
 ENV DEBIAN_FRONTEND=noninteractive
+# g++: the trainer compiles its CPU kernel (trainer/kernels/logic_cpu.cpp, -march=native) on
+# first use into ~/.cache; without a compiler a CPU slot falls back to the slower torch path.
 RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 ca-certificates \
+ && apt-get install -y --no-install-recommends python3 ca-certificates g++ \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid ${APP_UID} gatequeue \
  && useradd --system --uid ${APP_UID} --gid ${APP_UID} --create-home \
