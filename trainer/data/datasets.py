@@ -1,0 +1,128 @@
+"""The four data sets and how each becomes binary inputs.
+
+Logic gates read bits, so every feature is thermometer-encoded: one input per threshold,
+1 where the value exceeds it. The splits are fixed (not drawn from --seed), so accuracies
+of different runs are measured on the same test set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trainer.data.cifar import load_cifar10
+from trainer.data.errors import DataError
+from trainer.data.mnist import load_mnist
+
+DATASETS: tuple[str, ...] = ("digits", "breast_cancer", "mnist", "cifar10")
+CLASSES: dict[str, int] = {"digits": 10, "breast_cancer": 2, "mnist": 10, "cifar10": 10}
+
+# digits pixels are integers 0..16; these cut them into five levels per pixel.
+DIGITS_THRESHOLDS: tuple[float, ...] = (0.5, 4.5, 8.5, 12.5)
+# breast_cancer: per-feature quantiles of the training split.
+BREAST_CANCER_QUANTILES = 8
+# cifar10, as the difflogic paper: thresholds (i + 1) / (n + 1) of each channel's [0, 1].
+CIFAR10_THRESHOLDS = 3
+MNIST_THRESHOLD = 0.5
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Binary inputs (uint8 0/1, one row per sample) and integer labels."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: int
+    encoding: str
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.x_train.shape[1])
+
+
+def thermometer(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """(n, f) values and (t,) or (f, t) thresholds -> (n, f * t) bits, feature-major."""
+    th = np.broadcast_to(thresholds, (values.shape[1], thresholds.shape[-1]))
+    bits = values[:, :, None] > th[None, :, :]
+    return bits.reshape(values.shape[0], -1).astype(np.uint8)
+
+
+def _split(
+    x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=TEST_FRACTION, random_state=SPLIT_SEED, stratify=y
+    )
+    return x_tr, y_tr, x_te, y_te
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    x_tr, y_tr, x_te, y_te = _split(raw.data, raw.target)
+    th = np.asarray(DIGITS_THRESHOLDS)
+    return Dataset(
+        "digits", thermometer(x_tr, th), y_tr.astype(np.int64), thermometer(x_te, th),
+        y_te.astype(np.int64), 10, f"8x8 pixels > {list(DIGITS_THRESHOLDS)}",
+    )
+
+
+def _breast_cancer() -> Dataset:
+    from sklearn.datasets import load_breast_cancer
+
+    raw = load_breast_cancer()
+    x_tr, y_tr, x_te, y_te = _split(raw.data, raw.target)
+    q = np.arange(1, BREAST_CANCER_QUANTILES + 1) / (BREAST_CANCER_QUANTILES + 1)
+    th = np.quantile(x_tr, q, axis=0).T  # (features, thresholds), from training data only
+    return Dataset(
+        "breast_cancer", thermometer(x_tr, th), y_tr.astype(np.int64), thermometer(x_te, th),
+        y_te.astype(np.int64), 2,
+        f"30 features > {BREAST_CANCER_QUANTILES} training-split quantiles each",
+    )
+
+
+def _mnist(data_dir: Path) -> Dataset:
+    x_tr, y_tr, x_te, y_te = load_mnist(data_dir)
+    th = np.asarray([MNIST_THRESHOLD * 255])
+    flat_tr = x_tr.reshape(len(x_tr), -1)
+    flat_te = x_te.reshape(len(x_te), -1)
+    return Dataset(
+        "mnist", thermometer(flat_tr, th), y_tr.astype(np.int64), thermometer(flat_te, th),
+        y_te.astype(np.int64), 10, f"28x28 pixels > {MNIST_THRESHOLD} of 255",
+    )
+
+
+def _cifar10(data_dir: Path) -> Dataset:
+    x_tr, y_tr, x_te, y_te = load_cifar10(data_dir)
+    n = CIFAR10_THRESHOLDS
+    th = np.asarray([255 * (i + 1) / (n + 1) for i in range(n)])
+    return Dataset(
+        "cifar10", thermometer(x_tr, th), y_tr.astype(np.int64), thermometer(x_te, th),
+        y_te.astype(np.int64), 10,
+        f"3x32x32 channel values > {[round((i + 1) / (n + 1), 3) for i in range(n)]}",
+    )
+
+
+def load_dataset(name: str, data_dir: str | Path = "data") -> Dataset:
+    """The named data set, binarized. Raises DataError naming any file that is missing."""
+    data_dir = Path(data_dir)
+    match name:
+        case "digits":
+            return _digits()
+        case "breast_cancer":
+            return _breast_cancer()
+        case "mnist":
+            return _mnist(data_dir)
+        case "cifar10":
+            return _cifar10(data_dir)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
