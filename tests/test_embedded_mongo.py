@@ -262,6 +262,19 @@ async def test_transactions_are_refused(client: AsyncMongoClient, db_name: str) 
 
 
 @needs_java
+async def test_partial_unique_index_is_refused(client: AsyncMongoClient, db_name: str) -> None:
+    # The library would ignore the filter and reject documents mongod accepts.
+    with pytest.raises(OperationFailure, match="sparse unique index"):
+        await client[db_name].jobs.create_index(
+            "key", unique=True, partialFilterExpression={"key": {"$type": "string"}}
+        )
+    await client[db_name].jobs.create_index("key", unique=True, sparse=True)
+    await client[db_name].jobs.insert_many([{}, {}, {"key": "a"}])
+    with pytest.raises(DuplicateKeyError):
+        await client[db_name].jobs.insert_one({"key": "a"})
+
+
+@needs_java
 async def test_data_and_resume_tokens_survive_a_restart(tmp_path: Path, db_name: str) -> None:
     data_dir = tmp_path / "mongo"
     first = EmbeddedMongo(data_dir=data_dir)

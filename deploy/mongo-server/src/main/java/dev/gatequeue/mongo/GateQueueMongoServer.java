@@ -616,6 +616,9 @@ public final class GateQueueMongoServer {
                         ChangeLog.REPLACING.set(Boolean.FALSE);
                     }
                 }
+                case "createindexes":
+                    refusePartialUniqueIndexes(body);
+                    return backend.handleCommand(channel, db, command, body);
                 case "dropdatabase": {
                     Document response = backend.handleCommand(channel, db, command, body);
                     server.changes.recordDropDatabase(db);
@@ -702,6 +705,26 @@ public final class GateQueueMongoServer {
                 response.put("writeErrors", writeErrors);
             }
             return ok(response);
+        }
+
+        /**
+         * The library ignores partialFilterExpression, so a partial unique index would reject
+         * documents mongod accepts (every document without the field collides on null). Refuse
+         * it loudly rather than behave differently; a sparse unique index works.
+         */
+        private static void refusePartialUniqueIndexes(Document body) {
+            Object indexes = body.get("indexes");
+            if (!(indexes instanceof List)) {
+                return;
+            }
+            for (Object index : (List<?>) indexes) {
+                if (index instanceof Document && isTrue(((Document) index).get("unique"))
+                    && ((Document) index).containsKey("partialFilterExpression")) {
+                    throw new MongoServerError(67, "CannotCreateIndex", "unique indexes with a"
+                        + " partialFilterExpression are not supported by the gatequeue embedded MongoDB"
+                        + " server; use a sparse unique index");
+                }
+            }
         }
 
         static boolean isReplacement(Document update) {
@@ -859,6 +882,7 @@ public final class GateQueueMongoServer {
             }
             if (!request.ctx.channel().isActive()) {
                 cursor.waiting = false;
+                server.changes.removeWaiter(this);
                 return;
             }
             Document response;
