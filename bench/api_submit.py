@@ -13,7 +13,8 @@
    indexes: the ceiling no API in front of this database can pass.
 
 Prints req/s, p50 and p99 of both and the ratio API / raw. `--profile FILE` runs the API
-under pyinstrument and writes its report there (slower; for finding where time goes).
+under cProfile and writes its stats there (read them with `python -m pstats FILE`; slower, for
+finding where the CPU time goes).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,7 @@ class Result:
     errors: int
     seconds: float
     latencies: list[float]
+    cpu: dict[str, float] = field(default_factory=dict)  # process -> CPU seconds in phase
 
     @property
     def rate(self) -> float:
@@ -82,6 +84,12 @@ class Result:
             f"p99 {self.pct(0.99):6.2f} ms   ({self.ok:,} ok, {self.errors} errors, "
             f"{self.seconds:.1f} s)"
         )
+
+    def cpu_line(self) -> str:
+        """CPU per request by process: on a small shared machine the rates above are set
+        by who gets the cores, so this is the number to compare across machines."""
+        parts = [f"{name} {secs / self.ok * 1e6:,.0f} us" for name, secs in self.cpu.items()]
+        return f"{'':<22} CPU per request: " + ", ".join(parts) if self.ok else ""
 
 
 # -- load generators -----------------------------------------------------------------------
@@ -138,7 +146,9 @@ class HttpConn:
         self.writer.close()
 
 
-async def bench_api(host: str, port: int, concurrency: int, duration: float) -> Result:
+async def bench_api(
+    host: str, port: int, concurrency: int, duration: float, meter: CpuMeter | None = None
+) -> Result:
     body = json.dumps(SEED_BODY).encode()
     request = (
         f"POST /jobs HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
@@ -153,7 +163,9 @@ async def bench_api(host: str, port: int, concurrency: int, duration: float) -> 
         return conn.call
 
     try:
+        before = meter.sample() if meter else {}
         ok, errors, lat, secs = await _closed_loop(concurrency, duration, make_one)
+        cpu = CpuMeter.diff(before, meter.sample()) if meter else {}
     finally:
         statuses: dict[int, int] = {}
         for conn in conns:
@@ -162,7 +174,7 @@ async def bench_api(host: str, port: int, concurrency: int, duration: float) -> 
             conn.close()
     if set(statuses) - {201}:
         print(f"  API statuses: {statuses}", file=sys.stderr)
-    return Result("API POST /jobs", ok, errors, secs, lat)
+    return Result("API POST /jobs", ok, errors, secs, lat, cpu)
 
 
 def job_document(hyperparameters: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +201,9 @@ def job_document(hyperparameters: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def bench_raw(uri: str, db_name: str, concurrency: int, duration: float) -> Result:
+async def bench_raw(
+    uri: str, db_name: str, concurrency: int, duration: float, meter: CpuMeter | None = None
+) -> Result:
     hyperparameters = JobRequest.model_validate(SEED_BODY).hyperparameters()
     client = connect(uri, maxPoolSize=concurrency)
     try:
@@ -206,10 +220,55 @@ async def bench_raw(uri: str, db_name: str, concurrency: int, duration: float) -
 
         # Warm the pool so connection set-up is not timed.
         await asyncio.gather(*(store.ping() for _ in range(concurrency)))
+        before = meter.sample() if meter else {}
         ok, errors, lat, secs = await _closed_loop(concurrency, duration, make_one)
-        return Result("raw insert_one", ok, errors, secs, lat)
+        cpu = CpuMeter.diff(before, meter.sample()) if meter else {}
+        return Result("raw insert_one", ok, errors, secs, lat, cpu)
     finally:
         await client.close()
+
+
+# -- CPU accounting -----------------------------------------------------------------------
+
+
+class CpuMeter:
+    """CPU seconds used by named processes (this one, the API, the MongoDB server)."""
+
+    def __init__(self, pids: dict[str, int | None]) -> None:
+        import psutil
+
+        self.procs: dict[str, Any] = {}
+        for name, pid in pids.items():
+            if pid is not None:
+                with contextlib.suppress(psutil.Error):
+                    self.procs[name] = psutil.Process(pid)
+
+    def sample(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, proc in self.procs.items():
+            with contextlib.suppress(Exception):
+                times = proc.cpu_times()
+                out[name] = times.user + times.system
+        return out
+
+    @staticmethod
+    def diff(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: after[k] - before[k] for k in after if k in before}
+
+
+def listener_pid(uri: str) -> int | None:
+    """The pid of the local process listening on the URI's port, if any (and visible)."""
+    import psutil
+
+    try:
+        port = int(uri.split("://", 1)[1].split("/", 1)[0].split(",")[0].rsplit(":", 1)[1])
+    except (IndexError, ValueError):
+        return None
+    with contextlib.suppress(psutil.Error):
+        for conn in psutil.net_connections(kind="tcp"):
+            if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
+                return conn.pid
+    return None
 
 
 # -- orchestration -----------------------------------------------------------------------
@@ -231,7 +290,7 @@ def mongodb() -> Iterator[tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def api_process(uri: str, db_name: str, port: int, profile: Path | None) -> Iterator[None]:
+def api_process(uri: str, db_name: str, port: int, profile: Path | None) -> Iterator[int]:
     env = {
         **os.environ,
         "MONGODB_URI": uri,
@@ -242,14 +301,14 @@ def api_process(uri: str, db_name: str, port: int, profile: Path | None) -> Iter
     env.pop("GATEQUEUE_API_TOKEN", None)
     argv = [sys.executable]
     if profile is not None:
-        argv += ["-m", "pyinstrument", "--renderer", "text", "-o", str(profile)]
+        argv += ["-m", "cProfile", "-o", str(profile)]
     argv += ["-m", "service.api", "--host", "127.0.0.1", "--port", str(port)]
     # The access log is rendered as in production (JSON lines) and thrown away here.
     with tempfile.TemporaryFile() as errlog:
         proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=errlog)
         try:
             _wait_ready(port, proc, errlog)
-            yield
+            yield proc.pid
         finally:
             proc.terminate()
             try:
@@ -257,6 +316,10 @@ def api_process(uri: str, db_name: str, port: int, profile: Path | None) -> Iter
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+            errlog.seek(0)
+            for line in errlog.read().decode(errors="replace").splitlines():
+                if "job inserter closed" in line or '"level": "error"' in line:
+                    print(f"  api log: {line}")
 
 
 def _wait_ready(port: int, proc: subprocess.Popen[bytes], errlog: Any) -> None:
@@ -291,7 +354,7 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds before measuring")
-    parser.add_argument("--profile", type=Path, help="write a pyinstrument report of the API")
+    parser.add_argument("--profile", type=Path, help="write cProfile stats of the API process")
     parser.add_argument("--skip-raw", action="store_true", help="only the API phase")
     args = parser.parse_args()
 
@@ -303,15 +366,22 @@ def main() -> int:
         api_db, raw_db = f"bench_api_{run_id}", f"bench_raw_{run_id}"
         port = _free_port()
         try:
-            with api_process(uri, api_db, port, args.profile):
+            mongo_pid = listener_pid(uri)
+            with api_process(uri, api_db, port, args.profile) as api_pid:
                 if args.warmup > 0:
                     asyncio.run(bench_api("127.0.0.1", port, args.concurrency, args.warmup))
-                api = asyncio.run(bench_api("127.0.0.1", port, args.concurrency, args.duration))
-            print(api.line(), flush=True)
+                meter = CpuMeter({"api": api_pid, "mongodb": mongo_pid, "load": os.getpid()})
+                api = asyncio.run(
+                    bench_api("127.0.0.1", port, args.concurrency, args.duration, meter)
+                )
+            print(api.line())
+            print(api.cpu_line(), flush=True)
             if args.skip_raw:
                 return 0
-            raw = asyncio.run(bench_raw(uri, raw_db, args.concurrency, args.duration))
+            meter = CpuMeter({"mongodb": mongo_pid, "client": os.getpid()})
+            raw = asyncio.run(bench_raw(uri, raw_db, args.concurrency, args.duration, meter))
             print(raw.line())
+            print(raw.cpu_line())
             print(
                 f"ratio API/raw: {api.rate / raw.rate:.0%} of the raw insert rate; "
                 f"p99 {api.pct(0.99):.1f} ms (goal: >= 50 % and p99 < 50 ms)"

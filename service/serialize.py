@@ -46,8 +46,20 @@ def iso(dt: datetime) -> str:
     return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Types JSON takes as they are; checked by exact type first, the cheap common case.
+_PLAIN: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+
+
 def to_jsonable(value: Any) -> Any:
     """BSON values (ObjectId, datetime) inside nested dicts and lists, made JSON-safe."""
+    kind = type(value)
+    if kind in _PLAIN:
+        return value
+    if kind is dict:
+        return {
+            k if type(k) is str else str(k): v if type(v) in _PLAIN else to_jsonable(v)
+            for k, v in value.items()
+        }
     if isinstance(value, datetime):
         return iso(value)
     if isinstance(value, ObjectId):
@@ -62,14 +74,10 @@ def to_jsonable(value: Any) -> Any:
 def job_to_json(doc: dict[str, Any]) -> dict[str, Any]:
     """The public view of a `jobs` document; missing optional fields come out as null."""
     out: dict[str, Any] = {"id": str(doc["_id"])}
+    get = doc.get
     for key in JOB_FIELDS:
-        value = doc.get(key)
-        if isinstance(value, datetime):
-            out[key] = iso(value)
-        elif isinstance(value, dict | list):
-            out[key] = to_jsonable(value)
-        else:
-            out[key] = value
+        value = get(key)
+        out[key] = value if type(value) in _PLAIN else to_jsonable(value)
     out["cancelRequested"] = bool(out["cancelRequested"])
     return out
 

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from service.api.auth import check_token
 from service.api.errors import ApiError, json_response, validation_error
-from service.api.keys import STORE
+from service.api.inserter import JobInserter, new_job_document
+from service.api.keys import INSERTER, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_LOG_LIMIT,
@@ -137,7 +138,14 @@ async def submit_job(request: web.Request) -> web.Response:
         raise _body_error(exc) from None
     fields = job_request.model_dump()
     hyperparameters = {k: v for k, v in fields.items() if k not in RUN_OPTIONS}
-    body_hash = request_hash(fields) if key is not None else None
+    if key is None:
+        # The common case, and the hot path: batched with concurrent submissions.
+        job = new_job_document(
+            hyperparameters, name=job_request.name, max_attempts=job_request.maxAttempts
+        )
+        await request.app[INSERTER].insert(job)
+        return _created(job, 201)
+    body_hash = request_hash(fields)
     job, created = await request.app[STORE].insert_job(
         hyperparameters,
         name=job_request.name,
@@ -151,10 +159,12 @@ async def submit_job(request: web.Request) -> web.Response:
             "idempotency_key_reused",
             f"Idempotency-Key {key!r} was used for job {job['_id']} with a different body",
         )
+    return _created(job, 201 if created else 200)
+
+
+def _created(job: dict[str, Any], status: int) -> web.Response:
     return json_response(
-        job_to_json(job),
-        status=201 if created else 200,
-        headers={"Location": f"/jobs/{job['_id']}"},
+        job_to_json(job), status=status, headers={"Location": f"/jobs/{job['_id']}"}
     )
 
 
@@ -256,7 +266,13 @@ async def job_metrics(request: web.Request) -> web.Response:
     return json_response({"jobId": str(oid), "metrics": [metrics_to_json(r) for r in rows]})
 
 
+async def _close_inserter(app: web.Application) -> None:
+    await app[INSERTER].close()
+
+
 def setup(app: web.Application) -> None:
+    app[INSERTER] = JobInserter(app[STORE].jobs)
+    app.on_cleanup.append(_close_inserter)
     app.router.add_post("/jobs", submit_job)
     app.router.add_get("/jobs", list_jobs, allow_head=False)
     app.router.add_get("/jobs/{id}", get_job, allow_head=False)

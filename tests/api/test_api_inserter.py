@@ -1,0 +1,97 @@
+"""Group commit of submissions: same documents as the store writes, one batch for many
+concurrent requests, and a refused document fails only its own request."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from aiohttp.test_utils import TestClient
+from api_helpers import SEED_BODY, MakeApi, job_count
+from pymongo.errors import WriteError
+
+from service.api.inserter import JobInserter, new_job_document
+from service.api.keys import INSERTER
+from service.hyperparameters import JobRequest
+from service.mongo import connect
+from service.store import Store
+
+HP = JobRequest.model_validate(SEED_BODY).hyperparameters()
+
+
+async def test_document_matches_store_insert_job(store: Store) -> None:
+    reference, _ = await store.insert_job(HP, name="n", max_attempts=4)
+    doc = new_job_document(HP, name="n", max_attempts=4)
+    assert list(doc) == list(reference)
+    volatile = {"_id", "createdAt", "updatedAt"}
+    assert {k: v for k, v in doc.items() if k not in volatile} == {
+        k: v for k, v in reference.items() if k not in volatile
+    }
+
+
+async def test_concurrent_submissions_share_batches(api: TestClient, store: Store) -> None:
+    inserter = api.app[INSERTER]  # type: ignore[index]
+    before = inserter.batches
+    responses = await asyncio.gather(*(api.post("/jobs", json=SEED_BODY) for _ in range(40)))
+    assert [r.status for r in responses] == [201] * 40
+    ids = {(await r.json())["id"] for r in responses}
+    assert len(ids) == 40
+    assert await job_count(store) == 40
+    stored = {str(d["_id"]) async for d in store.jobs.find({}, {"_id": 1})}
+    assert stored == ids
+    assert inserter.batches - before < 40
+
+
+async def test_refused_document_fails_alone(store: Store) -> None:
+    inserter = JobInserter(store.jobs)
+    taken = new_job_document(HP, name="first", max_attempts=3)
+    await store.jobs.insert_one(dict(taken))
+    clash = {**new_job_document(HP, name="clash", max_attempts=3), "_id": taken["_id"]}
+    fine = [new_job_document(HP, name=f"ok-{i}", max_attempts=3) for i in range(5)]
+    results = await asyncio.gather(
+        *(inserter.insert(d) for d in [fine[0], clash, *fine[1:]]), return_exceptions=True
+    )
+    assert [type(r) for r in results] == [type(None), WriteError] + [type(None)] * 4
+    assert isinstance(results[1], WriteError) and results[1].code == 11000
+    assert await store.jobs.count_documents({}) == 6
+    assert inserter.batches == 1
+    await inserter.close()
+
+
+async def test_close_waits_for_writes_in_flight(store: Store) -> None:
+    inserter = JobInserter(store.jobs, max_in_flight=1)
+    tasks = [
+        asyncio.ensure_future(inserter.insert(new_job_document(HP, name=None, max_attempts=3)))
+        for _ in range(10)
+    ]
+    await asyncio.sleep(0)  # let them queue
+    await inserter.close()
+    assert all(t.done() and t.exception() is None for t in tasks)
+    assert await store.jobs.count_documents({}) == 10
+
+
+async def test_batch_size_is_capped(store: Store) -> None:
+    inserter = JobInserter(store.jobs, max_batch=3, max_in_flight=1)
+    docs = [new_job_document(HP, name=None, max_attempts=3) for _ in range(7)]
+    await asyncio.gather(*(inserter.insert(d) for d in docs))
+    assert inserter.batches == 3
+    assert await store.jobs.count_documents({"_id": {"$in": [d["_id"] for d in docs]}}) == 7
+
+
+@pytest.mark.parametrize("key", [None, "k-1"])
+async def test_submit_when_mongodb_is_gone_is_503(make_api: MakeApi, key: str | None) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = connect(
+        f"mongodb://127.0.0.1:{port}/?directConnection=true", serverSelectionTimeoutMS=200
+    )
+    try:
+        api = await make_api(store=Store(client, "gone"))
+        headers = {} if key is None else {"Idempotency-Key": key}
+        resp = await api.post("/jobs", json=SEED_BODY, headers=headers)
+        assert resp.status == 503
+        assert (await resp.json())["error"]["code"] == "database_unavailable"
+    finally:
+        await client.close()
