@@ -272,7 +272,8 @@ class EmbeddedMongo:
             line = raw.decode(errors="replace").rstrip("\n")
             self._stderr_tail.append(line)
             if self.echo_stderr:
-                print(line, file=sys.stderr, flush=True)
+                sys.stderr.write(line + "\n")  # one write: other threads log to stderr too
+                sys.stderr.flush()
             elif " ERROR " in line or " WARN " in line:
                 log.warning("embedded_mongo_stderr", line=line)
 

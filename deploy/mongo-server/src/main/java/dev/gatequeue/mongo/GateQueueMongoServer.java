@@ -213,7 +213,13 @@ public final class GateQueueMongoServer {
         try {
             run(options);
         } catch (Throwable e) {
-            log.error("failed to start: {}", e.toString(), e);
+            String hint = String.valueOf(e.getMessage()).contains("The file is locked")
+                ? " (is another embedded server using this data directory?)" : "";
+            if (Boolean.getBoolean("gatequeue.debug")) {
+                log.error("failed to start: {}{}", e, hint, e);
+            } else {
+                log.error("failed to start: {}{}", e, hint);
+            }
             System.exit(1);
         }
     }
@@ -249,9 +255,9 @@ public final class GateQueueMongoServer {
         }, "shutdown"));
 
         String uri = "mongodb://127.0.0.1:" + server.port + "/?replicaSet=" + options.replicaSet;
-        log.info("gatequeue embedded MongoDB ({} backend, wire version {}) listening on 127.0.0.1:{}",
-            options.dataDir == null ? "memory" : "H2 " + options.dataDir, VERSION.getWireVersion(),
-            server.port);
+        log.info("gatequeue embedded MongoDB ({}, wire version {}) listening on 127.0.0.1:{}",
+            options.dataDir == null ? "memory backend" : "H2 backend, data in " + options.dataDir,
+            VERSION.getWireVersion(), server.port);
         System.out.println(uri);
         System.out.flush();
 
