@@ -1,0 +1,156 @@
+"""The worker's view of the queue: a change stream on `jobs`, resumable across restarts.
+
+Each worker follows the stream on its own and stores its own resume token under its own
+name in `stream_offsets`: a shared token would let one worker's progress skip events another
+has not seen. The stream is a wake-up signal with the job attached, not the source of truth:
+every time it is (re)opened the worker also catches up from a query of Pending jobs, so an
+event lost in any way (a cut, an expired token, a crash between handling and saving) costs
+latency, never a job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from pymongo.asynchronous.change_stream import AsyncChangeStream
+from pymongo.errors import OperationFailure, PyMongoError
+
+from service.jobstatus import Status
+from service.store import Store
+
+log = structlog.get_logger(__name__)
+
+ChangeHandler = Callable[[dict[str, Any]], Awaitable[None]]
+OpenHandler = Callable[[bool], Awaitable[None]]
+
+_BACKOFF_START_S = 0.1
+_BACKOFF_MAX_S = 5.0
+
+
+def offset_name(worker_id: str) -> str:
+    return f"worker:{worker_id}"
+
+
+def pipeline(worker_id: str) -> list[dict[str, Any]]:
+    """Only what a worker acts on: a job that is (again) Pending, or a cancel of its own run.
+
+    Filtering on `fullDocument` works with `updateLookup` on real MongoDB; lease renewals
+    and metric updates of other workers' runs never reach this worker.
+    """
+    return [
+        {
+            "$match": {
+                "operationType": {"$in": ["insert", "update", "replace"]},
+                "$or": [
+                    {"fullDocument.status": Status.PENDING.value},
+                    {
+                        "fullDocument.status": Status.RUNNING.value,
+                        "fullDocument.cancelRequested": True,
+                        "fullDocument.worker.id": worker_id,
+                    },
+                ],
+            }
+        }
+    ]
+
+
+class JobFeed:
+    """Runs until cancelled, re-opening the stream after any error with a capped backoff."""
+
+    def __init__(
+        self,
+        store: Store,
+        worker_id: str,
+        *,
+        on_change: ChangeHandler,
+        on_open: OpenHandler,
+        max_await_ms: int = 1000,
+    ) -> None:
+        self._store = store
+        self._worker_id = worker_id
+        self.offset_name = offset_name(worker_id)
+        self._on_change = on_change
+        self._on_open = on_open
+        self._max_await_ms = max_await_ms
+        self._stream: AsyncChangeStream[Any] | None = None
+        # Observable state, for logs, tests and the benchmark.
+        self.opens = 0
+        self.resumed_from_token = False
+        self.token_fallbacks = 0
+        self.events = 0
+        self.opened = asyncio.Event()
+
+    @property
+    def cursor_id(self) -> int | None:
+        """The server-side cursor of the open stream (what `killCursors` takes)."""
+        stream = self._stream
+        if stream is None:
+            return None
+        return stream._cursor.cursor_id
+
+    async def run(self) -> None:
+        backoff = _BACKOFF_START_S
+        while True:
+            try:
+                stream, resumed = await self._open()
+            except PyMongoError as exc:
+                log.warning("change stream open failed; retrying", error=str(exc), in_s=backoff)
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                continue
+            handled = 0
+            try:
+                async with stream:
+                    self._stream = stream
+                    self.opens += 1
+                    self.resumed_from_token = resumed
+                    self.opened.set()
+                    await self._on_open(resumed)
+                    backoff = _BACKOFF_START_S
+                    async for change in stream:
+                        await self._on_change(change)
+                        self.events += 1
+                        handled += 1
+                        await self._store.save_offset(self.offset_name, change["_id"])
+            except PyMongoError as exc:
+                # The driver already resumed once on its own where the error allowed it.
+                if resumed and handled == 0 and isinstance(exc, OperationFailure):
+                    await self._drop_token(exc)
+                log.warning("change stream lost; re-opening", error=str(exc), in_s=backoff)
+                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
+                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+            finally:
+                self._stream = None
+                self.opened.clear()
+
+    async def _open(self) -> tuple[AsyncChangeStream[Any], bool]:
+        """Resume from the stored token when there is one that the server still accepts."""
+        token = await self._store.load_offset(self.offset_name)
+        if token is not None:
+            try:
+                return await self._watch(token), True
+            except OperationFailure as exc:
+                await self._drop_token(exc)
+        return await self._watch(None), False
+
+    async def _watch(self, token: Any | None) -> AsyncChangeStream[Any]:
+        return await self._store.jobs.watch(
+            pipeline(self._worker_id),
+            full_document="updateLookup",
+            resume_after=token,
+            max_await_time_ms=self._max_await_ms,
+        )
+
+    async def _drop_token(self, exc: OperationFailure) -> None:
+        """Expired (history lost) or foreign token: forget it; the catch-up covers the gap."""
+        log.warning(
+            "stored resume token unusable; catching up from the queue instead",
+            code=exc.code,
+            error=str(exc),
+        )
+        self.token_fallbacks += 1
+        await self._store.clear_offset(self.offset_name)

@@ -1,0 +1,181 @@
+"""One supervised trainer subprocess: its own process group, both pipes read line by line.
+
+Both pipes are drained concurrently for the whole run, so a trainer that fills one of them
+never blocks; a line longer than the reader's buffer is read in pieces instead of raising;
+the last line is delivered even without a trailing newline. Stopping signals the whole
+process group (data loader workers included), SIGTERM first and SIGKILL after a grace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import os
+import signal
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+LineHandler = Callable[[str, str], Awaitable[None]]
+
+# A stored line is at most this long; longer ones are split into several lines (nothing is
+# dropped). It keeps one log batch far below MongoDB's 16 MiB document limit.
+MAX_LINE_BYTES = 1 << 20
+_READ_LIMIT = 1 << 16
+# After the trainer exits, how long a grandchild may keep its pipes open before it is killed.
+DRAIN_TIMEOUT_S = 5.0
+STDERR_TAIL_LINES = 20
+
+# Run in place of the trainer, then exec'd into it (same pid): asks the kernel to SIGKILL the
+# trainer when the worker dies, so a worker killed with SIGKILL leaves no run behind holding
+# a GPU (the job is retried elsewhere after its lease). Linux only; elsewhere it just execs.
+_PDEATHSIG = (
+    "import os, sys\n"
+    "try:\n"
+    "    import ctypes, signal\n"
+    "    ctypes.CDLL(None).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG\n"
+    "except Exception:\n"
+    "    pass\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(137)  # the worker died before the kernel was told\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG, str(os.getpid()), *argv]
+
+
+class TrainerProcess:
+    """Start once, then `wait()` for the exit code; `terminate()` may run concurrently."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        *,
+        on_line: LineHandler,
+        env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
+        die_with_worker: bool = True,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        drain_timeout_s: float = DRAIN_TIMEOUT_S,
+    ) -> None:
+        self.argv = list(argv)
+        self._on_line = on_line
+        self._env = dict(env) if env is not None else None
+        self._cwd = cwd
+        self._die_with_worker = die_with_worker
+        self._max_line_bytes = max_line_bytes
+        self._drain_timeout_s = drain_timeout_s
+        self._proc: asyncio.subprocess.Process | None = None
+        self._pumps: list[asyncio.Task[None]] = []
+        self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        """Started and not yet reaped."""
+        return self._proc is not None and self._proc.returncode is None
+
+    async def start(self) -> None:
+        """Raises OSError when the command cannot be started at all."""
+        argv = with_parent_death_signal(self.argv) if self._die_with_worker else self.argv
+        self._proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=self._env,
+            cwd=self._cwd,
+            start_new_session=True,  # own session, so its own process group (pgid == pid)
+            limit=_READ_LIMIT,
+        )
+        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._pumps = [
+            asyncio.create_task(self._pump("stdout", self._proc.stdout)),
+            asyncio.create_task(self._pump("stderr", self._proc.stderr)),
+        ]
+
+    async def wait(self) -> int:
+        """The exit code (negative: killed by that signal), once every line was handed on."""
+        assert self._proc is not None, "start() first"
+        rc = await self._proc.wait()
+        _, still_open = await asyncio.wait(self._pumps, timeout=self._drain_timeout_s)
+        # Whatever is left of the group now is an orphan of the run: it must not outlive it.
+        self.signal_group(signal.SIGKILL)
+        if still_open:
+            log.warning("trainer's children kept its pipes open; killed", pid=self._proc.pid)
+            _, still_open = await asyncio.wait(still_open, timeout=self._drain_timeout_s)
+            for task in still_open:  # held by something outside the group: give up on it
+                task.cancel()
+        for task in self._pumps:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        self.returncode = rc
+        return rc
+
+    async def terminate(self, grace_s: float) -> None:
+        """SIGTERM to the group, SIGKILL after `grace_s` if the trainer has not exited."""
+        if self._proc is None or self._proc.returncode is not None:
+            self.signal_group(signal.SIGKILL)
+            return
+        self.signal_group(signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout=grace_s)
+        self.signal_group(signal.SIGKILL)
+
+    def signal_group(self, sig: int) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self._proc.pid, sig)
+
+    async def _pump(self, stream: str, reader: asyncio.StreamReader) -> None:
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        pending = bytearray()
+        split = False  # the current line was already handed on in pieces
+        while True:
+            eof = False
+            try:
+                chunk = await reader.readuntil(b"\n")
+                complete = True
+            except asyncio.IncompleteReadError as exc:
+                chunk, complete, eof = exc.partial, True, True
+            except asyncio.LimitOverrunError as exc:
+                chunk, complete = await reader.read(exc.consumed), False
+            pending += chunk
+            while len(pending) >= self._max_line_bytes:
+                piece = bytes(pending[: self._max_line_bytes])
+                del pending[: self._max_line_bytes]
+                await self._emit(stream, decoder.decode(piece, final=False))
+                split = True
+            if complete and (pending or not eof):
+                if pending.endswith(b"\n"):
+                    del pending[-1:]
+                    if pending.endswith(b"\r"):
+                        del pending[-1:]
+                tail = decoder.decode(bytes(pending), final=True)
+                if tail or not split:
+                    await self._emit(stream, tail)
+                pending.clear()
+                decoder.reset()
+                split = False
+            if eof:
+                return
+
+    async def _emit(self, stream: str, line: str) -> None:
+        if stream == "stderr":
+            self.stderr_tail.append(line)
+        await self._on_line(stream, line)

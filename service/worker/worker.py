@@ -1,0 +1,372 @@
+"""The worker: slots, dispatch from the change stream, claims, the lease sweep, shutdown.
+
+Claims happen in one task (the claimer), so choosing a free slot and claiming for it never
+race inside one worker; across workers the compare-and-set claim of DESIGN.md decides. The
+claimer is woken, never polling: by a change event carrying a Pending job (claimed straight
+from the event's document, one round trip), by the stream being (re)opened, and by a slot
+becoming free (then it asks the queue, oldest first, so nothing waits while a slot idles).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import sys
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+from bson import ObjectId
+from pymongo.errors import PyMongoError
+
+from service.jobstatus import Status
+from service.store import Job, Store, WorkerInfo, utcnow
+from service.worker.dispatch import JobFeed
+from service.worker.gpus import Slot
+from service.worker.heartbeat import DEFAULT_INTERVAL_S, run_heartbeat
+from service.worker.jobrun import JobRun, RunSettings
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TRAINER_CMD: tuple[str, ...] = (sys.executable, "-m", "trainer")
+DEFAULT_CANCEL_GRACE_S = 3.0  # SIGTERM -> SIGKILL on cancel: Cancelled well within 5 s
+DEFAULT_SHUTDOWN_GRACE_S = 30.0  # runs may finish on their own this long after SIGTERM
+DEFAULT_STOP_GRACE_S = 10.0  # then SIGTERM -> SIGKILL; both fit a 60 s termination grace
+_SWEEP_SLACK_S = 0.05
+_RETRY_S = 1.0
+
+ClaimHook = Callable[[Job], None]
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        worker_id: str,
+        slots: Sequence[Slot | str],
+        data_dir: Path,
+        trainer_cmd: Sequence[str] | None = None,
+        host: str | None = None,
+        lease_s: float = 30.0,
+        renew_every_s: float | None = None,
+        cancel_grace_s: float = DEFAULT_CANCEL_GRACE_S,
+        shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S,
+        stop_grace_s: float = DEFAULT_STOP_GRACE_S,
+        sweep_leases: bool = True,
+        sweep_max_interval_s: float | None = None,
+        heartbeat_file: Path | None = None,
+        heartbeat_interval_s: float = DEFAULT_INTERVAL_S,
+        env: Mapping[str, str] | None = None,
+        keep_workdirs: bool = False,
+        die_with_worker: bool = True,
+        on_claim: ClaimHook | None = None,
+    ) -> None:
+        if not slots:
+            raise ValueError("a worker needs at least one slot")
+        self.store = store
+        self.id = worker_id
+        self.host = host or socket.gethostname()
+        self.slots = [s if isinstance(s, Slot) else Slot(s) for s in slots]
+        self.lease_s = lease_s
+        self.shutdown_grace_s = shutdown_grace_s
+        self.sweep_leases = sweep_leases
+        self.sweep_max_interval_s = sweep_max_interval_s or lease_s
+        self.heartbeat_file = heartbeat_file
+        self.heartbeat_interval_s = heartbeat_interval_s
+        self.on_claim = on_claim
+        cmd = list(trainer_cmd) if trainer_cmd is not None else list(DEFAULT_TRAINER_CMD)
+        base_env = dict(os.environ if env is None else env)
+        if trainer_cmd is None:
+            base_env = _with_trainer_importable(base_env)
+        self.run_settings = RunSettings(
+            worker_id=worker_id,
+            host=self.host,
+            trainer_cmd=cmd,
+            data_dir=Path(data_dir).absolute(),
+            env=base_env,
+            lease_s=lease_s,
+            renew_every_s=renew_every_s or lease_s / 3,
+            cancel_grace_s=cancel_grace_s,
+            stop_grace_s=stop_grace_s,
+            keep_workdirs=keep_workdirs,
+            die_with_worker=die_with_worker,
+        )
+        self.log = log.bind(worker_id=worker_id)
+        self.feed = JobFeed(store, worker_id, on_change=self._on_change, on_open=self._on_open)
+        self.runs: dict[ObjectId, JobRun] = {}  # by job id
+        self._busy: dict[str, ObjectId] = {}  # slot gpu -> job id
+        self._run_tasks: set[asyncio.Task[None]] = set()
+        self._hints: deque[Job] = deque()
+        self._backlog = True  # ask the queue on the next wake-up
+        self._wake = asyncio.Event()
+        self._sweep_wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._hurry = asyncio.Event()
+        self.ready = asyncio.Event()  # the stream is open and the first catch-up is done
+        self.claims = 0
+        self.finished_runs: list[JobRun] = []
+
+    # -- control --------------------------------------------------------------------------
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self, *, now: bool = False) -> None:
+        """Stop claiming; runs get `shutdown_grace_s` to end, then are stopped and re-queued.
+
+        A second call (or `now=True`) skips the wait: a second Ctrl-C means it.
+        """
+        if self._stopping.is_set() or now:
+            self._hurry.set()
+        self._stopping.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Until `stop()` (or cancellation, treated the same way by `run_worker`)."""
+        self.log.info(
+            "worker starting", slots=[s.gpu for s in self.slots], lease_s=self.lease_s,
+            trainer=self.run_settings.trainer_cmd,
+        )  # fmt: skip
+        background = [
+            asyncio.create_task(self._start_feed(), name="feed"),
+            asyncio.create_task(self._claimer(), name="claimer"),
+        ]
+        if self.sweep_leases:
+            background.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        heartbeat = None
+        if self.heartbeat_file is not None:
+            heartbeat = asyncio.create_task(
+                run_heartbeat(self.heartbeat_file, self.heartbeat_interval_s), name="heartbeat"
+            )
+        stop_wait = asyncio.create_task(self._stopping.wait())
+        crashed: BaseException | None = None
+        try:
+            done, _ = await asyncio.wait(
+                [stop_wait, *background], return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                if task is not stop_wait and task.exception() is not None:
+                    crashed = task.exception()
+                    self.log.error("worker task crashed; shutting down", task=task.get_name(),
+                                   error=repr(crashed))  # fmt: skip
+        finally:
+            self._stopping.set()
+            stop_wait.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(stop_wait, *background, return_exceptions=True)
+            await self._shutdown_runs()
+            if heartbeat is not None:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+            self.log.info("worker stopped")
+        if crashed is not None:
+            raise crashed
+
+    async def _shutdown_runs(self) -> None:
+        if not self._run_tasks:
+            return
+        self.log.info("waiting for runs before handing them back", runs=len(self._run_tasks),
+                      grace_s=self.shutdown_grace_s)  # fmt: skip
+        hurry = asyncio.create_task(self._hurry.wait())
+        await self._wait_runs_or_hurry(hurry)
+        hurry.cancel()
+        for run in list(self.runs.values()):
+            run.request_shutdown()
+        if self._run_tasks:
+            await asyncio.gather(*self._run_tasks, return_exceptions=True)
+
+    async def _wait_runs_or_hurry(self, hurry: asyncio.Task[Any]) -> None:
+        """Until every run ended, the grace passed, or a second stop request came."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.shutdown_grace_s
+        while self._run_tasks and not hurry.done():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            await asyncio.wait(
+                [hurry, *self._run_tasks], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+
+    # -- dispatch -------------------------------------------------------------------------
+
+    async def _start_feed(self) -> None:
+        try:
+            await self.store.ensure_indexes()
+        except PyMongoError as exc:  # another process may create them; not fatal here
+            self.log.warning("could not ensure indexes", error=str(exc))
+        await self.feed.run()
+
+    async def _on_open(self, resumed: bool) -> None:
+        self.log.info("change stream open", resumed_from_token=resumed)
+        self._backlog = True
+        self._wake.set()
+
+    async def _on_change(self, change: dict[str, Any]) -> None:
+        job = change.get("fullDocument")
+        if not job:
+            return
+        status = job.get("status")
+        if status == Status.PENDING.value:
+            if self._free_slots():
+                self._hints.append(job)
+            else:
+                self._backlog = True
+            self._wake.set()
+        elif status == Status.RUNNING.value and job.get("cancelRequested"):
+            run = self.runs.get(job["_id"])
+            if run is not None and (job.get("worker") or {}).get("id") == self.id:
+                run.request_cancel()
+
+    def _free_slots(self) -> list[Slot]:
+        return [s for s in self.slots if s.gpu not in self._busy]
+
+    async def _claimer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.stopping:
+                return
+            try:
+                await self._fill_slots()
+            except PyMongoError as exc:
+                self.log.warning("claiming failed; retrying", error=str(exc))
+                self._backlog = True
+                await asyncio.sleep(_RETRY_S * random.uniform(0.8, 1.2))
+                self._wake.set()
+            if self.feed.opens and not self.ready.is_set() and not self._backlog:
+                self.ready.set()
+
+    async def _fill_slots(self) -> None:
+        while self._free_slots() and not self.stopping:
+            if self._backlog or not self._hints:
+                if not self._backlog:
+                    return
+                if not await self._claim_from_queue():
+                    return
+                continue
+            await self._claim_hint(self._hints.popleft())
+        if not self._free_slots() and self._hints:
+            self._hints.clear()  # they stay Pending in the queue: asked for when a slot frees
+            self._backlog = True
+
+    async def _claim_from_queue(self) -> bool:
+        """One query of the oldest Pending jobs; True if it is worth asking again."""
+        self._backlog = False
+        self._hints.clear()  # the query sees them too, in the right order
+        want = len(self._free_slots())
+        limit = want + 8
+        jobs = await self.store.pending_jobs(limit=limit)
+        claimed = 0
+        for job in jobs:
+            if not self._free_slots() or self.stopping:
+                self._backlog = True  # more may be waiting for the next free slot
+                return False
+            if await self._try_claim(job):
+                claimed += 1
+        if len(jobs) == limit:  # a full page: there may be more behind it
+            self._backlog = True
+            return True
+        return False
+
+    async def _claim_hint(self, job: Job) -> None:
+        if await self._try_claim(job):
+            return
+        # Stale version (e.g. released and re-queued since the event): read it once more.
+        fresh = await self.store.jobs.find_one({"_id": job["_id"], "status": "Pending"})
+        if fresh is not None:
+            await self._try_claim(fresh)
+
+    async def _try_claim(self, job: Job) -> bool:
+        if job["_id"] in self.runs:
+            return False
+        slot = self._free_slots()[0]
+        info = WorkerInfo(self.id, self.host, slot.gpu)
+        claimed = await self.store.claim(job, info, self.lease_s)
+        if claimed is None:
+            return False
+        self.claims += 1
+        if self.on_claim is not None:
+            self.on_claim(claimed)
+        self._start_run(slot, claimed)
+        return True
+
+    def _start_run(self, slot: Slot, job: Job) -> None:
+        run = JobRun(self.store, self.run_settings, slot, job)
+        run.log.info("job claimed", attempt=job.get("attempt"))
+        self.runs[job["_id"]] = run
+        self._busy[slot.gpu] = job["_id"]
+        task = asyncio.create_task(run.run(), name=f"run-{job['_id']}")
+        self._run_tasks.add(task)
+        task.add_done_callback(lambda t: self._run_ended(slot, run, t))
+        # Our new lease may expire before the sweeper's next planned look.
+        self._sweep_wake.set()
+
+    def _run_ended(self, slot: Slot, run: JobRun, task: asyncio.Task[None]) -> None:
+        self._run_tasks.discard(task)
+        self.runs.pop(run.job_id, None)
+        self._busy.pop(slot.gpu, None)
+        self.finished_runs.append(run)
+        if not task.cancelled() and task.exception() is not None:
+            run.log.error("run ended with an error", error=repr(task.exception()))
+        self._backlog = True
+        self._wake.set()
+
+    # -- leases of every worker -----------------------------------------------------------
+
+    async def _sweeper(self) -> None:
+        """Re-queue jobs whose worker stopped renewing; sleeps until the soonest lease ends
+        (or `sweep_max_interval_s`, for leases granted by others since the last look)."""
+        while True:
+            delay = self.sweep_max_interval_s
+            try:
+                for expired in await self.store.expire_leases():
+                    self.log.warning(
+                        "lease expired", job_id=str(expired.job_id), action=expired.action
+                    )
+                    await self._note_expiry(expired.job_id, expired.action)
+                    self._backlog = True
+                    self._wake.set()
+                soonest = await self.store.next_lease_expiry()
+                if soonest is not None:
+                    until = (soonest - utcnow()) / timedelta(seconds=1)
+                    delay = min(delay, max(0.0, until) + _SWEEP_SLACK_S)
+            except PyMongoError as exc:
+                self.log.warning("lease sweep failed; retrying", error=str(exc))
+                delay = min(delay, _RETRY_S)
+            self._sweep_wake.clear()
+            try:
+                await asyncio.wait_for(self._sweep_wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+
+    async def _note_expiry(self, job_id: ObjectId, action: str) -> None:
+        """Say in the job's own log why its attempt ended, for whoever reads it later."""
+        job = await self.store.jobs.find_one({"_id": job_id}, projection={"error": 1})
+        text = (job or {}).get("error") or f"lease expired ({action})"
+        try:
+            await self.store.append_logs(job_id, "system", [f"{text} (seen by {self.id})"])
+        except PyMongoError as exc:
+            self.log.warning("could not log the lease expiry", error=str(exc))
+
+
+def _with_trainer_importable(env: dict[str, str]) -> dict[str, str]:
+    """Runs start in their own work dir, so `python -m trainer` must not depend on the
+    worker's cwd: put the directory holding the `trainer` package on PYTHONPATH."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("trainer")
+    if spec is None or not spec.submodule_search_locations:
+        return env
+    root = str(Path(next(iter(spec.submodule_search_locations))).parent)
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if root not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    return env
