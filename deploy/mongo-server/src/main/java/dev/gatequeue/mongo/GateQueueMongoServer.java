@@ -688,20 +688,15 @@ public final class GateQueueMongoServer {
                     continue;
                 }
                 Object up = response.get("upserted");
-                int nUpserted = 0;
                 if (up instanceof List) {
                     for (Object o : (List<?>) up) {
                         Document d = new Document((Document) o);
                         d.put("index", i);
                         upserted.add(d);
-                        nUpserted++;
                     }
                 }
-                n += ((Number) response.getOrDefault("n", 0)).intValue();
+                n += ((Number) response.getOrDefault("n", 0)).intValue(); // matched + upserted
                 nModified += ((Number) response.getOrDefault("nModified", 0)).intValue();
-                if (nUpserted > 0 && n < nUpserted) {
-                    n = nUpserted;
-                }
             }
             Document response = new Document("n", n).append("nModified", nModified);
             if (!upserted.isEmpty()) {
