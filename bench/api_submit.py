@@ -343,9 +343,10 @@ def machine() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
     return (
         f"{cpu}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-        f"{platform.system()} {platform.release()}"
+        f"{platform.system()} {platform.release()}{load}"
     )
 
 
