@@ -89,7 +89,8 @@ async def serve(
             site = web.TCPSite(runner, host, port)
             await site.start()
             bound = runner.addresses[0] if runner.addresses else (host, port)
-            url = f"http://{bound[0]}:{bound[1]}/"
+            shown = f"[{bound[0]}]" if ":" in str(bound[0]) else bound[0]
+            url = f"http://{shown}:{bound[1]}/"
             log.info(
                 "api listening",
                 url=url,

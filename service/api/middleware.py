@@ -8,6 +8,7 @@ logs carries it.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -19,6 +20,9 @@ from aiohttp.typedefs import Handler
 from service.api.keys import METRICS, REQUEST_ID
 
 REQUEST_ID_HEADER = "X-Request-ID"
+# nginx's convention for "the client closed the connection before the answer": logged and
+# counted as such rather than as a server error.
+CLIENT_CLOSED = 499
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 access_log = structlog.get_logger("service.api.access")
@@ -51,6 +55,12 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             if not response.prepared:
                 response.headers[REQUEST_ID_HEADER] = rid
             return response
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client went away (or the server is stopping)
+            raise
+        except web.HTTPException as exc:  # only redirects get past the error middleware
+            status = exc.status
+            raise
         finally:
             elapsed = time.perf_counter() - start
             route = route_of(request)
