@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ OpenHandler = Callable[[bool], Awaitable[None]]
 
 _BACKOFF_START_S = 0.1
 _BACKOFF_MAX_S = 5.0
+_HEALTHY_S = 1.0
 
 
 def offset_name(worker_id: str) -> str:
@@ -95,22 +97,16 @@ class JobFeed:
     async def run(self) -> None:
         backoff = _BACKOFF_START_S
         while True:
+            resumed, handled, opened_at = False, 0, None
             try:
                 stream, resumed = await self._open()
-            except PyMongoError as exc:
-                log.warning("change stream open failed; retrying", error=str(exc), in_s=backoff)
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
-                continue
-            handled = 0
-            try:
                 async with stream:
                     self._stream = stream
+                    opened_at = time.monotonic()
                     self.opens += 1
                     self.resumed_from_token = resumed
                     self.opened.set()
                     await self._on_open(resumed)
-                    backoff = _BACKOFF_START_S
                     async for change in stream:
                         await self._on_change(change)
                         self.events += 1
@@ -120,9 +116,16 @@ class JobFeed:
                 # The driver already resumed once on its own where the error allowed it.
                 if resumed and handled == 0 and isinstance(exc, OperationFailure):
                     await self._drop_token(exc)
-                log.warning("change stream lost; re-opening", error=str(exc), in_s=backoff)
-                await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
-                backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                # A stream that worked for a while is re-opened at once; one that keeps
+                # failing backs off, so a down server is not hammered.
+                if opened_at is not None and time.monotonic() - opened_at > _HEALTHY_S:
+                    backoff = _BACKOFF_START_S
+                    delay = 0.0
+                else:
+                    delay = backoff * random.uniform(0.8, 1.2)
+                    backoff = min(backoff * 2, _BACKOFF_MAX_S)
+                log.warning("change stream lost; re-opening", error=str(exc), in_s=round(delay, 2))
+                await asyncio.sleep(delay)
             finally:
                 self._stream = None
                 self.opened.clear()

@@ -81,9 +81,7 @@ async def detect_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
         text = await _run([smi, "-L"])
         if text is not None:
             return tuple(_NVIDIA_SMI_GPU.findall(text))
-    text = await _run(
-        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"]
-    )
+    text = await _run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"])
     if text is not None and text.strip().isdigit():
         return tuple(str(i) for i in range(int(text.strip())))
     return ()

@@ -76,7 +76,9 @@ class JobRun:
         self.job = job  # the latest version we own
         self.job_id = job["_id"]
         self.log = log.bind(
-            job_id=str(self.job_id), worker_id=settings.worker_id, gpu=slot.gpu,
+            job_id=str(self.job_id),
+            worker_id=settings.worker_id,
+            gpu=slot.gpu,
             attempt=job.get("attempt"),
         )
         self.stop_reason: StopReason | None = None
@@ -118,6 +120,12 @@ class JobRun:
         workdir = self.s.workdir(self.job)
         try:
             await self._run(workdir)
+        except PyMongoError as exc:
+            self.outcome = "unreachable"
+            self.log.error(
+                "MongoDB unreachable; the run is abandoned and its lease will expire",
+                error=str(exc),
+            )
         except Exception:
             self.log.exception("job run crashed; its lease will expire and it is re-queued")
             raise
@@ -128,9 +136,8 @@ class JobRun:
     async def _run(self, workdir: Path) -> None:
         output_dir = workdir / "output"
         await asyncio.to_thread(_make_dirs, output_dir, self.s.datasets_dir)
-        self.sink = LogSink(
-            self.store, self.job_id, next_seq=await self.store.next_log_seq(self.job_id)
-        )
+        next_seq = await self._retrying(lambda: self.store.next_log_seq(self.job_id))
+        self.sink = LogSink(self.store, self.job_id, next_seq=next_seq)
         await self.sink.system(
             f"attempt {self.job['attempt']} on worker {self.s.worker_id} gpu {self.slot.gpu}"
         )
@@ -261,6 +268,18 @@ class JobRun:
             self.outcome = "lost"
             return False
         return True
+
+    async def _retrying(self, op: Any) -> Any:
+        """An idempotent read or write, retried while our lease surely still holds."""
+        delay = 0.1
+        while True:
+            try:
+                return await op()
+            except PyMongoError:
+                if time.monotonic() + delay >= self._lease_deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def _final_write(self, write: Any) -> Job | None:
         async with self._cas:

@@ -44,7 +44,11 @@ _PDEATHSIG = (
     "    pass\n"
     "if os.getppid() != int(sys.argv[1]):\n"
     "    sys.exit(137)  # the worker died before the kernel was told\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "try:\n"
+    "    os.execvp(sys.argv[2], sys.argv[2:])\n"
+    "except OSError as exc:\n"
+    "    print(f'cannot start the trainer {sys.argv[2]!r}: {exc}', file=sys.stderr)\n"
+    "    sys.exit(127)\n"
 )
 
 

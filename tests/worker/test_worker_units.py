@@ -168,9 +168,7 @@ async def test_runner_terminate_takes_the_whole_group(ignore_term: bool) -> None
     flags = ("--ignore-term",) if ignore_term else ()
     proc = TrainerProcess(trainer("sleeper", *flags), on_line=lines)
     await proc.start()
-    pgid = await eventually(
-        lambda: _first(lines.of("stdout"), "pgid"), deadline_s=30
-    )
+    pgid = await eventually(lambda: _first(lines.of("stdout"), "pgid"), deadline_s=30)
     child = await eventually(lambda: _first(lines.of("stdout"), "child"), deadline_s=30)
     assert pgid == proc.pid  # its own group, led by the trainer
     assert os.getpgid(child) == pgid

@@ -13,9 +13,14 @@ import time
 if "--ignore-term" in sys.argv:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 child = subprocess.Popen(
-    [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
-     "\nwhile True: time.sleep(1)" if "--ignore-term" in sys.argv else
-     "import time\nwhile True: time.sleep(1)"]
+    [
+        sys.executable,
+        "-c",
+        "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN)"
+        "\nwhile True: time.sleep(1)"
+        if "--ignore-term" in sys.argv
+        else "import time\nwhile True: time.sleep(1)",
+    ]
 )
 print(f"pgid {os.getpgid(0)}", flush=True)
 print(f"child {child.pid}", flush=True)
