@@ -409,7 +409,7 @@ class LogStream:
 
     async def _receive(self) -> None:
         if self._ws is None:
-            await self._connect()
+            await self.connect()
             return
         msg = await self._ws.receive()
         if msg.type is aiohttp.WSMsgType.TEXT:
@@ -439,7 +439,11 @@ class LogStream:
             self._failures, error or ConnectionError(f"closed with {code}: {reason or ''}")
         )
 
-    async def _connect(self) -> None:
+    async def connect(self) -> None:
+        """Open the WebSocket now rather than on the first iteration: from then on no line
+        written is missed, which matters to a caller that starts the writing itself."""
+        if self._ws is not None or not self.follow:
+            return
         start = self._buffer[-1].seq + 1 if self._buffer else self.next_seq
         try:
             self._ws = await self.client._connect_ws(

@@ -102,7 +102,7 @@ class SubscriptionDropped(Exception):
         self.reason = reason
 
 
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: subscribers live in sets
 class Subscription:
     """A bounded queue of items for one WebSocket connection.
 
@@ -118,14 +118,24 @@ class Subscription:
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     dropped: asyncio.Event = field(default_factory=asyncio.Event)
     drop_reason: str | None = None
+    # Log lines below this seq were already sent (from the store, while catching up):
+    # queued batches that end there take no room, so a catch-up is never held against
+    # the client as slowness.
+    floor: int = 0
     _on_close: Callable[[Subscription], None] | None = None
 
     def offer(self, item: Item) -> None:
         """Called by the dispatcher; never blocks. Overflow drops the subscriber."""
         if self.drop_reason is not None:
             return
-        n = len(item.lines) if isinstance(item, LogBatch) else 0
-        if len(self._items) >= self.max_items or self._lines + n > self.max_lines:
+        n = 0
+        if isinstance(item, LogBatch):
+            if item.end <= self.floor:
+                return
+            n = len(item.lines)
+        if self._full(n):
+            self._prune()
+        if self._full(n):
             self.drop(
                 f"client too slow: more than {self.max_items} messages or "
                 f"{self.max_lines} log lines waiting to be sent"
@@ -134,6 +144,21 @@ class Subscription:
         self._items.append(item)
         self._lines += n
         self._wakeup.set()
+
+    def _full(self, n: int) -> bool:
+        return len(self._items) >= self.max_items or self._lines + n > self.max_lines
+
+    def _prune(self) -> None:
+        """Forget queued batches that were sent from the store meanwhile (rare path)."""
+        kept: deque[Item] = deque()
+        lines = 0
+        for item in self._items:
+            if isinstance(item, LogBatch):
+                if item.end <= self.floor:
+                    continue
+                lines += len(item.lines)
+            kept.append(item)
+        self._items, self._lines = kept, lines
 
     def drop(self, reason: str) -> None:
         if self.drop_reason is not None:
@@ -199,6 +224,10 @@ class Fanout:
         self.streams_opened: dict[str, int] = {LOGS_STREAM: 0, JOBS_STREAM: 0}
         self.events_seen: dict[str, int] = {LOGS_STREAM: 0, JOBS_STREAM: 0}
         self.dropped_subscribers = 0
+        self.resyncs = 0
+        # The open change stream per collection; a test may close one to exercise resuming.
+        self.current_streams: dict[str, Any] = {}
+        self._opened = asyncio.Condition()
         self.ready: dict[str, asyncio.Event] = {
             LOGS_STREAM: asyncio.Event(),
             JOBS_STREAM: asyncio.Event(),
@@ -237,6 +266,11 @@ class Fanout:
         first events (WebSocket handlers do not need it, see `Resync`)."""
         for event in self.ready.values():
             await event.wait()
+
+    async def wait_opened(self, name: str, count: int) -> None:
+        """Until the stream on `name` has been opened `count` times in all (tests)."""
+        async with self._opened:
+            await self._opened.wait_for(lambda: self.streams_opened[name] >= count)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -317,6 +351,7 @@ class Fanout:
                 self._offer(sub, item)
 
     def _broadcast_resync(self, reason: str) -> None:
+        self.resyncs += 1
         for sub in self._all_subscriptions():
             self._offer(sub, Resync(reason))
 
@@ -332,10 +367,13 @@ class Fanout:
                     spec.pipeline, resume_after=token, **spec.options
                 )
                 async with stream:
+                    self.current_streams[spec.name] = stream
                     self.streams_opened[spec.name] += 1
                     if token is None:
                         self._broadcast_resync(f"{spec.name} change stream (re)started")
                     self.ready[spec.name].set()
+                    async with self._opened:
+                        self._opened.notify_all()
                     log.info("change stream open", collection=spec.name, resumed=token is not None)
                     delay = self.retry_initial_s
                     async for change in stream:
@@ -355,6 +393,9 @@ class Fanout:
                     log.warning("change stream failed", collection=spec.name, error=str(exc))
             except PyMongoError as exc:
                 log.warning("change stream failed", collection=spec.name, error=str(exc))
+            except Exception:  # a supervisor: whatever broke, reopen from the last token
+                log.exception("change stream crashed", collection=spec.name)
+            self.current_streams.pop(spec.name, None)
             self.ready[spec.name].clear()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.retry_max_s)

@@ -65,6 +65,7 @@ class LiveSettings:
     max_queue_items: int = 2_000
     max_queue_lines: int = 100_000
     catch_up_page_lines: int = CATCH_UP_PAGE_LINES
+    close_timeout_s: float = CLOSE_TIMEOUT_S
 
 
 class Live:
@@ -82,6 +83,18 @@ class Live:
             max_queue_lines=self.settings.max_queue_lines,
         )
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self._changed = asyncio.Condition()
+
+    async def register(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_for_tails(self, job_id: str | ObjectId, count: int) -> list[Connection]:
+        """Until `count` log tails of the job are open (tests, benchmarks)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.log_tails(job_id)) >= count)
+        return self.log_tails(job_id)
 
     def log_tails(self, job_id: str | ObjectId | None = None) -> list[Connection]:
         oid = None if job_id is None else parse_job_id(job_id)
@@ -108,14 +121,27 @@ class Connection:
         sub: Subscription,
         kind: str,
         job_id: ObjectId | None = None,
+        *,
+        close_timeout_s: float = CLOSE_TIMEOUT_S,
     ) -> None:
         self.request = request
+        self.close_timeout_s = close_timeout_s
         self.ws = ws
         self.sub = sub
         self.kind = kind
         self.job_id = job_id
-        self.next_seq = 0  # logs: the seq of the next line to send
+        self._next_seq = 0
         self._closing = False
+
+    @property
+    def next_seq(self) -> int:
+        """Logs: the seq of the next line to send."""
+        return self._next_seq
+
+    @next_seq.setter
+    def next_seq(self, value: int) -> None:
+        self._next_seq = value
+        self.sub.floor = value
 
     async def send(self, text: str) -> None:
         await self.ws.send_str(text)
@@ -127,7 +153,7 @@ class Connection:
         self._closing = True
         self.sub.close()
         try:
-            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            async with asyncio.timeout(self.close_timeout_s):
                 await self.ws.close(code=code, message=message[:120].encode())
         except TimeoutError:
             transport = self.request.transport
@@ -251,8 +277,10 @@ class LogTail:
             if not batches:
                 return
             for batch in batches:
-                await self.conn.send(lines_message(batch["seq"], batch["stream"], batch["lines"]))
+                # Advanced before the send: a send cancelled while it waits for the socket
+                # has already handed its frame over, and the close reason must not lag it.
                 self.conn.next_seq = batch["seq"] + len(batch["lines"])
+                await self.conn.send(lines_message(batch["seq"], batch["stream"], batch["lines"]))
 
     async def send_live(self, batch: LogBatch) -> None:
         conn = self.conn
@@ -265,12 +293,12 @@ class LogTail:
             if batch.seq > conn.next_seq:  # pragma: no cover - the store tiles the log
                 log.error("log gap persists", job_id=str(self.job_id), at=conn.next_seq)
                 return
-        if batch.seq == conn.next_seq:
+        start = conn.next_seq
+        conn.next_seq = batch.end
+        if batch.seq == start:
             await conn.send(batch.message())
         else:
-            offset = conn.next_seq - batch.seq
-            await conn.send(lines_message(conn.next_seq, batch.stream, batch.lines[offset:]))
-        conn.next_seq = batch.end
+            await conn.send(lines_message(start, batch.stream, batch.lines[start - batch.seq :]))
 
     async def finish(self, job: dict[str, Any]) -> tuple[int, str]:
         await self.catch_up()
@@ -317,9 +345,9 @@ async def logs_ws(request: web.Request) -> web.StreamResponse:
     except BaseException:
         sub.close()
         raise
-    conn = Connection(request, ws, sub, "logs", oid)
+    conn = Connection(request, ws, sub, "logs", oid, close_timeout_s=live.settings.close_timeout_s)
     conn.next_seq = from_seq
-    live.connections.add(conn)
+    await live.register(conn)
     tail = LogTail(conn, store, live.settings.catch_up_page_lines)
     await conn.serve(tail.run)
     return ws
@@ -389,8 +417,8 @@ async def jobs_ws(request: web.Request) -> web.StreamResponse:
     except BaseException:
         sub.close()
         raise
-    conn = Connection(request, ws, sub, "jobs")
-    live.connections.add(conn)
+    conn = Connection(request, ws, sub, "jobs", close_timeout_s=live.settings.close_timeout_s)
+    await live.register(conn)
     await conn.serve(lambda: _job_changes(conn, store, ids))
     return ws
 

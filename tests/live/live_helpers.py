@@ -1,0 +1,60 @@
+"""Helpers shared by the live tests: a worker-like writer and the API handle type."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from service.api.ws import Live
+from service.config import Settings
+from service.jobstatus import Status
+from service.store import Job, Store, WorkerInfo
+
+TINY_JOB: dict[str, Any] = {
+    "gateOptimizer": "softmax",
+    "gates": 40,
+    "networkLayers": 1,
+    "grouping": 10,
+    "epochs": 2,
+}
+WORKER = WorkerInfo(id="test-worker", host="localhost", gpu="cpu")
+
+
+@dataclass
+class LiveApi:
+    url: str
+    app: web.Application
+    live: Live
+    store: Store
+    settings: Settings
+
+
+MakeLiveApi = Callable[..., Awaitable[LiveApi]]
+
+
+async def running_job(store: Store, **hp: Any) -> Job:
+    """A job as a worker holds it right after a claim."""
+    job, _ = await store.insert_job({**TINY_JOB, **hp})
+    claimed = await store.claim(job, WORKER, lease_s=60)
+    assert claimed is not None
+    return claimed
+
+
+async def write_lines(store: Store, job: Job, lines: list[str], batch: int, seq: int = 0) -> int:
+    """Append like the worker's log sink: one writer, consecutive batches, no gaps."""
+    for i in range(0, len(lines), batch):
+        chunk = lines[i : i + batch]
+        await store.append_logs(job["_id"], "stdout", chunk, expected_seq=seq)
+        seq += len(chunk)
+    return seq
+
+
+async def finish(store: Store, job: Job, status: Status = Status.SUCCEEDED) -> Job:
+    current = await store.get_job(job["_id"])
+    assert current is not None
+    done = await store.finish(current, status, exit_code=0 if status is Status.SUCCEEDED else 1)
+    assert done is not None
+    return done

@@ -1,0 +1,288 @@
+"""The WebSocket log tail and job feed against the real API on the test MongoDB."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from typing import Any
+
+import aiohttp
+import pytest
+from live_helpers import LiveApi, MakeLiveApi, finish, running_job, write_lines
+
+from service.api.ws import CLOSE_TOO_SLOW, LiveSettings
+from service.client import GateQueueClient, LogLine
+from service.jobstatus import Status
+
+
+async def read_tail(url: str, job_id: Any, from_seq: int = 0) -> tuple[list[dict], dict | None]:
+    """Every message of one log WebSocket until it closes: (line messages, end message)."""
+    batches: list[dict] = []
+    end = None
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{url}/jobs/{job_id}/logs/ws?from={from_seq}") as ws,
+    ):
+        async for msg in ws:
+            data = json.loads(msg.data)
+            if data["type"] == "lines":
+                batches.append(data)
+            elif data["type"] == "end":
+                end = data
+    return batches, end
+
+
+def flatten(batches: list[dict]) -> list[tuple[int, str]]:
+    return [(b["seq"] + i, line) for b in batches for i, line in enumerate(b["lines"])]
+
+
+async def test_ten_thousand_lines_in_order_across_a_forced_reconnect(
+    live_api: LiveApi, client: GateQueueClient
+) -> None:
+    """A worker-like writer appends 10,000 lines while the client reads; half-way the
+    server closes the connection; the iterator still yields each line once, in order."""
+    store = live_api.store
+    job = await running_job(store)
+    total = 10_000
+    lines = [f"line {i:05d} " + "x" * (i % 50) for i in range(total)]
+    half_way = asyncio.Event()
+    reconnected_from: list[int] = []
+
+    async def writer() -> None:
+        await write_lines(store, job, lines[: total // 2], batch=37)
+        await half_way.wait()  # the rest is written around the forced reconnect
+        await write_lines(store, job, lines[total // 2 :], batch=53, seq=total // 2)
+        await finish(store, job)
+
+    got: list[LogLine] = []
+    writing = asyncio.create_task(writer())
+    stream = client.logs(str(job["_id"]))
+    async with stream:
+        async for line in stream:
+            got.append(line)
+            if len(got) == total // 2 - 1000:
+                tails = live_api.live.log_tails(job["_id"])
+                assert len(tails) == 1
+                reconnected_from.append(len(got))
+                await tails[0].close(1012, "test: forced close")
+                half_way.set()
+    await writing
+    assert stream.reconnects >= 1
+    assert reconnected_from == [total // 2 - 1000]
+    assert [line.seq for line in got] == list(range(total))
+    assert [line.line for line in got] == lines
+    assert stream.end is not None
+    assert stream.end.status == "Succeeded"
+    assert stream.end.seq == total
+
+
+async def test_tail_starts_mid_batch_and_ends_for_a_finished_job(live_api: LiveApi) -> None:
+    store = live_api.store
+    job = await running_job(store)
+    await write_lines(store, job, [f"l{i}" for i in range(20)], batch=5)
+    await finish(store, job, Status.FAILED)
+    batches, end = await read_tail(live_api.url, job["_id"], from_seq=7)
+    assert batches[0]["seq"] == 7
+    assert flatten(batches) == [(i, f"l{i}") for i in range(7, 20)]
+    assert end == {"type": "end", "status": "Failed", "exitCode": 1, "error": None, "seq": 20}
+
+
+async def test_end_waits_for_lines_committed_before_the_final_status(
+    live_api: LiveApi,
+) -> None:
+    """The jobs and job_logs streams are not ordered with each other: the final status
+    may be seen before the last batch. Every line must still come before `end`."""
+    store = live_api.store
+    for _ in range(5):
+        job = await running_job(store)
+        reader = asyncio.create_task(read_tail(live_api.url, job["_id"]))
+        await live_api.live.wait_for_tails(job["_id"], 1)  # connected before any write
+        await write_lines(store, job, [f"a{i}" for i in range(30)], batch=10)
+        await finish(store, job)
+        batches, end = await reader
+        assert flatten(batches) == [(i, f"a{i}") for i in range(30)]
+        assert end is not None
+        assert end["status"] == "Succeeded"
+
+
+async def test_one_change_stream_per_collection_for_many_clients(live_api: LiveApi) -> None:
+    store = live_api.store
+    jobs = [await running_job(store) for _ in range(3)]
+    readers = [
+        asyncio.create_task(read_tail(live_api.url, job["_id"])) for job in jobs for _ in range(3)
+    ]
+    async with aiohttp.ClientSession() as http:
+        feeds = [await http.ws_connect(f"{live_api.url}/ws/jobs") for _ in range(3)]
+        for job in jobs:
+            await live_api.live.wait_for_tails(job["_id"], 3)
+        for job in jobs:
+            await write_lines(store, job, ["hello", "world"], batch=1)
+            await finish(store, job)
+        for reader in readers:
+            batches, end = await reader
+            assert flatten(batches) == [(0, "hello"), (1, "world")]
+            assert end is not None
+        for ws in feeds:
+            await ws.close()
+    assert live_api.live.fanout.streams_opened == {"job_logs": 1, "jobs": 1}
+
+
+async def test_stream_resumes_from_its_token_without_loss(
+    live_api: LiveApi, client: GateQueueClient
+) -> None:
+    """Close the process's log change stream under it while lines keep coming: the fanout
+    reopens it from the last resume token, so live readers miss nothing."""
+    store = live_api.store
+    fanout = live_api.live.fanout
+    job = await running_job(store)
+    resyncs = fanout.resyncs
+    got: list[int] = []
+    stream = client.logs(str(job["_id"]))
+    await stream.connect()
+    await live_api.live.wait_for_tails(job["_id"], 1)
+
+    async def writer() -> None:
+        seq = await write_lines(store, job, [f"b{i}" for i in range(100)], batch=10)
+        await fanout.current_streams["job_logs"].close()  # interrupts an awaiting getMore
+        await fanout.wait_opened("job_logs", 2)
+        await write_lines(store, job, [f"b{i}" for i in range(100, 200)], batch=10, seq=seq)
+
+    writing = asyncio.create_task(writer())
+    async with stream:
+        async for line in stream:
+            got.append(line.seq)
+            if line.seq == 199:  # all of it came live; only now may the job end
+                await finish(store, job)
+    await writing
+    assert got == list(range(200))
+    assert fanout.streams_opened["job_logs"] == 2
+    # Every insert was seen exactly once by the process: the reopened stream resumed from
+    # its token, neither skipping nor repeating (a restart would have sent a Resync).
+    assert fanout.events_seen["job_logs"] == 20
+    assert fanout.resyncs == resyncs
+    assert stream.reconnects == 0
+
+
+def _tiny_receive_buffer(addr_info: Any) -> socket.socket:
+    family, type_, proto, _, _ = addr_info
+    sock = socket.socket(family, type_, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    return sock
+
+
+async def test_slow_client_is_closed_with_a_reason_and_others_are_not_slowed(
+    make_live_api: MakeLiveApi,
+) -> None:
+    """A client that stops reading overflows its own bounded queue and is closed with
+    4001 and a resume hint; a reader of the same job gets every line regardless."""
+    api = await make_live_api(
+        live=LiveSettings(max_queue_items=1_000, max_queue_lines=2_000, close_timeout_s=30)
+    )
+    store = api.store
+    job = await running_job(store)
+    lines = [f"{i:06d} " + "y" * 200 for i in range(20_000)]  # ~4 MB: far past TCP buffers
+    connector = aiohttp.TCPConnector(socket_factory=_tiny_receive_buffer)
+    fast_seen = 0
+    fast_progress = asyncio.Condition()
+
+    async def fast_reader(ws: aiohttp.ClientWebSocketResponse) -> tuple[list[int], dict]:
+        nonlocal fast_seen
+        seqs: list[int] = []
+        async for msg in ws:
+            data = json.loads(msg.data)
+            if data["type"] == "end":
+                return seqs, data
+            seqs += range(data["seq"], data["seq"] + len(data["lines"]))
+            async with fast_progress:
+                fast_seen = seqs[-1] + 1
+                fast_progress.notify_all()
+        raise AssertionError(f"fast reader closed early: {ws.close_code}")
+
+    async with (
+        aiohttp.ClientSession(connector=connector) as slow_http,
+        slow_http.ws_connect(f"{api.url}/jobs/{job['_id']}/logs/ws") as slow,
+        aiohttp.ClientSession() as fast_http,
+    ):
+        (slow_conn,) = await api.live.wait_for_tails(job["_id"], 1)
+        fast_ws = await fast_http.ws_connect(f"{api.url}/jobs/{job['_id']}/logs/ws")
+        await api.live.wait_for_tails(job["_id"], 2)
+        fast = asyncio.create_task(fast_reader(fast_ws))
+        seq = 0
+        for start in range(0, len(lines), 1_000):
+            # Paced by the fast reader, so only the slow one can fall behind.
+            seq = await write_lines(store, job, lines[start : start + 1_000], batch=50, seq=seq)
+            async with fast_progress:
+                await fast_progress.wait_for(lambda seq=seq: fast_seen >= seq)
+        await slow_conn.sub.dropped.wait()
+        await finish(store, job)
+        seqs, end = await fast
+        assert seqs == list(range(len(lines)))
+        assert end["status"] == "Succeeded"
+        await fast_ws.close()
+
+        received = 0
+        while True:  # the slow one gets what was in flight, then the reason
+            msg = await slow.receive()
+            if msg.type is not aiohttp.WSMsgType.TEXT:
+                break
+            received += len(json.loads(msg.data)["lines"])
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == CLOSE_TOO_SLOW
+        assert "too slow" in msg.extra
+        assert f"resume from={received}" in msg.extra
+        assert received < len(lines)
+    assert api.live.fanout.dropped_subscribers == 1
+
+
+async def test_job_feed_sends_changes_and_a_snapshot_for_watched_ids(live_api: LiveApi) -> None:
+    store = live_api.store
+    job, _ = await store.insert_job({"gateOptimizer": "entmax", "gates": 40, "epochs": 1})
+    async with aiohttp.ClientSession() as http:
+        everything = await http.ws_connect(f"{live_api.url}/ws/jobs")
+        watched = await http.ws_connect(f"{live_api.url}/ws/jobs?id={job['_id']}")
+        first = await watched.receive_json()
+        assert first["type"] == "job"
+        assert first["job"]["id"] == str(job["_id"])
+        assert first["job"]["status"] == "Pending"
+        await store.request_cancel(job["_id"])
+        for ws in (everything, watched):
+            while True:
+                msg = await ws.receive_json()
+                if msg["job"]["status"] == "Cancelled":
+                    break
+            await ws.close()
+        async with http.get(f"{live_api.url}/ws/jobs?id={'0' * 24}") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["code"] == "job_not_found"
+
+
+async def test_log_tail_refuses_unknown_jobs_bad_from_and_plain_http(live_api: LiveApi) -> None:
+    job = await running_job(live_api.store)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{live_api.url}/jobs/{'f' * 24}/logs/ws") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["code"] == "job_not_found"
+        async with http.get(f"{live_api.url}/jobs/{job['_id']}/logs/ws?from=-3") as resp:
+            assert resp.status == 422
+            assert (await resp.json())["error"]["fields"][0]["field"] == "from"
+        async with http.get(f"{live_api.url}/jobs/{job['_id']}/logs/ws") as resp:
+            assert resp.status == 400
+            assert (await resp.json())["error"]["code"] == "websocket_required"
+
+
+async def test_websockets_need_the_token_when_one_is_set(make_live_api: MakeLiveApi) -> None:
+    api = await make_live_api(token="s3cret")
+    job = await running_job(api.store)
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{api.url}/ws/jobs")
+        assert refused.value.status == 401
+        ws = await http.ws_connect(f"{api.url}/ws/jobs?token=s3cret")
+        await ws.close()
+        ws = await http.ws_connect(
+            f"{api.url}/jobs/{job['_id']}/logs/ws",
+            headers={"Authorization": "Bearer s3cret"},
+        )
+        await ws.close()
