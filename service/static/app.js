@@ -367,13 +367,27 @@
       this.disposed = true;
       if (this.socket) this.socket.close();
       if (this.frame) cancelAnimationFrame(this.frame);
+      if (this.ticker) clearInterval(this.ticker);
       if (this.chart) this.chart.destroy();
     }
 
-    showError(text) {
+    showError(text, status = "Failed") {
       const b = $("job-error");
       b.textContent = text;
+      b.className = `banner ${status === "Failed" ? "error" : "info"}`;
       b.hidden = !text;
+    }
+
+    // A running job's duration moves on without any event: redraw it each second (no
+    // network involved).
+    tickDuration(job) {
+      const running = job.status === "Running" && !this.disposed;
+      if (running && !this.ticker) {
+        this.ticker = setInterval(() => this.job && this.update(this.job), 1000);
+      } else if (!running && this.ticker) {
+        clearInterval(this.ticker);
+        this.ticker = 0;
+      }
     }
 
     update(job) {
@@ -390,13 +404,13 @@
       const cancel = $("cancel-btn");
       cancel.disabled = FINAL.has(job.status) || job.cancelRequested;
       cancel.textContent = job.cancelRequested && !FINAL.has(job.status) ? "Cancel requested" : "Cancel job";
-      this.showError(job.error && job.status !== "Succeeded" ? job.error : "");
+      this.showError(job.error && job.status !== "Succeeded" ? job.error : "", job.status);
+      this.tickDuration(job);
       const w = job.worker;
       const meta = [
         ["created", fmtTime(job.createdAt)],
         ["started", fmtTime(job.startedAt)],
-        [FINAL.has(job.status) ? "finished" : "running for",
-          FINAL.has(job.status) ? fmtTime(job.finishedAt) : job.startedAt ? duration(job.startedAt) : "—"],
+        ["finished", fmtTime(job.finishedAt)],
         ["duration", job.startedAt ? duration(job.startedAt, job.finishedAt) : "—"],
         ["worker", w ? `${w.host} · ${w.gpu}` : "—"],
         ["attempt", `${job.attempt} of ${job.maxAttempts}`],
@@ -440,6 +454,7 @@
       box.dataset.points = String(rows.length);
       const width = Math.max(300, box.clientWidth - 16);
       const key = series.map((s) => s.key).join(",");
+      this.chartData = data;
       if (this.chart && this.chartKey === key) {
         this.chart.setData(data);
         return;
@@ -447,11 +462,22 @@
       if (this.chart) this.chart.destroy();
       this.chartKey = key;
       const total = last.epochs || (this.job && this.job.hyperparameters.epochs) || rows.length;
+      // The x axis grows with the run (at least 5 epochs wide, or the whole run if shorter),
+      // so the first epochs of a long run are not squeezed against the left edge.
+      const xRange = (u, min, max) => [Math.min(1, min), Math.max(max, Math.min(total, 5), 2)];
+      // Without a cursor on the chart the legend shows each series' latest value.
+      const legendValue = (u, v, si) => {
+        if (v === null || v === undefined) {
+          const col = this.chartData ? this.chartData[si] : null;
+          v = col && col.length ? col[col.length - 1] : null;
+        }
+        return v === null || v === undefined ? "—" : num(v);
+      };
       this.chart = new uPlot({
         width,
         height: 260,
         scales: {
-          x: { time: false, range: () => [rows.length > 1 ? 1 : 0, Math.max(total, 2)] },
+          x: { time: false, range: xRange },
           acc: { range: [0, 1] },
           loss: { auto: true },
         },
@@ -462,11 +488,11 @@
           { scale: "acc", label: "accuracy", side: 1, stroke: "#2b8a3e", grid: { show: false } },
         ],
         series: [
-          { label: "epoch" },
+          { label: "epoch", value: (u, v) => (v === null || v === undefined ? "latest" : String(v)) },
           ...series.map((s) => ({
             label: s.label, stroke: s.stroke, width: 2, scale: s.scale, dash: s.dash,
             points: { show: true, size: 6, fill: s.stroke },
-            value: (u, v) => (v === null || v === undefined ? "—" : num(v)),
+            value: legendValue,
           })),
         ],
         legend: { live: true },

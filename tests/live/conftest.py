@@ -6,17 +6,25 @@ buffers), so the app runs under aiohttp's `AppRunner` on 127.0.0.1 with a free p
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
-from live_helpers import LiveApi, MakeLiveApi
+from live_helpers import TRAINERS, LiveApi, MakeLiveApi
+from pymongo import AsyncMongoClient
 
 from service.api.app import create_app
 from service.api.ws import LIVE, Live, LiveSettings
 from service.client import GateQueueClient
 from service.config import Settings
+from service.mongo import connect
 from service.store import Store
+from service.worker import Worker
 
 
 @pytest.fixture
@@ -51,3 +59,44 @@ async def live_api(make_live_api: MakeLiveApi) -> LiveApi:
 async def client(live_api: LiveApi) -> AsyncIterator[GateQueueClient]:
     async with GateQueueClient(live_api.url) as c:
         yield c
+
+
+@pytest.fixture
+async def start_worker(
+    mongo_uri: str, store: Store, tmp_path: Path
+) -> AsyncIterator[Callable[..., Awaitable[Worker]]]:
+    """A real worker (own MongoDB client, as a worker process has) running the paced
+    stand-in trainer; stopped at the end of the test."""
+    started: list[tuple[Worker, asyncio.Task[None], AsyncMongoClient]] = []
+
+    async def start(**options: Any) -> Worker:
+        client = connect(mongo_uri)
+        options.setdefault("trainer_cmd", [sys.executable, str(TRAINERS / "paced.py")])
+        options.setdefault("env", {**os.environ, "GQ_EPOCH_S": "0.4"})
+        worker = Worker(
+            Store(client, store.db.name),
+            worker_id=f"live-w{len(started) + 1}",
+            slots=["cpu"],
+            data_dir=tmp_path / f"worker{len(started) + 1}",
+            lease_s=10.0,
+            cancel_grace_s=1.0,
+            shutdown_grace_s=0.0,
+            stop_grace_s=1.0,
+            **options,
+        )
+        task = asyncio.create_task(worker.run())
+        started.append((worker, task, client))
+        ready = asyncio.create_task(worker.ready.wait())
+        done, _ = await asyncio.wait({ready, task}, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()
+            raise AssertionError("the worker stopped during start-up")
+        return worker
+
+    yield start
+    for worker, _, _ in started:
+        worker.stop(now=True)
+    for _, task, client in started:
+        await task
+        await client.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ TINY_JOB: dict[str, Any] = {
     "grouping": 10,
     "epochs": 2,
 }
+TRAINERS = Path(__file__).resolve().parent / "trainers"
 WORKER = WorkerInfo(id="test-worker", host="localhost", gpu="cpu")
 
 
