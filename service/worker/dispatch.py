@@ -79,6 +79,8 @@ class JobFeed:
         self._on_open = on_open
         self._max_await_ms = max_await_ms
         self._stream: AsyncChangeStream[Any] | None = None
+        self._token: Any | None = None
+        self._saver: asyncio.Task[None] | None = None
         # Observable state, for logs, tests and the benchmark.
         self.opens = 0
         self.resumed_from_token = False
@@ -111,7 +113,7 @@ class JobFeed:
                         await self._on_change(change)
                         self.events += 1
                         handled += 1
-                        await self._store.save_offset(self.offset_name, change["_id"])
+                        self._save_later(change["_id"])
             except PyMongoError as exc:
                 # The driver already resumed once on its own where the error allowed it.
                 if resumed and handled == 0 and isinstance(exc, OperationFailure):
@@ -129,6 +131,28 @@ class JobFeed:
             finally:
                 self._stream = None
                 self.opened.clear()
+
+    def _save_later(self, token: Any) -> None:
+        """Store the newest token without holding up the next event: one write in flight at
+        a time, always of the latest token, so a burst of events costs a few writes. A crash
+        before a write lands only replays those events, and replayed events are harmless."""
+        self._token = token
+        if self._saver is None or self._saver.done():
+            self._saver = asyncio.create_task(self._save_tokens())
+
+    async def _save_tokens(self) -> None:
+        while self._token is not None:
+            token, self._token = self._token, None
+            try:
+                await self._store.save_offset(self.offset_name, token)
+            except PyMongoError as exc:
+                log.warning("could not store the resume token", error=str(exc))
+                return
+
+    async def flush_token(self) -> None:
+        """Wait until the newest handled event's token is stored (for shutdown and tests)."""
+        while self._saver is not None and not self._saver.done():
+            await asyncio.shield(self._saver)
 
     async def _open(self) -> tuple[AsyncChangeStream[Any], bool]:
         """Resume from the stored token when there is one that the server still accepts."""

@@ -160,9 +160,13 @@ class JobRun:
 
     async def _supervise(self, workdir: Path, output_dir: Path) -> tuple[int | None, bool, str]:
         """Run the trainer to its end, or stop it on request; (exit code, stopped, error)."""
+        try:
+            hp_args = to_trainer_args(self.job["hyperparameters"])
+        except (KeyError, TypeError, AttributeError) as exc:
+            return None, False, f"the job's hyperparameters cannot be passed on: {exc}"
         argv = [
             *self.s.trainer_cmd,
-            *to_trainer_args(self.job["hyperparameters"]),
+            *hp_args,
             "--data-dir", str(self.s.datasets_dir),
             "--output-dir", str(output_dir),
             *self.slot.device_args(),

@@ -12,6 +12,7 @@ import asyncio
 import codecs
 import contextlib
 import os
+import shutil
 import signal
 import sys
 from collections import deque
@@ -34,7 +35,8 @@ STDERR_TAIL_LINES = 20
 
 # Run in place of the trainer, then exec'd into it (same pid): asks the kernel to SIGKILL the
 # trainer when the worker dies, so a worker killed with SIGKILL leaves no run behind holding
-# a GPU (the job is retried elsewhere after its lease). Linux only; elsewhere it just execs.
+# a GPU (the job is retried elsewhere after its lease). The fallback where `setpriv` is not
+# there; unlike `setpriv` it also catches a worker that died before the request was made.
 _PDEATHSIG = (
     "import os, sys\n"
     "try:\n"
@@ -52,10 +54,39 @@ _PDEATHSIG = (
 )
 
 
-def with_parent_death_signal(argv: Sequence[str]) -> list[str]:
+_launcher: list[str] | None = None
+_launcher_lock = asyncio.Lock()
+
+
+async def parent_death_launcher() -> list[str]:
+    """The prefix that makes a command die with the worker: util-linux's `setpriv` where it
+    knows `--pdeathsig` (a C program, ~5 ms), else a Python snippet (~25 ms of CPU per run).
+    Checked once per process; on other systems than Linux, nothing."""
+    global _launcher
+    async with _launcher_lock:
+        if _launcher is None:
+            _launcher = await _find_launcher()
+        return _launcher
+
+
+async def _find_launcher() -> list[str]:
     if not sys.platform.startswith("linux"):
-        return list(argv)
-    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG, str(os.getpid()), *argv]
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        cmd = [setpriv, "--pdeathsig", "KILL", "--"]
+        try:
+            probe = await asyncio.create_subprocess_exec(
+                *cmd, "true",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+            if await probe.wait() == 0:
+                return cmd
+        except OSError:
+            pass
+    return [sys.executable, "-I", "-S", "-c", _PDEATHSIG, str(os.getpid())]
 
 
 class TrainerProcess:
@@ -95,7 +126,8 @@ class TrainerProcess:
 
     async def start(self) -> None:
         """Raises OSError when the command cannot be started at all."""
-        argv = with_parent_death_signal(self.argv) if self._die_with_worker else self.argv
+        prefix = await parent_death_launcher() if self._die_with_worker else []
+        argv = [*prefix, *self.argv]
         self._proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.DEVNULL,

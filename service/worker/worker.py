@@ -10,6 +10,7 @@ becoming free (then it asks the queue, oldest first, so nothing waits while a sl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import socket
@@ -163,6 +164,8 @@ class Worker:
                 task.cancel()
             await asyncio.gather(stop_wait, *background, return_exceptions=True)
             await self._shutdown_runs()
+            with contextlib.suppress(PyMongoError):
+                await self.feed.flush_token()
             if heartbeat is not None:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)

@@ -219,3 +219,14 @@ async def test_shutdown_grace_lets_a_short_run_finish(
     done = await wait_job(store, job["_id"], finished)
     assert done["status"] == "Failed"  # exit by signal: a failure, but not a hand-back
     assert "SIGKILL" in done["error"]
+
+
+async def test_unmappable_hyperparameters_fail_the_job(
+    store: Store, make_worker: MakeWorker
+) -> None:
+    await make_worker(trainer_cmd=trainer("epochs"))
+    job = await insert(store, {**TINY_HP, "notAFlag": 1})
+    done = await wait_job(store, job["_id"], finished)
+    assert done["status"] == "Failed"
+    assert "notAFlag" in done["error"]
+    assert done["attempt"] == 1
