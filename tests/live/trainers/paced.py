@@ -1,6 +1,7 @@
 """A stand-in trainer for the browser test: a few log lines per epoch with short pauses
 and one EPOCH line per epoch, so a page can be watched filling up. Flags it does not know
-are ignored; GQ_EPOCH_S sets the seconds per epoch (default 0.4)."""
+are ignored; GQ_EPOCH_S sets the seconds per epoch (default 0.4). `--seed 666` makes the
+run fail after its first epoch, so a test can watch a failure."""
 
 import argparse
 import math
@@ -13,6 +14,7 @@ p = argparse.ArgumentParser()
 p.add_argument("--epochs", type=int, default=5)
 p.add_argument("--gate-optimizer", default="?")
 p.add_argument("--gates", type=int, default=0)
+p.add_argument("--seed", type=int, default=0)
 p.add_argument("--output-dir", type=Path, required=True)
 args, _ = p.parse_known_args()
 epoch_s = float(os.environ.get("GQ_EPOCH_S", "0.4"))
@@ -31,6 +33,9 @@ for epoch in range(1, args.epochs + 1):
         f"test_acc={acc - 0.03:.4f} test_acc_discrete={acc - 0.05:.4f} epoch_s={epoch_s:.2f}",
         flush=True,
     )
+    if args.seed == 666:
+        print("diverged: loss is nan", file=sys.stderr, flush=True)
+        sys.exit(3)
 args.output_dir.mkdir(parents=True, exist_ok=True)
 (args.output_dir / "network.txt").write_text("a stand-in network\n")
 print("done", flush=True)
