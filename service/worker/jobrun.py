@@ -13,6 +13,7 @@ import contextlib
 import shutil
 import signal
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -65,7 +66,10 @@ class RunSettings:
         return self.data_dir / "datasets"
 
     def workdir(self, job: Job) -> Path:
-        return self.data_dir / "jobs" / str(job["_id"]) / f"attempt-{job['attempt']}"
+        """Unique per run: a hand-back does not count an attempt, and a lost attempt may still
+        be cleaning up when this worker claims the same job again."""
+        suffix = uuid.uuid4().hex[:8]
+        return self.data_dir / "jobs" / str(job["_id"]) / f"attempt-{job['attempt']}-{suffix}"
 
 
 class JobRun:
@@ -131,7 +135,7 @@ class JobRun:
             raise
         finally:
             if not self.s.keep_workdirs:
-                await asyncio.to_thread(shutil.rmtree, workdir.parent, True)
+                await asyncio.to_thread(_remove_workdir, workdir)
 
     async def _run(self, workdir: Path) -> None:
         output_dir = workdir / "output"
@@ -384,12 +388,13 @@ class JobRun:
         self.stop_reason = StopReason.LOST
 
 
+def _remove_workdir(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        workdir.parent.rmdir()  # only once no other run of the job uses it
+
+
 def _make_dirs(*dirs: Path) -> None:
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
 
-
-async def cancel_quietly(task: asyncio.Task[Any]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task

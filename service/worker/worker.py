@@ -40,6 +40,7 @@ DEFAULT_SHUTDOWN_GRACE_S = 30.0  # runs may finish on their own this long after 
 DEFAULT_STOP_GRACE_S = 10.0  # then SIGTERM -> SIGKILL; both fit a 60 s termination grace
 _SWEEP_SLACK_S = 0.05
 _RETRY_S = 1.0
+_CLAIMER_STOP_S = 15.0
 
 ClaimHook = Callable[[Job], None]
 
@@ -135,10 +136,8 @@ class Worker:
             "worker starting", slots=[s.gpu for s in self.slots], lease_s=self.lease_s,
             trainer=self.run_settings.trainer_cmd,
         )  # fmt: skip
-        background = [
-            asyncio.create_task(self._start_feed(), name="feed"),
-            asyncio.create_task(self._claimer(), name="claimer"),
-        ]
+        claimer = asyncio.create_task(self._claimer(), name="claimer")
+        background = [asyncio.create_task(self._start_feed(), name="feed"), claimer]
         if self.sweep_leases:
             background.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         heartbeat = None
@@ -159,7 +158,11 @@ class Worker:
                                    error=repr(crashed))  # fmt: skip
         finally:
             self._stopping.set()
+            self._wake.set()
             stop_wait.cancel()
+            # A claim in flight is let finish (its run is then handed back like the others);
+            # cut short, it could leave a job Running that nobody runs until its lease ends.
+            await asyncio.wait([claimer], timeout=_CLAIMER_STOP_S)
             for task in background:
                 task.cancel()
             await asyncio.gather(stop_wait, *background, return_exceptions=True)
@@ -237,6 +240,7 @@ class Worker:
             self._wake.clear()
             if self.stopping:
                 return
+            opened = self.feed.opens
             try:
                 await self._fill_slots()
             except PyMongoError as exc:
@@ -244,7 +248,8 @@ class Worker:
                 self._backlog = True
                 await asyncio.sleep(_RETRY_S * random.uniform(0.8, 1.2))
                 self._wake.set()
-            if self.feed.opens and not self.ready.is_set() and not self._backlog:
+                continue
+            if opened and not self.ready.is_set():
                 self.ready.set()
 
     async def _fill_slots(self) -> None:

@@ -277,3 +277,16 @@ async def test_run_worker_cancellation_is_a_graceful_stop(
     assert back is not None and back["status"] == "Pending" and back["worker"] is None
     assert not pid_alive(pgid)
     assert not (tmp_path / "beat").exists()
+
+
+async def test_jobs_queued_before_start_are_caught_up_oldest_first(
+    store: Store, make_worker: MakeWorker
+) -> None:
+    jobs = [await insert(store) for _ in range(4)]  # more than the worker has slots
+    claims = Claims()
+    await make_worker(trainer_cmd=trainer("epochs"), on_claim=claims)
+    for job in jobs:
+        done = await wait_job(store, job["_id"], finished)
+        assert done["status"] == "Succeeded"
+    order = sorted(claims.at, key=claims.at.__getitem__)
+    assert order == [j["_id"] for j in jobs]
