@@ -26,6 +26,13 @@ from trainer.kernels.difflogic_cuda import (
 from trainer.parametrizations import Parametrization
 
 BACKENDS: tuple[str, ...] = ("auto", "cpp", "torch", "difflogic")
+# Below this many gate evaluations a kernel call runs on one thread: waking a second costs
+# more than it saves, and on a busy machine a preempted helper thread stalls the call.
+PARALLEL_MIN_WORK = 1 << 18
+
+
+def kernel_threads(gates: int, batch: int) -> int:
+    return torch.get_num_threads() if gates * batch >= PARALLEL_MIN_WORK else 1
 
 
 class TorchLogicFunction(torch.autograd.Function):
@@ -81,7 +88,7 @@ class CppLogicFunction(torch.autograd.Function):
         coef = coef.contiguous()
         gates, batch = coef.shape[0], x.shape[1]
         y = x.new_empty(gates, batch)
-        threads = torch.get_num_threads()
+        threads = kernel_threads(gates, batch)
         kernel.forward(
             x.data_ptr(), batch, ia.data_ptr(), ib.data_ptr(), coef.data_ptr(), gates,
             y.data_ptr(), threads,
@@ -96,7 +103,7 @@ class CppLogicFunction(torch.autograd.Function):
         kernel: CpuKernel = ctx.kernel
         grad_y = grad_y.contiguous()
         gates, (in_dim, batch) = coef.shape[0], x.shape
-        threads = torch.get_num_threads()
+        threads = kernel_threads(gates, batch)
         grad_x = x.new_empty(in_dim, batch) if ctx.needs_input_grad[0] else None
         grad_coef = coef.new_empty(gates, 4)
         scratch = coef.new_empty(threads * gates * 4 if threads > 1 else 1)

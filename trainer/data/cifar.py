@@ -27,6 +27,7 @@ _ALLOWED = {
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),  # protocol-2 pickles written by Python 3 encode bytes with it
 }
 
 
