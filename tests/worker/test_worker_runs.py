@@ -4,6 +4,7 @@ real trainer subprocesses (stand-ins from `trainers/`, and the real trainer once
 from __future__ import annotations
 
 import asyncio
+import time
 from datetime import timedelta
 
 import pytest
@@ -128,9 +129,14 @@ async def test_cancel_running_job(
     pgid = await logged_value(store, job["_id"], "pgid")
     child = await logged_value(store, job["_id"], "child")
     assert child != pgid
+    asked_at = time.perf_counter()
     outcome = await store.request_cancel(job["_id"])
     assert outcome.outcome.value == "requested"
     done = await wait_job(store, job["_id"], finished, deadline_s=10)
+    print(
+        f"\n[cancel] {flags[0]}: request -> Cancelled in "
+        f"{(time.perf_counter() - asked_at) * 1000:.0f} ms (SIGKILL grace 1 s)"
+    )
     assert done["status"] == "Cancelled"
     assert done["cancelRequested"] is True
     assert group_alive(pgid) == []
