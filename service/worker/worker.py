@@ -105,6 +105,7 @@ class Worker:
         self._busy: dict[str, ObjectId] = {}  # slot gpu -> job id
         self._run_tasks: set[asyncio.Task[None]] = set()
         self._hints: deque[Job] = deque()
+        self._early_cancels: set[ObjectId] = set()
         self._backlog = True  # ask the queue on the next wake-up
         self._wake = asyncio.Event()
         self._sweep_wake = asyncio.Event()
@@ -227,9 +228,13 @@ class Worker:
                 self._backlog = True
             self._wake.set()
         elif status == Status.RUNNING.value and job.get("cancelRequested"):
+            if (job.get("worker") or {}).get("id") != self.id:
+                return
             run = self.runs.get(job["_id"])
-            if run is not None and (job.get("worker") or {}).get("id") == self.id:
+            if run is not None:
                 run.request_cancel()
+            else:  # the event overtook our own claim's reply: apply it when the run starts
+                self._early_cancels.add(job["_id"])
 
     def _free_slots(self) -> list[Slot]:
         return [s for s in self.slots if s.gpu not in self._busy]
@@ -310,6 +315,9 @@ class Worker:
         run = JobRun(self.store, self.run_settings, slot, job)
         run.log.info("job claimed", attempt=job.get("attempt"))
         self.runs[job["_id"]] = run
+        if job["_id"] in self._early_cancels:
+            self._early_cancels.discard(job["_id"])
+            run.request_cancel()
         self._busy[slot.gpu] = job["_id"]
         task = asyncio.create_task(run.run(), name=f"run-{job['_id']}")
         self._run_tasks.add(task)
