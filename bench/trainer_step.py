@@ -2,11 +2,13 @@
 
 Baseline: the weighted sum of the 16 relaxed ops, batch-major, as difflogic's Python
 implementation computes it (trainer.reference). Ours: the same network (same connections,
-same logits, softmax gates) through `build_model`, for each available backend. Prints the
-machine, both timings and the ratio.
+same initial logits, softmax gates) built by `build_model`, once per backend. The models
+take turns step by step, so a load spike from elsewhere hits all of them alike; the ratio
+is of medians. Prints the machine, the timings and the ratios.
 
     python bench/trainer_step.py                      # 784 inputs, 32000 gates x 4, batch 128
-    python bench/trainer_step.py --gates 4000 --repeats 3
+    python bench/trainer_step.py --gates 4000 --rounds 5
+    python bench/trainer_step.py --device cuda --backends difflogic,torch
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from trainer import build_model
 from trainer.layer import resolve_backend
 from trainer.reference import ReferenceNet
 
+REFERENCE = "reference"
+
 
 def cpu_model() -> str:
     try:
@@ -39,32 +43,30 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def time_steps(step: Callable[[], float], warmup: int, repeats: int) -> tuple[float, float]:
-    """(median seconds per step, loss of the first step)."""
-    first_loss = step()
-    for _ in range(warmup - 1):
-        step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), first_loss
-
-
 def make_step(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, lr: float
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, device: torch.device
 ) -> Callable[[], float]:
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    """One timed Adam step; returns seconds (synchronised on CUDA)."""
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
 
     def step() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(x), y)
         loss.backward()
         opt.step()
-        return float(loss.detach())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
 
     return step
+
+
+def first_loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(torch.nn.functional.cross_entropy(model(x), y))
 
 
 def main() -> int:
@@ -76,51 +78,76 @@ def main() -> int:
     parser.add_argument("--grouping", type=int, default=10)
     parser.add_argument("--tau", type=float, default=100.0)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--reference-repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--backends", default="cpp,torch", help="ours to time, comma-separated")
+    parser.add_argument("--no-reference", action="store_true")
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
-    torch.manual_seed(0)
     print(f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__}; "
-          f"{torch.get_num_threads()} threads; python {platform.python_version()}")
+          f"{torch.get_num_threads()} threads; python {platform.python_version()}; "
+          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    if device.type == "cuda":
+        print(f"device: {torch.cuda.get_device_name(device)}", flush=True)
     print(f"config: {args.in_dim} inputs, {args.gates} gates x {args.layers} layers, "
-          f"batch {args.batch}, softmax gates, one Adam step (forward, loss, backward, update)")
-    x = (torch.rand(args.batch, args.in_dim) > 0.5).float()
-    y = torch.randint(0, args.grouping, (args.batch,))
+          f"batch {args.batch}, softmax gates, one Adam step (forward, loss, backward, "
+          f"update) on {device}", flush=True)
+    torch.manual_seed(0)
+    x = (torch.rand(args.batch, args.in_dim) > 0.5).float().to(device)
+    y = torch.randint(0, args.grouping, (args.batch,)).to(device)
     common = dict(gates=args.gates, network_layers=args.layers, grouping=args.grouping,
                   group_sum_tau=args.tau, gate_optimizer="softmax")
 
-    # The reference gets the very network ours start from: same seed, same connections.
-    torch.manual_seed(1)
-    template = build_model(args.in_dim, backend="torch", **common)
-    ref = ReferenceNet(
-        [(layer.idx_a, layer.idx_b) for layer in template.layers],
-        [layer.logits for layer in template.layers],
-        args.grouping,
-        args.tau,
-    )
-    del template
-
-    ours: dict[str, tuple[float, float]] = {}
+    models: dict[str, torch.nn.Module] = {}
     for backend in [b for b in args.backends.split(",") if b]:
         try:
-            resolve_backend(backend, torch.device("cpu"))
+            resolve_backend(backend, device)
         except ValueError as exc:
-            print(f"ours [{backend}]: skipped: {exc}")
+            print(f"ours [{backend}]: skipped: {exc}", flush=True)
             continue
+        torch.manual_seed(1)  # every model starts from the same network
+        models[backend] = build_model(args.in_dim, backend=backend, **common).to(device)
+    if not args.no_reference:
         torch.manual_seed(1)
-        model = build_model(args.in_dim, backend=backend, **common)
-        seconds, loss = time_steps(make_step(model, x, y, 0.01), args.warmup, args.repeats)
-        ours[backend] = (seconds, loss)
-        print(f"ours [{backend}]: {seconds * 1e3:.1f} ms/step (first loss {loss:.6f})")
-        del model
-    ref_s, ref_loss = time_steps(make_step(ref, x, y, 0.01), 1, args.reference_repeats)
-    print(f"reference [16-op weighted sum, batch-major]: {ref_s * 1e3:.1f} ms/step "
-          f"(first loss {ref_loss:.6f})")
-    for backend, (seconds, loss) in ours.items():
-        same = "same" if abs(loss - ref_loss) <= 1e-4 * max(1.0, abs(ref_loss)) else "DIFFERENT"
-        print(f"ratio reference/ours [{backend}]: {ref_s / seconds:.1f}x ({same} first loss)")
+        template = build_model(args.in_dim, backend="torch", **common).to(device)
+        models[REFERENCE] = ReferenceNet(
+            [(layer.idx_a, layer.idx_b) for layer in template.layers],
+            [layer.logits for layer in template.layers],
+            args.grouping,
+            args.tau,
+        )
+        del template
+
+    losses = {name: first_loss(model, x, y) for name, model in models.items()}
+    steps = {name: make_step(model, x, y, device) for name, model in models.items()}
+    for step in steps.values():
+        for _ in range(args.warmup):
+            step()
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            times[name].append(step())
+
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    for name, ts in times.items():
+        label = (REFERENCE + " [16-op weighted sum, batch-major]" if name == REFERENCE
+                 else f"ours [{name}]")
+        print(f"{label}: median {median[name] * 1e3:.1f} ms/step, min {min(ts) * 1e3:.1f} "
+              f"(first loss {losses[name]:.6f})", flush=True)
+    if REFERENCE in median:
+        ref_loss = losses[REFERENCE]
+        for name in median:
+            if name == REFERENCE:
+                continue
+            same = abs(losses[name] - ref_loss) <= 1e-4 * max(1.0, abs(ref_loss))
+            print(f"ratio reference/ours [{name}]: {median[REFERENCE] / median[name]:.1f}x "
+                  f"(of minima {min(times[REFERENCE]) / min(times[name]):.1f}x; "
+                  f"{'same' if same else 'DIFFERENT'} loss)", flush=True)
+    print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 
 
