@@ -18,6 +18,7 @@ import torch
 from trainer import logs
 from trainer.data import Dataset, load_dataset
 from trainer.export import network_document, save_network
+from trainer.layer import PARALLEL_MIN_WORK
 from trainer.model import LogicNet, build_model, relaxed_evaluation
 
 EVAL_BATCH = 2048
@@ -32,6 +33,8 @@ class EpochStats:
     loss_sum: float = 0.0
     correct: int = 0
     seen: int = 0
+    steps: int = 0
+    seconds: float = 0.0
 
 
 def emit(line: str) -> None:
@@ -89,7 +92,10 @@ def train_epoch(
     log = logs.get_logger()
     x, y = data
     model.train()
-    stats = EpochStats()
+    # Sums stay on the device: reading them every step would stall a CUDA queue.
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.int64)
+    seen = 0
     order = torch.randperm(len(x), generator=generator).to(x.device)
     batches = math.ceil(len(x) / args.batch_size)
     last_report = start = time.perf_counter()
@@ -101,17 +107,19 @@ def train_epoch(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        stats.loss_sum += float(loss.detach()) * len(yb)
-        stats.correct += int((scores.detach().argmax(-1) == yb).sum())
-        stats.seen += len(yb)
+        loss_sum += loss.detach() * len(yb)
+        correct += (scores.detach().argmax(-1) == yb).sum()
+        seen += len(yb)
         now = time.perf_counter()
         if now - last_report >= args.progress_s and i + 1 < batches:
             last_report = now
             log.info(
                 "progress", epoch=f"{epoch}/{args.epochs}", batch=f"{i + 1}/{batches}",
-                loss=round(stats.loss_sum / stats.seen, 4),
-                samples_per_s=round(stats.seen / (now - start), 1),
+                loss=round(float(loss_sum) / seen, 4),
+                samples_per_s=round(seen / (now - start), 1),
             )
+    stats = EpochStats(float(loss_sum), int(correct), seen, batches)
+    stats.seconds = time.perf_counter() - start  # after the reads above: the queue is done
     return stats
 
 
@@ -141,6 +149,11 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         backend = model.backend_on(device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if (args.threads is None and device.type == "cpu"
+            and max(model.widths) * args.batch_size < PARALLEL_MIN_WORK):
+        # Too little work per op to share: a second thread only adds wake-ups, and on a
+        # busy machine every parallel op then waits for a preempted thread.
+        torch.set_num_threads(1)
     if model.widths[-1] != args.gates:
         log.info("last layer rounded up to a multiple of grouping",
                  gates=args.gates, last_layer=model.widths[-1], grouping=args.grouping)
@@ -174,6 +187,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
             "test_acc": test_acc,
             "test_acc_discrete": test_acc_discrete,
             "epoch_s": time.perf_counter() - e0,
+            "step_ms": 1e3 * stats.seconds / max(1, stats.steps),
         }
         best = max(best, test_acc_discrete)
         emit(f"EPOCH {epoch}/{args.epochs} {format_pairs(metrics)}")
