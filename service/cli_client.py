@@ -254,7 +254,9 @@ def _page_url(api: str, job_id: str) -> str:
 async def follow_progress(client: GateQueueClient, job: Job) -> Job:
     """A progress bar over epochs, fed by /ws/jobs pushes (no polling); the final job."""
     done, total = _epochs(job)
-    console = Console(stderr=True)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        return await _follow_plain(client, job, console)
     with Progress(
         TextColumn("{task.fields[status]}"),
         BarColumn(),
@@ -282,19 +284,37 @@ async def follow_progress(client: GateQueueClient, job: Job) -> Job:
     return final
 
 
+async def _follow_plain(client: GateQueueClient, job: Job, console: Console) -> Job:
+    """Where no bar can be drawn (a pipe, a CI log): one line per status or epoch change."""
+    final, shown = job, None
+    async for update in client.watch(job["id"]):
+        final = update
+        done, total = _epochs(update)
+        key = (update.get("status"), done)
+        if key != shown:
+            shown = key
+            metrics = _escape(_metrics_text(update.get("latestMetrics")))
+            console.print(f"{update.get('status')}  epoch {done}/{total}  {metrics}".rstrip())
+    return final
+
+
 async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
     jobs = await client.list(status=args.status, limit=args.limit)
     if args.json:
         for job in jobs:
             print(json.dumps(job))
         return EXIT_OK
-    console = Console(highlight=False, soft_wrap=True)
+    # Piped output is not cut to 80 columns: ids must survive `| grep` and `| awk`.
+    console = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
     if not jobs:
         console.print("no jobs" + (f" with status {args.status}" if args.status else ""))
         return EXIT_OK
     table = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("ID", "STATUS", "NAME", "OPTIMIZER", "EPOCH", "TEST ACC", "CREATED"):
-        table.add_column(col, no_wrap=col != "NAME")
+        if col == "NAME":
+            table.add_column(col, overflow="ellipsis", max_width=40)
+        else:
+            table.add_column(col, no_wrap=True, min_width=24 if col == "ID" else None)
     for job in jobs:
         done, total = _epochs(job)
         metrics = job.get("latestMetrics") or {}
@@ -361,15 +381,24 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
 
 
 async def cmd_logs(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
+    # One stream, in the log's order (stderr and system lines marked), like `kubectl logs`:
+    # splitting them over stdout and stderr would reorder them in any pipe.
     out, err = sys.stdout, sys.stderr
+    tty = out.isatty()
+    marks = {
+        "stderr": "\x1b[31m" if tty else "",
+        "system": "\x1b[2m[system] " if tty else "[system] ",
+    }
+    reset = "\x1b[0m" if tty else ""
     async with client.logs(args.job, follow=args.follow, from_seq=args.from_seq) as stream:
         async for line in stream:
-            if line.stream == "stdout":
+            mark = marks.get(line.stream)
+            if mark is None:
                 out.write(line.line + "\n")
-            elif line.stream == "stderr":
-                err.write(line.line + "\n")
             else:
-                err.write(f"[{line.stream}] {line.line}\n")
+                out.write(f"{mark}{line.line}{reset}\n")
+            if args.follow and not stream.pending():
+                out.flush()
         out.flush()
     if not args.follow:
         return EXIT_OK

@@ -358,6 +358,11 @@ class LogStream:
         self._done = False
         self._failures = 0
 
+    def pending(self) -> int:
+        """Lines received and not yet yielded: 0 means the next line may take a while
+        (a consumer can flush its output then rather than after every line)."""
+        return len(self._buffer)
+
     def __aiter__(self) -> LogStream:
         return self
 
