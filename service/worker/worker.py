@@ -375,14 +375,15 @@ class Worker:
 
 def _with_trainer_importable(env: dict[str, str]) -> dict[str, str]:
     """Runs start in their own work dir, so `python -m trainer` must not depend on the
-    worker's cwd: put the directory holding the `trainer` package on PYTHONPATH."""
-    import importlib.util
+    worker's cwd: put the directory holding the `trainer` package on PYTHONPATH.
 
-    spec = importlib.util.find_spec("trainer")
-    if spec is None or not spec.submodule_search_locations:
-        return env
-    root = str(Path(next(iter(spec.submodule_search_locations))).parent)
+    `trainer` ships next to `service` (one distribution), so it is looked up there, not by
+    import machinery that a same-named directory elsewhere on sys.path could fool.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if not (root / "trainer" / "__init__.py").is_file():
+        return env  # installed some other way; the interpreter finds it on its own
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in parts:
-        env["PYTHONPATH"] = os.pathsep.join([root, *parts])
+    if str(root) not in parts:
+        env["PYTHONPATH"] = os.pathsep.join([str(root), *parts])
     return env

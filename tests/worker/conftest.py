@@ -7,17 +7,16 @@ its connections without disturbing the test's own client.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from worker_helpers import MakeWorker
 
 from service.mongo import connect
 from service.store import Store
 from service.worker import Worker
-
-MakeWorker = Callable[..., Awaitable[Worker]]
 
 
 @pytest.fixture

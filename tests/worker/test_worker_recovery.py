@@ -18,9 +18,9 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from conftest import MakeWorker
 from tcpproxy import TcpProxy
 from worker_helpers import (
+    MakeWorker,
     eventually,
     finished,
     insert,

@@ -8,9 +8,9 @@ import time
 from datetime import timedelta
 
 import pytest
-from conftest import MakeWorker
 from worker_helpers import (
     TINY_HP,
+    MakeWorker,
     eventually,
     finished,
     group_alive,

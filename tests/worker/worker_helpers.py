@@ -16,6 +16,9 @@ from bson import ObjectId
 from service.hyperparameters import Hyperparameters
 from service.jobstatus import Status
 from service.store import Job, Store
+from service.worker import Worker
+
+MakeWorker = Callable[..., Awaitable[Worker]]
 
 TRAINERS = Path(__file__).resolve().parent / "trainers"
 
