@@ -90,6 +90,17 @@ class Live:
         async with self._changed:
             self._changed.notify_all()
 
+    async def unregister(self, conn: Connection) -> None:
+        conn.sub.close()
+        self.connections.discard(conn)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_idle(self) -> None:
+        """Until no WebSocket is open (tests: every subscriber must be gone by then)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self.connections)
+
     async def wait_for_tails(self, job_id: str | ObjectId, count: int) -> list[Connection]:
         """Until `count` log tails of the job are open (tests, benchmarks)."""
         async with self._changed:
@@ -349,7 +360,10 @@ async def logs_ws(request: web.Request) -> web.StreamResponse:
     conn.next_seq = from_seq
     await live.register(conn)
     tail = LogTail(conn, store, live.settings.catch_up_page_lines)
-    await conn.serve(tail.run)
+    try:
+        await conn.serve(tail.run)
+    finally:  # also when the handler is cancelled: never leave a subscriber behind
+        await asyncio.shield(live.unregister(conn))
     return ws
 
 
@@ -419,7 +433,10 @@ async def jobs_ws(request: web.Request) -> web.StreamResponse:
         raise
     conn = Connection(request, ws, sub, "jobs", close_timeout_s=live.settings.close_timeout_s)
     await live.register(conn)
-    await conn.serve(lambda: _job_changes(conn, store, ids))
+    try:
+        await conn.serve(lambda: _job_changes(conn, store, ids))
+    finally:
+        await asyncio.shield(live.unregister(conn))
     return ws
 
 

@@ -126,6 +126,8 @@ async def test_one_change_stream_per_collection_for_many_clients(live_api: LiveA
         for ws in feeds:
             await ws.close()
     assert live_api.live.fanout.streams_opened == {"job_logs": 1, "jobs": 1}
+    await live_api.live.wait_idle()
+    assert live_api.live.fanout.subscriber_count() == 0  # nobody left behind
 
 
 async def test_stream_resumes_from_its_token_without_loss(
