@@ -22,13 +22,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer import build_model
-from trainer.layer import resolve_backend
-from trainer.reference import ReferenceNet
+from trainer.openmp import prefer_passive_waiting
+
+prefer_passive_waiting()  # for every model alike: see trainer/openmp.py
+
+import torch  # noqa: E402
+
+from trainer import build_model  # noqa: E402
+from trainer.layer import resolve_backend  # noqa: E402
+from trainer.reference import ReferenceNet  # noqa: E402
 
 REFERENCE = "reference"
 

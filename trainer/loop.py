@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -161,6 +162,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
         "model built", device=str(device), backend=backend, widths=model.widths,
         gates_total=sum(model.widths), gate_optimizer=args.gate_optimizer,
         residual_layers=args.residual_layers, threads=torch.get_num_threads(),
+        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "unset"),
         torch=torch.__version__,
     )
 

@@ -12,7 +12,11 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from trainer.cli import main
+from trainer.openmp import prefer_passive_waiting
+
+prefer_passive_waiting()
+
+from trainer.cli import main  # noqa: E402  (after the OpenMP environment is set)
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -8,6 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from trainer.openmp import prefer_passive_waiting
+
+prefer_passive_waiting()  # before torch loads, where this conftest is the first to import it
+
 
 @pytest.fixture(scope="session", autouse=True)
 def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:

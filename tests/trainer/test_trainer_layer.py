@@ -57,11 +57,10 @@ def _reference(x, ia, ib, probs, grad_out):  # type: ignore[no-untyped-def]
 
 
 def _ours(x, ia, ib, probs, grad_out, apply):  # type: ignore[no-untyped-def]
-    """Our layer is feature-major and takes coefficients: transpose in, transpose out."""
+    """Our layer is feature-major: transpose in, transpose out."""
     xf = x.t().contiguous().requires_grad_(True)
     probs = probs.clone().requires_grad_(True)
-    coef = probs @ coefficient_matrix(x.dtype)
-    y = apply(xf, coef)
+    y = apply(xf, probs)
     gx, gp = torch.autograd.grad(y, [xf, probs], grad_out.t().contiguous())
     return y.detach().t(), gx.t(), gp
 
@@ -70,8 +69,9 @@ def test_torch_backend_matches_reference() -> None:
     x, ia, ib, probs = _case(37, 50, 23, torch.float64)
     grad_out = torch.randn(23, 50, dtype=torch.float64)
     ref = _reference(x, ia, ib, probs, grad_out)
+    coeffs = coefficient_matrix(torch.float64)
     ours = _ours(x, ia, ib, probs, grad_out,
-                 lambda xf, c: TorchLogicFunction.apply(xf, c, ia, ib))
+                 lambda xf, p: TorchLogicFunction.apply(xf, p @ coeffs, ia, ib))
     for r, o in zip(ref, ours, strict=True):
         torch.testing.assert_close(o, r)
 
@@ -97,7 +97,7 @@ def test_cpp_backend_matches_reference(in_dim: int, gates: int, batch: int, thre
     try:
         ours = _ours(
             x, ia, ib, probs, grad_out,
-            lambda xf, c: CppLogicFunction.apply(xf, c, ia.int(), ib.int(), kernel),
+            lambda xf, p: CppLogicFunction.apply(xf, p, ia.int(), ib.int(), kernel),
         )
     finally:
         torch.set_num_threads(old)
@@ -108,10 +108,10 @@ def test_cpp_backend_matches_reference(in_dim: int, gates: int, batch: int, thre
 @needs_compiler
 def test_cpp_backend_skips_input_gradient_when_not_needed() -> None:
     x, ia, ib, probs = _case(20, 30, 8, torch.float32)
-    coef = (probs @ coefficient_matrix()).requires_grad_(True)
-    y = CppLogicFunction.apply(x.t().contiguous(), coef, ia.int(), ib.int(), load_kernel())
-    (grad,) = torch.autograd.grad(y.sum(), [coef])
-    assert grad.shape == coef.shape and torch.isfinite(grad).all()
+    probs.requires_grad_(True)
+    y = CppLogicFunction.apply(x.t().contiguous(), probs, ia.int(), ib.int(), load_kernel())
+    (grad,) = torch.autograd.grad(y.sum(), [probs])
+    assert grad.shape == probs.shape and torch.isfinite(grad).all()
 
 
 def test_connections_read_every_input_and_never_one_input_twice() -> None:

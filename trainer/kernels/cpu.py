@@ -88,6 +88,9 @@ class CpuKernel:
     lib: ctypes.CDLL
     path: Path
 
+    def coefficients(self, probs: int, gates: int, coef: int, threads: int) -> None:
+        self.lib.gq_coefficients(probs, gates, coef, threads)
+
     def forward(
         self, x: int, batch: int, ia: int, ib: int, coef: int, gates: int, y: int, threads: int
     ) -> None:
@@ -105,11 +108,12 @@ class CpuKernel:
         gy: int,
         gx: int | None,
         gcoef: int,
+        gprobs: int,
         scratch: int,
         threads: int,
     ) -> None:
         self.lib.gq_backward(
-            x, in_dim, batch, ia, ib, coef, gates, gy, gx, gcoef, scratch, threads
+            x, in_dim, batch, ia, ib, coef, gates, gy, gx, gcoef, gprobs, scratch, threads
         )
 
 
@@ -118,7 +122,9 @@ def _load(path: Path) -> CpuKernel:
     p, i64, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.gq_forward.argtypes = [p, i64, p, p, p, i64, p, c_int]
     lib.gq_forward.restype = None
-    lib.gq_backward.argtypes = [p, i64, i64, p, p, p, i64, p, p, p, p, c_int]
+    lib.gq_coefficients.argtypes = [p, i64, p, c_int]
+    lib.gq_coefficients.restype = None
+    lib.gq_backward.argtypes = [p, i64, i64, p, p, p, i64, p, p, p, p, p, c_int]
     lib.gq_backward.restype = None
     return CpuKernel(lib=lib, path=path)
 

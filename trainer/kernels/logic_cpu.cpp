@@ -135,9 +135,32 @@ void backward_cols(const float* x, int64_t batch, const int32_t* ia, const int32
     }
 }
 
+// Coefficients (1, a, b, a*b) of each of the 16 gates; must match trainer/gates.py (the
+// tests compare both against the 16-op reference).
+constexpr float COEFFS[16][4] = {
+    {0, 0, 0, 0},  {0, 0, 0, 1},   {0, 1, 0, -1},  {0, 1, 0, 0},
+    {0, 0, 1, -1}, {0, 0, 1, 0},   {0, 1, 1, -2},  {0, 1, 1, -1},
+    {1, -1, -1, 1}, {1, -1, -1, 2}, {1, 0, -1, 0}, {1, 0, -1, 1},
+    {1, -1, 0, 0}, {1, -1, 0, 1},  {1, 0, 0, -1},  {1, 0, 0, 0},
+};
+
 }  // namespace
 
 extern "C" {
+
+// coef (gates, 4) = probs (gates, 16) @ COEFFS: the affine form of each gate's mixture.
+void gq_coefficients(const float* probs, int64_t gates, float* coef, int threads) {
+    run_threads(threads, [=](int t, int team) {
+        const int64_t g0 = gates * t / team, g1 = gates * (t + 1) / team;
+        for (int64_t g = g0; g < g1; ++g) {
+            const float* p = probs + 16 * g;
+            float c[4] = {0.f, 0.f, 0.f, 0.f};
+            for (int i = 0; i < 16; ++i)
+                for (int j = 0; j < 4; ++j) c[j] += p[i] * COEFFS[i][j];
+            for (int j = 0; j < 4; ++j) coef[4 * g + j] = c[j];
+        }
+    });
+}
 
 // y[g, :] = c0 + c1 * x[ia[g], :] + c2 * x[ib[g], :] + c3 * x[ia[g], :] * x[ib[g], :]
 void gq_forward(const float* x, int64_t batch, const int32_t* ia, const int32_t* ib,
@@ -152,13 +175,13 @@ void gq_forward(const float* x, int64_t batch, const int32_t* ia, const int32_t*
     });
 }
 
-// Gradients of the forward above. gcoef (gates, 4) receives sum_k gy * (1, a, b, a*b);
-// gx (in_dim, batch), when not null, is overwritten with the input gradient. Threads split
-// the batch columns, so no two write one element; scratch holds threads * gates * 4 floats
-// of per-thread partial sums.
+// Gradients of the forward above. gcoef (gates, 4) receives sum_k gy * (1, a, b, a*b) and
+// gprobs (gates, 16) the same pulled back through COEFFS; gx (in_dim, batch), when not
+// null, is overwritten with the input gradient. Threads split the batch columns, so no two
+// write one element; scratch holds threads * gates * 4 floats of per-thread partial sums.
 void gq_backward(const float* x, int64_t in_dim, int64_t batch, const int32_t* ia,
                  const int32_t* ib, const float* coef, int64_t gates, const float* gy,
-                 float* gx, float* gcoef, float* scratch, int threads) {
+                 float* gx, float* gcoef, float* gprobs, float* scratch, int threads) {
     const int64_t max_threads = std::max<int64_t>(1, (batch + BLOCK - 1) / BLOCK);
     threads = static_cast<int>(std::min<int64_t>(threads, max_threads));
     int used = 1;
@@ -179,16 +202,23 @@ void gq_backward(const float* x, int64_t in_dim, int64_t batch, const int32_t* i
             }
         }
     });
-    if (used > 1) {
-        run_threads(threads, [=](int t, int team) {
-            const int64_t n = gates * 4, i0 = n * t / team, i1 = n * (t + 1) / team;
-            for (int64_t i = i0; i < i1; ++i) {
-                float s = 0.f;
-                for (int u = 0; u < used; ++u) s += scratch[static_cast<int64_t>(u) * n + i];
-                gcoef[i] = s;
+    // Sum the threads' partial sums (if several) and pull back to the 16 probabilities.
+    run_threads(threads, [=](int t, int team) {
+        const int64_t g0 = gates * t / team, g1 = gates * (t + 1) / team;
+        for (int64_t g = g0; g < g1; ++g) {
+            float c[4];
+            for (int j = 0; j < 4; ++j) {
+                float s = used == 1 ? gcoef[4 * g + j] : 0.f;
+                if (used > 1)
+                    for (int u = 0; u < used; ++u)
+                        s += scratch[(static_cast<int64_t>(u) * gates + g) * 4 + j];
+                gcoef[4 * g + j] = c[j] = s;
             }
-        });
-    }
+            for (int i = 0; i < 16; ++i)
+                gprobs[16 * g + i] = c[0] * COEFFS[i][0] + c[1] * COEFFS[i][1] +
+                                     c[2] * COEFFS[i][2] + c[3] * COEFFS[i][3];
+        }
+    });
 }
 
 }  // extern "C"
