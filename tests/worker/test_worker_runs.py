@@ -157,6 +157,7 @@ async def test_cancel_seen_at_renewal_when_no_event_arrives(
     await store.jobs.update_one({"_id": job["_id"]}, {"$set": {"cancelRequested": True}})
     done = await wait_job(store, job["_id"], finished, deadline_s=10)
     assert done["status"] == "Cancelled"
+    await eventually(lambda: _done(run))  # the DB may show it before the run has returned
     assert run.outcome == "Cancelled"
 
 
