@@ -24,9 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from trainer.openmp import prefer_passive_waiting
+from trainer.runtime import prepare_process
 
-prefer_passive_waiting()  # for every model alike: see trainer/openmp.py
+prepare_process()  # for every model alike: see trainer/runtime.py
 
 import torch  # noqa: E402
 

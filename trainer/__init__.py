@@ -1,7 +1,7 @@
 """Differentiable logic gate networks: `build_model`, the layer, data sets, `python -m trainer`.
 
 The exports load lazily, so `python -m trainer` can set up the OpenMP environment
-(trainer.openmp) before anything imports torch.
+(trainer.runtime) before anything imports torch.
 """
 
 from __future__ import annotations

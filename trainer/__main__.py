@@ -1,8 +1,8 @@
 """`python -m trainer ...`: see trainer.cli."""
 
-from trainer.openmp import prefer_passive_waiting
+from trainer.runtime import prepare_process
 
-prefer_passive_waiting()
+prepare_process()
 
 from trainer.cli import main  # noqa: E402  (after the OpenMP environment is set)
 

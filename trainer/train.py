@@ -12,9 +12,9 @@ if __package__ in (None, ""):
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from trainer.openmp import prefer_passive_waiting
+from trainer.runtime import prepare_process
 
-prefer_passive_waiting()
+prepare_process()
 
 from trainer.cli import main  # noqa: E402  (after the OpenMP environment is set)
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.openmp import prefer_passive_waiting
+from trainer.runtime import prepare_process
 
-prefer_passive_waiting()  # before torch loads, where this conftest is the first to import it
+prepare_process()  # before torch loads, where this conftest is the first to import it
 
 
 @pytest.fixture(scope="session", autouse=True)
