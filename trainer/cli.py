@@ -49,11 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--gate-optimizer", choices=GATE_OPTIMIZERS, default="sparsemax_noise",
-                   help="how each neuron's 16 gate logits become probabilities")
+                   metavar="NAME", help="how each neuron's 16 gate logits become "
+                   f"probabilities: {', '.join(GATE_OPTIMIZERS)}")
     p.add_argument("--gates", type=_number(int, 1), default=3332,
                    help="gates per layer; the last layer is rounded up to a multiple of "
                    "--grouping")
-    p.add_argument("--network-layers", type=_number(int, 1), default=4)
+    p.add_argument("--network-layers", type=_number(int, 1), default=4, help="logic layers")
     p.add_argument("--grouping", type=_number(int, 1), default=10,
                    help="GroupSum's k; must equal the data set's number of classes")
     p.add_argument("--group-sum-tau", type=_number(float, 0, strict=True), default=100.0,
@@ -64,16 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-temp", type=_number(float, 0), default=0.2,
                    help="Gumbel temperature (gumbel_*) or Gaussian noise scale "
                    "(sparsemax_noise)")
-    p.add_argument("--epochs", type=_number(int, 1), default=5)
-    p.add_argument("--dataset", choices=DATASETS, default="digits")
-    p.add_argument("--batch-size", type=_number(int, 1), default=128)
-    p.add_argument("--learning-rate", type=_number(float, 0, strict=True), default=0.01)
-    p.add_argument("--seed", type=_number(int, 0), default=0)
+    p.add_argument("--epochs", type=_number(int, 1), default=5, help="passes over the data")
+    p.add_argument("--dataset", choices=DATASETS, default="digits", metavar="NAME",
+                   help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--batch-size", type=_number(int, 1), default=128, help="samples per step")
+    p.add_argument("--learning-rate", type=_number(float, 0, strict=True), default=0.01,
+                   help="Adam's step size")
+    p.add_argument("--seed", type=_number(int, 0), default=0,
+                   help="connections, initial logits, batch order and noise")
     p.add_argument("--data-dir", type=Path, default=Path("data"),
                    help="where mnist and cifar10 files are (mnist is downloaded there)")
     p.add_argument("--output-dir", type=Path, default=None,
                    help="where network.json goes; default runs/<dataset>-<UTC time>")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: CUDA when present")
     p.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="layer kernel: auto = difflogic on CUDA where it imports, else ours "
                    "(cpp on CPU where it compiles, else torch)")
