@@ -92,19 +92,30 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
-    print(f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__}; "
-          f"{torch.get_num_threads()} threads; python {platform.python_version()}; "
-          f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}", flush=True)
+    print(
+        f"machine: {cpu_model()}; {os.cpu_count()} cores; torch {torch.__version__}; "
+        f"{torch.get_num_threads()} threads; python {platform.python_version()}; "
+        f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())}",
+        flush=True,
+    )
     if device.type == "cuda":
         print(f"device: {torch.cuda.get_device_name(device)}", flush=True)
-    print(f"config: {args.in_dim} inputs, {args.gates} gates x {args.layers} layers, "
-          f"batch {args.batch}, softmax gates, one Adam step (forward, loss, backward, "
-          f"update) on {device}", flush=True)
+    print(
+        f"config: {args.in_dim} inputs, {args.gates} gates x {args.layers} layers, "
+        f"batch {args.batch}, softmax gates, one Adam step (forward, loss, backward, "
+        f"update) on {device}",
+        flush=True,
+    )
     torch.manual_seed(0)
     x = (torch.rand(args.batch, args.in_dim) > 0.5).float().to(device)
     y = torch.randint(0, args.grouping, (args.batch,)).to(device)
-    common = dict(gates=args.gates, network_layers=args.layers, grouping=args.grouping,
-                  group_sum_tau=args.tau, gate_optimizer="softmax")
+    common = dict(
+        gates=args.gates,
+        network_layers=args.layers,
+        grouping=args.grouping,
+        group_sum_tau=args.tau,
+        gate_optimizer="softmax",
+    )
 
     models: dict[str, torch.nn.Module] = {}
     for backend in [b for b in args.backends.split(",") if b]:
@@ -138,19 +149,28 @@ def main() -> int:
 
     median = {name: statistics.median(ts) for name, ts in times.items()}
     for name, ts in times.items():
-        label = (REFERENCE + " [16-op weighted sum, batch-major]" if name == REFERENCE
-                 else f"ours [{name}]")
-        print(f"{label}: median {median[name] * 1e3:.1f} ms/step, min {min(ts) * 1e3:.1f} "
-              f"(first loss {losses[name]:.6f})", flush=True)
+        label = (
+            REFERENCE + " [16-op weighted sum, batch-major]"
+            if name == REFERENCE
+            else f"ours [{name}]"
+        )
+        print(
+            f"{label}: median {median[name] * 1e3:.1f} ms/step, min {min(ts) * 1e3:.1f} "
+            f"(first loss {losses[name]:.6f})",
+            flush=True,
+        )
     if REFERENCE in median:
         ref_loss = losses[REFERENCE]
         for name in median:
             if name == REFERENCE:
                 continue
             same = abs(losses[name] - ref_loss) <= 1e-4 * max(1.0, abs(ref_loss))
-            print(f"ratio reference/ours [{name}]: {median[REFERENCE] / median[name]:.1f}x "
-                  f"(of minima {min(times[REFERENCE]) / min(times[name]):.1f}x; "
-                  f"{'same' if same else 'DIFFERENT'} loss)", flush=True)
+            print(
+                f"ratio reference/ours [{name}]: {median[REFERENCE] / median[name]:.1f}x "
+                f"(of minima {min(times[REFERENCE]) / min(times[name]):.1f}x; "
+                f"{'same' if same else 'DIFFERENT'} loss)",
+                flush=True,
+            )
     print(f"load average after: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
     return 0
 

@@ -48,44 +48,100 @@ def build_parser() -> argparse.ArgumentParser:
         "per epoch.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--gate-optimizer", choices=GATE_OPTIMIZERS, default="sparsemax_noise",
-                   metavar="NAME", help="how each neuron's 16 gate logits become "
-                   f"probabilities: {', '.join(GATE_OPTIMIZERS)}")
-    p.add_argument("--gates", type=_number(int, 1), default=3332,
-                   help="gates per layer; the last layer is rounded up to a multiple of "
-                   "--grouping")
+    p.add_argument(
+        "--gate-optimizer",
+        choices=GATE_OPTIMIZERS,
+        default="sparsemax_noise",
+        metavar="NAME",
+        help=f"how each neuron's 16 gate logits become probabilities: {', '.join(GATE_OPTIMIZERS)}",
+    )
+    p.add_argument(
+        "--gates",
+        type=_number(int, 1),
+        default=3332,
+        help="gates per layer; the last layer is rounded up to a multiple of --grouping",
+    )
     p.add_argument("--network-layers", type=_number(int, 1), default=4, help="logic layers")
-    p.add_argument("--grouping", type=_number(int, 1), default=10,
-                   help="GroupSum's k; must equal the data set's number of classes")
-    p.add_argument("--group-sum-tau", type=_number(float, 0, strict=True), default=100.0,
-                   help="GroupSum temperature: class scores are group sums / tau")
-    p.add_argument("--residual-layers", type=_number(int, 0), default=None,
-                   help="leading layers initialised as pass-through (gate A); default "
-                   f"min({DEFAULT_RESIDUAL_LAYERS}, --network-layers)")
-    p.add_argument("--noise-temp", type=_number(float, 0), default=0.2,
-                   help="Gumbel temperature (gumbel_*) or Gaussian noise scale "
-                   "(sparsemax_noise)")
+    p.add_argument(
+        "--grouping",
+        type=_number(int, 1),
+        default=10,
+        help="GroupSum's k; must equal the data set's number of classes",
+    )
+    p.add_argument(
+        "--group-sum-tau",
+        type=_number(float, 0, strict=True),
+        default=100.0,
+        help="GroupSum temperature: class scores are group sums / tau",
+    )
+    p.add_argument(
+        "--residual-layers",
+        type=_number(int, 0),
+        default=None,
+        help="leading layers initialised as pass-through (gate A); default "
+        f"min({DEFAULT_RESIDUAL_LAYERS}, --network-layers)",
+    )
+    p.add_argument(
+        "--noise-temp",
+        type=_number(float, 0),
+        default=0.2,
+        help="Gumbel temperature (gumbel_*) or Gaussian noise scale (sparsemax_noise)",
+    )
     p.add_argument("--epochs", type=_number(int, 1), default=5, help="passes over the data")
-    p.add_argument("--dataset", choices=DATASETS, default="digits", metavar="NAME",
-                   help=f"one of {', '.join(DATASETS)}")
+    p.add_argument(
+        "--dataset",
+        choices=DATASETS,
+        default="digits",
+        metavar="NAME",
+        help=f"one of {', '.join(DATASETS)}",
+    )
     p.add_argument("--batch-size", type=_number(int, 1), default=128, help="samples per step")
-    p.add_argument("--learning-rate", type=_number(float, 0, strict=True), default=0.01,
-                   help="Adam's step size")
-    p.add_argument("--seed", type=_number(int, 0), default=0,
-                   help="connections, initial logits, batch order and noise")
-    p.add_argument("--data-dir", type=Path, default=Path("data"),
-                   help="where mnist and cifar10 files are (mnist is downloaded there)")
-    p.add_argument("--output-dir", type=Path, default=None,
-                   help="where network.json goes; default runs/<dataset>-<UTC time>")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="auto: CUDA when present")
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
-                   help="layer kernel: auto = difflogic on CUDA where it imports, else ours "
-                   "(cpp on CPU where it compiles, else torch)")
-    p.add_argument("--threads", type=_number(int, 1), default=None,
-                   help="CPU threads for torch and our kernel (default: torch's choice)")
-    p.add_argument("--progress-s", type=_number(float, 0, strict=True), default=10.0,
-                   help="seconds between progress lines within an epoch")
+    p.add_argument(
+        "--learning-rate",
+        type=_number(float, 0, strict=True),
+        default=0.01,
+        help="Adam's step size",
+    )
+    p.add_argument(
+        "--seed",
+        type=_number(int, 0),
+        default=0,
+        help="connections, initial logits, batch order and noise",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="where mnist and cifar10 files are (mnist is downloaded there)",
+    )
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where network.json goes; default runs/<dataset>-<UTC time>",
+    )
+    p.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present"
+    )
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="auto",
+        help="layer kernel: auto = difflogic on CUDA where it imports, else ours "
+        "(cpp on CPU where it compiles, else torch)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_number(int, 1),
+        default=None,
+        help="CPU threads for torch and our kernel (default: torch's choice)",
+    )
+    p.add_argument(
+        "--progress-s",
+        type=_number(float, 0, strict=True),
+        default=10.0,
+        help="seconds between progress lines within an epoch",
+    )
     return p
 
 
@@ -94,12 +150,16 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.residual_layers is None:
         args.residual_layers = min(DEFAULT_RESIDUAL_LAYERS, args.network_layers)
     elif args.residual_layers > args.network_layers:
-        p.error(f"--residual-layers ({args.residual_layers}) must not exceed "
-                f"--network-layers ({args.network_layers})")
+        p.error(
+            f"--residual-layers ({args.residual_layers}) must not exceed "
+            f"--network-layers ({args.network_layers})"
+        )
     classes = CLASSES[args.dataset]
     if args.grouping != classes:
-        p.error(f"--grouping ({args.grouping}) must equal the number of classes of "
-                f"{args.dataset} ({classes})")
+        p.error(
+            f"--grouping ({args.grouping}) must equal the number of classes of "
+            f"{args.dataset} ({classes})"
+        )
     if args.gate_optimizer.startswith("gumbel_") and args.noise_temp == 0:
         p.error(f"--gate-optimizer {args.gate_optimizer} needs --noise-temp > 0")
     if args.device == "cuda" and not torch.cuda.is_available():

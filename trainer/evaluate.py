@@ -16,8 +16,9 @@ from trainer.data import DATASETS, DataError, load_dataset
 from trainer.export import DiscreteNetwork, load_network
 
 
-def evaluate(network: DiscreteNetwork, dataset: str | None = None,
-             data_dir: str | Path = "data") -> tuple[float, int]:
+def evaluate(
+    network: DiscreteNetwork, dataset: str | None = None, data_dir: str | Path = "data"
+) -> tuple[float, int]:
     """(accuracy, samples) of `network` on the test split of its (or the given) data set."""
     name = dataset or network.meta.get("dataset", {}).get("name")
     if name is None:
@@ -42,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     gates = sum(len(layer.op) for layer in network.layers)
-    print(f"test_acc_discrete={accuracy:.4f} samples={samples} gates={gates} "
-          f"layers={len(network.layers)}", flush=True)
+    print(
+        f"test_acc_discrete={accuracy:.4f} samples={samples} gates={gates} "
+        f"layers={len(network.layers)}",
+        flush=True,
+    )
     return 0
 
 

@@ -66,7 +66,10 @@ class DiscreteNetwork:
 
 
 def network_document(
-    model: Any, *, dataset: dict[str, str], hyperparameters: dict[str, Any],
+    model: Any,
+    *,
+    dataset: dict[str, str],
+    hyperparameters: dict[str, Any],
     metrics: dict[str, float],
 ) -> dict[str, Any]:
     """The JSON document of a trained `trainer.model.LogicNet`'s discrete network."""

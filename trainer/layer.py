@@ -97,8 +97,14 @@ class CppLogicFunction(torch.autograd.Function):
         kernel.coefficients(probs.data_ptr(), gates, coef.data_ptr(), threads)
         y = x.new_empty(gates, batch)
         kernel.forward(
-            x.data_ptr(), batch, ia.data_ptr(), ib.data_ptr(), coef.data_ptr(), gates,
-            y.data_ptr(), threads,
+            x.data_ptr(),
+            batch,
+            ia.data_ptr(),
+            ib.data_ptr(),
+            coef.data_ptr(),
+            gates,
+            y.data_ptr(),
+            threads,
         )
         ctx.save_for_backward(x, coef, ia, ib)
         ctx.kernel = kernel
@@ -116,9 +122,19 @@ class CppLogicFunction(torch.autograd.Function):
         grad_probs = coef.new_empty(gates, 16)
         scratch = coef.new_empty(threads * gates * 4 if threads > 1 else 1)
         kernel.backward(
-            x.data_ptr(), in_dim, batch, ia.data_ptr(), ib.data_ptr(), coef.data_ptr(), gates,
-            grad_y.data_ptr(), None if grad_x is None else grad_x.data_ptr(),
-            grad_coef.data_ptr(), grad_probs.data_ptr(), scratch.data_ptr(), threads,
+            x.data_ptr(),
+            in_dim,
+            batch,
+            ia.data_ptr(),
+            ib.data_ptr(),
+            coef.data_ptr(),
+            gates,
+            grad_y.data_ptr(),
+            None if grad_x is None else grad_x.data_ptr(),
+            grad_coef.data_ptr(),
+            grad_probs.data_ptr(),
+            scratch.data_ptr(),
+            threads,
         )
         return grad_x, grad_probs if ctx.needs_input_grad[1] else None, None, None, None
 
@@ -163,8 +179,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
         if not cuda:
             raise ValueError("backend 'difflogic' needs a CUDA device")
         if difflogic_cuda() is None:
-            raise ValueError(f"backend 'difflogic': difflogic_cuda does not import "
-                             f"({unavailable_reason()})")
+            raise ValueError(
+                f"backend 'difflogic': difflogic_cuda does not import ({unavailable_reason()})"
+            )
     if backend == "cpp":
         if device.type != "cpu":
             raise ValueError(f"backend 'cpp' runs on the CPU only, not on {device.type}")
@@ -209,8 +226,10 @@ class LogicLayer(torch.nn.Module):
         self._reverse: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def extra_repr(self) -> str:
-        return (f"{self.in_dim}, {self.out_dim}, {self.parametrization.name}, "
-                f"residual={self.residual}, backend={self.backend}")
+        return (
+            f"{self.in_dim}, {self.out_dim}, {self.parametrization.name}, "
+            f"residual={self.residual}, backend={self.backend}"
+        )
 
     def gates(self) -> torch.Tensor:
         """The discrete network: the argmax gate id of each neuron."""
@@ -228,9 +247,7 @@ class LogicLayer(torch.nn.Module):
             if self._reverse is None or self._reverse[0].device != x.device:
                 self._reverse = reverse_index(self.idx_a, self.idx_b, self.in_dim)
             start, readers = self._reverse
-            return DiffLogicFunction.apply(
-                x, self.probs(), self.idx_a, self.idx_b, start, readers
-            )
+            return DiffLogicFunction.apply(x, self.probs(), self.idx_a, self.idx_b, start, readers)
         if backend == "cpp" and x.dtype == torch.float32:
             return CppLogicFunction.apply(
                 x, self.probs().float(), self.idx_a32, self.idx_b32, load_kernel()

@@ -115,7 +115,9 @@ def train_epoch(
         if now - last_report >= args.progress_s and i + 1 < batches:
             last_report = now
             log.info(
-                "progress", epoch=f"{epoch}/{args.epochs}", batch=f"{i + 1}/{batches}",
+                "progress",
+                epoch=f"{epoch}/{args.epochs}",
+                batch=f"{i + 1}/{batches}",
                 loss=round(float(loss_sum) / seen, 4),
                 samples_per_s=round(seen / (now - start), 1),
             )
@@ -136,32 +138,54 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     t0 = time.perf_counter()
     data: Dataset = load_dataset(args.dataset, args.data_dir)
     log.info(
-        "data loaded", dataset=data.name, train=len(data.y_train), test=len(data.y_test),
-        inputs=data.in_dim, classes=data.classes, encoding=data.encoding,
+        "data loaded",
+        dataset=data.name,
+        train=len(data.y_train),
+        test=len(data.y_test),
+        inputs=data.in_dim,
+        classes=data.classes,
+        encoding=data.encoding,
         seconds=round(time.perf_counter() - t0, 2),
     )
     try:
         model = build_model(
-            data.in_dim, gates=args.gates, network_layers=args.network_layers,
-            grouping=args.grouping, group_sum_tau=args.group_sum_tau,
-            gate_optimizer=args.gate_optimizer, residual_layers=args.residual_layers,
-            noise_temp=args.noise_temp, backend=args.backend,
+            data.in_dim,
+            gates=args.gates,
+            network_layers=args.network_layers,
+            grouping=args.grouping,
+            group_sum_tau=args.group_sum_tau,
+            gate_optimizer=args.gate_optimizer,
+            residual_layers=args.residual_layers,
+            noise_temp=args.noise_temp,
+            backend=args.backend,
         ).to(device)
         backend = model.backend_on(device)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    if (args.threads is None and device.type == "cpu"
-            and max(model.widths) * args.batch_size < PARALLEL_MIN_WORK):
+    if (
+        args.threads is None
+        and device.type == "cpu"
+        and max(model.widths) * args.batch_size < PARALLEL_MIN_WORK
+    ):
         # Too little work per op to share: a second thread only adds wake-ups, and on a
         # busy machine every parallel op then waits for a preempted thread.
         torch.set_num_threads(1)
     if model.widths[-1] != args.gates:
-        log.info("last layer rounded up to a multiple of grouping",
-                 gates=args.gates, last_layer=model.widths[-1], grouping=args.grouping)
+        log.info(
+            "last layer rounded up to a multiple of grouping",
+            gates=args.gates,
+            last_layer=model.widths[-1],
+            grouping=args.grouping,
+        )
     log.info(
-        "model built", device=str(device), backend=backend, widths=model.widths,
-        gates_total=sum(model.widths), gate_optimizer=args.gate_optimizer,
-        residual_layers=args.residual_layers, threads=torch.get_num_threads(),
+        "model built",
+        device=str(device),
+        backend=backend,
+        widths=model.widths,
+        gates_total=sum(model.widths),
+        gate_optimizer=args.gate_optimizer,
+        residual_layers=args.residual_layers,
+        threads=torch.get_num_threads(),
         omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "unset"),
         torch=torch.__version__,
     )
@@ -205,12 +229,14 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     log.info("network saved", path=str(path))
     emit(
         f"SUMMARY epochs={args.epochs} "
-        + format_pairs({
-            "test_acc": metrics["test_acc"],
-            "test_acc_discrete": metrics["test_acc_discrete"],
-            "best_test_acc_discrete": best,
-            "total_s": total_s,
-        })
+        + format_pairs(
+            {
+                "test_acc": metrics["test_acc"],
+                "test_acc_discrete": metrics["test_acc_discrete"],
+                "best_test_acc_discrete": best,
+                "total_s": total_s,
+            }
+        )
         + f" gates={sum(model.widths)} network={path}"
     )
     return metrics

@@ -40,7 +40,10 @@ class LogicNet(torch.nn.Module):
         dims = [in_dim, *widths]
         self.layers = torch.nn.ModuleList(
             LogicLayer(
-                dims[i], dims[i + 1], parametrization, residual=i < residual_layers,
+                dims[i],
+                dims[i + 1],
+                parametrization,
+                residual=i < residual_layers,
                 backend=backend,
             )
             for i in range(len(widths))

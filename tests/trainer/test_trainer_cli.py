@@ -19,8 +19,20 @@ from trainer.export import load_network
 ROOT = Path(__file__).resolve().parents[2]
 EPOCH = re.compile(r"^EPOCH (\d+)/(\d+)((?: [a-z_]+=-?[0-9.]+(?:e-?\d+)?)+)$")
 REQUIRED = {"train_loss", "train_acc", "test_acc", "test_acc_discrete", "epoch_s"}
-TINY = ["--gates", "120", "--network-layers", "2", "--group-sum-tau", "5", "--epochs", "3",
-        "--batch-size", "64", "--learning-rate", "0.05"]
+TINY = [
+    "--gates",
+    "120",
+    "--network-layers",
+    "2",
+    "--group-sum-tau",
+    "5",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "64",
+    "--learning-rate",
+    "0.05",
+]
 
 
 def epoch_metrics(stdout: str) -> list[dict[str, float]]:
@@ -45,13 +57,17 @@ def test_module_run_prints_one_epoch_line_per_epoch_and_saves_the_network(
     tmp_path: Path,
 ) -> None:
     out = tmp_path / "run"
-    proc = run_cli(["-m", "trainer", "--gate-optimizer", "softmax", *TINY,
-                    "--output-dir", str(out)])
+    proc = run_cli(
+        ["-m", "trainer", "--gate-optimizer", "softmax", *TINY, "--output-dir", str(out)]
+    )
     assert proc.returncode == 0, proc.stderr
     rows = epoch_metrics(proc.stdout)
     assert len(rows) == 3
-    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("EPOCH")] \
-        == ["1/3", "2/3", "3/3"]
+    assert [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("EPOCH")] == [
+        "1/3",
+        "2/3",
+        "3/3",
+    ]
     for row in rows:
         assert REQUIRED <= row.keys()
         assert 0 <= row["test_acc_discrete"] <= 1 and row["epoch_s"] >= 0
@@ -71,9 +87,22 @@ def test_module_run_prints_one_epoch_line_per_epoch_and_saves_the_network(
 
 
 def test_seed_entry_point_runs_as_a_script_from_anywhere(tmp_path: Path) -> None:
-    proc = run_cli([str(ROOT / "trainer" / "train.py"), "--gate-optimizer", "entmax",
-                    "--gates", "40", "--network-layers", "1", "--epochs", "1",
-                    "--output-dir", str(tmp_path / "r")], cwd=tmp_path)
+    proc = run_cli(
+        [
+            str(ROOT / "trainer" / "train.py"),
+            "--gate-optimizer",
+            "entmax",
+            "--gates",
+            "40",
+            "--network-layers",
+            "1",
+            "--epochs",
+            "1",
+            "--output-dir",
+            str(tmp_path / "r"),
+        ],
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(epoch_metrics(proc.stdout)) == 1
 
@@ -110,15 +139,25 @@ def test_missing_data_exits_1_naming_the_file(
     empty = tmp_path / "mirror"
     empty.mkdir()
     monkeypatch.setenv("GATEQUEUE_MNIST_URL", empty.as_uri() + "/")
-    code = main(["--dataset", "mnist", "--data-dir", str(tmp_path / "data"),
-                 "--output-dir", str(tmp_path / "out")])
+    code = main(
+        [
+            "--dataset",
+            "mnist",
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 1
     assert "train-images-idx3-ubyte" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
 def test_trains_on_file_datasets(
-    dataset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    dataset: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from test_trainer_data import fake_mnist, write_cifar, write_mnist
@@ -128,7 +167,21 @@ def test_trains_on_file_datasets(
         write_mnist(tmp_path / "mnist", fake_mnist(), gz=True)
     else:
         write_cifar(tmp_path / "cifar-10-batches-py")
-    code = main(["--dataset", dataset, "--data-dir", str(tmp_path), "--gates", "200",
-                 "--network-layers", "2", "--epochs", "2", "--output-dir", str(tmp_path / "o")])
+    code = main(
+        [
+            "--dataset",
+            dataset,
+            "--data-dir",
+            str(tmp_path),
+            "--gates",
+            "200",
+            "--network-layers",
+            "2",
+            "--epochs",
+            "2",
+            "--output-dir",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 0
     assert len(epoch_metrics(capsys.readouterr().out)) == 2

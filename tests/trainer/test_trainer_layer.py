@@ -70,8 +70,9 @@ def test_torch_backend_matches_reference() -> None:
     grad_out = torch.randn(23, 50, dtype=torch.float64)
     ref = _reference(x, ia, ib, probs, grad_out)
     coeffs = coefficient_matrix(torch.float64)
-    ours = _ours(x, ia, ib, probs, grad_out,
-                 lambda xf, p: TorchLogicFunction.apply(xf, p @ coeffs, ia, ib))
+    ours = _ours(
+        x, ia, ib, probs, grad_out, lambda xf, p: TorchLogicFunction.apply(xf, p @ coeffs, ia, ib)
+    )
     for r, o in zip(ref, ours, strict=True):
         torch.testing.assert_close(o, r)
 
@@ -96,7 +97,11 @@ def test_cpp_backend_matches_reference(in_dim: int, gates: int, batch: int, thre
     torch.set_num_threads(threads)
     try:
         ours = _ours(
-            x, ia, ib, probs, grad_out,
+            x,
+            ia,
+            ib,
+            probs,
+            grad_out,
             lambda xf, p: CppLogicFunction.apply(xf, p, ia.int(), ib.int(), kernel),
         )
     finally:

@@ -35,8 +35,9 @@ def test_same_seed_same_network() -> None:
 def test_last_layer_is_rounded_up_to_a_multiple_of_grouping() -> None:
     assert layer_widths(3332, 4, 10) == [3332, 3332, 3332, 3340]
     assert layer_widths(40, 2, 10) == [40, 40]
-    model = build_model(16, gates=33, network_layers=2, grouping=10, group_sum_tau=1.0,
-                        gate_optimizer="softmax")
+    model = build_model(
+        16, gates=33, network_layers=2, grouping=10, group_sum_tau=1.0, gate_optimizer="softmax"
+    )
     assert model.widths == [33, 40]
     assert model(torch.rand(2, 16)).shape == (2, 10)
 

@@ -16,8 +16,15 @@ NOISE_FREE = ("softmax", "sparsemax", "log_softmax", "entmax", "relu_normalized"
 
 def test_there_are_the_nine_of_the_design() -> None:
     assert set(GATE_OPTIMIZERS) == {
-        "softmax", "gumbel_softmax", "sparsemax", "gumbel_sparsemax", "sparsemax_noise",
-        "log_softmax", "entmax", "relu_normalized", "balenas",
+        "softmax",
+        "gumbel_softmax",
+        "sparsemax",
+        "gumbel_sparsemax",
+        "sparsemax_noise",
+        "log_softmax",
+        "entmax",
+        "relu_normalized",
+        "balenas",
     }
 
 
@@ -90,8 +97,15 @@ def test_residual_init_makes_pass_through_dominant(name: str) -> None:
 @pytest.mark.parametrize("name", GATE_OPTIMIZERS)
 def test_eval_mode_is_the_discrete_argmax_network(name: str) -> None:
     torch.manual_seed(4)
-    model = build_model(24, gates=40, network_layers=2, grouping=4, group_sum_tau=1.0,
-                        gate_optimizer=name, backend="torch")
+    model = build_model(
+        24,
+        gates=40,
+        network_layers=2,
+        grouping=4,
+        group_sum_tau=1.0,
+        gate_optimizer=name,
+        backend="torch",
+    )
     x = (torch.rand(16, 24) > 0.5).float()
     model.eval()
     with torch.no_grad():

@@ -27,9 +27,25 @@ def test_every_parametrization_learns_digits(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     metrics = train(
-        tmp_path, "--gate-optimizer", name, "--gates", "300", "--network-layers", "2",
-        "--group-sum-tau", "10", "--epochs", "8", "--batch-size", "64",
-        "--learning-rate", "0.05", "--residual-layers", "0", "--noise-temp", "1.0",
+        tmp_path,
+        "--gate-optimizer",
+        name,
+        "--gates",
+        "300",
+        "--network-layers",
+        "2",
+        "--group-sum-tau",
+        "10",
+        "--epochs",
+        "8",
+        "--batch-size",
+        "64",
+        "--learning-rate",
+        "0.05",
+        "--residual-layers",
+        "0",
+        "--noise-temp",
+        "1.0",
     )
     assert metrics["test_acc_discrete"] > 3 * CHANCE, metrics
     assert metrics["test_acc"] > 3 * CHANCE, metrics
@@ -37,9 +53,23 @@ def test_every_parametrization_learns_digits(
 
 def test_residual_initialised_network_learns(tmp_path: Path) -> None:
     metrics = train(
-        tmp_path, "--gate-optimizer", "softmax", "--gates", "300", "--network-layers", "3",
-        "--group-sum-tau", "10", "--epochs", "8", "--batch-size", "64",
-        "--learning-rate", "0.05", "--residual-layers", "3",
+        tmp_path,
+        "--gate-optimizer",
+        "softmax",
+        "--gates",
+        "300",
+        "--network-layers",
+        "3",
+        "--group-sum-tau",
+        "10",
+        "--epochs",
+        "8",
+        "--batch-size",
+        "64",
+        "--learning-rate",
+        "0.05",
+        "--residual-layers",
+        "3",
     )
     assert metrics["test_acc_discrete"] > 3 * CHANCE, metrics
 
@@ -47,8 +77,22 @@ def test_residual_initialised_network_learns(tmp_path: Path) -> None:
 def test_documented_digits_configuration_reaches_90_percent(tmp_path: Path) -> None:
     """docs/trainer.md: 2 layers x 1000 gates, softmax, tau 6, 40 epochs (seconds on CPU)."""
     metrics = train(
-        tmp_path, "--gate-optimizer", "softmax", "--gates", "1000", "--network-layers", "2",
-        "--group-sum-tau", "6", "--epochs", "40", "--batch-size", "64",
-        "--learning-rate", "0.05", "--residual-layers", "0",
+        tmp_path,
+        "--gate-optimizer",
+        "softmax",
+        "--gates",
+        "1000",
+        "--network-layers",
+        "2",
+        "--group-sum-tau",
+        "6",
+        "--epochs",
+        "40",
+        "--batch-size",
+        "64",
+        "--learning-rate",
+        "0.05",
+        "--residual-layers",
+        "0",
     )
     assert metrics["test_acc_discrete"] >= 0.9, metrics

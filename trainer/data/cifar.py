@@ -66,5 +66,8 @@ def load_cifar10(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
     train = [read_batch(_find(data_dir, name)) for name in TRAIN_BATCHES]
     x_te, y_te = read_batch(_find(data_dir, TEST_BATCH))
     return (
-        np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_te, y_te
+        np.concatenate([x for x, _ in train]),
+        np.concatenate([y for _, y in train]),
+        x_te,
+        y_te,
     )

@@ -54,9 +54,7 @@ def thermometer(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
     return bits.reshape(values.shape[0], -1).astype(np.uint8)
 
 
-def _split(
-    x: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _split(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     x_tr, x_te, y_tr, y_te = train_test_split(
@@ -72,8 +70,13 @@ def _digits() -> Dataset:
     x_tr, y_tr, x_te, y_te = _split(raw.data, raw.target)
     th = np.asarray(DIGITS_THRESHOLDS)
     return Dataset(
-        "digits", thermometer(x_tr, th), y_tr.astype(np.int64), thermometer(x_te, th),
-        y_te.astype(np.int64), 10, f"8x8 pixels > {list(DIGITS_THRESHOLDS)}",
+        "digits",
+        thermometer(x_tr, th),
+        y_tr.astype(np.int64),
+        thermometer(x_te, th),
+        y_te.astype(np.int64),
+        10,
+        f"8x8 pixels > {list(DIGITS_THRESHOLDS)}",
     )
 
 
@@ -85,8 +88,12 @@ def _breast_cancer() -> Dataset:
     q = np.arange(1, BREAST_CANCER_QUANTILES + 1) / (BREAST_CANCER_QUANTILES + 1)
     th = np.quantile(x_tr, q, axis=0).T  # (features, thresholds), from training data only
     return Dataset(
-        "breast_cancer", thermometer(x_tr, th), y_tr.astype(np.int64), thermometer(x_te, th),
-        y_te.astype(np.int64), 2,
+        "breast_cancer",
+        thermometer(x_tr, th),
+        y_tr.astype(np.int64),
+        thermometer(x_te, th),
+        y_te.astype(np.int64),
+        2,
         f"30 features > {BREAST_CANCER_QUANTILES} training-split quantiles each",
     )
 
@@ -97,8 +104,13 @@ def _mnist(data_dir: Path) -> Dataset:
     flat_tr = x_tr.reshape(len(x_tr), -1)
     flat_te = x_te.reshape(len(x_te), -1)
     return Dataset(
-        "mnist", thermometer(flat_tr, th), y_tr.astype(np.int64), thermometer(flat_te, th),
-        y_te.astype(np.int64), 10, f"28x28 pixels > {MNIST_THRESHOLD} of 255",
+        "mnist",
+        thermometer(flat_tr, th),
+        y_tr.astype(np.int64),
+        thermometer(flat_te, th),
+        y_te.astype(np.int64),
+        10,
+        f"28x28 pixels > {MNIST_THRESHOLD} of 255",
     )
 
 
@@ -107,8 +119,12 @@ def _cifar10(data_dir: Path) -> Dataset:
     n = CIFAR10_THRESHOLDS
     th = np.asarray([255 * (i + 1) / (n + 1) for i in range(n)])
     return Dataset(
-        "cifar10", thermometer(x_tr, th), y_tr.astype(np.int64), thermometer(x_te, th),
-        y_te.astype(np.int64), 10,
+        "cifar10",
+        thermometer(x_tr, th),
+        y_tr.astype(np.int64),
+        thermometer(x_te, th),
+        y_te.astype(np.int64),
+        10,
         f"3x32x32 channel values > {[round((i + 1) / (n + 1), 3) for i in range(n)]}",
     )
 

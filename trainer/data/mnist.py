@@ -54,9 +54,10 @@ def download(name: str, data_dir: Path) -> Path:
         url = base.rstrip("/") + f"/{name}.gz"
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=target.parent)
         try:
-            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
-                url, timeout=DOWNLOAD_TIMEOUT_S
-            ) as response:
+            with (
+                os.fdopen(fd, "wb") as out,
+                urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as response,
+            ):
                 shutil.copyfileobj(response, out)
             read_idx(Path(tmp))  # refuse to keep a file that is not IDX (an error page, say)
             os.replace(tmp, target)
@@ -85,6 +86,8 @@ def load_mnist(data_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
                 f"MNIST {split} files disagree: images {images.shape}, labels {labels.shape}"
             )
     return (
-        arrays["train_images"], arrays["train_labels"],
-        arrays["test_images"], arrays["test_labels"],
+        arrays["train_images"],
+        arrays["train_labels"],
+        arrays["test_images"],
+        arrays["test_labels"],
     )
