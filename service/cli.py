@@ -148,8 +148,10 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     if kind == "uri":
         os.environ["MONGODB_URI"] = settings.mongodb_uri or ""
     else:
-        print("gatequeue: starting the embedded MongoDB (the first start builds it, ~1 min)",
-              file=sys.stderr)
+        print(
+            "gatequeue: starting the embedded MongoDB (the first start builds it, ~1 min)",
+            file=sys.stderr,
+        )
     try:
         with mongo_discovery.discover(kind=kind, data_dir=state / "mongo") as mongo:
             settings = dataclasses.replace(settings, mongodb_uri=mongo.uri)

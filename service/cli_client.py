@@ -19,6 +19,7 @@ import os
 import sys
 import types
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic.fields import FieldInfo
@@ -112,6 +113,18 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     cancel = subparsers.add_parser("cancel", parents=[api], help="cancel a job")
     cancel.add_argument("job", metavar="JOB", help="job id")
     cancel.set_defaults(func=_sync(cmd_cancel))
+
+    download = subparsers.add_parser(
+        "download", parents=[api], help="save the files of a finished run (the trained network)"
+    )
+    download.add_argument("job", metavar="JOB", help="job id")
+    download.add_argument(
+        "names", metavar="NAME", nargs="*", help="artifact names (default: all of them)"
+    )
+    download.add_argument(
+        "-o", "--output-dir", default=".", metavar="DIR", help="where to save (default: .)"
+    )
+    download.set_defaults(func=_sync(cmd_download))
 
 
 # -- flags from the request model -------------------------------------------------------
@@ -359,6 +372,9 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
         rows.append(("cancel", "requested"))
     if job.get("error"):
         rows.append(("error", _escape(job["error"])))
+    artifacts = job.get("artifacts") or []
+    if artifacts:
+        rows.append(("artifacts", " ".join(f"{a['name']} ({a['length']} B)" for a in artifacts)))
     hp = job.get("hyperparameters") or {}
     rows.append(("hyperparameters", " ".join(f"{k}={v}" for k, v in hp.items())))
     for key, value in rows:
@@ -419,4 +435,29 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings, client: GateQ
         console.print(
             f"{job['id']} {_status(job.get('status'))}: cancel requested; its worker stops it"
         )
+    return EXIT_OK
+
+
+async def cmd_download(
+    args: argparse.Namespace, settings: Settings, client: GateQueueClient
+) -> int:
+    """Each file keeps its path under the output dir (model.json, ...); prints the paths."""
+    job = await client.get(args.job)
+    available = [a["name"] for a in job.get("artifacts") or []]
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    if not available:
+        err.print(f"gatequeue: job {job['id']} ({job.get('status')}) has no artifacts yet")
+        return EXIT_REFUSED
+    unknown = [n for n in args.names if n not in available]
+    if unknown:
+        err.print(
+            f"gatequeue: job {job['id']} has no artifact {', '.join(map(repr, unknown))}; "
+            f"it has {', '.join(available)}"
+        )
+        return EXIT_REFUSED
+    out_dir = Path(args.output_dir)
+    for name in args.names or available:
+        dest = out_dir / name
+        await asyncio.to_thread(dest.parent.mkdir, parents=True, exist_ok=True)
+        print(await client.download(job["id"], name, dest))
     return EXIT_OK

@@ -24,6 +24,7 @@ import os
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypedDict
 from urllib.parse import quote
@@ -291,6 +292,37 @@ class GateQueueClient:
         body = await self._request("GET", self._job_path(job_id) + "/metrics")
         return list(body["metrics"])
 
+    async def download(self, job_id: str, name: str, dest: str | Path) -> Path:
+        """Saves an artifact of a finished run (`job["artifacts"][i]["name"]`, e.g.
+        `model.json`) to `dest` (a directory gets the file's own name). The file appears
+        only when complete: it is written next to `dest` and renamed."""
+        path = await asyncio.to_thread(_download_target, Path(dest), name)
+        part = path.with_name(path.name + ".part")
+        url = self._url(self._job_path(job_id) + "/artifacts/" + quote(name, safe="/"))
+        try:
+            async with self._http().get(url) as resp:
+                if resp.status >= 400:
+                    text = await resp.text()
+                    try:
+                        body = json.loads(text) if text else None
+                    except ValueError:
+                        body = None
+                    raise GateQueueError.from_response(resp.status, body, text)
+                out = await asyncio.to_thread(part.open, "wb")
+                try:
+                    async for chunk in resp.content.iter_chunked(1 << 20):
+                        await asyncio.to_thread(out.write, chunk)
+                finally:
+                    await asyncio.to_thread(out.close)
+            await asyncio.to_thread(part.replace, path)
+        except aiohttp.ClientConnectionError as exc:
+            raise GateQueueConnectionError(
+                f"cannot reach the gatequeue API at {self.base_url}: {exc}"
+            ) from exc
+        finally:
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+        return path
+
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
         """The job now, then again after every change, until it has finished."""
         attempt = 0
@@ -339,6 +371,10 @@ class GateQueueClient:
         """The job's log lines from `from_seq`. With `follow`, live lines follow until the
         job ends (`stream.end` then says how); without, only what is stored now."""
         return LogStream(self, job_id, follow=follow, from_seq=from_seq)
+
+
+def _download_target(dest: Path, name: str) -> Path:
+    return dest / Path(name).name if dest.is_dir() else dest
 
 
 class LogStream:

@@ -11,6 +11,7 @@ import re
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 GateOptimizer = Literal[
     "softmax",
@@ -57,19 +58,42 @@ class Hyperparameters(BaseModel):
 
     @model_validator(mode="after")
     def _cross_field(self) -> Hyperparameters:
+        # Each rule is reported on the field a client should change, all of them at once,
+        # instead of one whole-model error at the root that names no field.
+        problems: list[tuple[str, str]] = []
         if self.residualLayers > self.networkLayers:
-            raise ValueError(
-                f"residualLayers ({self.residualLayers}) must not exceed "
-                f"networkLayers ({self.networkLayers})"
+            problems.append(
+                (
+                    "residualLayers",
+                    f"residualLayers ({self.residualLayers}) must not exceed "
+                    f"networkLayers ({self.networkLayers})",
+                )
             )
         classes = DATASET_CLASSES[self.dataset]
         if self.grouping != classes:
-            raise ValueError(
-                f"grouping ({self.grouping}) must equal the number of classes of "
-                f"{self.dataset} ({classes})"
+            problems.append(
+                (
+                    "grouping",
+                    f"grouping ({self.grouping}) must equal the number of classes of "
+                    f"{self.dataset} ({classes})",
+                )
             )
-        if self.gates < self.grouping:
-            raise ValueError(f"gates ({self.gates}) must be at least grouping ({self.grouping})")
+        elif self.gates < self.grouping:
+            problems.append(
+                ("gates", f"gates ({self.gates}) must be at least grouping ({self.grouping})")
+            )
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("cross_field", message),
+                        loc=(field,),
+                        input=getattr(self, field),
+                    )
+                    for field, message in problems
+                ],
+            )
         return self
 
 

@@ -33,6 +33,7 @@ JOB_FIELDS: tuple[str, ...] = (
     "exitCode",
     "error",
     "latestMetrics",
+    "artifacts",
 )
 
 
@@ -79,6 +80,7 @@ def job_to_json(doc: dict[str, Any]) -> dict[str, Any]:
         value = get(key)
         out[key] = value if type(value) in _PLAIN else to_jsonable(value)
     out["cancelRequested"] = bool(out["cancelRequested"])
+    out["artifacts"] = out["artifacts"] or []
     return out
 
 

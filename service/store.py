@@ -18,6 +18,8 @@ from typing import Any
 
 from bson import ObjectId
 from bson.errors import InvalidId
+from gridfs import AsyncGridFSBucket
+from gridfs.asynchronous.grid_file import AsyncGridOut
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -28,6 +30,8 @@ from service.jobstatus import Status
 Job = dict[str, Any]
 
 LOG_STREAMS = ("stdout", "stderr", "system")
+# GridFS bucket of the files a successful run wrote (the trained network).
+ARTIFACTS_BUCKET = "artifacts"
 MAX_LIST_LIMIT = 500
 
 
@@ -164,6 +168,18 @@ class Store:
         if oid is None:
             return None
         return await self.jobs.find_one({"_id": oid})
+
+    def artifacts(self) -> AsyncGridFSBucket:
+        return AsyncGridFSBucket(self.db, bucket_name=ARTIFACTS_BUCKET)
+
+    async def open_artifact(self, job_id: ObjectId, name: str) -> AsyncGridOut | None:
+        """Only files the job's `artifacts` list names are served: a GridFS filename is not
+        a capability, and a file of a run that lost its finish race is not the job's."""
+        job = await self.jobs.find_one({"_id": job_id}, {"artifacts": 1})
+        for art in (job or {}).get("artifacts") or []:
+            if art.get("name") == name:
+                return await self.artifacts().open_download_stream(art["fileId"])
+        return None
 
     async def list_jobs(
         self, *, status: str | None = None, limit: int = 50, after: str | ObjectId | None = None

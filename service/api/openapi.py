@@ -235,6 +235,35 @@ def _paths() -> dict[str, Any]:
         operationId="getJobMetrics",
         parameters=[JOB_ID_PARAM],
     )
+    artifact = _job_op(
+        "Download a file of a finished run (the trained network)",
+        {
+            "200": {
+                "description": "The file's bytes.",
+                "headers": {
+                    **REQUEST_ID_HEADER,
+                    "Content-Disposition": {"schema": {"type": "string"}},
+                },
+                "content": {
+                    "application/octet-stream": {
+                        "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+                    }
+                },
+            },
+            "404": _error("No such job, or the job has no artifact of this name."),
+        },
+        operationId="getJobArtifact",
+        parameters=[
+            JOB_ID_PARAM,
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "description": "An entry's `name` from the job's `artifacts`.",
+                "schema": {"type": "string"},
+            },
+        ],
+    )
     health = _ref("Health")
     return {
         "/jobs": {"post": submit, "get": list_jobs},
@@ -242,6 +271,7 @@ def _paths() -> dict[str, Any]:
         "/jobs/{id}/cancel": {"post": cancel},
         "/jobs/{id}/logs": {"get": logs},
         "/jobs/{id}/metrics": {"get": metrics},
+        "/jobs/{id}/artifacts/{name}": {"get": artifact},
         "/healthz": {
             "get": {
                 "summary": "Liveness: the process answers",

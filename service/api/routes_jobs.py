@@ -34,7 +34,6 @@ IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
 _UINT_RE = re.compile(r"[0-9]{1,9}")
 _STATUSES = frozenset(s.value for s in Status)
-_REQUEST_FIELDS = frozenset(JobRequest.model_fields)
 
 
 # -- request parsing -------------------------------------------------------------------
@@ -61,22 +60,6 @@ def _require_json(request: web.Request) -> None:
         )
 
 
-def _named_fields(exc: ValidationError) -> list[dict[str, str]]:
-    """`field_errors`, with whole-model errors pinned on the field they are about.
-
-    The cross-field checks of `JobRequest` ("residualLayers (5) must not exceed ...") come
-    from a model validator, so pydantic reports them at the model's root; their message
-    starts with the offending field's name, which is what a client needs to highlight.
-    """
-    out = field_errors(exc)
-    for err in out:
-        if err["field"] == "body" and err["type"] == "value_error":
-            first = err["message"].split(" ", 1)[0]
-            if first in _REQUEST_FIELDS:
-                err["field"] = first
-    return out
-
-
 def _body_error(exc: ValidationError) -> ApiError:
     errors = exc.errors(include_url=False)
     for err in errors:
@@ -84,7 +67,7 @@ def _body_error(exc: ValidationError) -> ApiError:
             return ApiError(400, "invalid_json", f"malformed JSON: {err['msg']}")
     if any(err["loc"] == () and err["type"] == "model_type" for err in errors):
         return ApiError(400, "invalid_body", "the body must be a JSON object")
-    return validation_error(_named_fields(exc))
+    return validation_error(field_errors(exc))
 
 
 def _query_uint(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
@@ -266,6 +249,33 @@ async def job_metrics(request: web.Request) -> web.Response:
     return json_response({"jobId": str(oid), "metrics": [metrics_to_json(r) for r in rows]})
 
 
+async def job_artifact(request: web.Request) -> web.StreamResponse:
+    """Streams a file of a finished run from GridFS, chunk by chunk (a network of a million
+    gates is tens of MB; it never sits whole in the API's memory)."""
+    check_token(request)
+    oid = _job_id(request)
+    name = request.match_info["name"]
+    store = request.app[STORE]
+    if await store.jobs.find_one({"_id": oid}, {"_id": 1}) is None:
+        raise _not_found(oid)
+    grid_out = await store.open_artifact(oid, name)
+    if grid_out is None:
+        raise ApiError(404, "artifact_not_found", f"job {oid} has no artifact {name!r}")
+    filename = name.rsplit("/", 1)[-1].replace('"', "")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Disposition": f'attachment; filename="{filename}"',
+        }
+    )
+    response.content_length = grid_out.length
+    await response.prepare(request)
+    while chunk := await grid_out.readchunk():
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
 async def _close_inserter(app: web.Application) -> None:
     await app[INSERTER].close()
 
@@ -279,3 +289,4 @@ def setup(app: web.Application) -> None:
     app.router.add_post("/jobs/{id}/cancel", cancel_job)
     app.router.add_get("/jobs/{id}/logs", job_logs, allow_head=False)
     app.router.add_get("/jobs/{id}/metrics", job_metrics, allow_head=False)
+    app.router.add_get("/jobs/{id}/artifacts/{name:.+}", job_artifact, allow_head=False)

@@ -32,6 +32,15 @@ class Worker(BaseModel):
     gpu: str
 
 
+class Artifact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Path inside the run's output dir, e.g. `model.json`.")
+    fileId: str = Field(description="GridFS file id in the `bucket`.")
+    length: int = Field(ge=0, description="Bytes.")
+    bucket: str = Field(description="GridFS bucket name (`artifacts`).")
+
+
 class Job(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,6 +65,10 @@ class Job(BaseModel):
     error: str | None
     latestMetrics: dict[str, Any] | None = Field(
         description="The last EPOCH line's numbers, e.g. {epoch, epochs, train_loss, ...}."
+    )
+    artifacts: list[Artifact] = Field(
+        description="Files of a successful run (the trained network); download each from "
+        "`/jobs/{id}/artifacts/{name}`. Empty until the job Succeeded."
     )
 
 

@@ -17,9 +17,10 @@ from gridfs import AsyncGridFSBucket
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
+from service.store import ARTIFACTS_BUCKET as BUCKET
+
 log = structlog.get_logger(__name__)
 
-BUCKET = "artifacts"
 _CHUNK = 4 << 20
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,3 +63,18 @@ async def finish(store: Store, job: Job, status: Status = Status.SUCCEEDED) -> J
     done = await store.finish(current, status, exit_code=0 if status is Status.SUCCEEDED else 1)
     assert done is not None
     return done
+
+
+async def gatequeue(api: str | None, *args: str) -> tuple[int, str, str]:
+    """The `gatequeue` command as a user runs it: a subprocess; (exit code, stdout, stderr)."""
+    env = {**os.environ, "GATEQUEUE_LOG_FORMAT": "json", "COLUMNS": "200"}
+    env.pop("GATEQUEUE_API_TOKEN", None)
+    if api is not None:
+        env["GATEQUEUE_API"] = api
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

@@ -7,28 +7,13 @@ import asyncio
 import json
 import os
 import socket
-import sys
 from collections.abc import Awaitable, Callable
 
-from live_helpers import LiveApi, finish, running_job, write_lines
+from live_helpers import LiveApi, finish, gatequeue, running_job, write_lines
 
 from service.worker import Worker
 
 TINY = ["--gate-optimizer", "entmax", "--gates", "40", "--network-layers", "1"]
-
-
-async def gatequeue(api: str | None, *args: str) -> tuple[int, str, str]:
-    env = {**os.environ, "GATEQUEUE_LOG_FORMAT": "json", "COLUMNS": "200"}
-    env.pop("GATEQUEUE_API_TOKEN", None)
-    if api is not None:
-        env["GATEQUEUE_API"] = api
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "service.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def test_submit_ls_show_cancel(live_api: LiveApi) -> None:

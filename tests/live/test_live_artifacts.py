@@ -1,0 +1,96 @@
+"""A finished run's files: listed on the job, streamed by the API from GridFS, saved by the
+client and by `gatequeue download`. The files are uploaded the way the worker uploads them
+(`service.worker.artifacts.upload_outputs`) and the job finished by compare-and-set."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import aiohttp
+import pytest
+from live_helpers import LiveApi, gatequeue, running_job
+
+from service.client import GateQueueClient, GateQueueError
+from service.jobstatus import Status
+from service.worker.artifacts import upload_outputs
+
+MODEL = {"format": "gatequeue-difflogic", "layers": [[0, 1, 6]]}
+
+
+async def succeeded_with_files(live_api: LiveApi, tmp_path: Path) -> str:
+    out = tmp_path / "run-output"
+    (out / "extra").mkdir(parents=True)
+    (out / "model.json").write_text(json.dumps(MODEL))
+    (out / "extra" / "big.bin").write_bytes(os.urandom(3 << 20))  # several GridFS chunks
+    store = live_api.store
+    job = await running_job(store)
+    uploaded = await upload_outputs(store.db, job["_id"], 1, out)
+    done = await store.finish(job, Status.SUCCEEDED, exit_code=0, extra={"artifacts": uploaded})
+    assert done is not None
+    return str(job["_id"])
+
+
+async def test_job_lists_its_artifacts(
+    live_api: LiveApi, client: GateQueueClient, tmp_path: Path
+) -> None:
+    job_id = await succeeded_with_files(live_api, tmp_path)
+    job = await client.get(job_id)
+    assert [(a["name"], a["length"]) for a in job["artifacts"]] == [
+        ("extra/big.bin", 3 << 20),
+        ("model.json", len(json.dumps(MODEL))),
+    ]
+    pending = await client.submit(gateOptimizer="softmax", gates=40, networkLayers=1)
+    assert pending["artifacts"] == []
+
+
+async def test_download_streams_the_bytes(
+    live_api: LiveApi, client: GateQueueClient, tmp_path: Path
+) -> None:
+    job_id = await succeeded_with_files(live_api, tmp_path)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"{live_api.url}/jobs/{job_id}/artifacts/model.json") as resp,
+    ):
+        assert resp.status == 200
+        assert resp.headers["Content-Disposition"] == 'attachment; filename="model.json"'
+        assert json.loads(await resp.read()) == MODEL
+
+    dest = tmp_path / "saved"
+    dest.mkdir()
+    path = await client.download(job_id, "extra/big.bin", dest)
+    assert path == dest / "big.bin"
+    assert path.read_bytes() == (tmp_path / "run-output" / "extra" / "big.bin").read_bytes()
+    assert sorted(p.name for p in dest.iterdir()) == ["big.bin"]  # no .part left behind
+
+
+async def test_unknown_artifact_is_404_and_leaves_no_file(
+    live_api: LiveApi, client: GateQueueClient, tmp_path: Path
+) -> None:
+    job_id = await succeeded_with_files(live_api, tmp_path)
+    with pytest.raises(GateQueueError) as info:
+        await client.download(job_id, "nope.json", tmp_path / "nope.json")
+    assert (info.value.status, info.value.code) == (404, "artifact_not_found")
+    assert not (tmp_path / "nope.json").exists()
+    assert not (tmp_path / "nope.json.part").exists()
+    with pytest.raises(GateQueueError) as info:
+        await client.download("0" * 24, "model.json", tmp_path)
+    assert info.value.status == 404
+
+
+async def test_cli_download(live_api: LiveApi, tmp_path: Path) -> None:
+    job_id = await succeeded_with_files(live_api, tmp_path)
+    out_dir = tmp_path / "cli"
+    rc, out, err = await gatequeue(live_api.url, "download", job_id, "-o", str(out_dir))
+    assert rc == 0, err
+    assert out.split() == [str(out_dir / "extra" / "big.bin"), str(out_dir / "model.json")]
+    assert json.loads((out_dir / "model.json").read_text()) == MODEL
+
+    rc, _, err = await gatequeue(live_api.url, "download", job_id, "missing.bin")
+    assert rc != 0
+    assert "no artifact 'missing.bin'" in err
+    assert "model.json" in err  # says what there is
+
+    rc, out, _ = await gatequeue(live_api.url, "show", job_id)
+    assert "model.json" in out
