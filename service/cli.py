@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="one worker with the configured GPU slots")
     worker.add_argument("--mongodb-uri", help="default: $MONGODB_URI")
     worker.add_argument("--gpus", help="slots: a count, device ids (0,3) or 'cpu'")
+    worker.add_argument(
+        "--id", dest="worker_id", help="worker id (default: $GATEQUEUE_WORKER_ID or host:slots)"
+    )
     worker.set_defaults(func=cmd_worker)
 
     from service import cli_client
@@ -131,6 +134,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         except ConfigError as exc:
             print(f"gatequeue: {exc}", file=sys.stderr)
             return 2
+    if args.worker_id:
+        settings = dataclasses.replace(settings, worker_id=args.worker_id)
     return _run_until_signal(lambda: run_worker(settings))
 
 

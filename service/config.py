@@ -31,6 +31,9 @@ class Settings:
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     heartbeat_file: Path | None = None
+    # None: host name and slots. Set it where host names change on restart (a Deployment's
+    # pods) but the worker should find its change-stream resume token again.
+    worker_id: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -54,6 +57,7 @@ class Settings:
             heartbeat_file=Path(env["GATEQUEUE_HEARTBEAT_FILE"])
             if env.get("GATEQUEUE_HEARTBEAT_FILE")
             else None,
+            worker_id=env.get("GATEQUEUE_WORKER_ID") or None,
         )
 
 

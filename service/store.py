@@ -84,6 +84,34 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def new_job_document(
+    hyperparameters: dict[str, Any], *, name: str | None, max_attempts: int
+) -> Job:
+    """A Pending job with every field of DESIGN.md's job document, so readers never meet a
+    missing key. The API's batching inserter writes these too, without the store's
+    idempotency handling."""
+    now = utcnow()
+    return {
+        "_id": ObjectId(),
+        "name": name,
+        "status": Status.PENDING.value,
+        "version": 0,
+        "hyperparameters": dict(hyperparameters),
+        "createdAt": now,
+        "updatedAt": now,
+        "startedAt": None,
+        "finishedAt": None,
+        "worker": None,
+        "leaseExpiresAt": None,
+        "attempt": 0,
+        "maxAttempts": max_attempts,
+        "cancelRequested": False,
+        "exitCode": None,
+        "error": None,
+        "latestMetrics": None,
+    }
+
+
 class Store:
     """Thin async layer over the collections; holds no state of its own beyond handles."""
 
@@ -125,26 +153,7 @@ class Store:
         With an idempotency key the unique index decides who wins a race of retries: the
         loser reads the winner's job instead of inserting a second one.
         """
-        now = utcnow()
-        doc: Job = {
-            "_id": ObjectId(),
-            "name": name,
-            "status": Status.PENDING.value,
-            "version": 0,
-            "hyperparameters": dict(hyperparameters),
-            "createdAt": now,
-            "updatedAt": now,
-            "startedAt": None,
-            "finishedAt": None,
-            "worker": None,
-            "leaseExpiresAt": None,
-            "attempt": 0,
-            "maxAttempts": max_attempts,
-            "cancelRequested": False,
-            "exitCode": None,
-            "error": None,
-            "latestMetrics": None,
-        }
+        doc = new_job_document(hyperparameters, name=name, max_attempts=max_attempts)
         if idempotency_key is not None:
             doc["idempotencyKey"] = idempotency_key
             doc["requestHash"] = body_hash

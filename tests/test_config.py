@@ -28,6 +28,7 @@ def test_all_variables() -> None:
             "GATEQUEUE_LEASE_S": "12.5",
             "GATEQUEUE_DATA_DIR": "/data",
             "GATEQUEUE_LOG_FORMAT": "JSON",
+            "GATEQUEUE_WORKER_ID": "gpu-node-7",
         }
     )
     assert s.mongodb_uri == "mongodb://x/?replicaSet=rs0"
@@ -37,6 +38,7 @@ def test_all_variables() -> None:
     assert s.lease_s == 12.5
     assert s.data_dir == Path("/data")
     assert s.log_format == "json"
+    assert s.worker_id == "gpu-node-7"
 
 
 @pytest.mark.parametrize(

@@ -18,49 +18,17 @@ request. Submissions with an Idempotency-Key do not come here: they go through
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import structlog
-from bson import ObjectId
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, WriteError
 
-from service.jobstatus import Status
-from service.store import Job, utcnow
+from service.store import Job
 
 log = structlog.get_logger(__name__)
 
 MAX_BATCH = 256  # documents per insert_many; a job document is ~600 bytes of BSON
 MAX_IN_FLIGHT = 4  # batches written at once; later arrivals gather into the next batch
-
-
-def new_job_document(
-    hyperparameters: dict[str, Any], *, name: str | None, max_attempts: int
-) -> Job:
-    """The document `Store.insert_job` writes for a submission without an idempotency key.
-
-    Kept field for field equal to it; tests/api/test_api_inserter.py compares the two.
-    """
-    now = utcnow()
-    return {
-        "_id": ObjectId(),
-        "name": name,
-        "status": Status.PENDING.value,
-        "version": 0,
-        "hyperparameters": dict(hyperparameters),
-        "createdAt": now,
-        "updatedAt": now,
-        "startedAt": None,
-        "finishedAt": None,
-        "worker": None,
-        "leaseExpiresAt": None,
-        "attempt": 0,
-        "maxAttempts": max_attempts,
-        "cancelRequested": False,
-        "exitCode": None,
-        "error": None,
-        "latestMetrics": None,
-    }
 
 
 class JobInserter:

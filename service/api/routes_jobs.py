@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from service.api.auth import check_token
 from service.api.errors import ApiError, json_response, validation_error
-from service.api.inserter import JobInserter, new_job_document
+from service.api.inserter import JobInserter
 from service.api.keys import INSERTER, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
@@ -28,7 +28,7 @@ from service.api.limits import (
 from service.hyperparameters import RUN_OPTIONS, JobRequest, field_errors
 from service.jobstatus import Status
 from service.serialize import job_to_json, log_batch_to_json, metrics_to_json
-from service.store import CancelOutcome, parse_job_id, request_hash
+from service.store import CancelOutcome, new_job_document, parse_job_id, request_hash
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")

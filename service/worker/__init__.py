@@ -47,7 +47,7 @@ async def run_worker(
     try:
         worker = Worker(
             Store(client, settings.db_name),
-            worker_id=worker_id or default_worker_id(slots),
+            worker_id=worker_id or settings.worker_id or default_worker_id(slots),
             slots=slots,
             data_dir=settings.data_dir,
             trainer_cmd=trainer_cmd,
