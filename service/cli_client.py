@@ -441,7 +441,7 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings, client: GateQ
 async def cmd_download(
     args: argparse.Namespace, settings: Settings, client: GateQueueClient
 ) -> int:
-    """Each file keeps its path under the output dir (model.json, ...); prints the paths."""
+    """Each file keeps its path under the output dir (network.json, ...); prints the paths."""
     job = await client.get(args.job)
     available = [a["name"] for a in job.get("artifacts") or []]
     err = Console(stderr=True, highlight=False, soft_wrap=True)

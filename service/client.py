@@ -294,7 +294,7 @@ class GateQueueClient:
 
     async def download(self, job_id: str, name: str, dest: str | Path) -> Path:
         """Saves an artifact of a finished run (`job["artifacts"][i]["name"]`, e.g.
-        `model.json`) to `dest` (a directory gets the file's own name). The file appears
+        `network.json`) to `dest` (a directory gets the file's own name). The file appears
         only when complete: it is written next to `dest` and renamed."""
         path = await asyncio.to_thread(_download_target, Path(dest), name)
         part = path.with_name(path.name + ".part")

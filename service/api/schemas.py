@@ -35,7 +35,7 @@ class Worker(BaseModel):
 class Artifact(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(description="Path inside the run's output dir, e.g. `model.json`.")
+    name: str = Field(description="Path inside the run's output dir, e.g. `network.json`.")
     fileId: str = Field(description="GridFS file id in the `bucket`.")
     length: int = Field(ge=0, description="Bytes.")
     bucket: str = Field(description="GridFS bucket name (`artifacts`).")
