@@ -22,7 +22,7 @@ from service.api import routes_health, routes_jobs, routes_web, ws
 from service.api.errors import MAX_BODY_BYTES, error_middleware
 from service.api.keys import METRICS, OPENAPI_BODY, READY_TIMEOUT_S, SETTINGS, STORE
 from service.api.limits import READY_TIMEOUT_S as DEFAULT_READY_TIMEOUT_S
-from service.api.middleware import request_middleware
+from service.api.middleware import add_request_id_header, request_middleware
 from service.api.openapi import openapi_document
 from service.api.prom import ApiMetrics
 from service.config import Settings
@@ -51,6 +51,7 @@ def create_app(
         middlewares=[request_middleware, error_middleware],
         client_max_size=MAX_BODY_BYTES,
     )
+    app.on_response_prepare.append(add_request_id_header)
     app[SETTINGS] = settings
     app[STORE] = store
     app[METRICS] = ApiMetrics()

@@ -41,6 +41,14 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else "unmatched"
 
 
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: runs as headers go out, so WebSocket handshakes and streamed
+    responses (prepared inside their handler) carry the id as plain responses do."""
+    rid = request.get(REQUEST_ID)
+    if rid is not None:
+        response.headers[REQUEST_ID_HEADER] = rid
+
+
 @web.middleware
 async def request_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     start = time.perf_counter()
@@ -51,9 +59,6 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
         try:
             response = await handler(request)
             status = response.status
-            # A WebSocket response is already prepared (headers sent); nothing to add then.
-            if not response.prepared:
-                response.headers[REQUEST_ID_HEADER] = rid
             return response
         except asyncio.CancelledError:
             status = CLIENT_CLOSED  # the client went away (or the server is stopping)

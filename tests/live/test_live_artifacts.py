@@ -51,9 +51,13 @@ async def test_download_streams_the_bytes(
     job_id = await succeeded_with_files(live_api, tmp_path)
     async with (
         aiohttp.ClientSession() as http,
-        http.get(f"{live_api.url}/jobs/{job_id}/artifacts/model.json") as resp,
+        http.get(
+            f"{live_api.url}/jobs/{job_id}/artifacts/model.json",
+            headers={"X-Request-ID": "dl-1"},
+        ) as resp,
     ):
         assert resp.status == 200
+        assert resp.headers["X-Request-ID"] == "dl-1"
         assert resp.headers["Content-Disposition"] == 'attachment; filename="model.json"'
         assert json.loads(await resp.read()) == MODEL
 

@@ -288,3 +288,17 @@ async def test_websockets_need_the_token_when_one_is_set(make_live_api: MakeLive
             headers={"Authorization": "Bearer s3cret"},
         )
         await ws.close()
+
+
+async def test_handshake_carries_the_request_id(live_api: LiveApi) -> None:
+    job = await running_job(live_api.store)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(
+            f"{live_api.url}/jobs/{job['_id']}/logs/ws", headers={"X-Request-ID": "ws-trace-1"}
+        ) as ws,
+    ):
+        assert ws._response.headers["X-Request-ID"] == "ws-trace-1"
+        made = await http.ws_connect(f"{live_api.url}/ws/jobs")
+        assert len(made._response.headers["X-Request-ID"]) == 32
+        await made.close()
