@@ -36,27 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bson import ObjectId
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service import mongo_discovery  # noqa: E402
-from service.hyperparameters import JobRequest  # noqa: E402
-from service.jobstatus import Status  # noqa: E402
+from service.hyperparameters import SEED_BODY, JobRequest  # noqa: E402
 from service.mongo import connect  # noqa: E402
-from service.store import Store, utcnow  # noqa: E402
-
-SEED_BODY = {
-    "gateOptimizer": "sparsemax_noise",
-    "gates": 3332,
-    "networkLayers": 4,
-    "grouping": 10,
-    "groupSumTau": 100,
-    "residualLayers": 4,
-    "noiseTemp": 0.2,
-    "epochs": 5,
-}
+from service.store import Store, new_job_document  # noqa: E402
 
 
 @dataclass
@@ -177,30 +163,6 @@ async def bench_api(
     return Result("API POST /jobs", ok, errors, secs, lat, cpu)
 
 
-def job_document(hyperparameters: dict[str, Any]) -> dict[str, Any]:
-    """The document `Store.insert_job` writes, field for field."""
-    now = utcnow()
-    return {
-        "_id": ObjectId(),
-        "name": None,
-        "status": Status.PENDING.value,
-        "version": 0,
-        "hyperparameters": dict(hyperparameters),
-        "createdAt": now,
-        "updatedAt": now,
-        "startedAt": None,
-        "finishedAt": None,
-        "worker": None,
-        "leaseExpiresAt": None,
-        "attempt": 0,
-        "maxAttempts": 3,
-        "cancelRequested": False,
-        "exitCode": None,
-        "error": None,
-        "latestMetrics": None,
-    }
-
-
 async def bench_raw(
     uri: str, db_name: str, concurrency: int, duration: float, meter: CpuMeter | None = None
 ) -> Result:
@@ -213,7 +175,7 @@ async def bench_raw(
 
         async def make_one() -> Callable[[], Awaitable[bool]]:
             async def call() -> bool:
-                await jobs.insert_one(job_document(hyperparameters))
+                await jobs.insert_one(new_job_document(hyperparameters, name=None, max_attempts=3))
                 return True
 
             return call

@@ -11,15 +11,14 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import signal
 import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
 
 from service.config import DEFAULT_API_PORT, ConfigError, Settings
 from service.logconfig import configure_logging
+from service.runloop import run_until_signal
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +119,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     from service.api.app import serve
 
     _need_uri(settings)
-    return _run_until_signal(lambda: serve(settings, args.host, args.port))
+    return run_until_signal(lambda: serve(settings, args.host, args.port))
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -136,7 +135,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     if args.worker_id:
         settings = dataclasses.replace(settings, worker_id=args.worker_id)
-    return _run_until_signal(lambda: run_worker(settings))
+    return run_until_signal(lambda: run_worker(settings))
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -160,7 +159,7 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with mongo_discovery.discover(kind=kind, data_dir=state / "mongo") as mongo:
             settings = dataclasses.replace(settings, mongodb_uri=mongo.uri)
-            return _run_until_signal(lambda: _up(settings, args, mongo.description))
+            return run_until_signal(lambda: _up(settings, args, mongo.description))
     except EmbeddedMongoUnavailable as exc:
         print(f"gatequeue: {exc}", file=sys.stderr)
         return 1
@@ -235,21 +234,6 @@ async def _submit_demo(url: str, settings: Settings) -> None:
             + " ".join(f"{k}={v}" for k, v in metrics.items() if k.startswith("test")),
             flush=True,
         )
-
-
-def _run_until_signal(factory: Callable[[], Awaitable[None]]) -> int:
-    """Run a coroutine; SIGTERM and SIGINT cancel it so its clean-up code runs."""
-
-    async def runner() -> None:
-        loop = asyncio.get_running_loop()
-        task = asyncio.ensure_future(factory())
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(runner())
-    return 0
 
 
 if __name__ == "__main__":

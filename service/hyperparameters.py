@@ -30,6 +30,19 @@ Dataset = Literal["digits", "breast_cancer", "mnist", "cifar10"]
 DATASETS: tuple[str, ...] = get_args(Dataset)
 DATASET_CLASSES: dict[str, int] = {"digits": 10, "breast_cancer": 2, "mnist": 10, "cifar10": 10}
 
+# The body the seed's README sent with curl: the example in the OpenAPI document and the
+# benchmark's request. It must stay valid as is (tests/test_hyperparameters.py).
+SEED_BODY: dict[str, Any] = {
+    "gateOptimizer": "sparsemax_noise",
+    "gates": 3332,
+    "networkLayers": 4,
+    "grouping": 10,
+    "groupSumTau": 100,
+    "residualLayers": 4,
+    "noiseTemp": 0.2,
+    "epochs": 5,
+}
+
 # The fields of a request that are not training parameters but options of the run.
 RUN_OPTIONS = ("name", "maxAttempts")
 
@@ -81,6 +94,13 @@ class Hyperparameters(BaseModel):
         elif self.gates < self.grouping:
             problems.append(
                 ("gates", f"gates ({self.gates}) must be at least grouping ({self.grouping})")
+            )
+        if self.gateOptimizer.startswith("gumbel_") and self.noiseTemp == 0:
+            problems.append(
+                (
+                    "noiseTemp",
+                    f"gateOptimizer {self.gateOptimizer} divides by noiseTemp: it must be > 0",
+                )
             )
         if problems:
             raise ValidationError.from_exception_data(

@@ -6,7 +6,10 @@ import pytest
 from pydantic import ValidationError
 
 from service.hyperparameters import (
+    DATASET_CLASSES,
+    DATASETS,
     GATE_OPTIMIZERS,
+    SEED_BODY,
     TRAINER_FLAGS,
     JobRequest,
     field_errors,
@@ -23,6 +26,10 @@ SEED = {
     "noiseTemp": 0.2,
     "epochs": 5,
 }
+
+
+def test_the_seed_body_constant_is_the_seeds() -> None:
+    assert SEED_BODY == SEED
 
 
 def test_seed_body_is_accepted_as_is() -> None:
@@ -103,3 +110,30 @@ def test_trainer_args_mapping() -> None:
     assert set(pairs) == set(TRAINER_FLAGS.values())
     with pytest.raises(KeyError):
         to_trainer_args({"notAField": 1})
+
+
+def test_the_api_accepts_exactly_what_the_trainer_runs() -> None:
+    """The worker hands validated requests to `python -m trainer` as flags: every choice the
+    API offers must exist in the trainer, and every request it accepts must parse there."""
+    from trainer.cli import CLASSES, build_parser, validate
+    from trainer.data import DATASETS as TRAINER_DATASETS
+    from trainer.parametrizations import GATE_OPTIMIZERS as TRAINER_OPTIMIZERS
+
+    assert TRAINER_OPTIMIZERS == GATE_OPTIMIZERS
+    assert set(TRAINER_DATASETS) == set(DATASETS)
+    assert dict(CLASSES) == DATASET_CLASSES
+    parser = build_parser()
+    for name in GATE_OPTIMIZERS:
+        hp = JobRequest.model_validate({**SEED_BODY, "gateOptimizer": name}).hyperparameters()
+        args = parser.parse_args(to_trainer_args(hp))
+        validate(parser, args)
+        assert args.gate_optimizer == name
+        assert (args.gates, args.residual_layers, args.group_sum_tau) == (3332, 4, 100.0)
+
+
+def test_gumbel_needs_a_positive_temperature() -> None:
+    with pytest.raises(ValidationError) as info:
+        JobRequest.model_validate({**SEED_BODY, "gateOptimizer": "gumbel_softmax", "noiseTemp": 0})
+    assert [e["field"] for e in field_errors(info.value)] == ["noiseTemp"]
+    # Without Gumbel noise a zero temperature just means no noise.
+    JobRequest.model_validate({**SEED_BODY, "gateOptimizer": "sparsemax_noise", "noiseTemp": 0})

@@ -4,14 +4,12 @@ environment like `gatequeue serve` (the benchmark starts it this way, in its own
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import signal
 import sys
 
 from service.api.app import serve
 from service.config import DEFAULT_API_PORT, Settings
 from service.logconfig import configure_logging
+from service.runloop import run_until_signal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,16 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     def started(url: str) -> None:
         print(f"listening on {url}", flush=True)
 
-    async def run() -> None:
-        task = asyncio.ensure_future(serve(settings, args.host, args.port, started=started))
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(run())
-    return 0
+    return run_until_signal(lambda: serve(settings, args.host, args.port, started=started))
 
 
 if __name__ == "__main__":

@@ -21,22 +21,11 @@ from service.api.limits import (
     MAX_LIST_LIMIT,
     MAX_LOG_LIMIT,
 )
-from service.hyperparameters import JobRequest
+from service.hyperparameters import SEED_BODY, JobRequest
 from service.jobstatus import Status
 
 REF = "#/components/schemas/{model}"
 API_VERSION = "1"
-
-SEED_BODY: dict[str, Any] = {
-    "gateOptimizer": "sparsemax_noise",
-    "gates": 3332,
-    "networkLayers": 4,
-    "grouping": 10,
-    "groupSumTau": 100,
-    "residualLayers": 4,
-    "noiseTemp": 0.2,
-    "epochs": 5,
-}
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -4,15 +4,13 @@ expose (a trainer command, timings). Tests run workers this way so SIGKILL is re
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import dataclasses
 import shlex
-import signal
 import sys
 
 from service.config import ConfigError, Settings, parse_gpus
 from service.logconfig import configure_logging
+from service.runloop import run_until_signal
 from service.worker import run_worker
 
 
@@ -43,18 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     trainer_cmd = shlex.split(args.trainer) if args.trainer else None
 
-    async def runner() -> None:
-        task = asyncio.ensure_future(
-            run_worker(settings, trainer_cmd=trainer_cmd, worker_id=args.worker_id, **options)
-        )
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    asyncio.run(runner())
-    return 0
+    return run_until_signal(
+        lambda: run_worker(settings, trainer_cmd=trainer_cmd, worker_id=args.worker_id, **options)
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable
 from types import ModuleType
 from typing import Any, Protocol
@@ -12,23 +13,13 @@ from aiohttp.test_utils import TestClient
 from service.api.schemas import Error
 from service.store import Store
 
-SEED_BODY: dict[str, Any] = {
-    "gateOptimizer": "sparsemax_noise",
-    "gates": 3332,
-    "networkLayers": 4,
-    "grouping": 10,
-    "groupSumTau": 100,
-    "residualLayers": 4,
-    "noiseTemp": 0.2,
-    "epochs": 5,
-}
-
 # The seed README's request body, byte for byte as its curl sent it.
 SEED_CURL_BODY = (
     b'{"gateOptimizer": "sparsemax_noise", "gates": 3332, "networkLayers": 4, '
     b'"grouping": 10, "groupSumTau": 100, "residualLayers": 4, "noiseTemp": 0.2, '
     b'"epochs": 5}'
 )
+SEED_BODY: dict[str, Any] = json.loads(SEED_CURL_BODY)
 JSON = {"Content-Type": "application/json"}
 
 

@@ -9,19 +9,9 @@ import pytest
 from live_helpers import LiveApi, MakeLiveApi, finish, running_job, write_lines
 
 from service.client import GateQueueClient, GateQueueConnectionError, GateQueueError
+from service.hyperparameters import SEED_BODY as SEED
 from service.jobstatus import Status
 from service.store import WorkerInfo
-
-SEED = {
-    "gateOptimizer": "sparsemax_noise",
-    "gates": 3332,
-    "networkLayers": 4,
-    "grouping": 10,
-    "groupSumTau": 100,
-    "residualLayers": 4,
-    "noiseTemp": 0.2,
-    "epochs": 5,
-}
 
 
 async def test_submit_get_list_cancel(client: GateQueueClient) -> None:
