@@ -47,6 +47,27 @@
     return body;
   }
 
+  // A plain link cannot carry the bearer token, so files are fetched like API calls and
+  // handed to the browser as a blob.
+  async function download(jobId, name) {
+    const headers = {};
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    const path = `jobs/${encodeURIComponent(jobId)}/artifacts/${name.split("/").map(encodeURIComponent).join("/")}`;
+    const res = await fetch(new URL(path, document.baseURI), { headers });
+    if (!res.ok) {
+      let body = null;
+      try { body = await res.json(); } catch { body = null; }
+      if (res.status === 401) openTokenDialog();
+      throw new ApiError(res.status, body);
+    }
+    const url = URL.createObjectURL(await res.blob());
+    const a = el("a", { href: url, download: name.split("/").pop() });
+    document.body.append(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 60000);
+  }
+
   function wsUrl(path, params = {}) {
     const url = new URL(path, document.baseURI);
     url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
@@ -420,6 +441,15 @@
         el("div", {}, el("dt", { text: k }), el("dd", { text: v, title: v }))));
       $("job-hp").replaceChildren(...Object.entries(job.hyperparameters || {}).map(([k, v]) =>
         el("span", { class: "chip" }, `${k}=`, el("b", { text: String(v) }))));
+      const files = job.artifacts || [];
+      $("job-files").hidden = files.length === 0;
+      $("job-files").replaceChildren(
+        ...(files.length ? [el("span", { class: "muted", text: "files" })] : []),
+        ...files.map((f) => {
+          const b = el("button", { type: "button", class: "file", text: `⤓ ${f.name}`, title: `${f.length} bytes` });
+          b.addEventListener("click", () => download(job.id, f.name).catch((e) => this.showError(`download failed: ${e.message}`, job.status)));
+          return b;
+        }));
       const m = job.latestMetrics;
       if (m && typeof m.epoch === "number" && m.epoch > this.metricsEpoch) this.loadMetrics();
     }

@@ -112,6 +112,16 @@ async def test_submit_follow_and_cancel_in_the_browser(
     # 1 system line + 2 start lines + 4 epochs x (8 steps + EPOCH) + "done" + 1 system line
     await expect(page.locator("#log .ln")).to_have_count(1 + 2 + 4 * 9 + 1 + 1)
     await expect(page.locator("#cancel-btn")).to_be_disabled()
+    # The run's file is offered and downloads with its bytes.
+    file_button = page.locator("#job-files button.file")
+    await expect(file_button).to_have_text("⤓ network.txt")
+    async with page.expect_download() as download_info:
+        await file_button.click()
+    download = await download_info.value
+    assert download.suggested_filename == "network.txt"
+    saved = artifacts / "downloaded-network.txt"
+    await download.save_as(saved)
+    assert saved.read_text() == "a stand-in network\n"
     await page.screenshot(path=artifacts / "04-job-succeeded.png", full_page=True)
 
     # A long job: follow it, pause the log, then cancel it; it turns Cancelled.
