@@ -13,6 +13,7 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -207,7 +208,7 @@ async def _wait_until_ready(url: str, tasks: list[asyncio.Task[None]]) -> None:
     raise RuntimeError(f"the API at {url} did not become ready in 60 s")
 
 
-DEMO_JOB = {
+DEMO_JOB: dict[str, Any] = {
     "gateOptimizer": "sparsemax_noise",
     "gates": 2000,
     "networkLayers": 4,

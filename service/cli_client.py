@@ -146,7 +146,7 @@ def _add_field_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo)
         kwargs["metavar"] = "{" + ",".join(map(str, get_args(annotation))) + "}"
     elif annotation in (int, float, str):
         kwargs["type"] = annotation
-        kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[annotation]
+        kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[annotation]  # type: ignore[index]
     else:  # pragma: no cover - a new field type needs a decision here
         raise TypeError(f"no CLI flag type for {name}: {annotation!r}")
     help_text = field.description or ""
@@ -256,7 +256,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings, client: GateQ
     if final.get("latestMetrics"):
         out.print("  " + _metrics_text(final["latestMetrics"]))
     if final.get("error"):
-        out.print(f"  error: {_escape(final['error'])}")
+        out.print(f"  error: {_escape(str(final['error']))}")
     return EXIT_OK if status == "Succeeded" else EXIT_JOB_FAILED
 
 
@@ -371,7 +371,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
     if job.get("cancelRequested") and job.get("status") == "Running":
         rows.append(("cancel", "requested"))
     if job.get("error"):
-        rows.append(("error", _escape(job["error"])))
+        rows.append(("error", _escape(str(job["error"]))))
     artifacts = job.get("artifacts") or []
     if artifacts:
         rows.append(("artifacts", " ".join(f"{a['name']} ({a['length']} B)" for a in artifacts)))

@@ -38,6 +38,15 @@ FINAL_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
 _RESUMABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 4001, 4002})
 
 
+class Artifact(TypedDict):
+    """A file of a Succeeded run; `download(job_id, name, dest)` saves it."""
+
+    name: str
+    fileId: str
+    length: int
+    bucket: str
+
+
 class Job(TypedDict, total=False):
     """A job as the API shows it (see the OpenAPI document for every field)."""
 
@@ -58,6 +67,11 @@ class Job(TypedDict, total=False):
     exitCode: int | None
     error: str | None
     latestMetrics: dict[str, Any] | None
+    artifacts: list[Artifact]
+
+
+# `GateQueueClient.list` shadows the builtin inside the class body.
+_List = list
 
 
 class JobPage(list[Job]):
@@ -287,7 +301,7 @@ class GateQueueClient:
         A finished job is a `GateQueueError` with status 409."""
         return await self._request("POST", self._job_path(job_id) + "/cancel")
 
-    async def metrics(self, job_id: str) -> list[dict[str, Any]]:
+    async def metrics(self, job_id: str) -> _List[dict[str, Any]]:
         """One row per finished epoch: `{epoch, epochs, train_loss, test_acc, ..., ts}`."""
         body = await self._request("GET", self._job_path(job_id) + "/metrics")
         return list(body["metrics"])

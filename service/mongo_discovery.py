@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -189,6 +190,7 @@ def _initiate(uri: str, host: str, timeout: float = 30.0) -> None:
     from pymongo.errors import OperationFailure, PyMongoError
 
     deadline = time.monotonic() + timeout
+    client: MongoClient[dict[str, Any]]
     with MongoClient(uri, serverSelectionTimeoutMS=2000) as client:
         while True:
             try:
@@ -211,6 +213,7 @@ def _wait_primary(uri: str, timeout: float = 60.0) -> None:
     from pymongo.errors import PyMongoError
 
     deadline = time.monotonic() + timeout
+    client: MongoClient[dict[str, Any]]
     with MongoClient(uri, serverSelectionTimeoutMS=2000) as client:
         while True:
             try:

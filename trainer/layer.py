@@ -199,6 +199,13 @@ class LogicLayer(torch.nn.Module):
     the argmax gate, unless `relaxed_eval` is set, when it uses the noise-free probabilities.
     """
 
+    # Buffers (registered in __init__), declared so type checkers see tensors.
+    idx_a: torch.Tensor
+    idx_b: torch.Tensor
+    idx_a32: torch.Tensor
+    idx_b32: torch.Tensor
+    coeffs: torch.Tensor
+
     def __init__(
         self,
         in_dim: int,

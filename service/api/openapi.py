@@ -73,7 +73,7 @@ JOB_ID_PARAM = {
     "schema": {"type": "string"},
 }
 
-SECURITY = [{"bearerAuth": []}, {}]
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
 
 
 def _job_op(summary: str, responses: dict[str, Any], **extra: Any) -> dict[str, Any]:
@@ -314,8 +314,7 @@ def _paths() -> dict[str, Any]:
 def openapi_document() -> dict[str, Any]:
     """Built once per process: it depends only on the code. Callers must not mutate it."""
     _, top = models_json_schema(
-        [(JobRequest, "validation")]
-        + [(model, "serialization") for model in schemas.RESPONSE_MODELS],
+        [(JobRequest, "validation"), *((m, "serialization") for m in schemas.RESPONSE_MODELS)],
         ref_template=REF,
     )
     return {

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -171,7 +171,7 @@ class Connection:
             if transport is not None:
                 transport.abort()
 
-    async def serve(self, pump: Callable[[], Awaitable[tuple[int, str]]]) -> None:
+    async def serve(self, pump: Callable[[], Coroutine[Any, Any, tuple[int, str]]]) -> None:
         """Run `pump` (which sends) beside a reader (which notices the client leaving) and
         the subscription's drop signal; whichever ends first decides how to close."""
         pump_task = asyncio.create_task(pump())
