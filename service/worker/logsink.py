@@ -27,7 +27,7 @@ MAX_BYTES = 1 << 20
 MAX_DELAY_S = 0.1
 # Past this many unwritten lines the pipe readers wait, so the trainer blocks on its own
 # writes instead of the worker buffering without bound while MongoDB is slow.
-HIGH_WATER_LINES = 20 * MAX_LINES
+HIGH_WATER_LINES = 4 * MAX_LINES
 _RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
 
 
