@@ -4,12 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test lint bench-quick clean
+.PHONY: install run test lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
-	$(BIN)/pip install --quiet -e '.[dev]'
+	@echo "installing gatequeue and its dependencies into $(VENV) (torch alone is a few GB: the first time takes minutes)"
+	$(BIN)/pip install --progress-bar on -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -28,4 +29,4 @@ lint: install
 
 
 clean:
-	rm -rf $(VENV) .gatequeue .pytest_cache .ruff_cache
+	rm -rf $(VENV) .gatequeue .pytest_cache .ruff_cache .mypy_cache
