@@ -17,7 +17,6 @@ so every subscriber is sent a `Resync` and re-reads the store.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -29,6 +28,7 @@ from bson import ObjectId
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import OperationFailure, PyMongoError
 
+from service.cancellation import cancel_and_wait
 from service.store import Store
 
 log = structlog.get_logger(__name__)
@@ -273,11 +273,7 @@ class Fanout:
             await self._opened.wait_for(lambda: self.streams_opened[name] >= count)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)  # they sit in PyMongo: see service.cancellation
         self._tasks = []
         for event in self.ready.values():
             event.clear()

@@ -253,6 +253,62 @@ def _paths() -> dict[str, Any]:
             },
         ],
     )
+    ws_token = {
+        "name": "token",
+        "in": "query",
+        "required": False,
+        "description": "The API token, for browsers (they cannot set headers on a WebSocket).",
+        "schema": {"type": "string"},
+    }
+    ws_upgraded = {
+        "description": "Switched to WebSocket; the messages are described in docs/client.md.",
+        "headers": REQUEST_ID_HEADER,
+    }
+    ws_required = _error("Not a WebSocket upgrade request (code `websocket_required`).")
+    logs_ws = _job_op(
+        "Tail a job's log over WebSocket: stored lines from `from`, live lines, an end message",
+        {
+            "101": ws_upgraded,
+            "400": ws_required,
+            "404": ERR_404_JOB,
+            "422": ERR_422_QUERY,
+        },
+        operationId="tailJobLogs",
+        parameters=[
+            JOB_ID_PARAM,
+            {
+                "name": "from",
+                "in": "query",
+                "required": False,
+                "description": "seq of the first line wanted (0-based).",
+                "schema": {"type": "integer", "minimum": 0, "default": 0},
+            },
+            ws_token,
+        ],
+    )
+    jobs_ws = _job_op(
+        "Job changes over WebSocket (all jobs, or those named by `id`)",
+        {
+            "101": ws_upgraded,
+            "400": ws_required,
+            "404": _error("An `id` names no job."),
+            "422": ERR_422_QUERY,
+        },
+        operationId="watchJobs",
+        parameters=[
+            {
+                "name": "id",
+                "in": "query",
+                "required": False,
+                "description": "Job ids to watch, repeated or comma-separated (at most 100); "
+                "their current documents are sent first.",
+                "schema": {"type": "array", "items": {"type": "string"}},
+                "style": "form",
+                "explode": True,
+            },
+            ws_token,
+        ],
+    )
     health = _ref("Health")
     return {
         "/jobs": {"post": submit, "get": list_jobs},
@@ -261,6 +317,23 @@ def _paths() -> dict[str, Any]:
         "/jobs/{id}/logs": {"get": logs},
         "/jobs/{id}/metrics": {"get": metrics},
         "/jobs/{id}/artifacts/{name}": {"get": artifact},
+        "/jobs/{id}/logs/ws": {"get": logs_ws},
+        "/ws/jobs": {"get": jobs_ws},
+        "/": {
+            "get": {
+                "summary": "The web page: job list, submit form, live log and metric chart",
+                "operationId": "webPage",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "The page (its scripts and styles are under /static/).",
+                        "headers": REQUEST_ID_HEADER,
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "500": ERR_500,
+                },
+            }
+        },
         "/healthz": {
             "get": {
                 "summary": "Liveness: the process answers",

@@ -18,7 +18,6 @@ from which seq to resume; `GateQueueClient.logs` does exactly that.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -41,6 +40,7 @@ from service.api.fanout import (
     lines_message,
 )
 from service.api.keys import STORE
+from service.cancellation import cancel_and_wait
 from service.jobstatus import Status
 from service.serialize import job_to_json
 from service.store import Store, parse_job_id
@@ -181,11 +181,7 @@ class Connection:
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(*tasks)  # the pump may be in a store read
         if pump_task in done and not pump_task.cancelled():
             exc = pump_task.exception()
             if exc is None:

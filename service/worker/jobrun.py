@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 from pymongo.errors import PyMongoError
 
+from service.cancellation import cancel_and_wait
 from service.hyperparameters import to_trainer_args
 from service.jobstatus import Status
 from service.store import Job, Store
@@ -156,9 +157,7 @@ class JobRun:
             await metrics
             await self._finish(rc, stopped_by_us, start_error, output_dir)
         finally:
-            for task in (renewer, metrics, sink_watch):
-                task.cancel()
-            await asyncio.gather(renewer, metrics, sink_watch, return_exceptions=True)
+            await cancel_and_wait(renewer, metrics, sink_watch)
             if self.proc is not None and self.proc.running:
                 self.proc.signal_group(signal.SIGKILL)
 

@@ -18,6 +18,7 @@ import structlog
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from service.cancellation import cancel_and_wait
 from service.store import Store
 
 log = structlog.get_logger(__name__)
@@ -104,9 +105,7 @@ class LogSink:
         self._discarded = True
         self._buf.clear()
         self._room.set()
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self._task
+        await cancel_and_wait(self._task)  # it may be in an insert
 
     async def _guarded_flusher(self) -> None:
         try:

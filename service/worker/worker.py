@@ -25,6 +25,7 @@ import structlog
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from service.cancellation import cancel_and_wait
 from service.jobstatus import Status
 from service.store import Job, Store, WorkerInfo, utcnow
 from service.worker.dispatch import JobFeed
@@ -164,9 +165,7 @@ class Worker:
             # A claim in flight is let finish (its run is then handed back like the others);
             # cut short, it could leave a job Running that nobody runs until its lease ends.
             await asyncio.wait([claimer], timeout=_CLAIMER_STOP_S)
-            for task in background:
-                task.cancel()
-            await asyncio.gather(stop_wait, *background, return_exceptions=True)
+            await cancel_and_wait(stop_wait, *background)
             await self._shutdown_runs()
             with contextlib.suppress(PyMongoError):
                 await self.feed.flush_token()
