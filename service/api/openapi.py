@@ -65,13 +65,30 @@ ERR_422_QUERY = _error("A query parameter is invalid; `fields` names each one.")
 ERR_500 = _error("Unexpected server error; the message carries the request id to look up.")
 ERR_503 = _error("MongoDB is not reachable; retry later.")
 
-JOB_ID_PARAM = {
-    "name": "id",
-    "in": "path",
-    "required": True,
-    "description": "Job id (24 hex digits). Anything else is answered 404.",
-    "schema": {"type": "string"},
-}
+
+def _param(
+    name: str, where: str, schema: dict[str, Any], *, description: str = "", required: bool = False
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "in": where, "required": required, "schema": schema}
+    if description:
+        out["description"] = description
+    return out
+
+
+JOB_ID_PARAM = _param(
+    "id",
+    "path",
+    {"type": "string"},
+    description="Job id (24 hex digits). Anything else is answered 404.",
+    required=True,
+)
+
+FROM_PARAM = _param(
+    "from",
+    "query",
+    {"type": "integer", "minimum": 0, "default": 0},
+    description="seq of the first line wanted (0-based).",
+)
 
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
 
@@ -113,18 +130,17 @@ def _paths() -> dict[str, Any]:
             "`Idempotency-Key` header, retries return the same job."
         ),
         parameters=[
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "required": False,
-                "description": "Any string the client picks per logical submission.",
-                "schema": {
+            _param(
+                "Idempotency-Key",
+                "header",
+                {
                     "type": "string",
                     "minLength": 1,
                     "maxLength": IDEMPOTENCY_KEY_MAX,
                     "pattern": "^[\\x21-\\x7e]+$",
                 },
-            }
+                description="Any string the client picks per logical submission.",
+            )
         ],
         requestBody={
             "required": True,
@@ -144,30 +160,23 @@ def _paths() -> dict[str, Any]:
         },
         operationId="listJobs",
         parameters=[
-            {
-                "name": "status",
-                "in": "query",
-                "required": False,
-                "schema": {"type": "string", "enum": [s.value for s in Status]},
-            },
-            {
-                "name": "limit",
-                "in": "query",
-                "required": False,
-                "schema": {
+            _param("status", "query", {"type": "string", "enum": [s.value for s in Status]}),
+            _param(
+                "limit",
+                "query",
+                {
                     "type": "integer",
                     "minimum": 1,
                     "maximum": MAX_LIST_LIMIT,
                     "default": DEFAULT_LIST_LIMIT,
                 },
-            },
-            {
-                "name": "after",
-                "in": "query",
-                "required": False,
-                "description": "The `next` of the previous page.",
-                "schema": {"type": "string", "pattern": "^[0-9a-fA-F]{24}$"},
-            },
+            ),
+            _param(
+                "after",
+                "query",
+                {"type": "string", "pattern": "^[0-9a-fA-F]{24}$"},
+                description="The `next` of the previous page.",
+            ),
         ],
     )
     get_job = _job_op(
@@ -197,25 +206,18 @@ def _paths() -> dict[str, Any]:
         operationId="getJobLogs",
         parameters=[
             JOB_ID_PARAM,
-            {
-                "name": "from",
-                "in": "query",
-                "required": False,
-                "description": "seq of the first line wanted (0-based).",
-                "schema": {"type": "integer", "minimum": 0, "default": 0},
-            },
-            {
-                "name": "limit",
-                "in": "query",
-                "required": False,
-                "description": "Most lines to return.",
-                "schema": {
+            FROM_PARAM,
+            _param(
+                "limit",
+                "query",
+                {
                     "type": "integer",
                     "minimum": 1,
                     "maximum": MAX_LOG_LIMIT,
                     "default": DEFAULT_LOG_LIMIT,
                 },
-            },
+                description="Most lines to return.",
+            ),
         ],
     )
     metrics = _job_op(
@@ -244,22 +246,21 @@ def _paths() -> dict[str, Any]:
         operationId="getJobArtifact",
         parameters=[
             JOB_ID_PARAM,
-            {
-                "name": "name",
-                "in": "path",
-                "required": True,
-                "description": "An entry's `name` from the job's `artifacts`.",
-                "schema": {"type": "string"},
-            },
+            _param(
+                "name",
+                "path",
+                {"type": "string"},
+                description="An entry's `name` from the job's `artifacts`.",
+                required=True,
+            ),
         ],
     )
-    ws_token = {
-        "name": "token",
-        "in": "query",
-        "required": False,
-        "description": "The API token, for browsers (they cannot set headers on a WebSocket).",
-        "schema": {"type": "string"},
-    }
+    ws_token = _param(
+        "token",
+        "query",
+        {"type": "string"},
+        description="The API token, for browsers (they cannot set headers on a WebSocket).",
+    )
     ws_upgraded = {
         "description": "Switched to WebSocket; the messages are described in docs/client.md.",
         "headers": REQUEST_ID_HEADER,
@@ -276,13 +277,7 @@ def _paths() -> dict[str, Any]:
         operationId="tailJobLogs",
         parameters=[
             JOB_ID_PARAM,
-            {
-                "name": "from",
-                "in": "query",
-                "required": False,
-                "description": "seq of the first line wanted (0-based).",
-                "schema": {"type": "integer", "minimum": 0, "default": 0},
-            },
+            FROM_PARAM,
             ws_token,
         ],
     )
