@@ -19,6 +19,7 @@ exactly once and in order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 from collections import deque
@@ -203,6 +204,27 @@ class GateQueueClient:
             return "wss://" + url.removeprefix("https://")
         return "ws://" + url.removeprefix("http://")
 
+    @contextlib.asynccontextmanager
+    async def _response(
+        self, method: str, path: str, **kwargs: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A successful response; an error answer raises `GateQueueError` with its body, and
+        a failure to reach the API (also while the body is read) `GateQueueConnectionError`."""
+        try:
+            async with self._http().request(method, self._url(path), **kwargs) as resp:
+                if resp.status >= 400:
+                    text = await resp.text()
+                    raise GateQueueError.from_response(resp.status, _json_or_none(text), text)
+                yield resp
+        except aiohttp.ClientConnectionError as exc:
+            raise GateQueueConnectionError(
+                f"cannot reach the gatequeue API at {self.base_url}: {exc}"
+            ) from exc
+        except TimeoutError as exc:
+            raise GateQueueConnectionError(
+                f"the gatequeue API at {self.base_url} did not answer in time"
+            ) from exc
+
     async def _request(
         self,
         method: str,
@@ -212,26 +234,10 @@ class GateQueueClient:
         json_body: Any = None,
         headers: Mapping[str, str] | None = None,
     ) -> Any:
-        try:
-            async with self._http().request(
-                method, self._url(path), params=params, json=json_body, headers=headers
-            ) as resp:
-                text = await resp.text()
-                try:
-                    body = json.loads(text) if text else None
-                except ValueError:
-                    body = None
-                if resp.status >= 400:
-                    raise GateQueueError.from_response(resp.status, body, text)
-                return body
-        except aiohttp.ClientConnectionError as exc:
-            raise GateQueueConnectionError(
-                f"cannot reach the gatequeue API at {self.base_url}: {exc}"
-            ) from exc
-        except TimeoutError as exc:
-            raise GateQueueConnectionError(
-                f"the gatequeue API at {self.base_url} did not answer in time"
-            ) from exc
+        async with self._response(
+            method, path, params=params, json=json_body, headers=headers
+        ) as resp:
+            return _json_or_none(await resp.text())
 
     @staticmethod
     def _job_path(job_id: str) -> str:
@@ -312,16 +318,9 @@ class GateQueueClient:
         only when complete: it is written next to `dest` and renamed."""
         path = await asyncio.to_thread(_download_target, Path(dest), name)
         part = path.with_name(path.name + ".part")
-        url = self._url(self._job_path(job_id) + "/artifacts/" + quote(name, safe="/"))
         try:
-            async with self._http().get(url) as resp:
-                if resp.status >= 400:
-                    text = await resp.text()
-                    try:
-                        body = json.loads(text) if text else None
-                    except ValueError:
-                        body = None
-                    raise GateQueueError.from_response(resp.status, body, text)
+            url_path = self._job_path(job_id) + "/artifacts/" + quote(name, safe="/")
+            async with self._response("GET", url_path) as resp:
                 out = await asyncio.to_thread(part.open, "wb")
                 try:
                     async for chunk in resp.content.iter_chunked(1 << 20):
@@ -329,10 +328,6 @@ class GateQueueClient:
                 finally:
                     await asyncio.to_thread(out.close)
             await asyncio.to_thread(part.replace, path)
-        except aiohttp.ClientConnectionError as exc:
-            raise GateQueueConnectionError(
-                f"cannot reach the gatequeue API at {self.base_url}: {exc}"
-            ) from exc
         finally:
             await asyncio.to_thread(part.unlink, missing_ok=True)
         return path
@@ -385,6 +380,13 @@ class GateQueueClient:
         """The job's log lines from `from_seq`. With `follow`, live lines follow until the
         job ends (`stream.end` then says how); without, only what is stored now."""
         return LogStream(self, job_id, follow=follow, from_seq=from_seq)
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None
 
 
 def _download_target(dest: Path, name: str) -> Path:

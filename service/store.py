@@ -84,6 +84,10 @@ def request_hash(body: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
+def artifacts_bucket(db: AsyncDatabase) -> AsyncGridFSBucket:
+    return AsyncGridFSBucket(db, bucket_name=ARTIFACTS_BUCKET)
+
+
 def new_job_document(
     hyperparameters: dict[str, Any], *, name: str | None, max_attempts: int
 ) -> Job:
@@ -178,16 +182,12 @@ class Store:
             return None
         return await self.jobs.find_one({"_id": oid})
 
-    def artifacts(self) -> AsyncGridFSBucket:
-        return AsyncGridFSBucket(self.db, bucket_name=ARTIFACTS_BUCKET)
-
-    async def open_artifact(self, job_id: ObjectId, name: str) -> AsyncGridOut | None:
+    async def open_artifact(self, job: Job, name: str) -> AsyncGridOut | None:
         """Only files the job's `artifacts` list names are served: a GridFS filename is not
         a capability, and a file of a run that lost its finish race is not the job's."""
-        job = await self.jobs.find_one({"_id": job_id}, {"artifacts": 1})
-        for art in (job or {}).get("artifacts") or []:
+        for art in job.get("artifacts") or []:
             if art.get("name") == name:
-                return await self.artifacts().open_download_stream(art["fileId"])
+                return await artifacts_bucket(self.db).open_download_stream(art["fileId"])
         return None
 
     async def list_jobs(

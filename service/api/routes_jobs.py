@@ -256,9 +256,10 @@ async def job_artifact(request: web.Request) -> web.StreamResponse:
     oid = _job_id(request)
     name = request.match_info["name"]
     store = request.app[STORE]
-    if await store.jobs.find_one({"_id": oid}, {"_id": 1}) is None:
+    job = await store.jobs.find_one({"_id": oid}, {"artifacts": 1})
+    if job is None:
         raise _not_found(oid)
-    grid_out = await store.open_artifact(oid, name)
+    grid_out = await store.open_artifact(job, name)
     if grid_out is None:
         raise ApiError(404, "artifact_not_found", f"job {oid} has no artifact {name!r}")
     filename = name.rsplit("/", 1)[-1].replace('"', "")

@@ -28,38 +28,37 @@
     }
   }
 
+  // fetch() with the token; an error answer throws ApiError (and a 401 asks for a token).
+  async function request(path, { method = "GET", headers = {}, body } = {}) {
+    if (state.token) headers.Authorization = `Bearer ${state.token}`;
+    const res = await fetch(new URL(path, document.baseURI), { method, headers, body });
+    if (!res.ok) {
+      const text = await res.text();
+      let err = null;
+      try { err = text ? JSON.parse(text) : null; } catch { err = null; }
+      if (res.status === 401) openTokenDialog();
+      throw new ApiError(res.status, err);
+    }
+    return res;
+  }
+
   async function api(path, options = {}) {
     const headers = { Accept: "application/json" };
     if (options.body !== undefined) headers["Content-Type"] = "application/json";
-    if (state.token) headers.Authorization = `Bearer ${state.token}`;
-    const res = await fetch(new URL(path, document.baseURI), {
-      method: options.method || "GET",
+    const res = await request(path, {
+      method: options.method,
       headers,
       body: options.body === undefined ? undefined : JSON.stringify(options.body),
     });
     const text = await res.text();
-    let body = null;
-    try { body = text ? JSON.parse(text) : null; } catch { body = null; }
-    if (!res.ok) {
-      if (res.status === 401) openTokenDialog();
-      throw new ApiError(res.status, body);
-    }
-    return body;
+    try { return text ? JSON.parse(text) : null; } catch { return null; }
   }
 
   // A plain link cannot carry the bearer token, so files are fetched like API calls and
   // handed to the browser as a blob.
   async function download(jobId, name) {
-    const headers = {};
-    if (state.token) headers.Authorization = `Bearer ${state.token}`;
     const path = `jobs/${encodeURIComponent(jobId)}/artifacts/${name.split("/").map(encodeURIComponent).join("/")}`;
-    const res = await fetch(new URL(path, document.baseURI), { headers });
-    if (!res.ok) {
-      let body = null;
-      try { body = await res.json(); } catch { body = null; }
-      if (res.status === 401) openTokenDialog();
-      throw new ApiError(res.status, body);
-    }
+    const res = await request(path);
     const url = URL.createObjectURL(await res.blob());
     const a = el("a", { href: url, download: name.split("/").pop() });
     document.body.append(a);

@@ -18,14 +18,11 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 from service.store import ARTIFACTS_BUCKET as BUCKET
+from service.store import artifacts_bucket
 
 log = structlog.get_logger(__name__)
 
 _CHUNK = 4 << 20
-
-
-def bucket(db: AsyncDatabase) -> AsyncGridFSBucket:
-    return AsyncGridFSBucket(db, bucket_name=BUCKET)
 
 
 async def upload_outputs(
@@ -37,7 +34,7 @@ async def upload_outputs(
     prefix; `metadata.jobId` is there for exact queries.
     """
     files = await asyncio.to_thread(_list_files, output_dir)
-    grid = bucket(db)
+    grid = artifacts_bucket(db)
     out: list[dict[str, Any]] = []
     try:
         for path in files:
@@ -53,7 +50,7 @@ async def upload_outputs(
 async def delete_artifacts(db: AsyncDatabase, artifacts: list[dict[str, Any]]) -> None:
     """Best effort: used when the job could not be marked finished (lost race), so its
     files would be orphans."""
-    grid = bucket(db)
+    grid = artifacts_bucket(db)
     for art in artifacts:
         with contextlib.suppress(PyMongoError):
             await grid.delete(art["fileId"])

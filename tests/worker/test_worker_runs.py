@@ -24,7 +24,7 @@ from worker_helpers import (
 )
 
 from service.jobstatus import Status
-from service.store import Store, utcnow
+from service.store import Store, artifacts_bucket, utcnow
 from service.worker import artifacts
 
 
@@ -48,7 +48,7 @@ async def test_real_trainer_on_cpu_succeeds(store: Store, make_worker: MakeWorke
     names = {a["name"] for a in done["artifacts"]}
     assert "network.json" in names
     art = next(a for a in done["artifacts"] if a["name"] == "network.json")
-    stream = await artifacts.bucket(store.db).open_download_stream(art["fileId"])
+    stream = await artifacts_bucket(store.db).open_download_stream(art["fileId"])
     data = await stream.read()
     assert len(data) == art["length"] > 0
     assert data.startswith(b"{")
@@ -75,7 +75,7 @@ async def test_stand_in_trainer_metrics_logs_and_artifacts(
     }  # fmt: skip
     [art] = done["artifacts"]
     assert art["name"] == "network.json" and art["bucket"] == artifacts.BUCKET
-    stream = await artifacts.bucket(store.db).open_download_stream(art["fileId"])
+    stream = await artifacts_bucket(store.db).open_download_stream(art["fileId"])
     assert b'"epochs": 3' in await stream.read()
 
 
