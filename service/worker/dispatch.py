@@ -81,6 +81,7 @@ class JobFeed:
         self._stream: AsyncChangeStream[Any] | None = None
         self._token: Any | None = None
         self._saver: asyncio.Task[None] | None = None
+        self._recording = True
         # Observable state, for logs, tests and the benchmark.
         self.opens = 0
         self.resumed_from_token = False
@@ -113,7 +114,8 @@ class JobFeed:
                         await self._on_change(change)
                         self.events += 1
                         handled += 1
-                        self._save_later(change["_id"])
+                        if self._recording:
+                            self._save_later(change["_id"])
             except PyMongoError as exc:
                 # The driver already resumed once on its own where the error allowed it.
                 if resumed and handled == 0 and isinstance(exc, OperationFailure):
@@ -131,6 +133,12 @@ class JobFeed:
             finally:
                 self._stream = None
                 self.opened.clear()
+
+    def stop_recording(self) -> None:
+        """Keep delivering events but store no newer token: from here on the worker is
+        shutting down and claims nothing, so a job inserted now must be replayed to whoever
+        starts under this name next, not recorded as handled by a worker about to leave."""
+        self._recording = False
 
     def _save_later(self, token: Any) -> None:
         """Store the newest token without holding up the next event: one write in flight at

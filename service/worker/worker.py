@@ -113,6 +113,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
         self.ready = asyncio.Event()  # the stream is open and the first catch-up is done
+        self.stopped = asyncio.Event()  # run() has returned: runs handed back, token stored
         self.claims = 0
         self.finished_runs: list[JobRun] = []
 
@@ -130,6 +131,7 @@ class Worker:
         if self._stopping.is_set() or now:
             self._hurry.set()
         self._stopping.set()
+        self.feed.stop_recording()
         self._wake.set()
 
     async def run(self) -> None:
@@ -160,6 +162,7 @@ class Worker:
                                    error=repr(crashed))  # fmt: skip
         finally:
             self._stopping.set()
+            self.feed.stop_recording()
             self._wake.set()
             stop_wait.cancel()
             # A claim in flight is let finish (its run is then handed back like the others);
@@ -173,6 +176,7 @@ class Worker:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
             self.log.info("worker stopped")
+            self.stopped.set()
         if crashed is not None:
             raise crashed
 

@@ -209,7 +209,7 @@ async def test_connections_dropped_worker_resumes_and_misses_nothing(
         probe_claimed = await claims.wait(probe["_id"])
         await wait_job(store, probe["_id"], status_is(Status.SUCCEEDED))
         worker.stop()
-        await eventually(lambda: _stopped(worker))
+        await worker.stopped.wait()
     finally:
         await proxy.close()
     report("connections reset -> first missed insert claimed", first - cut_at)
@@ -223,9 +223,10 @@ async def test_restarted_worker_resumes_from_its_token(
     first = await make_worker(worker_id="steady", trainer_cmd=trainer("epochs"))
     job = await insert(store)
     await wait_job(store, job["_id"], finished)
+    await first.feed.flush_token()
     assert await store.load_offset(offset_name("steady")) is not None
     first.stop()
-    await eventually(lambda: _stopped(first))
+    await first.stopped.wait()
     missed = [await insert(store) for _ in range(3)]  # while no worker runs
     second = await make_worker(worker_id="steady", trainer_cmd=trainer("epochs"))
     assert second.feed.resumed_from_token
@@ -237,8 +238,24 @@ async def test_restarted_worker_resumes_from_its_token(
     await eventually(lambda: _at_least(second.feed, 3))
 
 
-async def _stopped(worker: object) -> bool:
-    return getattr(worker, "stopping", False) and not getattr(worker, "runs", None)
+async def test_stopping_worker_leaves_new_events_to_its_successor(
+    store: Store, make_worker: MakeWorker
+) -> None:
+    """An insert that reaches a worker after stop() is still delivered (the run loop may be
+    busy handing runs back) but its token is not stored: the next start replays it."""
+    worker = await make_worker(worker_id="leaving", trainer_cmd=trainer("epochs"))
+    done = await insert(store)
+    await wait_job(store, done["_id"], finished)
+    await eventually(lambda: _at_least(worker.feed, 1))
+    await worker.feed.flush_token()
+    before = await store.load_offset(offset_name("leaving"))
+    assert before is not None
+    worker.feed.stop_recording()  # what stop() does first, without ending the stream yet
+    late = await insert(store)
+    await eventually(lambda: _at_least(worker.feed, 2))
+    await worker.feed.flush_token()
+    assert await store.load_offset(offset_name("leaving")) == before
+    await wait_job(store, late["_id"], finished)  # delivered events are still acted on
 
 
 async def _at_least(feed: object, n: int) -> bool:
