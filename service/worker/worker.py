@@ -130,6 +130,11 @@ class Worker:
         """
         if self._stopping.is_set() or now:
             self._hurry.set()
+        self._begin_stopping()
+
+    def _begin_stopping(self) -> None:
+        """One place for what "stopping" means: claim nothing more, store no newer resume
+        token (a job arriving now is left for the next start to replay), wake the claimer."""
         self._stopping.set()
         self.feed.stop_recording()
         self._wake.set()
@@ -161,9 +166,7 @@ class Worker:
                     self.log.error("worker task crashed; shutting down", task=task.get_name(),
                                    error=repr(crashed))  # fmt: skip
         finally:
-            self._stopping.set()
-            self.feed.stop_recording()
-            self._wake.set()
+            self._begin_stopping()
             stop_wait.cancel()
             # A claim in flight is let finish (its run is then handed back like the others);
             # cut short, it could leave a job Running that nobody runs until its lease ends.

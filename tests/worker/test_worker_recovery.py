@@ -241,8 +241,8 @@ async def test_restarted_worker_resumes_from_its_token(
 async def test_stopping_worker_leaves_new_events_to_its_successor(
     store: Store, make_worker: MakeWorker
 ) -> None:
-    """An insert that reaches a worker after stop() is still delivered (the run loop may be
-    busy handing runs back) but its token is not stored: the next start replays it."""
+    """An insert that reaches a worker after stop() is still delivered (the stream stays open
+    until the claimer has returned) but its token is not stored: the next start replays it."""
     worker = await make_worker(worker_id="leaving", trainer_cmd=trainer("epochs"))
     done = await insert(store)
     await wait_job(store, done["_id"], finished)
