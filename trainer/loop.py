@@ -21,6 +21,7 @@ from trainer.data import Dataset, load_dataset
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
 from trainer.model import LogicNet, build_model, relaxed_evaluation
+from trainer.options import TRAINING_OPTIONS
 
 EVAL_BATCH = 2048
 
@@ -65,21 +66,8 @@ def accuracy(model: LogicNet, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
-    """The run's parameters under the request's camelCase names (DESIGN.md)."""
-    return {
-        "gateOptimizer": args.gate_optimizer,
-        "gates": args.gates,
-        "networkLayers": args.network_layers,
-        "grouping": args.grouping,
-        "groupSumTau": args.group_sum_tau,
-        "residualLayers": args.residual_layers,
-        "noiseTemp": args.noise_temp,
-        "epochs": args.epochs,
-        "dataset": args.dataset,
-        "batchSize": args.batch_size,
-        "learningRate": args.learning_rate,
-        "seed": args.seed,
-    }
+    """The run's training options under their request names (trainer.options)."""
+    return {o.name: getattr(args, o.dest) for o in TRAINING_OPTIONS}
 
 
 def train_epoch(

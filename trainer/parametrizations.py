@@ -1,62 +1,160 @@
-"""The nine maps from a neuron's 16 gate logits to probabilities (`--gate-optimizer`).
+"""The gate parametrizations (`gateOptimizer`): maps from a neuron's 16 gate logits to
+probabilities, as a registry.
+
+Adding one is one `@gate_map(name, doc)` entry below: its name becomes a valid
+`gateOptimizer` in the API, the CLI, the web form and the trainer, its doc line a row of the
+table in docs/trainer.md, and every parametrized test runs on it (docs/design.md, "How to
+add a parametrization").
 
 Each map has a training form (which may add noise) and a noise-free relaxed form, used for
-the relaxed test accuracy. Evaluation mode ignores both and takes the argmax gate. The
-formulas are in docs/trainer.md; keep the two in step.
+the relaxed test accuracy; `noise` says which. Evaluation mode ignores both and takes the
+argmax gate. torch and entmax are imported on first use (trainer.lazy): the API validates
+names from this registry without either installed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-
-import entmax
-import torch
+from typing import TYPE_CHECKING
 
 from trainer.gates import NUM_GATES, PASS_THROUGH_A
+from trainer.lazy import LazyModule
 
-GATE_OPTIMIZERS: tuple[str, ...] = (
-    "softmax",
-    "gumbel_softmax",
-    "sparsemax",
-    "gumbel_sparsemax",
-    "sparsemax_noise",
-    "log_softmax",
-    "entmax",
-    "relu_normalized",
-    "balenas",
-)
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = LazyModule("torch")
+entmax = LazyModule("entmax")
 
 # Probability the residual initialisation gives the pass-through gate "A".
 RESIDUAL_PASS_PROB = 0.9
 # Floor on the surprisal in `log_softmax`, so a saturated gate gets a finite weight.
 _MIN_SURPRISAL = 1e-6
 
+ProbsFn = Callable[["Tensor", float, bool], "Tensor"]
 
-def _gumbel_like(z: torch.Tensor) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class GateMap:
+    """One registered parametrization.
+
+    `probs(logits, temperature, noise)` maps the last axis of 16 logits to probabilities.
+    `divides_by_temperature`: the map divides by `noiseTemp`, so it must be > 0 (a rule the
+    API and the trainer both check, trainer.options). `calibrate_as`: the map whose noise-free
+    probabilities the residual initialisation is tuned on (the gumbel maps sample gate i with
+    probability softmax(z)_i at small temperatures). `positive_init`: initial logits are
+    |N(0, 1)| instead of N(0, 1), so that no gate starts dead under a ReLU.
+    """
+
+    name: str
+    doc: str
+    probs: ProbsFn
+    divides_by_temperature: bool = False
+    calibrate_as: str | None = None
+    positive_init: bool = False
+    residual_base: float = 0.0
+
+
+REGISTRY: dict[str, GateMap] = {}
+
+
+def gate_map(name: str, doc: str, **options: object) -> Callable[[ProbsFn], ProbsFn]:
+    """Register `fn` as the parametrization `name`; `doc` is its formula in one line."""
+
+    def register(fn: ProbsFn) -> ProbsFn:
+        if name in REGISTRY:
+            raise ValueError(f"gate parametrization {name!r} is registered twice")
+        REGISTRY[name] = GateMap(name, doc, fn, **options)  # type: ignore[arg-type]
+        return fn
+
+    return register
+
+
+def _gumbel_like(z: Tensor) -> Tensor:
     u = torch.rand_like(z).clamp_(1e-10, 1.0 - 1e-7)
     return -torch.log(-torch.log(u))
 
 
-def _inverse_surprisal(z: torch.Tensor) -> torch.Tensor:
+@gate_map("softmax", "softmax(z), difflogic's parametrization")
+def _softmax(z: Tensor, t: float, noise: bool) -> Tensor:
+    return torch.softmax(z, dim=-1)
+
+
+@gate_map(
+    "gumbel_softmax",
+    "softmax((z + g) / t) with Gumbel noise g while training, softmax(z / t) relaxed",
+    divides_by_temperature=True,
+    calibrate_as="softmax",
+)
+def _gumbel_softmax(z: Tensor, t: float, noise: bool) -> Tensor:
+    return torch.softmax((z + _gumbel_like(z) if noise else z) / t, dim=-1)
+
+
+@gate_map("sparsemax", "sparsemax(z): Euclidean projection onto the simplex, exact zeros")
+def _sparsemax(z: Tensor, t: float, noise: bool) -> Tensor:
+    return entmax.sparsemax(z, dim=-1)
+
+
+@gate_map(
+    "gumbel_sparsemax",
+    "sparsemax((z + g) / t) with Gumbel noise g while training, sparsemax(z / t) relaxed",
+    divides_by_temperature=True,
+    calibrate_as="softmax",
+)
+def _gumbel_sparsemax(z: Tensor, t: float, noise: bool) -> Tensor:
+    return entmax.sparsemax((z + _gumbel_like(z) if noise else z) / t, dim=-1)
+
+
+@gate_map(
+    "sparsemax_noise",
+    "sparsemax(z + t * N(0, 1)) while training, sparsemax(z) relaxed",
+)
+def _sparsemax_noise(z: Tensor, t: float, noise: bool) -> Tensor:
+    if noise and t > 0:
+        z = z + t * torch.randn_like(z)
+    return entmax.sparsemax(z, dim=-1)
+
+
+@gate_map(
+    "log_softmax",
+    "inverse surprisal: w_i = 1 / -log softmax(z)_i, normalized; flatter than softmax",
+)
+def _log_softmax(z: Tensor, t: float, noise: bool) -> Tensor:
     w = (-torch.log_softmax(z, dim=-1)).clamp_min(_MIN_SURPRISAL).reciprocal()
     return w / w.sum(dim=-1, keepdim=True)
 
 
-def _relu_normalized(z: torch.Tensor) -> torch.Tensor:
+@gate_map("entmax", "1.5-entmax(z): between softmax and sparsemax, sparse")
+def _entmax(z: Tensor, t: float, noise: bool) -> Tensor:
+    return entmax.entmax15(z, dim=-1)
+
+
+@gate_map(
+    "relu_normalized",
+    "relu(z) / sum relu(z), uniform when every logit is <= 0",
+    positive_init=True,
+    residual_base=0.1,
+)
+def _relu_normalized(z: Tensor, t: float, noise: bool) -> Tensor:
     r = torch.relu(z)
     total = r.sum(dim=-1, keepdim=True)
     uniform = torch.full_like(r, 1.0 / r.shape[-1])
     return torch.where(total > 0, r / total.clamp_min(torch.finfo(r.dtype).tiny), uniform)
 
 
-def _balenas(z: torch.Tensor) -> torch.Tensor:
+@gate_map("balenas", "(sparsemax(z) + 1.5-entmax(z)) / 2: a balanced sparse mix")
+def _balenas(z: Tensor, t: float, noise: bool) -> Tensor:
     return 0.5 * (entmax.sparsemax(z, dim=-1) + entmax.entmax15(z, dim=-1))
+
+
+GATE_OPTIMIZERS: tuple[str, ...] = tuple(REGISTRY)
 
 
 @dataclass(frozen=True)
 class Parametrization:
-    """One `--gate-optimizer`: how logits become gate probabilities.
+    """One `gateOptimizer` with its temperature, as a layer uses it.
 
     `temperature` is `noiseTemp`: the Gumbel temperature for the gumbel_* maps, the scale
     of the Gaussian logit noise for sparsemax_noise, unused by the others.
@@ -66,49 +164,32 @@ class Parametrization:
     temperature: float = 0.2
 
     def __post_init__(self) -> None:
-        if self.name not in GATE_OPTIMIZERS:
+        entry = REGISTRY.get(self.name)
+        if entry is None:
             raise ValueError(
                 f"unknown gate optimizer {self.name!r}; choose one of {', '.join(GATE_OPTIMIZERS)}"
             )
         if self.temperature < 0:
             raise ValueError(f"noise temperature must be >= 0, got {self.temperature}")
-        if self.name.startswith("gumbel_") and self.temperature == 0:
+        if entry.divides_by_temperature and self.temperature == 0:
             raise ValueError(f"{self.name} needs a noise temperature > 0")
 
-    def probs(self, logits: torch.Tensor, *, noise: bool) -> torch.Tensor:
-        """Probabilities over the last axis; `noise` is on while training."""
-        z, t = logits, self.temperature
-        match self.name:
-            case "softmax":
-                return torch.softmax(z, dim=-1)
-            case "gumbel_softmax":
-                return torch.softmax((z + _gumbel_like(z) if noise else z) / t, dim=-1)
-            case "sparsemax":
-                return entmax.sparsemax(z, dim=-1)
-            case "gumbel_sparsemax":
-                return entmax.sparsemax((z + _gumbel_like(z) if noise else z) / t, dim=-1)
-            case "sparsemax_noise":
-                if noise and t > 0:
-                    z = z + t * torch.randn_like(z)
-                return entmax.sparsemax(z, dim=-1)
-            case "log_softmax":
-                return _inverse_surprisal(z)
-            case "entmax":
-                return entmax.entmax15(z, dim=-1)
-            case "relu_normalized":
-                return _relu_normalized(z)
-            case "balenas":
-                return _balenas(z)
-        raise AssertionError(self.name)
+    @property
+    def entry(self) -> GateMap:
+        return REGISTRY[self.name]
 
-    def init_logits(self, neurons: int, *, residual: bool) -> torch.Tensor:
+    def probs(self, logits: Tensor, *, noise: bool) -> Tensor:
+        """Probabilities over the last axis; `noise` is on while training."""
+        return self.entry.probs(logits, self.temperature, noise)
+
+    def init_logits(self, neurons: int, *, residual: bool) -> Tensor:
         """Initial logits `(neurons, 16)`, drawn from torch's global generator.
 
-        Random init is N(0, 1) as difflogic's (|N(0, 1)| for relu_normalized, so no gate
-        starts dead). Residual init is a constant base with the "A" logit raised until the
-        map gives "A" probability RESIDUAL_PASS_PROB, the pass-through start of Petersen et
-        al. 2024; the sparse maps keep every gate in the support at that point, so all
-        logits still get gradients.
+        Random init is N(0, 1) as difflogic's (|N(0, 1)| for maps with `positive_init`).
+        Residual init is a constant base with the "A" logit raised until the map gives "A"
+        probability RESIDUAL_PASS_PROB, the pass-through start of Petersen et al. 2024; the
+        sparse maps keep every gate in the support at that point, so all logits still get
+        gradients.
         """
         if residual:
             base, lift = _residual_logits(self.name, self.temperature)
@@ -116,19 +197,15 @@ class Parametrization:
             z[:, PASS_THROUGH_A] = lift
             return z
         z = torch.randn(neurons, NUM_GATES)
-        return z.abs_() if self.name == "relu_normalized" else z
+        return z.abs_() if self.entry.positive_init else z
 
 
 @cache
 def _residual_logits(name: str, temperature: float) -> tuple[float, float]:
-    """(base, lift) such that the expected "A" probability is RESIDUAL_PASS_PROB.
-
-    The gumbel maps are calibrated on softmax(z): at small temperatures they sample gate i
-    with probability softmax(z)_i, whatever the temperature.
-    """
-    base = 0.1 if name == "relu_normalized" else 0.0
-    calibrate = "softmax" if name.startswith("gumbel_") else name
-    param = Parametrization(calibrate, temperature)
+    """(base, lift) such that the expected "A" probability is RESIDUAL_PASS_PROB."""
+    entry = REGISTRY[name]
+    base = entry.residual_base
+    param = Parametrization(entry.calibrate_as or name, temperature)
     lo, hi = base, base + 1.0
     z = torch.full((NUM_GATES,), base, dtype=torch.float64)
 

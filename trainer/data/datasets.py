@@ -12,12 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.data.catalog import CLASSES, DATASETS
 from trainer.data.cifar import load_cifar10
 from trainer.data.errors import DataError
 from trainer.data.mnist import load_mnist
 
-DATASETS: tuple[str, ...] = ("digits", "breast_cancer", "mnist", "cifar10")
-CLASSES: dict[str, int] = {"digits": 10, "breast_cancer": 2, "mnist": 10, "cifar10": 10}
+__all__ = ["CLASSES", "DATASETS", "DataError", "Dataset", "load_dataset"]
 
 # digits pixels are integers 0..16; these cut them into five levels per pixel.
 DIGITS_THRESHOLDS: tuple[float, ...] = (0.5, 4.5, 8.5, 12.5)

@@ -1,0 +1,297 @@
+"""Every training option, defined once: name, type, bounds, default, help and the rules
+between options (docs/design.md, "How to add a training option").
+
+From `TRAINING_OPTIONS` come the API's request model (service.jobs.request), the flags of
+`gatequeue submit` and of `python -m trainer`, the mapping from a stored job to the trainer's
+argv, and the web page's form (it reads `GET /options`). The same pydantic model validates a
+request in the API and the flags in the trainer, so the two cannot accept different things.
+
+No torch or numpy here: the API image has neither.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from trainer.data.catalog import CLASSES, DATASETS
+from trainer.parametrizations import GATE_OPTIMIZERS, REGISTRY
+
+Kind = type[int] | type[float] | type[str]
+Spell = Callable[[str], str]
+_REQUIRED: Any = ...
+
+
+def flag_of(name: str) -> str:
+    """`gateOptimizer` -> `--gate-optimizer`: how every command line spells an option."""
+    return "--" + re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+
+
+def dest_of(name: str) -> str:
+    """`gateOptimizer` -> `gate_optimizer`: argparse's attribute for the flag."""
+    return flag_of(name)[2:].replace("-", "_")
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a job.
+
+    `request_required`: a job request must give it (no default there), while the trainer's
+    command line falls back to `default`. `advanced`: the web form tucks it under "More
+    options".
+    """
+
+    name: str
+    kind: Kind
+    default: Any
+    help: str
+    label: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    choices: tuple[str, ...] | None = None
+    request_required: bool = False
+    advanced: bool = False
+    nullable: bool = False
+    max_length: int | None = None
+
+    @property
+    def flag(self) -> str:
+        return flag_of(self.name)
+
+    @property
+    def dest(self) -> str:
+        return dest_of(self.name)
+
+    def annotation(self) -> Any:
+        base: Any = Literal[self.choices] if self.choices else self.kind  # type: ignore[valid-type]
+        return base | None if self.nullable else base
+
+    def pydantic_field(self, *, request: bool) -> tuple[Any, Any]:
+        default = _REQUIRED if request and self.request_required else self.default
+        bounds = {"ge": self.ge, "gt": self.gt, "le": self.le, "max_length": self.max_length}
+        return self.annotation(), Field(
+            default,
+            description=self.help,
+            title=self.label,
+            **{k: v for k, v in bounds.items() if v is not None},
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The option as the web form reads it (`GET /options`)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "type": {int: "integer", float: "number", str: "string"}[self.kind],
+            "label": self.label,
+            "help": self.help,
+            "default": self.default,
+            "required": self.request_required,
+            "advanced": self.advanced,
+            "nullable": self.nullable,
+        }
+        for key, value in (
+            ("minimum", self.ge),
+            ("exclusiveMinimum", self.gt),
+            ("maximum", self.le),
+            ("choices", list(self.choices) if self.choices else None),
+            ("maxLength", self.max_length),
+        ):
+            if value is not None:
+                out[key] = value
+        return out
+
+
+TRAINING_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "gateOptimizer", str, "sparsemax_noise",
+        "how each neuron's 16 gate logits become probabilities: " + ", ".join(GATE_OPTIMIZERS),
+        "Gate optimizer", choices=GATE_OPTIMIZERS, request_required=True,
+    ),
+    Option(
+        "gates", int, 3332,
+        "logic gates per layer; the last layer is rounded up to a multiple of grouping",
+        "Gates per layer", ge=1, le=1_000_000,
+    ),
+    Option("networkLayers", int, 4, "number of logic layers", "Network layers", ge=1, le=64),
+    Option(
+        "grouping", int, 10, "classes k of GroupSum; must equal the data set's number of classes",
+        "Grouping (classes)", ge=2, le=1000,
+    ),
+    Option(
+        "groupSumTau", float, 100.0, "GroupSum temperature: class scores are group sums / tau",
+        "GroupSum τ", gt=0, le=1e6,
+    ),
+    Option(
+        "residualLayers", int, 0, "leading layers initialised as pass-through gates",
+        "Residual layers", ge=0, le=64,
+    ),
+    Option(
+        "noiseTemp", float, 0.2,
+        "Gumbel temperature (gumbel_*) or Gaussian noise scale (sparsemax_noise)",
+        "Noise temperature", ge=0, le=100,
+    ),
+    Option("epochs", int, 5, "passes over the data", "Epochs", ge=1, le=10_000),
+    Option(
+        "dataset", str, "digits", "the data set: " + ", ".join(DATASETS), "Data set",
+        choices=DATASETS, advanced=True,
+    ),
+    Option("batchSize", int, 128, "samples per step", "Batch size", ge=1, le=65_536, advanced=True),
+    Option(
+        "learningRate", float, 0.01, "Adam's step size", "Learning rate", gt=0, le=10,
+        advanced=True,
+    ),
+    Option(
+        "seed", int, 0, "seeds connections, initial logits, batch order and noise", "Seed",
+        ge=0, le=2**31 - 1, advanced=True,
+    ),
+)  # fmt: skip
+
+TRAINING_NAMES: tuple[str, ...] = tuple(o.name for o in TRAINING_OPTIONS)
+
+
+# -- rules between options ---------------------------------------------------------------
+
+Problem = tuple[str, str]  # (the field a user should change, the message)
+
+
+def _residual_within_layers(v: Mapping[str, Any], spell: Spell) -> Iterator[Problem]:
+    if v["residualLayers"] > v["networkLayers"]:
+        yield (
+            "residualLayers",
+            (
+                f"{spell('residualLayers')} ({v['residualLayers']}) must not exceed "
+                f"{spell('networkLayers')} ({v['networkLayers']})"
+            ),
+        )
+
+
+def _grouping_fits_data(v: Mapping[str, Any], spell: Spell) -> Iterator[Problem]:
+    classes = CLASSES[v["dataset"]]
+    if v["grouping"] != classes:
+        yield (
+            "grouping",
+            (
+                f"{spell('grouping')} ({v['grouping']}) must equal the number of classes of "
+                f"{v['dataset']} ({classes})"
+            ),
+        )
+    elif v["gates"] < v["grouping"]:
+        yield (
+            "gates",
+            (
+                f"{spell('gates')} ({v['gates']}) must be at least {spell('grouping')} "
+                f"({v['grouping']})"
+            ),
+        )
+
+
+def _temperature_divides(v: Mapping[str, Any], spell: Spell) -> Iterator[Problem]:
+    if REGISTRY[v["gateOptimizer"]].divides_by_temperature and v["noiseTemp"] == 0:
+        yield (
+            "noiseTemp",
+            (
+                f"{spell('gateOptimizer')} {v['gateOptimizer']} divides by {spell('noiseTemp')}: "
+                "it must be > 0"
+            ),
+        )
+
+
+RULES: tuple[Callable[[Mapping[str, Any], Spell], Iterator[Problem]], ...] = (
+    _residual_within_layers,
+    _grouping_fits_data,
+    _temperature_divides,
+)
+
+
+def rule_problems(values: Mapping[str, Any], spell: Spell = str) -> list[Problem]:
+    """Every rule broken by `values` (valid field by field), each on the field to change."""
+    return [p for rule in RULES for p in rule(values, spell)]
+
+
+# -- the model ---------------------------------------------------------------------------
+
+
+class StrictOptions(BaseModel):
+    """No coercion (`"10"` and `true` are not integers), no unknown keys, no NaN."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class CheckedOptions(StrictOptions):
+    """Adds the rules between training options; each broken rule is reported on its field,
+    all of them at once, instead of one error at the root that names no field. The
+    validation context's `spell` names fields in messages (the trainer passes flag names)."""
+
+    @model_validator(mode="after")
+    def _rules(self, info: ValidationInfo) -> CheckedOptions:
+        spell: Spell = (info.context or {}).get("spell", str)
+        problems = rule_problems(self.model_dump(include=set(TRAINING_NAMES)), spell)
+        if problems:
+            raise ValidationError.from_exception_data(
+                type(self).__name__,
+                [
+                    InitErrorDetails(
+                        type=PydanticCustomError("cross_field", message),
+                        loc=(field,),
+                        input=getattr(self, field),
+                    )
+                    for field, message in problems
+                ],
+            )
+        return self
+
+
+def options_model(
+    name: str, options: Sequence[Option], *, request: bool, doc: str
+) -> type[CheckedOptions]:
+    """A pydantic model of `options` (with the rules); `request` makes the options a job
+    request must give required."""
+    fields = {o.name: o.pydantic_field(request=request) for o in options}
+    model: type[CheckedOptions] = create_model(name, __base__=CheckedOptions, __doc__=doc, **fields)
+    return model
+
+
+TrainingOptions = options_model(
+    "TrainingOptions",
+    TRAINING_OPTIONS,
+    request=False,
+    doc="The training options of one run, with the trainer's defaults.",
+)
+
+
+def hyperparameters_hash(hyperparameters: Mapping[str, Any]) -> str:
+    """A stable digest of what a run trains: a checkpoint is only resumed by a run whose
+    training options have the same digest."""
+    values = {name: hyperparameters[name] for name in TRAINING_NAMES if name in hyperparameters}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def trainer_args(hyperparameters: Mapping[str, Any]) -> list[str]:
+    """The trainer's argv for stored training options: `gateOptimizer` -> `--gate-optimizer`.
+
+    Raises KeyError for a name that is no training option (a job stored by an older or newer
+    version than this worker's).
+    """
+    known = {o.name: o for o in TRAINING_OPTIONS}
+    args: list[str] = []
+    for key, value in hyperparameters.items():
+        option = known.get(key)
+        if option is None:
+            raise KeyError(f"no trainer flag for hyperparameter {key!r}")
+        args += [option.flag, str(value)]
+    return args
