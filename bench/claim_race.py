@@ -32,10 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service import mongo_discovery
+from service.mongo import discovery as mongo_discovery
 from service.hyperparameters import Hyperparameters
-from service.jobstatus import Status
-from service.mongo import connect
+from service.jobs.status import Status
+from service.mongo.connect import connect
 from service.store import Job, Store, WorkerInfo, utcnow
 
 HP = Hyperparameters(gateOptimizer="softmax", gates=40, networkLayers=1).model_dump()

@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog
 
-from service import mongo_discovery
+from service.mongo import discovery as mongo_discovery
 from service.hyperparameters import Hyperparameters
-from service.jobstatus import Status
-from service.mongo import connect
+from service.jobs.status import Status
+from service.mongo.connect import connect
 from service.store import Store, WorkerInfo
 from service.worker import Worker
 

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from pymongo import AsyncMongoClient
 
-from service import mongo_discovery
-from service.mongo import connect
+from service.mongo import discovery as mongo_discovery
+from service.mongo.connect import connect
 from service.store import Store
 
 

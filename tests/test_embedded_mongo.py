@@ -24,7 +24,7 @@ from pymongo import AsyncMongoClient, ReturnDocument, monitoring
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from service import embedded_mongo
-from service.embedded_mongo import EmbeddedMongo, EmbeddedMongoUnavailable
+from service.mongo.embedded import EmbeddedMongo, EmbeddedMongoUnavailable
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -309,7 +309,7 @@ _CHILD = """
 import sys
 import structlog
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-from service.embedded_mongo import EmbeddedMongo
+from service.mongo.embedded import EmbeddedMongo
 mongo = EmbeddedMongo()
 mongo.start()
 print(mongo.pid, flush=True)

@@ -9,8 +9,8 @@ from datetime import timedelta
 
 from pymongo import AsyncMongoClient
 
-from service.jobstatus import Status
-from service.mongo import connect
+from service.jobs.status import Status
+from service.mongo.connect import connect
 from service.store import CancelOutcome, Store, WorkerInfo, utcnow
 
 HP = {"gateOptimizer": "softmax", "gates": 100, "epochs": 1}

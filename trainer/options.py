@@ -257,12 +257,17 @@ class CheckedOptions(StrictOptions):
 
 
 def options_model(
-    name: str, options: Sequence[Option], *, request: bool, doc: str
+    name: str,
+    options: Sequence[Option],
+    *,
+    request: bool,
+    doc: str,
+    base: type[CheckedOptions] = CheckedOptions,
 ) -> type[CheckedOptions]:
-    """A pydantic model of `options` (with the rules); `request` makes the options a job
+    """A pydantic model of `options` with the rules; `request` makes the options a job
     request must give required."""
     fields = {o.name: o.pydantic_field(request=request) for o in options}
-    model: type[CheckedOptions] = create_model(name, __base__=CheckedOptions, __doc__=doc, **fields)
+    model: type[CheckedOptions] = create_model(name, __base__=base, __doc__=doc, **fields)
     return model
 
 

@@ -26,7 +26,7 @@ from service.api.middleware import add_request_id_header, request_middleware
 from service.api.openapi import openapi_document
 from service.api.prom import ApiMetrics
 from service.config import Settings
-from service.mongo import connect
+from service.mongo.connect import connect
 from service.store import Store
 
 log = structlog.get_logger(__name__)

@@ -25,20 +25,20 @@ from typing import Any
 
 import structlog
 from bson import ObjectId
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.errors import OperationFailure, PyMongoError
 
 from service.cancellation import cancel_and_wait
+from service.jobs.record import Job, JobRecord
+from service.mongo.changestream import MemoryTokens, ResumableChangeStream
 from service.store import Store
 
 log = structlog.get_logger(__name__)
 
-# Server error codes after which a resume token is useless and the stream starts afresh.
-# 260 InvalidResumeToken, 280 ChangeStreamFatalError, 286 ChangeStreamHistoryLost.
-_TOKEN_LOST_CODES = frozenset({260, 280, 286})
-
 LOGS_STREAM = "job_logs"
 JOBS_STREAM = "jobs"
+# Every change of a job document (the page's list, `wait`, a log tail's end).
+JOB_CHANGES: list[dict[str, Any]] = [
+    {"$match": {"operationType": {"$in": ["insert", "update", "replace", "invalidate"]}}}
+]
 
 
 class LogBatch:
@@ -65,15 +65,24 @@ class LogBatch:
         return self._message
 
 
-@dataclass(frozen=True, slots=True)
 class JobChange:
-    """A `jobs` insert or update with the document as it was looked up after it."""
+    """A `jobs` insert or update with the job as it was looked up after it; shared by all
+    subscribers, so its WebSocket message is encoded at most once."""
 
-    job: dict[str, Any]
+    __slots__ = ("_message", "job")
+
+    def __init__(self, job: JobRecord) -> None:
+        self.job = job
+        self._message: str | None = None
 
     @property
     def job_id(self) -> ObjectId:
-        return self.job["_id"]
+        return self.job.id
+
+    def message(self) -> str:
+        if self._message is None:
+            self._message = job_message(self.job)
+        return self._message
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +93,10 @@ class Resync:
 
 
 Item = LogBatch | JobChange | Resync
+
+
+def job_message(job: JobRecord) -> str:
+    return json.dumps({"type": "job", "job": job.to_json()}, separators=(",", ":"))
 
 
 def lines_message(seq: int, stream: str, lines: list[str]) -> str:
@@ -191,19 +204,10 @@ class Subscription:
             self._on_close = None
 
 
-@dataclass
-class _StreamSpec:
-    name: str
-    collection: AsyncCollection
-    pipeline: list[dict[str, Any]]
-    options: dict[str, Any]
-    on_change: Callable[[Mapping[str, Any]], None]
-
-
 class Fanout:
     """The process's change streams and their subscribers.
 
-    `streams_opened` counts `watch()` calls per collection; tests assert it stays at one
+    `streams[name].opens` counts `watch()` calls per collection; tests assert it stays at one
     per collection however many clients subscribe.
     """
 
@@ -213,21 +217,12 @@ class Fanout:
         *,
         max_queue_items: int = 2_000,
         max_queue_lines: int = 100_000,
-        retry_initial_s: float = 0.1,
-        retry_max_s: float = 5.0,
     ) -> None:
         self.store = store
         self.max_queue_items = max_queue_items
         self.max_queue_lines = max_queue_lines
-        self.retry_initial_s = retry_initial_s
-        self.retry_max_s = retry_max_s
-        self.streams_opened: dict[str, int] = {LOGS_STREAM: 0, JOBS_STREAM: 0}
-        self.events_seen: dict[str, int] = {LOGS_STREAM: 0, JOBS_STREAM: 0}
         self.dropped_subscribers = 0
         self.resyncs = 0
-        # The open change stream per collection; a test may close one to exercise resuming.
-        self.current_streams: dict[str, Any] = {}
-        self._opened = asyncio.Condition()
         self.ready: dict[str, asyncio.Event] = {
             LOGS_STREAM: asyncio.Event(),
             JOBS_STREAM: asyncio.Event(),
@@ -235,22 +230,21 @@ class Fanout:
         self._log_subs: dict[ObjectId, set[Subscription]] = {}
         self._job_subs: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
-        self._specs = [
-            _StreamSpec(
-                LOGS_STREAM,
-                store.job_logs,
-                [{"$match": {"operationType": "insert"}}],
-                {},
-                self._on_log_change,
-            ),
-            _StreamSpec(
-                JOBS_STREAM,
-                store.jobs,
-                [{"$match": {"operationType": {"$in": ["insert", "update", "replace"]}}}],
-                {"full_document": "updateLookup"},
-                self._on_job_change,
-            ),
-        ]
+
+        async def open_logs(token: Any | None) -> Any:
+            return await store.logs.watch(resume_after=token)
+
+        async def open_jobs(token: Any | None) -> Any:
+            return await store.jobs.watch(JOB_CHANGES, resume_after=token, max_await_ms=None)
+
+        self.streams: dict[str, ResumableChangeStream] = {
+            LOGS_STREAM: ResumableChangeStream(LOGS_STREAM, open_logs, MemoryTokens()),
+            JOBS_STREAM: ResumableChangeStream(JOBS_STREAM, open_jobs, MemoryTokens()),
+        }
+        self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
+            LOGS_STREAM: self._on_log_change,
+            JOBS_STREAM: self._on_job_change,
+        }
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -258,7 +252,7 @@ class Fanout:
         if self._tasks:
             return
         self._tasks = [
-            asyncio.create_task(self._run(spec), name=f"fanout-{spec.name}") for spec in self._specs
+            asyncio.create_task(self._run(name), name=f"fanout-{name}") for name in self.streams
         ]
 
     async def wait_ready(self) -> None:
@@ -269,8 +263,7 @@ class Fanout:
 
     async def wait_opened(self, name: str, count: int) -> None:
         """Until the stream on `name` has been opened `count` times in all (tests)."""
-        async with self._opened:
-            await self._opened.wait_for(lambda: self.streams_opened[name] >= count)
+        await self.streams[name].wait_opened(count)
 
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)  # they sit in PyMongo: see service.cancellation
@@ -339,11 +332,11 @@ class Fanout:
         doc = change.get("fullDocument")
         if not doc:  # deleted since the update; nothing to show
             return
-        item = JobChange(doc)
-        for sub in list(self._log_subs.get(doc["_id"], ())):
+        item = JobChange(Job.from_doc(doc))
+        for sub in list(self._log_subs.get(item.job_id, ())):
             self._offer(sub, item)
         for sub in list(self._job_subs):
-            if sub.job_ids is None or doc["_id"] in sub.job_ids:
+            if sub.job_ids is None or item.job_id in sub.job_ids:
                 self._offer(sub, item)
 
     def _broadcast_resync(self, reason: str) -> None:
@@ -353,45 +346,21 @@ class Fanout:
 
     # -- the streams ---------------------------------------------------------------------
 
-    async def _run(self, spec: _StreamSpec) -> None:
-        """Keep one change stream open forever, resuming from the last token after errors."""
-        token: Mapping[str, Any] | None = None
-        delay = self.retry_initial_s
-        while True:
+    async def _run(self, name: str) -> None:
+        stream, handler = self.streams[name], self._handlers[name]
+
+        async def on_open(resumed: bool) -> None:
+            if not resumed:  # events of the gap may be lost: every subscriber re-reads
+                self._broadcast_resync(f"{name} change stream (re)started")
+            self.ready[name].set()
+
+        async def on_change(change: Mapping[str, Any]) -> None:
             try:
-                stream = await spec.collection.watch(
-                    spec.pipeline, resume_after=token, **spec.options
-                )
-                async with stream:
-                    self.current_streams[spec.name] = stream
-                    self.streams_opened[spec.name] += 1
-                    if token is None:
-                        self._broadcast_resync(f"{spec.name} change stream (re)started")
-                    self.ready[spec.name].set()
-                    async with self._opened:
-                        self._opened.notify_all()
-                    log.info("change stream open", collection=spec.name, resumed=token is not None)
-                    delay = self.retry_initial_s
-                    async for change in stream:
-                        self.events_seen[spec.name] += 1
-                        try:
-                            spec.on_change(change)
-                        except Exception:  # one bad event must not stop everyone's stream
-                            log.exception("change dispatch failed", collection=spec.name)
-                        token = stream.resume_token
-            except asyncio.CancelledError:
-                raise
-            except OperationFailure as exc:
-                if exc.code in _TOKEN_LOST_CODES:
-                    log.warning("resume token lost; restarting", collection=spec.name)
-                    token = None
-                else:
-                    log.warning("change stream failed", collection=spec.name, error=str(exc))
-            except PyMongoError as exc:
-                log.warning("change stream failed", collection=spec.name, error=str(exc))
-            except Exception:  # a supervisor: whatever broke, reopen from the last token
-                log.exception("change stream crashed", collection=spec.name)
-            self.current_streams.pop(spec.name, None)
-            self.ready[spec.name].clear()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.retry_max_s)
+                handler(change)
+            except Exception:  # one bad event must not stop everyone's stream
+                log.exception("change dispatch failed", collection=name)
+
+        try:
+            await stream.run(on_change, on_open)
+        finally:
+            self.ready[name].clear()

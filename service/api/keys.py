@@ -11,7 +11,6 @@ from typing import Any
 
 from aiohttp import web
 
-from service.api.inserter import JobInserter
 from service.api.prom import ApiMetrics
 from service.config import Settings
 from service.store import Store
@@ -19,8 +18,6 @@ from service.store import Store
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
 METRICS: web.AppKey[ApiMetrics] = web.AppKey("metrics", ApiMetrics)
-# Batches concurrent submissions into one insert_many (see service.api.inserter).
-INSERTER: web.AppKey[JobInserter] = web.AppKey("inserter", JobInserter)
 # The OpenAPI document, rendered once per app: it depends only on the code.
 OPENAPI_BODY: web.AppKey[bytes] = web.AppKey("openapi_body", bytes)
 # Seconds /readyz waits for MongoDB to answer a ping.

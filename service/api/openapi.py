@@ -21,8 +21,8 @@ from service.api.limits import (
     MAX_LIST_LIMIT,
     MAX_LOG_LIMIT,
 )
-from service.hyperparameters import SEED_BODY, JobRequest
-from service.jobstatus import Status
+from service.jobs.request import SEED_BODY, JobRequest
+from service.jobs.status import Status
 
 REF = "#/components/schemas/{model}"
 API_VERSION = "1"

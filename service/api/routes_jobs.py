@@ -16,8 +16,7 @@ from pydantic import ValidationError
 
 from service.api.auth import check_token
 from service.api.errors import ApiError, json_response, validation_error
-from service.api.inserter import JobInserter
-from service.api.keys import INSERTER, STORE
+from service.api.keys import STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_LOG_LIMIT,
@@ -25,10 +24,12 @@ from service.api.limits import (
     MAX_LIST_LIMIT,
     MAX_LOG_LIMIT,
 )
-from service.hyperparameters import RUN_OPTIONS, JobRequest, field_errors
-from service.jobstatus import Status
-from service.serialize import job_to_json, log_batch_to_json, metrics_to_json
-from service.store import CancelOutcome, new_job_document, parse_job_id, request_hash
+from service.jobs.record import JobRecord, new_job
+from service.jobs.request import JobRequest, field_errors
+from service.jobs.status import Status
+from service.store.jobs import CancelOutcome, IdempotencyKeyReused, parse_job_id, request_hash
+from service.store.logs import batch_json
+from service.store.metrics import metrics_json
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
@@ -119,36 +120,23 @@ async def submit_job(request: web.Request) -> web.Response:
         job_request = JobRequest.model_validate_json(body)
     except ValidationError as exc:
         raise _body_error(exc) from None
-    fields = job_request.model_dump()
-    hyperparameters = {k: v for k, v in fields.items() if k not in RUN_OPTIONS}
-    if key is None:
-        # The common case, and the hot path: batched with concurrent submissions.
-        job = new_job_document(
-            hyperparameters, name=job_request.name, max_attempts=job_request.maxAttempts
+    job = new_job(job_request.hyperparameters(), job_request.run_options())
+    body_hash = None if key is None else request_hash(job_request.model_dump())
+    try:
+        job, created = await request.app[STORE].jobs.insert(
+            job, idempotency_key=key, body_hash=body_hash
         )
-        await request.app[INSERTER].insert(job)
-        return _created(job, 201)
-    body_hash = request_hash(fields)
-    job, created = await request.app[STORE].insert_job(
-        hyperparameters,
-        name=job_request.name,
-        max_attempts=job_request.maxAttempts,
-        idempotency_key=key,
-        body_hash=body_hash,
-    )
-    if not created and job.get("requestHash") != body_hash:
+    except IdempotencyKeyReused as exc:
         raise ApiError(
             409,
             "idempotency_key_reused",
-            f"Idempotency-Key {key!r} was used for job {job['_id']} with a different body",
-        )
+            f"Idempotency-Key {key!r} was used for job {exc.job.id} with a different body",
+        ) from None
     return _created(job, 201 if created else 200)
 
 
-def _created(job: dict[str, Any], status: int) -> web.Response:
-    return json_response(
-        job_to_json(job), status=status, headers={"Location": f"/jobs/{job['_id']}"}
-    )
+def _created(job: JobRecord, status: int) -> web.Response:
+    return json_response(job.to_json(), status=status, headers={"Location": f"/jobs/{job.id}"})
 
 
 async def list_jobs(request: web.Request) -> web.Response:
@@ -179,13 +167,15 @@ async def list_jobs(request: web.Request) -> web.Response:
     if problems:
         raise validation_error(problems)
     # One extra row says whether there is a next page, so the last page has `next: null`.
-    docs = await request.app[STORE].list_jobs(status=status, limit=limit + 1, after=after)
-    page = docs[:limit]
-    more = len(docs) > limit
+    jobs = await request.app[STORE].jobs.list(
+        status=None if status is None else Status(status), limit=limit + 1, after=after
+    )
+    page = jobs[:limit]
+    more = len(jobs) > limit
     return json_response(
         {
-            "jobs": [job_to_json(d) for d in page],
-            "next": str(page[-1]["_id"]) if more and page else None,
+            "jobs": [j.to_json() for j in page],
+            "next": str(page[-1].id) if more and page else None,
         }
     )
 
@@ -193,25 +183,25 @@ async def list_jobs(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     check_token(request)
     oid = _job_id(request)
-    job = await request.app[STORE].get_job(oid)
+    job = await request.app[STORE].jobs.get(oid)
     if job is None:
         raise _not_found(oid)
-    return json_response(job_to_json(job))
+    return json_response(job.to_json())
 
 
 async def cancel_job(request: web.Request) -> web.Response:
     check_token(request)
     oid = _job_id(request)
-    result = await request.app[STORE].request_cancel(oid)
+    result = await request.app[STORE].jobs.request_cancel(oid)
     outcome = result.outcome
     if outcome is CancelOutcome.NOT_FOUND or result.job is None:
         raise _not_found(oid)
     if outcome is CancelOutcome.FINISHED:
         raise ApiError(
-            409, "job_finished", f"job {oid} has already finished ({result.job['status']})"
+            409, "job_finished", f"job {oid} has already finished ({result.job.status.value})"
         )
     status = 200 if outcome is CancelOutcome.CANCELLED else 202
-    return json_response(job_to_json(result.job), status=status)
+    return json_response(result.job.to_json(), status=status)
 
 
 async def job_logs(request: web.Request) -> web.Response:
@@ -228,13 +218,13 @@ async def job_logs(request: web.Request) -> web.Response:
         except ApiError as exc:
             problems += exc.fields or []
     store = request.app[STORE]
-    if await store.jobs.find_one({"_id": oid}, {"_id": 1}) is None:
+    if not await store.jobs.exists(oid):
         raise _not_found(oid)
     if problems:
         raise validation_error(problems)
     start = values["from"]
-    batches = await store.read_logs(oid, start, values["limit"])
-    out: list[dict[str, Any]] = [log_batch_to_json(b) for b in batches]
+    batches = await store.logs.read(oid, start, values["limit"])
+    out: list[dict[str, Any]] = [batch_json(b) for b in batches]
     nxt = out[-1]["seq"] + len(out[-1]["lines"]) if out else start
     return json_response({"jobId": str(oid), "from": start, "next": nxt, "batches": out})
 
@@ -243,10 +233,10 @@ async def job_metrics(request: web.Request) -> web.Response:
     check_token(request)
     oid = _job_id(request)
     store = request.app[STORE]
-    if await store.jobs.find_one({"_id": oid}, {"_id": 1}) is None:
+    if not await store.jobs.exists(oid):
         raise _not_found(oid)
-    rows = await store.get_metrics(oid)
-    return json_response({"jobId": str(oid), "metrics": [metrics_to_json(r) for r in rows]})
+    rows = await store.metrics.list(oid)
+    return json_response({"jobId": str(oid), "metrics": [metrics_json(r) for r in rows]})
 
 
 async def job_artifact(request: web.Request) -> web.StreamResponse:
@@ -256,12 +246,15 @@ async def job_artifact(request: web.Request) -> web.StreamResponse:
     oid = _job_id(request)
     name = request.match_info["name"]
     store = request.app[STORE]
-    job = await store.jobs.find_one({"_id": oid}, {"artifacts": 1})
+    job = await store.jobs.get(oid)
     if job is None:
         raise _not_found(oid)
-    grid_out = await store.open_artifact(job, name)
-    if grid_out is None:
+    # Only files the job's `artifacts` names are served: a GridFS filename is not a
+    # capability, and a file of a run that lost its finish race is not the job's.
+    artifact = next((a for a in job.artifacts if a.name == name), None)
+    if artifact is None:
         raise ApiError(404, "artifact_not_found", f"job {oid} has no artifact {name!r}")
+    grid_out = await store.files.open(artifact.bucket, artifact.fileId)
     filename = name.rsplit("/", 1)[-1].replace('"', "")
     response = web.StreamResponse(
         headers={
@@ -277,13 +270,12 @@ async def job_artifact(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _close_inserter(app: web.Application) -> None:
-    await app[INSERTER].close()
+async def _close_store(app: web.Application) -> None:
+    await app[STORE].close()
 
 
 def setup(app: web.Application) -> None:
-    app[INSERTER] = JobInserter(app[STORE].jobs)
-    app.on_cleanup.append(_close_inserter)
+    app.on_cleanup.append(_close_store)
     app.router.add_post("/jobs", submit_job)
     app.router.add_get("/jobs", list_jobs, allow_head=False)
     app.router.add_get("/jobs/{id}", get_job, allow_head=False)

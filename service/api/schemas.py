@@ -1,8 +1,9 @@
 """Pydantic models of the API's responses, for the OpenAPI document and the tests.
 
-The request model is `service.hyperparameters.JobRequest`, which also validates; these
-describe what the server writes. Responses are not validated at run time (that would be
-work on every request for nothing); the tests and schemathesis hold the server to them.
+The request model is `service.jobs.request.JobRequest` and the job is
+`service.jobs.record.Job`; these describe the rest of what the server writes. Responses are
+not validated at run time (that would be work on every request for nothing); the tests and
+schemathesis hold the server to them.
 """
 
 from __future__ import annotations
@@ -11,10 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.jobstatus import Status
-
-StatusName = Literal["Pending", "Running", "Succeeded", "Failed", "Cancelled"]
-assert set(StatusName.__args__) == {s.value for s in Status}  # type: ignore[attr-defined]
+from service.jobs.record import Job
 
 JobId = Annotated[
     str,
@@ -26,56 +24,10 @@ JobId = Annotated[
 ]
 
 
-class Worker(BaseModel):
-    id: str
-    host: str
-    gpu: str
-
-
-class Artifact(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Path inside the run's output dir, e.g. `network.json`.")
-    fileId: str = Field(description="GridFS file id in the `bucket`.")
-    length: int = Field(ge=0, description="Bytes.")
-    bucket: str = Field(description="GridFS bucket name (`artifacts`).")
-
-
-class Job(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    id: JobId
-    name: str | None
-    status: StatusName
-    version: int = Field(ge=0, description="Bumped by every change of status, worker, lease.")
-    hyperparameters: dict[str, Any] = Field(
-        description="The validated training parameters (the fields of JobRequest without "
-        "the run options name and maxAttempts)."
-    )
-    createdAt: str = Field(description="ISO-8601 UTC, e.g. 2025-01-31T12:00:00.000Z")
-    updatedAt: str
-    startedAt: str | None
-    finishedAt: str | None
-    worker: Worker | None
-    leaseExpiresAt: str | None
-    attempt: int = Field(ge=0)
-    maxAttempts: int = Field(ge=1)
-    cancelRequested: bool
-    exitCode: int | None
-    error: str | None
-    latestMetrics: dict[str, Any] | None = Field(
-        description="The last EPOCH line's numbers, e.g. {epoch, epochs, train_loss, ...}."
-    )
-    artifacts: list[Artifact] = Field(
-        description="Files of a successful run (the trained network); download each from "
-        "`/jobs/{id}/artifacts/{name}`. Empty until the job Succeeded."
-    )
-
-
 class JobList(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    jobs: list[Job] = Field(description="Newest first.")
+    jobs: list[Job] = Field(description="Newest first.")  # type: ignore[valid-type]
     next: JobId | None = Field(
         description="Pass as `after` for the next page; null on the last page.",
     )

@@ -37,13 +37,14 @@ from service.api.fanout import (
     Resync,
     Subscription,
     SubscriptionDropped,
+    job_message,
     lines_message,
 )
 from service.api.keys import STORE
 from service.cancellation import cancel_and_wait
-from service.jobstatus import Status
-from service.serialize import job_to_json
-from service.store import Store, parse_job_id
+from service.jobs.record import JobRecord
+from service.store import Store
+from service.store.jobs import parse_job_id
 
 log = structlog.get_logger(__name__)
 
@@ -245,21 +246,17 @@ def _from_param(request: web.Request) -> int:
     return value
 
 
-def end_message(job: dict[str, Any], seq: int) -> str:
+def end_message(job: JobRecord, seq: int) -> str:
     return json.dumps(
         {
             "type": "end",
-            "status": job["status"],
-            "exitCode": job.get("exitCode"),
-            "error": job.get("error"),
+            "status": job.status.value,
+            "exitCode": job.exitCode,
+            "error": job.error,
             "seq": seq,
         },
         separators=(",", ":"),
     )
-
-
-def _finished(job: dict[str, Any] | None) -> bool:
-    return job is not None and Status(job["status"]).finished
 
 
 # -- the log tail ------------------------------------------------------------------------
@@ -278,7 +275,7 @@ class LogTail:
     async def catch_up(self) -> None:
         """Send every stored line from `next_seq` to the end of what is stored now."""
         while True:
-            batches = await self.store.read_logs(
+            batches = await self.store.logs.read(
                 self.job_id, self.conn.next_seq, limit=self.page_lines
             )
             if not batches:
@@ -307,32 +304,32 @@ class LogTail:
         else:
             await conn.send(lines_message(start, batch.stream, batch.lines[start - batch.seq :]))
 
-    async def finish(self, job: dict[str, Any]) -> tuple[int, str]:
+    async def finish(self, job: JobRecord) -> tuple[int, str]:
         await self.catch_up()
         await self.conn.send(end_message(job, self.conn.next_seq))
-        return WSCloseCode.OK, f"job {job['status']}"
+        return WSCloseCode.OK, f"job {job.status.value}"
 
     async def run(self) -> tuple[int, str]:
         await self.catch_up()
-        job = await self.store.get_job(self.job_id)
+        job = await self.store.jobs.get(self.job_id)
         if job is None:
             return WSCloseCode.OK, "job deleted"
-        if _finished(job):
+        if job.finished:
             return await self.finish(job)
         while True:
             item = await self.conn.sub.get()
             if isinstance(item, LogBatch):
                 await self.send_live(item)
             elif isinstance(item, JobChange):
-                if _finished(item.job):
+                if item.job.finished:
                     return await self.finish(item.job)
             elif isinstance(item, Resync):
                 # The job's final update may be among what was missed: look it up too.
                 await self.catch_up()
-                job = await self.store.get_job(self.job_id)
+                job = await self.store.jobs.get(self.job_id)
                 if job is None:
                     return WSCloseCode.OK, "job deleted"
-                if _finished(job):
+                if job.finished:
                     return await self.finish(job)
 
 
@@ -342,7 +339,7 @@ async def logs_ws(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     raw = request.match_info["id"]
     oid = _parse_id(raw)
-    if oid is None or await store.jobs.find_one({"_id": oid}, {"_id": 1}) is None:
+    if oid is None or not await store.jobs.exists(oid):
         raise _not_found(raw)
     from_seq = _from_param(request)
     ws = _prepare(request)
@@ -381,10 +378,6 @@ def _job_filter(request: web.Request) -> list[ObjectId] | None:
     return [oid for oid in ids if oid is not None]
 
 
-def job_message(doc: dict[str, Any]) -> str:
-    return json.dumps({"type": "job", "job": job_to_json(doc)}, separators=(",", ":"))
-
-
 async def _job_changes(
     conn: Connection, store: Store, ids: list[ObjectId] | None
 ) -> tuple[int, str]:
@@ -393,16 +386,16 @@ async def _job_changes(
 
     async def snapshot(ids: Iterable[ObjectId]) -> None:
         for oid in ids:
-            doc = await store.get_job(oid)
-            if doc is not None:
-                await conn.send(job_message(doc))
+            job = await store.jobs.get(oid)
+            if job is not None:
+                await conn.send(job_message(job))
 
     if ids is not None:
         await snapshot(ids)
     while True:
         item = await conn.sub.get()
         if isinstance(item, JobChange):
-            await conn.send(job_message(item.job))
+            await conn.send(item.message())
         elif isinstance(item, Resync):
             await conn.send(json.dumps({"type": "resync", "reason": item.reason}))
             if ids is not None:
@@ -416,7 +409,7 @@ async def jobs_ws(request: web.Request) -> web.StreamResponse:
     store = request.app[STORE]
     if ids is not None:
         # Watching a job nobody has would wait forever: refuse as GET /jobs/{id} would.
-        found = {d["_id"] async for d in store.jobs.find({"_id": {"$in": ids}}, {"_id": 1})}
+        found = await store.jobs.existing(ids)
         missing = [oid for oid in ids if oid not in found]
         if missing:
             raise _not_found(missing[0])

@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from service.config import Settings
-from service.mongo import connect
+from service.mongo.connect import connect
 from service.store import Store
 from service.worker.gpus import Slot, resolve_slots
 from service.worker.worker import DEFAULT_TRAINER_CMD, Worker

@@ -19,7 +19,8 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
-from service.store import Store
+from service.retry import DATABASE
+from service.store.logs import LogStore
 
 log = structlog.get_logger(__name__)
 
@@ -29,17 +30,14 @@ MAX_DELAY_S = 0.1
 # Past this many unwritten lines the pipe readers wait, so the trainer blocks on its own
 # writes instead of the worker buffering without bound while MongoDB is slow.
 HIGH_WATER_LINES = 4 * MAX_LINES
-_RETRY_S = (0.1, 0.2, 0.5, 1.0, 2.0)
-
-
-class SinkClosed(RuntimeError):
-    """The sink was discarded (the lease is lost): nothing more may be written."""
+# Tries of one batch before the sink gives up (and the run is failed): about 6 s of outage.
+APPEND_ATTEMPTS = 6
 
 
 class LogSink:
     def __init__(
         self,
-        store: Store,
+        logs: LogStore,
         job_id: ObjectId,
         *,
         next_seq: int,
@@ -48,7 +46,7 @@ class LogSink:
         max_delay_s: float = MAX_DELAY_S,
         high_water_lines: int = HIGH_WATER_LINES,
     ) -> None:
-        self._store = store
+        self._logs = logs
         self.job_id = job_id
         self.seq = next_seq  # where the next batch goes
         self._max_lines = max_lines
@@ -144,23 +142,22 @@ class LogSink:
 
     async def _append(self, stream: str, lines: list[str]) -> None:
         """Store one batch exactly once, also across an error that hid whether it landed."""
-        for delay in (*_RETRY_S, None):
+        delays = DATABASE.delays()
+        for attempt in range(1, APPEND_ATTEMPTS + 1):
             try:
-                stored_at = await self._store.append_logs(
+                stored_at = await self._logs.append(
                     self.job_id, stream, lines, expected_seq=self.seq
                 )
                 self.seq = stored_at + len(lines)
                 self.batches_written += 1
                 return
             except PyMongoError as exc:
-                if delay is None:
+                if attempt == APPEND_ATTEMPTS:
                     raise
                 log.warning("log write failed; retrying", job_id=str(self.job_id), error=str(exc))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(next(delays))
                 with contextlib.suppress(PyMongoError):
-                    landed = await self._store.job_logs.find_one(
-                        {"jobId": self.job_id, "seq": self.seq}, projection={"lines": 1}
-                    )
+                    landed = await self._logs.batch_at(self.job_id, self.seq)
                     if landed is not None and landed["lines"] == lines:
                         self.seq += len(lines)
                         self.batches_written += 1

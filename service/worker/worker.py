@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import random
 import socket
 import sys
 from collections import deque
@@ -26,9 +25,13 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
-from service.jobstatus import Status
-from service.store import Job, Store, WorkerInfo, utcnow
-from service.worker.dispatch import JobFeed
+from service.jobs.record import Job, JobRecord, WorkerRef, utcnow
+from service.jobs.status import Status
+from service.mongo.changestream import StoredTokens
+from service.retry import DATABASE
+from service.store import Store
+from service.store.jobs import ExpiryAction
+from service.worker.dispatch import job_feed
 from service.worker.gpus import Slot
 from service.worker.heartbeat import DEFAULT_INTERVAL_S, run_heartbeat
 from service.worker.jobrun import JobRun, RunSettings
@@ -40,10 +43,9 @@ DEFAULT_CANCEL_GRACE_S = 3.0  # SIGTERM -> SIGKILL on cancel: Cancelled well wit
 DEFAULT_SHUTDOWN_GRACE_S = 30.0  # runs may finish on their own this long after SIGTERM
 DEFAULT_STOP_GRACE_S = 10.0  # then SIGTERM -> SIGKILL; both fit a 60 s termination grace
 _SWEEP_SLACK_S = 0.05
-_RETRY_S = 1.0
 _CLAIMER_STOP_S = 15.0
 
-ClaimHook = Callable[[Job], None]
+ClaimHook = Callable[[JobRecord], None]
 
 
 class Worker:
@@ -101,11 +103,11 @@ class Worker:
             die_with_worker=die_with_worker,
         )
         self.log = log.bind(worker_id=worker_id)
-        self.feed = JobFeed(store, worker_id, on_change=self._on_change, on_open=self._on_open)
+        self.feed = job_feed(store, worker_id)
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
         self._busy: dict[str, ObjectId] = {}  # slot gpu -> job id
         self._run_tasks: set[asyncio.Task[None]] = set()
-        self._hints: deque[Job] = deque()
+        self._hints: deque[JobRecord] = deque()
         self._early_cancels: set[ObjectId] = set()
         self._backlog = True  # ask the queue on the next wake-up
         self._wake = asyncio.Event()
@@ -114,8 +116,6 @@ class Worker:
         self._hurry = asyncio.Event()
         self.ready = asyncio.Event()  # the stream is open and the first catch-up is done
         self.stopped = asyncio.Event()  # run() has returned: runs handed back, token stored
-        self.claims = 0
-        self.finished_runs: list[JobRun] = []
 
     # -- control --------------------------------------------------------------------------
 
@@ -136,7 +136,8 @@ class Worker:
         """One place for what "stopping" means: claim nothing more, store no newer resume
         token (a job arriving now is left for the next start to replay), wake the claimer."""
         self._stopping.set()
-        self.feed.stop_recording()
+        if isinstance(self.feed.tokens, StoredTokens):
+            self.feed.tokens.stop_recording()
         self._wake.set()
 
     async def run(self) -> None:
@@ -174,7 +175,7 @@ class Worker:
             await cancel_and_wait(stop_wait, *background)
             await self._shutdown_runs()
             with contextlib.suppress(PyMongoError):
-                await self.feed.flush_token()
+                await self.feed.tokens.flush()
             if heartbeat is not None:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
@@ -215,37 +216,38 @@ class Worker:
             await self.store.ensure_indexes()
         except PyMongoError as exc:  # another process may create them; not fatal here
             self.log.warning("could not ensure indexes", error=str(exc))
-        await self.feed.run()
+        await self.feed.run(self._on_change, self._on_open)
 
     async def _on_open(self, resumed: bool) -> None:
         self.log.info("change stream open", resumed_from_token=resumed)
         self._backlog = True
         self._wake.set()
 
-    async def _on_change(self, change: dict[str, Any]) -> None:
-        job = change.get("fullDocument")
-        if not job:
+    async def _on_change(self, change: Mapping[str, Any]) -> None:
+        doc = change.get("fullDocument")
+        if not doc:
             return
-        status = job.get("status")
-        if status == Status.PENDING.value:
+        job = Job.from_doc(doc)
+        if job.status is Status.PENDING:
             if self._free_slots():
                 self._hints.append(job)
             else:
                 self._backlog = True
             self._wake.set()
-        elif status == Status.RUNNING.value and job.get("cancelRequested"):
-            if (job.get("worker") or {}).get("id") != self.id:
+        elif job.status is Status.RUNNING and job.cancelRequested:
+            if job.worker is None or job.worker.id != self.id:
                 return
-            run = self.runs.get(job["_id"])
+            run = self.runs.get(job.id)
             if run is not None:
                 run.request_cancel()
             else:  # the event overtook our own claim's reply: apply it when the run starts
-                self._early_cancels.add(job["_id"])
+                self._early_cancels.add(job.id)
 
     def _free_slots(self) -> list[Slot]:
         return [s for s in self.slots if s.gpu not in self._busy]
 
     async def _claimer(self) -> None:
+        delays = DATABASE.delays()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -255,11 +257,13 @@ class Worker:
             try:
                 await self._fill_slots()
             except PyMongoError as exc:
-                self.log.warning("claiming failed; retrying", error=str(exc))
+                delay = next(delays)
+                self.log.warning("claiming failed; retrying", error=str(exc), in_s=round(delay, 2))
                 self._backlog = True
-                await asyncio.sleep(_RETRY_S * random.uniform(0.8, 1.2))
+                await asyncio.sleep(delay)
                 self._wake.set()
                 continue
+            delays = DATABASE.delays()
             if opened and not self.ready.is_set():
                 self.ready.set()
 
@@ -282,7 +286,7 @@ class Worker:
         self._hints.clear()  # the query sees them too, in the right order
         want = len(self._free_slots())
         limit = want + 8
-        jobs = await self.store.pending_jobs(limit=limit)
+        jobs = await self.store.jobs.pending(limit=limit)
         claimed = 0
         for job in jobs:
             if not self._free_slots() or self.stopping:
@@ -295,37 +299,36 @@ class Worker:
             return True
         return False
 
-    async def _claim_hint(self, job: Job) -> None:
+    async def _claim_hint(self, job: JobRecord) -> None:
         if await self._try_claim(job):
             return
         # Stale version (e.g. released and re-queued since the event): read it once more.
-        fresh = await self.store.jobs.find_one({"_id": job["_id"], "status": "Pending"})
+        fresh = await self.store.jobs.pending_one(job.id)
         if fresh is not None:
             await self._try_claim(fresh)
 
-    async def _try_claim(self, job: Job) -> bool:
-        if job["_id"] in self.runs:
+    async def _try_claim(self, job: JobRecord) -> bool:
+        if job.id in self.runs:
             return False
         slot = self._free_slots()[0]
-        info = WorkerInfo(self.id, self.host, slot.gpu)
-        claimed = await self.store.claim(job, info, self.lease_s)
+        info = WorkerRef(id=self.id, host=self.host, gpu=slot.gpu)
+        claimed = await self.store.jobs.claim(job, info, self.lease_s)
         if claimed is None:
             return False
-        self.claims += 1
         if self.on_claim is not None:
             self.on_claim(claimed)
         self._start_run(slot, claimed)
         return True
 
-    def _start_run(self, slot: Slot, job: Job) -> None:
+    def _start_run(self, slot: Slot, job: JobRecord) -> None:
         run = JobRun(self.store, self.run_settings, slot, job)
-        run.log.info("job claimed", attempt=job.get("attempt"))
-        self.runs[job["_id"]] = run
-        if job["_id"] in self._early_cancels:
-            self._early_cancels.discard(job["_id"])
+        run.log.info("job claimed", attempt=job.attempt)
+        self.runs[job.id] = run
+        if job.id in self._early_cancels:
+            self._early_cancels.discard(job.id)
             run.request_cancel()
-        self._busy[slot.gpu] = job["_id"]
-        task = asyncio.create_task(run.run(), name=f"run-{job['_id']}")
+        self._busy[slot.gpu] = job.id
+        task = asyncio.create_task(run.run(), name=f"run-{job.id}")
         self._run_tasks.add(task)
         task.add_done_callback(lambda t: self._run_ended(slot, run, t))
         # Our new lease may expire before the sweeper's next planned look.
@@ -335,7 +338,6 @@ class Worker:
         self._run_tasks.discard(task)
         self.runs.pop(run.job_id, None)
         self._busy.pop(slot.gpu, None)
-        self.finished_runs.append(run)
         if not task.cancelled() and task.exception() is not None:
             run.log.error("run ended with an error", error=repr(task.exception()))
         self._backlog = True
@@ -349,32 +351,30 @@ class Worker:
         while True:
             delay = self.sweep_max_interval_s
             try:
-                for expired in await self.store.expire_leases():
+                for expired in await self.store.jobs.expire_leases():
                     self.log.warning(
-                        "lease expired", job_id=str(expired.job_id), action=expired.action
+                        "lease expired", job_id=str(expired.job_id), action=expired.action.value
                     )
-                    await self._note_expiry(expired.job_id, expired.action)
+                    await self._note_expiry(expired.job_id, expired.action, expired.error)
                     self._backlog = True
                     self._wake.set()
-                soonest = await self.store.next_lease_expiry()
+                soonest = await self.store.jobs.next_lease_expiry()
                 if soonest is not None:
                     until = (soonest - utcnow()) / timedelta(seconds=1)
                     delay = min(delay, max(0.0, until) + _SWEEP_SLACK_S)
             except PyMongoError as exc:
                 self.log.warning("lease sweep failed; retrying", error=str(exc))
-                delay = min(delay, _RETRY_S)
+                delay = min(delay, DATABASE.max_s)
             self._sweep_wake.clear()
             try:
                 await asyncio.wait_for(self._sweep_wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
 
-    async def _note_expiry(self, job_id: ObjectId, action: str) -> None:
+    async def _note_expiry(self, job_id: ObjectId, action: ExpiryAction, error: str) -> None:
         """Say in the job's own log why its attempt ended, for whoever reads it later."""
-        job = await self.store.jobs.find_one({"_id": job_id}, projection={"error": 1})
-        text = (job or {}).get("error") or f"lease expired ({action})"
         try:
-            await self.store.append_logs(job_id, "system", [f"{text} (seen by {self.id})"])
+            await self.store.logs.append(job_id, "system", [f"{error} (seen by {self.id})"])
         except PyMongoError as exc:
             self.log.warning("could not log the lease expiry", error=str(exc))
 

@@ -11,10 +11,10 @@ from aiohttp.test_utils import TestClient
 from api_helpers import SEED_BODY, MakeApi, job_count
 from pymongo.errors import WriteError
 
-from service.api.inserter import JobInserter
+from service.store.inserter import JobInserter
 from service.api.keys import INSERTER
 from service.hyperparameters import JobRequest
-from service.mongo import connect
+from service.mongo.connect import connect
 from service.store import Store, new_job_document
 
 HP = JobRequest.model_validate(SEED_BODY).hyperparameters()

@@ -8,7 +8,7 @@ from api_helpers import SEED_BODY, error_of
 from bson import ObjectId
 
 from service.api.schemas import Job, JobList, Logs, Metrics
-from service.jobstatus import Status
+from service.jobs.status import Status
 from service.store import Store, WorkerInfo
 
 WORKER = WorkerInfo("w-test", "host-test", "0")

@@ -12,7 +12,7 @@ from api_helpers import SEED_BODY, MakeApi, error_of
 from pymongo import AsyncMongoClient
 
 from service.api import routes_health, routes_jobs
-from service.mongo import connect
+from service.mongo.connect import connect
 from service.store import Store
 
 

@@ -22,7 +22,7 @@ from service.api.app import create_app
 from service.api.ws import LIVE, Live, LiveSettings
 from service.client import GateQueueClient
 from service.config import Settings
-from service.mongo import connect
+from service.mongo.connect import connect
 from service.store import Store
 from service.worker import Worker
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from service.api.ws import Live
 from service.config import Settings
-from service.jobstatus import Status
+from service.jobs.status import Status
 from service.store import Job, Store, WorkerInfo
 
 TINY_JOB: dict[str, Any] = {

@@ -13,7 +13,7 @@ import pytest
 from live_helpers import LiveApi, gatequeue, running_job
 
 from service.client import GateQueueClient, GateQueueError
-from service.jobstatus import Status
+from service.jobs.status import Status
 from service.worker.artifacts import upload_outputs
 
 MODEL = {"format": "gatequeue-difflogic", "layers": [[0, 1, 6]]}

@@ -10,7 +10,7 @@ from live_helpers import LiveApi, MakeLiveApi, finish, running_job, write_lines
 
 from service.client import GateQueueClient, GateQueueConnectionError, GateQueueError
 from service.hyperparameters import SEED_BODY as SEED
-from service.jobstatus import Status
+from service.jobs.status import Status
 from service.store import WorkerInfo
 
 

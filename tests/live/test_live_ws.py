@@ -13,7 +13,7 @@ from live_helpers import LiveApi, MakeLiveApi, finish, running_job, write_lines
 
 from service.api.ws import CLOSE_TOO_SLOW, LiveSettings
 from service.client import GateQueueClient, LogLine
-from service.jobstatus import Status
+from service.jobs.status import Status
 
 
 async def read_tail(url: str, job_id: Any, from_seq: int = 0) -> tuple[list[dict], dict | None]:

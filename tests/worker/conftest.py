@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from worker_helpers import MakeWorker
 
-from service.mongo import connect
+from service.mongo.connect import connect
 from service.store import Store
 from service.worker import Worker
 

@@ -33,7 +33,7 @@ from worker_helpers import (
 )
 
 from service.config import Settings
-from service.jobstatus import Status
+from service.jobs.status import Status
 from service.store import Job, Store
 from service.worker import run_worker
 from service.worker.dispatch import offset_name

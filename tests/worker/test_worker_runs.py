@@ -23,7 +23,7 @@ from worker_helpers import (
     wait_job,
 )
 
-from service.jobstatus import Status
+from service.jobs.status import Status
 from service.store import Store, artifacts_bucket, utcnow
 from service.worker import artifacts
 

@@ -14,7 +14,7 @@ import psutil
 from bson import ObjectId
 
 from service.hyperparameters import Hyperparameters
-from service.jobstatus import Status
+from service.jobs.status import Status
 from service.store import Job, Store
 from service.worker import Worker
 

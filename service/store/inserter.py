@@ -12,18 +12,19 @@ Semantics stay those of one insert per job: each caller's future resolves only o
 document is written (acknowledged with the client's write concern), `ordered=False` makes
 documents independent of each other, and a document the server refuses fails only its own
 request. Submissions with an Idempotency-Key do not come here: they go through
-`Store.insert_job`, whose duplicate-key handling decides races between retries.
+`JobStore.insert`, whose duplicate-key handling decides races between retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import structlog
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import BulkWriteError, WriteError
 
-from service.store import Job
+Document = dict[str, Any]
 
 log = structlog.get_logger(__name__)
 
@@ -44,13 +45,13 @@ class JobInserter:
         self._collection = collection
         self._max_batch = max_batch
         self._max_in_flight = max_in_flight
-        self._pending: list[tuple[Job, asyncio.Future[None]]] = []
+        self._pending: list[tuple[Document, asyncio.Future[None]]] = []
         self._scheduled = False
         self._writes: set[asyncio.Task[None]] = set()
         self.batches = 0  # for tests and metrics: how many insert_many calls were made
         self.documents = 0
 
-    async def insert(self, doc: Job) -> None:
+    async def insert(self, doc: Document) -> None:
         """Return once `doc` is written; raise what the server said if it was refused."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
@@ -83,7 +84,7 @@ class JobInserter:
         if self._pending:
             self._schedule(asyncio.get_running_loop())
 
-    async def _write(self, batch: list[tuple[Job, asyncio.Future[None]]]) -> None:
+    async def _write(self, batch: list[tuple[Document, asyncio.Future[None]]]) -> None:
         self.batches += 1
         self.documents += len(batch)
         try:
@@ -112,7 +113,7 @@ class JobInserter:
                     future.set_result(None)
 
     @staticmethod
-    def _fail(batch: list[tuple[Job, asyncio.Future[None]]], exc: BaseException) -> None:
+    def _fail(batch: list[tuple[Document, asyncio.Future[None]]], exc: BaseException) -> None:
         for _, future in batch:
             if not future.done():
                 future.set_exception(exc)

@@ -1,4 +1,7 @@
-"""Job status names (DESIGN.md: exact spelling) and which ones are final."""
+"""Job status names (docs/design.md: exact spelling) and which ones are final.
+
+Every module that names a status imports `Status`; no other module spells one.
+"""
 
 from __future__ import annotations
 

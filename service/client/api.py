@@ -27,48 +27,23 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self, TypedDict
+from typing import Any, NamedTuple, Self
 from urllib.parse import quote
 
 import aiohttp
 
+from service.jobs.status import FINISHED
+
 DEFAULT_API = "http://127.0.0.1:8080"
-FINAL_STATUSES = frozenset({"Succeeded", "Failed", "Cancelled"})
+FINAL_STATUSES = frozenset(s.value for s in FINISHED)
 
 # WebSocket close codes of the server (service.api.ws) after which resuming makes sense.
 _RESUMABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 4001, 4002})
 
 
-class Artifact(TypedDict):
-    """A file of a Succeeded run; `download(job_id, name, dest)` saves it."""
-
-    name: str
-    fileId: str
-    length: int
-    bucket: str
-
-
-class Job(TypedDict, total=False):
-    """A job as the API shows it (see the OpenAPI document for every field)."""
-
-    id: str
-    name: str | None
-    status: str
-    version: int
-    hyperparameters: dict[str, Any]
-    createdAt: str
-    updatedAt: str
-    startedAt: str | None
-    finishedAt: str | None
-    worker: dict[str, str] | None
-    leaseExpiresAt: str | None
-    attempt: int
-    maxAttempts: int
-    cancelRequested: bool
-    exitCode: int | None
-    error: str | None
-    latestMetrics: dict[str, Any] | None
-    artifacts: list[Artifact]
+# A job as the API sends it: the JSON of `service.jobs.record.Job` (ids as hex strings,
+# times as ISO-8601). `Job.model_validate(job)` turns it into the typed record.
+Job = dict[str, Any]
 
 
 # `GateQueueClient.list` shadows the builtin inside the class body.

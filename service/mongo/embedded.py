@@ -30,7 +30,7 @@ import structlog
 
 log = structlog.get_logger(__name__)
 
-SOURCE_DIR = Path(__file__).resolve().parent.parent / "deploy" / "mongo-server"
+SOURCE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "mongo-server"
 _POM = SOURCE_DIR / "pom.xml"
 _JAVA = SOURCE_DIR / "src/main/java/dev/gatequeue/mongo/GateQueueMongoServer.java"
 JAR_NAME = "gatequeue-mongo-server.jar"

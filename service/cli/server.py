@@ -1,8 +1,4 @@
-"""The `gatequeue` command: server-side commands here, client commands in `cli_client`.
-
-Every command reads the Configuration environment variables of DESIGN.md through
-`Settings.from_env()`; flags given on the command line win over them.
-"""
+"""The server-side commands: `up` (everything on one machine), `mongo`, `serve`, `worker`."""
 
 from __future__ import annotations
 
@@ -15,44 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from service.config import DEFAULT_API_PORT, ConfigError, Settings
-from service.logconfig import configure_logging
 from service.runloop import run_until_signal
-
-log = structlog.get_logger(__name__)
 
 STATE_DIR = Path(".gatequeue")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        print(f"gatequeue: {exc}", file=sys.stderr)
-        return 2
-    if getattr(args, "mongodb_uri", None):
-        settings = dataclasses.replace(settings, mongodb_uri=args.mongodb_uri)
-    configure_logging(settings.log_format, settings.log_level)
-    try:
-        return int(args.func(args, settings) or 0)
-    except KeyboardInterrupt:
-        return 130
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gatequeue",
-        description="Queue and watch training runs of differentiable logic gate networks.",
-    )
-    sub = parser.add_subparsers(metavar="COMMAND")
-
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser("up", help="MongoDB + API + one worker on this machine")
     up.add_argument("--host", default="127.0.0.1")
     up.add_argument("--port", type=int, default=DEFAULT_API_PORT)
@@ -91,11 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     worker.set_defaults(func=cmd_worker)
 
-    from service import cli_client
-
-    cli_client.add_commands(sub)
-    return parser
-
 
 def _need_uri(settings: Settings) -> str:
     if not settings.mongodb_uri:
@@ -107,7 +67,7 @@ def _need_uri(settings: Settings) -> str:
 
 
 def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
-    from service.embedded_mongo import EmbeddedMongoUnavailable, run_foreground
+    from service.mongo.embedded import EmbeddedMongoUnavailable, run_foreground
 
     try:
         return run_foreground(args.port, None if args.memory else args.data_dir)
@@ -140,8 +100,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from service import mongo_discovery
-    from service.embedded_mongo import EmbeddedMongoUnavailable
+    from service.mongo import discovery as mongo_discovery
+    from service.mongo.embedded import EmbeddedMongoUnavailable
 
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
@@ -235,7 +195,3 @@ async def _submit_demo(url: str, settings: Settings) -> None:
             + " ".join(f"{k}={v}" for k, v in metrics.items() if k.startswith("test")),
             flush=True,
         )
-
-
-if __name__ == "__main__":
-    sys.exit(main())

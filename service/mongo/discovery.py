@@ -228,7 +228,7 @@ def _wait_primary(uri: str, timeout: float = 60.0) -> None:
 
 
 def _start_embedded(data_dir: Path | None) -> MongoHandle:
-    from service.embedded_mongo import EmbeddedMongo
+    from service.mongo.embedded import EmbeddedMongo
 
     server = EmbeddedMongo(port=0, data_dir=data_dir)
     uri = server.start()

@@ -1,7 +1,8 @@
-"""The client half of the `gatequeue` command: submit, ls, show, logs, cancel.
+"""The client commands of `gatequeue`: submit, ls, show, logs, cancel, download.
 
-The submit flags are generated from `JobRequest`, so a field added to the request model is
-a flag here at once, with the model's default and description as its help. Every command
+The submit flags are generated from the request's options (trainer.options and
+service.jobs.options), so an option added there is a flag here at once, with its default
+and help. Every command
 talks to the API through `GateQueueClient` and answers with an exit status scripts can use:
 
     0  done (for `submit --wait` and `logs -f`: the job Succeeded)
@@ -17,13 +18,10 @@ import asyncio
 import json
 import os
 import sys
-import types
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any
 
-from pydantic.fields import FieldInfo
-from pydantic_core import PydanticUndefined
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -36,7 +34,9 @@ from service.client import (
     Job,
 )
 from service.config import Settings
-from service.hyperparameters import JobRequest
+from service.jobs.request import REQUEST_OPTIONS
+from service.jobs.status import Status
+from trainer.options import Option
 
 EXIT_OK = 0
 EXIT_JOB_FAILED = 1
@@ -44,11 +44,11 @@ EXIT_REFUSED = 2
 EXIT_UNREACHABLE = 3
 
 STATUS_STYLE = {
-    "Pending": "yellow",
-    "Running": "cyan",
-    "Succeeded": "green",
-    "Failed": "red",
-    "Cancelled": "magenta",
+    Status.PENDING: "yellow",
+    Status.RUNNING: "cyan",
+    Status.SUCCEEDED: "green",
+    Status.FAILED: "red",
+    Status.CANCELLED: "magenta",
 }
 # Metrics shown first (when present) in progress lines and tables.
 METRIC_ORDER = ("train_loss", "train_acc", "test_acc", "test_acc_discrete", "epoch_s")
@@ -82,8 +82,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     submit.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
     hp = submit.add_argument_group("job request (flags mirror the JSON fields)")
-    for name, field in JobRequest.model_fields.items():
-        _add_field_flag(hp, name, field)
+    for option in REQUEST_OPTIONS:
+        _add_option_flag(hp, option)
     submit.set_defaults(func=_sync(cmd_submit))
 
     ls = subparsers.add_parser("ls", parents=[api], help="list jobs, newest first")
@@ -127,43 +127,33 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     download.set_defaults(func=_sync(cmd_download))
 
 
-# -- flags from the request model -------------------------------------------------------
+# -- flags from the request options ------------------------------------------------------
 
 
-def flag_name(field: str) -> str:
-    """`gateOptimizer` -> `--gate-optimizer`, as the trainer spells its flags."""
-    out = "".join("-" + c.lower() if c.isupper() else c for c in field)
-    return "--" + out
-
-
-def _add_field_flag(group: argparse._ArgumentGroup, name: str, field: FieldInfo) -> None:
-    annotation = field.annotation
-    if get_origin(annotation) in (Union, types.UnionType):  # `str | None` -> str
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
-    kwargs: dict[str, Any] = {"dest": name, "default": None}
-    if get_origin(annotation) is Literal:
-        kwargs["choices"] = get_args(annotation)
-        kwargs["metavar"] = "{" + ",".join(map(str, get_args(annotation))) + "}"
-    elif annotation in (int, float, str):
-        kwargs["type"] = annotation
-        kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[annotation]  # type: ignore[index]
-    else:  # pragma: no cover - a new field type needs a decision here
-        raise TypeError(f"no CLI flag type for {name}: {annotation!r}")
-    help_text = field.description or ""
-    if field.is_required():
+def _add_option_flag(group: argparse._ArgumentGroup, option: Option) -> None:
+    """`gateOptimizer` -> `--gate-optimizer`, as the trainer spells it; omitted flags are
+    left out of the body, so the API's defaults apply."""
+    kwargs: dict[str, Any] = {"dest": option.name, "default": None}
+    if option.choices:
+        kwargs |= {"choices": option.choices, "metavar": "{" + ",".join(option.choices) + "}"}
+    else:
+        kwargs["type"] = option.kind
+        kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[option.kind]
+    help_text = option.help
+    if option.request_required:
         kwargs["required"] = True
-    elif field.default is not PydanticUndefined and field.default is not None:
-        help_text = f"{help_text} (default {field.default})".strip()
-    kwargs["help"] = help_text or None
-    group.add_argument(flag_name(name), **kwargs)
+    elif option.default is not None:
+        help_text = f"{help_text} (default {option.default})"
+    kwargs["help"] = help_text
+    group.add_argument(option.flag, **kwargs)
 
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST /jobs body: only the fields given on the command line."""
     return {
-        name: getattr(args, name)
-        for name in JobRequest.model_fields
-        if getattr(args, name, None) is not None
+        o.name: getattr(args, o.name)
+        for o in REQUEST_OPTIONS
+        if getattr(args, o.name, None) is not None
     }
 
 
@@ -257,7 +247,7 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings, client: GateQ
         out.print("  " + _metrics_text(final["latestMetrics"]))
     if final.get("error"):
         out.print(f"  error: {_escape(str(final['error']))}")
-    return EXIT_OK if status == "Succeeded" else EXIT_JOB_FAILED
+    return EXIT_OK if status == Status.SUCCEEDED else EXIT_JOB_FAILED
 
 
 def _page_url(api: str, job_id: str) -> str:
@@ -368,7 +358,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
         rows.append(("worker", f"{worker.get('id')} on {worker.get('host')} ({worker.get('gpu')})"))
     if job.get("exitCode") is not None:
         rows.append(("exit code", str(job["exitCode"])))
-    if job.get("cancelRequested") and job.get("status") == "Running":
+    if job.get("cancelRequested") and job.get("status") == Status.RUNNING:
         rows.append(("cancel", "requested"))
     if job.get("error"):
         rows.append(("error", _escape(str(job["error"]))))
@@ -423,14 +413,14 @@ async def cmd_logs(args: argparse.Namespace, settings: Settings, client: GateQue
         return EXIT_OK
     exit_info = f" (exit {end.exit_code})" if end.exit_code is not None else ""
     err.write(f"job {end.status}{exit_info}\n")
-    return EXIT_OK if end.status == "Succeeded" else EXIT_JOB_FAILED
+    return EXIT_OK if end.status == Status.SUCCEEDED else EXIT_JOB_FAILED
 
 
 async def cmd_cancel(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
     job = await client.cancel(args.job)
     console = Console(highlight=False, soft_wrap=True)
-    if job.get("status") == "Cancelled":
-        console.print(f"{job['id']} {_status('Cancelled')}")
+    if job.get("status") == Status.CANCELLED:
+        console.print(f"{job['id']} {_status(Status.CANCELLED)}")
     else:
         console.print(
             f"{job['id']} {_status(job.get('status'))}: cancel requested; its worker stops it"

@@ -1,0 +1,25 @@
+"""The run options of a job: fields of a request that say how to run it, not what to train.
+
+They are stored at the top level of the job document (training options go under
+`hyperparameters`), validated with the training options in one request model
+(service.jobs.request), and become flags of `gatequeue submit`, fields of the web form and
+fields of the job record (service.jobs.record) from these definitions alone
+(docs/design.md, "How to add a run option or job field").
+"""
+
+from __future__ import annotations
+
+from trainer.options import Option
+
+RUN_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "name", str, None, "a label for people", "Name",
+        nullable=True, max_length=200, advanced=True,
+    ),
+    Option(
+        "maxAttempts", int, 3, "runs allowed before a lost job is failed", "Max attempts",
+        ge=1, le=20, advanced=True,
+    ),
+)  # fmt: skip
+
+RUN_NAMES: tuple[str, ...] = tuple(o.name for o in RUN_OPTIONS)

@@ -1,0 +1,176 @@
+"""The job record: one typed model, read from MongoDB and rendered as the API's JSON.
+
+The job document of docs/design.md is this model: the store builds new documents with it,
+every reader validates stored documents into it, and the API, the WebSockets and the CLI
+show `to_json()`. The OpenAPI response schema is its serialization schema, so the document
+cannot drift from what is sent. Run options (service.jobs.options) become fields by
+themselves. Fields only the server needs (`idempotencyKey`, `requestHash`) are not part of
+it, so they never leave the server.
+
+In JSON, ids are hex strings and times ISO-8601 UTC with millisecond precision and a `Z`
+(what MongoDB stores); in a document they are ObjectIds and datetimes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from bson import ObjectId
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    WithJsonSchema,
+    create_model,
+)
+
+from service.jobs.options import RUN_OPTIONS
+from service.jobs.status import Status
+
+
+def utcnow() -> datetime:
+    """Millisecond precision, as MongoDB stores it: a document read back equals the one
+    written."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso(dt: datetime) -> str:
+    """A naive datetime is taken as UTC (a client opened without `tz_aware` hands those out)."""
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    else:
+        dt = dt.astimezone(UTC)
+    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _object_id(value: Any) -> ObjectId:
+    if isinstance(value, ObjectId):
+        return value
+    if isinstance(value, str) and ObjectId.is_valid(value):
+        return ObjectId(value)
+    raise ValueError(f"not an ObjectId: {value!r}")
+
+
+def _datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+    if isinstance(value, str):
+        return datetime.fromisoformat(value)
+    raise ValueError(f"not a datetime: {value!r}")
+
+
+Id = Annotated[
+    ObjectId,
+    PlainValidator(_object_id),
+    PlainSerializer(str, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "pattern": "^[0-9a-f]{24}$", "examples": ["665f1c2e9b1e8a3d4c2b1a00"]}
+    ),
+]
+Time = Annotated[
+    datetime,
+    PlainValidator(_datetime),
+    PlainSerializer(iso, return_type=str, when_used="json"),
+    WithJsonSchema(
+        {"type": "string", "format": "date-time", "examples": ["2025-01-31T12:00:00.000Z"]}
+    ),
+]
+
+
+class Record(BaseModel):
+    """Stored documents may carry fields this version does not know (written by a newer
+    one, or private to the server): they are ignored, never an error."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+class WorkerRef(Record):
+    """The worker that claimed the job, and the slot it runs it on."""
+
+    id: str
+    host: str
+    gpu: str
+
+
+class Artifact(Record):
+    name: str = Field(description="Path inside the run's output dir, e.g. `network.json`.")
+    fileId: Id = Field(description="GridFS file id in `bucket`.")
+    length: int = Field(ge=0, description="Bytes.")
+    bucket: str = Field(description="GridFS bucket name (`artifacts`).")
+
+
+class JobRecord(Record):
+    """The fields every job has; `Job` adds the run options."""
+
+    id: Id = Field(validation_alias=AliasChoices("_id", "id"), description="The job's id.")
+    status: Status
+    version: int = Field(0, ge=0, description="Bumped by every change of status, worker, lease.")
+    hyperparameters: dict[str, Any] = Field(
+        description="The validated training options (trainer.options), without the run options."
+    )
+    createdAt: Time
+    updatedAt: Time
+    startedAt: Time | None = None
+    finishedAt: Time | None = None
+    worker: WorkerRef | None = None
+    leaseExpiresAt: Time | None = None
+    attempt: int = Field(0, ge=0)
+    cancelRequested: bool = False
+    exitCode: int | None = None
+    error: str | None = None
+    latestMetrics: dict[str, Any] | None = Field(
+        None, description="The last EPOCH line's numbers, e.g. {epoch, epochs, train_loss, ...}."
+    )
+    artifacts: list[Artifact] = Field(
+        default_factory=list,
+        description="Files of a successful run (the trained network); download each from "
+        "`/jobs/{id}/artifacts/{name}`. Empty until the job Succeeded.",
+    )
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> JobRecord:
+        return cls.model_validate(doc)
+
+    def to_doc(self) -> dict[str, Any]:
+        """The document as stored: `_id`, ObjectIds and datetimes."""
+        doc = self.model_dump()
+        doc["_id"] = doc.pop("id")
+        return doc
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    @property
+    def finished(self) -> bool:
+        return self.status.finished
+
+
+Job: type[JobRecord] = create_model(  # type: ignore[assignment]
+    "Job",
+    __base__=JobRecord,
+    __doc__="A job as stored and as the API shows it.",
+    **{o.name: o.pydantic_field(request=False) for o in RUN_OPTIONS},
+)
+
+
+def new_job(hyperparameters: dict[str, Any], run_options: dict[str, Any]) -> JobRecord:
+    """A Pending job with every field set, so readers never meet a missing key."""
+    now = utcnow()
+    return Job(
+        id=ObjectId(),
+        status=Status.PENDING,
+        hyperparameters=dict(hyperparameters),
+        createdAt=now,
+        updatedAt=now,
+        **run_options,
+    )
+
+
+def job_json(doc: dict[str, Any]) -> dict[str, Any]:
+    """A stored document as the API's JSON (the common case of reading and showing)."""
+    return Job.from_doc(doc).to_json()

@@ -1,0 +1,73 @@
+"""The body of `POST /jobs`: the training options (trainer.options) and the run options
+(service.jobs.options), flat and camelCase as the seed's request had them.
+
+The model is generated from those two lists, so it validates exactly what the trainer
+accepts (the same rules, the same bounds) and documents itself in OpenAPI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.jobs.options import RUN_NAMES, RUN_OPTIONS
+from trainer.options import TRAINING_NAMES, TRAINING_OPTIONS, CheckedOptions, Option, options_model
+
+# The body the seed's README sent with curl: the example in the OpenAPI document, the web
+# form's starting values and the benchmark's request. It must stay valid as is.
+SEED_BODY: dict[str, Any] = {
+    "gateOptimizer": "sparsemax_noise",
+    "gates": 3332,
+    "networkLayers": 4,
+    "grouping": 10,
+    "groupSumTau": 100,
+    "residualLayers": 4,
+    "noiseTemp": 0.2,
+    "epochs": 5,
+}
+
+REQUEST_OPTIONS: tuple[Option, ...] = (*TRAINING_OPTIONS, *RUN_OPTIONS)
+
+
+class RequestBase(CheckedOptions):
+    """What every job request can do with itself, whatever fields it was generated with."""
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The training options: what is stored under the job's `hyperparameters`."""
+        return self.model_dump(include=set(TRAINING_NAMES))
+
+    def run_options(self) -> dict[str, Any]:
+        """The run options: stored at the job's top level."""
+        return self.model_dump(include=set(RUN_NAMES))
+
+
+JobRequest: type[RequestBase] = options_model(  # type: ignore[assignment]
+    "JobRequest",
+    REQUEST_OPTIONS,
+    request=True,
+    doc="The body of POST /jobs: training options and run options, flat.",
+    base=RequestBase,
+)
+
+
+def field_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """Turn pydantic's errors into the API's `fields` list: one entry per bad field."""
+    out: list[dict[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        message = err["msg"]
+        if err["type"] == "extra_forbidden":
+            message = "unknown field"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        out.append({"field": loc, "message": message, "type": err["type"]})
+    return out
+
+
+def describe_options() -> dict[str, Any]:
+    """What `GET /options` answers: every request field with its type, bounds and help, the
+    seed's value for those it sets, grouped as the web form shows them."""
+    training = [{**o.describe(), "seed": SEED_BODY.get(o.name)} for o in TRAINING_OPTIONS]
+    run = [o.describe() for o in RUN_OPTIONS]
+    return {"training": training, "run": run}

@@ -1,0 +1,45 @@
+"""Every read, write and watch of gatequeue's MongoDB collections (docs/design.md,
+"Collections"), one class per collection, reached through one `Store`.
+
+No other module calls a collection: the API, the WebSockets, the worker and the log sink
+ask the store, so each query exists once, with its index beside it.
+"""
+
+from __future__ import annotations
+
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.database import AsyncDatabase
+
+from service.store.files import FileStore
+from service.store.jobs import JobStore
+from service.store.logs import LogStore
+from service.store.metrics import MetricStore
+from service.store.offsets import OffsetStore
+
+__all__ = ["Store"]
+
+
+class Store:
+    """The collections of one database; holds no state of its own beyond handles."""
+
+    def __init__(self, client: AsyncMongoClient, db_name: str) -> None:
+        self.client = client
+        self.db: AsyncDatabase = client[db_name]
+        self.jobs = JobStore(self.db["jobs"])
+        self.logs = LogStore(self.db["job_logs"])
+        self.metrics = MetricStore(self.db["job_metrics"])
+        self.offsets = OffsetStore(self.db["stream_offsets"])
+        self.files = FileStore(self.db)
+
+    async def ensure_indexes(self) -> None:
+        """Idempotent; every process calls it at start so no deploy step is needed."""
+        await self.jobs.ensure_indexes()
+        await self.logs.ensure_indexes()
+        await self.metrics.ensure_indexes()
+
+    async def ping(self) -> None:
+        await self.db.command("ping")
+
+    async def close(self) -> None:
+        """Let submissions in flight reach the database."""
+        await self.jobs.inserter.close()

@@ -1,0 +1,60 @@
+"""GridFS: the files of runs. `artifacts` holds what a successful run wrote (the trained
+network); every file carries its job and attempt in `metadata`.
+
+Local files are read in a thread, chunk by chunk, so a large network never blocks the event
+loop (GridFS's own `upload_from_stream` would read the file synchronously) and never sits
+whole in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from bson import ObjectId
+from gridfs import AsyncGridFSBucket
+from gridfs.asynchronous.grid_file import AsyncGridOut
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import PyMongoError
+
+ARTIFACTS_BUCKET = "artifacts"
+_CHUNK = 4 << 20
+
+
+class FileStore:
+    def __init__(self, db: AsyncDatabase) -> None:
+        self._db = db
+
+    def bucket(self, name: str) -> AsyncGridFSBucket:
+        return AsyncGridFSBucket(self._db, bucket_name=name)
+
+    async def upload(
+        self, bucket: str, path: Path, filename: str, metadata: dict[str, Any]
+    ) -> tuple[ObjectId, int]:
+        """Store a local file; (its GridFS id, its length). Nothing is left on failure."""
+        stream = self.bucket(bucket).open_upload_stream(filename, metadata=metadata)
+        length = 0
+        try:
+            with open(path, "rb") as fh:  # noqa: ASYNC230 -- reads below happen in a thread
+                while chunk := await asyncio.to_thread(fh.read, _CHUNK):
+                    await stream.write(chunk)
+                    length += len(chunk)
+            await stream.close()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await stream.abort()
+            raise
+        return stream._id, length
+
+    async def open(self, bucket: str, file_id: ObjectId) -> AsyncGridOut:
+        return await self.bucket(bucket).open_download_stream(file_id)
+
+    async def delete(self, bucket: str, file_ids: Iterable[ObjectId]) -> None:
+        """Best effort: a file that could not be deleted is an orphan, not an error."""
+        grid = self.bucket(bucket)
+        for file_id in file_ids:
+            with contextlib.suppress(PyMongoError):
+                await grid.delete(file_id)

@@ -1,0 +1,383 @@
+"""The `jobs` collection: submit, read, and every transition of a job.
+
+Every change of a job's `status`, `worker` or lease is a compare-and-set on `version`
+(`$inc: {version: 1}`), so two processes can never both believe they own a job
+(docs/design.md, "The claim"). A lost race comes back as `None` (or a result that says so),
+never as an exception: losing is normal when several workers and API processes share one
+queue. Nothing here needs transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.change_stream import AsyncChangeStream
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from service.jobs.record import Job, JobRecord, WorkerRef, utcnow
+from service.jobs.status import Status
+from service.store.inserter import JobInserter
+
+MAX_LIST_LIMIT = 500
+
+
+def parse_job_id(job_id: str | ObjectId) -> ObjectId | None:
+    """A malformed id is simply an unknown job: callers answer 404, never 500."""
+    if isinstance(job_id, ObjectId):
+        return job_id
+    try:
+        return ObjectId(job_id)
+    except (InvalidId, TypeError):
+        return None
+
+
+def request_hash(body: dict[str, Any]) -> str:
+    """Stable digest of a submission, so a reused Idempotency-Key with another body is seen."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+class CancelOutcome(StrEnum):
+    CANCELLED = "cancelled"  # was Pending, now Cancelled
+    REQUESTED = "requested"  # Running: the owning worker will stop it
+    ALREADY_REQUESTED = "already_requested"
+    FINISHED = "finished"  # nothing to cancel
+    NOT_FOUND = "not_found"
+
+
+@dataclass(frozen=True)
+class CancelResult:
+    outcome: CancelOutcome
+    job: JobRecord | None
+
+
+class ExpiryAction(StrEnum):
+    REQUEUED = "requeued"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    job_id: ObjectId
+    action: ExpiryAction
+    error: str
+
+
+class IdempotencyKeyReused(Exception):
+    """The key was used before, for a job submitted with another body."""
+
+    def __init__(self, job: JobRecord) -> None:
+        super().__init__(f"Idempotency-Key was used for job {job.id} with a different body")
+        self.job = job
+
+
+def _job(doc: dict[str, Any] | None) -> JobRecord | None:
+    return None if doc is None else Job.from_doc(doc)
+
+
+class JobStore:
+    """Thin async layer over `jobs`; holds no state beyond its handles and the inserter."""
+
+    def __init__(self, collection: AsyncCollection) -> None:
+        self.collection = collection
+        # Batches concurrent submissions into one insert_many (service.store.inserter).
+        self.inserter = JobInserter(collection)
+
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_index([("status", ASCENDING), ("_id", ASCENDING)])
+        await self.collection.create_index([("status", ASCENDING), ("leaseExpiresAt", ASCENDING)])
+        # Sparse: only jobs submitted with an Idempotency-Key carry the field.
+        await self.collection.create_index("idempotencyKey", unique=True, sparse=True)
+
+    # -- submit and read -----------------------------------------------------------------
+
+    async def insert(
+        self,
+        job: JobRecord,
+        *,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> tuple[JobRecord, bool]:
+        """Store a new Pending job; returns (the job, created).
+
+        Without a key the document joins the inserter's next batch. With one, the unique
+        index decides who wins a race of retries: the loser reads the winner's job instead
+        of inserting a second one (`created` False), and raises IdempotencyKeyReused if that
+        job was submitted with another body (`body_hash`, see `request_hash`).
+        """
+        doc = job.to_doc()
+        if idempotency_key is None:
+            await self.inserter.insert(doc)
+            return job, True
+        doc["idempotencyKey"] = idempotency_key
+        doc["requestHash"] = body_hash
+        while True:
+            try:
+                await self.collection.insert_one(doc)
+                return job, True
+            except DuplicateKeyError:
+                existing = await self.collection.find_one({"idempotencyKey": idempotency_key})
+                if existing is None:  # deleted between the two calls; the key is free again
+                    continue
+                if existing.get("requestHash") != body_hash:
+                    raise IdempotencyKeyReused(Job.from_doc(existing)) from None
+                return Job.from_doc(existing), False
+
+    async def get(self, job_id: str | ObjectId) -> JobRecord | None:
+        oid = parse_job_id(job_id)
+        if oid is None:
+            return None
+        return _job(await self.collection.find_one({"_id": oid}))
+
+    async def exists(self, job_id: ObjectId) -> bool:
+        return await self.collection.find_one({"_id": job_id}, {"_id": 1}) is not None
+
+    async def existing(self, job_ids: Iterable[ObjectId]) -> set[ObjectId]:
+        """Which of `job_ids` name a job."""
+        cursor = self.collection.find({"_id": {"$in": list(job_ids)}}, {"_id": 1})
+        return {doc["_id"] async for doc in cursor}
+
+    async def list(
+        self, *, status: Status | None = None, limit: int = 50, after: ObjectId | None = None
+    ) -> list[JobRecord]:
+        """Newest first; `after` is the id of the last job of the previous page.
+
+        Paging by `_id` rather than by skip keeps pages stable while jobs are inserted.
+        """
+        query: dict[str, Any] = {}
+        if status is not None:
+            query["status"] = status.value
+        if after is not None:
+            query["_id"] = {"$lt": after}
+        limit = max(1, min(limit, MAX_LIST_LIMIT))
+        cursor = self.collection.find(query).sort("_id", DESCENDING).limit(limit)
+        return [Job.from_doc(doc) async for doc in cursor]
+
+    async def count_by_status(self) -> dict[Status, int]:
+        counts = dict.fromkeys(Status, 0)
+        async for row in await self.collection.aggregate(
+            [{"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        ):
+            counts[Status(row["_id"])] = row["n"]
+        return counts
+
+    async def pending(self, limit: int = 100) -> list[JobRecord]:
+        """Oldest first: the order in which a worker catches up after a restart."""
+        cursor = (
+            self.collection.find({"status": Status.PENDING.value})
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        )
+        return [Job.from_doc(doc) async for doc in cursor]
+
+    async def pending_one(self, job_id: ObjectId) -> JobRecord | None:
+        """The job if it is Pending now (its current version, for a claim)."""
+        return _job(await self.collection.find_one({"_id": job_id, "status": Status.PENDING.value}))
+
+    async def watch(
+        self, pipeline: list[dict[str, Any]], *, resume_after: Any, max_await_ms: int | None
+    ) -> AsyncChangeStream[Any]:
+        """A change stream of job documents as they are after each change."""
+        return await self.collection.watch(
+            pipeline,
+            full_document="updateLookup",
+            resume_after=resume_after,
+            max_await_time_ms=max_await_ms,
+        )
+
+    # -- compare-and-set transitions -----------------------------------------------------
+
+    def _cas(self, job: JobRecord, status: Status = Status.RUNNING) -> dict[str, Any]:
+        return {"_id": job.id, "status": status.value, "version": job.version}
+
+    async def _transition(self, cas: dict[str, Any], update: dict[str, Any]) -> JobRecord | None:
+        return _job(
+            await self.collection.find_one_and_update(
+                cas, update, return_document=ReturnDocument.AFTER
+            )
+        )
+
+    async def claim(self, job: JobRecord, worker: WorkerRef, lease_s: float) -> JobRecord | None:
+        """The claim of docs/design.md; `None` means another worker (or a cancel) won."""
+        now = utcnow()
+        return await self._transition(
+            self._cas(job, Status.PENDING),
+            {
+                "$set": {
+                    "status": Status.RUNNING.value,
+                    "worker": worker.model_dump(),
+                    "startedAt": now,
+                    "updatedAt": now,
+                    "leaseExpiresAt": now + timedelta(seconds=lease_s),
+                    "exitCode": None,
+                    "error": None,
+                },
+                "$inc": {"version": 1, "attempt": 1},
+            },
+        )
+
+    async def renew_lease(self, job: JobRecord, lease_s: float) -> JobRecord | None:
+        """Extend the lease of a job we own; `None` means we lost it and must stop."""
+        assert job.worker is not None
+        now = utcnow()
+        return await self._transition(
+            {**self._cas(job), "worker.id": job.worker.id},
+            {
+                "$set": {"leaseExpiresAt": now + timedelta(seconds=lease_s), "updatedAt": now},
+                "$inc": {"version": 1},
+            },
+        )
+
+    async def finish(
+        self,
+        job: JobRecord,
+        status: Status,
+        *,
+        exit_code: int | None = None,
+        error: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> JobRecord | None:
+        """Running -> Succeeded/Failed/Cancelled, only by the owner of the current version."""
+        if not status.finished:
+            raise ValueError(f"finish() needs a final status, not {status}")
+        now = utcnow()
+        return await self._transition(
+            self._cas(job),
+            {
+                "$set": {
+                    "status": status.value,
+                    "finishedAt": now,
+                    "updatedAt": now,
+                    "leaseExpiresAt": None,
+                    "exitCode": exit_code,
+                    "error": error,
+                    **(extra or {}),
+                },
+                "$inc": {"version": 1},
+            },
+        )
+
+    async def release(self, job: JobRecord, reason: str) -> JobRecord | None:
+        """Give a Running job back to the queue (worker shutdown); the attempt is not held
+        against it, since the run did not fail."""
+        return await self._transition(
+            self._cas(job),
+            {
+                "$set": {
+                    "status": Status.PENDING.value,
+                    "worker": None,
+                    "leaseExpiresAt": None,
+                    "updatedAt": utcnow(),
+                    "error": reason,
+                },
+                "$inc": {"version": 1, "attempt": -1},
+            },
+        )
+
+    async def request_cancel(self, job_id: ObjectId) -> CancelResult:
+        """Pending jobs are cancelled at once; Running ones are flagged for their worker.
+
+        `cancelRequested` is not a change of status, worker or lease, so it does not bump
+        `version`: bumping it would make the owner's next lease renewal look like a lost
+        race, and the owner is exactly who must see the flag.
+        """
+        for _ in range(100):  # bounded: each round means another writer made progress
+            job = await self.get(job_id)
+            if job is None:
+                return CancelResult(CancelOutcome.NOT_FOUND, None)
+            if job.finished:
+                return CancelResult(CancelOutcome.FINISHED, job)
+            now = utcnow()
+            if job.status is Status.PENDING:
+                done = await self._transition(
+                    self._cas(job, Status.PENDING),
+                    {
+                        "$set": {
+                            "status": Status.CANCELLED.value,
+                            "cancelRequested": True,
+                            "finishedAt": now,
+                            "updatedAt": now,
+                        },
+                        "$inc": {"version": 1},
+                    },
+                )
+                if done is not None:
+                    return CancelResult(CancelOutcome.CANCELLED, done)
+                continue
+            if job.cancelRequested:
+                return CancelResult(CancelOutcome.ALREADY_REQUESTED, job)
+            flagged = await self._transition(
+                {"_id": job_id, "status": Status.RUNNING.value},
+                {"$set": {"cancelRequested": True, "updatedAt": now}},
+            )
+            if flagged is not None:
+                return CancelResult(CancelOutcome.REQUESTED, flagged)
+        raise RuntimeError(f"cancel of job {job_id} kept losing races")  # pragma: no cover
+
+    async def expire_leases(self, now: datetime | None = None) -> list[ExpiredLease]:
+        """Re-queue Running jobs whose worker stopped renewing (or fail them at maxAttempts).
+
+        Any worker may call this; the compare-and-set makes sure each expired lease is
+        acted on once even when several workers sweep at the same moment.
+        """
+        now = now or utcnow()
+        out: list[ExpiredLease] = []
+        cursor = self.collection.find(
+            {"status": Status.RUNNING.value, "leaseExpiresAt": {"$lt": now}}
+        )
+        async for doc in cursor:
+            job = Job.from_doc(doc)
+            worker = job.worker.id if job.worker is not None else "?"
+            update: dict[str, Any]
+            if job.cancelRequested:
+                action = ExpiryAction.CANCELLED
+                error = f"worker {worker} lost while cancelling"
+                update = {"status": Status.CANCELLED.value, "finishedAt": now}
+            elif job.attempt >= job.maxAttempts:  # type: ignore[attr-defined]
+                action = ExpiryAction.FAILED
+                error = (
+                    f"lease expired on worker {worker} at attempt {job.attempt} "
+                    f"of {job.maxAttempts}; no attempts left"  # type: ignore[attr-defined]
+                )
+                update = {"status": Status.FAILED.value, "finishedAt": now}
+            else:
+                action = ExpiryAction.REQUEUED
+                error = f"lease expired on worker {worker}; re-queued"
+                update = {"status": Status.PENDING.value, "worker": None}
+            update |= {"error": error, "leaseExpiresAt": None, "updatedAt": now}
+            done = await self.collection.find_one_and_update(
+                self._cas(job), {"$set": update, "$inc": {"version": 1}}
+            )
+            if done is not None:
+                out.append(ExpiredLease(job.id, action, error))
+        return out
+
+    async def next_lease_expiry(self) -> datetime | None:
+        """When the soonest Running lease passes, so a sweeper can sleep until exactly then."""
+        doc = await self.collection.find_one(
+            {"status": Status.RUNNING.value, "leaseExpiresAt": {"$ne": None}},
+            sort=[("leaseExpiresAt", ASCENDING)],
+            projection={"leaseExpiresAt": 1},
+        )
+        return None if doc is None else doc["leaseExpiresAt"]
+
+    # -- writes by the owner of a Running job --------------------------------------------
+
+    async def set_latest_metrics(self, job: JobRecord, metrics: dict[str, Any]) -> bool:
+        """Guarded by ownership, so a worker that lost its lease writes nothing more."""
+        assert job.worker is not None
+        result = await self.collection.update_one(
+            {"_id": job.id, "status": Status.RUNNING.value, "worker.id": job.worker.id},
+            {"$set": {"latestMetrics": metrics, "updatedAt": utcnow()}},
+        )
+        return result.matched_count == 1
