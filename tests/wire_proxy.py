@@ -565,9 +565,16 @@ class WireProxy:
         self._changed()
 
     def _changed(self) -> None:
+        """Wake the waiters whose predicate now holds (one that raises gets the error, so a
+        test's bad predicate fails the test, not the proxy's pumps)."""
         for predicate, future in list(self._waiters):
-            if not future.done() and predicate():
-                future.set_result(None)
+            if future.done():
+                continue
+            try:
+                if predicate():
+                    future.set_result(None)
+            except Exception as exc:
+                future.set_exception(exc)
 
     def _end_refusal(self, token: int) -> None:
         if token == self._refusal_token:
