@@ -282,11 +282,14 @@ async def test_matching_delay_leaves_other_commands_alone(
 async def test_black_hole_times_out_then_heals(
     proxy: WireProxy, through: MakeClient, db_name: str
 ) -> None:
+    """A partition: the find times out after socketTimeoutMS; the driver's retries open new
+    connections whose handshakes time out too (PyMongo labels those SystemOverloadedError and
+    retries them with backoff), and the caller gets a NetworkTimeout. After heal it works."""
     coll = through(socketTimeoutMS=300, connectTimeoutMS=500)[db_name].things
     await coll.insert_one({"_id": 1})
     proxy.black_hole()
 
-    with pytest.raises(AutoReconnect):  # NetworkTimeout, the driver's read retry timed out too
+    with pytest.raises(AutoReconnect):  # NetworkTimeout is one
         await coll.find_one({"_id": 1})
     assert proxy.stats["black_holed"] >= 1
     assert proxy.exchanges(command="find", fate="black_holed")

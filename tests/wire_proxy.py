@@ -7,8 +7,11 @@ so a test can prove what PyMongo and gatequeue do about them without mocking the
 
 It frames every message by the 16-byte header (messageLength, requestID, responseTo, opCode),
 decodes OP_MSG bodies with `bson.decode` to learn each request's command, `$db`, collection,
-`lsid` and `txnNumber`, and pairs replies to requests by `responseTo`. Bytes are forwarded as
-they came (checksums stay valid); decoding is only for deciding and recording.
+`lsid` and `txnNumber`, and pairs replies to requests by `responseTo` (following exhaust
+streams: a reply with moreToCome is answered on by the next). Legacy OP_QUERY/OP_REPLY are
+decoded too; OP_COMPRESSED passes untouched and unread (clients in these tests don't compress,
+so every command is visible). Bytes are forwarded as they came (checksums stay valid);
+decoding is only for deciding and recording.
 
 Usage::
 
@@ -25,7 +28,9 @@ streams it; the embedded server sends no `topologyVersion`, so it is polled). A 
 "monitoring" while every command it carried was hello/isMaster and "application" from its
 first other command; a hello on a monitoring connection, or a connection's handshake, is a
 "monitoring" request. Command-matching faults hit application requests only unless asked
-(`on="any"`), so a test's fault never blinds the driver's server monitor by accident.
+(`on="any"`), so a test's fault never blinds the driver's server monitor by accident. (By that
+rule a pool connection that has only done its handshake counts as monitoring until it is used:
+the wire cannot tell it from a monitor, whose handshake looks the same.)
 """
 
 from __future__ import annotations
@@ -149,8 +154,9 @@ def _decode_op_msg(payload: bytes) -> tuple[int, dict[str, Any] | None]:
 
 
 def _decode_op_query(payload: bytes) -> tuple[int, dict[str, Any] | None]:
-    """Legacy OP_QUERY: PyMongo still opens each connection with an OP_QUERY `isMaster` on
-    `admin.$cmd` (with `helloOk`) when no server API is declared. Non-command queries have no
+    """Legacy OP_QUERY (a command is a query on `db.$cmd`), as older drivers send their first
+    `isMaster`. PyMongo 4.20 no longer does (PYTHON-5713): its handshake is an OP_MSG `ismaster`
+    with `helloOk`, and `hello` after the server said helloOk. Non-command queries have no
     command name for us; their body is None."""
     (flags,) = struct.unpack_from("<i", payload, 0)
     nul = payload.index(b"\0", 4)
@@ -290,7 +296,7 @@ class Fault:
         if self.commands is not None and (name is None or name.lower() not in self.commands):
             return False
         if self.where is not None:
-            try:
+            try:  # a predicate that raises (a key this command lacks) does not match
                 return bool(self.where(exchange.body or {}))
             except Exception:
                 return False
@@ -334,10 +340,11 @@ class WireProxy:
 
     The driver must not find its way around the proxy: MongoDB's `hello` advertises the
     server's own address in `hosts`/`me` (the embedded server calls itself the one member of
-    replica set `rs0`), and a client given `replicaSet=rs0`, or none with a replica-set member,
-    would follow that address and bypass the proxy. `uri()` therefore says
-    `directConnection=true`: the driver talks to the seed it was given and nothing else, while
-    still seeing the server as an RSPrimary, so sessions and retryable writes stay on.
+    replica set `rs0`). A client given the proxy's address without `directConnection=true`
+    (with `replicaSet=rs0` or without) discovers the set, drops the seed that is not in `hosts`
+    and talks to the server directly: only the seed's handshake would pass the proxy. `uri()`
+    therefore says `directConnection=true`: the driver talks to the seed it was given and
+    nothing else, while still seeing an RSPrimary, so sessions and retryable writes stay on.
 
     Only plain TCP: TLS or compressed traffic would pass but could not be inspected (clients in
     these tests don't compress: no `compressors` option, so every command is visible).
