@@ -39,8 +39,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service.jobs.request import SEED_BODY, JobRequest  # noqa: E402
 from service.mongo import discovery as mongo_discovery  # noqa: E402
-from service.hyperparameters import SEED_BODY, JobRequest  # noqa: E402
 from service.mongo.connect import connect  # noqa: E402
 from service.store import Store, new_job_document  # noqa: E402
 

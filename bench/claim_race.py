@@ -32,20 +32,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.mongo import discovery as mongo_discovery
-from service.hyperparameters import Hyperparameters
+from service.jobs.record import JobRecord, WorkerRef, utcnow
 from service.jobs.status import Status
+from service.mongo import discovery as mongo_discovery
 from service.mongo.connect import connect
-from service.store import Job, Store, WorkerInfo, utcnow
+from service.store import Store
+from trainer.options import TrainingOptions
 
-HP = Hyperparameters(gateOptimizer="softmax", gates=40, networkLayers=1).model_dump()
+HP = TrainingOptions(gateOptimizer="softmax", gates=40, networkLayers=1).model_dump()
 
-Claim = Callable[[Store, Job, WorkerInfo], Awaitable[bool]]
+Claim = Callable[[Store, JobRecord, WorkerRef], Awaitable[bool]]
 
 
-async def naive_claim(store: Store, job: Job, worker: WorkerInfo) -> bool:
+async def naive_claim(store: Store, job: JobRecord, worker: WorkerRef) -> bool:
     """Read-then-write: the job was Pending when listed, so it is taken. No version check."""
-    result = await store.jobs.update_one(
+    result = await store.jobs.collection.update_one(
         {"_id": job["_id"]},
         {"$set": {"status": Status.RUNNING.value, "worker": worker.as_doc(), "updatedAt": utcnow()},
          "$inc": {"attempt": 1}},
@@ -53,8 +54,8 @@ async def naive_claim(store: Store, job: Job, worker: WorkerInfo) -> bool:
     return result.modified_count == 1
 
 
-async def cas_claim(store: Store, job: Job, worker: WorkerInfo) -> bool:
-    return await store.claim(job, worker, lease_s=30) is not None
+async def cas_claim(store: Store, job: JobRecord, worker: WorkerRef) -> bool:
+    return await store.jobs.claim(job, worker, lease_s=30) is not None
 
 
 async def race(uri: str, db: str, claim: Claim, claimers: int, jobs: int) -> dict[str, Any]:
@@ -70,8 +71,8 @@ async def race(uri: str, db: str, claim: Claim, claimers: int, jobs: int) -> dic
     async def claimer(i: int) -> None:
         nonlocal lost
         own = Store(clients[i], db)
-        worker = WorkerInfo(f"w{i}", "bench", str(i))
-        while pending := await own.pending_jobs(limit=20):
+        worker = WorkerRef(id=f"w{i}", host="bench", gpu=str(i))
+        while pending := await own.jobs.pending(limit=20):
             random.shuffle(pending)
             for job in pending:
                 if await claim(own, job, worker):

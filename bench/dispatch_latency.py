@@ -37,14 +37,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import structlog
 
-from service.mongo import discovery as mongo_discovery
-from service.hyperparameters import Hyperparameters
+from service.jobs.record import WorkerRef
 from service.jobs.status import Status
+from service.mongo import discovery as mongo_discovery
 from service.mongo.connect import connect
-from service.store import Store, WorkerInfo
+from service.store import Store
 from service.worker import Worker
+from trainer.options import TrainingOptions
 
-HP = Hyperparameters(gateOptimizer="softmax", gates=40, networkLayers=2, residualLayers=0,
+HP = TrainingOptions(gateOptimizer="softmax", gates=40, networkLayers=2, residualLayers=0,
                      epochs=1).model_dump()  # fmt: skip
 NOOP_TRAINER = ["true"] if shutil.which("true") else [sys.executable, "-c", "pass"]
 
@@ -71,7 +72,7 @@ async def insert_schedule(store: Store, lat: Latencies, gaps: list[float]) -> No
         await asyncio.sleep(gap)
         job_id = _new_id()
         lat.inserted[job_id] = time.perf_counter()
-        await store.jobs.insert_one(_job_doc(job_id))
+        await store.jobs.collection.insert_one(_job_doc(job_id))
 
 
 def _new_id() -> Any:
@@ -81,7 +82,7 @@ def _new_id() -> Any:
 
 
 def _job_doc(job_id: Any) -> dict[str, Any]:
-    from service.store import utcnow
+    from service.jobs.record import utcnow
 
     now = utcnow()
     return {
@@ -127,14 +128,16 @@ async def run_polling(uri: str, gaps: list[float], slots: int, poll_s: float) ->
     async def run_job(job: dict[str, Any]) -> None:
         proc = await asyncio.create_subprocess_exec(*NOOP_TRAINER)
         rc = await proc.wait()
-        await store.finish(job, Status.SUCCEEDED if rc == 0 else Status.FAILED, exit_code=rc)
+        await store.jobs.finish(job, Status.SUCCEEDED if rc == 0 else Status.FAILED, exit_code=rc)
 
     async def poller() -> None:
         while True:
-            for job in await store.pending_jobs(limit=slots):
+            for job in await store.jobs.pending(limit=slots):
                 if len(busy) >= slots:
                     break
-                claimed = await store.claim(job, WorkerInfo("bench-polling", "bench", "0"), 30)
+                claimed = await store.jobs.claim(
+                    job, WorkerRef(id="bench-polling", host="bench", gpu="0"), 30
+                )
                 if claimed is not None:
                     lat.on_claim(claimed)
                     task = asyncio.create_task(run_job(claimed))

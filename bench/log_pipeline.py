@@ -47,8 +47,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.mongo import discovery as mongo_discovery  # noqa: E402
 from service.client import GateQueueClient  # noqa: E402
+from service.mongo import discovery as mongo_discovery  # noqa: E402
 
 GOAL_LINES_PER_S = 20_000
 GOAL_P99_MS = 250.0

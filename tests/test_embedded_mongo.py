@@ -23,7 +23,7 @@ from bson import Int64
 from pymongo import AsyncMongoClient, ReturnDocument, monitoring
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from service import embedded_mongo
+from service.mongo import embedded as embedded_mongo
 from service.mongo.embedded import EmbeddedMongo, EmbeddedMongoUnavailable
 
 REPO = Path(__file__).resolve().parent.parent

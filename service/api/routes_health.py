@@ -36,7 +36,7 @@ async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[METRICS]
     try:
         counts = await asyncio.wait_for(
-            request.app[STORE].count_by_status(), request.app[READY_TIMEOUT_S]
+            request.app[STORE].jobs.count_by_status(), request.app[READY_TIMEOUT_S]
         )
     except (TimeoutError, PyMongoError) as exc:
         log.warning("metrics: cannot count jobs", error=repr(exc))

@@ -10,7 +10,9 @@ The rules are the same for both consumers:
   286 (ChangeStreamHistoryLost) or an error carrying the `NonResumableChangeStreamError`
   label; any other error keeps the token and re-opens from it;
 - an `invalidate` event (the collection or database was dropped) ends the stream for good:
-  the token is dropped and a fresh stream is opened;
+  the token is dropped and a fresh stream is opened (every consumer's pipeline lets
+  `invalidate` through its `$match`, so it is seen); a stream that ends otherwise (closed
+  under us) re-opens from its token;
 - the token advances with every batch, events or not: the post-batch resume token of an
   empty getMore moves past writes that matched no filter, so a restart never rescans hours
   of unrelated writes. Where tokens are stored, an advance without an event is written at
@@ -182,8 +184,10 @@ class ResumableChangeStream:
                     opened_at = time.monotonic()
                     await self._note_open(resumed)
                     await on_open(resumed)
-                    await self._follow(stream, on_change)
-                delays = self._backoff.delays()  # invalidated: a fresh stream at once
+                    invalidated = await self._follow(stream, on_change)
+                if invalidated:
+                    await self._invalidated()
+                delays = self._backoff.delays()  # re-open at once
                 continue
             except PyMongoError as exc:
                 if token_is_dead(exc):
@@ -214,20 +218,21 @@ class ResumableChangeStream:
                 await self._drop_token(exc)
         return await self._open(None), False
 
-    async def _follow(self, stream: AsyncChangeStream[Any], on_change: ChangeHandler) -> None:
-        """Until the stream is invalidated. The server closes a stream's cursor only after an
-        `invalidate` event, which a consumer's `$match` may have filtered out: a stream that
-        ends without an error is invalidated too."""
+    async def _follow(self, stream: AsyncChangeStream[Any], on_change: ChangeHandler) -> bool:
+        """Until the stream ends; True if it ended with an `invalidate` event."""
         while stream.alive:
             change = await stream.try_next()
             if change is None:  # an empty batch; its post-batch token moved on
                 self.tokens.advance(stream.resume_token, event=False)
                 continue
             if change.get("operationType") == "invalidate":
-                break
+                return True
             self.events += 1
             await on_change(change)
             self.tokens.advance(stream.resume_token, event=True)
+        return False
+
+    async def _invalidated(self) -> None:
         self.invalidations += 1
         log.warning("change stream invalidated; starting afresh", stream=self.name)
         await self.tokens.clear()

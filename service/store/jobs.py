@@ -148,7 +148,11 @@ class JobStore:
         return {doc["_id"] async for doc in cursor}
 
     async def list(
-        self, *, status: Status | None = None, limit: int = 50, after: ObjectId | None = None
+        self,
+        *,
+        status: Status | str | None = None,
+        limit: int = 50,
+        after: str | ObjectId | None = None,
     ) -> list[JobRecord]:
         """Newest first; `after` is the id of the last job of the previous page.
 
@@ -156,9 +160,12 @@ class JobStore:
         """
         query: dict[str, Any] = {}
         if status is not None:
-            query["status"] = status.value
+            query["status"] = Status(status).value
         if after is not None:
-            query["_id"] = {"$lt": after}
+            oid = parse_job_id(after)
+            if oid is None:
+                raise ValueError(f"after={after!r} is not a job id")
+            query["_id"] = {"$lt": oid}
         limit = max(1, min(limit, MAX_LIST_LIMIT))
         cursor = self.collection.find(query).sort("_id", DESCENDING).limit(limit)
         return [Job.from_doc(doc) async for doc in cursor]

@@ -138,5 +138,6 @@ class LogStore:
     async def watch(self, *, resume_after: Any) -> AsyncChangeStream[Any]:
         """Inserted batches of every job, as they are committed."""
         return await self.collection.watch(
-            [{"$match": {"operationType": "insert"}}], resume_after=resume_after
+            [{"$match": {"operationType": {"$in": ["insert", "invalidate"]}}}],
+            resume_after=resume_after,
         )

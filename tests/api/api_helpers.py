@@ -24,7 +24,7 @@ JSON = {"Content-Type": "application/json"}
 
 
 async def job_count(store: Store) -> int:
-    return await store.jobs.count_documents({})
+    return await store.jobs.collection.count_documents({})
 
 
 async def error_of(resp: ClientResponse, status: int, code: str | None = None) -> dict[str, Any]:

@@ -8,10 +8,11 @@ from api_helpers import SEED_BODY, error_of
 from bson import ObjectId
 
 from service.api.schemas import Job, JobList, Logs, Metrics
+from service.jobs.record import WorkerRef
 from service.jobs.status import Status
-from service.store import Store, WorkerInfo
+from service.store import Store
 
-WORKER = WorkerInfo("w-test", "host-test", "0")
+WORKER = WorkerRef(id="w-test", host="host-test", gpu="0")
 
 
 async def _submit(api: TestClient, **changes: object) -> dict:
@@ -22,9 +23,9 @@ async def _submit(api: TestClient, **changes: object) -> dict:
 
 async def _running(api: TestClient, store: Store) -> dict:
     job = await _submit(api)
-    doc = await store.get_job(job["id"])
+    doc = await store.jobs.get(job["id"])
     assert doc is not None
-    claimed = await store.claim(doc, WORKER, 30)
+    claimed = await store.jobs.claim(doc, WORKER, 30)
     assert claimed is not None
     return claimed
 
@@ -62,7 +63,7 @@ async def test_list_status_filter(api: TestClient, store: Store) -> None:
     pending = await _submit(api)
     running = await _running(api, store)
     resp = await api.get("/jobs?status=Running")
-    assert [j["id"] for j in (await resp.json())["jobs"]] == [str(running["_id"])]
+    assert [j["id"] for j in (await resp.json())["jobs"]] == [str(running.id)]
     resp = await api.get("/jobs?status=Pending")
     assert [j["id"] for j in (await resp.json())["jobs"]] == [pending["id"]]
     resp = await api.get("/jobs?status=Failed")
@@ -103,7 +104,7 @@ async def test_unknown_or_malformed_id_is_404(api: TestClient, job_id: str) -> N
 
 async def test_get_job_shows_worker_and_times(api: TestClient, store: Store) -> None:
     running = await _running(api, store)
-    resp = await api.get(f"/jobs/{running['_id']}")
+    resp = await api.get(f"/jobs/{running.id}")
     job = await resp.json()
     Job.model_validate(job)
     assert job["status"] == "Running"
@@ -118,20 +119,20 @@ async def test_cancel_pending_is_200_cancelled(api: TestClient, store: Store) ->
     assert resp.status == 200
     body = await resp.json()
     assert body["status"] == "Cancelled" and body["finishedAt"] is not None
-    stored = await store.get_job(job["id"])
-    assert stored is not None and stored["status"] == "Cancelled"
+    stored = await store.jobs.get(job["id"])
+    assert stored is not None and stored.status == "Cancelled"
     # Cancelled is final: cancelling again is a conflict.
     await error_of(await api.post(f"/jobs/{job['id']}/cancel"), 409, "job_finished")
 
 
 async def test_cancel_running_is_202_cancel_requested(api: TestClient, store: Store) -> None:
     running = await _running(api, store)
-    resp = await api.post(f"/jobs/{running['_id']}/cancel")
+    resp = await api.post(f"/jobs/{running.id}/cancel")
     assert resp.status == 202
     body = await resp.json()
     assert body["status"] == "Running" and body["cancelRequested"] is True
     # Asking again while the worker has not stopped yet: still accepted, nothing changes.
-    again = await api.post(f"/jobs/{running['_id']}/cancel")
+    again = await api.post(f"/jobs/{running.id}/cancel")
     assert again.status == 202
     assert (await again.json())["cancelRequested"] is True
 
@@ -139,18 +140,18 @@ async def test_cancel_running_is_202_cancel_requested(api: TestClient, store: St
 @pytest.mark.parametrize("final", [Status.SUCCEEDED, Status.FAILED, Status.CANCELLED])
 async def test_cancel_finished_is_409(api: TestClient, store: Store, final: Status) -> None:
     running = await _running(api, store)
-    assert await store.finish(running, final, exit_code=0) is not None
-    error = await error_of(await api.post(f"/jobs/{running['_id']}/cancel"), 409, "job_finished")
+    assert await store.jobs.finish(running, final, exit_code=0) is not None
+    error = await error_of(await api.post(f"/jobs/{running.id}/cancel"), 409, "job_finished")
     assert final.value in error["message"]
-    stored = await store.get_job(running["_id"])
-    assert stored is not None and stored["status"] == final.value
+    stored = await store.jobs.get(running.id)
+    assert stored is not None and stored.status == final.value
 
 
 async def test_logs_pages_by_seq(api: TestClient, store: Store) -> None:
     running = await _running(api, store)
-    oid = running["_id"]
-    await store.append_logs(oid, "stdout", ["l0", "l1", "l2"], expected_seq=0)
-    await store.append_logs(oid, "stderr", ["l3", "l4"], expected_seq=3)
+    oid = running.id
+    await store.logs.append(oid, "stdout", ["l0", "l1", "l2"], expected_seq=0)
+    await store.logs.append(oid, "stderr", ["l3", "l4"], expected_seq=3)
 
     resp = await api.get(f"/jobs/{oid}/logs")
     body = await resp.json()
@@ -184,11 +185,11 @@ async def test_logs_bad_query_is_422(api: TestClient, query: str) -> None:
 
 async def test_metrics_per_epoch(api: TestClient, store: Store) -> None:
     running = await _running(api, store)
-    oid = running["_id"]
+    oid = running.id
     empty = await (await api.get(f"/jobs/{oid}/metrics")).json()
     assert empty == {"jobId": str(oid), "metrics": []}
-    await store.write_metrics(oid, 2, 5, {"train_loss": 0.3, "test_acc": 0.9})
-    await store.write_metrics(oid, 1, 5, {"train_loss": 0.5, "test_acc": 0.8})
+    await store.metrics.write(oid, 2, 5, {"train_loss": 0.3, "test_acc": 0.9})
+    await store.metrics.write(oid, 1, 5, {"train_loss": 0.5, "test_acc": 0.8})
     body = await (await api.get(f"/jobs/{oid}/metrics")).json()
     Metrics.model_validate(body)
     assert [m["epoch"] for m in body["metrics"]] == [1, 2]

@@ -9,9 +9,8 @@ from aiohttp.test_utils import TestClient
 from bson import ObjectId
 
 from service.api.openapi import openapi_document
-from service.api.schemas import Job
-from service.hyperparameters import JobRequest
-from service.serialize import iso, job_to_json
+from service.jobs.record import Job, iso, job_json
+from service.jobs.request import JobRequest
 
 
 async def test_served_document_is_openapi_31(api: TestClient) -> None:
@@ -55,7 +54,7 @@ async def test_every_route_is_documented(api: TestClient) -> None:
                 assert "401" in op["responses"]
 
 
-def test_job_to_json() -> None:
+def test_job_json() -> None:
     oid = ObjectId()
     created = datetime(2025, 1, 31, 12, 0, 0, 123456, tzinfo=UTC)
     doc = {
@@ -79,7 +78,7 @@ def test_job_to_json() -> None:
         "idempotencyKey": "k",
         "requestHash": "h",
     }
-    out = job_to_json(doc)
+    out = job_json(doc)
     Job.model_validate(out)
     assert out["id"] == str(oid)
     assert out["createdAt"] == "2025-01-31T12:00:00.123Z"

@@ -57,8 +57,8 @@ async def test_optional_fields_and_run_options(api: TestClient, store: Store) ->
     assert job["maxAttempts"] == 5
     assert job["hyperparameters"]["batchSize"] == 64
     assert "maxAttempts" not in job["hyperparameters"]
-    stored = await store.get_job(job["id"])
-    assert stored is not None and stored["maxAttempts"] == 5 and stored["name"] == "sweep-1"
+    stored = await store.jobs.get(job["id"])
+    assert stored is not None and stored.maxAttempts == 5 and stored.name == "sweep-1"
 
 
 def _with(**changes: Any) -> dict[str, Any]:

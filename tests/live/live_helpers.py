@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from job_helpers import insert_job
 
 from service.api.ws import Live
 from service.config import Settings
+from service.jobs.record import JobRecord, WorkerRef
 from service.jobs.status import Status
-from service.store import Job, Store, WorkerInfo
+from service.store import Store
 
 TINY_JOB: dict[str, Any] = {
     "gateOptimizer": "softmax",
@@ -25,7 +27,7 @@ TINY_JOB: dict[str, Any] = {
     "epochs": 2,
 }
 TRAINERS = Path(__file__).resolve().parent / "trainers"
-WORKER = WorkerInfo(id="test-worker", host="localhost", gpu="cpu")
+WORKER = WorkerRef(id="test-worker", host="localhost", gpu="cpu")
 
 
 @dataclass
@@ -40,27 +42,31 @@ class LiveApi:
 MakeLiveApi = Callable[..., Awaitable[LiveApi]]
 
 
-async def running_job(store: Store, **hp: Any) -> Job:
+async def running_job(store: Store, **hp: Any) -> JobRecord:
     """A job as a worker holds it right after a claim."""
-    job, _ = await store.insert_job({**TINY_JOB, **hp})
-    claimed = await store.claim(job, WORKER, lease_s=60)
+    job, _ = await insert_job(store, {**TINY_JOB, **hp})
+    claimed = await store.jobs.claim(job, WORKER, lease_s=60)
     assert claimed is not None
     return claimed
 
 
-async def write_lines(store: Store, job: Job, lines: list[str], batch: int, seq: int = 0) -> int:
+async def write_lines(
+    store: Store, job: JobRecord, lines: list[str], batch: int, seq: int = 0
+) -> int:
     """Append like the worker's log sink: one writer, consecutive batches, no gaps."""
     for i in range(0, len(lines), batch):
         chunk = lines[i : i + batch]
-        await store.append_logs(job["_id"], "stdout", chunk, expected_seq=seq)
+        await store.logs.append(job.id, "stdout", chunk, expected_seq=seq)
         seq += len(chunk)
     return seq
 
 
-async def finish(store: Store, job: Job, status: Status = Status.SUCCEEDED) -> Job:
-    current = await store.get_job(job["_id"])
+async def finish(store: Store, job: JobRecord, status: Status = Status.SUCCEEDED) -> JobRecord:
+    current = await store.jobs.get(job.id)
     assert current is not None
-    done = await store.finish(current, status, exit_code=0 if status is Status.SUCCEEDED else 1)
+    done = await store.jobs.finish(
+        current, status, exit_code=0 if status is Status.SUCCEEDED else 1
+    )
     assert done is not None
     return done
 

@@ -26,10 +26,12 @@ async def succeeded_with_files(live_api: LiveApi, tmp_path: Path) -> str:
     (out / "extra" / "big.bin").write_bytes(os.urandom(3 << 20))  # several GridFS chunks
     store = live_api.store
     job = await running_job(store)
-    uploaded = await upload_outputs(store.db, job["_id"], 1, out)
-    done = await store.finish(job, Status.SUCCEEDED, exit_code=0, extra={"artifacts": uploaded})
+    uploaded = await upload_outputs(store.files, job.id, 1, out)
+    done = await store.jobs.finish(
+        job, Status.SUCCEEDED, exit_code=0, extra={"artifacts": [a.model_dump() for a in uploaded]}
+    )
     assert done is not None
-    return str(job["_id"])
+    return str(job.id)
 
 
 async def test_job_lists_its_artifacts(

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from live_helpers import LiveApi
 
-from service.hyperparameters import GATE_OPTIMIZERS
 from service.worker import Worker
+from trainer.parametrizations import GATE_OPTIMIZERS
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -147,6 +147,6 @@ async def test_submit_follow_and_cancel_in_the_browser(
     await expect(items.nth(1)).to_have_attribute("data-status", "Succeeded")
     await page.screenshot(path=artifacts / "06-job-cancelled.png", full_page=True)
 
-    final = await live_api.store.get_job(first_id)
+    final = await live_api.store.jobs.get(first_id)
     assert final is not None
-    assert final["status"] == "Succeeded"
+    assert final.status == "Succeeded"

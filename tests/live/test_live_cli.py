@@ -21,11 +21,11 @@ async def test_submit_ls_show_cancel(live_api: LiveApi) -> None:
     assert rc == 0, err
     job_id = out.strip()
     assert len(job_id) == 24
-    job = await live_api.store.get_job(job_id)
+    job = await live_api.store.jobs.get(job_id)
     assert job is not None
-    assert job["hyperparameters"]["gateOptimizer"] == "entmax"
-    assert job["hyperparameters"]["gates"] == 40
-    assert job["name"] == "from the cli"
+    assert job.hyperparameters["gateOptimizer"] == "entmax"
+    assert job.hyperparameters["gates"] == 40
+    assert job.name == "from the cli"
 
     rc, out, _ = await gatequeue(live_api.url, "ls")
     assert rc == 0
@@ -64,7 +64,7 @@ async def test_refusals_and_unreachable_api(live_api: LiveApi) -> None:
 async def test_logs_and_logs_follow(live_api: LiveApi) -> None:
     store = live_api.store
     job = await running_job(store)
-    job_id = str(job["_id"])
+    job_id = str(job.id)
     await write_lines(store, job, [f"hello {i}" for i in range(5)], batch=2)
     rc, out, _ = await gatequeue(live_api.url, "logs", job_id)
     assert (rc, out.splitlines()) == (0, [f"hello {i}" for i in range(5)])

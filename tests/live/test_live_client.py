@@ -9,9 +9,9 @@ import pytest
 from live_helpers import LiveApi, MakeLiveApi, finish, running_job, write_lines
 
 from service.client import GateQueueClient, GateQueueConnectionError, GateQueueError
-from service.hyperparameters import SEED_BODY as SEED
+from service.jobs.record import WorkerRef
+from service.jobs.request import SEED_BODY as SEED
 from service.jobs.status import Status
-from service.store import WorkerInfo
 
 
 async def test_submit_get_list_cancel(client: GateQueueClient) -> None:
@@ -72,15 +72,15 @@ async def test_errors_carry_the_api_body(client: GateQueueClient) -> None:
 async def test_metrics_and_wait_follow_a_worker(live_api: LiveApi, client: GateQueueClient) -> None:
     store = live_api.store
     job = await running_job(store)
-    job_id = str(job["_id"])
+    job_id = str(job.id)
     waiter = asyncio.create_task(client.wait(job_id))
     watch = client.watch(job_id)
     assert (await anext(watch))["status"] == "Running"
     await watch.aclose()
     for epoch in (1, 2):
         values = {"train_loss": 1.0 / epoch, "test_acc": 0.5 + epoch / 10}
-        await store.write_metrics(job["_id"], epoch, 2, values)
-        await store.set_latest_metrics(job, {"epoch": epoch, "epochs": 2, **values})
+        await store.metrics.write(job.id, epoch, 2, values)
+        await store.jobs.set_latest_metrics(job, {"epoch": epoch, "epochs": 2, **values})
     await finish(store, job)
     final = await waiter
     assert final["status"] == "Succeeded"
@@ -94,7 +94,7 @@ async def test_logs_without_follow_read_what_is_stored(
 ) -> None:
     job = await running_job(live_api.store)
     await write_lines(live_api.store, job, [f"s{i}" for i in range(25_000)], batch=1000)
-    lines = [line async for line in client.logs(str(job["_id"]), follow=False, from_seq=3)]
+    lines = [line async for line in client.logs(str(job.id), follow=False, from_seq=3)]
     assert [line.seq for line in lines] == list(range(3, 25_000))
     assert lines[0].line == "s3"
     assert lines[-1].stream == "stdout"
@@ -107,7 +107,7 @@ async def test_follow_stops_with_the_end_message(
     job = await running_job(store)
     await write_lines(store, job, ["only line"], batch=1)
     await finish(store, job, Status.FAILED)
-    stream = client.logs(str(job["_id"]))
+    stream = client.logs(str(job.id))
     assert [line.line async for line in stream] == ["only line"]
     assert stream.end is not None
     assert (stream.end.status, stream.end.exit_code) == ("Failed", 1)
@@ -122,9 +122,9 @@ async def test_token(make_live_api: MakeLiveApi) -> None:
         assert refused.value.code == "unauthorized"
     async with GateQueueClient(api.url, token="t0ken") as client:
         job = await client.submit(**SEED)
-        claimed = await api.store.claim(
-            await api.store.get_job(job["id"]),  # type: ignore[arg-type]
-            WorkerInfo("w", "h", "cpu"),
+        claimed = await api.store.jobs.claim(
+            await api.store.jobs.get(job["id"]),  # type: ignore[arg-type]
+            WorkerRef(id="w", host="h", gpu="cpu"),
             lease_s=60,
         )
         assert claimed is not None

@@ -8,7 +8,7 @@ import aiohttp
 from live_helpers import LiveApi
 
 from service.api.routes_web import STATIC_DIR
-from service.hyperparameters import GATE_OPTIMIZERS
+from trainer.parametrizations import GATE_OPTIMIZERS
 
 
 async def test_page_and_assets_are_local(live_api: LiveApi) -> None:

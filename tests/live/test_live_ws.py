@@ -9,6 +9,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from job_helpers import insert_job
 from live_helpers import LiveApi, MakeLiveApi, finish, running_job, write_lines
 
 from service.api.ws import CLOSE_TOO_SLOW, LiveSettings
@@ -57,12 +58,12 @@ async def test_ten_thousand_lines_in_order_across_a_forced_reconnect(
 
     got: list[LogLine] = []
     writing = asyncio.create_task(writer())
-    stream = client.logs(str(job["_id"]))
+    stream = client.logs(str(job.id))
     async with stream:
         async for line in stream:
             got.append(line)
             if len(got) == total // 2 - 1000:
-                tails = live_api.live.log_tails(job["_id"])
+                tails = live_api.live.log_tails(job.id)
                 assert len(tails) == 1
                 reconnected_from.append(len(got))
                 await tails[0].close(1012, "test: forced close")
@@ -82,7 +83,7 @@ async def test_tail_starts_mid_batch_and_ends_for_a_finished_job(live_api: LiveA
     job = await running_job(store)
     await write_lines(store, job, [f"l{i}" for i in range(20)], batch=5)
     await finish(store, job, Status.FAILED)
-    batches, end = await read_tail(live_api.url, job["_id"], from_seq=7)
+    batches, end = await read_tail(live_api.url, job.id, from_seq=7)
     assert batches[0]["seq"] == 7
     assert flatten(batches) == [(i, f"l{i}") for i in range(7, 20)]
     assert end == {"type": "end", "status": "Failed", "exitCode": 1, "error": None, "seq": 20}
@@ -96,8 +97,8 @@ async def test_end_waits_for_lines_committed_before_the_final_status(
     store = live_api.store
     for _ in range(5):
         job = await running_job(store)
-        reader = asyncio.create_task(read_tail(live_api.url, job["_id"]))
-        await live_api.live.wait_for_tails(job["_id"], 1)  # connected before any write
+        reader = asyncio.create_task(read_tail(live_api.url, job.id))
+        await live_api.live.wait_for_tails(job.id, 1)  # connected before any write
         await write_lines(store, job, [f"a{i}" for i in range(30)], batch=10)
         await finish(store, job)
         batches, end = await reader
@@ -110,12 +111,12 @@ async def test_one_change_stream_per_collection_for_many_clients(live_api: LiveA
     store = live_api.store
     jobs = [await running_job(store) for _ in range(3)]
     readers = [
-        asyncio.create_task(read_tail(live_api.url, job["_id"])) for job in jobs for _ in range(3)
+        asyncio.create_task(read_tail(live_api.url, job.id)) for job in jobs for _ in range(3)
     ]
     async with aiohttp.ClientSession() as http:
         feeds = [await http.ws_connect(f"{live_api.url}/ws/jobs") for _ in range(3)]
         for job in jobs:
-            await live_api.live.wait_for_tails(job["_id"], 3)
+            await live_api.live.wait_for_tails(job.id, 3)
         for job in jobs:
             await write_lines(store, job, ["hello", "world"], batch=1)
             await finish(store, job)
@@ -125,7 +126,8 @@ async def test_one_change_stream_per_collection_for_many_clients(live_api: LiveA
             assert end is not None
         for ws in feeds:
             await ws.close()
-    assert live_api.live.fanout.streams_opened == {"job_logs": 1, "jobs": 1}
+    streams = live_api.live.fanout.streams
+    assert {n: s.opens for n, s in streams.items()} == {"job_logs": 1, "jobs": 1}
     await live_api.live.wait_idle()
     assert live_api.live.fanout.subscriber_count() == 0  # nobody left behind
 
@@ -140,13 +142,13 @@ async def test_stream_resumes_from_its_token_without_loss(
     job = await running_job(store)
     resyncs = fanout.resyncs
     got: list[int] = []
-    stream = client.logs(str(job["_id"]))
+    stream = client.logs(str(job.id))
     await stream.connect()
-    await live_api.live.wait_for_tails(job["_id"], 1)
+    await live_api.live.wait_for_tails(job.id, 1)
 
     async def writer() -> None:
         seq = await write_lines(store, job, [f"b{i}" for i in range(100)], batch=10)
-        await fanout.current_streams["job_logs"].close()  # interrupts an awaiting getMore
+        await fanout.streams["job_logs"].stream.close()  # interrupts an awaiting getMore
         await fanout.wait_opened("job_logs", 2)
         await write_lines(store, job, [f"b{i}" for i in range(100, 200)], batch=10, seq=seq)
 
@@ -158,10 +160,10 @@ async def test_stream_resumes_from_its_token_without_loss(
                 await finish(store, job)
     await writing
     assert got == list(range(200))
-    assert fanout.streams_opened["job_logs"] == 2
+    assert fanout.streams["job_logs"].opens == 2
     # Every insert was seen exactly once by the process: the reopened stream resumed from
     # its token, neither skipping nor repeating (a restart would have sent a Resync).
-    assert fanout.events_seen["job_logs"] == 20
+    assert fanout.streams["job_logs"].events == 20
     assert fanout.resyncs == resyncs
     assert stream.reconnects == 0
 
@@ -204,12 +206,12 @@ async def test_slow_client_is_closed_with_a_reason_and_others_are_not_slowed(
 
     async with (
         aiohttp.ClientSession(connector=connector) as slow_http,
-        slow_http.ws_connect(f"{api.url}/jobs/{job['_id']}/logs/ws") as slow,
+        slow_http.ws_connect(f"{api.url}/jobs/{job.id}/logs/ws") as slow,
         aiohttp.ClientSession() as fast_http,
     ):
-        (slow_conn,) = await api.live.wait_for_tails(job["_id"], 1)
-        fast_ws = await fast_http.ws_connect(f"{api.url}/jobs/{job['_id']}/logs/ws")
-        await api.live.wait_for_tails(job["_id"], 2)
+        (slow_conn,) = await api.live.wait_for_tails(job.id, 1)
+        fast_ws = await fast_http.ws_connect(f"{api.url}/jobs/{job.id}/logs/ws")
+        await api.live.wait_for_tails(job.id, 2)
         fast = asyncio.create_task(fast_reader(fast_ws))
         seq = 0
         for start in range(0, len(lines), 1_000):
@@ -240,15 +242,15 @@ async def test_slow_client_is_closed_with_a_reason_and_others_are_not_slowed(
 
 async def test_job_feed_sends_changes_and_a_snapshot_for_watched_ids(live_api: LiveApi) -> None:
     store = live_api.store
-    job, _ = await store.insert_job({"gateOptimizer": "entmax", "gates": 40, "epochs": 1})
+    job, _ = await insert_job(store, {"gateOptimizer": "entmax", "gates": 40, "epochs": 1})
     async with aiohttp.ClientSession() as http:
         everything = await http.ws_connect(f"{live_api.url}/ws/jobs")
-        watched = await http.ws_connect(f"{live_api.url}/ws/jobs?id={job['_id']}")
+        watched = await http.ws_connect(f"{live_api.url}/ws/jobs?id={job.id}")
         first = await watched.receive_json()
         assert first["type"] == "job"
-        assert first["job"]["id"] == str(job["_id"])
+        assert first["job"]["id"] == str(job.id)
         assert first["job"]["status"] == "Pending"
-        await store.request_cancel(job["_id"])
+        await store.jobs.request_cancel(job.id)
         for ws in (everything, watched):
             while True:
                 msg = await ws.receive_json()
@@ -266,10 +268,10 @@ async def test_log_tail_refuses_unknown_jobs_bad_from_and_plain_http(live_api: L
         async with http.get(f"{live_api.url}/jobs/{'f' * 24}/logs/ws") as resp:
             assert resp.status == 404
             assert (await resp.json())["error"]["code"] == "job_not_found"
-        async with http.get(f"{live_api.url}/jobs/{job['_id']}/logs/ws?from=-3") as resp:
+        async with http.get(f"{live_api.url}/jobs/{job.id}/logs/ws?from=-3") as resp:
             assert resp.status == 422
             assert (await resp.json())["error"]["fields"][0]["field"] == "from"
-        async with http.get(f"{live_api.url}/jobs/{job['_id']}/logs/ws") as resp:
+        async with http.get(f"{live_api.url}/jobs/{job.id}/logs/ws") as resp:
             assert resp.status == 400
             assert (await resp.json())["error"]["code"] == "websocket_required"
 
@@ -284,7 +286,7 @@ async def test_websockets_need_the_token_when_one_is_set(make_live_api: MakeLive
         ws = await http.ws_connect(f"{api.url}/ws/jobs?token=s3cret")
         await ws.close()
         ws = await http.ws_connect(
-            f"{api.url}/jobs/{job['_id']}/logs/ws",
+            f"{api.url}/jobs/{job.id}/logs/ws",
             headers={"Authorization": "Bearer s3cret"},
         )
         await ws.close()
@@ -295,7 +297,7 @@ async def test_handshake_carries_the_request_id(live_api: LiveApi) -> None:
     async with (
         aiohttp.ClientSession() as http,
         http.ws_connect(
-            f"{live_api.url}/jobs/{job['_id']}/logs/ws", headers={"X-Request-ID": "ws-trace-1"}
+            f"{live_api.url}/jobs/{job.id}/logs/ws", headers={"X-Request-ID": "ws-trace-1"}
         ) as ws,
     ):
         assert ws._response.headers["X-Request-ID"] == "ws-trace-1"

@@ -33,8 +33,9 @@ from worker_helpers import (
 )
 
 from service.config import Settings
+from service.jobs.record import JobRecord
 from service.jobs.status import Status
-from service.store import Job, Store
+from service.store import Store
 from service.worker import run_worker
 from service.worker.dispatch import offset_name
 
@@ -52,9 +53,9 @@ class Claims:
         self.at: dict[object, float] = {}
         self._events: dict[object, asyncio.Event] = {}
 
-    def __call__(self, job: Job) -> None:
-        self.at[job["_id"]] = time.perf_counter()
-        self._event(job["_id"]).set()
+    def __call__(self, job: JobRecord) -> None:
+        self.at[job.id] = time.perf_counter()
+        self._event(job.id).set()
 
     def _event(self, job_id: object) -> asyncio.Event:
         return self._events.setdefault(job_id, asyncio.Event())
@@ -73,17 +74,17 @@ async def test_two_workers_30_jobs_each_ran_exactly_once(
     for _ in range(2):
         await make_worker(trainer_cmd=trainer("epochs"), slots=["0", "1"])
     jobs = [await insert(store) for _ in range(30)]
-    done = [await wait_job(store, j["_id"], finished, deadline_s=120) for j in jobs]
-    assert {d["status"] for d in done} == {"Succeeded"}
-    assert {d["attempt"] for d in done} == {1}
+    done = [await wait_job(store, j.id, finished, deadline_s=120) for j in jobs]
+    assert {d.status for d in done} == {"Succeeded"}
+    assert {d.attempt for d in done} == {1}
     runs = [line.split() for line in ledger.read_text().splitlines()]
-    assert Counter(r[0] for r in runs) == Counter(str(j["_id"]) for j in jobs)  # once each
-    by_id = {str(d["_id"]): d for d in done}
+    assert Counter(r[0] for r in runs) == Counter(str(j.id) for j in jobs)  # once each
+    by_id = {str(d.id): d for d in done}
     for job_id, _attempt, visible, _pid in runs:  # the run saw its slot's GPU only
-        assert visible == by_id[job_id]["worker"]["gpu"]
-    per_worker = Counter(d["worker"]["id"] for d in done)
+        assert visible == by_id[job_id].worker.gpu
+    per_worker = Counter(d.worker.id for d in done)
     assert set(per_worker) == {"w1", "w2"}, per_worker
-    assert await store.jobs.count_documents({"status": {"$ne": "Succeeded"}}) == 0
+    assert await store.jobs.collection.count_documents({"status": {"$ne": "Succeeded"}}) == 0
 
 
 async def test_sigkill_of_a_worker_requeues_its_job_for_another(
@@ -107,18 +108,18 @@ async def test_sigkill_of_a_worker_requeues_its_job_for_another(
     os.close(out)
     try:
         job = await insert(store)
-        running = await wait_job(store, job["_id"], status_is(Status.RUNNING), deadline_s=60)
-        assert running["worker"]["id"] == "victim"
-        trainer_pid = await logged_value(store, job["_id"], "pgid")
-        child_pid = await logged_value(store, job["_id"], "child")
+        running = await wait_job(store, job.id, status_is(Status.RUNNING), deadline_s=60)
+        assert running.worker.id == "victim"
+        trainer_pid = await logged_value(store, job.id, "pgid")
+        child_pid = await logged_value(store, job.id, "child")
         # The survivor joins now, so the victim surely had the job first.
         await make_worker(worker_id="survivor", trainer_cmd=trainer("epochs"), lease_s=lease_s)
         killed_at = time.perf_counter()
         victim.send_signal(signal.SIGKILL)
         await victim.wait()
-        await wait_job(store, job["_id"], lambda j: j["attempt"] == 2 or j["status"] == "Pending")
+        await wait_job(store, job.id, lambda j: j.attempt == 2 or j.status == "Pending")
         requeued_at = time.perf_counter()
-        done = await wait_job(store, job["_id"], finished)
+        done = await wait_job(store, job.id, finished)
         done_at = time.perf_counter()
     finally:
         if victim.returncode is None:
@@ -126,10 +127,10 @@ async def test_sigkill_of_a_worker_requeues_its_job_for_another(
             await victim.wait()
     report("SIGKILL -> re-queued (lease 2 s)", requeued_at - killed_at)
     report("SIGKILL -> finished by the other worker", done_at - killed_at)
-    assert done["status"] == "Succeeded"
-    assert done["attempt"] == 2
-    assert done["worker"]["id"] == "survivor"
-    lines = await log_text(store, job["_id"])
+    assert done.status == "Succeeded"
+    assert done.attempt == 2
+    assert done.worker.id == "survivor"
+    lines = await log_text(store, job.id)
     assert "attempt 1 on worker victim gpu cpu" in lines
     assert "attempt 2 on worker survivor gpu cpu" in lines
     assert any("lease expired on worker victim; re-queued" in line for line in lines)
@@ -154,7 +155,7 @@ async def test_change_stream_cursor_killed_worker_resumes_and_misses_nothing(
     claims = Claims()
     worker = await make_worker(trainer_cmd=trainer("epochs"), on_claim=claims)
     before = await insert(store)  # so the worker holds a resume token when the cut comes
-    await wait_job(store, before["_id"], status_is(Status.SUCCEEDED))
+    await wait_job(store, before.id, status_is(Status.SUCCEEDED))
     await eventually(lambda: _idle(worker))
     cursor_id = worker.feed.cursor_id
     assert cursor_id
@@ -163,15 +164,15 @@ async def test_change_stream_cursor_killed_worker_resumes_and_misses_nothing(
     cut_at = time.perf_counter()
     # Inserted while the worker's stream is dead (the driver has not noticed yet).
     jobs = [await insert(store) for _ in range(3)]
-    claimed_at = await claims.wait(jobs[0]["_id"])
+    claimed_at = await claims.wait(jobs[0].id)
     for job in jobs:
-        await wait_job(store, job["_id"], status_is(Status.SUCCEEDED))
+        await wait_job(store, job.id, status_is(Status.SUCCEEDED))
     # Once idle, only the change stream can wake the worker: a claim proves it is back.
     await eventually(lambda: _idle(worker))
     probe = await insert(store)
     probe_inserted = time.perf_counter()
-    probe_claimed = await claims.wait(probe["_id"])
-    await wait_job(store, probe["_id"], status_is(Status.SUCCEEDED))
+    probe_claimed = await claims.wait(probe.id)
+    await wait_job(store, probe.id, status_is(Status.SUCCEEDED))
     report("cursor killed -> first job inserted after it claimed", claimed_at - cut_at)
     report("after the cut, insert -> claimed (idle worker)", probe_claimed - probe_inserted)
     assert worker.feed.cursor_id not in (None, cursor_id)  # a new server cursor
@@ -191,7 +192,7 @@ async def test_connections_dropped_worker_resumes_and_misses_nothing(
             on_claim=claims,
         )
         before = await insert(store)
-        await wait_job(store, before["_id"], status_is(Status.SUCCEEDED))
+        await wait_job(store, before.id, status_is(Status.SUCCEEDED))
         await eventually(lambda: _idle(worker))
         proxy.cut(refuse=True)
         cut_at = time.perf_counter()
@@ -200,14 +201,14 @@ async def test_connections_dropped_worker_resumes_and_misses_nothing(
             await proxy.refused.wait()  # the driver noticed and tried to reconnect
         proxy.heal()
         healed_at = time.perf_counter()
-        first = min([await claims.wait(j["_id"]) for j in jobs])
+        first = min([await claims.wait(j.id) for j in jobs])
         for job in jobs:
-            await wait_job(store, job["_id"], status_is(Status.SUCCEEDED))
+            await wait_job(store, job.id, status_is(Status.SUCCEEDED))
         await eventually(lambda: _idle(worker))
         probe = await insert(store)
         probe_inserted = time.perf_counter()
-        probe_claimed = await claims.wait(probe["_id"])
-        await wait_job(store, probe["_id"], status_is(Status.SUCCEEDED))
+        probe_claimed = await claims.wait(probe.id)
+        await wait_job(store, probe.id, status_is(Status.SUCCEEDED))
         worker.stop()
         await worker.stopped.wait()
     finally:
@@ -222,9 +223,9 @@ async def test_restarted_worker_resumes_from_its_token(
 ) -> None:
     first = await make_worker(worker_id="steady", trainer_cmd=trainer("epochs"))
     job = await insert(store)
-    await wait_job(store, job["_id"], finished)
-    await first.feed.flush_token()
-    assert await store.load_offset(offset_name("steady")) is not None
+    await wait_job(store, job.id, finished)
+    await first.feed.tokens.flush()
+    assert await store.offsets.load(offset_name("steady")) is not None
     first.stop()
     await first.stopped.wait()
     missed = [await insert(store) for _ in range(3)]  # while no worker runs
@@ -232,8 +233,8 @@ async def test_restarted_worker_resumes_from_its_token(
     assert second.feed.resumed_from_token
     assert second.feed.token_fallbacks == 0
     for job in missed:
-        done = await wait_job(store, job["_id"], finished)
-        assert done["status"] == "Succeeded" and done["worker"]["id"] == "steady"
+        done = await wait_job(store, job.id, finished)
+        assert done.status == "Succeeded" and done.worker.id == "steady"
     # The replayed events of the downtime arrived too (their claims simply lost to catch-up).
     await eventually(lambda: _at_least(second.feed, 3))
 
@@ -245,17 +246,17 @@ async def test_stopping_worker_leaves_new_events_to_its_successor(
     until the claimer has returned) but its token is not stored: the next start replays it."""
     worker = await make_worker(worker_id="leaving", trainer_cmd=trainer("epochs"))
     done = await insert(store)
-    await wait_job(store, done["_id"], finished)
+    await wait_job(store, done.id, finished)
     await eventually(lambda: _at_least(worker.feed, 1))
-    await worker.feed.flush_token()
-    before = await store.load_offset(offset_name("leaving"))
+    await worker.feed.tokens.flush()
+    before = await store.offsets.load(offset_name("leaving"))
     assert before is not None
-    worker.feed.stop_recording()  # what stop() does first, without ending the stream yet
+    worker.feed.tokens.stop_recording()  # what stop() does first, without ending the stream yet
     late = await insert(store)
     await eventually(lambda: _at_least(worker.feed, 2))
-    await worker.feed.flush_token()
-    assert await store.load_offset(offset_name("leaving")) == before
-    await wait_job(store, late["_id"], finished)  # delivered events are still acted on
+    await worker.feed.tokens.flush()
+    assert await store.offsets.load(offset_name("leaving")) == before
+    await wait_job(store, late.id, finished)  # delivered events are still acted on
 
 
 async def _at_least(feed: object, n: int) -> bool:
@@ -263,14 +264,14 @@ async def _at_least(feed: object, n: int) -> bool:
 
 
 async def test_unusable_token_falls_back_to_catch_up(store: Store, make_worker: MakeWorker) -> None:
-    await store.save_offset(offset_name("amnesiac"), {"_data": "00deadbeef"})
+    await store.offsets.save(offset_name("amnesiac"), {"_data": "00deadbeef"})
     waiting = await insert(store)
     worker = await make_worker(worker_id="amnesiac", trainer_cmd=trainer("epochs"))
     assert not worker.feed.resumed_from_token
     assert worker.feed.token_fallbacks == 1
-    done = await wait_job(store, waiting["_id"], finished)
-    assert done["status"] == "Succeeded"
-    fresh = await store.load_offset(offset_name("amnesiac"))
+    done = await wait_job(store, waiting.id, finished)
+    assert done.status == "Succeeded"
+    fresh = await store.offsets.load(offset_name("amnesiac"))
     assert fresh != {"_data": "00deadbeef"}
 
 
@@ -285,13 +286,13 @@ async def test_run_worker_cancellation_is_a_graceful_stop(
         run_worker(settings, trainer_cmd=trainer("sleeper"), worker_id="rw", shutdown_grace_s=0)
     )
     job = await insert(store)
-    pgid = await logged_value(store, job["_id"], "pgid")
+    pgid = await logged_value(store, job.id, "pgid")
     assert (tmp_path / "beat").exists()
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    back = await store.get_job(job["_id"])
-    assert back is not None and back["status"] == "Pending" and back["worker"] is None
+    back = await store.jobs.get(job.id)
+    assert back is not None and back.status == "Pending" and back.worker is None
     assert not pid_alive(pgid)
     assert not (tmp_path / "beat").exists()
 
@@ -303,7 +304,7 @@ async def test_jobs_queued_before_start_are_caught_up_oldest_first(
     claims = Claims()
     await make_worker(trainer_cmd=trainer("epochs"), on_claim=claims)
     for job in jobs:
-        done = await wait_job(store, job["_id"], finished)
-        assert done["status"] == "Succeeded"
+        done = await wait_job(store, job.id, finished)
+        assert done.status == "Succeeded"
     order = sorted(claims.at, key=claims.at.__getitem__)
-    assert order == [j["_id"] for j in jobs]
+    assert order == [j.id for j in jobs]

@@ -23,34 +23,36 @@ from worker_helpers import (
     wait_job,
 )
 
+from service.jobs.record import utcnow
 from service.jobs.status import Status
-from service.store import Store, artifacts_bucket, utcnow
-from service.worker import artifacts
+from service.store import Store
+from service.store.files import ARTIFACTS_BUCKET
 
 
 async def test_real_trainer_on_cpu_succeeds(store: Store, make_worker: MakeWorker) -> None:
     """Submit -> Succeeded, with logs, one metrics document per epoch and the saved network."""
     await make_worker()  # the default trainer command: python -m trainer
     job = await insert(store)
-    done = await wait_job(store, job["_id"], finished, deadline_s=240)
-    lines = await log_text(store, job["_id"])
-    assert done["status"] == "Succeeded", (done["error"], lines[-20:])
-    assert done["exitCode"] == 0
-    assert done["worker"] == {"id": "w1", "host": done["worker"]["host"], "gpu": "cpu"}
-    assert done["attempt"] == 1
+    done = await wait_job(store, job.id, finished, deadline_s=240)
+    lines = await log_text(store, job.id)
+    assert done.status == "Succeeded", (done.error, lines[-20:])
+    assert done.exitCode == 0
+    assert done.worker is not None
+    assert (done.worker.id, done.worker.gpu) == ("w1", "cpu")
+    assert done.attempt == 1
     assert lines[0] == "attempt 1 on worker w1 gpu cpu"
-    metrics = await store.get_metrics(job["_id"])
+    metrics = await store.metrics.list(job.id)
     assert [(m["epoch"], m["epochs"]) for m in metrics] == [(1, 2), (2, 2)]
     assert all("train_loss" in m for m in metrics)
     assert [line for line in lines if line.startswith("EPOCH ")][-1].startswith("EPOCH 2/2 ")
-    assert done["latestMetrics"]["epoch"] == 2
-    assert done["latestMetrics"]["train_loss"] == metrics[-1]["train_loss"]
-    names = {a["name"] for a in done["artifacts"]}
+    assert done.latestMetrics["epoch"] == 2
+    assert done.latestMetrics["train_loss"] == metrics[-1]["train_loss"]
+    names = {a.name for a in done.artifacts}
     assert "network.json" in names
-    art = next(a for a in done["artifacts"] if a["name"] == "network.json")
-    stream = await artifacts_bucket(store.db).open_download_stream(art["fileId"])
+    art = next(a for a in done.artifacts if a.name == "network.json")
+    stream = await store.files.open(art.bucket, art.fileId)
     data = await stream.read()
-    assert len(data) == art["length"] > 0
+    assert len(data) == art.length > 0
     assert data.startswith(b"{")
 
 
@@ -59,23 +61,23 @@ async def test_stand_in_trainer_metrics_logs_and_artifacts(
 ) -> None:
     await make_worker(trainer_cmd=trainer("epochs"))
     job = await insert(store, {**TINY_HP, "epochs": 3})
-    done = await wait_job(store, job["_id"], finished)
-    assert done["status"] == "Succeeded"
-    lines = await log_lines(store, job["_id"])
+    done = await wait_job(store, job.id, finished)
+    assert done.status == "Succeeded"
+    lines = await log_lines(store, job.id)
     text = [line for _, _, line in lines]
     assert text[0] == "attempt 1 on worker w1 gpu cpu"
     assert "device=cpu cuda_visible=''" in text  # a CPU slot hides every GPU
     assert ("stderr", "warming up") in {(s, line) for _, s, line in lines}
-    metrics = await store.get_metrics(job["_id"])
+    metrics = await store.metrics.list(job.id)
     assert [m["epoch"] for m in metrics] == [1, 2, 3]
     assert metrics[0]["train_loss"] == 1.0 and metrics[2]["train_acc"] == 0.35
     assert "bogus" not in metrics[0]
-    assert done["latestMetrics"] == {
+    assert done.latestMetrics == {
         "epoch": 3, "epochs": 3, "train_loss": 0.3333, "train_acc": 0.35, "epoch_s": 0.01,
     }  # fmt: skip
-    [art] = done["artifacts"]
-    assert art["name"] == "network.json" and art["bucket"] == artifacts.BUCKET
-    stream = await artifacts_bucket(store.db).open_download_stream(art["fileId"])
+    [art] = done.artifacts
+    assert art.name == "network.json" and art.bucket == ARTIFACTS_BUCKET
+    stream = await store.files.open(art.bucket, art.fileId)
     assert b'"epochs": 3' in await stream.read()
 
 
@@ -84,36 +86,36 @@ async def test_trainer_exiting_1_fails_with_stderr_tail(
 ) -> None:
     await make_worker(trainer_cmd=trainer("fail"))
     job = await insert(store)
-    done = await wait_job(store, job["_id"], finished)
-    assert done["status"] == "Failed"
-    assert done["exitCode"] == 1
-    error = done["error"].splitlines()
+    done = await wait_job(store, job.id, finished)
+    assert done.status == "Failed"
+    assert done.exitCode == 1
+    error = done.error.splitlines()
     assert error[-1] == "ValueError: boom: the data set is empty"
     assert error[0] == "noise 13"  # the last 20 stderr lines
     assert len(error) == 20
     assert "artifacts" not in done
-    assert "loading data" in await log_text(store, job["_id"])
+    assert "loading data" in await log_text(store, job.id)
 
 
 async def test_missing_trainer_fails_the_job(store: Store, make_worker: MakeWorker) -> None:
     await make_worker(trainer_cmd=["/nonexistent/trainer"])
     job = await insert(store)
-    done = await wait_job(store, job["_id"], finished)
-    assert done["status"] == "Failed"
-    assert "/nonexistent/trainer" in done["error"]
+    done = await wait_job(store, job.id, finished)
+    assert done.status == "Failed"
+    assert "/nonexistent/trainer" in done.error
 
 
 async def test_100k_lines_all_stored_in_order(store: Store, make_worker: MakeWorker) -> None:
     await make_worker(trainer_cmd=trainer("flood"))
     job = await insert(store)
-    done = await wait_job(store, job["_id"], finished, deadline_s=120)
-    assert done["status"] == "Succeeded"
-    lines = await log_lines(store, job["_id"])  # also checks seq tiles the log
+    done = await wait_job(store, job.id, finished, deadline_s=120)
+    assert done.status == "Succeeded"
+    lines = await log_lines(store, job.id)  # also checks seq tiles the log
     stdout = [line for _, s, line in lines if s == "stdout"]
     stderr = [line for _, s, line in lines if s == "stderr"]
     assert stdout == [f"line {i}" for i in range(100_000)]
     assert stderr == [f"err {i}" for i in range(0, 100_000, 1000)]
-    sizes = [len(b["lines"]) async for b in store.job_logs.find({"jobId": job["_id"]})]
+    sizes = [len(b["lines"]) async for b in store.logs.collection.find({"jobId": job.id})]
     assert max(sizes) <= 500
     assert len(sizes) < 100_000 / 50  # batched, not a document per line
 
@@ -126,21 +128,21 @@ async def test_cancel_running_job(
     ignored), and the log says so."""
     await make_worker(trainer_cmd=trainer("sleeper", *flags))
     job = await insert(store)
-    pgid = await logged_value(store, job["_id"], "pgid")
-    child = await logged_value(store, job["_id"], "child")
+    pgid = await logged_value(store, job.id, "pgid")
+    child = await logged_value(store, job.id, "child")
     assert child != pgid
     asked_at = time.perf_counter()
-    outcome = await store.request_cancel(job["_id"])
+    outcome = await store.jobs.request_cancel(job.id)
     assert outcome.outcome.value == "requested"
-    done = await wait_job(store, job["_id"], finished, deadline_s=10)
+    done = await wait_job(store, job.id, finished, deadline_s=10)
     print(
         f"\n[cancel] {flags[0]}: request -> Cancelled in "
         f"{(time.perf_counter() - asked_at) * 1000:.0f} ms (SIGKILL grace 1 s)"
     )
-    assert done["status"] == "Cancelled"
-    assert done["cancelRequested"] is True
+    assert done.status == "Cancelled"
+    assert done.cancelRequested is True
     assert group_alive(pgid) == []
-    lines = await log_text(store, job["_id"])
+    lines = await log_text(store, job.id)
     assert any(line.startswith("cancelled on request") for line in lines)
 
 
@@ -150,13 +152,13 @@ async def test_cancel_seen_at_renewal_when_no_event_arrives(
     """The lease renewal read is the fallback path for a cancel (e.g. stream down)."""
     worker = await make_worker(trainer_cmd=trainer("sleeper"), lease_s=1.5)
     job = await insert(store)
-    await logged_value(store, job["_id"], "pgid")
-    run = worker.runs[job["_id"]]
+    await logged_value(store, job.id, "pgid")
+    run = worker.runs[job.id]
     # Bypass the change stream: flag the job, and make the worker's feed not see it.
     worker.feed._on_change = _ignore  # type: ignore[method-assign]
-    await store.jobs.update_one({"_id": job["_id"]}, {"$set": {"cancelRequested": True}})
-    done = await wait_job(store, job["_id"], finished, deadline_s=10)
-    assert done["status"] == "Cancelled"
+    await store.jobs.collection.update_one({"_id": job.id}, {"$set": {"cancelRequested": True}})
+    done = await wait_job(store, job.id, finished, deadline_s=10)
+    assert done.status == "Cancelled"
     await eventually(lambda: _done(run))  # the DB may show it before the run has returned
     assert run.outcome == "Cancelled"
 
@@ -169,20 +171,20 @@ async def test_lost_lease_kills_the_run_and_writes_nothing_more(
     store: Store, make_worker: MakeWorker
 ) -> None:
     worker = await make_worker(trainer_cmd=trainer("sleeper"), lease_s=1.5, sweep_leases=False)
-    job = await insert(store, max_attempts=1)
-    pgid = await logged_value(store, job["_id"], "pgid")
-    run = worker.runs[job["_id"]]
+    job = await insert(store, maxAttempts=1)
+    pgid = await logged_value(store, job.id, "pgid")
+    run = worker.runs[job.id]
     # Someone else's sweep decides the lease is gone (clock ahead): the job is failed.
-    [expired] = await store.expire_leases(now=utcnow() + timedelta(hours=1))
+    [expired] = await store.jobs.expire_leases(now=utcnow() + timedelta(hours=1))
     assert expired.action == "failed"
-    failed = await store.get_job(job["_id"])
+    failed = await store.jobs.get(job.id)
     assert failed is not None
     await eventually(lambda: _done(run))
     assert run.outcome == "lost"
     assert group_alive(pgid) == []
-    after = await store.get_job(job["_id"])
+    after = await store.jobs.get(job.id)
     assert after == failed  # untouched by the worker that lost it
-    logs_before = await log_text(store, job["_id"])
+    logs_before = await log_text(store, job.id)
     assert not any("cancel" in line for line in logs_before)
 
 
@@ -193,14 +195,14 @@ async def _done(run: object) -> bool:
 async def test_shutdown_hands_running_jobs_back(store: Store, make_worker: MakeWorker) -> None:
     worker = await make_worker(trainer_cmd=trainer("sleeper"), slots=["0", "1"])
     jobs = [await insert(store) for _ in range(2)]
-    pgids = [await logged_value(store, j["_id"], "pgid") for j in jobs]
+    pgids = [await logged_value(store, j.id, "pgid") for j in jobs]
     worker.stop()
     for job in jobs:
-        back = await wait_job(store, job["_id"], status_is(Status.PENDING))
-        assert back["worker"] is None and back["leaseExpiresAt"] is None
-        assert back["attempt"] == 0  # a hand-back is not held against the job
-        assert "shut down" in back["error"]
-        last = (await log_text(store, job["_id"]))[-1]
+        back = await wait_job(store, job.id, status_is(Status.PENDING))
+        assert back.worker is None and back.leaseExpiresAt is None
+        assert back.attempt == 0  # a hand-back is not held against the job
+        assert "shut down" in back.error
+        last = (await log_text(store, job.id))[-1]
         assert last.endswith("shut down during the run; re-queued")
     for pgid in pgids:
         assert group_alive(pgid) == []
@@ -216,16 +218,16 @@ async def test_shutdown_grace_lets_a_short_run_finish(
     )
     job = await insert(store)
     await gate.wait()
-    pgid = await logged_value(store, job["_id"], "pgid")
+    pgid = await logged_value(store, job.id, "pgid")
     worker.stop()
     # The "trainer" ends on its own during the grace period (here: we end it).
     import os
     import signal
 
     os.killpg(pgid, signal.SIGKILL)
-    done = await wait_job(store, job["_id"], finished)
-    assert done["status"] == "Failed"  # exit by signal: a failure, but not a hand-back
-    assert "SIGKILL" in done["error"]
+    done = await wait_job(store, job.id, finished)
+    assert done.status == "Failed"  # exit by signal: a failure, but not a hand-back
+    assert "SIGKILL" in done.error
 
 
 async def test_unmappable_hyperparameters_fail_the_job(
@@ -233,7 +235,7 @@ async def test_unmappable_hyperparameters_fail_the_job(
 ) -> None:
     await make_worker(trainer_cmd=trainer("epochs"))
     job = await insert(store, {**TINY_HP, "notAFlag": 1})
-    done = await wait_job(store, job["_id"], finished)
-    assert done["status"] == "Failed"
-    assert "notAFlag" in done["error"]
-    assert done["attempt"] == 1
+    done = await wait_job(store, job.id, finished)
+    assert done.status == "Failed"
+    assert "notAFlag" in done.error
+    assert done.attempt == 1

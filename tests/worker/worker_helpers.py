@@ -12,18 +12,20 @@ from typing import Any
 
 import psutil
 from bson import ObjectId
+from job_helpers import insert_job
 
-from service.hyperparameters import Hyperparameters
+from service.jobs.record import Job, JobRecord
 from service.jobs.status import Status
-from service.store import Job, Store
+from service.store import Store
 from service.worker import Worker
+from trainer.options import TrainingOptions
 
 MakeWorker = Callable[..., Awaitable[Worker]]
 
 TRAINERS = Path(__file__).resolve().parent / "trainers"
 
 # A valid, tiny request: what the API would have stored for it.
-TINY_HP: dict[str, Any] = Hyperparameters(
+TINY_HP: dict[str, Any] = TrainingOptions(
     gateOptimizer="softmax", gates=40, networkLayers=2, residualLayers=0, epochs=2,
     dataset="digits", grouping=10, batchSize=64,
 ).model_dump()  # fmt: skip
@@ -34,46 +36,45 @@ def trainer(name: str, *flags: str) -> list[str]:
     return [sys.executable, str(TRAINERS / f"{name}.py"), *flags]
 
 
-async def insert(store: Store, hp: dict[str, Any] | None = None, **kw: Any) -> Job:
-    job, _ = await store.insert_job(dict(hp or TINY_HP), **kw)
+async def insert(store: Store, hp: dict[str, Any] | None = None, **kw: Any) -> JobRecord:
+    job, _ = await insert_job(store, dict(hp or TINY_HP), **kw)
     return job
 
 
 async def wait_job(
     store: Store,
     job_id: ObjectId,
-    predicate: Callable[[Job], bool],
+    predicate: Callable[[JobRecord], bool],
     *,
     deadline_s: float = 30.0,
     what: str = "condition",
-) -> Job:
+) -> JobRecord:
     """The job once `predicate` holds: read it, then follow its change events (no polling).
 
     The stream is opened before the first read, so a change between the two is not missed.
     """
     async with asyncio.timeout(deadline_s):
-        async with await store.jobs.watch(
+        async with await store.jobs.collection.watch(
             [{"$match": {"documentKey._id": job_id}}],
             full_document="updateLookup",
             max_await_time_ms=200,
         ) as stream:
-            job = await store.jobs.find_one({"_id": job_id})
+            job = await store.jobs.get(job_id)
             if job is not None and predicate(job):
                 return job
             async for change in stream:
-                job = change.get("fullDocument")
-                if job is not None and predicate(job):
+                doc = change.get("fullDocument")
+                if doc is not None and predicate(job := Job.from_doc(doc)):
                     return job
     raise AssertionError(f"job {job_id}: {what} never held")  # pragma: no cover
 
 
-def status_is(*statuses: Status) -> Callable[[Job], bool]:
-    wanted = {s.value for s in statuses}
-    return lambda job: job["status"] in wanted
+def status_is(*statuses: Status) -> Callable[[JobRecord], bool]:
+    return lambda job: job.status in statuses
 
 
-def finished(job: Job) -> bool:
-    return Status(job["status"]).finished
+def finished(job: JobRecord) -> bool:
+    return job.finished
 
 
 async def eventually(
@@ -93,7 +94,7 @@ async def log_lines(store: Store, job_id: ObjectId) -> list[tuple[int, str, str]
     """(seq, stream, line) for every stored line, checking the batches tile the log."""
     out: list[tuple[int, str, str]] = []
     expected = 0
-    async for batch in store.job_logs.find({"jobId": job_id}).sort("seq", 1):
+    async for batch in store.logs.collection.find({"jobId": job_id}).sort("seq", 1):
         assert batch["seq"] == expected, f"gap or overlap at seq {expected}: {batch['seq']}"
         assert batch["lines"], "empty batch"
         for i, line in enumerate(batch["lines"]):
