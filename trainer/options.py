@@ -85,7 +85,7 @@ class Option:
     def pydantic_field(self, *, request: bool) -> tuple[Any, Any]:
         default = _REQUIRED if request and self.request_required else self.default
         bounds = {"ge": self.ge, "gt": self.gt, "le": self.le, "max_length": self.max_length}
-        return self.annotation(), Field(
+        return self.annotation(), Field(  # type: ignore[call-overload]
             default,
             description=self.help,
             title=self.label,
@@ -267,7 +267,9 @@ def options_model(
     """A pydantic model of `options` with the rules; `request` makes the options a job
     request must give required."""
     fields = {o.name: o.pydantic_field(request=request) for o in options}
-    model: type[CheckedOptions] = create_model(name, __base__=base, __doc__=doc, **fields)
+    model: type[CheckedOptions] = create_model(  # type: ignore[call-overload]
+        name, __base__=base, __doc__=doc, **fields
+    )
     return model
 
 

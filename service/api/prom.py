@@ -7,6 +7,8 @@ MongoDB (an async read, done in the /metrics handler before rendering).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from service.jobs.status import Status
@@ -57,13 +59,13 @@ class ApiMetrics:
         pair[0].inc()
         pair[1].observe(seconds)
 
-    def set_jobs(self, counts: dict[str, int] | None) -> None:
+    def set_jobs(self, counts: Mapping[Status, int] | None) -> None:
         if counts is None:
             self.store_up.set(0)
             return
         self.store_up.set(1)
         for status in Status:
-            self.jobs.labels(status.value).set(counts.get(status.value, 0))
+            self.jobs.labels(status.value).set(counts.get(status, 0))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -43,7 +43,7 @@ EXIT_JOB_FAILED = 1
 EXIT_REFUSED = 2
 EXIT_UNREACHABLE = 3
 
-STATUS_STYLE = {
+STATUS_STYLE: dict[str, str] = {
     Status.PENDING: "yellow",
     Status.RUNNING: "cyan",
     Status.SUCCEEDED: "green",

@@ -1,7 +1,7 @@
 """The asyncio client of the gatequeue API (service.client.api):
 
-    async with GateQueueClient("http://127.0.0.1:8080") as gq:
-        job = await gq.submit(gateOptimizer="sparsemax_noise", gates=3332, epochs=5)
+async with GateQueueClient("http://127.0.0.1:8080") as gq:
+    job = await gq.submit(gateOptimizer="sparsemax_noise", gates=3332, epochs=5)
 """
 
 from service.client.api import (

@@ -150,7 +150,7 @@ class JobRecord(Record):
         return self.status.finished
 
 
-Job: type[JobRecord] = create_model(  # type: ignore[assignment]
+Job: type[JobRecord] = create_model(  # type: ignore[call-overload]
     "Job",
     __base__=JobRecord,
     __doc__="A job as stored and as the API shows it.",

@@ -9,6 +9,7 @@ queue. Nothing here needs transactions.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import json
 from collections.abc import Iterable
@@ -153,7 +154,7 @@ class JobStore:
         status: Status | str | None = None,
         limit: int = 50,
         after: str | ObjectId | None = None,
-    ) -> list[JobRecord]:
+    ) -> builtins.list[JobRecord]:
         """Newest first; `after` is the id of the last job of the previous page.
 
         Paging by `_id` rather than by skip keeps pages stable while jobs are inserted.
@@ -178,7 +179,7 @@ class JobStore:
             counts[Status(row["_id"])] = row["n"]
         return counts
 
-    async def pending(self, limit: int = 100) -> list[JobRecord]:
+    async def pending(self, limit: int = 100) -> builtins.list[JobRecord]:
         """Oldest first: the order in which a worker catches up after a restart."""
         cursor = (
             self.collection.find({"status": Status.PENDING.value})
@@ -192,7 +193,11 @@ class JobStore:
         return _job(await self.collection.find_one({"_id": job_id, "status": Status.PENDING.value}))
 
     async def watch(
-        self, pipeline: list[dict[str, Any]], *, resume_after: Any, max_await_ms: int | None
+        self,
+        pipeline: builtins.list[dict[str, Any]],
+        *,
+        resume_after: Any,
+        max_await_ms: int | None,
     ) -> AsyncChangeStream[Any]:
         """A change stream of job documents as they are after each change."""
         return await self.collection.watch(
@@ -331,14 +336,14 @@ class JobStore:
                 return CancelResult(CancelOutcome.REQUESTED, flagged)
         raise RuntimeError(f"cancel of job {job_id} kept losing races")  # pragma: no cover
 
-    async def expire_leases(self, now: datetime | None = None) -> list[ExpiredLease]:
+    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ExpiredLease]:
         """Re-queue Running jobs whose worker stopped renewing (or fail them at maxAttempts).
 
         Any worker may call this; the compare-and-set makes sure each expired lease is
         acted on once even when several workers sweep at the same moment.
         """
         now = now or utcnow()
-        out: list[ExpiredLease] = []
+        out: builtins.list[ExpiredLease] = []
         cursor = self.collection.find(
             {"status": Status.RUNNING.value, "leaseExpiresAt": {"$lt": now}}
         )

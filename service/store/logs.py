@@ -53,9 +53,7 @@ class LogStore:
         self.collection = collection
 
     async def ensure_indexes(self) -> None:
-        await self.collection.create_index(
-            [("jobId", ASCENDING), ("seq", ASCENDING)], unique=True
-        )
+        await self.collection.create_index([("jobId", ASCENDING), ("seq", ASCENDING)], unique=True)
 
     async def next_seq(self, job_id: ObjectId) -> int:
         last = await self.collection.find_one(

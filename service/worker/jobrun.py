@@ -366,4 +366,3 @@ def _remove_workdir(workdir: Path) -> None:
 def _make_dirs(*dirs: Path) -> None:
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-
