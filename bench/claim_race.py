@@ -4,7 +4,7 @@ N claimers, each with its own MongoDB client (as separate worker processes have)
 the same Pending jobs: list a page of Pending jobs, shuffle it, try to claim each. Baseline:
 the claim a queue without versioning makes, `update_one({_id}, {$set: Running})` after
 reading the job as Pending, which lets two workers both believe they own a job. Ours:
-`Store.claim`, the compare-and-set of DESIGN.md. Both run on the same MongoDB (the embedded
+`Store.claim`, the compare-and-set of docs/design.md. Both run on the same MongoDB (the embedded
 server unless MONGODB_URI is set), one after the other, with the same jobs and claimers.
 
 Prints jobs claimed per second, jobs run more than once, lost races (claims that correctly came back

@@ -1,4 +1,4 @@
-"""Shared fixtures: one MongoDB for the session (found as DESIGN.md orders it), a fresh
+"""Shared fixtures: one MongoDB for the session (found as docs/design.md orders it), a fresh
 database per test so tests never see each other's jobs."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Configuration: every variable of DESIGN.md read in one place, bad values named."""
+"""Configuration: every variable of docs/design.md read in one place, bad values named."""
 
 from __future__ import annotations
 

@@ -7,7 +7,15 @@ That identity is what makes our layer fast: four numbers per gate instead of six
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+from trainer.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch as torch_types
+
+# Imported on first use: the API reads gate names and ids without torch (trainer.lazy).
+torch = LazyModule("torch")
 
 # Gate ids follow difflogic: the truth table over (a, b) = 00, 01, 10, 11 read as a 4-bit
 # number, most significant bit first, is the id. So gate i outputs bit (3 - (2a + b)) of i.
@@ -54,10 +62,11 @@ _COEFFS: tuple[tuple[int, int, int, int], ...] = (
 
 
 def coefficient_matrix(
-    dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """The fixed (16, 4) map from gate probabilities to affine coefficients."""
-    return torch.tensor(_COEFFS, dtype=dtype, device=device)
+    dtype: torch_types.dtype | None = None, device: torch_types.device | str | None = None
+) -> torch_types.Tensor:
+    """The fixed (16, 4) map from gate probabilities to affine coefficients (float32 by
+    default)."""
+    return torch.tensor(_COEFFS, dtype=dtype or torch.float32, device=device)
 
 
 def truth_table_bit(gate: int, a: int, b: int) -> int:

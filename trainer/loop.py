@@ -1,6 +1,6 @@
 """One training run: data, model, epochs with their EPOCH lines, the saved network.
 
-stdout carries the contract of DESIGN.md (Trainer output): exactly one line per epoch
+stdout carries the contract of docs/design.md ("Trainer output"): exactly one line per epoch
 starting `EPOCH i/N` followed by key=value pairs, then a `SUMMARY` line; everything else
 is a structlog record. Each line is flushed as it is written, so the job log is live.
 """

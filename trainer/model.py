@@ -93,7 +93,8 @@ def build_model(
     noise_temp: float = 0.2,
     backend: str = "auto",
 ) -> LogicNet:
-    """A logic gate network; `.train()` relaxed, `.eval()` discrete (DESIGN.md contract).
+    """A logic gate network; `.train()` relaxed, `.eval()` discrete (docs/design.md,
+    "Trainer output").
 
     Connections and initial logits come from torch's global generator: seed it first for a
     reproducible network. Raises ValueError naming the bad argument.

@@ -2,10 +2,10 @@
 
 `create_app` wires everything from a `Settings` and an open `Store`; it owns neither, so
 tests hand in a store on a throw-away database. Route modules are listed in
-`ROUTE_MODULES`; each has `setup(app)`, which adds its routes and may add start-up and
-clean-up work (`app.on_startup`, `app.cleanup_ctx`: e.g. one change stream per process
-fanned out to WebSocket clients). Shared objects live under the typed keys of
-`service.api.keys`.
+`ROUTE_MODULES`; each declares its `ROUTES` (service.api.routing: the router and the OpenAPI
+document are built from them) and may have `setup(app)` for start-up and clean-up work
+(`app.on_startup`, `app.cleanup_ctx`: e.g. one change stream per process fanned out to
+WebSocket clients). Shared objects live under the typed keys of `service.api.keys`.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from service.api.limits import READY_TIMEOUT_S as DEFAULT_READY_TIMEOUT_S
 from service.api.middleware import add_request_id_header, request_middleware
 from service.api.openapi import openapi_document
 from service.api.prom import ApiMetrics
+from service.api.routing import add_routes, all_routes
 from service.config import Settings
 from service.mongo.connect import connect
 from service.store import Store
@@ -56,11 +57,21 @@ def create_app(
     app[STORE] = store
     app[METRICS] = ApiMetrics()
     app[READY_TIMEOUT_S] = ready_timeout_s
-    app[OPENAPI_BODY] = json.dumps(openapi_document(), separators=(",", ":")).encode()
-    for module in route_modules if route_modules is not None else ROUTE_MODULES:
-        setup: Callable[[web.Application], None] = module.setup
-        setup(app)
+    modules = route_modules if route_modules is not None else ROUTE_MODULES
+    routes = all_routes(modules)
+    app[OPENAPI_BODY] = json.dumps(openapi_document(routes), separators=(",", ":")).encode()
+    add_routes(app, routes)
+    app.on_cleanup.append(_close_store)
+    for module in modules:
+        setup: Callable[[web.Application], None] | None = getattr(module, "setup", None)
+        if setup is not None:
+            setup(app)
     return app
+
+
+async def _close_store(app: web.Application) -> None:
+    """Submissions in flight reach the database before the app is gone."""
+    await app[STORE].close()
 
 
 async def serve(

@@ -2,7 +2,7 @@
 
 Every WebSocket client of the process shares two change streams: `job_logs` inserts and
 `jobs` changes. Opening one stream per client would multiply MongoDB cursors (and
-getMores) by the number of browsers watching, which is exactly what DESIGN.md rules out.
+getMores) by the number of browsers watching, which is exactly what docs/design.md rules out.
 
 Each subscriber gets its own bounded queue. Dispatch never waits for a subscriber: a
 queue that overflows drops its subscriber (which the WebSocket layer turns into a close

@@ -8,3 +8,4 @@ MAX_LOG_LIMIT = 10_000  # GET /jobs/{id}/logs?limit= (lines)
 DEFAULT_LOG_LIMIT = 1_000
 IDEMPOTENCY_KEY_MAX = 200  # characters
 READY_TIMEOUT_S = 2.0  # /readyz: how long a MongoDB ping may take
+MAX_SEQ = 999_999_999  # `from` of the log routes

@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service.api.keys import METRICS, REQUEST_ID
+from service.api.routing import note_status
 
 REQUEST_ID_HEADER = "X-Request-ID"
 # nginx's convention for "the client closed the connection before the answer": logged and
@@ -68,6 +69,7 @@ async def request_middleware(request: web.Request, handler: Handler) -> web.Stre
             raise
         finally:
             elapsed = time.perf_counter() - start
+            note_status(request, status)
             route = route_of(request)
             request.app[METRICS].observe(request.method, route, status, elapsed)
             access_log.info(

@@ -11,6 +11,8 @@ from pymongo.errors import PyMongoError
 
 from service.api.errors import error_response, json_response
 from service.api.keys import METRICS, OPENAPI_BODY, READY_TIMEOUT_S, STORE
+from service.api.routing import Reply, Route
+from service.api.schemas import Health
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +55,17 @@ async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[OPENAPI_BODY], content_type="application/json")
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_get("/healthz", healthz, allow_head=False)
-    app.router.add_get("/readyz", readyz, allow_head=False)
-    app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_get("/openapi.json", openapi, allow_head=False)
+HEALTH = Health
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/healthz", healthz, "healthz", "Liveness: the process answers",
+          protected=False, replies=(Reply(200, "Alive.", HEALTH),)),
+    Route("GET", "/readyz", readyz, "readyz", "Readiness: MongoDB answers a ping within 2 s",
+          protected=False,
+          replies=(Reply(200, "Ready.", HEALTH),
+                   Reply(503, "MongoDB did not answer (code `not_ready`).", "Error"))),
+    Route("GET", "/metrics", metrics, "metrics", "Prometheus metrics", protected=False,
+          replies=(Reply(200, "Prometheus text exposition format.", None, "text/plain"),)),
+    Route("GET", "/openapi.json", openapi, "openapi", "This document", protected=False,
+          replies=(Reply(200, "OpenAPI 3.1 document."),)),
+)  # fmt: skip

@@ -1,21 +1,21 @@
-"""The `/jobs` routes: submit, list, inspect, cancel, stored logs and metrics.
+"""The `/jobs` routes: submit, list, inspect, cancel, stored logs, metrics and files.
 
-Every handler checks the token first (before reading a body), answers with
-`service.serialize`'s JSON, and raises `ApiError` for anything a client did wrong; the
-error middleware turns that into the one error shape.
+The token is checked by the routing layer before a handler runs; each answers with the job
+record's JSON (service.jobs.record), and raises `ApiError` for anything a client did
+wrong; the error middleware turns that into the one error shape. `ROUTES` declares them
+for the router and the OpenAPI document.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from bson import ObjectId
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 
-from service.api.auth import check_token
-from service.api.errors import ApiError, json_response, validation_error
+from service.api.errors import MAX_BODY_BYTES, ApiError, json_response, validation_error
 from service.api.keys import STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
@@ -23,9 +23,12 @@ from service.api.limits import (
     IDEMPOTENCY_KEY_MAX,
     MAX_LIST_LIMIT,
     MAX_LOG_LIMIT,
+    MAX_SEQ,
 )
-from service.jobs.record import JobRecord, new_job
-from service.jobs.request import JobRequest, field_errors
+from service.api.routing import Param, Query, Reply, Route, not_found
+from service.api.schemas import JobList, Logs, Metrics
+from service.jobs.record import Job, JobRecord, new_job
+from service.jobs.request import SEED_BODY, JobRequest, describe_options, field_errors
 from service.jobs.status import Status
 from service.store.jobs import CancelOutcome, IdempotencyKeyReused, parse_job_id, request_hash
 from service.store.logs import batch_json
@@ -33,14 +36,34 @@ from service.store.metrics import metrics_json
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
-_UINT_RE = re.compile(r"[0-9]{1,9}")
-_STATUSES = frozenset(s.value for s in Status)
+_ID_PATTERN = "^[0-9a-fA-F]{24}$"
+StatusName = Literal[tuple(s.value for s in Status)]  # type: ignore[valid-type]
+
+
+class ListQuery(Query):
+    status: StatusName | None = Field(None, description="Only jobs with this status.")  # type: ignore[valid-type]
+    limit: int = Field(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
+    after: str | None = Field(
+        None, pattern=_ID_PATTERN, description="The `next` of the previous page."
+    )
+
+
+class FromQuery(Query):
+    from_: int = Field(
+        0, alias="from", ge=0, le=MAX_SEQ, description="seq of the first line wanted (0-based)."
+    )
+
+
+class LogsQuery(FromQuery):
+    limit: int = Field(
+        DEFAULT_LOG_LIMIT, ge=1, le=MAX_LOG_LIMIT, description="Most lines to return."
+    )
 
 
 # -- request parsing -------------------------------------------------------------------
 
 
-def _require_json(request: web.Request) -> None:
+def require_json(request: web.Request) -> None:
     """JSON only, and the header is required: a POST without Content-Type (or with a form
     type) is a CORS "simple request" any web page can send to a gatequeue on localhost,
     while `application/json` makes browsers ask first (and we never say yes)."""
@@ -61,7 +84,7 @@ def _require_json(request: web.Request) -> None:
         )
 
 
-def _body_error(exc: ValidationError) -> ApiError:
+def body_error(exc: ValidationError) -> ApiError:
     errors = exc.errors(include_url=False)
     for err in errors:
         if err["type"] == "json_invalid":
@@ -71,41 +94,26 @@ def _body_error(exc: ValidationError) -> ApiError:
     return validation_error(field_errors(exc))
 
 
-def _query_uint(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    if not _UINT_RE.fullmatch(raw) or not lo <= int(raw) <= hi:
-        raise validation_error(
-            [
-                {
-                    "field": name,
-                    "message": f"must be an integer from {lo} to {hi}",
-                    "type": "query_int",
-                }
-            ]
-        )
-    return int(raw)
-
-
-def _job_id(request: web.Request) -> ObjectId:
+def job_id_of(request: web.Request) -> ObjectId:
     """Malformed ids are unknown ids: 404, the same as a well-formed id nobody has."""
     raw = request.match_info["id"]
     oid = parse_job_id(raw) if len(raw) == 24 else None
     if oid is None:
-        raise _not_found(raw)
+        raise not_found("job", raw)
     return oid
 
 
-def _not_found(raw: object) -> ApiError:
-    return ApiError(404, "job_not_found", f"no job with id {str(raw)[:64]!r}")
+async def existing_job_id(request: web.Request) -> ObjectId:
+    oid = job_id_of(request)
+    if not await request.app[STORE].jobs.exists(oid):
+        raise not_found("job", oid)
+    return oid
 
 
 # -- handlers ----------------------------------------------------------------------------
 
 
 async def submit_job(request: web.Request) -> web.Response:
-    check_token(request)
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not _KEY_RE.fullmatch(key):
         raise ApiError(
@@ -114,12 +122,12 @@ async def submit_job(request: web.Request) -> web.Response:
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters "
             "without spaces",
         )
-    _require_json(request)
+    require_json(request)
     body = await request.read()  # aiohttp raises 413 past client_max_size
     try:
         job_request = JobRequest.model_validate_json(body)
     except ValidationError as exc:
-        raise _body_error(exc) from None
+        raise body_error(exc) from None
     job = new_job(job_request.hyperparameters(), job_request.run_options())
     body_hash = None if key is None else request_hash(job_request.model_dump())
     try:
@@ -139,116 +147,62 @@ def _created(job: JobRecord, status: int) -> web.Response:
     return json_response(job.to_json(), status=status, headers={"Location": f"/jobs/{job.id}"})
 
 
-async def list_jobs(request: web.Request) -> web.Response:
-    check_token(request)
-    problems: list[dict[str, str]] = []
-    status = request.query.get("status")
-    if status is not None and status not in _STATUSES:
-        problems.append(
-            {
-                "field": "status",
-                "message": f"must be one of {', '.join(sorted(_STATUSES))}",
-                "type": "enum",
-            }
-        )
-    after_raw = request.query.get("after")
-    after = None
-    if after_raw is not None:
-        after = parse_job_id(after_raw) if len(after_raw) == 24 else None
-        if after is None:
-            problems.append(
-                {"field": "after", "message": "must be a job id (24 hex digits)", "type": "id"}
-            )
-    try:
-        limit = _query_uint(request, "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT)
-    except ApiError as exc:
-        problems += exc.fields or []
-        limit = DEFAULT_LIST_LIMIT
-    if problems:
-        raise validation_error(problems)
+async def list_jobs(request: web.Request, query: ListQuery) -> web.Response:
     # One extra row says whether there is a next page, so the last page has `next: null`.
     jobs = await request.app[STORE].jobs.list(
-        status=None if status is None else Status(status), limit=limit + 1, after=after
+        status=query.status, limit=query.limit + 1, after=query.after
     )
-    page = jobs[:limit]
-    more = len(jobs) > limit
+    page = jobs[: query.limit]
+    more = len(jobs) > query.limit
     return json_response(
-        {
-            "jobs": [j.to_json() for j in page],
-            "next": str(page[-1].id) if more and page else None,
-        }
+        {"jobs": [j.to_json() for j in page], "next": str(page[-1].id) if more and page else None}
     )
 
 
 async def get_job(request: web.Request) -> web.Response:
-    check_token(request)
-    oid = _job_id(request)
+    oid = job_id_of(request)
     job = await request.app[STORE].jobs.get(oid)
     if job is None:
-        raise _not_found(oid)
+        raise not_found("job", oid)
     return json_response(job.to_json())
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    check_token(request)
-    oid = _job_id(request)
+    oid = job_id_of(request)
     result = await request.app[STORE].jobs.request_cancel(oid)
-    outcome = result.outcome
-    if outcome is CancelOutcome.NOT_FOUND or result.job is None:
-        raise _not_found(oid)
-    if outcome is CancelOutcome.FINISHED:
+    if result.outcome is CancelOutcome.NOT_FOUND or result.job is None:
+        raise not_found("job", oid)
+    if result.outcome is CancelOutcome.FINISHED:
         raise ApiError(
             409, "job_finished", f"job {oid} has already finished ({result.job.status.value})"
         )
-    status = 200 if outcome is CancelOutcome.CANCELLED else 202
+    status = 200 if result.outcome is CancelOutcome.CANCELLED else 202
     return json_response(result.job.to_json(), status=status)
 
 
-async def job_logs(request: web.Request) -> web.Response:
-    check_token(request)
-    oid = _job_id(request)
-    problems: list[dict[str, str]] = []
-    values: dict[str, int] = {}
-    for name, default, lo, hi in (
-        ("from", 0, 0, 999_999_999),
-        ("limit", DEFAULT_LOG_LIMIT, 1, MAX_LOG_LIMIT),
-    ):
-        try:
-            values[name] = _query_uint(request, name, default, lo, hi)
-        except ApiError as exc:
-            problems += exc.fields or []
-    store = request.app[STORE]
-    if not await store.jobs.exists(oid):
-        raise _not_found(oid)
-    if problems:
-        raise validation_error(problems)
-    start = values["from"]
-    batches = await store.logs.read(oid, start, values["limit"])
+async def job_logs(request: web.Request, query: LogsQuery) -> web.Response:
+    oid = await existing_job_id(request)
+    batches = await request.app[STORE].logs.read(oid, query.from_, query.limit)
     out: list[dict[str, Any]] = [batch_json(b) for b in batches]
-    nxt = out[-1]["seq"] + len(out[-1]["lines"]) if out else start
-    return json_response({"jobId": str(oid), "from": start, "next": nxt, "batches": out})
+    nxt = out[-1]["seq"] + len(out[-1]["lines"]) if out else query.from_
+    return json_response({"jobId": str(oid), "from": query.from_, "next": nxt, "batches": out})
 
 
 async def job_metrics(request: web.Request) -> web.Response:
-    check_token(request)
-    oid = _job_id(request)
-    store = request.app[STORE]
-    if not await store.jobs.exists(oid):
-        raise _not_found(oid)
-    rows = await store.metrics.list(oid)
+    oid = await existing_job_id(request)
+    rows = await request.app[STORE].metrics.list(oid)
     return json_response({"jobId": str(oid), "metrics": [metrics_json(r) for r in rows]})
 
 
 async def job_artifact(request: web.Request) -> web.StreamResponse:
     """Streams a file of a finished run from GridFS, chunk by chunk (a network of a million
     gates is tens of MB; it never sits whole in the API's memory)."""
-    check_token(request)
-    oid = _job_id(request)
+    oid = job_id_of(request)
     name = request.match_info["name"]
     store = request.app[STORE]
     job = await store.jobs.get(oid)
     if job is None:
-        raise _not_found(oid)
+        raise not_found("job", oid)
     # Only files the job's `artifacts` names are served: a GridFS filename is not a
     # capability, and a file of a run that lost its finish race is not the job's.
     artifact = next((a for a in job.artifacts if a.name == name), None)
@@ -270,16 +224,103 @@ async def job_artifact(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def _close_store(app: web.Application) -> None:
-    await app[STORE].close()
+async def options(request: web.Request) -> web.Response:
+    """What a job request may carry (the web form is built from it) and the status names."""
+    return json_response(
+        {
+            **describe_options(),
+            "statuses": [s.value for s in Status],
+            "finished": [s.value for s in Status if s.finished],
+        }
+    )
 
 
-def setup(app: web.Application) -> None:
-    app.on_cleanup.append(_close_store)
-    app.router.add_post("/jobs", submit_job)
-    app.router.add_get("/jobs", list_jobs, allow_head=False)
-    app.router.add_get("/jobs/{id}", get_job, allow_head=False)
-    app.router.add_post("/jobs/{id}/cancel", cancel_job)
-    app.router.add_get("/jobs/{id}/logs", job_logs, allow_head=False)
-    app.router.add_get("/jobs/{id}/metrics", job_metrics, allow_head=False)
-    app.router.add_get("/jobs/{id}/artifacts/{name:.+}", job_artifact, allow_head=False)
+# -- declarations ------------------------------------------------------------------------
+
+JOB_ID = Param(
+    "id", "path", "Job id (24 hex digits). Anything else is answered 404.", required=True
+)
+ERR_404_JOB = Reply(404, "No job with this id (a malformed id is an unknown id).", "Error")
+ERR_422_QUERY = Reply(422, "A query parameter is invalid; `fields` names each one.", "Error")
+
+
+def _job(status: int, description: str, *headers: str) -> Reply:
+    return Reply(status, description, Job, headers=headers)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST", "/jobs", submit_job, "submitJob", "Submit a training run",
+        description=(
+            "The body is flat camelCase (the seed's body is accepted as is). Unknown keys, "
+            'wrong types (no coercion: `"10"` and `true` are not integers) and '
+            "out-of-range values are refused with 422 and nothing is stored. With an "
+            "`Idempotency-Key` header, retries return the same job."
+        ),
+        body=JobRequest,
+        body_examples={"seed": {"summary": "The seed's body", "value": SEED_BODY}},
+        params=(
+            Param(
+                IDEMPOTENCY_HEADER, "header", "Any string the client picks per logical submission.",
+                {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX,
+                 "pattern": "^[\\x21-\\x7e]+$"},
+            ),
+        ),
+        replies=(
+            _job(201, "Created; `Location` points at the job.", "Location"),
+            _job(200, "Replay of an earlier request with the same Idempotency-Key.", "Location"),
+            Reply(400, "Malformed JSON, a body that is not an object, or a bad header.", "Error"),
+            Reply(409, "The Idempotency-Key was used before with another body "
+                       "(code `idempotency_key_reused`).", "Error"),
+            Reply(413, f"Body larger than {MAX_BODY_BYTES} bytes.", "Error"),
+            Reply(415, "Content-Type is not application/json.", "Error"),
+            Reply(422, "Invalid options; `fields` names every bad field.", "Error"),
+        ),
+    ),
+    Route(
+        "GET", "/jobs", list_jobs, "listJobs", "List jobs, newest first", query=ListQuery,
+        replies=(Reply(200, "A page of jobs and the cursor of the next page.", JobList),
+                 ERR_422_QUERY),
+    ),
+    Route(
+        "GET", "/jobs/{id}", get_job, "getJob", "One job", params=(JOB_ID,),
+        replies=(_job(200, "The job."), ERR_404_JOB),
+    ),
+    Route(
+        "POST", "/jobs/{id}/cancel", cancel_job, "cancelJob", "Cancel a job", params=(JOB_ID,),
+        replies=(
+            _job(200, "It was Pending and is now Cancelled."),
+            _job(202, "It is Running: `cancelRequested` is set and its worker stops it."),
+            ERR_404_JOB,
+            Reply(409, "The job has already finished (code `job_finished`).", "Error"),
+        ),
+    ),
+    Route(
+        "GET", "/jobs/{id}/logs", job_logs, "getJobLogs", "Stored log lines", params=(JOB_ID,),
+        query=LogsQuery,
+        replies=(Reply(200, "Batches of lines from `from`, in order.", Logs), ERR_404_JOB,
+                 ERR_422_QUERY),
+    ),
+    Route(
+        "GET", "/jobs/{id}/metrics", job_metrics, "getJobMetrics", "Per-epoch metrics",
+        params=(JOB_ID,),
+        replies=(Reply(200, "One entry per finished epoch.", Metrics), ERR_404_JOB),
+    ),
+    Route(
+        "GET", "/jobs/{id}/artifacts/{name:.+}", job_artifact, "getJobArtifact",
+        "Download a file of a finished run (the trained network)",
+        params=(JOB_ID, Param("name", "path", "An entry's `name` from the job's `artifacts`.",
+                              required=True)),
+        replies=(
+            Reply(200, "The file's bytes.", None, "application/octet-stream",
+                  ("Content-Disposition",)),
+            Reply(404, "No such job, or the job has no artifact of this name.", "Error"),
+        ),
+    ),
+    Route(
+        "GET", "/options", options, "getOptions",
+        "The options a job request may carry, with types, bounds and help; the status names",
+        protected=False,
+        replies=(Reply(200, "Training and run options, as the web form shows them."),),
+    ),
+)  # fmt: skip

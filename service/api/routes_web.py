@@ -12,6 +12,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from service.api.routing import Param, Reply, Route
+
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 
 # The page is small and changes with the package: make browsers revalidate every time
@@ -47,6 +49,14 @@ async def static_file(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={**_NO_CACHE, "X-Content-Type-Options": "nosniff"})
 
 
-def setup(app: web.Application) -> None:
-    app.router.add_get("/", index, allow_head=True)
-    app.router.add_get("/static/{path:.+}", static_file, allow_head=True)
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/", index, "webPage",
+          "The web page: job list, submit form, live log and metric chart", protected=False,
+          replies=(Reply(200, "The page (its scripts and styles are under /static/).", None,
+                         "text/html"),)),
+    Route("GET", "/static/{path:.+}", static_file, "staticFile", "The page's files",
+          protected=False,
+          params=(Param("path", "path", "A file under the page's static folder."),),
+          replies=(Reply(200, "The file.", None, "application/octet-stream"),
+                   Reply(404, "No such file.", "Error"))),
+)  # fmt: skip

@@ -27,8 +27,8 @@ from typing import Any
 import structlog
 from aiohttp import WSCloseCode, web
 from bson import ObjectId
+from pydantic import Field
 
-from service.api.auth import check_token
 from service.api.errors import ApiError
 from service.api.fanout import (
     Fanout,
@@ -41,6 +41,8 @@ from service.api.fanout import (
     lines_message,
 )
 from service.api.keys import STORE
+from service.api.routes_jobs import ERR_404_JOB, ERR_422_QUERY, JOB_ID, FromQuery, existing_job_id
+from service.api.routing import Query, Reply, Route, not_found
 from service.cancellation import cancel_and_wait
 from service.jobs.record import JobRecord
 from service.store import Store
@@ -212,15 +214,6 @@ class Connection:
             pass
 
 
-def _parse_id(raw: str) -> ObjectId | None:
-    """As the HTTP routes do: only 24 hex digits are an id."""
-    return parse_job_id(raw) if len(raw) == 24 else None
-
-
-def _not_found(raw: object) -> ApiError:
-    return ApiError(404, "job_not_found", f"no job with id {str(raw)[:64]!r}")
-
-
 def _prepare(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S, max_msg_size=64 * 1024)
     if not ws.can_prepare(request).ok:
@@ -228,22 +221,6 @@ def _prepare(request: web.Request) -> web.WebSocketResponse:
             400, "websocket_required", "this route speaks WebSocket: send an Upgrade request"
         )
     return ws
-
-
-def _from_param(request: web.Request) -> int:
-    raw = request.query.get("from", "0")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise ApiError(
-            422,
-            "validation_error",
-            "from must be a non-negative integer",
-            fields=[{"field": "from", "message": "must be a non-negative integer"}],
-        )
-    return value
 
 
 def end_message(job: JobRecord, seq: int) -> str:
@@ -333,15 +310,30 @@ class LogTail:
                     return await self.finish(job)
 
 
-async def logs_ws(request: web.Request) -> web.StreamResponse:
-    check_token(request, allow_query=True)
+class TokenQuery(Query):
+    token: str | None = Field(
+        None, description="The API token, for browsers (they cannot set headers on a WebSocket)."
+    )
+
+
+class TailQuery(FromQuery, TokenQuery):
+    pass
+
+
+class WatchQuery(TokenQuery):
+    id: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_JOB_FILTER,
+        description=f"Job ids to watch, repeated or comma-separated (at most {MAX_JOB_FILTER}); "
+        "their current documents are sent first.",
+    )
+
+
+async def logs_ws(request: web.Request, query: TailQuery) -> web.StreamResponse:
     live = request.app[LIVE]
     store = request.app[STORE]
-    raw = request.match_info["id"]
-    oid = _parse_id(raw)
-    if oid is None or not await store.jobs.exists(oid):
-        raise _not_found(raw)
-    from_seq = _from_param(request)
+    oid = await existing_job_id(request)
+    from_seq = query.from_
     ws = _prepare(request)
     sub = live.fanout.subscribe_logs(oid)  # before any store read: see the module doc
     try:
@@ -363,18 +355,13 @@ async def logs_ws(request: web.Request) -> web.StreamResponse:
 # -- job changes -------------------------------------------------------------------------
 
 
-def _job_filter(request: web.Request) -> list[ObjectId] | None:
-    raw: list[str] = []
-    for value in request.query.getall("id", []):
-        raw += [v for v in value.split(",") if v]
+def _job_filter(raw: list[str]) -> list[ObjectId] | None:
     if not raw:
         return None
-    if len(raw) > MAX_JOB_FILTER:
-        raise ApiError(422, "validation_error", f"at most {MAX_JOB_FILTER} ids")
-    ids = [_parse_id(v) for v in raw]
+    ids = [parse_job_id(v) if len(v) == 24 else None for v in raw]
     bad = [v for v, oid in zip(raw, ids, strict=True) if oid is None]
     if bad:
-        raise _not_found(bad[0])
+        raise not_found("job", bad[0])
     return [oid for oid in ids if oid is not None]
 
 
@@ -402,17 +389,16 @@ async def _job_changes(
                 await snapshot(ids)
 
 
-async def jobs_ws(request: web.Request) -> web.StreamResponse:
-    check_token(request, allow_query=True)
+async def jobs_ws(request: web.Request, query: WatchQuery) -> web.StreamResponse:
     live = request.app[LIVE]
-    ids = _job_filter(request)
+    ids = _job_filter(query.id)
     store = request.app[STORE]
     if ids is not None:
         # Watching a job nobody has would wait forever: refuse as GET /jobs/{id} would.
         found = await store.jobs.existing(ids)
         missing = [oid for oid in ids if oid not in found]
         if missing:
-            raise _not_found(missing[0])
+            raise not_found("job", missing[0])
     ws = _prepare(request)
     sub = live.fanout.subscribe_jobs(ids)
     try:
@@ -444,10 +430,28 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 def setup(app: web.Application) -> None:
-    """Routes plus the fanout's lifetime; a test may put its own `Live` in the app first."""
+    """The fanout's lifetime; a test may put its own `Live` in the app first."""
     if LIVE not in app:
         app[LIVE] = Live(app[STORE])
     app.cleanup_ctx.append(_fanout_ctx)
     app.on_shutdown.append(_on_shutdown)
-    app.router.add_get("/jobs/{id}/logs/ws", logs_ws, allow_head=False)
-    app.router.add_get("/ws/jobs", jobs_ws, allow_head=False)
+
+
+_UPGRADED = Reply(101, "Switched to WebSocket; the messages are described in docs/client.md.")
+_NOT_WS = Reply(400, "Not a WebSocket upgrade request (code `websocket_required`).", "Error")
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "GET", "/jobs/{id}/logs/ws", logs_ws, "tailJobLogs",
+        "Tail a job's log over WebSocket: stored lines from `from`, live lines, an end message",
+        websocket=True, params=(JOB_ID,), query=TailQuery,
+        replies=(_UPGRADED, _NOT_WS, ERR_404_JOB, ERR_422_QUERY),
+    ),
+    Route(
+        "GET", "/ws/jobs", jobs_ws, "watchJobs",
+        "Job changes over WebSocket (all jobs, or those named by `id`)",
+        websocket=True, query=WatchQuery,
+        replies=(_UPGRADED, _NOT_WS, Reply(404, "An `id` names no job.", "Error"),
+                 ERR_422_QUERY),
+    ),
+)  # fmt: skip

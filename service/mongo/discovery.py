@@ -1,4 +1,4 @@
-"""Find a MongoDB to talk to, in the order of DESIGN.md.
+"""Find a MongoDB to talk to, in the order of docs/design.md ("MongoDB").
 
 1. `MONGODB_URI` (any real deployment);
 2. a testcontainers one-node replica set, where a Docker engine answers;

@@ -4,7 +4,8 @@
 "use strict";
 
 (() => {
-  const FINAL = new Set(["Succeeded", "Failed", "Cancelled"]);
+  // Status names and which are final come from GET /options (filled before anything runs).
+  const FINAL = new Set();
   const MAX_DOM_LINES = 5000; // the log view keeps this many lines; older ones are dropped
   const TOKEN_KEY = "gatequeue.token";
   const $ = (id) => document.getElementById(id);
@@ -250,7 +251,7 @@
     if (state.view && state.view.id === job.id) state.view.update(merged);
   }
 
-  const jobsSocket = new Socket(() => wsUrl("ws/jobs"), {
+  const openJobsSocket = () => new Socket(() => wsUrl("ws/jobs"), {
     onopen: () => { setConn("live", "live"); loadJobs(); }, // subscribe first, then read
     onmessage: (msg) => {
       if (msg.type === "job") onJobChange(msg.job);
@@ -261,7 +262,6 @@
       return true;
     },
   });
-  void jobsSocket;
 
   $("status-filter").addEventListener("change", (e) => {
     state.filter = e.target.value;
@@ -273,13 +273,54 @@
 
   const form = $("submit-form");
 
+  /* One field per option of GET /options: its label, type, bounds, help and starting value
+   * (the seed's where it sets one, else the default) come from the one definition of the
+   * option on the server, so a new option appears here without touching the page. */
+  function optionField(opt) {
+    const start = opt.seed ?? opt.default;
+    const kind = opt.type === "integer" ? "int" : opt.type === "number" ? "float" : "str";
+    let input;
+    if (opt.choices) {
+      input = el("select", { name: opt.name, "data-kind": "str" },
+        ...opt.choices.map((c) => el("option", { text: c, selected: c === start || null })));
+    } else {
+      input = el("input", {
+        name: opt.name,
+        "data-kind": kind,
+        type: kind === "str" ? "text" : "number",
+        step: kind === "int" ? "1" : kind === "float" ? "any" : null,
+        min: opt.minimum ?? opt.exclusiveMinimum ?? null,
+        max: opt.maximum ?? null,
+        maxlength: opt.maxLength ?? null,
+        placeholder: opt.nullable ? "optional" : null,
+        required: !opt.nullable && !opt.advanced ? true : null,
+        value: start === null || start === undefined ? null : String(start),
+      });
+      input.defaultValue = input.value;
+    }
+    return el("label", { class: "field", title: opt.help },
+      el("span", { text: opt.label }), input,
+      el("small", { class: "field-error", "data-for": opt.name }));
+  }
+
+  async function loadOptions() {
+    const meta = await api("options");
+    for (const s of meta.finished) FINAL.add(s);
+    const options = [...meta.training, ...meta.run];
+    $("form-basic").replaceChildren(...options.filter((o) => !o.advanced).map(optionField));
+    $("form-more").replaceChildren(...options.filter((o) => o.advanced).map(optionField));
+    const filter = $("status-filter");
+    filter.replaceChildren(el("option", { value: "", text: "all" }),
+      ...meta.statuses.map((s) => el("option", { text: s })));
+  }
+
   function formBody() {
     const body = {};
     for (const input of form.querySelectorAll("[name]")) {
       const raw = input.value.trim();
       const kind = input.dataset.kind;
       if (raw === "") {
-        if (kind !== "str" || input.name !== "name") body[input.name] = raw; // let the API say
+        if (!input.placeholder) body[input.name] = raw; // a required field: let the API say
         continue;
       }
       if (kind === "int") body[input.name] = /^-?\d+$/.test(raw) ? Number(raw) : raw;
@@ -666,5 +707,11 @@
     const v = state.view;
     if (v && v.chart) v.chart.setSize({ width: Math.max(300, $("chart").clientWidth - 16), height: 260 });
   });
-  route();
+  // The form and the status names come from the server first; then everything goes live.
+  loadOptions()
+    .catch((e) => setConn("down", `API error: ${e.message}`))
+    .finally(() => {
+      openJobsSocket();
+      route();
+    });
 })();

@@ -1,4 +1,4 @@
-"""The trainer's per-epoch line (DESIGN.md, Trainer output) turned into a metrics record.
+"""The trainer's per-epoch line (docs/design.md, "Trainer output") turned into a metrics record.
 
 The format is a contract with any trainer, not just ours, so parsing is lenient: any
 `key=number` pair is kept, anything else on the line is ignored rather than failing the run.

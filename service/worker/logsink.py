@@ -3,7 +3,7 @@
 One sink per attempt is the only writer of that attempt's lines, so it keeps the `seq`
 counter itself and pays no read per batch. Lines are kept in the order they were read from
 both pipes; a flush cuts that sequence into single-stream batches, so interleaving survives
-(DESIGN.md: each batch has one `stream`). A flush happens at `max_lines` (or `max_bytes`)
+(docs/design.md: each batch has one `stream`). A flush happens at `max_lines` (or `max_bytes`)
 buffered, or `max_delay_s` after the oldest unwritten line, whichever comes first.
 """
 

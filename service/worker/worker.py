@@ -1,7 +1,7 @@
 """The worker: slots, dispatch from the change stream, claims, the lease sweep, shutdown.
 
 Claims happen in one task (the claimer), so choosing a free slot and claiming for it never
-race inside one worker; across workers the compare-and-set claim of DESIGN.md decides. The
+race inside one worker; across workers the compare-and-set claim of docs/design.md decides. The
 claimer is woken, never polling: by a change event carrying a Pending job (claimed straight
 from the event's document, one round trip), by the stream being (re)opened, and by a slot
 becoming free (then it asks the queue, oldest first, so nothing waits while a slot idles).

@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from api_helpers import MakeApi
 
 from service.api.app import create_app
+from service.api.routing import UNDOCUMENTED
 from service.config import Settings
 from service.store import Store
 
@@ -46,6 +47,9 @@ async def make_api(store: Store) -> AsyncIterator[MakeApi]:
     yield make
     for client in clients:
         await client.close()
+    for client in clients:
+        # Every status a route answered during the test is one its declaration documents.
+        assert client.app[UNDOCUMENTED] == [], client.app[UNDOCUMENTED]  # type: ignore[index]
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from api_helpers import SEED_BODY, MakeApi, error_of
 from pymongo import AsyncMongoClient
 
 from service.api import routes_health, routes_jobs
+from service.api.routing import UNDOCUMENTED, Route
 from service.mongo.connect import connect
 from service.store import Store
 
@@ -99,12 +100,26 @@ async def test_unhandled_exception_is_500_without_internals(make_api: MakeApi) -
     async def boom(request: web.Request) -> web.Response:
         raise RuntimeError("secret internal detail /etc/passwd")
 
-    def setup(app: web.Application) -> None:
-        app.router.add_get("/boom", boom)
-
-    crash.setup = setup  # type: ignore[attr-defined]
+    crash.ROUTES = (  # type: ignore[attr-defined]
+        Route("GET", "/boom", boom, "boom", "Crashes", replies=(), protected=False),
+    )
     api = await make_api(route_modules=[routes_health, routes_jobs, crash])
     resp = await api.get("/boom", headers={"X-Request-ID": "crash-1"})
     error = await error_of(resp, 500, "internal_error")
     assert "secret" not in error["message"] and "RuntimeError" not in error["message"]
     assert "crash-1" in error["message"]
+
+
+async def test_an_undocumented_status_is_noticed(make_api: MakeApi) -> None:
+    teapot = ModuleType("teapot")
+
+    async def brew(request: web.Request) -> web.Response:
+        return web.Response(status=418)
+
+    teapot.ROUTES = (  # type: ignore[attr-defined]
+        Route("GET", "/brew", brew, "brew", "Brews", replies=(), protected=False),
+    )
+    api = await make_api(route_modules=[teapot])
+    assert (await api.get("/brew")).status == 418
+    assert api.app[UNDOCUMENTED] == [("GET", "/brew", 418)]  # type: ignore[index]
+    api.app[UNDOCUMENTED].clear()  # type: ignore[index]  (the fixture checks it is empty)

@@ -19,6 +19,7 @@ from live_helpers import TRAINERS, LiveApi, MakeLiveApi
 from pymongo import AsyncMongoClient
 
 from service.api.app import create_app
+from service.api.routing import UNDOCUMENTED
 from service.api.ws import LIVE, Live, LiveSettings
 from service.client import GateQueueClient
 from service.config import Settings
@@ -48,6 +49,9 @@ async def make_live_api(store: Store, mongo_uri: str) -> AsyncIterator[MakeLiveA
     yield make
     for runner in runners:
         await runner.cleanup()
+    for runner in runners:
+        # Every status a route answered during the test is one its declaration documents.
+        assert runner.app[UNDOCUMENTED] == [], runner.app[UNDOCUMENTED]
 
 
 @pytest.fixture

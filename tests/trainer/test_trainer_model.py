@@ -1,4 +1,4 @@
-"""build_model's contract (DESIGN.md, Trainer as a library) and the network's modes."""
+"""build_model's contract (docs/design.md, "Trainer output") and the network's modes."""
 
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
+from wire_proxy import WireProxy
 from worker_helpers import (
     TINY_HP,
     MakeWorker,
@@ -147,24 +148,27 @@ async def test_cancel_running_job(
 
 
 async def test_cancel_seen_at_renewal_when_no_event_arrives(
-    store: Store, make_worker: MakeWorker
+    store: Store, make_worker: MakeWorker, mongo_uri: str
 ) -> None:
-    """The lease renewal read is the fallback path for a cancel (e.g. stream down)."""
-    worker = await make_worker(trainer_cmd=trainer("sleeper"), lease_s=1.5)
-    job = await insert(store)
-    await logged_value(store, job.id, "pgid")
-    run = worker.runs[job.id]
-    # Bypass the change stream: flag the job, and make the worker's feed not see it.
-    worker.feed._on_change = _ignore  # type: ignore[method-assign]
-    await store.jobs.collection.update_one({"_id": job.id}, {"$set": {"cancelRequested": True}})
-    done = await wait_job(store, job.id, finished, deadline_s=10)
-    assert done.status == "Cancelled"
-    await eventually(lambda: _done(run))  # the DB may show it before the run has returned
-    assert run.outcome == "Cancelled"
-
-
-async def _ignore(change: object) -> None:
-    return None
+    """The lease renewal read is the fallback path for a cancel: with the worker's change
+    stream held up on the wire (its getMores get no answer), the renewal sees the flag."""
+    async with WireProxy.for_uri(mongo_uri) as proxy:
+        worker = await make_worker(uri=proxy.uri(), trainer_cmd=trainer("sleeper"), lease_s=1.5)
+        job = await insert(store)
+        await logged_value(store, job.id, "pgid")
+        run = worker.runs[job.id]
+        held = proxy.delay(
+            3600, command="getMore", where=lambda body: body.get("collection") == "jobs"
+        )
+        await held.fired.wait()  # a getMore of the stream now waits for nothing
+        events = worker.feed.events
+        await store.jobs.collection.update_one({"_id": job.id}, {"$set": {"cancelRequested": True}})
+        done = await wait_job(store, job.id, finished, deadline_s=10)
+        assert done.status == "Cancelled"
+        await eventually(lambda: _done(run))  # the DB may show it before the run has returned
+        assert run.outcome == "Cancelled"
+        assert worker.feed.events == events  # the cancel came through the renewal
+        proxy.heal()
 
 
 async def test_lost_lease_kills_the_run_and_writes_nothing_more(

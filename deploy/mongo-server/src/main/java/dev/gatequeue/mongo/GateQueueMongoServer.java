@@ -97,7 +97,7 @@ import io.netty.util.concurrent.DefaultThreadFactory;
  */
 public final class GateQueueMongoServer {
 
-    /** MongoDB 6.0: the oldest server version gatequeue supports in production (DESIGN.md). */
+    /** MongoDB 6.0: the oldest server version gatequeue supports in production (docs/design.md). */
     static final MongoVersion VERSION = new MongoVersion() {
         @Override
         public List<Integer> getVersionArray() {
