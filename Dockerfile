@@ -41,7 +41,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         "structlog>=24.1" \
         "pydantic>=2.7" \
         "prometheus-client>=0.20" \
-        "rich>=13.7"
+        "rich>=13.7" \
+        "orjson>=3.9"
 COPY pyproject.toml README.md /src/
 COPY service /src/service
 COPY trainer /src/trainer

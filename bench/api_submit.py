@@ -39,10 +39,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from service.jobs.record import new_job  # noqa: E402
 from service.jobs.request import SEED_BODY, JobRequest  # noqa: E402
 from service.mongo import discovery as mongo_discovery  # noqa: E402
 from service.mongo.connect import connect  # noqa: E402
-from service.store import Store, new_job_document  # noqa: E402
+from service.store import Store  # noqa: E402
 
 
 @dataclass
@@ -171,11 +172,12 @@ async def bench_raw(
     try:
         store = Store(client, db_name)
         await store.ensure_indexes()  # the same indexes the API's collection has
-        jobs = store.jobs
+        jobs = store.jobs.collection
 
         async def make_one() -> Callable[[], Awaitable[bool]]:
             async def call() -> bool:
-                await jobs.insert_one(new_job_document(hyperparameters, name=None, max_attempts=3))
+                doc = new_job(hyperparameters, {"name": None, "maxAttempts": 3}).to_doc()
+                await jobs.insert_one(doc)
                 return True
 
             return call

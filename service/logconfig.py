@@ -1,30 +1,76 @@
-"""structlog set-up: JSON lines in production, coloured key=value in a terminal."""
+"""structlog set-up: JSON lines in production, coloured key=value in a terminal.
+
+gatequeue's own loggers render straight to stderr (structlog's native path, JSON by orjson):
+the API writes one access-log line per request, and going through the standard library's
+logging costs ~105 us a line against ~30 us this way (bench/api_submit.py, docs/api.md).
+Loggers of the standard library (aiohttp, pymongo, asyncio) still reach the same stream
+through a `ProcessorFormatter`, with the same fields and the same renderer.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
+from typing import Any, TextIO
 
+import orjson
 import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
+          "error": logging.ERROR}  # fmt: skip
+
+
+class _Sink:
+    """A logger of one name writing rendered lines to a stream; `name` feeds
+    `add_logger_name`. The lock keeps lines whole when threads log (asyncio.to_thread)."""
+
+    _lock = threading.Lock()
+
+    def __init__(self, stream: TextIO, name: str) -> None:
+        self._stream = stream
+        self.name = name
+
+    def msg(self, message: str | bytes) -> None:
+        text = message.decode() if isinstance(message, bytes) else message
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _SinkFactory:
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> _Sink:
+        name = str(args[0]) if args else "gatequeue"
+        return _Sink(self._stream, name)
+
+
+def _json_renderer() -> structlog.types.Processor:
+    def dumps(event: Any, **_: Any) -> str:
+        return orjson.dumps(event, default=str).decode()
+
+    return structlog.processors.JSONRenderer(serializer=dumps)
 
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Route both structlog and the stdlib loggers (aiohttp, pymongo) through one renderer.
-
-    `auto` picks the console renderer when stderr is a terminal, JSON otherwise, so
-    containers and CI get machine-readable lines without a flag.
-    """
+    """`auto` picks the console renderer when stderr is a terminal, JSON otherwise, so
+    containers and CI get machine-readable lines without a flag."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
+    numeric = LEVELS.get(level.lower(), logging.INFO)
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
+        structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     renderer: structlog.types.Processor
     if fmt == "json":
-        renderer = structlog.processors.JSONRenderer()
+        renderer = _json_renderer()
         shared.append(structlog.processors.format_exc_info)
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
@@ -38,13 +84,13 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     )
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(numeric)
     # The driver's own debug chatter drowns the service's lines.
-    logging.getLogger("pymongo").setLevel(max(logging.INFO, root.level))
+    logging.getLogger("pymongo").setLevel(max(logging.INFO, numeric))
 
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, renderer],
+        logger_factory=_SinkFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
         cache_logger_on_first_use=True,
     )

@@ -332,6 +332,8 @@ class Fanout:
         doc = change.get("fullDocument")
         if not doc:  # deleted since the update; nothing to show
             return
+        if not self._job_subs and doc.get("_id") not in self._log_subs:
+            return  # nobody watches: every submission is an event here, keep it cheap
         item = JobChange(Job.from_doc(doc))
         for sub in list(self._log_subs.get(item.job_id, ())):
             self._offer(sub, item)

@@ -128,7 +128,7 @@ async def submit_job(request: web.Request) -> web.Response:
         job_request = JobRequest.model_validate_json(body)
     except ValidationError as exc:
         raise body_error(exc) from None
-    job = new_job(job_request.hyperparameters(), job_request.run_options())
+    job = new_job(*job_request.split())
     body_hash = None if key is None else request_hash(job_request.model_dump())
     try:
         job, created = await request.app[STORE].jobs.insert(

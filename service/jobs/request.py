@@ -35,11 +35,19 @@ class RequestBase(CheckedOptions):
 
     def hyperparameters(self) -> dict[str, Any]:
         """The training options: what is stored under the job's `hyperparameters`."""
-        return self.model_dump(include=set(TRAINING_NAMES))
+        return self.split()[0]
 
     def run_options(self) -> dict[str, Any]:
         """The run options: stored at the job's top level."""
-        return self.model_dump(include=set(RUN_NAMES))
+        return self.split()[1]
+
+    def split(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(training options, run options) from one dump of the request."""
+        values = self.model_dump()
+        return (
+            {k: values[k] for k in TRAINING_NAMES if k in values},
+            {k: values[k] for k in RUN_NAMES if k in values},
+        )
 
 
 JobRequest: type[RequestBase] = options_model(  # type: ignore[assignment]
