@@ -100,7 +100,7 @@ async def test_every_transition_is_compare_and_set(store: Store) -> None:
 
     claimed = await store.jobs.claim(job, W1, 30)
     assert claimed is not None
-    assert claimed.version == 1
+    assert claimed.version == 1 and claimed.attemptId is not None
     assert claimed.worker == W1
     # A second claim with the version it read loses.
     assert await store.jobs.claim(stale, W2, 30) is None
@@ -108,21 +108,34 @@ async def test_every_transition_is_compare_and_set(store: Store) -> None:
     renewed = await store.jobs.renew_lease(claimed, 30)
     assert renewed is not None
     assert renewed.version == 2
-    # Renewing with the old version (someone else moved the job) loses.
+    # The attempt's own writes are conditioned on its attempt id, not on the version it saw
+    # last: a renewal resent after a lost reply renews again instead of "losing the race".
+    again = await store.jobs.renew_lease(claimed, 30)
+    assert again is not None and again.version == 3
+
+    # The lease expires and another attempt claims the job: every write of the first
+    # attempt loses and changes nothing.
+    await store.jobs.expire_leases(now=utcnow() + timedelta(seconds=31))
+    requeued = await store.jobs.get(job.id)
+    assert requeued is not None and requeued.status == "Pending"
+    second = await store.jobs.claim(requeued, W2, 30)
+    assert second is not None and second.attemptId != claimed.attemptId
     assert await store.jobs.renew_lease(claimed, 30) is None
-    # finish and release with a stale version lose too, and change nothing.
     assert await store.jobs.finish(claimed, Status.SUCCEEDED, exit_code=0) is None
     assert await store.jobs.release(claimed, "shutdown") is None
+    assert not await store.jobs.set_latest_metrics(claimed, {"epoch": 1})
     current = await store.jobs.get(job.id)
     assert current is not None
-    assert current.status == "Running"
-    assert current.version == 2
+    assert (current.status, current.version, current.worker) == ("Running", second.version, W2)
+    assert current.latestMetrics is None
 
-    done = await store.jobs.finish(renewed, Status.SUCCEEDED, exit_code=0)
+    done = await store.jobs.finish(second, Status.SUCCEEDED, exit_code=0)
     assert done is not None
     assert done.status == "Succeeded"
-    assert done.version == 3
+    assert done.version == second.version + 1
     assert done.finishedAt is not None
+    # A finish resent after a lost reply is recognised as the attempt's own.
+    assert await store.jobs.finish(second, Status.SUCCEEDED, exit_code=0) == done
     # Nothing moves a finished job.
     assert await store.jobs.finish(done, Status.FAILED, exit_code=1) is None
     assert await store.jobs.renew_lease(done, 30) is None

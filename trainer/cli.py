@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
+from trainer import supervision
 from trainer.data import DataError
 from trainer.layer import BACKENDS
 from trainer.options import TRAINING_OPTIONS, Option, TrainingOptions, flag_of
@@ -139,13 +140,16 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # First of all: under a worker, a trainer that outlives its lease stops itself, even
+    # while torch is still loading.
+    supervised = supervision.start()
     parser = build_parser()
     args = parser.parse_args(argv)
     validate(parser, args)
     from trainer.loop import ConfigError, run  # torch-heavy imports after argument checks
 
     try:
-        run(args)
+        run(args, supervised)
     except ConfigError as exc:
         parser.error(str(exc))
     except DataError as exc:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from trainer import logs
+from trainer import logs, supervision
 from trainer.data import Dataset, load_dataset
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
@@ -114,8 +114,12 @@ def train_epoch(
     return stats
 
 
-def run(args: argparse.Namespace) -> dict[str, float]:
-    """Train as `args` say; returns the last epoch's metrics. Raises DataError, ConfigError."""
+def run(
+    args: argparse.Namespace, supervised: supervision.Supervision | None = None
+) -> dict[str, float]:
+    """Train as `args` say; returns the last epoch's metrics. Raises DataError, ConfigError.
+
+    `supervised`: the worker's channel (trainer.supervision), when a worker runs us."""
     logs.configure()
     log = logs.get_logger()
     if args.threads:

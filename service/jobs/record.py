@@ -13,6 +13,7 @@ In JSON, ids are hex strings and times ISO-8601 UTC with millisecond precision a
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -30,6 +31,10 @@ from pydantic import (
 
 from service.jobs.options import RUN_OPTIONS
 from service.jobs.status import Status
+
+
+def new_attempt_id() -> str:
+    return uuid.uuid4().hex
 
 
 def utcnow() -> datetime:
@@ -120,6 +125,10 @@ class JobRecord(Record):
     worker: WorkerRef | None = None
     leaseExpiresAt: Time | None = None
     attempt: int = Field(0, ge=0)
+    attemptId: str | None = Field(
+        None,
+        description="Unique per claim; every later write of that attempt is conditioned on it.",
+    )
     cancelRequested: bool = False
     exitCode: int | None = None
     error: str | None = None

@@ -26,7 +26,7 @@ class Store:
         self.client = client
         self.db: AsyncDatabase = client[db_name]
         self.jobs = JobStore(self.db["jobs"])
-        self.logs = LogStore(self.db["job_logs"])
+        self.logs = LogStore(self.db["job_logs"], owns=self.jobs.owns)
         self.metrics = MetricStore(self.db["job_metrics"])
         self.offsets = OffsetStore(self.db["stream_offsets"])
         self.files = FileStore(self.db)

@@ -1,10 +1,13 @@
 """The `jobs` collection: submit, read, and every transition of a job.
 
-Every change of a job's `status`, `worker` or lease is a compare-and-set on `version`
-(`$inc: {version: 1}`), so two processes can never both believe they own a job
-(docs/design.md, "The claim"). A lost race comes back as `None` (or a result that says so),
-never as an exception: losing is normal when several workers and API processes share one
-queue. Nothing here needs transactions.
+Every change of a job's `status`, `worker` or lease bumps `version`, and the claim is a
+compare-and-set on it, so two processes can never both believe they own a job
+(docs/design.md, "The claim"). The claim gives the attempt a unique `attemptId`; every
+later write of the attempt (renewal, metrics, final write) is conditioned on it, so a
+retried write is harmless and "is this job still mine" is a field comparison. A write whose
+reply was lost is resolved by re-reading the job (service.store.outcome), never guessed
+from `version`. A lost race comes back as `None`, never as an exception: losing is normal
+when several workers and API processes share one queue. Nothing here needs transactions.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import builtins
 import hashlib
 import json
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -25,9 +29,11 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service.jobs.record import Job, JobRecord, WorkerRef, utcnow
+from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id, utcnow
 from service.jobs.status import Status
+from service.retry import retry
 from service.store.inserter import JobInserter
+from service.store.outcome import outcome_unknown
 
 MAX_LIST_LIMIT = 500
 
@@ -212,6 +218,18 @@ class JobStore:
     def _cas(self, job: JobRecord, status: Status = Status.RUNNING) -> dict[str, Any]:
         return {"_id": job.id, "status": status.value, "version": job.version}
 
+    @staticmethod
+    def _mine(job: JobRecord) -> dict[str, Any]:
+        """The filter of a write by the attempt that holds `job`."""
+        return {"_id": job.id, "status": Status.RUNNING.value, "attemptId": job.attemptId}
+
+    async def owns(self, job_id: ObjectId, attempt_id: str) -> bool:
+        """Is `attempt_id` the attempt running the job now (the fence of log writes)."""
+        doc = await self.collection.find_one(
+            {"_id": job_id, "status": Status.RUNNING.value, "attemptId": attempt_id}, {"_id": 1}
+        )
+        return doc is not None
+
     async def _transition(self, cas: dict[str, Any], update: dict[str, Any]) -> JobRecord | None:
         return _job(
             await self.collection.find_one_and_update(
@@ -219,36 +237,63 @@ class JobStore:
             )
         )
 
-    async def claim(self, job: JobRecord, worker: WorkerRef, lease_s: float) -> JobRecord | None:
-        """The claim of docs/design.md; `None` means another worker (or a cancel) won."""
+    async def claim(
+        self, job: JobRecord, worker: WorkerRef, lease_s: float, *, deadline: float | None = None
+    ) -> JobRecord | None:
+        """The claim of docs/design.md; `None` means another worker (or a cancel) won.
+
+        When the reply is lost the claim may have been applied: the job is re-read (until
+        `deadline`, a `time.monotonic()` value) and it is ours exactly if it carries our new
+        attempt id. Raises only if it cannot even be re-read by then.
+        """
         now = utcnow()
-        return await self._transition(
-            self._cas(job, Status.PENDING),
-            {
-                "$set": {
-                    "status": Status.RUNNING.value,
-                    "worker": worker.model_dump(),
-                    "startedAt": now,
-                    "updatedAt": now,
-                    "leaseExpiresAt": now + timedelta(seconds=lease_s),
-                    "exitCode": None,
-                    "error": None,
+        attempt_id = new_attempt_id()
+        deadline = deadline if deadline is not None else time.monotonic() + lease_s
+        try:
+            return await self._transition(
+                self._cas(job, Status.PENDING),
+                {
+                    "$set": {
+                        "status": Status.RUNNING.value,
+                        "worker": worker.model_dump(),
+                        "attemptId": attempt_id,
+                        "startedAt": now,
+                        "updatedAt": now,
+                        "leaseExpiresAt": now + timedelta(seconds=lease_s),
+                        "exitCode": None,
+                        "error": None,
+                    },
+                    "$inc": {"version": 1, "attempt": 1},
                 },
-                "$inc": {"version": 1, "attempt": 1},
-            },
-        )
+            )
+        except Exception as exc:
+            if not outcome_unknown(exc):
+                raise
+            current = await retry(lambda: self.get(job.id), deadline=deadline)
+            if current is not None and current.attemptId == attempt_id:
+                return current
+            return None
 
     async def renew_lease(self, job: JobRecord, lease_s: float) -> JobRecord | None:
-        """Extend the lease of a job we own; `None` means we lost it and must stop."""
-        assert job.worker is not None
+        """Extend the lease of a job our attempt holds; `None` means the job is not ours any
+        more and the run must stop. Conditioned on the attempt id, not on `version`, so a
+        renewal resent after a lost reply simply renews again."""
         now = utcnow()
         return await self._transition(
-            {**self._cas(job), "worker.id": job.worker.id},
+            self._mine(job),
             {
                 "$set": {"leaseExpiresAt": now + timedelta(seconds=lease_s), "updatedAt": now},
                 "$inc": {"version": 1},
             },
         )
+
+    async def _settled(self, job: JobRecord, status: Status) -> JobRecord | None:
+        """After a final write matched nothing: was it ours, applied by an earlier try whose
+        reply was lost? Yes if the job now has our attempt id and the status we wrote."""
+        current = await self.get(job.id)
+        if current is not None and current.attemptId == job.attemptId and current.status is status:
+            return current
+        return None
 
     async def finish(
         self,
@@ -263,8 +308,8 @@ class JobStore:
         if not status.finished:
             raise ValueError(f"finish() needs a final status, not {status}")
         now = utcnow()
-        return await self._transition(
-            self._cas(job),
+        done = await self._transition(
+            self._mine(job),
             {
                 "$set": {
                     "status": status.value,
@@ -278,12 +323,13 @@ class JobStore:
                 "$inc": {"version": 1},
             },
         )
+        return done if done is not None else await self._settled(job, status)
 
     async def release(self, job: JobRecord, reason: str) -> JobRecord | None:
         """Give a Running job back to the queue (worker shutdown); the attempt is not held
         against it, since the run did not fail."""
-        return await self._transition(
-            self._cas(job),
+        done = await self._transition(
+            self._mine(job),
             {
                 "$set": {
                     "status": Status.PENDING.value,
@@ -295,6 +341,7 @@ class JobStore:
                 "$inc": {"version": 1, "attempt": -1},
             },
         )
+        return done if done is not None else await self._settled(job, Status.PENDING)
 
     async def request_cancel(self, job_id: ObjectId) -> CancelResult:
         """Pending jobs are cancelled at once; Running ones are flagged for their worker.
@@ -386,10 +433,8 @@ class JobStore:
     # -- writes by the owner of a Running job --------------------------------------------
 
     async def set_latest_metrics(self, job: JobRecord, metrics: dict[str, Any]) -> bool:
-        """Guarded by ownership, so a worker that lost its lease writes nothing more."""
-        assert job.worker is not None
+        """Guarded by the attempt id, so an attempt that lost the job writes nothing more."""
         result = await self.collection.update_one(
-            {"_id": job.id, "status": Status.RUNNING.value, "worker.id": job.worker.id},
-            {"$set": {"latestMetrics": metrics, "updatedAt": utcnow()}},
+            self._mine(job), {"$set": {"latestMetrics": metrics, "updatedAt": utcnow()}}
         )
         return result.matched_count == 1

@@ -7,7 +7,7 @@ Reads ask for bounded batches, so a log of any length is read page by page.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -25,6 +25,11 @@ LOG_STREAMS = ("stdout", "stderr", "system")
 READ_BATCH_DOCS = 16
 
 LogBatch = dict[str, Any]
+OwnerCheck = Callable[[ObjectId, str], Awaitable[bool]]
+
+
+class StaleAttempt(Exception):
+    """The attempt writing is not the one running the job now: its lines are refused."""
 
 
 def trim_batch(batch: LogBatch, from_seq: int) -> LogBatch | None:
@@ -49,8 +54,12 @@ def batch_json(batch: LogBatch) -> dict[str, Any]:
 
 
 class LogStore:
-    def __init__(self, collection: AsyncCollection) -> None:
+    """`owns` tells whether an attempt still runs its job (JobStore.owns): the fence that
+    keeps a stale attempt's lines out of the log of the attempt that took over."""
+
+    def __init__(self, collection: AsyncCollection, owns: OwnerCheck) -> None:
         self.collection = collection
+        self._owns = owns
 
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("jobId", ASCENDING), ("seq", ASCENDING)], unique=True)
@@ -68,6 +77,7 @@ class LogStore:
         lines: Sequence[str],
         *,
         expected_seq: int | None = None,
+        attempt_id: str | None = None,
     ) -> int:
         """Append one batch and return the `seq` it was stored at.
 
@@ -75,19 +85,23 @@ class LogStore:
         concurrent append into a duplicate-key error, and the loser re-reads the end and
         tries again. So batches tile the log with no gap and no overlap, and nothing is
         reserved that a crash could leave as a hole. A single writer passes the seq it
-        expects and pays no read at all.
+        expects and pays no read at all. With `attempt_id` (an attempt's own lines, not a
+        note about the job) the write is refused with StaleAttempt unless that attempt runs
+        the job now.
         """
         if stream not in LOG_STREAMS:
             raise ValueError(f"stream must be one of {LOG_STREAMS}, not {stream!r}")
         if not lines:
             raise ValueError("a log batch needs at least one line")
+        if attempt_id is not None and not await self._owns(job_id, attempt_id):
+            raise StaleAttempt(f"attempt {attempt_id} no longer runs job {job_id}")
         seq = expected_seq if expected_seq is not None else await self.next_seq(job_id)
+        doc: dict[str, Any] = {"jobId": job_id, "stream": stream, "lines": list(lines)}
+        if attempt_id is not None:
+            doc["attemptId"] = attempt_id
         while True:
             try:
-                await self.collection.insert_one(
-                    {"jobId": job_id, "seq": seq, "stream": stream, "lines": list(lines),
-                     "ts": utcnow()}
-                )  # fmt: skip
+                await self.collection.insert_one({**doc, "seq": seq, "ts": utcnow()})
                 return seq
             except DuplicateKeyError:
                 seq = await self.next_seq(job_id)
@@ -111,7 +125,9 @@ class LogStore:
         )
         start = from_seq if first is None else first["seq"]
         cursor = (
-            self.collection.find({"jobId": job_id, "seq": {"$gte": start}}, {"_id": 0, "jobId": 0})
+            self.collection.find(
+                {"jobId": job_id, "seq": {"$gte": start}}, {"_id": 0, "jobId": 0, "attemptId": 0}
+            )
             .sort("seq", ASCENDING)
             .batch_size(READ_BATCH_DOCS)
         )

@@ -28,12 +28,14 @@ from service.jobs.record import JobRecord
 from service.jobs.status import Status
 from service.retry import retry
 from service.store import Store
+from service.store.logs import StaleAttempt
 from service.worker import artifacts
 from service.worker.epoch import EpochLine, parse_epoch_line
 from service.worker.gpus import Slot
 from service.worker.lease import Lease
-from service.worker.logsink import LogSink
+from service.worker.logsink import LeaseLapsed, LogSink
 from service.worker.runner import TrainerProcess
+from trainer import supervision
 from trainer.options import trainer_args
 
 log = structlog.get_logger(__name__)
@@ -97,12 +99,22 @@ class RunSettings:
 
 
 class JobRun:
-    def __init__(self, store: Store, settings: RunSettings, slot: Slot, job: JobRecord) -> None:
+    def __init__(
+        self,
+        store: Store,
+        settings: RunSettings,
+        slot: Slot,
+        job: JobRecord,
+        *,
+        claimed_at: float | None = None,
+    ) -> None:
         self.store = store
         self.s = settings
         self.slot = slot
         self.job_id = job.id
         self.attempt = job.attempt
+        assert job.attemptId is not None, "a claimed job has an attempt id"
+        self.attempt_id: str = job.attemptId
         self.log = log.bind(
             job_id=str(self.job_id), worker_id=settings.worker_id, gpu=slot.gpu,
             attempt=job.attempt,
@@ -114,6 +126,8 @@ class JobRun:
             renew_every_s=settings.renew_every_s,
             on_lost=lambda why: self._request_stop(StopReason.LOST, 0.0),
             on_cancel_requested=self.request_cancel,
+            on_renewed=self._tell_trainer_deadline,
+            claimed_at=claimed_at,
         )
         self.stop_reason: StopReason | None = None
         self._stop = asyncio.Event()
@@ -173,7 +187,13 @@ class JobRun:
         next_seq = await retry(
             lambda: self.store.logs.next_seq(self.job_id), deadline=self.lease.deadline
         )
-        self.sink = LogSink(self.store.logs, self.job_id, next_seq=next_seq)
+        self.sink = LogSink(
+            self.store.logs,
+            self.job_id,
+            next_seq=next_seq,
+            attempt_id=self.attempt_id,
+            lease_deadline=lambda: self.lease.deadline,
+        )
         await self.sink.system(
             f"attempt {self.attempt} on worker {self.s.worker_id} gpu {self.slot.gpu}"
         )
@@ -211,11 +231,13 @@ class JobRun:
         env |= {
             "GATEQUEUE_JOB_ID": str(self.job_id),
             "GATEQUEUE_ATTEMPT": str(self.attempt),
+            "GATEQUEUE_ATTEMPT_ID": self.attempt_id,
             "PYTHONUNBUFFERED": "1",  # EPOCH lines must arrive when printed, not at exit
+            **supervision.trainer_env(self._fence_deadline(self.lease.deadline)),
         }
         self.proc = TrainerProcess(
             argv, on_line=self._on_line, env=env, cwd=workdir,
-            die_with_worker=self.s.die_with_worker,
+            die_with_worker=self.s.die_with_worker, stdin=True,
         )  # fmt: skip
         if self._stop.is_set():
             return None, True, ""
@@ -292,10 +314,20 @@ class JobRun:
         done = await self.lease.final_write(
             lambda job: self.store.jobs.finish(job, status, exit_code=rc, error=error, extra=extra)
         )
-        if done is None and uploaded:
+        if done is None and uploaded and await self._owned_by_another():
             await artifacts.delete_artifacts(self.store.files, uploaded)
         self.outcome = Outcome(status.value) if done is not None else Outcome.LOST
         self.log.info("job finished", status=self.outcome.value, exit_code=rc)
+
+    async def _owned_by_another(self) -> bool:
+        """Files of a run whose final write did not land are deleted only when the job is
+        seen held by another attempt: if the write did land (its reply lost) and the job
+        cannot be read to tell, the files are the job's and must stay."""
+        try:
+            current = await retry(lambda: self.store.jobs.get(self.job_id), attempts=3)
+        except PyMongoError:
+            return False
+        return current is None or current.attemptId != self.attempt_id
 
     async def _release(self, sink: LogSink, reason: str) -> None:
         if not await self._close_sink(sink):
@@ -308,7 +340,7 @@ class JobRun:
         """Every line is stored before the status turns final (a log tail ends there)."""
         try:
             await sink.close()
-        except PyMongoError as exc:
+        except (PyMongoError, StaleAttempt, LeaseLapsed) as exc:
             self.log.error("could not store the last log lines", error=str(exc))
         if self.lease.lost:
             self.outcome = Outcome.LOST
@@ -341,8 +373,10 @@ class JobRun:
         while (epoch := await self._metrics.get()) is not None:
             if self.lease.lost:
                 continue
-            try:
-                await retry(functools.partial(self._store_epoch, epoch), attempts=4)
+            try:  # as long as the lease surely holds: an outage shorter than it costs nothing
+                await retry(
+                    functools.partial(self._store_epoch, epoch), deadline=self.lease.deadline
+                )
             except PyMongoError as exc:
                 self.log.error("metrics write failed; dropped", epoch=epoch.epoch, error=str(exc))
 
@@ -354,7 +388,19 @@ class JobRun:
 
     async def _watch_sink(self, sink: LogSink) -> None:
         await sink.failed.wait()
-        self._request_stop(StopReason.LOG_FAILED, self.s.stop_grace_s)
+        if sink.stale:
+            self.lease.lose(f"log writes refused: {sink.error}")
+        else:
+            self._request_stop(StopReason.LOG_FAILED, self.s.stop_grace_s)
+
+    def _fence_deadline(self, lease_deadline: float) -> float:
+        """When the trainer must have stopped if it hears no more: a little before the lease
+        could expire on the server, so it is gone before anyone else can claim the job."""
+        return lease_deadline - min(1.0, self.s.lease_s / 10)
+
+    def _tell_trainer_deadline(self, lease_deadline: float) -> None:
+        if self.proc is not None:
+            self.proc.send(supervision.lease_line(self._fence_deadline(lease_deadline)))
 
 
 def _remove_workdir(workdir: Path) -> None:

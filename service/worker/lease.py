@@ -1,10 +1,13 @@
-"""A run's hold on its job: the lease, renewed by compare-and-set until the run's final write.
+"""A run's hold on its job: the lease, renewed until the run's final write.
 
-The attempt owns the job only while its renewals succeed. The moment one loses the race (the
-lease expired and someone re-queued or failed the job), the lease is lost: the run is
-stopped and nothing more is written for it, because the job belongs to whoever holds it now.
-All version-changing writes of the run (renewals and the final write) go through here, one
-at a time, so a renewal never races the final write for the same version.
+The attempt holds the job while its renewals find the job Running with its attempt id. The
+moment one finds otherwise (the lease expired and the job was re-queued or failed), the
+lease is lost: the run is stopped and nothing more is written for it, because the job
+belongs to whoever holds it now. A renewal that fails (MongoDB unreachable, reply lost) is
+retried, with the run going on, for as long as the lease surely holds: until `deadline`,
+the send time of the last renewal that succeeded plus the lease, on this machine's monotonic
+clock (docs/reliability.md, "Leases"). Renewals and the final write go through here one at
+a time, so a renewal never races the final write.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class Lease:
         renew_every_s: float,
         on_lost: Callable[[str], None],
         on_cancel_requested: Callable[[], None],
+        on_renewed: Callable[[float], None] | None = None,
+        claimed_at: float | None = None,
     ) -> None:
         self._jobs = jobs
         self.job = job  # the latest version we own
@@ -42,9 +47,10 @@ class Lease:
         self.renew_every_s = renew_every_s
         self._on_lost = on_lost
         self._on_cancel_requested = on_cancel_requested
-        # Counted from before the claim's reply, on our own clock: our lease surely holds
-        # until then, whatever the server's clock says.
-        self.deadline = time.monotonic() + lease_s
+        self._on_renewed = on_renewed
+        # Counted from when the claim was sent, on our own clock: the server granted the lease
+        # after that, so it surely holds until then.
+        self.deadline = (claimed_at if claimed_at is not None else time.monotonic()) + lease_s
         self.lost_reason: str | None = None
         self._cas = asyncio.Lock()
         self._done = False  # the final write was made (or given up): no more renewals
@@ -64,6 +70,7 @@ class Lease:
         """Renew every `renew_every_s`; faster retries while MongoDB errs. Returns once the
         lease is lost or the final write was made."""
         delay = self.renew_every_s
+        retries = DATABASE.delays()
         while True:
             await asyncio.sleep(delay)
             async with self._cas:
@@ -78,20 +85,24 @@ class Lease:
                         return
                     log.warning("lease renewal failed; retrying", job_id=str(self.job.id),
                                 error=str(exc))  # fmt: skip
-                    delay = min(DATABASE.initial_s * 10, self.renew_every_s)
+                    delay = min(next(retries), self.renew_every_s)
                     continue
                 if renewed is None:
-                    self.lose("lease renewal lost the race")
+                    self.lose("the job is not ours any more (lease renewal refused)")
                     return
                 self.job = renewed
+                retries = DATABASE.delays()
                 self.deadline = sent_at + self.lease_s
                 delay = self.renew_every_s
+                if self._on_renewed is not None:
+                    self._on_renewed(self.deadline)
             if renewed.cancelRequested:
                 self._on_cancel_requested()
 
     async def final_write(self, write: FinalWrite) -> JobRecord | None:
-        """The run's last version-changing write (finish or release); `None` when the job
-        is not ours any more. Retried while the lease surely holds."""
+        """The run's last write (finish or release); `None` when the job is not ours any more.
+        Retried while the lease surely holds; the write is conditioned on the attempt id, and
+        the store recognises its own earlier write whose reply was lost."""
         async with self._cas:
             self._done = True
             if self.lost:

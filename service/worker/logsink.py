@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import structlog
 from bson import ObjectId
@@ -20,7 +20,7 @@ from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
 from service.retry import DATABASE
-from service.store.logs import LogStore
+from service.store.logs import LogStore, StaleAttempt
 
 log = structlog.get_logger(__name__)
 
@@ -30,8 +30,13 @@ MAX_DELAY_S = 0.1
 # Past this many unwritten lines the pipe readers wait, so the trainer blocks on its own
 # writes instead of the worker buffering without bound while MongoDB is slow.
 HIGH_WATER_LINES = 4 * MAX_LINES
-# Tries of one batch before the sink gives up (and the run is failed): about 6 s of outage.
+# Tries of one batch before a sink that holds no lease gives up (about 6 s of outage); a
+# run's sink tries for as long as its lease surely holds.
 APPEND_ATTEMPTS = 6
+
+
+class LeaseLapsed(Exception):
+    """The attempt's lease may have expired: it must not write until it is confirmed."""
 
 
 class LogSink:
@@ -41,6 +46,8 @@ class LogSink:
         job_id: ObjectId,
         *,
         next_seq: int,
+        attempt_id: str | None = None,
+        lease_deadline: Callable[[], float] | None = None,
         max_lines: int = MAX_LINES,
         max_bytes: int = MAX_BYTES,
         max_delay_s: float = MAX_DELAY_S,
@@ -48,6 +55,8 @@ class LogSink:
     ) -> None:
         self._logs = logs
         self.job_id = job_id
+        self.attempt_id = attempt_id
+        self._lease_deadline = lease_deadline
         self.seq = next_seq  # where the next batch goes
         self._max_lines = max_lines
         self._max_bytes = max_bytes
@@ -64,6 +73,7 @@ class LogSink:
         self.batches_written = 0
         self.failed = asyncio.Event()  # set when writing gave up: the run cannot be logged
         self.error: BaseException | None = None
+        self.stale = False  # it gave up because the attempt does not hold the job (any more)
         self._task = asyncio.create_task(self._guarded_flusher(), name=f"logsink-{job_id}")
 
     @property
@@ -108,12 +118,19 @@ class LogSink:
     async def _guarded_flusher(self) -> None:
         try:
             await self._flusher()
+        except (StaleAttempt, LeaseLapsed) as exc:
+            log.warning("log writes stopped", job_id=str(self.job_id), why=str(exc))
+            self.stale = True
+            self._give_up(exc)
         except PyMongoError as exc:
             log.error("log writes keep failing; giving up", job_id=str(self.job_id), error=str(exc))
-            self.error = exc
-            self._buf.clear()
-            self._room.set()
-            self.failed.set()
+            self._give_up(exc)
+
+    def _give_up(self, exc: BaseException) -> None:
+        self.error = exc
+        self._buf.clear()
+        self._room.set()
+        self.failed.set()
 
     async def _flusher(self) -> None:
         while True:
@@ -140,19 +157,31 @@ class LogSink:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=remaining)
 
+    def _check_lease(self) -> None:
+        """A frozen or partitioned worker resumes with lines in its buffer: they are not
+        written unless its lease still surely holds (the run's lease keeper decides)."""
+        if self._lease_deadline is not None and time.monotonic() >= self._lease_deadline():
+            raise LeaseLapsed("the lease was not confirmed by its deadline")
+
     async def _append(self, stream: str, lines: list[str]) -> None:
-        """Store one batch exactly once, also across an error that hid whether it landed."""
+        """Store one batch exactly once, also across an error that hid whether it landed.
+
+        A run's sink (one with a lease) tries for as long as the lease surely holds: an
+        outage shorter than the lease costs nothing. Without one, APPEND_ATTEMPTS tries."""
         delays = DATABASE.delays()
-        for attempt in range(1, APPEND_ATTEMPTS + 1):
+        attempt = 0
+        while True:
+            attempt += 1
+            self._check_lease()
             try:
                 stored_at = await self._logs.append(
-                    self.job_id, stream, lines, expected_seq=self.seq
+                    self.job_id, stream, lines, expected_seq=self.seq, attempt_id=self.attempt_id
                 )
                 self.seq = stored_at + len(lines)
                 self.batches_written += 1
                 return
             except PyMongoError as exc:
-                if attempt == APPEND_ATTEMPTS:
+                if self._lease_deadline is None and attempt >= APPEND_ATTEMPTS:
                     raise
                 log.warning("log write failed; retrying", job_id=str(self.job_id), error=str(exc))
                 await asyncio.sleep(next(delays))

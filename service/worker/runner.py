@@ -102,6 +102,7 @@ class TrainerProcess:
         die_with_worker: bool = True,
         max_line_bytes: int = MAX_LINE_BYTES,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
+        stdin: bool = False,
     ) -> None:
         self.argv = list(argv)
         self._on_line = on_line
@@ -110,6 +111,7 @@ class TrainerProcess:
         self._die_with_worker = die_with_worker
         self._max_line_bytes = max_line_bytes
         self._drain_timeout_s = drain_timeout_s
+        self._stdin = stdin
         self._proc: asyncio.subprocess.Process | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
@@ -130,7 +132,7 @@ class TrainerProcess:
         argv = [*prefix, *self.argv]
         self._proc = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if self._stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=self._env,
@@ -171,6 +173,15 @@ class TrainerProcess:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout=grace_s)
         self.signal_group(signal.SIGKILL)
+
+    def send(self, line: str) -> None:
+        """One line to the trainer's stdin (trainer.supervision); never blocks, and a trainer
+        that has exited or closed its stdin simply does not hear it."""
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ConnectionError, RuntimeError, OSError):
+            proc.stdin.write(line.encode() + b"\n")
 
     def signal_group(self, sig: int) -> None:
         if self._proc is None:
