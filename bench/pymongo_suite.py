@@ -46,6 +46,10 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gate
 VENV = CACHE / "pymongo-suite-venv"
 # What the suite needs besides PyMongo itself (its requirements/test.txt).
 PLUGINS = ("pytest>=8.2", "pytest-asyncio>=0.24.0", "importlib_metadata>=7.0")
+# And ours: a test that hangs (a server that never answers) fails after this long instead of
+# stopping the run.
+TIMEOUT_PLUGIN = "pytest-timeout>=2.3"
+TEST_TIMEOUT_S = 60
 
 # The brief's set: change streams (with the change-stream unified spec tests, which
 # test_change_stream.py generates), retryable writes, the CRUD unified spec tests; and the
@@ -98,7 +102,9 @@ def fetch_suite(version: str) -> Path:
 def suite_venv(version: str) -> Path:
     """A venv of the base interpreter (not ours) with the plugins and the same PyMongo."""
     python = VENV / "bin" / "python"
-    wanted = json.dumps({"pymongo": version, "plugins": PLUGINS, "python": sys.version})
+    wanted = json.dumps(
+        {"pymongo": version, "plugins": [*PLUGINS, TIMEOUT_PLUGIN], "python": sys.version}
+    )
     marker = VENV / ".gatequeue-suite"
     if python.is_file() and marker.is_file() and marker.read_text() == wanted:
         return python
@@ -107,7 +113,7 @@ def suite_venv(version: str) -> Path:
     venv.EnvBuilder(with_pip=True, clear=True, symlinks=True).create(VENV)
     subprocess.run(
         [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-         f"pymongo=={version}", *PLUGINS],
+         f"pymongo=={version}", *PLUGINS, TIMEOUT_PLUGIN],
         check=True,
     )  # fmt: skip
     marker.write_text(wanted)
@@ -166,6 +172,7 @@ def main() -> int:
     parser.add_argument("-k", default=None, help="pytest -k expression")
     parser.add_argument("--failures", type=int, default=0, help="list this many failures")
     parser.add_argument("--timeout", type=float, default=3600.0, help="pytest wall limit (s)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="pytest -v in the log")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     args = parser.parse_args()
 
@@ -179,8 +186,11 @@ def main() -> int:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             junit = Path(tmp) / "results.xml"
-            command = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "-q", "--no-header",
-                       "-o", "log_cli=false", f"--junitxml={junit}", "-rN"]  # fmt: skip
+            # --tb=native: pytest's own traceback formatting re-parses sources with ast, which
+            # CPython 3.11 breaks on deep stacks ("AST constructor recursion depth mismatch").
+            command = [str(python), "-m", "pytest", "-p", "no:cacheprovider", "--no-header",
+                       "-v" if args.verbose else "-q", "--tb=native", "-o", "log_cli=false",
+                       f"--junitxml={junit}", "-rN", f"--timeout={TEST_TIMEOUT_S}"]  # fmt: skip
             if args.k:
                 command += ["-k", args.k]
             command += [f"test/asynchronous/{name}" for name in args.files]
@@ -192,14 +202,17 @@ def main() -> int:
                 "PYTHONDONTWRITEBYTECODE": "1",
             }
             log(f"pymongo {version} suite against {uri}: {' '.join(args.files)}")
-            try:
-                run = subprocess.run(command, cwd=suite, env=env, capture_output=True, text=True,
-                                     timeout=args.timeout, check=False)  # fmt: skip
-            except subprocess.TimeoutExpired:
-                log(f"pytest ran past {args.timeout:.0f} s")
-                return 2
+            output = CACHE / "pymongo-suite" / version / "last-run.log"
+            log(f"pytest's output: {output}")
+            with open(output, "w") as out:
+                try:
+                    subprocess.run(command, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                   timeout=args.timeout, check=False)  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    log(f"pytest ran past {args.timeout:.0f} s")
+                    return 2
             if not junit.is_file():
-                log(run.stdout[-5000:] + run.stderr[-5000:])
+                log(output.read_text()[-5000:])
                 return 2
             per_file, problems = summarise(junit, args.files)
     finally:

@@ -736,12 +736,31 @@ public final class GateQueueMongoServer {
                 case "createindexes":
                     refusePartialUniqueIndexes(body);
                     return backend.handleCommand(channel, db, command, body);
+                case "create": {
+                    Object images = body.remove("changeStreamPreAndPostImages");
+                    boolean enabled = ChangeLog.imagesOption(images);
+                    Document response = backend.handleCommand(channel, db, command, body);
+                    if (isOk(response) && enabled) {
+                        server.changes.setImages(db, (String) body.get(command), true);
+                    }
+                    return response;
+                }
+                case "collmod":
+                    return server.changes.collMod(db, body);
+                case "renamecollection": {
+                    Document response = backend.handleCommand(channel, db, command, body);
+                    if (isOk(response) && !Objects.equals(body.get(command), body.get("to"))) {
+                        server.changes.recordRename(String.valueOf(body.get(command)), String.valueOf(body.get("to")));
+                    }
+                    return response;
+                }
                 case "dropdatabase": {
                     Document response = backend.handleCommand(channel, db, command, body);
                     server.changes.recordDropDatabase(db);
                     return response;
                 }
                 case "killcursors": {
+                    Document response = backend.handleCommand(channel, db, command, body); // reports killed ids
                     Object ids = body.get("cursors");
                     if (ids instanceof List) {
                         for (Object id : (List<?>) ids) {
@@ -749,7 +768,7 @@ public final class GateQueueMongoServer {
                             server.queryCursors.forget(((Number) id).longValue());
                         }
                     }
-                    return backend.handleCommand(channel, db, command, body);
+                    return response;
                 }
                 default:
                     return backend.handleCommand(channel, db, command, body);
@@ -1472,7 +1491,8 @@ public final class GateQueueMongoServer {
                 Object spec = stage.get(name);
                 switch (name) {
                     case "$set":
-                        out.add(new Document("$addFields", vars.expression(spec)));
+                    case "$addFields":
+                        out.addAll(addFields(vars.expression(spec)));
                         break;
                     case "$replaceWith":
                         out.add(new Document("$replaceRoot", new Document("newRoot", vars.expression(spec))));
@@ -1505,12 +1525,102 @@ public final class GateQueueMongoServer {
                         out.add(new Document(name, facets));
                         break;
                     }
+                    case "$project":
+                        out.add(new Document(name, nestComputedPaths(vars.expression(spec))));
+                        break;
                     default:
                         out.add(new Document(name, vars.expression(spec)));
                         break;
                 }
             }
             return out;
+        }
+
+        /**
+         * $addFields / $set as mongod runs them: every expression sees the stage's input document.
+         * The library evaluates each field against the document it is building, so
+         * {@code {$set: {lease: <new>, late: {$gt: ["$$NOW", "$lease"]}}}} would compare with the
+         * new lease; and it would create a field literally named "a.b" for a dotted path. So a
+         * stage of several fields becomes: each value into a temporary field (each stage sees the
+         * input's fields), then all copied into place (dotted paths nested), then the temporaries
+         * unset.
+         */
+        private static List<Document> addFields(Object spec) {
+            if (!(spec instanceof Document)) {
+                return List.of(new Document("$addFields", spec));
+            }
+            Document fields = (Document) spec;
+            boolean dotted = fields.keySet().stream().anyMatch(k -> k.contains("."));
+            if (fields.size() <= 1 && !dotted) {
+                return List.of(new Document("$addFields", fields));
+            }
+            List<Document> stages = new ArrayList<>();
+            Document copy = new Document();
+            List<String> temporaries = new ArrayList<>();
+            int i = 0;
+            for (Map.Entry<String, Object> e : fields.entrySet()) {
+                String temporary = "__gatequeue_addFields_" + i++;
+                temporaries.add(temporary);
+                stages.add(new Document("$addFields", new Document(temporary, e.getValue())));
+                Document at = copy;
+                String[] parts = e.getKey().split("\\.");
+                for (int p = 0; p < parts.length - 1; p++) {
+                    Object next = at.get(parts[p]);
+                    if (!(next instanceof Document)) {
+                        next = new Document();
+                        at.put(parts[p], next);
+                    }
+                    at = (Document) next;
+                }
+                at.put(parts[parts.length - 1], "$" + temporary);
+            }
+            stages.add(new Document("$addFields", copy));
+            stages.add(new Document("$unset", temporaries));
+            return stages;
+        }
+
+        /**
+         * {@code {$project: {"a.b": <expression>}}} computes a.b inside a, as on mongod; the
+         * library would create a field literally named "a.b". Written as {@code {a: {b: ...}}},
+         * which it computes right, when every key under {@code a} is computed (inclusions stay).
+         */
+        private static Object nestComputedPaths(Object spec) {
+            if (!(spec instanceof Document)) {
+                return spec;
+            }
+            Document in = (Document) spec;
+            Set<String> mixed = new java.util.HashSet<>();
+            for (Map.Entry<String, Object> e : in.entrySet()) {
+                String head = e.getKey().split("\\.", 2)[0];
+                if (isInclusion(e.getValue()) || !e.getKey().contains(".")) {
+                    mixed.add(head);
+                }
+            }
+            Document out = new Document();
+            for (Map.Entry<String, Object> e : in.entrySet()) {
+                String key = e.getKey();
+                String head = key.split("\\.", 2)[0];
+                if (!key.contains(".") || key.startsWith("$") || mixed.contains(head)) {
+                    out.put(key, e.getValue());
+                    continue;
+                }
+                Document at = out;
+                String[] parts = key.split("\\.");
+                for (int i = 0; i < parts.length - 1; i++) {
+                    Object next = at.get(parts[i]);
+                    if (!(next instanceof Document)) {
+                        next = new Document();
+                        at.put(parts[i], next);
+                    }
+                    at = (Document) next;
+                }
+                at.put(parts[parts.length - 1], e.getValue());
+            }
+            return out;
+        }
+
+        private static boolean isInclusion(Object value) {
+            return value instanceof Number || value instanceof Boolean;
         }
     }
 
@@ -1751,8 +1861,13 @@ public final class GateQueueMongoServer {
             Document replacement = new Document(result);
             replacement.remove("_id");
             ChangeLog.REPLACING.set(Boolean.FALSE);
-            collection.updateDocuments(new Document("_id", document.get("_id")), replacement, ArrayFilters.empty(),
-                false, false, changeLog);
+            ChangeLog.PIPELINE_UPDATE.set(Boolean.TRUE);
+            try {
+                collection.updateDocuments(new Document("_id", document.get("_id")), replacement,
+                    ArrayFilters.empty(), false, false, changeLog);
+            } finally {
+                ChangeLog.PIPELINE_UPDATE.set(Boolean.FALSE);
+            }
             return true;
         }
 
@@ -2344,13 +2459,16 @@ public final class GateQueueMongoServer {
     /** One change, as mongod's oplog would hold it. */
     static final class Entry {
         final long ts;
-        final String op; // insert, update, replace, delete, drop, dropDatabase
+        final String op; // insert, update, replace, delete, drop, rename, dropDatabase
         final String db;
         final String coll; // null for dropDatabase
         final Object id;
         final Document document; // insert/replace: the new document
         final Document updateDescription; // update
         final Instant wall;
+        Document pre; // the document before an update, replace or delete (pre-images enabled)
+        Document post; // the document after an update (post-images enabled)
+        Document to; // rename: {db, coll} of the new name
 
         Entry(long ts, String op, String db, String coll, Object id, Document document,
               Document updateDescription, Instant wall) {
@@ -2375,15 +2493,22 @@ public final class GateQueueMongoServer {
             }
             d.putIfNotNull("o", document);
             d.putIfNotNull("u", updateDescription);
+            d.putIfNotNull("pre", pre);
+            d.putIfNotNull("post", post);
+            d.putIfNotNull("to", to);
             return d;
         }
 
         static Entry fromDocument(Document d) {
             Object key = d.get("key");
-            return new Entry(((Number) d.get("_id")).longValue(), (String) d.get("op"),
+            Entry e = new Entry(((Number) d.get("_id")).longValue(), (String) d.get("op"),
                 (String) d.get("db"), (String) d.get("coll"),
                 key instanceof Document ? ((Document) key).get("_id") : null,
                 (Document) d.get("o"), (Document) d.get("u"), (Instant) d.get("wall"));
+            e.pre = (Document) d.get("pre");
+            e.post = (Document) d.get("post");
+            e.to = (Document) d.get("to");
+            return e;
         }
     }
 
@@ -2396,6 +2521,11 @@ public final class GateQueueMongoServer {
      */
     static final class ChangeLog implements Oplog {
         static final ThreadLocal<Boolean> REPLACING = ThreadLocal.withInitial(() -> Boolean.FALSE);
+        /** Set while a pipeline update writes: mongod diffs its arrays element by element. */
+        static final ThreadLocal<Boolean> PIPELINE_UPDATE = ThreadLocal.withInitial(() -> Boolean.FALSE);
+        private static final String IMAGES_ID = "gatequeue.changeStreamPreAndPostImages";
+        /** Namespaces with changeStreamPreAndPostImages enabled (collMod / create). */
+        private final Set<String> imagesEnabled = ConcurrentHashMap.newKeySet();
         private static final String META_ID = "gatequeue.meta";
 
         private final int maxEntries;
@@ -2427,6 +2557,12 @@ public final class GateQueueMongoServer {
             for (Document d : collection.queryAll()) {
                 if (META_ID.equals(d.get("_id"))) {
                     trimmedUpTo = ((Number) d.get("trimmedUpTo")).longValue();
+                    continue;
+                }
+                if (IMAGES_ID.equals(d.get("_id"))) {
+                    for (Object ns : (List<?>) d.get("namespaces")) {
+                        imagesEnabled.add((String) ns);
+                    }
                     continue;
                 }
                 try {
@@ -2467,8 +2603,8 @@ public final class GateQueueMongoServer {
 
         void onInsert(MongoCollection<?> collection, Document document) {
             if (tracked(collection)) {
-                append("insert", collection.getDatabaseName(), collection.getCollectionName(),
-                    document.get("_id"), document.cloneDeeply(), null);
+                append(new Entry(0, "insert", collection.getDatabaseName(), collection.getCollectionName(),
+                    document.get("_id"), document.cloneDeeply(), null, null));
             }
         }
 
@@ -2476,30 +2612,50 @@ public final class GateQueueMongoServer {
             if (!tracked(collection)) {
                 return;
             }
+            boolean images = images(collection.getDatabaseName(), collection.getCollectionName());
+            Entry entry;
             if (REPLACING.get()) {
-                append("replace", collection.getDatabaseName(), collection.getCollectionName(),
-                    after.get("_id"), after.cloneDeeply(), null);
-                return;
+                entry = new Entry(0, "replace", collection.getDatabaseName(), collection.getCollectionName(),
+                    after.get("_id"), after.cloneDeeply(), null, null);
+            } else {
+                Document updated = new Document();
+                List<String> removed = new ArrayList<>();
+                List<Document> truncated = new ArrayList<>();
+                diff("", before, after, updated, removed, truncated, PIPELINE_UPDATE.get());
+                Document description = new Document("updatedFields", updated.cloneDeeply())
+                    .append("removedFields", removed)
+                    .append("truncatedArrays", truncated);
+                entry = new Entry(0, "update", collection.getDatabaseName(), collection.getCollectionName(),
+                    after.get("_id"), null, description, null);
+                if (images) {
+                    entry.post = after.cloneDeeply();
+                }
             }
-            Document updated = new Document();
-            List<String> removed = new ArrayList<>();
-            diff("", before, after, updated, removed);
-            Document description = new Document("updatedFields", updated.cloneDeeply())
-                .append("removedFields", removed)
-                .append("truncatedArrays", List.of());
-            append("update", collection.getDatabaseName(), collection.getCollectionName(),
-                after.get("_id"), null, description);
+            if (images) {
+                entry.pre = before.cloneDeeply();
+            }
+            append(entry);
         }
 
         void onDelete(MongoCollection<?> collection, Document document) {
             if (tracked(collection)) {
-                append("delete", collection.getDatabaseName(), collection.getCollectionName(),
-                    document.get("_id"), null, null);
+                Entry entry = new Entry(0, "delete", collection.getDatabaseName(), collection.getCollectionName(),
+                    document.get("_id"), null, null, null);
+                if (images(collection.getDatabaseName(), collection.getCollectionName())) {
+                    entry.pre = document.cloneDeeply();
+                }
+                append(entry);
             }
         }
 
+        /**
+         * updateDescription as mongod computes it from the documents before and after: changed
+         * sub-documents field by field. For pipeline updates mongod diffs arrays element by element
+         * too ({@code "a.3": v}, and {@code truncatedArrays} when an array shrank), unless that diff
+         * is bigger than the new array; classic updates (and we) report a changed array whole.
+         */
         private static void diff(String prefix, Document before, Document after, Document updated,
-                                 List<String> removed) {
+                                 List<String> removed, List<Document> truncated, boolean arrays) {
             for (Map.Entry<String, Object> e : after.entrySet()) {
                 String path = prefix + e.getKey();
                 Object now = e.getValue();
@@ -2509,7 +2665,9 @@ public final class GateQueueMongoServer {
                 }
                 Object was = before.get(e.getKey());
                 if (was instanceof Document && now instanceof Document) {
-                    diff(path + ".", (Document) was, (Document) now, updated, removed);
+                    diff(path + ".", (Document) was, (Document) now, updated, removed, truncated, arrays);
+                } else if (arrays && was instanceof List && now instanceof List && !was.equals(now)) {
+                    diffArray(path, (List<?>) was, (List<?>) now, updated, removed, truncated);
                 } else if (!Objects.equals(was, now)
                     || (was != null && now != null && was.getClass() != now.getClass())) {
                     updated.put(path, now);
@@ -2522,19 +2680,75 @@ public final class GateQueueMongoServer {
             }
         }
 
+        private static void diffArray(String path, List<?> was, List<?> now, Document updated,
+                                      List<String> removed, List<Document> truncated) {
+            Document elements = new Document();
+            List<String> elementsRemoved = new ArrayList<>();
+            List<Document> elementsTruncated = new ArrayList<>();
+            for (int i = 0; i < now.size(); i++) {
+                Object a = i < was.size() ? was.get(i) : null;
+                Object b = now.get(i);
+                if (i >= was.size()) {
+                    elements.put(path + "." + i, b);
+                } else if (a instanceof Document && b instanceof Document) {
+                    diff(path + "." + i + ".", (Document) a, (Document) b, elements, elementsRemoved,
+                        elementsTruncated, true);
+                } else if (!Objects.equals(a, b)) {
+                    elements.put(path + "." + i, b);
+                }
+            }
+            Document diffSize = new Document("u", elements).append("r", elementsRemoved).append("t", elementsTruncated);
+            if (Batches.size(diffSize) >= Batches.size(new Document("a", now))) {
+                updated.put(path, now); // the whole array is smaller: mongod sends it whole
+                return;
+            }
+            updated.putAll(elements);
+            removed.addAll(elementsRemoved);
+            truncated.addAll(elementsTruncated);
+            if (now.size() < was.size()) {
+                truncated.add(new Document("field", path).append("newSize", now.size()));
+            }
+        }
+
         void recordDropDatabase(String db) {
             if (!INTERNAL_DATABASES.contains(db)) {
                 append("dropDatabase", db, null, null, null, null);
+                imagesEnabled.removeIf(ns -> ns.startsWith(db + "."));
+            }
+        }
+
+        /** renameCollection: a rename event on the old name (which ends a stream on it). */
+        void recordRename(String from, String to) {
+            int dot = from.indexOf('.');
+            int toDot = to.indexOf('.');
+            if (dot < 0 || toDot < 0 || INTERNAL_DATABASES.contains(from.substring(0, dot))) {
+                return;
+            }
+            Entry entry = new Entry(0, "rename", from.substring(0, dot), from.substring(dot + 1), null, null, null,
+                null);
+            entry.to = new Document("db", to.substring(0, toDot)).append("coll", to.substring(toDot + 1));
+            append(entry);
+            if (imagesEnabled.remove(from)) {
+                imagesEnabled.add(to);
             }
         }
 
         private void append(String op, String db, String coll, Object id, Document document,
                             Document updateDescription) {
+            append(new Entry(0, op, db, coll, id, document, updateDescription, null));
+        }
+
+        /** Stamps the entry with the next cluster time and the wall clock, stores it, wakes waiters. */
+        private void append(Entry draft) {
             List<Runnable> wake;
             synchronized (lock) {
                 long now = (Instant.now().getEpochSecond() << 32) | 1; // increments start at 1
                 long ts = Math.max(last + 1, now);
-                Entry entry = new Entry(ts, op, db, coll, id, document, updateDescription, Instant.now());
+                Entry entry = new Entry(ts, draft.op, draft.db, draft.coll, draft.id, draft.document,
+                    draft.updateDescription, Instant.ofEpochMilli(System.currentTimeMillis()));
+                entry.pre = draft.pre;
+                entry.post = draft.post;
+                entry.to = draft.to;
                 entries.put(ts, entry);
                 if (store != null) {
                     store.addDocument(entry.toDocument());
@@ -2661,6 +2875,66 @@ public final class GateQueueMongoServer {
             String coll = namespace.substring(dot + 1);
             if (!INTERNAL_DATABASES.contains(db) && !coll.startsWith("system.")) {
                 append("drop", db, coll, null, null, null);
+                setImages(db, coll, false);
+            }
+        }
+
+        /** changeStreamPreAndPostImages: {enabled: bool}, as mongod parses it. */
+        static boolean imagesOption(Object option) {
+            if (option == null) {
+                return false;
+            }
+            if (!(option instanceof Document) || !(((Document) option).get("enabled") instanceof Boolean)
+                || ((Document) option).size() != 1) {
+                throw new MongoServerError(40414, "IDLFailedToParse",
+                    "changeStreamPreAndPostImages must be {enabled: <bool>}, not " + option);
+            }
+            return (Boolean) ((Document) option).get("enabled");
+        }
+
+        /**
+         * collMod, which the library lacks: only changeStreamPreAndPostImages, the one option
+         * whose effect we have; any other option is refused rather than ignored.
+         */
+        Document collMod(String db, Document body) {
+            String coll = String.valueOf(body.get("collMod"));
+            if (backend.database(db).resolveCollection(coll, false) == null) {
+                throw new MongoServerError(26, "NamespaceNotFound", "ns does not exist: " + db + "." + coll);
+            }
+            Boolean enabled = null;
+            for (String key : body.keySet()) {
+                switch (key) {
+                    case "collMod":
+                    case "comment":
+                    case "writeConcern":
+                    case "$db":
+                        break;
+                    case "changeStreamPreAndPostImages":
+                        enabled = imagesOption(body.get(key));
+                        break;
+                    default:
+                        throw new MongoServerError(72, "InvalidOptions", "collMod option '" + key
+                            + "' is not supported by the gatequeue embedded server");
+                }
+            }
+            if (enabled != null) {
+                setImages(db, coll, enabled);
+            }
+            return ok(new Document());
+        }
+
+        boolean images(String db, String coll) {
+            return imagesEnabled.contains(db + "." + coll);
+        }
+
+        /** changeStreamPreAndPostImages of a collection; kept with the change log on disk. */
+        void setImages(String db, String coll, boolean enabled) {
+            boolean changed = enabled ? imagesEnabled.add(db + "." + coll) : imagesEnabled.remove(db + "." + coll);
+            if (changed && store != null) {
+                synchronized (lock) {
+                    store.deleteDocuments(new Document("_id", IMAGES_ID), 1);
+                    store.addDocument(new Document("_id", IMAGES_ID).append("namespaces", new ArrayList<>(imagesEnabled)));
+                }
             }
         }
 
@@ -2676,6 +2950,16 @@ public final class GateQueueMongoServer {
             "allowToRunOnConfigDB");
         private static final Set<String> STREAM_STAGES = Set.of("$match", "$project", "$addFields", "$set",
             "$unset", "$replaceRoot", "$replaceWith", "$redact");
+        /** mongod's stage names (6.0), so that an unknown one fails as there: 40324. */
+        private static final Set<String> KNOWN_STAGES = Set.of("$addFields", "$bucket", "$bucketAuto",
+            "$changeStream", "$collStats", "$count", "$densify", "$documents", "$facet", "$fill", "$geoNear",
+            "$graphLookup", "$group", "$indexStats", "$limit", "$listSessions", "$lookup", "$match", "$merge",
+            "$out", "$planCacheStats", "$project", "$redact", "$replaceRoot", "$replaceWith", "$sample",
+            "$search", "$searchMeta", "$set", "$setWindowFields", "$skip", "$sort", "$sortByCount",
+            "$unionWith", "$unset", "$unwind", "$currentOp", "$listLocalSessions");
+        private static final Set<String> FULL_DOCUMENT = Set.of("default", "updateLookup", "whenAvailable",
+            "required");
+        private static final Set<String> BEFORE_CHANGE = Set.of("off", "whenAvailable", "required");
 
         Document openStream(String db, Document body) {
             List<Document> pipeline = Aggregation.parse(body.get("pipeline"));
@@ -2686,21 +2970,36 @@ public final class GateQueueMongoServer {
                         "BSON field '$changeStream." + key + "' is an unknown field.");
                 }
             }
-            String fullDocument = (String) spec.getOrDefault("fullDocument", "default");
-            if (!fullDocument.equals("default") && !fullDocument.equals("updateLookup")) {
-                throw new MongoServerError(2, "BadValue", "fullDocument '" + fullDocument
-                    + "' is not supported by the embedded server (use 'default' or 'updateLookup')");
+            String fullDocument = String.valueOf(spec.getOrDefault("fullDocument", "default"));
+            if (!FULL_DOCUMENT.contains(fullDocument)) {
+                throw new MongoServerError(2, "BadValue", "'" + fullDocument
+                    + "' is not a valid value for $changeStream.fullDocument");
             }
-            Object before = spec.getOrDefault("fullDocumentBeforeChange", "off");
-            if (!"off".equals(before)) {
+            String before = String.valueOf(spec.getOrDefault("fullDocumentBeforeChange", "off"));
+            if (!BEFORE_CHANGE.contains(before)) {
+                throw new MongoServerError(2, "BadValue", "'" + before
+                    + "' is not a valid value for $changeStream.fullDocumentBeforeChange");
+            }
+            if (isTrue(spec.get("showExpandedEvents"))) {
+                // create, createIndexes, modify, ... events: we record none, so refuse the option
                 throw new MongoServerError(2, "BadValue",
-                    "fullDocumentBeforeChange is not supported by the embedded server");
+                    "showExpandedEvents is not supported by the gatequeue embedded server");
+            }
+            Object readConcern = body.get("readConcern");
+            if (readConcern instanceof Document && ((Document) readConcern).get("level") != null
+                && !"majority".equals(((Document) readConcern).get("level"))) {
+                throw new MongoServerError(72, "InvalidOptions", "$changeStream requires read concern"
+                    + " level 'majority', not '" + ((Document) readConcern).get("level") + "'");
             }
             List<Document> stages = pipeline.subList(1, pipeline.size());
             for (Document stage : stages) {
                 String name = stage.keySet().iterator().next();
+                if (!KNOWN_STAGES.contains(name)) {
+                    throw new MongoServerError(40324, "Location40324",
+                        "Unrecognized pipeline stage name: '" + name + "'");
+                }
                 if (!STREAM_STAGES.contains(name)) {
-                    throw new MongoServerError(2, "BadValue",
+                    throw new MongoServerError(20, "IllegalOperation",
                         name + " is not permitted in a $changeStream pipeline");
                 }
             }
@@ -2745,7 +3044,7 @@ public final class GateQueueMongoServer {
             }
 
             ChangeStreamCursor cursor = new ChangeStreamCursor(backend.cursors().generateCursorId(), this,
-                cluster ? null : db, coll, fullDocument.equals("updateLookup"), aggregation, position);
+                cluster ? null : db, coll, fullDocument, before, aggregation, position);
             int batchSize = ((Number) ((Document) body.get("cursor")).getOrDefault("batchSize", 0)).intValue();
             ChangeStreamCursor.Batch batch = cursor.take(batchSize);
             if (!batch.closed) {
@@ -2848,20 +3147,22 @@ public final class GateQueueMongoServer {
         final ChangeLog log;
         final String db; // null: the whole cluster
         final String coll; // null: the whole database
-        final boolean lookup;
+        final String fullDocument; // default, updateLookup, whenAvailable, required
+        final String beforeChange; // off, whenAvailable, required
         final Aggregation aggregation;
         long position; // the cluster time of the last event consumed
         boolean closed;
         volatile boolean waiting;
         volatile long lastUsed = System.currentTimeMillis();
 
-        ChangeStreamCursor(long id, ChangeLog log, String db, String coll, boolean lookup,
-                           Aggregation aggregation, long position) {
+        ChangeStreamCursor(long id, ChangeLog log, String db, String coll, String fullDocument,
+                           String beforeChange, Aggregation aggregation, long position) {
             super(id);
             this.log = log;
             this.db = db;
             this.coll = coll;
-            this.lookup = lookup;
+            this.fullDocument = fullDocument;
+            this.beforeChange = beforeChange;
             this.aggregation = aggregation;
             this.position = position;
         }
@@ -2906,6 +3207,15 @@ public final class GateQueueMongoServer {
                     List<Document> docs = applyStages(event);
                     long size = 0;
                     for (Document d : docs) {
+                        if (!event.get("_id").equals(d.get("_id"))) {
+                            // mongod's check: without its token an event cannot be resumed from
+                            closed = true;
+                            throw new MongoServerError(280, "ChangeStreamFatalError", "Encountered an event"
+                                + " whose _id field, which contains the resume token, was modified by the"
+                                + " pipeline. Modifying the _id field of an event makes it impossible to"
+                                + " resume the stream from that point. Only transformations that retain the"
+                                + " unmodified _id field are allowed.");
+                        }
                         size += Batches.size(d);
                     }
                     if (!out.isEmpty() && bytes + size > Batches.MAX_BYTES) {
@@ -2950,7 +3260,7 @@ public final class GateQueueMongoServer {
                 return false;
             }
             if (coll != null) {
-                return e.op.equals("drop") && coll.equals(e.coll);
+                return (e.op.equals("drop") || e.op.equals("rename")) && coll.equals(e.coll);
             }
             return e.op.equals("dropDatabase");
         }
@@ -2976,21 +3286,52 @@ public final class GateQueueMongoServer {
                     event.put("fullDocument", e.document.cloneDeeply());
                     break;
                 case "update":
-                    if (lookup) {
-                        event.put("fullDocument", log.lookup(e.db, e.coll, e.id));
+                    switch (fullDocument) {
+                        case "updateLookup":
+                            event.put("fullDocument", log.lookup(e.db, e.coll, e.id));
+                            break;
+                        case "whenAvailable":
+                            event.put("fullDocument", e.post != null ? e.post.cloneDeeply() : null);
+                            break;
+                        case "required":
+                            if (e.post == null) {
+                                throw imageNotFound("post", e);
+                            }
+                            event.put("fullDocument", e.post.cloneDeeply());
+                            break;
+                        default:
+                            break;
                     }
                     break;
                 default:
                     break;
             }
             event.put("ns", ns);
+            if (e.to != null) {
+                event.put("to", e.to.cloneDeeply());
+            }
             if (e.id != null) {
                 event.put("documentKey", new Document("_id", e.id));
             }
             if (e.updateDescription != null) {
                 event.put("updateDescription", e.updateDescription.cloneDeeply());
             }
+            boolean hasPreImage = e.op.equals("update") || e.op.equals("replace") || e.op.equals("delete");
+            if (hasPreImage && !beforeChange.equals("off")) {
+                if (e.pre == null && beforeChange.equals("required")) {
+                    throw imageNotFound("pre", e);
+                }
+                event.put("fullDocumentBeforeChange", e.pre != null ? e.pre.cloneDeeply() : null);
+            }
             return event;
+        }
+
+        private MongoServerError imageNotFound(String which, Entry e) {
+            closed = true;
+            return new MongoServerError(47, "NoMatchingDocument", "Change stream was configured to require a "
+                + which + "-image for all update, delete and replace events, but the " + which
+                + "-image was not found for event: " + Tokens.of(e.ts).toString()
+                + " (changeStreamPreAndPostImages is off for " + e.db + "." + e.coll + ")");
         }
 
         private List<Document> applyStages(Document event) {
