@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import shutil
+import socket
 import subprocess
 import sys
 import tarfile
@@ -120,6 +121,15 @@ def suite_venv(version: str) -> Path:
     return python
 
 
+def port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -179,7 +189,9 @@ def main() -> int:
     version = pymongo_version()
     suite = fetch_suite(version)
     python = suite_venv(version)
-    mongo = EmbeddedMongo()
+    # Some of the suite's tests connect to localhost:27017 whatever DB_PORT says: serve there
+    # when the port is free.
+    mongo = EmbeddedMongo(port=27017 if port_free(27017) else 0)
     uri = mongo.start()
     port = uri.split(":")[2].split("/")[0]
     started = time.monotonic()

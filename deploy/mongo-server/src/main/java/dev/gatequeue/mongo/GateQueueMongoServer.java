@@ -708,6 +708,7 @@ public final class GateQueueMongoServer {
             Channel channel = request.ctx.channel();
             AbstractMongoBackend backend = server.backend;
             Variables vars = Variables.forCommand(server.changes, body.remove("let"));
+            refuseCollation(body.get("collation"));
             switch (name) {
                 case "find":
                     return server.queryCursors.find(server, channel, db, command, body, vars);
@@ -720,6 +721,7 @@ public final class GateQueueMongoServer {
                     }
                     return backend.handleCommand(channel, db, command, body);
                 case "insert": {
+                    refuseDollarIds(body.get("documents"));
                     // MongoDB's default is ordered; the library's is unordered.
                     body.putIfAbsent("ordered", Boolean.TRUE);
                     Document response = backend.handleCommand(channel, db, command, body);
@@ -735,6 +737,13 @@ public final class GateQueueMongoServer {
                     return findAndModify(server, channel, db, command, body, vars);
                 case "createindexes":
                     refusePartialUniqueIndexes(body);
+                    if (body.get("indexes") instanceof List) {
+                        for (Object index : (List<?>) body.get("indexes")) {
+                            if (index instanceof Document) {
+                                refuseCollation(((Document) index).get("collation"));
+                            }
+                        }
+                    }
                     return backend.handleCommand(channel, db, command, body);
                 case "create": {
                     Object images = body.remove("changeStreamPreAndPostImages");
@@ -775,12 +784,48 @@ public final class GateQueueMongoServer {
             }
         }
 
+        /**
+         * The library ignores collations (it compares strings by code point), so a query with one
+         * would match other documents than on mongod: refused, as transactions are. The simple
+         * collation is what the library does.
+         */
+        static void refuseCollation(Object collation) {
+            if (collation == null) {
+                return;
+            }
+            if (collation instanceof Document && ((Document) collation).size() == 1
+                && "simple".equals(((Document) collation).get("locale"))) {
+                return;
+            }
+            throw new MongoServerError(2, "BadValue", "collations other than {locale: 'simple'} are not"
+                + " supported by the gatequeue embedded MongoDB server (mongo-java-server)");
+        }
+
+        /** mongod refuses an _id holding $-prefixed fields (they are not valid for storage). */
+        private static void refuseDollarIds(Object documents) {
+            if (!(documents instanceof List)) {
+                return;
+            }
+            for (Object d : (List<?>) documents) {
+                Object id = d instanceof Document ? ((Document) d).get("_id") : null;
+                if (id instanceof Document) {
+                    for (String key : ((Document) id).keySet()) {
+                        if (key.startsWith("$")) {
+                            throw new MongoServerError(52, "DollarPrefixedFieldName", "_id fields may not contain"
+                                + " '$'-prefixed fields: " + key + " is not valid for storage.");
+                        }
+                    }
+                }
+            }
+        }
+
         /** delete statements (and update's) with $$NOW and the command's let put into their $expr. */
         private static List<Document> withFilters(Object statements, Variables vars) {
             List<Document> out = new ArrayList<>();
             if (statements instanceof List) {
                 for (Object o : (List<?>) statements) {
                     Document statement = new Document((Document) o);
+                    refuseCollation(statement.get("collation"));
                     if (statement.get("q") instanceof Document) {
                         statement.put("q", vars.filter((Document) statement.get("q")));
                     }
@@ -801,6 +846,12 @@ public final class GateQueueMongoServer {
             List<Document> statements = (List<Document>) body.get("updates");
             boolean ordered = !body.containsKey("ordered") || isTrue(body.get("ordered"));
             String collection = (String) body.get(command);
+            for (Document statement : statements) {
+                if (statement.containsKey("sort")) { // MongoDB 8.0 added it; 6.0 refuses it
+                    throw new MongoServerError(40415, "Location40415",
+                        "BSON field 'update.updates.sort' is an unknown field.");
+                }
+            }
             int n = 0;
             int nModified = 0;
             List<Document> upserted = new ArrayList<>();
@@ -810,6 +861,7 @@ public final class GateQueueMongoServer {
                 Object u = statement.get("u");
                 Document response;
                 try {
+                    refuseCollation(statement.get("collation"));
                     Variables statementVars = vars.withConstants(statement.remove("c"), u instanceof List);
                     if (statement.get("q") instanceof Document) {
                         statement.put("q", statementVars.filter((Document) statement.get("q")));
@@ -1243,10 +1295,24 @@ public final class GateQueueMongoServer {
             }
             Document options = new Document((Document) cursorOptions);
             int batchSize = Batches.firstBatchSize(options.remove("batchSize"), "batchSize");
+            Object readConcern = body.get("readConcern");
+            if (readConcern instanceof Document && "linearizable".equals(((Document) readConcern).get("level"))
+                && writesOut(body.get("pipeline"))) {
+                throw new MongoServerError(72, "InvalidOptions",
+                    "readConcern level 'linearizable' is not supported for $out or $merge");
+            }
             body.put("cursor", options);
             body.put("pipeline", Pipelines.prepare(Aggregation.parse(body.get("pipeline")), vars));
             Document response = server.backend.handleCommand(channel, db, command, body);
             return firstBatch(response, batchSize, false);
+        }
+
+        private static boolean writesOut(Object pipeline) {
+            if (!(pipeline instanceof List) || ((List<?>) pipeline).isEmpty()) {
+                return false;
+            }
+            Object last = ((List<?>) pipeline).get(((List<?>) pipeline).size() - 1);
+            return last instanceof Document && (((Document) last).containsKey("$out") || ((Document) last).containsKey("$merge"));
         }
 
         /** The library's one-reply result, cut to the first batch; the rest waits in a cursor. */
