@@ -123,6 +123,7 @@ def suite_venv(version: str) -> Path:
 
 def port_free(port: int) -> bool:
     with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

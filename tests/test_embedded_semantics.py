@@ -653,3 +653,60 @@ async def test_server_information_commands(client: AsyncMongoClient) -> None:
     status = await client.admin.command("serverStatus")
     assert status["ok"] == 1.0
     assert (await client.admin.command("killAllSessions", []))["ok"] == 1.0
+
+
+async def test_trim_and_pre_images_survive_a_restart(tmp_path: Any, db_name: str) -> None:
+    """With a data directory the trim point and changeStreamPreAndPostImages are kept."""
+    data_dir = tmp_path / "mongo"
+    first = EmbeddedMongo(data_dir=data_dir)
+    client: AsyncMongoClient = AsyncMongoClient(await asyncio.to_thread(first.start))
+    try:
+        db = client[db_name]
+        await db.create_collection("jobs", changeStreamPreAndPostImages={"enabled": True})
+        async with await db.jobs.watch() as stream:
+            await db.jobs.insert_many([{"_id": 1, "v": 0}, {"_id": 2, "v": 0}, {"_id": 3}])
+            old, _, _ = await _collect(stream, 3)
+        # Keeps the newest event: resuming after the second still works, after the first not.
+        await client.admin.command("gatequeueTrimChangeLog", 1, keep=1)
+    finally:
+        await client.close()
+        await asyncio.to_thread(first.stop)
+
+    second = EmbeddedMongo(data_dir=data_dir)
+    client = AsyncMongoClient(await asyncio.to_thread(second.start))
+    try:
+        jobs = client[db_name].jobs
+        with pytest.raises(OperationFailure) as lost:
+            async with await jobs.watch(resume_after=old["_id"]) as stream:
+                await stream.try_next()
+        assert lost.value.code == 286
+        async with await jobs.watch(
+            full_document="required", full_document_before_change="required"
+        ) as stream:
+            await jobs.update_one({"_id": 1}, {"$set": {"v": 1}})
+            (event,) = await _collect(stream, 1)
+        assert event["fullDocumentBeforeChange"] == {"_id": 1, "v": 0}
+        assert event["fullDocument"] == {"_id": 1, "v": 1}
+        # Without pre-images (collMod off) a stream that requires them fails, as on mongod.
+        await client[db_name].command("collMod", "jobs", changeStreamPreAndPostImages={"enabled": False})
+        async with await jobs.watch(full_document_before_change="required") as stream:
+            await jobs.update_one({"_id": 2}, {"$set": {"v": 1}})
+            with pytest.raises(OperationFailure) as missing:
+                await stream.try_next()
+        assert missing.value.code == 47
+        with pytest.raises(OperationFailure) as unsupported:
+            await client[db_name].command("collMod", "jobs", validator={"v": {"$gte": 0}})
+        assert unsupported.value.code == 72
+    finally:
+        await client.close()
+        await asyncio.to_thread(second.stop)
+
+
+async def test_collations_are_refused(client: AsyncMongoClient, db_name: str) -> None:
+    """The library compares strings by code point only; a collation would be silently ignored."""
+    coll = client[db_name].c
+    await coll.insert_one({"name": "a"})
+    with pytest.raises(OperationFailure) as refused:
+        await coll.find_one({"name": "A"}, collation={"locale": "en", "strength": 2})
+    assert refused.value.code == 2
+    assert await coll.find_one({"name": "a"}, collation={"locale": "simple"}) is not None
