@@ -9,6 +9,7 @@ import java.nio.file.Paths;
 import java.time.Instant;
 import java.util.ArrayList;
 import java.util.Collection;
+import java.util.HashMap;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
@@ -35,11 +36,15 @@ import de.bwaldvogel.mongo.MongoDatabase;
 import de.bwaldvogel.mongo.MongoVersion;
 import de.bwaldvogel.mongo.backend.AbstractMongoBackend;
 import de.bwaldvogel.mongo.backend.AbstractCursor;
+import de.bwaldvogel.mongo.backend.ArrayFilters;
 import de.bwaldvogel.mongo.backend.CollectionOptions;
 import de.bwaldvogel.mongo.backend.Cursor;
 import de.bwaldvogel.mongo.backend.CursorRegistry;
+import de.bwaldvogel.mongo.backend.Missing;
 import de.bwaldvogel.mongo.backend.QueryResult;
+import de.bwaldvogel.mongo.backend.Utils;
 import de.bwaldvogel.mongo.backend.aggregation.Aggregation;
+import de.bwaldvogel.mongo.backend.aggregation.Expression;
 import de.bwaldvogel.mongo.backend.h2.H2Backend;
 import de.bwaldvogel.mongo.backend.h2.H2Collection;
 import de.bwaldvogel.mongo.backend.h2.H2Database;
@@ -112,7 +117,6 @@ public final class GateQueueMongoServer {
 
     static final long DEFAULT_AWAIT_MS = 1000;
     static final long CURSOR_IDLE_TIMEOUT_MS = TimeUnit.MINUTES.toMillis(10);
-    static final int MAX_BATCH_BYTES = 8 * 1024 * 1024;
     static final ObjectId ELECTION_ID = new ObjectId("7fffffff0000000000000001");
     static final Set<String> INTERNAL_DATABASES = Set.of("admin", "local", "config");
 
@@ -310,6 +314,9 @@ public final class GateQueueMongoServer {
         final ChangeLog changes;
         final Options options;
         final Sessions sessions = new Sessions();
+        final FailPoints failPoints = new FailPoints();
+        final QueryCursors queryCursors = new QueryCursors();
+        final BackendAccess access;
         final AtomicInteger connectionIds = new AtomicInteger();
         EventLoopGroup boss;
         EventLoopGroup workers;
@@ -318,8 +325,10 @@ public final class GateQueueMongoServer {
 
         Server(AbstractMongoBackend backend, ChangeLog changes, Options options) {
             this.backend = backend;
+            this.access = (BackendAccess) backend;
             this.changes = changes;
             this.options = options;
+            queryCursors.attach(access);
         }
 
         String me() {
@@ -348,6 +357,7 @@ public final class GateQueueMongoServer {
                 .syncUninterruptibly().channel();
             port = ((InetSocketAddress) channel.localAddress()).getPort();
             workers.scheduleAtFixedRate(changes::reapIdleCursors, 60, 60, TimeUnit.SECONDS);
+            workers.scheduleAtFixedRate(queryCursors::reapIdle, 60, 60, TimeUnit.SECONDS);
         }
 
         void stop() {
@@ -403,18 +413,43 @@ public final class GateQueueMongoServer {
         }
     }
 
-    /** A request in flight, so that a deferred getMore can answer it later. */
+    /**
+     * A command in flight: where to answer it (a deferred getMore answers later) and what the
+     * reply needs to know about it (error labels depend on the command and its session fields).
+     */
     static final class Request {
         final ChannelHandlerContext ctx;
         final ClientRequest message;
+        String db;
+        String command; // as the client spelled it
+        String name; // lower case
+        Document body;
+        boolean changeStream; // an aggregate with $changeStream, or a getMore on one
+        List<?> labelsOverride; // failCommand's errorLabels replace the server's own
+        boolean closeAfterRun; // onPrimaryTransactionalWrite: applied, then the reply is lost
 
         Request(ChannelHandlerContext ctx, ClientRequest message) {
             this.ctx = ctx;
             this.message = message;
         }
+
+        String appName() {
+            return ctx.channel().attr(APP_NAME).get();
+        }
+
+        /** The namespace the command works on, as failCommand's {@code namespace} names it. */
+        String namespace() {
+            if (name.equals("getmore")) {
+                return db + "." + body.get("collection");
+            }
+            Object target = body.get(command);
+            return target instanceof String ? db + "." + target : db + ".$cmd";
+        }
     }
 
     static final AttributeKey<Integer> CONNECTION_ID = AttributeKey.valueOf("gatequeue.connectionId");
+    /** The client's appName from its handshake; failCommand's {@code appName} matches on it. */
+    static final AttributeKey<String> APP_NAME = AttributeKey.valueOf("gatequeue.appName");
 
     /** Our replacement for the library's MongoDatabaseHandler. */
     static final class Handler extends SimpleChannelInboundHandler<ClientRequest> {
@@ -443,6 +478,7 @@ public final class GateQueueMongoServer {
             if (message instanceof MongoQuery) {
                 MongoQuery query = (MongoQuery) message;
                 if (!query.getCollectionName().startsWith("$cmd")) {
+                    // OP_QUERY on a collection: gone from MongoDB 6.0 and never sent by PyMongo 4
                     QueryResult result = server.backend.handleQuery(query);
                     ctx.channel().writeAndFlush(new MongoReply(header(message),
                         result != null ? result.collectDocuments() : List.of(),
@@ -469,7 +505,15 @@ public final class GateQueueMongoServer {
             return new MessageHeader(replyIds.incrementAndGet(), request.getHeader().getRequestID());
         }
 
+        /** Every answer goes out here: error labels, cluster time, or no reply at all. */
         void reply(Request request, Document response) {
+            if (request.closeAfterRun) {
+                request.ctx.channel().close();
+                return;
+            }
+            if (request.name != null) {
+                ErrorLabels.apply(request, response);
+            }
             server.changes.stampClusterTime(response);
             if (request.message instanceof NoReplyMessage) {
                 return;
@@ -485,17 +529,59 @@ public final class GateQueueMongoServer {
             }
         }
 
+        /**
+         * failCommand acts before the command runs, as on mongod: it may block the connection for
+         * a while (on a timer of the event loop, holding no thread), close it, or answer an error.
+         */
         private void dispatch(Request request, String db, String command, Document body) {
+            request.db = db;
+            request.command = command;
+            request.name = command.toLowerCase(Locale.ROOT);
+            request.body = body;
+            Document fail = server.failPoints.beforeCommand(request);
+            if (fail == null) {
+                run(request);
+                return;
+            }
+            if (isTrue(fail.get("blockConnection"))) {
+                long ms = ((Number) fail.getOrDefault("blockTimeMS", 0)).longValue();
+                request.ctx.executor().schedule(() -> afterBlock(request, fail), ms, TimeUnit.MILLISECONDS);
+                return;
+            }
+            afterBlock(request, fail);
+        }
+
+        private void afterBlock(Request request, Document fail) {
+            if (isTrue(fail.get("closeConnection"))) {
+                request.ctx.channel().close();
+                return;
+            }
+            if (fail.get("errorCode") instanceof Number) {
+                int code = ((Number) fail.get("errorCode")).intValue();
+                if (fail.get("errorLabels") instanceof List) {
+                    request.labelsOverride = (List<?>) fail.get("errorLabels");
+                }
+                reply(request, errorResponse(new MongoServerError(code, ErrorLabels.codeName(code),
+                    "Failing command via 'failCommand' failpoint")));
+                return;
+            }
+            run(request); // blockConnection alone: the command runs after the wait
+        }
+
+        private void run(Request request) {
             Document response;
             try {
-                response = Commands.run(server, this, request, db, command, body);
+                response = Commands.run(server, this, request);
+                if (response != null) {
+                    server.failPoints.writeConcernError(request, response);
+                }
             } catch (MongoServerException e) {
                 if (e.isLogError() && !(e instanceof MongoServerError)) {
-                    log.warn("{} failed: {}", command, e.getMessageWithoutErrorCode());
+                    log.warn("{} failed: {}", request.command, e.getMessageWithoutErrorCode());
                 }
                 response = errorResponse(e);
             } catch (RuntimeException e) {
-                log.error("{} failed", command, e);
+                log.error("{} failed", request.command, e);
                 response = errorResponse(new MongoServerError(1, "InternalError",
                     "internal error in the embedded server: " + e));
             }
@@ -512,7 +598,8 @@ public final class GateQueueMongoServer {
         if (e instanceof MongoServerError) {
             MongoServerError error = (MongoServerError) e;
             response.put("code", error.getCode());
-            response.putIfNotNull("codeName", error.getCodeName());
+            response.putIfNotNull("codeName", error.getCodeName() != null ? error.getCodeName()
+                : ErrorLabels.codeName(error.getCode()));
         } else if ("ns not found".equals(e.getMessageWithoutErrorCode())) {
             // mongod 6.0 says NamespaceNotFound; drivers ignore exactly that code on drop()
             response.put("code", 26);
@@ -547,16 +634,17 @@ public final class GateQueueMongoServer {
     static final class Commands {
 
         /** Keys PyMongo adds to commands that the library does not know and need not see. */
-        private static final List<String> ENVELOPE = List.of(
+        static final List<String> ENVELOPE = List.of(
             "lsid", "txnNumber", "$clusterTime", "$readPreference", "autocommit", "startTransaction",
             "apiVersion", "apiStrict", "apiDeprecationErrors");
 
-        private static final Set<String> WRITE_COMMANDS = Set.of(
-            "insert", "update", "delete", "findandmodify");
+        static final Set<String> WRITE_COMMANDS = Set.of("insert", "update", "delete", "findandmodify");
 
-        static Document run(Server server, Handler handler, Request request, String db,
-                            String command, Document body) {
-            String name = command.toLowerCase(Locale.ROOT);
+        static Document run(Server server, Handler handler, Request request) {
+            String db = request.db;
+            String command = request.command;
+            String name = request.name;
+            Document body = request.body;
             if (body.containsKey("startTransaction") || body.containsKey("autocommit")
                 || name.equals("committransaction") || name.equals("aborttransaction")) {
                 throw new MongoServerError(20, "IllegalOperation",
@@ -571,16 +659,33 @@ public final class GateQueueMongoServer {
                     return getMore(server, handler, request, db, body);
                 case "aggregate":
                     if (isChangeStream(body)) {
+                        request.changeStream = true;
                         return server.changes.openStream(db, body);
                     }
                     break;
                 case "endsessions":
                     server.sessions.end(body.get(command));
                     return ok(new Document());
+                case "killallsessions":
+                case "killallsessionsbypattern":
+                    // mongod kills the cursors of every session, and PyMongo gives each cursor one
+                    server.queryCursors.killAll();
+                    server.changes.forgetAllCursors();
+                    return ok(new Document());
                 case "replsetgetstatus":
                     return replSetGetStatus(server);
                 case "replsetinitiate":
                     throw new MongoServerError(23, "AlreadyInitialized", "already initialized");
+                case "configurefailpoint":
+                    return server.failPoints.configure(db, body);
+                case "getparameter":
+                    return ServerInfo.getParameter(db, body);
+                case "buildinfo":
+                    return ServerInfo.buildInfo();
+                case "getcmdlineopts":
+                    return ServerInfo.cmdLineOpts(server, db);
+                case "gatequeuetrimchangelog":
+                    return server.changes.trimCommand(db, body);
                 default:
                     break;
             }
@@ -589,20 +694,34 @@ public final class GateQueueMongoServer {
             ENVELOPE.forEach(clean::remove);
             Object lsid = body.get("lsid");
             Object txnNumber = body.get("txnNumber");
-            Supplier<Document> exec = () -> execute(server, request, db, command, name, clean);
             if (WRITE_COMMANDS.contains(name) && lsid instanceof Document && txnNumber instanceof Number) {
+                Supplier<Document> write = () -> server.failPoints.transactionalWrite(request,
+                    () -> execute(server, request, db, command, name, clean));
                 return server.sessions.retryable(((Document) lsid).get("id"),
-                    ((Number) txnNumber).longValue(), exec);
+                    ((Number) txnNumber).longValue(), name, clean, write);
             }
-            return exec.get();
+            return execute(server, request, db, command, name, clean);
         }
 
         private static Document execute(Server server, Request request, String db, String command,
                                         String name, Document body) {
             Channel channel = request.ctx.channel();
             AbstractMongoBackend backend = server.backend;
+            Variables vars = Variables.forCommand(server.changes, body.remove("let"));
+            refuseCollation(body.get("collation"));
             switch (name) {
+                case "find":
+                    return server.queryCursors.find(server, channel, db, command, body, vars);
+                case "aggregate":
+                    return server.queryCursors.aggregate(server, channel, db, command, body, vars);
+                case "count":
+                case "distinct":
+                    if (body.get("query") instanceof Document) {
+                        body.put("query", vars.filter((Document) body.get("query")));
+                    }
+                    return backend.handleCommand(channel, db, command, body);
                 case "insert": {
+                    refuseDollarIds(body.get("documents"));
                     // MongoDB's default is ordered; the library's is unordered.
                     body.putIfAbsent("ordered", Boolean.TRUE);
                     Document response = backend.handleCommand(channel, db, command, body);
@@ -610,32 +729,52 @@ public final class GateQueueMongoServer {
                     return response;
                 }
                 case "update":
-                    return update(backend, channel, db, command, body);
-                case "findandmodify": {
-                    Object update = body.get("update");
-                    ChangeLog.REPLACING.set(update instanceof Document && isReplacement((Document) update));
-                    try {
-                        Document response = backend.handleCommand(channel, db, command, body);
-                        fixFindAndModify(body, response);
-                        return response;
-                    } finally {
-                        ChangeLog.REPLACING.set(Boolean.FALSE);
-                    }
-                }
+                    return update(server, channel, db, command, body, vars);
+                case "delete":
+                    body.put("deletes", withFilters(body.get("deletes"), vars));
+                    return backend.handleCommand(channel, db, command, body);
+                case "findandmodify":
+                    return findAndModify(server, channel, db, command, body, vars);
                 case "createindexes":
                     refusePartialUniqueIndexes(body);
+                    if (body.get("indexes") instanceof List) {
+                        for (Object index : (List<?>) body.get("indexes")) {
+                            if (index instanceof Document) {
+                                refuseCollation(((Document) index).get("collation"));
+                            }
+                        }
+                    }
                     return backend.handleCommand(channel, db, command, body);
+                case "create": {
+                    Object images = body.remove("changeStreamPreAndPostImages");
+                    boolean enabled = ChangeLog.imagesOption(images);
+                    Document response = backend.handleCommand(channel, db, command, body);
+                    if (isOk(response) && enabled) {
+                        server.changes.setImages(db, (String) body.get(command), true);
+                    }
+                    return response;
+                }
+                case "collmod":
+                    return server.changes.collMod(db, body);
+                case "renamecollection": {
+                    Document response = backend.handleCommand(channel, db, command, body);
+                    if (isOk(response) && !Objects.equals(body.get(command), body.get("to"))) {
+                        server.changes.recordRename(String.valueOf(body.get(command)), String.valueOf(body.get("to")));
+                    }
+                    return response;
+                }
                 case "dropdatabase": {
                     Document response = backend.handleCommand(channel, db, command, body);
                     server.changes.recordDropDatabase(db);
                     return response;
                 }
                 case "killcursors": {
-                    Document response = backend.handleCommand(channel, db, command, body);
+                    Document response = backend.handleCommand(channel, db, command, body); // reports killed ids
                     Object ids = body.get("cursors");
                     if (ids instanceof List) {
                         for (Object id : (List<?>) ids) {
-                            server.changes.forgetCursor(((Number) id).longValue());
+                            server.changes.forgetChangeStream(((Number) id).longValue());
+                            server.queryCursors.forget(((Number) id).longValue());
                         }
                     }
                     return response;
@@ -646,34 +785,107 @@ public final class GateQueueMongoServer {
         }
 
         /**
-         * One statement at a time: the library ignores {@code ordered} for updates, and only per
-         * statement do we know whether a change is an update or a replacement (the event types
-         * differ).
+         * The library ignores collations (it compares strings by code point), so a query with one
+         * would match other documents than on mongod: refused, as transactions are. The simple
+         * collation is what the library does.
          */
-        private static Document update(AbstractMongoBackend backend, Channel channel, String db,
-                                       String command, Document body) {
+        static void refuseCollation(Object collation) {
+            if (collation == null) {
+                return;
+            }
+            if (collation instanceof Document && ((Document) collation).size() == 1
+                && "simple".equals(((Document) collation).get("locale"))) {
+                return;
+            }
+            throw new MongoServerError(2, "BadValue", "collations other than {locale: 'simple'} are not"
+                + " supported by the gatequeue embedded MongoDB server (mongo-java-server)");
+        }
+
+        /** mongod refuses an _id holding $-prefixed fields (they are not valid for storage). */
+        private static void refuseDollarIds(Object documents) {
+            if (!(documents instanceof List)) {
+                return;
+            }
+            for (Object d : (List<?>) documents) {
+                Object id = d instanceof Document ? ((Document) d).get("_id") : null;
+                if (id instanceof Document) {
+                    for (String key : ((Document) id).keySet()) {
+                        if (key.startsWith("$")) {
+                            throw new MongoServerError(52, "DollarPrefixedFieldName", "_id fields may not contain"
+                                + " '$'-prefixed fields: " + key + " is not valid for storage.");
+                        }
+                    }
+                }
+            }
+        }
+
+        /** delete statements (and update's) with $$NOW and the command's let put into their $expr. */
+        private static List<Document> withFilters(Object statements, Variables vars) {
+            List<Document> out = new ArrayList<>();
+            if (statements instanceof List) {
+                for (Object o : (List<?>) statements) {
+                    Document statement = new Document((Document) o);
+                    refuseCollation(statement.get("collation"));
+                    if (statement.get("q") instanceof Document) {
+                        statement.put("q", vars.filter((Document) statement.get("q")));
+                    }
+                    out.add(statement);
+                }
+            }
+            return out;
+        }
+
+        /**
+         * One statement at a time: the library ignores {@code ordered} for updates, runs no
+         * pipeline updates, and only per statement do we know whether a change is an update or a
+         * replacement (the event types differ).
+         */
+        private static Document update(Server server, Channel channel, String db, String command,
+                                       Document body, Variables vars) {
             @SuppressWarnings("unchecked")
             List<Document> statements = (List<Document>) body.get("updates");
             boolean ordered = !body.containsKey("ordered") || isTrue(body.get("ordered"));
+            String collection = (String) body.get(command);
+            for (Document statement : statements) {
+                if (statement.containsKey("sort")) { // MongoDB 8.0 added it; 6.0 refuses it
+                    throw new MongoServerError(40415, "Location40415",
+                        "BSON field 'update.updates.sort' is an unknown field.");
+                }
+            }
             int n = 0;
             int nModified = 0;
             List<Document> upserted = new ArrayList<>();
             List<Document> writeErrors = new ArrayList<>();
             for (int i = 0; i < statements.size(); i++) {
-                Document statement = statements.get(i);
-                Document single = new Document(body);
-                single.put("updates", List.of(statement));
+                Document statement = new Document(statements.get(i));
                 Object u = statement.get("u");
-                ChangeLog.REPLACING.set(u instanceof Document && isReplacement((Document) u));
                 Document response;
                 try {
-                    response = backend.handleCommand(channel, db, command, single);
+                    refuseCollation(statement.get("collation"));
+                    Variables statementVars = vars.withConstants(statement.remove("c"), u instanceof List);
+                    if (statement.get("q") instanceof Document) {
+                        statement.put("q", statementVars.filter((Document) statement.get("q")));
+                    }
+                    if (u instanceof List) {
+                        response = PipelineUpdates.update(server, db, collection, statement, statementVars);
+                    } else {
+                        if (u instanceof Document && !isReplacement((Document) u)) {
+                            statement.put("u", CurrentDate.rewrite((Document) u, vars.now, server.changes));
+                        }
+                        Document single = new Document(body);
+                        single.put("updates", List.of(statement));
+                        ChangeLog.REPLACING.set(u instanceof Document && isReplacement((Document) u));
+                        try {
+                            response = server.backend.handleCommand(channel, db, command, single);
+                        } finally {
+                            ChangeLog.REPLACING.set(Boolean.FALSE);
+                        }
+                    }
                 } catch (MongoServerError e) {
                     response = new Document("writeErrors", List.of(new Document("index", 0)
-                        .append("code", e.getCode()).append("codeName", e.getCodeName())
+                        .append("code", e.getCode())
+                        .append("codeName", e.getCodeName() != null ? e.getCodeName() : ErrorLabels.codeName(e.getCode()))
                         .append("errmsg", e.getMessageWithoutErrorCode())));
-                } finally {
-                    ChangeLog.REPLACING.set(Boolean.FALSE);
                 }
                 Object errors = response.get("writeErrors");
                 if (errors instanceof List && !((List<?>) errors).isEmpty()) {
@@ -706,6 +918,29 @@ public final class GateQueueMongoServer {
                 response.put("writeErrors", writeErrors);
             }
             return ok(response);
+        }
+
+        private static Document findAndModify(Server server, Channel channel, String db, String command,
+                                              Document body, Variables vars) {
+            Object query = body.get("query");
+            if (query instanceof Document) {
+                body.put("query", vars.filter((Document) query));
+            }
+            Object update = body.get("update");
+            if (update instanceof List) {
+                return PipelineUpdates.findAndModify(server, db, (String) body.get(command), body, vars);
+            }
+            if (update instanceof Document && !isReplacement((Document) update)) {
+                body.put("update", CurrentDate.rewrite((Document) update, vars.now, server.changes));
+            }
+            ChangeLog.REPLACING.set(update instanceof Document && isReplacement((Document) update));
+            try {
+                Document response = server.backend.handleCommand(channel, db, command, body);
+                fixFindAndModify(body, response);
+                return response;
+            } finally {
+                ChangeLog.REPLACING.set(Boolean.FALSE);
+            }
         }
 
         /**
@@ -774,7 +1009,7 @@ public final class GateQueueMongoServer {
             response.put("lastErrorObject", leo);
         }
 
-        private static boolean isChangeStream(Document body) {
+        static boolean isChangeStream(Document body) {
             Object pipeline = body.get("pipeline");
             if (!(pipeline instanceof List) || ((List<?>) pipeline).isEmpty()) {
                 return false;
@@ -784,6 +1019,13 @@ public final class GateQueueMongoServer {
         }
 
         private static Document hello(Server server, Request request, String command) {
+            Object client = request.body.get("client");
+            if (client instanceof Document && ((Document) client).get("application") instanceof Document) {
+                Object app = ((Document) ((Document) client).get("application")).get("name");
+                if (app instanceof String) {
+                    request.ctx.channel().attr(APP_NAME).set((String) app);
+                }
+            }
             Document response = new Document();
             response.put("helloOk", Boolean.TRUE);
             if (command.equals("hello")) {
@@ -801,7 +1043,7 @@ public final class GateQueueMongoServer {
             response.put("maxBsonObjectSize", BsonConstants.MAX_BSON_OBJECT_SIZE);
             response.put("maxMessageSizeBytes", MongoWireProtocolHandler.MAX_MESSAGE_SIZE_BYTES);
             response.put("maxWriteBatchSize", MongoWireProtocolHandler.MAX_WRITE_BATCH_SIZE);
-            response.put("localTime", Instant.now());
+            response.put("localTime", Instant.ofEpochMilli(System.currentTimeMillis()));
             response.put("logicalSessionTimeoutMinutes", 30);
             response.put("connectionId", request.ctx.channel().attr(CONNECTION_ID).get());
             response.put("minWireVersion", 0);
@@ -828,18 +1070,28 @@ public final class GateQueueMongoServer {
         private static Document getMore(Server server, Handler handler, Request request, String db,
                                         Document body) {
             long cursorId = ((Number) body.get("getMore")).longValue();
-            ChangeStreamCursor cursor = server.changes.cursor(cursorId);
-            if (cursor == null) {
-                Document clean = new Document(body);
-                ENVELOPE.forEach(clean::remove);
-                return server.backend.handleCommand(request.ctx.channel(), db, "getMore", clean);
+            Object size = body.get("batchSize");
+            if (size instanceof Number && ((Number) size).longValue() <= 0) {
+                throw new MongoServerError(2, "BadValue",
+                    "Batch size for getMore must be positive, but received: " + size);
             }
-            int batchSize = ((Number) body.getOrDefault("batchSize", 0)).intValue();
-            Object maxTime = body.get("maxTimeMS");
-            long awaitMs = maxTime instanceof Number ? ((Number) maxTime).longValue() : DEFAULT_AWAIT_MS;
-            long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(Math.max(0, awaitMs));
-            new AwaitingGetMore(server, handler, request, cursor, batchSize, deadline).attempt();
-            return null;
+            int batchSize = size instanceof Number ? ((Number) size).intValue() : 0;
+            ChangeStreamCursor cursor = server.changes.cursor(cursorId);
+            if (cursor != null) {
+                request.changeStream = true;
+                server.failPoints.getMoreAfterCursorCheckout(request, () -> server.changes.forgetChangeStream(cursorId));
+                Object maxTime = body.get("maxTimeMS");
+                long awaitMs = maxTime instanceof Number ? ((Number) maxTime).longValue() : DEFAULT_AWAIT_MS;
+                long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(Math.max(0, awaitMs));
+                new AwaitingGetMore(server, handler, request, cursor, batchSize, deadline).attempt();
+                return null;
+            }
+            QueryCursor query = server.queryCursors.get(cursorId);
+            if (query != null) {
+                server.failPoints.getMoreAfterCursorCheckout(request, () -> server.queryCursors.forget(cursorId));
+                return server.queryCursors.getMore(query, db, (String) body.get("collection"), batchSize);
+            }
+            throw new MongoServerError(43, "CursorNotFound", "cursor id " + cursorId + " not found");
         }
     }
 
@@ -908,20 +1160,1279 @@ public final class GateQueueMongoServer {
                 }
                 response = cursor.response("nextBatch", batch);
                 if (batch.closed) {
-                    server.changes.forgetCursor(cursor.getId());
+                    server.changes.forgetChangeStream(cursor.getId());
                 }
             } catch (MongoServerException e) {
-                server.changes.forgetCursor(cursor.getId());
+                server.changes.forgetChangeStream(cursor.getId());
                 response = errorResponse(e);
             } catch (RuntimeException e) {
                 log.error("getMore on change stream failed", e);
-                server.changes.forgetCursor(cursor.getId());
+                server.changes.forgetChangeStream(cursor.getId());
                 response = errorResponse(new MongoServerError(1, "InternalError", e.toString()));
             }
             cursor.waiting = false;
             cursor.touch();
             server.changes.removeWaiter(this);
             handler.reply(request, response);
+        }
+    }
+
+    // ------------------------------------------------------------------ bounded replies
+
+    /**
+     * mongod's batch rules. A batch holds at most 16 MiB of documents (BSONObjMaxUserSize; the
+     * reply around it may be a little larger, as mongod's are) and always at least one document,
+     * so a single large document still goes through. The library ignores batchSize for aggregate
+     * and, without one, puts a find's whole result into one reply: a 78 MB reply that PyMongo
+     * refuses ("Message length ... > max 48000000").
+     */
+    static final class Batches {
+        static final int MAX_BYTES = 16 * 1024 * 1024;
+        /** The first batch of find and aggregate when the client names no batchSize. */
+        static final int DEFAULT_FIRST = 101;
+
+        private Batches() {
+        }
+
+        static int size(Document d) {
+            ByteBuf buf = Unpooled.buffer();
+            try {
+                BsonEncoder.encodeDocument(d, buf);
+                return buf.readableBytes();
+            } finally {
+                buf.release();
+            }
+        }
+
+        /** firstBatch's batchSize: -1 when absent; negative values are refused as mongod does. */
+        static int firstBatchSize(Object value, String field) {
+            if (value == null) {
+                return -1;
+            }
+            if (!(value instanceof Number)) {
+                throw new MongoServerError(14, "TypeMismatch",
+                    "BSON field '" + field + "' is the wrong type '" + Utils.describeType(value)
+                        + "', expected types '[long, int, decimal, double]'");
+            }
+            long n = ((Number) value).longValue();
+            if (n < 0) {
+                throw new MongoServerError(51024, "Location51024",
+                    "BSON field '" + field + "' value must be >= 0, actual value '" + n + "'");
+            }
+            return (int) Math.min(n, Integer.MAX_VALUE);
+        }
+    }
+
+    /** The rest of a find or aggregate result, handed out batch by batch. */
+    static final class QueryCursor extends AbstractCursor {
+        final String ns;
+        private final List<Document> documents;
+        private int next;
+        volatile long lastUsed = System.currentTimeMillis();
+
+        QueryCursor(long id, String ns, List<Document> documents) {
+            super(id);
+            this.ns = ns;
+            this.documents = documents;
+        }
+
+        @Override
+        public synchronized boolean isEmpty() {
+            return next >= documents.size();
+        }
+
+        /** Up to {@code limit} documents (0: no count limit) and {@link Batches#MAX_BYTES}. */
+        @Override
+        public synchronized List<Document> takeDocuments(int limit) {
+            lastUsed = System.currentTimeMillis();
+            List<Document> batch = new ArrayList<>();
+            long bytes = 0;
+            while (next < documents.size() && (limit <= 0 || batch.size() < limit)) {
+                Document d = documents.get(next);
+                int size = Batches.size(d);
+                if (!batch.isEmpty() && bytes + size > Batches.MAX_BYTES) {
+                    break;
+                }
+                batch.add(d);
+                bytes += size;
+                documents.set(next++, null); // handed out: let it go
+            }
+            return batch;
+        }
+    }
+
+    /**
+     * Our cursors for find and aggregate: the library computes the whole result (it has no
+     * streaming query engine), we hand it out in mongod's batches. Registered with the library's
+     * cursor registry as well, so that its killCursors finds them.
+     */
+    static final class QueryCursors {
+        private final Map<Long, QueryCursor> cursors = new ConcurrentHashMap<>();
+        private BackendAccess backend;
+
+        void attach(BackendAccess backend) {
+            this.backend = backend;
+        }
+
+        Document find(Server server, Channel channel, String db, String command, Document body, Variables vars) {
+            int batchSize = Batches.firstBatchSize(body.remove("batchSize"), "batchSize");
+            boolean singleBatch = isTrue(body.remove("singleBatch"));
+            if (body.get("filter") instanceof Document) {
+                body.put("filter", vars.filter((Document) body.get("filter")));
+            }
+            Document response = server.backend.handleCommand(channel, db, command, body);
+            return firstBatch(response, batchSize, singleBatch);
+        }
+
+        Document aggregate(Server server, Channel channel, String db, String command, Document body, Variables vars) {
+            if (isTrue(body.get("explain"))) {
+                return server.backend.handleCommand(channel, db, command, body);
+            }
+            Object cursorOptions = body.get("cursor");
+            if (!(cursorOptions instanceof Document)) {
+                throw new MongoServerError(9, "FailedToParse",
+                    "The 'cursor' option is required, except for aggregate with the explain argument");
+            }
+            Document options = new Document((Document) cursorOptions);
+            int batchSize = Batches.firstBatchSize(options.remove("batchSize"), "batchSize");
+            Object readConcern = body.get("readConcern");
+            if (readConcern instanceof Document && "linearizable".equals(((Document) readConcern).get("level"))
+                && writesOut(body.get("pipeline"))) {
+                throw new MongoServerError(72, "InvalidOptions",
+                    "readConcern level 'linearizable' is not supported for $out or $merge");
+            }
+            body.put("cursor", options);
+            body.put("pipeline", Pipelines.prepare(Aggregation.parse(body.get("pipeline")), vars));
+            Document response = server.backend.handleCommand(channel, db, command, body);
+            return firstBatch(response, batchSize, false);
+        }
+
+        private static boolean writesOut(Object pipeline) {
+            if (!(pipeline instanceof List) || ((List<?>) pipeline).isEmpty()) {
+                return false;
+            }
+            Object last = ((List<?>) pipeline).get(((List<?>) pipeline).size() - 1);
+            return last instanceof Document && (((Document) last).containsKey("$out") || ((Document) last).containsKey("$merge"));
+        }
+
+        /** The library's one-reply result, cut to the first batch; the rest waits in a cursor. */
+        private Document firstBatch(Document response, int batchSize, boolean singleBatch) {
+            Document cursor = (Document) response.get("cursor");
+            if (cursor == null || !(cursor.get("firstBatch") instanceof List)) {
+                return response;
+            }
+            @SuppressWarnings("unchecked")
+            List<Document> all = new ArrayList<>((List<Document>) cursor.get("firstBatch"));
+            String ns = (String) cursor.get("ns");
+            QueryCursor rest = new QueryCursor(backend.cursors().generateCursorId(), ns, all);
+            List<Document> first = batchSize == 0 ? List.of()
+                : rest.takeDocuments(batchSize < 0 ? Batches.DEFAULT_FIRST : batchSize);
+            long id = 0;
+            if (!singleBatch && !rest.isEmpty()) {
+                cursors.put(rest.getId(), rest);
+                backend.cursors().add(rest);
+                id = rest.getId();
+            }
+            Document out = new Document("firstBatch", first).append("id", id).append("ns", ns);
+            response.put("cursor", out);
+            return response;
+        }
+
+        QueryCursor get(long id) {
+            return cursors.get(id);
+        }
+
+        Document getMore(QueryCursor cursor, String db, String collection, int batchSize) {
+            String ns = db + "." + collection;
+            if (!ns.equals(cursor.ns)) {
+                throw new MongoServerError(13, "Unauthorized", "Requested getMore on namespace '" + ns
+                    + "', but cursor belongs to a different namespace " + cursor.ns);
+            }
+            List<Document> batch = cursor.takeDocuments(batchSize);
+            long id = cursor.getId();
+            if (cursor.isEmpty()) {
+                forget(id);
+                id = 0;
+            }
+            return ok(new Document("cursor", new Document("nextBatch", batch).append("id", id)
+                .append("ns", cursor.ns)));
+        }
+
+        void forget(long id) {
+            if (cursors.remove(id) != null) {
+                backend.cursors().remove(id);
+            }
+        }
+
+        void killAll() {
+            for (Long id : new ArrayList<>(cursors.keySet())) {
+                forget(id);
+            }
+        }
+
+        /** mongod closes cursors idle for 10 minutes (cursorTimeoutMillis). */
+        void reapIdle() {
+            long now = System.currentTimeMillis();
+            for (QueryCursor c : cursors.values()) {
+                if (now - c.lastUsed > CURSOR_IDLE_TIMEOUT_MS) {
+                    forget(c.getId());
+                }
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ the server's clock in expressions
+
+    /**
+     * The variables of one command: {@code $$NOW} and {@code $$CLUSTER_TIME}, one value each per
+     * command as on mongod, from the server's clock (so leases can expire by the server's time,
+     * not the clients'), and the user's {@code let} (and an update statement's {@code c}).
+     *
+     * <p>The library evaluates {@code $$NOW} as {@code Instant.now()} at every use: two documents
+     * of one update_many see different times, and the nanoseconds a BSON date cannot hold make a
+     * stored value differ from what a client reads back. So we put the values into the command's
+     * expressions before the library sees them, as {@code {$literal: value}} (a value is never
+     * read again as an expression), and only where mongod evaluates expressions: inside
+     * {@code $expr} in filters, and in pipeline stages other than a {@code $match}'s plain
+     * conditions.
+     */
+    static final class Variables {
+        /** No substitution: change stream stages, where $$NOW is each event's (the library's). */
+        static final Variables NONE = new Variables(null, Map.of());
+
+        final Instant now;
+        private final Map<String, Object> values;
+
+        private Variables(Instant now, Map<String, Object> values) {
+            this.now = now;
+            this.values = values;
+        }
+
+        static Variables forCommand(ChangeLog clock, Object let) {
+            Instant now = Instant.ofEpochMilli(System.currentTimeMillis()); // BSON dates hold milliseconds
+            Map<String, Object> values = new LinkedHashMap<>();
+            values.put("NOW", now);
+            values.put("CLUSTER_TIME", new BsonTimestamp(clock.clusterTime()));
+            return new Variables(now, values).withUserVariables(let, "let");
+        }
+
+        /** An update statement's constants {@code c}: allowed with pipeline updates only. */
+        Variables withConstants(Object constants, boolean pipeline) {
+            if (constants == null) {
+                return this;
+            }
+            if (!pipeline) {
+                throw new MongoServerError(51198, "Location51198",
+                    "Constant values may only be specified for pipeline updates");
+            }
+            return withUserVariables(constants, "c");
+        }
+
+        private Variables withUserVariables(Object let, String field) {
+            if (let == null) {
+                return this;
+            }
+            if (!(let instanceof Document)) {
+                throw new MongoServerError(14, "TypeMismatch", "BSON field '" + field
+                    + "' is the wrong type '" + Utils.describeType(let) + "', expected type 'object'");
+            }
+            Map<String, Object> merged = new LinkedHashMap<>(values);
+            Variables scope = new Variables(now, merged);
+            for (Map.Entry<String, Object> e : ((Document) let).entrySet()) {
+                validateName(e.getKey());
+                // let values are expressions themselves, evaluated once (they may use $$NOW)
+                Object value = Expression.evaluateDocument(scope.expression(e.getValue()), new Document());
+                merged.put(e.getKey(), value);
+            }
+            return scope;
+        }
+
+        /** mongod's rule for user variable names: a lower-case letter first, then letters, digits, _. */
+        private static void validateName(String name) {
+            if (name.isEmpty()) {
+                throw new MongoServerError(16869, "Location16869", "empty variable names are not allowed");
+            }
+            char first = name.charAt(0);
+            if (!(Character.isLowerCase(first) || first > 127)) {
+                throw new MongoServerError(16870, "Location16870",
+                    "'" + name + "' starts with an invalid character for a user variable name");
+            }
+            for (char c : name.toCharArray()) {
+                if (!(Character.isLetterOrDigit(c) || c == '_' || c > 127)) {
+                    throw new MongoServerError(16871, "Location16871",
+                        "'" + name + "' contains an invalid character for a variable name: '" + c + "'");
+                }
+            }
+        }
+
+        /** A query filter: only what is inside $expr is an expression. */
+        Document filter(Document filter) {
+            Document out = new Document();
+            for (Map.Entry<String, Object> e : filter.entrySet()) {
+                String key = e.getKey();
+                Object value = e.getValue();
+                if (key.equals("$expr")) {
+                    out.put(key, expression(value));
+                } else if ((key.equals("$and") || key.equals("$or") || key.equals("$nor")) && value instanceof List) {
+                    List<Object> parts = new ArrayList<>();
+                    for (Object part : (List<?>) value) {
+                        parts.add(part instanceof Document ? filter((Document) part) : part);
+                    }
+                    out.put(key, parts);
+                } else {
+                    out.put(key, value);
+                }
+            }
+            return out;
+        }
+
+        /** An aggregation expression, with our variables put in as literals. */
+        Object expression(Object expression) {
+            if (expression instanceof String) {
+                return variable((String) expression);
+            }
+            if (expression instanceof Document) {
+                Document d = (Document) expression;
+                if (d.size() == 1 && d.containsKey("$literal")) {
+                    return d;
+                }
+                Document out = new Document();
+                for (Map.Entry<String, Object> e : d.entrySet()) {
+                    out.put(e.getKey(), expression(e.getValue()));
+                }
+                return out;
+            }
+            if (expression instanceof List) {
+                List<Object> out = new ArrayList<>();
+                for (Object o : (List<?>) expression) {
+                    out.add(expression(o));
+                }
+                return out;
+            }
+            return expression;
+        }
+
+        private Object variable(String reference) {
+            if (!reference.startsWith("$$")) {
+                return reference;
+            }
+            String name = reference.substring(2);
+            String path = null;
+            int dot = name.indexOf('.');
+            if (dot >= 0) {
+                path = name.substring(dot + 1);
+                name = name.substring(0, dot);
+            }
+            if (!values.containsKey(name)) {
+                return reference; // $$ROOT, $$CURRENT, $$this, ...: the library's
+            }
+            Object value = values.get(name);
+            if (path != null) {
+                value = value instanceof Document ? Utils.getSubdocumentValue((Document) value, path) : null;
+                if (value instanceof Missing) {
+                    value = null;
+                }
+            }
+            return new Document("$literal", value);
+        }
+    }
+
+    /** Aggregation pipelines as the library can run them. */
+    static final class Pipelines {
+        private Pipelines() {
+        }
+
+        /**
+         * Stage aliases the library lacks ($set is $addFields and $replaceWith is $replaceRoot
+         * since MongoDB 4.2), and the command's variables put into the stages' expressions.
+         */
+        static List<Document> prepare(List<Document> pipeline, Variables vars) {
+            List<Document> out = new ArrayList<>();
+            for (Document stage : pipeline) {
+                if (stage.size() != 1) {
+                    throw new MongoServerError(40323, "Location40323",
+                        "A pipeline stage specification object must contain exactly one field.");
+                }
+                String name = stage.keySet().iterator().next();
+                Object spec = stage.get(name);
+                switch (name) {
+                    case "$set":
+                    case "$addFields":
+                        out.addAll(addFields(vars.expression(spec)));
+                        break;
+                    case "$replaceWith":
+                        out.add(new Document("$replaceRoot", new Document("newRoot", vars.expression(spec))));
+                        break;
+                    case "$match":
+                        out.add(new Document(name, spec instanceof Document ? vars.filter((Document) spec) : spec));
+                        break;
+                    case "$lookup":
+                    case "$unionWith": {
+                        if (!(spec instanceof Document)) {
+                            out.add(stage);
+                            break;
+                        }
+                        Document d = new Document((Document) spec);
+                        if (d.get("let") != null) {
+                            d.put("let", vars.expression(d.get("let")));
+                        }
+                        if (d.get("pipeline") instanceof List) {
+                            d.put("pipeline", prepare(Aggregation.parse(d.get("pipeline")), vars));
+                        }
+                        out.add(new Document(name, d));
+                        break;
+                    }
+                    case "$facet": {
+                        Document facets = new Document();
+                        for (Map.Entry<String, Object> e : ((Document) spec).entrySet()) {
+                            facets.put(e.getKey(), e.getValue() instanceof List
+                                ? prepare(Aggregation.parse(e.getValue()), vars) : e.getValue());
+                        }
+                        out.add(new Document(name, facets));
+                        break;
+                    }
+                    case "$project":
+                        out.add(new Document(name, nestComputedPaths(vars.expression(spec))));
+                        break;
+                    default:
+                        out.add(new Document(name, vars.expression(spec)));
+                        break;
+                }
+            }
+            return out;
+        }
+
+        /**
+         * $addFields / $set as mongod runs them: every expression sees the stage's input document.
+         * The library evaluates each field against the document it is building, so
+         * {@code {$set: {lease: <new>, late: {$gt: ["$$NOW", "$lease"]}}}} would compare with the
+         * new lease; and it would create a field literally named "a.b" for a dotted path. So a
+         * stage of several fields becomes: each value into a temporary field (each stage sees the
+         * input's fields), then all copied into place (dotted paths nested), then the temporaries
+         * unset.
+         */
+        private static List<Document> addFields(Object spec) {
+            if (!(spec instanceof Document)) {
+                return List.of(new Document("$addFields", spec));
+            }
+            Document fields = (Document) spec;
+            boolean dotted = fields.keySet().stream().anyMatch(k -> k.contains("."));
+            if (fields.size() <= 1 && !dotted) {
+                return List.of(new Document("$addFields", fields));
+            }
+            List<Document> stages = new ArrayList<>();
+            Document copy = new Document();
+            List<String> temporaries = new ArrayList<>();
+            int i = 0;
+            for (Map.Entry<String, Object> e : fields.entrySet()) {
+                String temporary = "__gatequeue_addFields_" + i++;
+                temporaries.add(temporary);
+                stages.add(new Document("$addFields", new Document(temporary, e.getValue())));
+                Document at = copy;
+                String[] parts = e.getKey().split("\\.");
+                for (int p = 0; p < parts.length - 1; p++) {
+                    Object next = at.get(parts[p]);
+                    if (!(next instanceof Document)) {
+                        next = new Document();
+                        at.put(parts[p], next);
+                    }
+                    at = (Document) next;
+                }
+                at.put(parts[parts.length - 1], "$" + temporary);
+            }
+            stages.add(new Document("$addFields", copy));
+            stages.add(new Document("$unset", temporaries));
+            return stages;
+        }
+
+        /**
+         * {@code {$project: {"a.b": <expression>}}} computes a.b inside a, as on mongod; the
+         * library would create a field literally named "a.b". Written as {@code {a: {b: ...}}},
+         * which it computes right, when every key under {@code a} is computed (inclusions stay).
+         */
+        private static Object nestComputedPaths(Object spec) {
+            if (!(spec instanceof Document)) {
+                return spec;
+            }
+            Document in = (Document) spec;
+            Set<String> mixed = new java.util.HashSet<>();
+            for (Map.Entry<String, Object> e : in.entrySet()) {
+                String head = e.getKey().split("\\.", 2)[0];
+                if (isInclusion(e.getValue()) || !e.getKey().contains(".")) {
+                    mixed.add(head);
+                }
+            }
+            Document out = new Document();
+            for (Map.Entry<String, Object> e : in.entrySet()) {
+                String key = e.getKey();
+                String head = key.split("\\.", 2)[0];
+                if (!key.contains(".") || key.startsWith("$") || mixed.contains(head)) {
+                    out.put(key, e.getValue());
+                    continue;
+                }
+                Document at = out;
+                String[] parts = key.split("\\.");
+                for (int i = 0; i < parts.length - 1; i++) {
+                    Object next = at.get(parts[i]);
+                    if (!(next instanceof Document)) {
+                        next = new Document();
+                        at.put(parts[i], next);
+                    }
+                    at = (Document) next;
+                }
+                at.put(parts[parts.length - 1], e.getValue());
+            }
+            return out;
+        }
+
+        private static boolean isInclusion(Object value) {
+            return value instanceof Number || value instanceof Boolean;
+        }
+    }
+
+    /**
+     * {@code $currentDate} by the same clock as {@code $$NOW}: the library takes
+     * {@code Instant.now()} (nanoseconds a BSON date cannot hold, so a stored value differs from
+     * what a client reads back) and a timestamp with increment 0, where mongod reserves a tick of
+     * the cluster clock. We turn it into a {@code $set} of those values.
+     */
+    static final class CurrentDate {
+        private CurrentDate() {
+        }
+
+        static Document rewrite(Document update, Instant now, ChangeLog clock) {
+            Object spec = update.get("$currentDate");
+            if (spec == null) {
+                return update;
+            }
+            if (!(spec instanceof Document)) {
+                throw new MongoServerError(9, "FailedToParse", "Modifiers operate on fields but we found type "
+                    + Utils.describeType(spec) + " instead. For example: {$mod: {<field>: ...}} not {$currentDate: "
+                    + spec + "}");
+            }
+            Document values = new Document();
+            for (Map.Entry<String, Object> e : ((Document) spec).entrySet()) {
+                values.put(e.getKey(), isDate(e.getValue()) ? now : new BsonTimestamp(clock.reserveTick()));
+            }
+            Document out = new Document();
+            Object set = update.get("$set");
+            Document merged = set instanceof Document ? new Document((Document) set) : new Document();
+            for (Map.Entry<String, Object> e : values.entrySet()) {
+                for (String other : merged.keySet()) {
+                    if (Utils.getShorterPathIfPrefix(e.getKey(), other) != null) {
+                        throw new MongoServerError(40, "ConflictingUpdateOperators", "Updating the path '"
+                            + e.getKey() + "' would create a conflict at '" + Utils.getShorterPathIfPrefix(e.getKey(), other) + "'");
+                    }
+                }
+            }
+            merged.putAll(values);
+            for (Map.Entry<String, Object> e : update.entrySet()) {
+                if (e.getKey().equals("$currentDate")) {
+                    if (!update.containsKey("$set")) {
+                        out.put("$set", merged);
+                    }
+                } else if (e.getKey().equals("$set")) {
+                    out.put("$set", merged);
+                } else {
+                    out.put(e.getKey(), e.getValue());
+                }
+            }
+            return out;
+        }
+
+        /** mongod's rules: a boolean means a date; otherwise exactly {$type: 'date' | 'timestamp'}. */
+        private static boolean isDate(Object spec) {
+            if (spec instanceof Boolean) {
+                return true;
+            }
+            if (spec instanceof Document) {
+                Document d = (Document) spec;
+                boolean found = false;
+                boolean date = true;
+                for (Map.Entry<String, Object> e : d.entrySet()) {
+                    if (!e.getKey().equals("$type")) {
+                        throw new MongoServerError(2, "BadValue", "Unrecognized $currentDate option: " + e.getKey());
+                    }
+                    if ("date".equals(e.getValue())) {
+                        found = true;
+                        date = true;
+                    } else if ("timestamp".equals(e.getValue())) {
+                        found = true;
+                        date = false;
+                    }
+                }
+                if (!found) {
+                    throw new MongoServerError(2, "BadValue", "The '$type' string field is required to be 'date' or"
+                        + " 'timestamp': {$currentDate: {field : {$type: 'date'}}}");
+                }
+                return date;
+            }
+            throw new MongoServerError(2, "BadValue", Utils.describeType(spec) + " is not valid type for $currentDate."
+                + " Please use a boolean ('true') or a $type expression ({$type: 'timestamp/date'}).");
+        }
+    }
+
+    // ------------------------------------------------------------------ pipeline updates
+
+    /**
+     * Updates given as an aggregation pipeline (MongoDB 4.2+), which the library does not run:
+     * {@code update} and {@code findAndModify} with a list of $addFields/$set, $project, $unset,
+     * $replaceRoot/$replaceWith stages. Each matched document runs through the stages (with
+     * $$NOW and the command's variables), and the result replaces it under the collection's lock,
+     * so the read, the match and the write are one step, as a claim needs. Change streams see an
+     * {@code update} event (mongod logs pipeline updates as updates, not replacements).
+     */
+    static final class PipelineUpdates {
+        private static final Set<String> STAGES = Set.of("$addFields", "$set", "$project", "$unset",
+            "$replaceRoot", "$replaceWith");
+
+        private PipelineUpdates() {
+        }
+
+        static Document update(Server server, String db, String collectionName, Document statement, Variables vars) {
+            if (statement.containsKey("arrayFilters")) {
+                throw new MongoServerError(72, "InvalidOptions",
+                    "arrayFilters may not be specified for pipeline-style updates");
+            }
+            Document query = statement.get("q") instanceof Document ? (Document) statement.get("q") : new Document();
+            boolean multi = isTrue(statement.get("multi"));
+            boolean upsert = isTrue(statement.get("upsert"));
+            MongoDatabase database = server.access.database(db);
+            Aggregation stages = stages(server, database, statement.get("u"), vars);
+            MongoCollection<?> collection = upsert ? collection(database, collectionName)
+                : database.resolveCollection(collectionName, false);
+            if (collection == null) {
+                return new Document("n", 0).append("nModified", 0);
+            }
+            synchronized (collection) {
+                int matched = 0;
+                int modified = 0;
+                for (Document document : collection.handleQuery(new Document("query", query), 0, multi ? 0 : 1)) {
+                    matched++;
+                    if (replace(collection, document, stages)) {
+                        modified++;
+                    }
+                }
+                if (matched == 0 && upsert) {
+                    Document inserted = insert(collection, query, stages);
+                    return new Document("n", 1).append("nModified", 0)
+                        .append("upserted", List.of(new Document("index", 0).append("_id", inserted.get("_id"))));
+                }
+                return new Document("n", matched).append("nModified", modified);
+            }
+        }
+
+        static Document findAndModify(Server server, String db, String collectionName, Document body, Variables vars) {
+            if (isTrue(body.get("remove"))) {
+                throw new MongoServerError(9, "FailedToParse", "Cannot specify both an update and remove=true");
+            }
+            if (body.containsKey("arrayFilters")) {
+                throw new MongoServerError(72, "InvalidOptions",
+                    "arrayFilters may not be specified for pipeline-style updates");
+            }
+            Document query = body.get("query") instanceof Document ? (Document) body.get("query") : new Document();
+            boolean upsert = isTrue(body.get("upsert"));
+            boolean returnNew = isTrue(body.get("new"));
+            MongoDatabase database = server.access.database(db);
+            Aggregation stages = stages(server, database, body.get("update"), vars);
+            MongoCollection<?> collection = upsert ? collection(database, collectionName)
+                : database.resolveCollection(collectionName, false);
+            Document value = null;
+            Document lastError = new Document("n", 0).append("updatedExisting", Boolean.FALSE);
+            if (collection != null) {
+                synchronized (collection) {
+                    Document select = new Document("query", query);
+                    if (body.get("sort") instanceof Document) {
+                        select.put("orderby", body.get("sort"));
+                    }
+                    Document found = null;
+                    for (Document d : collection.handleQuery(select, 0, 1)) {
+                        found = d;
+                    }
+                    if (found != null) {
+                        Document before = found.cloneDeeply();
+                        replace(collection, found, stages);
+                        value = returnNew ? byId(collection, before.get("_id")) : before;
+                        lastError = new Document("n", 1).append("updatedExisting", Boolean.TRUE);
+                    } else if (upsert) {
+                        Document inserted = insert(collection, query, stages);
+                        value = returnNew ? inserted.cloneDeeply() : null;
+                        lastError = new Document("n", 1).append("updatedExisting", Boolean.FALSE)
+                            .append("upserted", inserted.get("_id"));
+                    }
+                }
+            }
+            if (value != null && body.get("fields") instanceof Document && !((Document) body.get("fields")).isEmpty()) {
+                value = LibraryInternals.project(value, (Document) body.get("fields"));
+            }
+            return ok(new Document("lastErrorObject", lastError).append("value", value));
+        }
+
+        private static Aggregation stages(Server server, MongoDatabase database, Object pipeline, Variables vars) {
+            List<Document> stages = Aggregation.parse(pipeline);
+            for (Document stage : stages) {
+                String name = stage.keySet().iterator().next();
+                if (!STAGES.contains(name)) {
+                    throw new MongoServerError(72, "InvalidOptions",
+                        name + " is not allowed to be used within an update");
+                }
+            }
+            return Aggregation.fromPipeline(Pipelines.prepare(stages, vars), server.access::database, database,
+                null, server.changes);
+        }
+
+        private static MongoCollection<?> collection(MongoDatabase database, String name) {
+            MongoCollection<?> collection = database.resolveCollection(name, false);
+            if (collection != null) {
+                return collection;
+            }
+            try {
+                return database.createCollectionOrThrowIfExists(name);
+            } catch (MongoServerException e) {
+                return database.resolveCollection(name, true); // created meanwhile by another command
+            }
+        }
+
+        /**
+         * The pipeline's output for one document. An existing document keeps its _id (a pipeline
+         * that drops it gets it back; one that changes it fails with ImmutableField); a new one
+         * gets an ObjectId first when neither the query nor the pipeline gave it one.
+         */
+        private static Document transform(Aggregation stages, Document document) {
+            List<Document> out = stages.runStages(Stream.of(document.cloneDeeply()));
+            if (out.size() != 1) {
+                throw new MongoServerError(1, "InternalError", "an update pipeline produced " + out.size() + " documents");
+            }
+            Document result = out.get(0);
+            boolean existing = document.containsKey("_id");
+            Object id = existing ? document.get("_id") : new ObjectId();
+            if (!result.containsKey("_id")) {
+                Document withId = new Document("_id", id);
+                withId.putAll(result);
+                return withId;
+            }
+            if (existing && !Objects.equals(result.get("_id"), id)) {
+                throw new MongoServerError(66, "ImmutableField",
+                    "Performing an update on the path '_id' would modify the immutable field '_id'");
+            }
+            return result;
+        }
+
+        /** True when the document changed. The write goes through the library (indexes, hooks). */
+        private static boolean replace(MongoCollection<?> collection, Document document, Aggregation stages) {
+            Document result = transform(stages, document);
+            if (result.equals(document)) {
+                return false;
+            }
+            Document replacement = new Document(result);
+            replacement.remove("_id");
+            ChangeLog.REPLACING.set(Boolean.FALSE);
+            ChangeLog.PIPELINE_UPDATE.set(Boolean.TRUE);
+            try {
+                collection.updateDocuments(new Document("_id", document.get("_id")), replacement,
+                    ArrayFilters.empty(), false, false, changeLog);
+            } finally {
+                ChangeLog.PIPELINE_UPDATE.set(Boolean.FALSE);
+            }
+            return true;
+        }
+
+        /** An upsert: the query's equality fields (as the library's upserts), then the pipeline. */
+        private static Document insert(MongoCollection<?> collection, Document query, Aggregation stages) {
+            Document seed = LibraryInternals.upsertSeed(collection, query);
+            Document base = new Document();
+            if (seed.containsKey("_id")) {
+                base.put("_id", seed.remove("_id")); // _id first, as mongod stores it
+            }
+            base.putAll(seed);
+            Document result = transform(stages, base);
+            collection.addDocument(result);
+            return result;
+        }
+
+        private static Document byId(MongoCollection<?> collection, Object id) {
+            for (Document d : collection.handleQuery(new Document("query", new Document("_id", id)), 0, 1)) {
+                return d.cloneDeeply();
+            }
+            return null;
+        }
+    }
+
+    /**
+     * Two package-private helpers of the library that a pipeline findAndModify and upsert need to
+     * behave exactly like its classic ones: the find projection of findAndModify's {@code fields},
+     * and the document an upsert starts from (the query's equality conditions). Reflection keeps
+     * the launcher one file; both are looked up once at start, so a library upgrade that renames
+     * them fails at once, not at the first pipeline upsert.
+     */
+    static final class LibraryInternals {
+        private static final java.lang.reflect.Constructor<?> PROJECTION;
+        private static final java.lang.reflect.Method PROJECT;
+        private static final java.lang.reflect.Method SEED;
+
+        static {
+            try {
+                Class<?> projection = Class.forName("de.bwaldvogel.mongo.backend.Projection");
+                PROJECTION = projection.getDeclaredConstructor(Document.class, String.class);
+                PROJECTION.setAccessible(true);
+                PROJECT = projection.getDeclaredMethod("projectDocument", Document.class);
+                PROJECT.setAccessible(true);
+                SEED = de.bwaldvogel.mongo.backend.AbstractMongoCollection.class
+                    .getDeclaredMethod("convertSelectorToDocument", Document.class);
+                SEED.setAccessible(true);
+            } catch (ReflectiveOperationException e) {
+                throw new ExceptionInInitializerError(e);
+            }
+        }
+
+        private LibraryInternals() {
+        }
+
+        static Document project(Document document, Document fields) {
+            try {
+                return (Document) PROJECT.invoke(PROJECTION.newInstance(fields, "_id"), document);
+            } catch (java.lang.reflect.InvocationTargetException e) {
+                throw rethrow(e);
+            } catch (ReflectiveOperationException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+
+        static Document upsertSeed(MongoCollection<?> collection, Document query) {
+            try {
+                return (Document) SEED.invoke(collection, query);
+            } catch (java.lang.reflect.InvocationTargetException e) {
+                throw rethrow(e);
+            } catch (ReflectiveOperationException e) {
+                throw new IllegalStateException(e);
+            }
+        }
+
+        private static RuntimeException rethrow(java.lang.reflect.InvocationTargetException e) {
+            if (e.getCause() instanceof RuntimeException) {
+                return (RuntimeException) e.getCause();
+            }
+            return new IllegalStateException(e.getCause());
+        }
+    }
+
+    // ------------------------------------------------------------------ fail points and error labels
+
+    /**
+     * mongod's test fail points that drivers' test suites and our own fault tests use, enabled
+     * like mongod's with {@code enableTestCommands} (always on here: a development server).
+     *
+     * <ul>
+     * <li>{@code failCommand}: before a listed command runs, block the connection for
+     * {@code blockTimeMS}, close it, or answer {@code errorCode} (with {@code errorLabels}
+     * replacing the server's own labels); or, with only {@code writeConcernError}, let a write
+     * command run and then report that write concern error (applied, outcome unknown). Filters:
+     * {@code appName}, {@code namespace}.
+     * <li>{@code failGetMoreAfterCursorCheckout}: a getMore fails with {@code errorCode} after
+     * finding its cursor, which dies with it (as when mongod's getMore throws).
+     * <li>{@code onPrimaryTransactionalWrite}: a retryable write is applied and recorded, then its
+     * connection is closed before the reply ({@code closeConnection}, default true): the
+     * driver's retry must get the recorded result. With {@code failBeforeCommitExceptionCode} the
+     * write is not applied.
+     * </ul>
+     *
+     * Modes: {@code "alwaysOn"}, {@code "off"}, {@code {times: n}}, {@code {skip: n}},
+     * {@code {activationProbability: p}}. Other fail points are refused: we cannot do what they do.
+     */
+    static final class FailPoints {
+        private static final Set<String> KNOWN = Set.of("failCommand", "failGetMoreAfterCursorCheckout",
+            "onPrimaryTransactionalWrite");
+        /** The commands that take a write concern: a writeConcernError applies to these only. */
+        private static final Set<String> WRITE_CONCERN_COMMANDS = Set.of("insert", "update", "delete",
+            "findandmodify", "create", "drop", "dropdatabase", "createindexes", "dropindexes",
+            "renamecollection", "collmod", "committransaction", "aborttransaction");
+
+        /** One configured fail point and its mode's state. */
+        static final class FailPoint {
+            final String mode; // off, alwaysOn, times, skip, activationProbability
+            long n;
+            final double probability;
+            final Document data;
+            long timesEntered;
+
+            FailPoint(String mode, long n, double probability, Document data) {
+                this.mode = mode;
+                this.n = n;
+                this.probability = probability;
+                this.data = data;
+            }
+
+            /** One activation: whether the fail point fires now, by its mode. */
+            boolean fire() {
+                switch (mode) {
+                    case "alwaysOn":
+                        timesEntered++;
+                        return true;
+                    case "times":
+                        if (n <= 0) {
+                            return false;
+                        }
+                        n--;
+                        timesEntered++;
+                        return true;
+                    case "skip":
+                        if (n > 0) {
+                            n--;
+                            return false;
+                        }
+                        timesEntered++;
+                        return true;
+                    case "activationProbability":
+                        if (Math.random() < probability) {
+                            timesEntered++;
+                            return true;
+                        }
+                        return false;
+                    default:
+                        return false;
+                }
+            }
+        }
+
+        private final Map<String, FailPoint> points = new LinkedHashMap<>();
+
+        synchronized Document configure(String db, Document body) {
+            if (!db.equals("admin")) {
+                throw new MongoServerError(13, "Unauthorized", "configureFailPoint may only be run against the admin database.");
+            }
+            Object name = body.get("configureFailPoint");
+            if (!(name instanceof String) || !KNOWN.contains(name)) {
+                throw new MongoServerError(2, "BadValue", "Cannot find FailPoint named '" + name + "'"
+                    + " (the gatequeue embedded server implements " + KNOWN + ")");
+            }
+            Object mode = body.get("mode");
+            Object dataValue = body.get("data");
+            Document data = dataValue instanceof Document ? (Document) dataValue : new Document();
+            if (isTrue(data.get("blockConnection")) && !(data.get("blockTimeMS") instanceof Number)) {
+                throw new MongoServerError(72, "InvalidOptions", "must specify 'blockTimeMS' when 'blockConnection' is true");
+            }
+            FailPoint point;
+            if ("off".equals(mode) || "alwaysOn".equals(mode)) {
+                point = new FailPoint((String) mode, 0, 0, data);
+            } else if (mode instanceof Document && ((Document) mode).size() == 1) {
+                Document m = (Document) mode;
+                String key = m.keySet().iterator().next();
+                Object value = m.get(key);
+                if (!(value instanceof Number)) {
+                    throw new MongoServerError(14, "TypeMismatch", "'" + key + "' must be a number");
+                }
+                switch (key) {
+                    case "times":
+                    case "skip":
+                        if (((Number) value).longValue() < 0) {
+                            throw new MongoServerError(2, "BadValue", "'" + key + "' option to 'mode' must be positive");
+                        }
+                        point = new FailPoint(key, ((Number) value).longValue(), 0, data);
+                        break;
+                    case "activationProbability":
+                        double p = ((Number) value).doubleValue();
+                        if (p < 0 || p > 1) {
+                            throw new MongoServerError(2, "BadValue",
+                                "activationProbability must be between 0.0 and 1.0; found " + p);
+                        }
+                        point = new FailPoint(key, 0, p, data);
+                        break;
+                    default:
+                        throw new MongoServerError(2, "BadValue", "'mode' must be one of 'off', 'alwaysOn',"
+                            + " 'times', 'skip' and 'activationProbability'");
+                }
+            } else {
+                throw new MongoServerError(2, "BadValue", "'mode' must be one of 'off', 'alwaysOn', 'times',"
+                    + " 'skip' and 'activationProbability'");
+            }
+            FailPoint previous = points.put((String) name, point);
+            return ok(new Document("count", previous != null ? previous.timesEntered : 0L));
+        }
+
+        /** failCommand's filters: the command's name (case aside), appName, namespace. */
+        private static boolean applies(Document data, Request request) {
+            if (request.name.equals("configurefailpoint")) {
+                return false; // never affected, as on mongod
+            }
+            if (data.containsKey("appName") && !Objects.equals(data.get("appName"), request.appName())) {
+                return false;
+            }
+            if (data.containsKey("namespace") && !Objects.equals(data.get("namespace"), request.namespace())) {
+                return false;
+            }
+            if (isTrue(data.get("failAllCommands"))) {
+                return true;
+            }
+            Object commands = data.get("failCommands");
+            if (commands instanceof List) {
+                for (Object c : (List<?>) commands) {
+                    if (c instanceof String && ((String) c).equalsIgnoreCase(request.command)) {
+                        return true;
+                    }
+                }
+            }
+            return false;
+        }
+
+        private FailPoint active(String name) {
+            FailPoint point = points.get(name);
+            return point == null || point.mode.equals("off") ? null : point;
+        }
+
+        /** failCommand before the command: its data when it fires, else null. */
+        synchronized Document beforeCommand(Request request) {
+            FailPoint point = active("failCommand");
+            if (point == null || !applies(point.data, request)) {
+                return null;
+            }
+            Document data = point.data;
+            boolean acts = isTrue(data.get("closeConnection")) || isTrue(data.get("blockConnection"))
+                || data.get("errorCode") instanceof Number;
+            return acts && point.fire() ? data : null;
+        }
+
+        /** failCommand's writeConcernError, after a write command ran: added to its reply. */
+        void writeConcernError(Request request, Document response) {
+            if (!WRITE_CONCERN_COMMANDS.contains(request.name) || !isOk(response)) {
+                return;
+            }
+            Document data;
+            synchronized (this) {
+                FailPoint point = active("failCommand");
+                if (point == null || !(point.data.get("writeConcernError") instanceof Document)
+                    || !applies(point.data, request) || !point.fire()) {
+                    return;
+                }
+                data = point.data;
+            }
+            response.put("writeConcernError", ((Document) data.get("writeConcernError")).cloneDeeply());
+            if (data.get("errorLabels") instanceof List && !((List<?>) data.get("errorLabels")).isEmpty()) {
+                response.put("errorLabels", new ArrayList<>((List<?>) data.get("errorLabels")));
+            }
+        }
+
+        /** failGetMoreAfterCursorCheckout: the cursor is found, then the getMore fails and kills it. */
+        void getMoreAfterCursorCheckout(Request request, Runnable killCursor) {
+            Document data;
+            synchronized (this) {
+                FailPoint point = active("failGetMoreAfterCursorCheckout");
+                if (point == null) {
+                    return;
+                }
+                if (point.data.containsKey("namespace")
+                    && !Objects.equals(point.data.get("namespace"), request.namespace())) {
+                    return;
+                }
+                if (!point.fire()) {
+                    return;
+                }
+                data = point.data;
+            }
+            killCursor.run();
+            int code = data.get("errorCode") instanceof Number ? ((Number) data.get("errorCode")).intValue() : 1;
+            throw new MongoServerError(code, ErrorLabels.codeName(code),
+                "Hit the 'failGetMoreAfterCursorCheckout' failpoint");
+        }
+
+        /** onPrimaryTransactionalWrite around a retryable write that really runs (not a resend). */
+        Document transactionalWrite(Request request, Supplier<Document> write) {
+            Document data;
+            synchronized (this) {
+                FailPoint point = active("onPrimaryTransactionalWrite");
+                if (point == null || !point.fire()) {
+                    return write.get();
+                }
+                data = point.data;
+            }
+            boolean close = !data.containsKey("closeConnection") || isTrue(data.get("closeConnection"));
+            Object failBefore = data.get("failBeforeCommitExceptionCode");
+            if (failBefore instanceof Number) {
+                request.closeAfterRun = close;
+                int code = ((Number) failBefore).intValue();
+                throw new MongoServerError(code, ErrorLabels.codeName(code), "Failing write for txnNumber "
+                    + request.body.get("txnNumber") + " due to failpoint. The write must not be reflected.");
+            }
+            Document response = write.get();
+            request.closeAfterRun = close;
+            return response;
+        }
+    }
+
+    /**
+     * The error labels mongod adds (src/mongo/db/error_labels.cpp): RetryableWriteError to
+     * retryable writes failing with a retriable code or write concern error code,
+     * ResumableChangeStreamError to change stream aggregates and getMores failing with a
+     * resumable code, NonResumableChangeStreamError to errors of that category (e.g. 286
+     * ChangeStreamHistoryLost). failCommand's errorLabels replace them.
+     */
+    static final class ErrorLabels {
+        /** ErrorCodes category RetriableError (src/mongo/base/error_codes.yml). */
+        static final Set<Integer> RETRIABLE = Set.of(6, 7, 89, 91, 134, 189, 262, 358, 9001, 10107, 11600,
+            11602, 13435, 13436, 50915);
+        static final Set<Integer> NETWORK = Set.of(6, 7, 89, 9001);
+        static final Set<Integer> NEED_RETARGETTING = Set.of(63, 150, 13388);
+        static final Set<Integer> NON_RESUMABLE = Set.of(280, 286);
+        private static final Map<Integer, String> NAMES = names();
+
+        private ErrorLabels() {
+        }
+
+        private static Map<Integer, String> names() {
+            Map<Integer, String> m = new HashMap<>();
+            Object[][] table = {
+                {1, "InternalError"}, {2, "BadValue"}, {6, "HostUnreachable"}, {7, "HostNotFound"},
+                {8, "UnknownError"}, {9, "FailedToParse"}, {11, "UserNotFound"}, {13, "Unauthorized"},
+                {14, "TypeMismatch"}, {20, "IllegalOperation"}, {24, "LockTimeout"}, {26, "NamespaceNotFound"},
+                {27, "IndexNotFound"}, {40, "ConflictingUpdateOperators"}, {43, "CursorNotFound"},
+                {48, "NamespaceExists"}, {50, "MaxTimeMSExpired"}, {59, "CommandNotFound"},
+                {63, "OBSOLETE_StaleShardVersion"}, {64, "WriteConcernFailed"}, {66, "ImmutableField"},
+                {67, "CannotCreateIndex"}, {72, "InvalidOptions"}, {73, "InvalidNamespace"},
+                {79, "UnknownReplWriteConcern"}, {85, "IndexOptionsConflict"}, {86, "IndexKeySpecsConflict"},
+                {89, "NetworkTimeout"}, {91, "ShutdownInProgress"}, {96, "OperationFailed"},
+                {100, "UnsatisfiableWriteConcern"}, {112, "WriteConflict"}, {121, "DocumentValidationFailure"},
+                {125, "CommandFailed"}, {133, "FailedToSatisfyReadPreference"},
+                {134, "ReadConcernMajorityNotAvailableYet"}, {136, "CappedPositionLost"},
+                {150, "StaleEpoch"}, {168, "InvalidPipelineOperator"}, {175, "QueryPlanKilled"},
+                {189, "PrimarySteppedDown"}, {225, "TransactionTooOld"}, {234, "RetryChangeStream"},
+                {237, "CursorKilled"}, {251, "NoSuchTransaction"}, {260, "InvalidResumeToken"},
+                {262, "ExceededTimeLimit"}, {280, "ChangeStreamFatalError"}, {286, "ChangeStreamHistoryLost"},
+                {358, "InternalTransactionNotSupported"}, {462, "IngressRequestRateLimitExceeded"},
+                {9001, "SocketException"}, {10107, "NotWritablePrimary"}, {11000, "DuplicateKey"},
+                {11600, "InterruptedAtShutdown"}, {11601, "Interrupted"}, {11602, "InterruptedDueToReplStateChange"},
+                {13388, "StaleConfig"}, {13435, "NotPrimaryNoSecondaryOk"}, {13436, "NotPrimaryOrSecondary"},
+                {50915, "BackupCursorOpenConflictWithCheckpoint"},
+            };
+            for (Object[] row : table) {
+                m.put((Integer) row[0], (String) row[1]);
+            }
+            return m;
+        }
+
+        /** mongod's name for a code; an unregistered code is called Location&lt;code&gt;, as mongod does. */
+        static String codeName(int code) {
+            String name = NAMES.get(code);
+            return name != null ? name : "Location" + code;
+        }
+
+        static void apply(Request request, Document response) {
+            boolean failed = !isOk(response) && response.get("code") instanceof Number;
+            Object wce = response.get("writeConcernError");
+            Integer wcCode = wce instanceof Document && ((Document) wce).get("code") instanceof Number
+                ? ((Number) ((Document) wce).get("code")).intValue() : null;
+            if (!failed && wcCode == null) {
+                return;
+            }
+            List<Object> labels = new ArrayList<>();
+            if (response.get("errorLabels") instanceof List) {
+                labels.addAll((List<?>) response.get("errorLabels"));
+            }
+            if (request.labelsOverride != null) {
+                labels = new ArrayList<>(request.labelsOverride);
+            } else {
+                Integer code = failed ? ((Number) response.get("code")).intValue() : null;
+                boolean retryableWrite = Commands.WRITE_COMMANDS.contains(request.name)
+                    && request.body.get("txnNumber") != null && !request.body.containsKey("autocommit");
+                if (retryableWrite && ((code != null && RETRIABLE.contains(code))
+                    || (wcCode != null && RETRIABLE.contains(wcCode)))) {
+                    add(labels, "RetryableWriteError");
+                } else if (resumable(request, code, wcCode)) {
+                    add(labels, "ResumableChangeStreamError");
+                } else if (code != null && NON_RESUMABLE.contains(code)) {
+                    add(labels, "NonResumableChangeStreamError");
+                }
+            }
+            if (labels.isEmpty()) {
+                response.remove("errorLabels");
+            } else {
+                response.put("errorLabels", labels);
+            }
+        }
+
+        private static boolean resumable(Request request, Integer code, Integer wcCode) {
+            return request.changeStream && code != null && wcCode == null
+                && (request.name.equals("aggregate") || request.name.equals("getmore"))
+                && (RETRIABLE.contains(code) || NETWORK.contains(code) || NEED_RETARGETTING.contains(code)
+                    || code == 234 || code == 133);
+        }
+
+        private static void add(List<Object> labels, String label) {
+            if (!labels.contains(label)) {
+                labels.add(label);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------------ server information
+
+    /** What drivers' test suites ask a server about itself (their client_context). */
+    static final class ServerInfo {
+        /** The parameters we have, with their mongod names; getParameter answers these only. */
+        private static final Map<String, Object> PARAMETERS = parameters();
+
+        private ServerInfo() {
+        }
+
+        private static Map<String, Object> parameters() {
+            Map<String, Object> p = new LinkedHashMap<>();
+            p.put("enableTestCommands", Boolean.TRUE); // configureFailPoint works (see FailPoints)
+            p.put("featureCompatibilityVersion", new Document("version", "6.0"));
+            p.put("authenticationMechanisms", List.of()); // no authentication at all
+            p.put("requireApiVersion", Boolean.FALSE);
+            p.put("transactionLifetimeLimitSeconds", 60);
+            p.put("cursorTimeoutMillis", CURSOR_IDLE_TIMEOUT_MS);
+            return p;
+        }
+
+        /** {getParameter: "*"} for all, or {getParameter: 1, name: 1, ...}; unknown names fail as on mongod. */
+        static Document getParameter(String db, Document body) {
+            if (!db.equals("admin")) {
+                throw new MongoServerError(13, "Unauthorized", "getParameter may only be run against the admin database.");
+            }
+            Document response = new Document();
+            if ("*".equals(body.get("getParameter")) || (body.get("getParameter") instanceof Document
+                && isTrue(((Document) body.get("getParameter")).get("allParameters")))) {
+                response.putAll(PARAMETERS);
+                return ok(response);
+            }
+            for (String key : body.keySet()) {
+                if (key.equals("getParameter") || key.startsWith("$") || Commands.ENVELOPE.contains(key)
+                    || key.equals("comment")) {
+                    continue;
+                }
+                if (PARAMETERS.containsKey(key)) {
+                    response.put(key, PARAMETERS.get(key));
+                }
+            }
+            if (response.isEmpty()) {
+                throw new MongoServerError(72, "InvalidOptions", "no option found to get");
+            }
+            return ok(response);
+        }
+
+        static Document buildInfo() {
+            List<Integer> version = VERSION.getVersionArray();
+            return ok(new Document("version", version.get(0) + "." + version.get(1) + "." + version.get(2))
+                .append("gitVersion", "gatequeue-embedded-mongo-java-server-1.47.0")
+                .append("modules", List.of())
+                .append("allocator", "system")
+                .append("javascriptEngine", "none")
+                .append("sysInfo", "deprecated")
+                .append("versionArray", List.of(version.get(0), version.get(1), version.get(2), 0))
+                .append("bits", 64)
+                .append("debug", Boolean.FALSE)
+                .append("maxBsonObjectSize", BsonConstants.MAX_BSON_OBJECT_SIZE)
+                .append("storageEngines", List.of("ephemeralForTest")));
+        }
+
+        static Document cmdLineOpts(Server server, String db) {
+            if (!db.equals("admin")) {
+                throw new MongoServerError(13, "Unauthorized", "getCmdLineOpts may only be run against the admin database.");
+            }
+            Document parsed = new Document("net", new Document("bindIp", "127.0.0.1").append("port", server.port))
+                .append("replication", new Document("replSetName", server.options.replicaSet))
+                .append("setParameter", new Document("enableTestCommands", "1"));
+            return ok(new Document("argv", List.of("gatequeue-mongo-server", "--port", String.valueOf(server.port),
+                "--replica-set", server.options.replicaSet)).append("parsed", parsed));
         }
     }
 
@@ -945,7 +2456,7 @@ public final class GateQueueMongoServer {
             }
         };
 
-        Document retryable(Object sessionId, long txnNumber, Supplier<Document> exec) {
+        Document retryable(Object sessionId, long txnNumber, String name, Document body, Supplier<Document> exec) {
             if (sessionId == null) {
                 return exec.get();
             }
@@ -959,15 +2470,31 @@ public final class GateQueueMongoServer {
                         + " is less than last txnNumber " + state.txnNumber + " seen in this session");
                 }
                 if (txnNumber == state.txnNumber && state.response != null) {
-                    Document again = new Document(state.response);
-                    again.put("retriedStmtIds", List.of(0));
-                    return again;
+                    return retried(state.response, name, body);
                 }
                 Document response = exec.get();
                 state.txnNumber = txnNumber;
-                state.response = isOk(response) ? new Document(response) : null;
+                state.response = isOk(response) ? response.cloneDeeply() : null;
                 return response;
             }
+        }
+
+        /** The recorded answer, marked as mongod marks a resent write's answer. */
+        private static Document retried(Document recorded, String name, Document body) {
+            Document again = recorded.cloneDeeply();
+            if (name.equals("findandmodify")) {
+                again.put("retriedStmtId", 0);
+                return again;
+            }
+            Object statements = body.get(name.equals("insert") ? "documents"
+                : name.equals("update") ? "updates" : "deletes");
+            int n = statements instanceof List ? ((List<?>) statements).size() : 1;
+            List<Integer> ids = new ArrayList<>();
+            for (int i = 0; i < n; i++) {
+                ids.add(i);
+            }
+            again.put("retriedStmtIds", ids);
+            return again;
         }
 
         void end(Object sessions) {
@@ -998,13 +2525,16 @@ public final class GateQueueMongoServer {
     /** One change, as mongod's oplog would hold it. */
     static final class Entry {
         final long ts;
-        final String op; // insert, update, replace, delete, drop, dropDatabase
+        final String op; // insert, update, replace, delete, drop, rename, dropDatabase
         final String db;
         final String coll; // null for dropDatabase
         final Object id;
         final Document document; // insert/replace: the new document
         final Document updateDescription; // update
         final Instant wall;
+        Document pre; // the document before an update, replace or delete (pre-images enabled)
+        Document post; // the document after an update (post-images enabled)
+        Document to; // rename: {db, coll} of the new name
 
         Entry(long ts, String op, String db, String coll, Object id, Document document,
               Document updateDescription, Instant wall) {
@@ -1029,15 +2559,22 @@ public final class GateQueueMongoServer {
             }
             d.putIfNotNull("o", document);
             d.putIfNotNull("u", updateDescription);
+            d.putIfNotNull("pre", pre);
+            d.putIfNotNull("post", post);
+            d.putIfNotNull("to", to);
             return d;
         }
 
         static Entry fromDocument(Document d) {
             Object key = d.get("key");
-            return new Entry(((Number) d.get("_id")).longValue(), (String) d.get("op"),
+            Entry e = new Entry(((Number) d.get("_id")).longValue(), (String) d.get("op"),
                 (String) d.get("db"), (String) d.get("coll"),
                 key instanceof Document ? ((Document) key).get("_id") : null,
                 (Document) d.get("o"), (Document) d.get("u"), (Instant) d.get("wall"));
+            e.pre = (Document) d.get("pre");
+            e.post = (Document) d.get("post");
+            e.to = (Document) d.get("to");
+            return e;
         }
     }
 
@@ -1050,6 +2587,11 @@ public final class GateQueueMongoServer {
      */
     static final class ChangeLog implements Oplog {
         static final ThreadLocal<Boolean> REPLACING = ThreadLocal.withInitial(() -> Boolean.FALSE);
+        /** Set while a pipeline update writes: mongod diffs its arrays element by element. */
+        static final ThreadLocal<Boolean> PIPELINE_UPDATE = ThreadLocal.withInitial(() -> Boolean.FALSE);
+        private static final String IMAGES_ID = "gatequeue.changeStreamPreAndPostImages";
+        /** Namespaces with changeStreamPreAndPostImages enabled (collMod / create). */
+        private final Set<String> imagesEnabled = ConcurrentHashMap.newKeySet();
         private static final String META_ID = "gatequeue.meta";
 
         private final int maxEntries;
@@ -1081,6 +2623,12 @@ public final class GateQueueMongoServer {
             for (Document d : collection.queryAll()) {
                 if (META_ID.equals(d.get("_id"))) {
                     trimmedUpTo = ((Number) d.get("trimmedUpTo")).longValue();
+                    continue;
+                }
+                if (IMAGES_ID.equals(d.get("_id"))) {
+                    for (Object ns : (List<?>) d.get("namespaces")) {
+                        imagesEnabled.add((String) ns);
+                    }
                     continue;
                 }
                 try {
@@ -1121,8 +2669,8 @@ public final class GateQueueMongoServer {
 
         void onInsert(MongoCollection<?> collection, Document document) {
             if (tracked(collection)) {
-                append("insert", collection.getDatabaseName(), collection.getCollectionName(),
-                    document.get("_id"), document.cloneDeeply(), null);
+                append(new Entry(0, "insert", collection.getDatabaseName(), collection.getCollectionName(),
+                    document.get("_id"), document.cloneDeeply(), null, null));
             }
         }
 
@@ -1130,30 +2678,50 @@ public final class GateQueueMongoServer {
             if (!tracked(collection)) {
                 return;
             }
+            boolean images = images(collection.getDatabaseName(), collection.getCollectionName());
+            Entry entry;
             if (REPLACING.get()) {
-                append("replace", collection.getDatabaseName(), collection.getCollectionName(),
-                    after.get("_id"), after.cloneDeeply(), null);
-                return;
+                entry = new Entry(0, "replace", collection.getDatabaseName(), collection.getCollectionName(),
+                    after.get("_id"), after.cloneDeeply(), null, null);
+            } else {
+                Document updated = new Document();
+                List<String> removed = new ArrayList<>();
+                List<Document> truncated = new ArrayList<>();
+                diff("", before, after, updated, removed, truncated, PIPELINE_UPDATE.get());
+                Document description = new Document("updatedFields", updated.cloneDeeply())
+                    .append("removedFields", removed)
+                    .append("truncatedArrays", truncated);
+                entry = new Entry(0, "update", collection.getDatabaseName(), collection.getCollectionName(),
+                    after.get("_id"), null, description, null);
+                if (images) {
+                    entry.post = after.cloneDeeply();
+                }
             }
-            Document updated = new Document();
-            List<String> removed = new ArrayList<>();
-            diff("", before, after, updated, removed);
-            Document description = new Document("updatedFields", updated.cloneDeeply())
-                .append("removedFields", removed)
-                .append("truncatedArrays", List.of());
-            append("update", collection.getDatabaseName(), collection.getCollectionName(),
-                after.get("_id"), null, description);
+            if (images) {
+                entry.pre = before.cloneDeeply();
+            }
+            append(entry);
         }
 
         void onDelete(MongoCollection<?> collection, Document document) {
             if (tracked(collection)) {
-                append("delete", collection.getDatabaseName(), collection.getCollectionName(),
-                    document.get("_id"), null, null);
+                Entry entry = new Entry(0, "delete", collection.getDatabaseName(), collection.getCollectionName(),
+                    document.get("_id"), null, null, null);
+                if (images(collection.getDatabaseName(), collection.getCollectionName())) {
+                    entry.pre = document.cloneDeeply();
+                }
+                append(entry);
             }
         }
 
+        /**
+         * updateDescription as mongod computes it from the documents before and after: changed
+         * sub-documents field by field. For pipeline updates mongod diffs arrays element by element
+         * too ({@code "a.3": v}, and {@code truncatedArrays} when an array shrank), unless that diff
+         * is bigger than the new array; classic updates (and we) report a changed array whole.
+         */
         private static void diff(String prefix, Document before, Document after, Document updated,
-                                 List<String> removed) {
+                                 List<String> removed, List<Document> truncated, boolean arrays) {
             for (Map.Entry<String, Object> e : after.entrySet()) {
                 String path = prefix + e.getKey();
                 Object now = e.getValue();
@@ -1163,7 +2731,9 @@ public final class GateQueueMongoServer {
                 }
                 Object was = before.get(e.getKey());
                 if (was instanceof Document && now instanceof Document) {
-                    diff(path + ".", (Document) was, (Document) now, updated, removed);
+                    diff(path + ".", (Document) was, (Document) now, updated, removed, truncated, arrays);
+                } else if (arrays && was instanceof List && now instanceof List && !was.equals(now)) {
+                    diffArray(path, (List<?>) was, (List<?>) now, updated, removed, truncated);
                 } else if (!Objects.equals(was, now)
                     || (was != null && now != null && was.getClass() != now.getClass())) {
                     updated.put(path, now);
@@ -1176,19 +2746,75 @@ public final class GateQueueMongoServer {
             }
         }
 
+        private static void diffArray(String path, List<?> was, List<?> now, Document updated,
+                                      List<String> removed, List<Document> truncated) {
+            Document elements = new Document();
+            List<String> elementsRemoved = new ArrayList<>();
+            List<Document> elementsTruncated = new ArrayList<>();
+            for (int i = 0; i < now.size(); i++) {
+                Object a = i < was.size() ? was.get(i) : null;
+                Object b = now.get(i);
+                if (i >= was.size()) {
+                    elements.put(path + "." + i, b);
+                } else if (a instanceof Document && b instanceof Document) {
+                    diff(path + "." + i + ".", (Document) a, (Document) b, elements, elementsRemoved,
+                        elementsTruncated, true);
+                } else if (!Objects.equals(a, b)) {
+                    elements.put(path + "." + i, b);
+                }
+            }
+            Document diffSize = new Document("u", elements).append("r", elementsRemoved).append("t", elementsTruncated);
+            if (Batches.size(diffSize) >= Batches.size(new Document("a", now))) {
+                updated.put(path, now); // the whole array is smaller: mongod sends it whole
+                return;
+            }
+            updated.putAll(elements);
+            removed.addAll(elementsRemoved);
+            truncated.addAll(elementsTruncated);
+            if (now.size() < was.size()) {
+                truncated.add(new Document("field", path).append("newSize", now.size()));
+            }
+        }
+
         void recordDropDatabase(String db) {
             if (!INTERNAL_DATABASES.contains(db)) {
                 append("dropDatabase", db, null, null, null, null);
+                imagesEnabled.removeIf(ns -> ns.startsWith(db + "."));
+            }
+        }
+
+        /** renameCollection: a rename event on the old name (which ends a stream on it). */
+        void recordRename(String from, String to) {
+            int dot = from.indexOf('.');
+            int toDot = to.indexOf('.');
+            if (dot < 0 || toDot < 0 || INTERNAL_DATABASES.contains(from.substring(0, dot))) {
+                return;
+            }
+            Entry entry = new Entry(0, "rename", from.substring(0, dot), from.substring(dot + 1), null, null, null,
+                null);
+            entry.to = new Document("db", to.substring(0, toDot)).append("coll", to.substring(toDot + 1));
+            append(entry);
+            if (imagesEnabled.remove(from)) {
+                imagesEnabled.add(to);
             }
         }
 
         private void append(String op, String db, String coll, Object id, Document document,
                             Document updateDescription) {
+            append(new Entry(0, op, db, coll, id, document, updateDescription, null));
+        }
+
+        /** Stamps the entry with the next cluster time and the wall clock, stores it, wakes waiters. */
+        private void append(Entry draft) {
             List<Runnable> wake;
             synchronized (lock) {
                 long now = (Instant.now().getEpochSecond() << 32) | 1; // increments start at 1
                 long ts = Math.max(last + 1, now);
-                Entry entry = new Entry(ts, op, db, coll, id, document, updateDescription, Instant.now());
+                Entry entry = new Entry(ts, draft.op, draft.db, draft.coll, draft.id, draft.document,
+                    draft.updateDescription, Instant.ofEpochMilli(System.currentTimeMillis()));
+                entry.pre = draft.pre;
+                entry.post = draft.post;
+                entry.to = draft.to;
                 entries.put(ts, entry);
                 if (store != null) {
                     store.addDocument(entry.toDocument());
@@ -1207,19 +2833,66 @@ public final class GateQueueMongoServer {
         }
 
         private void trimIfNeeded() {
-            if (entries.size() <= maxEntries + maxEntries / 10) {
-                return;
+            if (entries.size() > maxEntries + maxEntries / 10) {
+                trimTo(maxEntries);
             }
+        }
+
+        /**
+         * Drops all but the newest {@code keep} entries, as mongod's oplog truncation does: a
+         * resume point older than the newest dropped entry is gone (ChangeStreamHistoryLost).
+         * Called under {@code lock}. Returns how many entries went.
+         */
+        private int trimTo(int keep) {
             long upTo = trimmedUpTo;
-            while (entries.size() > maxEntries) {
+            int removed = 0;
+            while (entries.size() > keep) {
                 Map.Entry<Long, Entry> first = entries.pollFirstEntry();
                 upTo = first.getKey();
+                removed++;
+            }
+            if (removed == 0) {
+                return 0;
             }
             trimmedUpTo = upTo;
             if (store != null) {
                 store.deleteDocuments(new Document("_id", new Document("$lte", upTo)), 0);
                 store.deleteDocuments(new Document("_id", META_ID), 1);
                 store.addDocument(new Document("_id", META_ID).append("trimmedUpTo", upTo));
+            }
+            return removed;
+        }
+
+        /**
+         * {@code {gatequeueTrimChangeLog: 1, keep: N}} on admin: our own command (mongod has none;
+         * its oplog rolls over by size) to make "the resume point fell off the oplog" happen on
+         * demand in tests. Keeps the newest N entries (default 0).
+         */
+        Document trimCommand(String db, Document body) {
+            if (!db.equals("admin")) {
+                throw new MongoServerError(13, "Unauthorized",
+                    "gatequeueTrimChangeLog may only be run against the admin database.");
+            }
+            Object keepValue = body.getOrDefault("keep", 0);
+            if (!(keepValue instanceof Number) || ((Number) keepValue).longValue() < 0) {
+                throw new MongoServerError(2, "BadValue", "'keep' must be a non-negative number");
+            }
+            int keep = (int) Math.min(((Number) keepValue).longValue(), Integer.MAX_VALUE);
+            int removed;
+            synchronized (lock) {
+                removed = trimTo(keep);
+            }
+            log.info("change log trimmed on request: {} entries removed, {} kept", removed, entries.size());
+            return ok(new Document("removed", removed).append("kept", entries.size())
+                .append("trimmedUpTo", new BsonTimestamp(trimmedUpTo)));
+        }
+
+        /** A cluster time of its own, as mongod reserves one for a $currentDate timestamp. */
+        long reserveTick() {
+            synchronized (lock) {
+                long now = (Instant.now().getEpochSecond() << 32) | 1;
+                last = Math.max(last + 1, now);
+                return last;
             }
         }
 
@@ -1268,6 +2941,66 @@ public final class GateQueueMongoServer {
             String coll = namespace.substring(dot + 1);
             if (!INTERNAL_DATABASES.contains(db) && !coll.startsWith("system.")) {
                 append("drop", db, coll, null, null, null);
+                setImages(db, coll, false);
+            }
+        }
+
+        /** changeStreamPreAndPostImages: {enabled: bool}, as mongod parses it. */
+        static boolean imagesOption(Object option) {
+            if (option == null) {
+                return false;
+            }
+            if (!(option instanceof Document) || !(((Document) option).get("enabled") instanceof Boolean)
+                || ((Document) option).size() != 1) {
+                throw new MongoServerError(40414, "IDLFailedToParse",
+                    "changeStreamPreAndPostImages must be {enabled: <bool>}, not " + option);
+            }
+            return (Boolean) ((Document) option).get("enabled");
+        }
+
+        /**
+         * collMod, which the library lacks: only changeStreamPreAndPostImages, the one option
+         * whose effect we have; any other option is refused rather than ignored.
+         */
+        Document collMod(String db, Document body) {
+            String coll = String.valueOf(body.get("collMod"));
+            if (backend.database(db).resolveCollection(coll, false) == null) {
+                throw new MongoServerError(26, "NamespaceNotFound", "ns does not exist: " + db + "." + coll);
+            }
+            Boolean enabled = null;
+            for (String key : body.keySet()) {
+                switch (key) {
+                    case "collMod":
+                    case "comment":
+                    case "writeConcern":
+                    case "$db":
+                        break;
+                    case "changeStreamPreAndPostImages":
+                        enabled = imagesOption(body.get(key));
+                        break;
+                    default:
+                        throw new MongoServerError(72, "InvalidOptions", "collMod option '" + key
+                            + "' is not supported by the gatequeue embedded server");
+                }
+            }
+            if (enabled != null) {
+                setImages(db, coll, enabled);
+            }
+            return ok(new Document());
+        }
+
+        boolean images(String db, String coll) {
+            return imagesEnabled.contains(db + "." + coll);
+        }
+
+        /** changeStreamPreAndPostImages of a collection; kept with the change log on disk. */
+        void setImages(String db, String coll, boolean enabled) {
+            boolean changed = enabled ? imagesEnabled.add(db + "." + coll) : imagesEnabled.remove(db + "." + coll);
+            if (changed && store != null) {
+                synchronized (lock) {
+                    store.deleteDocuments(new Document("_id", IMAGES_ID), 1);
+                    store.addDocument(new Document("_id", IMAGES_ID).append("namespaces", new ArrayList<>(imagesEnabled)));
+                }
             }
         }
 
@@ -1283,6 +3016,16 @@ public final class GateQueueMongoServer {
             "allowToRunOnConfigDB");
         private static final Set<String> STREAM_STAGES = Set.of("$match", "$project", "$addFields", "$set",
             "$unset", "$replaceRoot", "$replaceWith", "$redact");
+        /** mongod's stage names (6.0), so that an unknown one fails as there: 40324. */
+        private static final Set<String> KNOWN_STAGES = Set.of("$addFields", "$bucket", "$bucketAuto",
+            "$changeStream", "$collStats", "$count", "$densify", "$documents", "$facet", "$fill", "$geoNear",
+            "$graphLookup", "$group", "$indexStats", "$limit", "$listSessions", "$lookup", "$match", "$merge",
+            "$out", "$planCacheStats", "$project", "$redact", "$replaceRoot", "$replaceWith", "$sample",
+            "$search", "$searchMeta", "$set", "$setWindowFields", "$skip", "$sort", "$sortByCount",
+            "$unionWith", "$unset", "$unwind", "$currentOp", "$listLocalSessions");
+        private static final Set<String> FULL_DOCUMENT = Set.of("default", "updateLookup", "whenAvailable",
+            "required");
+        private static final Set<String> BEFORE_CHANGE = Set.of("off", "whenAvailable", "required");
 
         Document openStream(String db, Document body) {
             List<Document> pipeline = Aggregation.parse(body.get("pipeline"));
@@ -1293,21 +3036,36 @@ public final class GateQueueMongoServer {
                         "BSON field '$changeStream." + key + "' is an unknown field.");
                 }
             }
-            String fullDocument = (String) spec.getOrDefault("fullDocument", "default");
-            if (!fullDocument.equals("default") && !fullDocument.equals("updateLookup")) {
-                throw new MongoServerError(2, "BadValue", "fullDocument '" + fullDocument
-                    + "' is not supported by the embedded server (use 'default' or 'updateLookup')");
+            String fullDocument = String.valueOf(spec.getOrDefault("fullDocument", "default"));
+            if (!FULL_DOCUMENT.contains(fullDocument)) {
+                throw new MongoServerError(2, "BadValue", "'" + fullDocument
+                    + "' is not a valid value for $changeStream.fullDocument");
             }
-            Object before = spec.getOrDefault("fullDocumentBeforeChange", "off");
-            if (!"off".equals(before)) {
+            String before = String.valueOf(spec.getOrDefault("fullDocumentBeforeChange", "off"));
+            if (!BEFORE_CHANGE.contains(before)) {
+                throw new MongoServerError(2, "BadValue", "'" + before
+                    + "' is not a valid value for $changeStream.fullDocumentBeforeChange");
+            }
+            if (isTrue(spec.get("showExpandedEvents"))) {
+                // create, createIndexes, modify, ... events: we record none, so refuse the option
                 throw new MongoServerError(2, "BadValue",
-                    "fullDocumentBeforeChange is not supported by the embedded server");
+                    "showExpandedEvents is not supported by the gatequeue embedded server");
+            }
+            Object readConcern = body.get("readConcern");
+            if (readConcern instanceof Document && ((Document) readConcern).get("level") != null
+                && !"majority".equals(((Document) readConcern).get("level"))) {
+                throw new MongoServerError(72, "InvalidOptions", "$changeStream requires read concern"
+                    + " level 'majority', not '" + ((Document) readConcern).get("level") + "'");
             }
             List<Document> stages = pipeline.subList(1, pipeline.size());
             for (Document stage : stages) {
                 String name = stage.keySet().iterator().next();
+                if (!KNOWN_STAGES.contains(name)) {
+                    throw new MongoServerError(40324, "Location40324",
+                        "Unrecognized pipeline stage name: '" + name + "'");
+                }
                 if (!STREAM_STAGES.contains(name)) {
-                    throw new MongoServerError(2, "BadValue",
+                    throw new MongoServerError(20, "IllegalOperation",
                         name + " is not permitted in a $changeStream pipeline");
                 }
             }
@@ -1331,7 +3089,8 @@ public final class GateQueueMongoServer {
             MongoDatabase database = backend.database(db);
             MongoCollection<?> collection = coll != null ? database.resolveCollection(coll, false) : null;
             Aggregation aggregation = stages.isEmpty() ? null
-                : Aggregation.fromPipeline(stages, backend::database, database, collection, this);
+                : Aggregation.fromPipeline(Pipelines.prepare(stages, Variables.NONE), backend::database, database,
+                    collection, this);
 
             long position;
             Object startAfter = spec.get("startAfter");
@@ -1351,7 +3110,7 @@ public final class GateQueueMongoServer {
             }
 
             ChangeStreamCursor cursor = new ChangeStreamCursor(backend.cursors().generateCursorId(), this,
-                cluster ? null : db, coll, fullDocument.equals("updateLookup"), aggregation, position);
+                cluster ? null : db, coll, fullDocument, before, aggregation, position);
             int batchSize = ((Number) ((Document) body.get("cursor")).getOrDefault("batchSize", 0)).intValue();
             ChangeStreamCursor.Batch batch = cursor.take(batchSize);
             if (!batch.closed) {
@@ -1370,7 +3129,13 @@ public final class GateQueueMongoServer {
             return cursors.get(id);
         }
 
-        void forgetCursor(long id) {
+        void forgetAllCursors() {
+            for (Long id : new ArrayList<>(cursors.keySet())) {
+                forgetChangeStream(id);
+            }
+        }
+
+        void forgetChangeStream(long id) {
             if (cursors.remove(id) != null) {
                 backend.cursors().remove(id);
             }
@@ -1382,7 +3147,7 @@ public final class GateQueueMongoServer {
             for (ChangeStreamCursor c : cursors.values()) {
                 if (!c.waiting && now - c.lastUsed > CURSOR_IDLE_TIMEOUT_MS) {
                     log.info("closing change stream cursor {} idle for 10 minutes", c.getId());
-                    forgetCursor(c.getId());
+                    forgetChangeStream(c.getId());
                 }
             }
         }
@@ -1448,20 +3213,22 @@ public final class GateQueueMongoServer {
         final ChangeLog log;
         final String db; // null: the whole cluster
         final String coll; // null: the whole database
-        final boolean lookup;
+        final String fullDocument; // default, updateLookup, whenAvailable, required
+        final String beforeChange; // off, whenAvailable, required
         final Aggregation aggregation;
         long position; // the cluster time of the last event consumed
         boolean closed;
         volatile boolean waiting;
         volatile long lastUsed = System.currentTimeMillis();
 
-        ChangeStreamCursor(long id, ChangeLog log, String db, String coll, boolean lookup,
-                           Aggregation aggregation, long position) {
+        ChangeStreamCursor(long id, ChangeLog log, String db, String coll, String fullDocument,
+                           String beforeChange, Aggregation aggregation, long position) {
             super(id);
             this.log = log;
             this.db = db;
             this.coll = coll;
-            this.lookup = lookup;
+            this.fullDocument = fullDocument;
+            this.beforeChange = beforeChange;
             this.aggregation = aggregation;
             this.position = position;
         }
@@ -1503,10 +3270,25 @@ public final class GateQueueMongoServer {
             for (Entry e : log.after(position, high)) {
                 Document event = toEvent(e);
                 if (event != null) {
-                    for (Document d : applyStages(event)) {
-                        out.add(d);
-                        bytes += size(d);
+                    List<Document> docs = applyStages(event);
+                    long size = 0;
+                    for (Document d : docs) {
+                        if (!event.get("_id").equals(d.get("_id"))) {
+                            // mongod's check: without its token an event cannot be resumed from
+                            closed = true;
+                            throw new MongoServerError(280, "ChangeStreamFatalError", "Encountered an event"
+                                + " whose _id field, which contains the resume token, was modified by the"
+                                + " pipeline. Modifying the _id field of an event makes it impossible to"
+                                + " resume the stream from that point. Only transformations that retain the"
+                                + " unmodified _id field are allowed.");
+                        }
+                        size += Batches.size(d);
                     }
+                    if (!out.isEmpty() && bytes + size > Batches.MAX_BYTES) {
+                        return new Batch(out, false, Tokens.of(position)); // this event opens the next batch
+                    }
+                    out.addAll(docs);
+                    bytes += size;
                 }
                 position = e.ts;
                 if (invalidates(e)) {
@@ -1518,22 +3300,12 @@ public final class GateQueueMongoServer {
                     closed = true;
                     return new Batch(out, true, Tokens.invalidate(e.ts));
                 }
-                if (out.size() >= limit || bytes >= MAX_BATCH_BYTES) {
+                if (out.size() >= limit) {
                     return new Batch(out, false, Tokens.of(position));
                 }
             }
             position = Math.max(position, high);
             return new Batch(out, false, Tokens.of(position));
-        }
-
-        private static long size(Document d) {
-            ByteBuf buf = Unpooled.buffer();
-            try {
-                BsonEncoder.encodeDocument(d, buf);
-                return buf.readableBytes();
-            } finally {
-                buf.release();
-            }
         }
 
         private boolean inScope(Entry e) {
@@ -1554,7 +3326,7 @@ public final class GateQueueMongoServer {
                 return false;
             }
             if (coll != null) {
-                return e.op.equals("drop") && coll.equals(e.coll);
+                return (e.op.equals("drop") || e.op.equals("rename")) && coll.equals(e.coll);
             }
             return e.op.equals("dropDatabase");
         }
@@ -1580,21 +3352,52 @@ public final class GateQueueMongoServer {
                     event.put("fullDocument", e.document.cloneDeeply());
                     break;
                 case "update":
-                    if (lookup) {
-                        event.put("fullDocument", log.lookup(e.db, e.coll, e.id));
+                    switch (fullDocument) {
+                        case "updateLookup":
+                            event.put("fullDocument", log.lookup(e.db, e.coll, e.id));
+                            break;
+                        case "whenAvailable":
+                            event.put("fullDocument", e.post != null ? e.post.cloneDeeply() : null);
+                            break;
+                        case "required":
+                            if (e.post == null) {
+                                throw imageNotFound("post", e);
+                            }
+                            event.put("fullDocument", e.post.cloneDeeply());
+                            break;
+                        default:
+                            break;
                     }
                     break;
                 default:
                     break;
             }
             event.put("ns", ns);
+            if (e.to != null) {
+                event.put("to", e.to.cloneDeeply());
+            }
             if (e.id != null) {
                 event.put("documentKey", new Document("_id", e.id));
             }
             if (e.updateDescription != null) {
                 event.put("updateDescription", e.updateDescription.cloneDeeply());
             }
+            boolean hasPreImage = e.op.equals("update") || e.op.equals("replace") || e.op.equals("delete");
+            if (hasPreImage && !beforeChange.equals("off")) {
+                if (e.pre == null && beforeChange.equals("required")) {
+                    throw imageNotFound("pre", e);
+                }
+                event.put("fullDocumentBeforeChange", e.pre != null ? e.pre.cloneDeeply() : null);
+            }
             return event;
+        }
+
+        private MongoServerError imageNotFound(String which, Entry e) {
+            closed = true;
+            return new MongoServerError(47, "NoMatchingDocument", "Change stream was configured to require a "
+                + which + "-image for all update, delete and replace events, but the " + which
+                + "-image was not found for event: " + Tokens.of(e.ts).toString()
+                + " (changeStreamPreAndPostImages is off for " + e.db + "." + e.coll + ")");
         }
 
         private List<Document> applyStages(Document event) {
