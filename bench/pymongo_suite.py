@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 import structlog  # noqa: E402
 
-from service.embedded_mongo import EmbeddedMongo  # noqa: E402
+from service.mongo.embedded import EmbeddedMongo  # noqa: E402
 
 # The report is stdout; the server's start and stop lines go to stderr.
 structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
@@ -219,8 +219,10 @@ def main() -> int:
             log(f"pytest's output: {output}")
             with open(output, "w") as out:
                 try:
-                    subprocess.run(command, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   timeout=args.timeout, check=False)  # fmt: skip
+                    subprocess.run(
+                        command, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT,
+                        timeout=args.timeout, check=False,
+                    )  # fmt: skip
                 except subprocess.TimeoutExpired:
                     log(f"pytest ran past {args.timeout:.0f} s")
                     return 2
@@ -253,8 +255,17 @@ def main() -> int:
         print(" | ".join(str(p) for p in problem))
     if args.json:
         figures["total"] = {**total, "pass_rate": round(rate, 1)}
-        args.json.write_text(json.dumps({"pymongo": version, "machine": machine(),
-                                         "seconds": round(elapsed), "files": figures}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "pymongo": version,
+                    "machine": machine(),
+                    "seconds": round(elapsed),
+                    "files": figures,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

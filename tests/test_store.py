@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
-from datetime import timedelta
 
 from job_helpers import insert_job
 from pymongo import AsyncMongoClient
 
-from service.jobs.record import WorkerRef, utcnow
+from service.jobs.record import WorkerRef
 from service.jobs.status import Status
 from service.mongo.connect import connect
 from service.store import Store
@@ -115,7 +114,7 @@ async def test_every_transition_is_compare_and_set(store: Store) -> None:
 
     # The lease expires and another attempt claims the job: every write of the first
     # attempt loses and changes nothing.
-    await store.jobs.expire_leases(now=utcnow() + timedelta(seconds=31))
+    await store.jobs.expire_leases(ahead_s=31)
     requeued = await store.jobs.get(job.id)
     assert requeued is not None and requeued.status == "Pending"
     second = await store.jobs.claim(requeued, W2, 30)
@@ -205,7 +204,7 @@ async def test_lease_expiry_requeues_then_fails_at_max_attempts(store: Store) ->
     assert first is not None
     # Not expired yet: nothing happens.
     assert await store.jobs.expire_leases() == []
-    expired = await store.jobs.expire_leases(now=utcnow() + timedelta(seconds=31))
+    expired = await store.jobs.expire_leases(ahead_s=31)
     assert [(e.job_id, e.action) for e in expired] == [(job.id, "requeued")]
     again = await store.jobs.get(job.id)
     assert again is not None
@@ -219,25 +218,25 @@ async def test_lease_expiry_requeues_then_fails_at_max_attempts(store: Store) ->
     second = await store.jobs.claim(again, W2, 30)
     assert second is not None
     assert second.attempt == 2
-    assert await store.jobs.next_lease_expiry() == second.leaseExpiresAt
-    expired = await store.jobs.expire_leases(now=utcnow() + timedelta(seconds=31))
+    until = await store.jobs.seconds_to_next_expiry()  # by the server's clock
+    assert until is not None and 25 < until <= 30
+    expired = await store.jobs.expire_leases(ahead_s=31)
     assert [e.action for e in expired] == ["failed"]
     failed = await store.jobs.get(job.id)
     assert failed is not None
     assert failed.status == "Failed"
     assert "attempt 2 of 2" in failed.error
-    assert await store.jobs.next_lease_expiry() is None
+    assert await store.jobs.seconds_to_next_expiry() is None
 
 
 async def test_concurrent_expiry_sweeps_act_once(mongo_uri: str, store: Store) -> None:
     for _ in range(20):
         job, _ = await insert_job(store, HP)
         await store.jobs.claim(job, W1, 1)
-    later = utcnow() + timedelta(seconds=5)
     clients = [connect(mongo_uri) for _ in range(4)]
     try:
         results = await asyncio.gather(
-            *(Store(c, store.db.name).jobs.expire_leases(now=later) for c in clients)
+            *(Store(c, store.db.name).jobs.expire_leases(ahead_s=5) for c in clients)
         )
     finally:
         for c in clients:

@@ -625,6 +625,10 @@ class WireProxy:
         self._handlers.add(task)
         try:
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # Closing the proxy cancels its handlers; asyncio's stream callback logs a
+            # cancelled handler as an error, so end it as a normal return instead.
+            pass
         finally:
             self._handlers.discard(task)
 

@@ -12,13 +12,13 @@ when several workers and API processes share one queue. Nothing here needs trans
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import hashlib
 import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -29,9 +29,9 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id, utcnow
+from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id
 from service.jobs.status import Status
-from service.retry import retry
+from service.retry import DATABASE, retry
 from service.store.inserter import JobInserter
 from service.store.outcome import outcome_unknown
 
@@ -86,6 +86,28 @@ class IdempotencyKeyReused(Exception):
     def __init__(self, job: JobRecord) -> None:
         super().__init__(f"Idempotency-Key was used for job {job.id} with a different body")
         self.job = job
+
+
+def _now_plus(seconds: float) -> Any:
+    return {"$add": ["$$NOW", round(seconds * 1000)]} if seconds else "$$NOW"
+
+
+def _pipeline(
+    values: dict[str, Any],
+    *,
+    now: tuple[str, ...] = (),
+    lease_s: float | None = None,
+    add: dict[str, int] | None = None,
+) -> builtins.list[dict[str, Any]]:
+    """One `$set` stage: `values` as literals (a worker id or an error text that starts with
+    `$` must not be read as a field path), the server's time in the `now` fields, the lease
+    `lease_s` from now, and counters incremented."""
+    stage: dict[str, Any] = {k: {"$literal": v} for k, v in values.items()}
+    stage |= {k: "$$NOW" for k in now}
+    if lease_s is not None:
+        stage["leaseExpiresAt"] = _now_plus(lease_s)
+    stage |= {k: {"$add": [f"${k}", n]} for k, n in (add or {}).items()}
+    return [{"$set": stage}]
 
 
 def _job(doc: dict[str, Any] | None) -> JobRecord | None:
@@ -214,6 +236,10 @@ class JobStore:
         )
 
     # -- compare-and-set transitions -----------------------------------------------------
+    #
+    # Times of transitions are the server's: leases are granted and expired by `$$NOW`, so
+    # no two clocks need to agree (docs/reliability.md, "Time"). Updates that compute a time
+    # are update pipelines, where values from outside go in `$literal`.
 
     def _cas(self, job: JobRecord, status: Status = Status.RUNNING) -> dict[str, Any]:
         return {"_id": job.id, "status": status.value, "version": job.version}
@@ -230,10 +256,12 @@ class JobStore:
         )
         return doc is not None
 
-    async def _transition(self, cas: dict[str, Any], update: dict[str, Any]) -> JobRecord | None:
+    async def _transition(
+        self, query: dict[str, Any], update: dict[str, Any] | builtins.list[dict[str, Any]]
+    ) -> JobRecord | None:
         return _job(
             await self.collection.find_one_and_update(
-                cas, update, return_document=ReturnDocument.AFTER
+                query, update, return_document=ReturnDocument.AFTER
             )
         )
 
@@ -246,25 +274,23 @@ class JobStore:
         `deadline`, a `time.monotonic()` value) and it is ours exactly if it carries our new
         attempt id. Raises only if it cannot even be re-read by then.
         """
-        now = utcnow()
         attempt_id = new_attempt_id()
         deadline = deadline if deadline is not None else time.monotonic() + lease_s
         try:
             return await self._transition(
                 self._cas(job, Status.PENDING),
-                {
-                    "$set": {
+                _pipeline(
+                    {
                         "status": Status.RUNNING.value,
                         "worker": worker.model_dump(),
                         "attemptId": attempt_id,
-                        "startedAt": now,
-                        "updatedAt": now,
-                        "leaseExpiresAt": now + timedelta(seconds=lease_s),
                         "exitCode": None,
                         "error": None,
                     },
-                    "$inc": {"version": 1, "attempt": 1},
-                },
+                    now=("startedAt", "updatedAt"),
+                    lease_s=lease_s,
+                    add={"version": 1, "attempt": 1},
+                ),
             )
         except Exception as exc:
             if not outcome_unknown(exc):
@@ -278,13 +304,9 @@ class JobStore:
         """Extend the lease of a job our attempt holds; `None` means the job is not ours any
         more and the run must stop. Conditioned on the attempt id, not on `version`, so a
         renewal resent after a lost reply simply renews again."""
-        now = utcnow()
         return await self._transition(
             self._mine(job),
-            {
-                "$set": {"leaseExpiresAt": now + timedelta(seconds=lease_s), "updatedAt": now},
-                "$inc": {"version": 1},
-            },
+            _pipeline({}, now=("updatedAt",), lease_s=lease_s, add={"version": 1}),
         )
 
     async def _settled(self, job: JobRecord, status: Status) -> JobRecord | None:
@@ -304,24 +326,22 @@ class JobStore:
         error: str | None = None,
         extra: dict[str, Any] | None = None,
     ) -> JobRecord | None:
-        """Running -> Succeeded/Failed/Cancelled, only by the owner of the current version."""
+        """Running -> Succeeded/Failed/Cancelled, only by the attempt that holds the job."""
         if not status.finished:
             raise ValueError(f"finish() needs a final status, not {status}")
-        now = utcnow()
         done = await self._transition(
             self._mine(job),
-            {
-                "$set": {
+            _pipeline(
+                {
                     "status": status.value,
-                    "finishedAt": now,
-                    "updatedAt": now,
                     "leaseExpiresAt": None,
                     "exitCode": exit_code,
                     "error": error,
                     **(extra or {}),
                 },
-                "$inc": {"version": 1},
-            },
+                now=("finishedAt", "updatedAt"),
+                add={"version": 1},
+            ),
         )
         return done if done is not None else await self._settled(job, status)
 
@@ -330,70 +350,76 @@ class JobStore:
         against it, since the run did not fail."""
         done = await self._transition(
             self._mine(job),
-            {
-                "$set": {
-                    "status": Status.PENDING.value,
-                    "worker": None,
-                    "leaseExpiresAt": None,
-                    "updatedAt": utcnow(),
-                    "error": reason,
-                },
-                "$inc": {"version": 1, "attempt": -1},
-            },
-        )
+            _pipeline(
+                {"status": Status.PENDING.value, "worker": None, "leaseExpiresAt": None,
+                 "error": reason},
+                now=("updatedAt",),
+                add={"version": 1, "attempt": -1},
+            ),
+        )  # fmt: skip
         return done if done is not None else await self._settled(job, Status.PENDING)
 
     async def request_cancel(self, job_id: ObjectId) -> CancelResult:
         """Pending jobs are cancelled at once; Running ones are flagged for their worker.
 
         `cancelRequested` is not a change of status, worker or lease, so it does not bump
-        `version`: bumping it would make the owner's next lease renewal look like a lost
-        race, and the owner is exactly who must see the flag.
+        `version`: the owner's renewals go on, and the owner is exactly who must see the
+        flag. Each round re-reads the job, so a cancel whose reply was lost and is retried
+        finds the job Cancelled and says so.
         """
+        delays = DATABASE.delays()
+        maybe_ours = False  # a write of this call may have landed with its reply lost
         for _ in range(100):  # bounded: each round means another writer made progress
             job = await self.get(job_id)
             if job is None:
                 return CancelResult(CancelOutcome.NOT_FOUND, None)
             if job.finished:
-                return CancelResult(CancelOutcome.FINISHED, job)
-            now = utcnow()
-            if job.status is Status.PENDING:
-                done = await self._transition(
-                    self._cas(job, Status.PENDING),
-                    {
-                        "$set": {
-                            "status": Status.CANCELLED.value,
-                            "cancelRequested": True,
-                            "finishedAt": now,
-                            "updatedAt": now,
-                        },
-                        "$inc": {"version": 1},
-                    },
+                ours = maybe_ours and job.status is Status.CANCELLED and job.cancelRequested
+                return CancelResult(
+                    CancelOutcome.CANCELLED if ours else CancelOutcome.FINISHED, job
                 )
-                if done is not None:
-                    return CancelResult(CancelOutcome.CANCELLED, done)
-                continue
-            if job.cancelRequested:
-                return CancelResult(CancelOutcome.ALREADY_REQUESTED, job)
-            flagged = await self._transition(
-                {"_id": job_id, "status": Status.RUNNING.value},
-                {"$set": {"cancelRequested": True, "updatedAt": now}},
-            )
-            if flagged is not None:
-                return CancelResult(CancelOutcome.REQUESTED, flagged)
+            if job.cancelRequested and maybe_ours:
+                return CancelResult(CancelOutcome.REQUESTED, job)
+            try:
+                if job.status is Status.PENDING:
+                    done = await self._transition(
+                        self._cas(job, Status.PENDING),
+                        {
+                            "$set": {"status": Status.CANCELLED.value, "cancelRequested": True},
+                            "$currentDate": {"finishedAt": True, "updatedAt": True},
+                            "$inc": {"version": 1},
+                        },
+                    )
+                    if done is not None:
+                        return CancelResult(CancelOutcome.CANCELLED, done)
+                    continue
+                if job.cancelRequested:
+                    return CancelResult(CancelOutcome.ALREADY_REQUESTED, job)
+                flagged = await self._transition(
+                    {"_id": job_id, "status": Status.RUNNING.value},
+                    {"$set": {"cancelRequested": True}, "$currentDate": {"updatedAt": True}},
+                )
+                if flagged is not None:
+                    return CancelResult(CancelOutcome.REQUESTED, flagged)
+            except Exception as exc:
+                if not outcome_unknown(exc):
+                    raise
+                maybe_ours = True  # the next round's read tells
+                await asyncio.sleep(next(delays))
         raise RuntimeError(f"cancel of job {job_id} kept losing races")  # pragma: no cover
 
-    async def expire_leases(self, now: datetime | None = None) -> builtins.list[ExpiredLease]:
+    async def expire_leases(self, *, ahead_s: float = 0.0) -> builtins.list[ExpiredLease]:
         """Re-queue Running jobs whose worker stopped renewing (or fail them at maxAttempts).
 
-        Any worker may call this; the compare-and-set makes sure each expired lease is
-        acted on once even when several workers sweep at the same moment.
+        "Expired" is by the server's clock (`ahead_s` looks that far into its future: tests).
+        Any worker may call this; the compare-and-set makes sure each expired lease is acted
+        on once even when several workers sweep at the same moment.
         """
-        now = now or utcnow()
         out: builtins.list[ExpiredLease] = []
         cursor = self.collection.find(
-            {"status": Status.RUNNING.value, "leaseExpiresAt": {"$lt": now}}
-        )
+            {"status": Status.RUNNING.value, "leaseExpiresAt": {"$ne": None},
+             "$expr": {"$lt": ["$leaseExpiresAt", _now_plus(ahead_s)]}}
+        )  # fmt: skip
         async for doc in cursor:
             job = Job.from_doc(doc)
             worker = job.worker.id if job.worker is not None else "?"
@@ -401,40 +427,51 @@ class JobStore:
             if job.cancelRequested:
                 action = ExpiryAction.CANCELLED
                 error = f"worker {worker} lost while cancelling"
-                update = {"status": Status.CANCELLED.value, "finishedAt": now}
+                update = {"status": Status.CANCELLED.value}
             elif job.attempt >= job.maxAttempts:  # type: ignore[attr-defined]
                 action = ExpiryAction.FAILED
                 error = (
                     f"lease expired on worker {worker} at attempt {job.attempt} "
                     f"of {job.maxAttempts}; no attempts left"  # type: ignore[attr-defined]
                 )
-                update = {"status": Status.FAILED.value, "finishedAt": now}
+                update = {"status": Status.FAILED.value}
             else:
                 action = ExpiryAction.REQUEUED
                 error = f"lease expired on worker {worker}; re-queued"
                 update = {"status": Status.PENDING.value, "worker": None}
-            update |= {"error": error, "leaseExpiresAt": None, "updatedAt": now}
+            final = action is not ExpiryAction.REQUEUED
             done = await self.collection.find_one_and_update(
-                self._cas(job), {"$set": update, "$inc": {"version": 1}}
+                self._cas(job),
+                {
+                    "$set": {**update, "error": error, "leaseExpiresAt": None},
+                    "$currentDate": {"updatedAt": True, **({"finishedAt": True} if final else {})},
+                    "$inc": {"version": 1},
+                },
             )
             if done is not None:
                 out.append(ExpiredLease(job.id, action, error))
         return out
 
-    async def next_lease_expiry(self) -> datetime | None:
-        """When the soonest Running lease passes, so a sweeper can sleep until exactly then."""
-        doc = await self.collection.find_one(
-            {"status": Status.RUNNING.value, "leaseExpiresAt": {"$ne": None}},
-            sort=[("leaseExpiresAt", ASCENDING)],
-            projection={"leaseExpiresAt": 1},
-        )
-        return None if doc is None else doc["leaseExpiresAt"]
+    async def seconds_to_next_expiry(self) -> float | None:
+        """How long, by the server's clock, until the soonest Running lease passes (None: no
+        lease), so a sweeper sleeps until exactly then whatever its own clock says."""
+        rows = await (
+            await self.collection.aggregate(
+                [
+                    {"$match": {"status": Status.RUNNING.value, "leaseExpiresAt": {"$ne": None}}},
+                    {"$group": {"_id": None, "soonest": {"$min": "$leaseExpiresAt"}}},
+                    {"$project": {"ms": {"$subtract": ["$soonest", "$$NOW"]}}},
+                ]
+            )
+        ).to_list(length=1)
+        return None if not rows else rows[0]["ms"] / 1000
 
     # -- writes by the owner of a Running job --------------------------------------------
 
     async def set_latest_metrics(self, job: JobRecord, metrics: dict[str, Any]) -> bool:
         """Guarded by the attempt id, so an attempt that lost the job writes nothing more."""
         result = await self.collection.update_one(
-            self._mine(job), {"$set": {"latestMetrics": metrics, "updatedAt": utcnow()}}
+            self._mine(job),
+            {"$set": {"latestMetrics": metrics}, "$currentDate": {"updatedAt": True}},
         )
         return result.matched_count == 1

@@ -16,7 +16,6 @@ import socket
 import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
-from service.jobs.record import Job, JobRecord, WorkerRef, utcnow
+from service.jobs.record import Job, JobRecord, WorkerRef
 from service.jobs.status import Status
 from service.mongo.changestream import StoredTokens
 from service.retry import DATABASE
@@ -358,9 +357,8 @@ class Worker:
                     await self._note_expiry(expired.job_id, expired.action, expired.error)
                     self._backlog = True
                     self._wake.set()
-                soonest = await self.store.jobs.next_lease_expiry()
-                if soonest is not None:
-                    until = (soonest - utcnow()) / timedelta(seconds=1)
+                until = await self.store.jobs.seconds_to_next_expiry()
+                if until is not None:
                     delay = min(delay, max(0.0, until) + _SWEEP_SLACK_S)
             except PyMongoError as exc:
                 self.log.warning("lease sweep failed; retrying", error=str(exc))

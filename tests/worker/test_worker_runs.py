@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import timedelta
 
 import pytest
 from wire_proxy import WireProxy
@@ -24,7 +23,6 @@ from worker_helpers import (
     wait_job,
 )
 
-from service.jobs.record import utcnow
 from service.jobs.status import Status
 from service.store import Store
 from service.store.files import ARTIFACTS_BUCKET
@@ -179,7 +177,7 @@ async def test_lost_lease_kills_the_run_and_writes_nothing_more(
     pgid = await logged_value(store, job.id, "pgid")
     run = worker.runs[job.id]
     # Someone else's sweep decides the lease is gone (clock ahead): the job is failed.
-    [expired] = await store.jobs.expire_leases(now=utcnow() + timedelta(hours=1))
+    [expired] = await store.jobs.expire_leases(ahead_s=3600)
     assert expired.action == "failed"
     failed = await store.jobs.get(job.id)
     assert failed is not None
