@@ -219,8 +219,9 @@ def main() -> int:
             log(f"pytest's output: {output}")
             with open(output, "w") as out:
                 try:
-                    subprocess.run(command, cwd=suite, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   timeout=args.timeout, check=False)  # fmt: skip
+                    subprocess.run(command, cwd=suite, env=env, stdout=out,
+                                   stderr=subprocess.STDOUT, timeout=args.timeout,
+                                   check=False)  # fmt: skip
                 except subprocess.TimeoutExpired:
                     log(f"pytest ran past {args.timeout:.0f} s")
                     return 2
@@ -253,8 +254,17 @@ def main() -> int:
         print(" | ".join(str(p) for p in problem))
     if args.json:
         figures["total"] = {**total, "pass_rate": round(rate, 1)}
-        args.json.write_text(json.dumps({"pymongo": version, "machine": machine(),
-                                         "seconds": round(elapsed), "files": figures}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "pymongo": version,
+                    "machine": machine(),
+                    "seconds": round(elapsed),
+                    "files": figures,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 

@@ -148,7 +148,9 @@ async def test_find_with_a_batch_size_is_still_capped_at_16_mib(
     assert n == 1_200
     replies = listener.replies("find", "getMore")
     assert [len(_batch(r)) for r in replies[:-1]] == [250] * (len(replies) - 1)
-    assert [e.command.get("batchSize") for e in listener.named("getMore")] == [250] * (len(replies) - 1)
+    assert [e.command.get("batchSize") for e in listener.named("getMore")] == [250] * (
+        len(replies) - 1
+    )
 
     listener.succeeded_events.clear()
     n = len([d async for d in logs.find({}, batch_size=1_000)])
@@ -163,7 +165,9 @@ async def test_aggregate_and_single_batch_replies(
     client: AsyncMongoClient, listener: _Listener, log_lines: str
 ) -> None:
     logs = client[log_lines].job_logs
-    docs = [d async for d in await logs.aggregate([{"$match": {"jobId": "j1"}}, {"$sort": {"seq": -1}}])]
+    docs = [
+        d async for d in await logs.aggregate([{"$match": {"jobId": "j1"}}, {"$sort": {"seq": -1}}])
+    ]
     assert [d["seq"] for d in docs[:3]] == [1_199, 1_198, 1_197]
     assert len(docs) == 1_200
     replies = listener.replies("aggregate", "getMore")
@@ -246,7 +250,9 @@ async def test_expr_with_now_in_find_count_update_delete(
     # let: the command's own variables, usable in $expr.
     found = [
         d["_id"]
-        async for d in jobs.find({"$expr": {"$eq": ["$status", "$$wanted"]}}, let={"wanted": "Pending"})
+        async for d in jobs.find(
+            {"$expr": {"$eq": ["$status", "$$wanted"]}}, let={"wanted": "Pending"}
+        )
     ]
     assert sorted(found) == ["expired", "pending"]
 
@@ -256,7 +262,12 @@ async def test_pipeline_claim_uses_the_servers_clock(
 ) -> None:
     jobs = client[db_name].jobs
     await jobs.insert_one(
-        {"_id": 1, "status": "Running", "leaseExpiresAt": datetime.datetime(2000, 1, 1), "attempt": 2}
+        {
+            "_id": 1,
+            "status": "Running",
+            "leaseExpiresAt": datetime.datetime(2000, 1, 1),
+            "attempt": 2,
+        }
     )
     before = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
     claimed = await jobs.find_one_and_update(
@@ -322,9 +333,7 @@ async def test_now_is_one_value_per_command(client: AsyncMongoClient, db_name: s
     assert agg[0]["now"] == agg[1]["now"]
 
 
-async def test_pipeline_updates_behave_as_on_mongod(
-    client: AsyncMongoClient, db_name: str
-) -> None:
+async def test_pipeline_updates_behave_as_on_mongod(client: AsyncMongoClient, db_name: str) -> None:
     jobs = client[db_name].jobs
     await jobs.insert_many([{"_id": i, "a": i, "b": {"c": i}} for i in range(3)])
     async with await jobs.watch() as stream:
@@ -349,7 +358,12 @@ async def test_pipeline_updates_behave_as_on_mongod(
         {
             "update": "jobs",
             "updates": [
-                {"q": {"_id": 7, "kind": "x"}, "u": [{"$set": {"v": "$$k"}}], "c": {"k": 5}, "upsert": True}
+                {
+                    "q": {"_id": 7, "kind": "x"},
+                    "u": [{"$set": {"v": "$$k"}}],
+                    "c": {"k": 5},
+                    "upsert": True,
+                }
             ],
         }
     )
@@ -371,7 +385,11 @@ async def test_pipeline_updates_behave_as_on_mongod(
         upsert=True,
         return_document=ReturnDocument.AFTER,
     )
-    assert upserted is not None and upserted["_id"] == 8 and isinstance(upserted["at"], datetime.datetime)
+    assert (
+        upserted is not None
+        and upserted["_id"] == 8
+        and isinstance(upserted["at"], datetime.datetime)
+    )
 
 
 # ------------------------------------------------------------------ fail points
@@ -425,7 +443,9 @@ async def test_close_connection_and_block_connection(
     blocked: AsyncMongoClient = AsyncMongoClient(server.uri, appName="blocked")
     try:
         await no_retry.admin.command("ping")
-        await _fail(client, {"times": 1}, failCommands=["find"], closeConnection=True, appName="closer")
+        await _fail(
+            client, {"times": 1}, failCommands=["find"], closeConnection=True, appName="closer"
+        )
         with pytest.raises(AutoReconnect):
             await no_retry[db_name].c.find_one({})
         assert await no_retry[db_name].c.find_one({}) is None
@@ -450,7 +470,12 @@ async def test_close_connection_and_block_connection(
 
         # blockConnection with an error: the error once the wait is over.
         await _fail(
-            client, {"times": 1}, failCommands=["count"], blockConnection=True, blockTimeMS=10, errorCode=2
+            client,
+            {"times": 1},
+            failCommands=["count"],
+            blockConnection=True,
+            blockTimeMS=10,
+            errorCode=2,
         )
         with pytest.raises(OperationFailure) as after_block:
             await client[db_name].command("count", "c")
@@ -530,7 +555,10 @@ async def test_lost_reply_retry_applies_once(
         assert (await counters.find_one({"_id": 1}))["n"] == expected
         names = {"update", "findAndModify"}
         attempts = [e for e in listener.started_events if e.command_name in names]
-        assert len(attempts) == 2 and attempts[0].command["txnNumber"] == attempts[1].command["txnNumber"]
+        assert (
+            len(attempts) == 2
+            and attempts[0].command["txnNumber"] == attempts[1].command["txnNumber"]
+        )
 
     # failBeforeCommitExceptionCode: the first attempt is not applied; the retry is, once.
     await client.admin.command(
@@ -549,8 +577,16 @@ async def test_resent_writes_get_the_first_answer(client: AsyncMongoClient, db_n
     commands = [
         {"insert": "logs", "documents": [{"_id": 1}, {"_id": 2}]},
         {"update": "counters", "updates": [{"q": {"_id": 1}, "u": {"$inc": {"n": 1}}}]},
-        {"update": "counters", "updates": [{"q": {"_id": 1}, "u": [{"$set": {"n": {"$add": ["$n", 1]}}}]}]},
-        {"findAndModify": "counters", "query": {"_id": 1}, "update": {"$inc": {"n": 1}}, "new": True},
+        {
+            "update": "counters",
+            "updates": [{"q": {"_id": 1}, "u": [{"$set": {"n": {"$add": ["$n", 1]}}}]}],
+        },
+        {
+            "findAndModify": "counters",
+            "query": {"_id": 1},
+            "update": {"$inc": {"n": 1}},
+            "new": True,
+        },
         {
             "findAndModify": "counters",
             "query": {"_id": 1},
@@ -688,7 +724,9 @@ async def test_trim_and_pre_images_survive_a_restart(tmp_path: Any, db_name: str
         assert event["fullDocumentBeforeChange"] == {"_id": 1, "v": 0}
         assert event["fullDocument"] == {"_id": 1, "v": 1}
         # Without pre-images (collMod off) a stream that requires them fails, as on mongod.
-        await client[db_name].command("collMod", "jobs", changeStreamPreAndPostImages={"enabled": False})
+        await client[db_name].command(
+            "collMod", "jobs", changeStreamPreAndPostImages={"enabled": False}
+        )
         async with await jobs.watch(full_document_before_change="required") as stream:
             await jobs.update_one({"_id": 2}, {"$set": {"v": 1}})
             with pytest.raises(OperationFailure) as missing:
