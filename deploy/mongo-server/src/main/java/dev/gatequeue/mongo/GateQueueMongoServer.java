@@ -94,7 +94,10 @@ import io.netty.util.concurrent.DefaultThreadFactory;
  * rejected. This launcher keeps the library's storage and query engine and replaces the parts
  * around them: its own Netty pipeline and command dispatcher (handshake, cluster time, retryable
  * writes, awaiting getMore) and its own change log fed by hooks in the collections, so every
- * change event corresponds to a document that really changed. See docs/embedded-mongo.md.
+ * change event corresponds to a document that really changed. Around the library's query engine
+ * it adds what gatequeue's reliability depends on and the library does differently or lacks:
+ * mongod's reply batches (16 MiB), the server's clock in expressions ($$NOW once per command),
+ * pipeline updates, mongod's fail points and error labels. See docs/embedded-mongo.md.
  *
  * <p>Usage: {@code java -jar gatequeue-mongo-server.jar [--port N] [--data-dir D]
  * [--replica-set NAME] [--watch-stdin] [--parent-pid PID] [--oplog-max-entries N]}. Prints exactly
