@@ -1,5 +1,6 @@
 """A stand-in trainer under the worker's supervision (trainer.supervision): `--epochs` EPOCH
-lines `GQ_EPOCH_S` apart (default 0.2 s), then a network.json in --output-dir.
+lines `GQ_EPOCH_S` apart (default 0.2 s; GQ_EPOCHS overrides the count), then a
+network.json in --output-dir.
 
 With GQ_TEST_LEDGER set it appends `<attempt id> <monotonic time> <fence deadline>` to that
 file at its start and every 50 ms while it runs, so a test can tell when each attempt
@@ -24,6 +25,8 @@ p.add_argument("--epochs", type=int, default=2)
 p.add_argument("--output-dir", type=Path, required=True)
 args, _ = p.parse_known_args()
 epoch_s = float(os.environ.get("GQ_EPOCH_S", "0.2"))
+if os.environ.get("GQ_EPOCHS"):  # a test's override of the job's epochs
+    args.epochs = int(os.environ["GQ_EPOCHS"])
 ledger = os.environ.get("GQ_TEST_LEDGER")
 
 
