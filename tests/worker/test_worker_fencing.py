@@ -41,8 +41,8 @@ def _runs(ledger: Path) -> dict[str, list[tuple[float, float]]]:
     out: dict[str, list[tuple[float, float]]] = {}
     for line in ledger.read_text().splitlines():
         parts = line.split()
-        if len(parts) == 3:
-            out.setdefault(parts[0], []).append((float(parts[1]), float(parts[2])))
+        if len(parts) == 4:
+            out.setdefault(parts[1], []).append((float(parts[2]), float(parts[3])))
     return out
 
 

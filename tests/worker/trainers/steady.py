@@ -2,7 +2,8 @@
 lines `GQ_EPOCH_S` apart (default 0.2 s; GQ_EPOCHS overrides the count), then a
 network.json in --output-dir.
 
-With GQ_TEST_LEDGER set it appends `<attempt id> <monotonic time> <fence deadline>` to that
+With GQ_TEST_LEDGER set it appends `<job id> <attempt id> <monotonic time> <fence deadline>`
+to that
 file at its start and every 50 ms while it runs, so a test can tell when each attempt
 really ran (the last line of an attempt is within 50 ms of its end, however it ended).
 """
@@ -31,11 +32,12 @@ ledger = os.environ.get("GQ_TEST_LEDGER")
 
 
 def heartbeat() -> None:
+    job = os.environ.get("GATEQUEUE_JOB_ID", "-")
     attempt = os.environ.get("GATEQUEUE_ATTEMPT_ID", "-")
     with open(ledger, "a", buffering=1) as fh:  # type: ignore[arg-type]
         while True:
             deadline = supervised.deadline if supervised else float("inf")
-            fh.write(f"{attempt} {time.monotonic()!r} {deadline!r}\n")
+            fh.write(f"{job} {attempt} {time.monotonic()!r} {deadline!r}\n")
             time.sleep(0.05)
 
 
