@@ -37,8 +37,12 @@ from service.jobs.status import FINISHED
 DEFAULT_API = "http://127.0.0.1:8080"
 FINAL_STATUSES = frozenset(s.value for s in FINISHED)
 
-# WebSocket close codes of the server (service.api.ws) after which resuming makes sense.
+# WebSocket close codes of the server (service.api.ws) after which resuming makes sense
+# (with backoff, and at most `max_reconnect_attempts` times without a line in between), and
+# those after which it never does: a policy violation (1008) and the 44xx range (a refused
+# origin, a missing or expired ticket), which a retry cannot fix.
 _RESUMABLE_CLOSE_CODES = frozenset({1001, 1006, 1011, 1012, 1013, 4001, 4002})
+_PERMANENT_CLOSE_CODES = frozenset({1008, *range(4400, 4500)})
 
 
 # A job as the API sends it: the JSON of `service.jobs.record.Job` (ids as hex strings,
@@ -462,6 +466,12 @@ class LogStream:
         error = self._ws.exception()
         await self._ws.close()
         self._ws = None
+        if code in _PERMANENT_CLOSE_CODES:
+            raise GateQueueError(
+                f"the log of job {self.job_id} cannot be followed: {reason or code}",
+                status=code,
+                code="ws_closed",
+            )
         if code is not None and code not in _RESUMABLE_CLOSE_CODES and error is None:
             self._done = True  # a normal close without an end message: job deleted
             return
