@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,27 @@ def find_compiler() -> str:
     )
 
 
+def cpu_flags() -> str:
+    """The CPU's feature line: -march=native code is only reused on the same features."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return line
+    return ""
+
+
+def simd_level() -> str:
+    """The widest SIMD of this CPU, for reports: avx512, avx2, sse2, or unknown."""
+    flags = set(cpu_flags().split())
+    for name, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("sse2", "sse2"), ("neon", "asimd")):
+        if flag in flags:
+            return name
+    return "unknown"
+
+
 @dataclass(frozen=True)
 class BuildResult:
     library: Path
@@ -52,14 +74,14 @@ class BuildResult:
 
 def build_library(source: Path, out_dir: Path, stem: str = "network") -> BuildResult:
     """Compile `source` into out_dir/<stem>.<hash>.so, unless that file is already there."""
-    import time
-
     cc = find_compiler()
     text = source.read_bytes()
     errors = []
     for flags in FLAG_SETS:
         all_flags = (*flags, *BASE_FLAGS)
-        key = hashlib.sha256(b"\0".join([text, cc.encode(), " ".join(all_flags).encode()]))
+        key = hashlib.sha256(
+            b"\0".join([text, cc.encode(), " ".join(all_flags).encode(), cpu_flags().encode()])
+        )
         target = out_dir / f"{stem}.{key.hexdigest()[:12]}.so"
         if target.exists():
             return BuildResult(target, cc, all_flags, 0.0)
@@ -75,6 +97,9 @@ def build_library(source: Path, out_dir: Path, stem: str = "network") -> BuildRe
             )
             if proc.returncode == 0:
                 os.replace(tmp, target)
+                for stale in out_dir.glob(f"{stem}.*.so"):
+                    if stale != target:  # a process that loaded it keeps its mapping
+                        stale.unlink(missing_ok=True)
                 return BuildResult(target, cc, all_flags, time.perf_counter() - start)
             errors.append(f"{cc} {' '.join(all_flags)}:\n{proc.stderr.strip()[-2000:]}")
         finally:
