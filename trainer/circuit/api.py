@@ -61,8 +61,9 @@ def build_circuit(
         raise ValueError("the network names no dataset; pass dataset=")
     data = load_dataset(name, data_dir)
     if data.in_dim != compiled.network.in_dim:
-        raise ValueError(f"{name} has {data.in_dim} inputs, the network reads "
-                         f"{compiled.network.in_dim}")
+        raise ValueError(
+            f"{name} has {data.in_dim} inputs, the network reads {compiled.network.in_dim}"
+        )
     check = verify(
         compiled, data.x_test, data.y_test, verilog_samples=verilog_samples, threads=threads
     )

@@ -58,7 +58,12 @@ def cpu_flags() -> str:
 def simd_level() -> str:
     """The widest SIMD of this CPU, for reports: avx512, avx2, sse2, or unknown."""
     flags = set(cpu_flags().split())
-    for name, flag in (("avx512", "avx512f"), ("avx2", "avx2"), ("sse2", "sse2"), ("neon", "asimd")):
+    for name, flag in (
+        ("avx512", "avx512f"),
+        ("avx2", "avx2"),
+        ("sse2", "sse2"),
+        ("neon", "asimd"),
+    ):
         if flag in flags:
             return name
     return "unknown"
@@ -123,9 +128,7 @@ class Library:
         info = (ctypes.c_int64 * 8)()
         self._lib.gq_info(info)
         self.path = path
-        self.in_dim, self.classes, self.outputs, self.gates, self.words = (
-            int(v) for v in info[:5]
-        )
+        self.in_dim, self.classes, self.outputs, self.gates, self.words = (int(v) for v in info[:5])
 
     def _bytes(self, x: np.ndarray) -> np.ndarray:
         """x as C-ordered bytes, 0 = false: bool and uint8 go through without a copy."""

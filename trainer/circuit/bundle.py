@@ -116,8 +116,7 @@ def _manifest(
     raw: bytes,
 ) -> dict[str, Any]:
     files = {
-        name: (out / name).stat().st_size
-        for name in (SOURCE, HEADER, MODULE, built.library.name)
+        name: (out / name).stat().st_size for name in (SOURCE, HEADER, MODULE, built.library.name)
     }
     return {
         "format": MANIFEST_FORMAT,

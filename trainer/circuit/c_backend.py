@@ -39,6 +39,7 @@ from trainer.circuit.graph import Circuit
 HARLEY_SEAL_WORDS = 16
 MIN_PLANES = 5  # the adder tree keeps four planes of its own; the counter starts at plane 4
 
+
 @dataclass(frozen=True)
 class Lowered:
     """Gates as (lowered id 0..7, a node, b node) and outputs as (node, inverted)."""

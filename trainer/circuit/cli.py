@@ -48,15 +48,22 @@ def _count(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer.circuit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m trainer.circuit",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compile", help="compile network.json into DIR")
     c.add_argument("network", help="network.json or the run directory holding it")
     c.add_argument("-o", "--out", required=True, type=Path, help="directory to write")
-    c.add_argument("--words", type=_positive, default=bundle.DEFAULT_WORDS,
-                   help="64-bit words per gate operation (a power of two)")
+    c.add_argument(
+        "--words",
+        type=_positive,
+        default=bundle.DEFAULT_WORDS,
+        help="64-bit words per gate operation (a power of two)",
+    )
     c.add_argument("--no-optimize", action="store_true", help="compile every trained gate")
 
     pr = sub.add_parser("predict", help="classes of the rows of an .npy file")
@@ -75,8 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("circuit", help="compiled directory, or network.json")
     v.add_argument("--dataset", choices=DATASETS, help="default: the network's own")
     v.add_argument("--data-dir", type=Path, default=Path("data"))
-    v.add_argument("--verilog-samples", type=_count, default=None,
-                   help="simulate only the first N test samples (default all; 0 none)")
+    v.add_argument(
+        "--verilog-samples",
+        type=_count,
+        default=None,
+        help="simulate only the first N test samples (default all; 0 none)",
+    )
     v.add_argument("--threads", type=_positive, default=1)
     return p
 
@@ -130,15 +141,22 @@ def _verify(args: argparse.Namespace) -> int:
     compiled = bundle.open_circuit(args.circuit)
     name = args.dataset or compiled.network.meta.get("dataset", {}).get("name")
     if name not in DATASETS:
-        raise ValueError(f"the network's data set {name!r} is not one of {', '.join(DATASETS)};"
-                         " pass --dataset")
+        raise ValueError(
+            f"the network's data set {name!r} is not one of {', '.join(DATASETS)}; pass --dataset"
+        )
     data = load_dataset(name, args.data_dir)
     if data.in_dim != compiled.network.in_dim:
-        raise ValueError(f"{name} has {data.in_dim} inputs, the network reads "
-                         f"{compiled.network.in_dim}")
+        raise ValueError(
+            f"{name} has {data.in_dim} inputs, the network reads {compiled.network.in_dim}"
+        )
     try:
-        check = verify(compiled, data.x_test, data.y_test,
-                       verilog_samples=args.verilog_samples, threads=args.threads)
+        check = verify(
+            compiled,
+            data.x_test,
+            data.y_test,
+            verilog_samples=args.verilog_samples,
+            threads=args.threads,
+        )
     except SimulationError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_DISAGREE
