@@ -14,6 +14,7 @@ inputs are final, so one sweep reaches the fixed point of the local rules.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -254,7 +255,7 @@ def evaluate(c: Circuit, x: np.ndarray) -> np.ndarray:
     level = levels(c)[c.first_gate_node :]
     order = np.argsort(level, kind="stable")
     bounds = np.searchsorted(level[order], np.arange(1, int(level.max(initial=0)) + 2))
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+    for lo, hi in itertools.pairwise(bounds.tolist()):
         idx = order[lo:hi]
         va = values[c.a[idx] // 2].astype(np.uint8)
         vb = values[c.b[idx] // 2].astype(np.uint8)
