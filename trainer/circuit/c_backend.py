@@ -9,8 +9,9 @@ Why it is fast:
   of AND, AND-NOT, XOR, OR (or a copy) of the *stored* values of its inputs; a gate whose
   function is the complement of one of those stores the uninverted value and its readers
   absorb the inversion into their own gate id (`ops.NEGATE_A`).
-- Inputs are transpose-packed in C from the (n, in_dim) byte matrix, 8 samples at a time
-  with loops the compiler vectorizes, not bit by bit per sample.
+- Inputs are transpose-packed in C from the (n, in_dim) byte matrix, not bit by bit per
+  sample: 32 inputs of 8 samples per vector step into bytes, then an 8x8 byte transpose
+  in every 64-bit lane (pack, below).
 - GroupSum is bit-sliced too: a carry-save adder tree (Harley-Seal) counts each class's
   ones in every sample at once into binary counter planes, and a bit-sliced comparator
   takes the argmax (strictly greater, in class order, so the first maximum wins, as
@@ -253,28 +254,68 @@ static void eval_gates(vec *v) { /* v and out alias: no restrict */
   }
 }
 
+typedef uint8_t bytes32 __attribute__((vector_size(32)));
+#define IN_PAD ((IN_DIM + 31) / 32 * 32)
+static const uint8_t ZERO_ROW[IN_DIM];
+
+static inline uint64_t load64(const uint8_t *p) {
+  uint64_t x;
+  memcpy(&x, p, 8);
+  return x;
+}
+
+/* t[i] bit s = (row s)[i] is not 0, for eight rows: 32 inputs per vector step. */
+static void planes8(const uint8_t *const r[8], uint8_t *restrict t) {
+  int i = 0;
+  for (; i + 32 <= IN_DIM; i += 32) {
+    bytes32 acc = {0};
+    for (int s = 0; s < 8; s++) {
+      bytes32 row;
+      memcpy(&row, r[s] + i, 32);
+      acc |= (bytes32)(row != 0) & (uint8_t)(1u << s);
+    }
+    memcpy(t + i, &acc, 32);
+  }
+  for (; i < IN_DIM; i++) {
+    unsigned acc = 0;
+    for (int s = 0; s < 8; s++) acc |= (unsigned)(r[s][i] != 0) << s;
+    t[i] = (uint8_t)acc;
+  }
+}
+
+/* Swap bytes at distance d between rows a and b (one round of an 8x8 byte transpose in
+   every 64-bit lane). */
+#define SWAP_BYTES(a, b, d, mask) do { vec t_ = (((a) >> (8 * (d))) ^ (b)) & (mask); \
+                                       (b) ^= t_; (a) ^= t_ << (8 * (d)); } while (0)
+
 /* Inputs of samples s0 .. s0 + BLOCK - 1 into nodes 1 .. IN_DIM: sample s0 + 64 w + j is
-   bit j of word w. Eight samples at a time OR their rows into bytes (bit s = sample s), a
-   loop over contiguous bytes the compiler vectorizes; then eight such bytes make a word. */
+   bit j of word w. First planes8 for each 8 samples (plane q: samples 8q .. 8q + 7); then,
+   for 8 inputs at a time, lane w of row g gathers the 8 bytes of plane 8 w + g, and an
+   8x8 byte transpose per lane leaves row j = node of input i + j. */
 static void pack(const uint8_t *restrict x, int64_t s0, int64_t n, vec *restrict v,
                  uint8_t *restrict tmp) {
-  for (int w = 0; w < W; w++) {
-    for (int g = 0; g < 8; g++) {
-      uint8_t *restrict t = tmp + (size_t)g * IN_DIM;
-      memset(t, 0, IN_DIM);
-      for (int s = 0; s < 8; s++) {
-        int64_t sample = s0 + 64 * w + 8 * g + s;
-        if (sample >= n) break;
-        const uint8_t *restrict row = x + (size_t)sample * IN_DIM;
-        const uint8_t bit = (uint8_t)(1u << s);
-        for (int i = 0; i < IN_DIM; i++) t[i] |= (uint8_t)((row[i] != 0) * bit);
-      }
+  for (int q = 0; q < 8 * W; q++) {
+    const uint8_t *r[8];
+    for (int s = 0; s < 8; s++) {
+      int64_t sample = s0 + 8 * q + s;
+      r[s] = sample < n ? x + (size_t)sample * IN_DIM : ZERO_ROW;
     }
-    for (int i = 0; i < IN_DIM; i++) {
-      uint64_t word = 0;
-      for (int g = 0; g < 8; g++) word |= (uint64_t)tmp[(size_t)g * IN_DIM + i] << (8 * g);
-      v[1 + i][w] = word;
-    }
+    planes8(r, tmp + (size_t)q * IN_PAD);
+  }
+  const uint64_t m1 = 0x00FF00FF00FF00FFull, m2 = 0x0000FFFF0000FFFFull,
+                 m4 = 0x00000000FFFFFFFFull;
+  for (int i = 0; i < IN_DIM; i += 8) {
+    vec r[8];
+    for (int g = 0; g < 8; g++)
+      for (int w = 0; w < W; w++) r[g][w] = load64(tmp + (size_t)(8 * w + g) * IN_PAD + i);
+    SWAP_BYTES(r[0], r[1], 1, m1); SWAP_BYTES(r[2], r[3], 1, m1);
+    SWAP_BYTES(r[4], r[5], 1, m1); SWAP_BYTES(r[6], r[7], 1, m1);
+    SWAP_BYTES(r[0], r[2], 2, m2); SWAP_BYTES(r[1], r[3], 2, m2);
+    SWAP_BYTES(r[4], r[6], 2, m2); SWAP_BYTES(r[5], r[7], 2, m2);
+    SWAP_BYTES(r[0], r[4], 4, m4); SWAP_BYTES(r[1], r[5], 4, m4);
+    SWAP_BYTES(r[2], r[6], 4, m4); SWAP_BYTES(r[3], r[7], 4, m4);
+    int left = IN_DIM - i < 8 ? IN_DIM - i : 8;
+    for (int j = 0; j < left; j++) v[1 + i + j] = r[j];
   }
 }
 
@@ -375,7 +416,7 @@ static void *run_job(void *arg) {
   job_t *job = (job_t *)arg;
   size_t bytes = ((size_t)NODES * sizeof(vec) + 63) / 64 * 64;
   vec *v = (vec *)aligned_alloc(64, bytes);
-  uint8_t *tmp = (uint8_t *)malloc((size_t)8 * IN_DIM + 1);
+  uint8_t *tmp = (uint8_t *)calloc((size_t)8 * W * IN_PAD + 8, 1); /* pad stays 0 */
   if (!v || !tmp) {
     free(v);
     free(tmp);
