@@ -429,11 +429,17 @@ static void classify(const vec *restrict v, int64_t s0, int64_t n, int32_t *pred
       if ((c >> j) & 1) idx[j] |= gt; else idx[j] &= ~gt;
     }
   }
-  if (pred) {
-    for (int s = 0; s < live; s++) {
-      int32_t p = 0;
-      for (int j = 0; j < CLASS_BITS; j++) p |= (int32_t)(bit_of(idx[j], s) << j);
-      pred[s0 + s] = p;
+  if (pred) { /* word by word, the planes in scalar registers (not re-read per sample) */
+    for (int w = 0; w < W && 64 * w < live; w++) {
+      uint64_t b[CLASS_BITS];
+      for (int j = 0; j < CLASS_BITS; j++) b[j] = idx[j][w];
+      int lim = live - 64 * w < 64 ? live - 64 * w : 64;
+      int32_t *out = pred + s0 + 64 * w;
+      for (int s = 0; s < lim; s++) {
+        int32_t p = 0;
+        for (int j = 0; j < CLASS_BITS; j++) p |= (int32_t)((b[j] >> s) & 1u) << j;
+        out[s] = p;
+      }
     }
   }
 }
