@@ -163,6 +163,17 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
 
 TRAINING_NAMES: tuple[str, ...] = tuple(o.name for o in TRAINING_OPTIONS)
 
+# Run options the trainer reads: how a run goes, not what it trains (they are not part of
+# `hyperparameters_hash`, so a checkpoint resumes under another interval). They are job run
+# options too (service.jobs.options) and flags of `python -m trainer`.
+RUN_CONTROL_OPTIONS: tuple[Option, ...] = (
+    Option(
+        "checkpointIntervalS", float, 300.0,
+        "seconds between checkpoints, written at the end of an epoch (0: every epoch)",
+        "Checkpoint every (s)", ge=0, le=7 * 24 * 3600, advanced=True,
+    ),
+)  # fmt: skip
+
 
 # -- rules between options ---------------------------------------------------------------
 
@@ -286,6 +297,11 @@ def hyperparameters_hash(hyperparameters: Mapping[str, Any]) -> str:
     training options have the same digest."""
     values = {name: hyperparameters[name] for name in TRAINING_NAMES if name in hyperparameters}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
+
+
+def run_control_args(job: Any) -> list[str]:
+    """The flags of the run options the trainer reads, from a job record's fields."""
+    return [arg for o in RUN_CONTROL_OPTIONS for arg in (o.flag, str(getattr(job, o.name)))]
 
 
 def trainer_args(hyperparameters: Mapping[str, Any]) -> list[str]:

@@ -9,7 +9,7 @@ fields of the job record (service.jobs.record) from these definitions alone
 
 from __future__ import annotations
 
-from trainer.options import Option
+from trainer.options import RUN_CONTROL_OPTIONS, Option
 
 RUN_OPTIONS: tuple[Option, ...] = (
     Option(
@@ -20,6 +20,7 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "maxAttempts", int, 3, "runs allowed before a lost job is failed", "Max attempts",
         ge=1, le=20, advanced=True,
     ),
+    *RUN_CONTROL_OPTIONS,
 )  # fmt: skip
 
 RUN_NAMES: tuple[str, ...] = tuple(o.name for o in RUN_OPTIONS)

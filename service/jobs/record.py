@@ -109,6 +109,32 @@ class Artifact(Record):
     bucket: str = Field(description="GridFS bucket name (`artifacts`).")
 
 
+class Checkpoint(Record):
+    """A checkpoint of a run in GridFS (bucket `checkpoints`): training resumes from it."""
+
+    fileId: Id = Field(description="GridFS file id in the `checkpoints` bucket.")
+    epoch: int = Field(ge=0, description="Epochs completed when it was written.")
+    step: int = Field(0, ge=0, description="Steps done in the next epoch (0: at an epoch's end).")
+    length: int = Field(ge=0, description="Bytes.")
+    attemptId: str = Field(description="The attempt that wrote it.")
+    createdAt: Time
+
+
+class ResumedFrom(Record):
+    """Where the current attempt started: the checkpoint it resumed from."""
+
+    epoch: int
+    step: int = 0
+    attemptId: str
+
+
+class MemoryEstimate(Record):
+    """Peak memory the run needs (trainer.memory), by device kind, in bytes."""
+
+    cpu: int = Field(ge=0)
+    cuda: int = Field(ge=0)
+
+
 class JobRecord(Record):
     """The fields every job has; `Job` adds the run options."""
 
@@ -139,6 +165,18 @@ class JobRecord(Record):
         default_factory=list,
         description="Files of a successful run (the trained network); download each from "
         "`/jobs/{id}/artifacts/{name}`. Empty until the job Succeeded.",
+    )
+    checkpoint: Checkpoint | None = Field(
+        None, description="The latest checkpoint; a re-queued job resumes from it."
+    )
+    checkpoints: list[Checkpoint] = Field(
+        default_factory=list, description="The checkpoints kept (the last two), oldest first."
+    )
+    resumedFrom: ResumedFrom | None = Field(
+        None, description="The checkpoint the current (or last) attempt resumed from."
+    )
+    memoryEstimate: MemoryEstimate | None = Field(
+        None, description="The estimated peak memory of a run (trainer.memory)."
     )
 
     @classmethod

@@ -21,6 +21,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
 ARTIFACTS_BUCKET = "artifacts"
+# A run's checkpoints, `metadata: {jobId, attemptId, epoch, step}`; the job keeps the last two.
+CHECKPOINTS_BUCKET = "checkpoints"
 _CHUNK = 4 << 20
 
 
@@ -51,6 +53,26 @@ class FileStore:
 
     async def open(self, bucket: str, file_id: ObjectId) -> AsyncGridOut:
         return await self.bucket(bucket).open_download_stream(file_id)
+
+    async def download(self, bucket: str, file_id: ObjectId, path: Path) -> int:
+        """Save a stored file to `path` (written beside it and renamed: a partial download is
+        never taken for the file); its length. Raises if it is gone or truncated."""
+        grid_out = await self.open(bucket, file_id)
+        part = path.with_name(path.name + ".part")
+        length = 0
+        try:
+            with open(part, "wb") as fh:  # noqa: ASYNC230 -- writes below happen in a thread
+                while chunk := await grid_out.readchunk():
+                    await asyncio.to_thread(fh.write, chunk)
+                    length += len(chunk)
+            if length != grid_out.length:
+                raise OSError(
+                    f"stored file {file_id} is truncated: {length} of {grid_out.length} B"
+                )
+            await asyncio.to_thread(part.replace, path)
+        finally:
+            await asyncio.to_thread(part.unlink, missing_ok=True)
+        return length
 
     async def delete(self, bucket: str, file_ids: Iterable[ObjectId]) -> None:
         """Best effort: a file that could not be deleted is an orphan, not an error."""

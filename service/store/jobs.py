@@ -29,7 +29,14 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id
+from service.jobs.record import (
+    Checkpoint,
+    Job,
+    JobRecord,
+    ResumedFrom,
+    WorkerRef,
+    new_attempt_id,
+)
 from service.jobs.status import Status
 from service.retry import DATABASE, retry
 from service.store.inserter import JobInserter
@@ -467,6 +474,48 @@ class JobStore:
         return None if not rows else rows[0]["ms"] / 1000
 
     # -- writes by the owner of a Running job --------------------------------------------
+
+    async def add_checkpoint(
+        self, job: JobRecord, checkpoint: Checkpoint, *, keep: int = 2
+    ) -> builtins.list[Checkpoint] | None:
+        """Make `checkpoint` the job's latest, keeping the last `keep`; the checkpoints that
+        fell out (their files are to be deleted), or None when the attempt does not hold the
+        job: a stale attempt cannot replace the checkpoint of the one that holds it now."""
+        entry = checkpoint.model_dump()
+        before = await self.collection.find_one_and_update(
+            self._mine(job),
+            [
+                {
+                    "$set": {
+                        "checkpoint": {"$literal": entry},
+                        "checkpoints": {
+                            "$slice": [
+                                {
+                                    "$concatArrays": [
+                                        {"$ifNull": ["$checkpoints", []]},
+                                        {"$literal": [entry]},
+                                    ]
+                                },
+                                -keep,
+                            ]
+                        },
+                        "updatedAt": "$$NOW",
+                    }
+                }
+            ],
+            return_document=ReturnDocument.BEFORE,
+        )
+        if before is None:
+            return None
+        kept = [*Job.from_doc(before).checkpoints, checkpoint][-keep:]
+        return [c for c in Job.from_doc(before).checkpoints if c not in kept]
+
+    async def set_resumed_from(self, job: JobRecord, resumed: ResumedFrom | None) -> bool:
+        result = await self.collection.update_one(
+            self._mine(job),
+            {"$set": {"resumedFrom": None if resumed is None else resumed.model_dump()}},
+        )
+        return result.matched_count == 1
 
     async def set_latest_metrics(self, job: JobRecord, metrics: dict[str, Any]) -> bool:
         """Guarded by the attempt id, so an attempt that lost the job writes nothing more."""

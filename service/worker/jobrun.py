@@ -13,6 +13,7 @@ import contextlib
 import functools
 import shutil
 import signal
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,19 +25,19 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
-from service.jobs.record import JobRecord
+from service.jobs.record import Checkpoint, JobRecord, ResumedFrom
 from service.jobs.status import Status
 from service.retry import retry
 from service.store import Store
 from service.store.logs import StaleAttempt
-from service.worker import artifacts
+from service.worker import artifacts, checkpoints
 from service.worker.epoch import EpochLine, parse_epoch_line
 from service.worker.gpus import Slot
 from service.worker.lease import Lease
 from service.worker.logsink import LeaseLapsed, LogSink
 from service.worker.runner import TrainerProcess
 from trainer import supervision
-from trainer.options import trainer_args
+from trainer.options import run_control_args, trainer_args
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +84,7 @@ class RunSettings:
     renew_every_s: float
     cancel_grace_s: float
     stop_grace_s: float
+    checkpoint_grace_s: float = 30.0  # a stopping worker's trainers get this to checkpoint
     keep_workdirs: bool = False
     die_with_worker: bool = True
 
@@ -131,11 +133,14 @@ class JobRun:
         )
         self.stop_reason: StopReason | None = None
         self._stop = asyncio.Event()
+        self._hurried = asyncio.Event()
         self._cancel_requested = False
         self._stop_grace_s = settings.stop_grace_s
         self._metrics: asyncio.Queue[EpochLine | None] = asyncio.Queue()
         self.proc: TrainerProcess | None = None
         self.sink: LogSink | None = None
+        self.uploader: checkpoints.CheckpointUploader | None = None
+        self._resuming: Checkpoint | None = None  # the checkpoint the trainer was given
         self.outcome: Outcome | None = None
         self.started = asyncio.Event()  # the trainer process exists (tests read its pid)
 
@@ -145,7 +150,10 @@ class JobRun:
         self._cancel_requested = True
         self._request_stop(StopReason.CANCEL, self.s.cancel_grace_s)
 
-    def request_shutdown(self) -> None:
+    def request_shutdown(self, *, now: bool = False) -> None:
+        """Checkpoint and stop (the worker is going away); `now`: skip the checkpoint."""
+        if now:
+            self._hurried.set()
         self._request_stop(StopReason.SHUTDOWN, self.s.stop_grace_s)
 
     def _request_stop(self, reason: StopReason, grace_s: float) -> None:
@@ -197,6 +205,7 @@ class JobRun:
         await self.sink.system(
             f"attempt {self.attempt} on worker {self.s.worker_id} gpu {self.slot.gpu}"
         )
+        self.uploader = checkpoints.CheckpointUploader(self.store, self.lease, self.attempt_id)
         renewer = asyncio.create_task(self.lease.keep(), name=f"renew-{self.job_id}")
         metrics = asyncio.create_task(self._metrics_loop(), name=f"metrics-{self.job_id}")
         sink_watch = asyncio.create_task(self._watch_sink(self.sink))
@@ -206,25 +215,64 @@ class JobRun:
             rc, stopped_by_us, start_error = await self._supervise(workdir, output_dir)
             await self._metrics.put(None)
             await metrics
+            # A checkpoint written on the way out (a graceful stop) must be stored before the
+            # job is handed back: the next attempt resumes from it.
+            await self.uploader.close(max(0.0, self.lease.deadline - time.monotonic()))
             await self._finish(rc, stopped_by_us, start_error, output_dir)
         finally:
             await cancel_and_wait(renewer, metrics, sink_watch)
             if self.proc is not None and self.proc.running:
                 self.proc.signal_group(signal.SIGKILL)
 
-    def _argv(self, output_dir: Path) -> list[str]:
+    def _argv(self, workdir: Path, output_dir: Path, resume: Path | None) -> list[str]:
+        job = self.lease.job
         return [
             *self.s.trainer_cmd,
-            *trainer_args(self.lease.job.hyperparameters),
+            *trainer_args(job.hyperparameters),
+            *run_control_args(job),
             "--data-dir", str(self.s.datasets_dir),
             "--output-dir", str(output_dir),
+            "--checkpoint-dir", str(workdir / "checkpoints"),
+            *(["--resume-from", str(resume)] if resume is not None else []),
             *self.slot.device_args(),
         ]  # fmt: skip
 
     async def _supervise(self, workdir: Path, output_dir: Path) -> tuple[int | None, bool, str]:
-        """Run the trainer to its end, or stop it on request; (exit code, stopped, error)."""
+        """Run the trainer to its end, or stop it on request; (exit code, stopped, error).
+
+        A job with checkpoints resumes from the newest; one the trainer cannot use (exit 65)
+        or that cannot be downloaded gives way to the one before, then to epoch 0, each with
+        a system line: never a crash."""
+        candidates: list[Checkpoint | None] = [*reversed(self.lease.job.checkpoints), None]
+        for candidate in candidates:
+            resume = None
+            if candidate is not None:
+                try:
+                    resume = await checkpoints.download(self.store, candidate, workdir / "resume")
+                except (OSError, PyMongoError) as exc:
+                    await self._fall_back(candidate, f"could not be downloaded ({exc})")
+                    continue
+            self._resuming = candidate
+            rc, stopped_by_us, error = await self._run_trainer(workdir, output_dir, resume)
+            if candidate is not None and rc == checkpoints.EXIT_BAD_CHECKPOINT and not error:
+                lines = list(self.proc.stderr_tail) if self.proc is not None else []
+                tail = next((ln for ln in reversed(lines) if ln.strip()), "")
+                await self._fall_back(candidate, f"was refused by the trainer: {tail}")
+                continue
+            return rc, stopped_by_us, error
+        return None, False, "no way to start the trainer"  # pragma: no cover - None is last
+
+    async def _fall_back(self, checkpoint: Checkpoint, why: str) -> None:
+        older = [c for c in self.lease.job.checkpoints if c.createdAt < checkpoint.createdAt]
+        then = f"trying {checkpoints.describe(older[-1])}" if older else "starting from epoch 0"
+        assert self.sink is not None
+        await self.sink.system(f"{checkpoints.describe(checkpoint)} {why}; {then}")
+
+    async def _run_trainer(
+        self, workdir: Path, output_dir: Path, resume: Path | None
+    ) -> tuple[int | None, bool, str]:
         try:
-            argv = self._argv(output_dir)
+            argv = self._argv(workdir, output_dir, resume)
         except (KeyError, TypeError, AttributeError) as exc:
             return None, False, f"the job's hyperparameters cannot be passed on: {exc}"
         env = self.slot.env(self.s.env)
@@ -246,13 +294,26 @@ class JobRun:
         except OSError as exc:
             return None, False, f"cannot start the trainer {self.s.trainer_cmd[0]!r}: {exc}"
         self.started.set()
-        self.log.info("trainer started", pid=self.proc.pid)
+        self.log.info("trainer started", pid=self.proc.pid, resume=str(resume or ""))
         waiter = asyncio.create_task(self.proc.wait())
         stopper = asyncio.create_task(self._stop.wait())
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopped_by_us = not waiter.done()
-            if stopped_by_us:
+            if stopped_by_us and self.stop_reason is StopReason.SHUTDOWN:
+                # A graceful stop: the trainer checkpoints at its next step and exits 76, so
+                # the job resumes elsewhere from there. A trainer that ends otherwise within
+                # the grace (it was about to finish) ends the run as it would have anyway.
+                self.proc.send(checkpoints.CHECKPOINT_AND_STOP)
+                hurry = asyncio.create_task(self._hurried.wait())
+                await asyncio.wait(
+                    {waiter, hurry}, timeout=self.s.checkpoint_grace_s,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )  # fmt: skip
+                hurry.cancel()
+                if waiter.done():
+                    stopped_by_us = waiter.result() == checkpoints.EXIT_CHECKPOINTED
+            if stopped_by_us and not waiter.done():
                 await self.proc.terminate(self._stop_grace_s)
             rc = await waiter
         finally:
@@ -270,7 +331,9 @@ class JobRun:
             return Ending(Status.CANCELLED, "cancelled on request",
                           f"cancelled on request; trainer exit code {rc}")  # fmt: skip
         if self.stop_reason is StopReason.SHUTDOWN and stopped_by_us:
-            reason = f"worker {self.s.worker_id} shut down during the run; re-queued"
+            saved = self.uploader.uploaded[-1:] if self.uploader is not None else []
+            where = f"; it resumes from {checkpoints.describe(saved[0])}" if saved else ""
+            reason = f"worker {self.s.worker_id} shut down during the run; re-queued{where}"
             return Ending(None, reason, reason)
         if self.stop_reason is StopReason.LOG_FAILED:
             return Ending(Status.FAILED, f"the run's log could not be stored: {self.sink.error}")
@@ -363,10 +426,23 @@ class JobRun:
     async def _on_line(self, stream: str, line: str) -> None:
         assert self.sink is not None
         await self.sink.write(stream, line)
-        if stream == "stdout":
-            parsed = parse_epoch_line(line)
-            if parsed is not None:
-                self._metrics.put_nowait(parsed)
+        if stream != "stdout":
+            return
+        parsed = parse_epoch_line(line)
+        if parsed is not None:
+            self._metrics.put_nowait(parsed)
+        elif (checkpoint := checkpoints.parse_checkpoint_line(line)) is not None:
+            assert self.uploader is not None
+            self.uploader.offer(checkpoint)
+        elif checkpoints.parse_resumed_line(line) is not None and self._resuming is not None:
+            resumed = self._resuming
+            await self.sink.system(f"resumed from {checkpoints.describe(resumed)}")
+            with contextlib.suppress(PyMongoError):
+                await self.store.jobs.set_resumed_from(
+                    self.lease.job,
+                    ResumedFrom(epoch=resumed.epoch, step=resumed.step,
+                                attemptId=resumed.attemptId),
+                )  # fmt: skip
 
     async def _metrics_loop(self) -> None:
         """Epoch metrics in order; `latestMetrics` doubles as an ownership check."""

@@ -39,8 +39,11 @@ log = structlog.get_logger(__name__)
 
 DEFAULT_TRAINER_CMD: tuple[str, ...] = (sys.executable, "-m", "trainer")
 DEFAULT_CANCEL_GRACE_S = 3.0  # SIGTERM -> SIGKILL on cancel: Cancelled well within 5 s
-DEFAULT_SHUTDOWN_GRACE_S = 30.0  # runs may finish on their own this long after SIGTERM
-DEFAULT_STOP_GRACE_S = 10.0  # then SIGTERM -> SIGKILL; both fit a 60 s termination grace
+# On SIGTERM the trainers get this long to checkpoint and stop, then SIGTERM and
+# DEFAULT_STOP_GRACE_S before SIGKILL; with the upload of the last checkpoint this fits the
+# worker Deployment's terminationGracePeriodSeconds (180 s, docs/deploy.md).
+DEFAULT_SHUTDOWN_GRACE_S = 90.0
+DEFAULT_STOP_GRACE_S = 10.0
 _SWEEP_SLACK_S = 0.05
 _CLAIMER_STOP_S = 15.0
 
@@ -98,6 +101,7 @@ class Worker:
             renew_every_s=renew_every_s or lease_s / 3,
             cancel_grace_s=cancel_grace_s,
             stop_grace_s=stop_grace_s,
+            checkpoint_grace_s=shutdown_grace_s,
             keep_workdirs=keep_workdirs,
             die_with_worker=die_with_worker,
         )
@@ -184,29 +188,23 @@ class Worker:
             raise crashed
 
     async def _shutdown_runs(self) -> None:
+        """Every run is asked at once to checkpoint and stop (its trainer gets
+        `shutdown_grace_s`, then SIGTERM and `stop_grace_s`); each job goes back to the queue
+        to resume elsewhere from that checkpoint. A second stop request skips the grace."""
         if not self._run_tasks:
             return
-        self.log.info("waiting for runs before handing them back", runs=len(self._run_tasks),
+        self.log.info("stopping runs to hand them back", runs=len(self._run_tasks),
                       grace_s=self.shutdown_grace_s)  # fmt: skip
-        hurry = asyncio.create_task(self._hurry.wait())
-        await self._wait_runs_or_hurry(hurry)
-        hurry.cancel()
         for run in list(self.runs.values()):
             run.request_shutdown()
-        if self._run_tasks:
-            await asyncio.gather(*self._run_tasks, return_exceptions=True)
-
-    async def _wait_runs_or_hurry(self, hurry: asyncio.Task[Any]) -> None:
-        """Until every run ended, the grace passed, or a second stop request came."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.shutdown_grace_s
-        while self._run_tasks and not hurry.done():
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await asyncio.wait(
-                [hurry, *self._run_tasks], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-            )
+        hurry = asyncio.create_task(self._hurry.wait())
+        while self._run_tasks:
+            await asyncio.wait([hurry, *self._run_tasks], return_when=asyncio.FIRST_COMPLETED)
+            if hurry.done():
+                for run in list(self.runs.values()):
+                    run.request_shutdown(now=True)
+                await asyncio.gather(*self._run_tasks, return_exceptions=True)
+        hurry.cancel()
 
     # -- dispatch -------------------------------------------------------------------------
 

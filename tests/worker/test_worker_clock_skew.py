@@ -9,9 +9,11 @@ and a sweeper 60 s ahead expired every lease a minute early.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 from contextlib import AsyncExitStack
@@ -24,7 +26,7 @@ from service.jobs.status import Status
 from service.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
-LEASE_S = 2.0
+LEASE_S = 5.0
 
 pytestmark = pytest.mark.skipif(
     shutil.which("faketime") is None, reason="needs Debian's faketime (.ci/run installs it)"
@@ -47,14 +49,15 @@ async def _skewed_worker(
         # The worker's clock is the one under test; its trainer runs on the machine's own
         # (libfaketime's negative offsets break the trainer's sleeps, EINVAL).
         "--trainer", shlex.join(["env", "-u", "LD_PRELOAD", "-u", "FAKETIME", *trainer("steady")]),
-        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
+        cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     os.close(out)
 
     async def stop() -> None:
-        if proc.returncode is None:
-            proc.terminate()
-            await proc.wait()
+        # faketime runs the worker as its child: stop the whole group, not faketime alone.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        await proc.wait()
 
     stack.push_async_callback(stop)
 
@@ -68,10 +71,10 @@ async def test_a_minute_of_clock_skew_expires_no_lease_early(
         "GATEQUEUE_DB": db_name,
         "GATEQUEUE_LEASE_S": str(LEASE_S),
         "GATEQUEUE_LOG_FORMAT": "json",
-        "GQ_EPOCHS": "15",
+        "GQ_EPOCHS": "20",
         "GQ_EPOCH_S": "0.3",
     }
-    hp = {**TINY_HP, "epochs": 15}
+    hp = {**TINY_HP, "epochs": 20}
     async with AsyncExitStack() as stack:
         await _skewed_worker(stack, "behind", "-60s", base_env, tmp_path)
         behind_job = await insert(store, hp)
