@@ -7,6 +7,7 @@ Services and the CLI build one `Settings` at start-up and pass it down, so no mo
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,9 @@ from pathlib import Path
 DEFAULT_DB = "gatequeue"
 DEFAULT_LEASE_S = 30.0
 DEFAULT_API_PORT = 8080
+# Per token, across the API processes' own counts (docs/security.md, "Rate limits").
+DEFAULT_SUBMIT_RATE_PER_MIN = 600
+DEFAULT_MAX_PENDING = 10_000
 
 
 class ConfigError(ValueError):
@@ -34,6 +38,15 @@ class Settings:
     # None: host name and slots. Set it where host names change on restart (a Deployment's
     # pods) but the worker should find its change-stream resume token again.
     worker_id: str | None = None
+    tokens_file: Path | None = None
+    allowed_origins: tuple[str, ...] = ()
+    submit_rate_per_min: int = DEFAULT_SUBMIT_RATE_PER_MIN
+    max_pending: int = DEFAULT_MAX_PENDING
+
+    @property
+    def auth_configured(self) -> bool:
+        """Whether the API needs a token: a tokens file or GATEQUEUE_API_TOKEN."""
+        return self.api_token is not None or self.tokens_file is not None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -58,7 +71,18 @@ class Settings:
             if env.get("GATEQUEUE_HEARTBEAT_FILE")
             else None,
             worker_id=env.get("GATEQUEUE_WORKER_ID") or None,
-        )
+            tokens_file=Path(env["GATEQUEUE_TOKENS_FILE"])
+            if env.get("GATEQUEUE_TOKENS_FILE")
+            else None,
+            allowed_origins=parse_origins(env.get("GATEQUEUE_ALLOWED_ORIGINS")),
+            submit_rate_per_min=_parse_count(
+                "GATEQUEUE_SUBMIT_RATE", env.get("GATEQUEUE_SUBMIT_RATE"),
+                DEFAULT_SUBMIT_RATE_PER_MIN,
+            ),
+            max_pending=_parse_count(
+                "GATEQUEUE_MAX_PENDING", env.get("GATEQUEUE_MAX_PENDING"), DEFAULT_MAX_PENDING
+            ),
+        )  # fmt: skip
 
 
 def parse_gpus(raw: str | None) -> tuple[str, ...] | None:
@@ -80,6 +104,33 @@ def parse_gpus(raw: str | None) -> tuple[str, ...] | None:
             f"GATEQUEUE_GPUS={raw!r}: expected a count (2), device ids (0,3) or 'cpu'"
         )
     return parts
+
+
+def parse_origins(raw: str | None) -> tuple[str, ...]:
+    """`GATEQUEUE_ALLOWED_ORIGINS`: comma-separated origins (`https://queue.example.com`)
+    whose pages may open the API's WebSockets and send it writes besides its own."""
+    if not raw or not raw.strip():
+        return ()
+    out = []
+    for part in raw.split(","):
+        origin = part.strip().rstrip("/")
+        if not origin:
+            continue
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+", origin):
+            raise ConfigError(
+                f"GATEQUEUE_ALLOWED_ORIGINS: {origin!r} is not an origin "
+                "(scheme://host[:port], e.g. https://queue.example.com)"
+            )
+        out.append(origin.lower())
+    return tuple(out)
+
+
+def _parse_count(name: str, raw: str | None, default: int) -> int:
+    if raw is None or raw.strip() == "":
+        return default
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise ConfigError(f"{name}={raw!r}: expected a whole number >= 1")
+    return int(raw)
 
 
 def _parse_positive_float(name: str, raw: str | None, default: float) -> float:

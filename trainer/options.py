@@ -69,6 +69,8 @@ class Option:
     advanced: bool = False
     nullable: bool = False
     max_length: int | None = None
+    pattern: str | None = None
+    pattern_help: str = ""  # what a value breaking `pattern` is told
 
     @property
     def flag(self) -> str:
@@ -84,7 +86,10 @@ class Option:
 
     def pydantic_field(self, *, request: bool) -> tuple[Any, Any]:
         default = _REQUIRED if request and self.request_required else self.default
-        bounds = {"ge": self.ge, "gt": self.gt, "le": self.le, "max_length": self.max_length}
+        bounds = {
+            "ge": self.ge, "gt": self.gt, "le": self.le, "max_length": self.max_length,
+            "pattern": self.pattern,
+        }  # fmt: skip
         return self.annotation(), Field(  # type: ignore[call-overload]
             default,
             description=self.help,

@@ -18,14 +18,15 @@ from types import ModuleType
 import structlog
 from aiohttp import web
 
-from service.api import routes_health, routes_jobs, routes_web, ws
+from service.api import auth, routes_health, routes_jobs, routes_session, routes_web, ws
 from service.api.errors import MAX_BODY_BYTES, error_middleware
 from service.api.keys import METRICS, OPENAPI_BODY, READY_TIMEOUT_S, SETTINGS, STORE
 from service.api.limits import READY_TIMEOUT_S as DEFAULT_READY_TIMEOUT_S
 from service.api.middleware import add_request_id_header, request_middleware
 from service.api.openapi import openapi_document
+from service.api.origin import is_loopback_host
 from service.api.prom import ApiMetrics
-from service.api.routing import add_routes, all_routes
+from service.api.routing import GUARD, Guard, add_routes, all_routes
 from service.config import Settings
 from service.mongo.connect import connect
 from service.store import Store
@@ -33,10 +34,29 @@ from service.store import Store
 log = structlog.get_logger(__name__)
 
 # Order matters only for overlapping paths; later modules (WebSockets, the web page) append.
-ROUTE_MODULES: list[ModuleType] = [routes_health, routes_jobs, ws, routes_web]
+ROUTE_MODULES: list[ModuleType] = [routes_health, routes_jobs, routes_session, ws, routes_web]
 
 # Seconds in-flight requests get to finish after a stop is asked for.
 SHUTDOWN_TIMEOUT_S = 10.0
+# Request line and each header: aiohttp answers 400 past these (docs/security.md).
+MAX_LINE_BYTES = 8190
+MAX_FIELD_BYTES = 8190
+
+
+class OpenApiRefused(RuntimeError):
+    """An API without tokens would listen beyond loopback; the message says what to do."""
+
+
+def refuse_open(settings: Settings, host: str, *, insecure_open: bool) -> None:
+    """Raise OpenApiRefused where an API without tokens would listen beyond loopback."""
+    if settings.auth_configured or insecure_open or is_loopback_host(host):
+        return
+    raise OpenApiRefused(
+        f"refusing to serve {host} without a token: anyone who can reach it could run "
+        "jobs on your GPUs and read every job. Set GATEQUEUE_API_TOKEN or "
+        "GATEQUEUE_TOKENS_FILE (`gatequeue token add NAME --role admin`), or pass "
+        "--insecure-open if this network is yours alone."
+    )
 
 
 def create_app(
@@ -45,7 +65,11 @@ def create_app(
     *,
     route_modules: list[ModuleType] | None = None,
     ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+    insecure_open: bool = False,
 ) -> web.Application:
+    """`insecure_open`: an API without tokens that answers any Host (`gatequeue serve
+    --insecure-open` on a non-loopback address); else an open API answers loopback names
+    only (service.api.origin)."""
     app = web.Application(
         # The access-log middleware is outermost, so it sees what the error middleware made
         # of failures (and its X-Request-ID lands on error responses too).
@@ -57,6 +81,11 @@ def create_app(
     app[STORE] = store
     app[METRICS] = ApiMetrics()
     app[READY_TIMEOUT_S] = ready_timeout_s
+    app[GUARD] = Guard(
+        allowed_origins=settings.allowed_origins,
+        host_check=not settings.auth_configured and not insecure_open,
+    )
+    auth.setup(app, settings, store.sessions)
     modules = route_modules if route_modules is not None else ROUTE_MODULES
     routes = all_routes(modules)
     app[OPENAPI_BODY] = json.dumps(openapi_document(routes), separators=(",", ":")).encode()
@@ -80,22 +109,31 @@ async def serve(
     port: int = 8080,
     *,
     started: Callable[[str], None] | None = None,
+    insecure_open: bool = False,
 ) -> None:
     """Connect, ensure indexes, serve until cancelled; then stop accepting, let in-flight
     requests finish (up to SHUTDOWN_TIMEOUT_S), run clean-up hooks and close the client.
 
     The caller turns SIGTERM/SIGINT into a cancel of this coroutine (`gatequeue serve`,
-    `python -m service.api`). `started` gets the URL once the socket listens.
+    `python -m service.api`). `started` gets the URL once the socket listens. Raises
+    OpenApiRefused for an API without tokens on a non-loopback address, unless
+    `insecure_open`.
     """
     if not settings.mongodb_uri:
         raise ValueError("serve() needs settings.mongodb_uri")
+    refuse_open(settings, host, insecure_open=insecure_open)
     client = connect(settings.mongodb_uri)
     try:
         store = Store(client, settings.db_name)
         await store.ensure_indexes()
-        app = create_app(settings, store)
+        app = create_app(settings, store, insecure_open=insecure_open)
         # aiohttp's own access log is off: ours is structlog's, with the request id.
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+            handler_args={"max_line_size": MAX_LINE_BYTES, "max_field_size": MAX_FIELD_BYTES},
+        )
         await runner.setup()
         try:
             site = web.TCPSite(runner, host, port)
@@ -107,7 +145,7 @@ async def serve(
                 "api listening",
                 url=url,
                 db=settings.db_name,
-                auth="token" if settings.api_token else "open",
+                auth="tokens" if settings.auth_configured else "open",
             )
             if started is not None:
                 started(url)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import structlog
 from aiohttp import web
+from aiohttp.client_exceptions import ClientConnectionResetError, ClientPayloadError
 from aiohttp.typedefs import Handler
 from pymongo.errors import ConnectionFailure
 
@@ -24,6 +25,8 @@ log = structlog.get_logger("service.api")
 JSON_CONTENT_TYPE = "application/json"
 # aiohttp refuses larger bodies with a 413 (`client_max_size`); a job request is < 1 KiB.
 MAX_BODY_BYTES = 64 * 1024
+# nginx's convention for "the client closed the connection before the answer".
+CLIENT_CLOSED = 499
 
 # Codes for statuses aiohttp raises itself (routing, body size) or that we raise bare.
 STATUS_CODES: dict[int, str] = {
@@ -132,6 +135,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return _from_http_exception(exc)
     except asyncio.CancelledError:
         raise
+    except (ConnectionResetError, ClientConnectionResetError, ClientPayloadError) as exc:
+        # The client went away mid-request (mid-body, say): its problem, not a server error.
+        log.info("client disconnected", method=request.method, path=request.path,
+                 error=type(exc).__name__)  # fmt: skip
+        return error_response(CLIENT_CLOSED, "client_closed", "the client closed the request")
     except ConnectionFailure as exc:
         # An unreachable database is an outage, not a bug: 503 tells clients to retry.
         log.warning("database unavailable", error=str(exc))

@@ -17,13 +17,11 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from service.api.errors import CLIENT_CLOSED
 from service.api.keys import METRICS, REQUEST_ID
 from service.api.routing import note_status
 
 REQUEST_ID_HEADER = "X-Request-ID"
-# nginx's convention for "the client closed the connection before the answer": logged and
-# counted as such rather than as a server error.
-CLIENT_CLOSED = 499
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 access_log = structlog.get_logger("service.api.access")

@@ -36,11 +36,17 @@ HEADERS: dict[str, dict[str, Any]] = {
 COMMON = {
     401: Reply(401, "Missing or wrong API token (only where the server requires one).", "Error",
                headers=("WWW-Authenticate",)),
+    403: Reply(403, "Refused: the token's role does not allow it (code `forbidden`), or it came "
+                    "from a page of another origin (`origin_refused`) or to a Host an open API "
+                    "does not answer (`host_refused`).", "Error"),
+    415: Reply(415, "A write must be `Content-Type: application/json`.", "Error"),
+    429: Reply(429, "Too many submissions for this token (per minute, or Pending at once); "
+                    "`Retry-After` says when to try again.", "Error", headers=("Retry-After",)),
     500: Reply(500, "Unexpected server error; the message carries the request id to look up.",
                "Error"),
     503: Reply(503, "MongoDB is not reachable; retry later.", "Error"),
 }  # fmt: skip
-SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {}]
+SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}, {}]
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -177,7 +183,13 @@ def _document(routes: tuple[Route, ...], extra: tuple[type[BaseModel], ...]) -> 
                     "scheme": "bearer",
                     "description": "An API token; needed on protected routes when the server "
                     "has tokens configured.",
-                }
+                },
+                "sessionCookie": {
+                    "type": "apiKey",
+                    "in": "cookie",
+                    "name": "gq_session",
+                    "description": "The web page's session, from `POST /session`.",
+                },
             },
         },
     }

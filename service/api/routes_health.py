@@ -59,13 +59,13 @@ HEALTH = Health
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/healthz", healthz, "healthz", "Liveness: the process answers",
-          protected=False, replies=(Reply(200, "Alive.", HEALTH),)),
+          role=None, replies=(Reply(200, "Alive.", HEALTH),)),
     Route("GET", "/readyz", readyz, "readyz", "Readiness: MongoDB answers a ping within 2 s",
-          protected=False,
+          role=None,
           replies=(Reply(200, "Ready.", HEALTH),
                    Reply(503, "MongoDB did not answer (code `not_ready`).", "Error"))),
-    Route("GET", "/metrics", metrics, "metrics", "Prometheus metrics", protected=False,
+    Route("GET", "/metrics", metrics, "metrics", "Prometheus metrics", role=None,
           replies=(Reply(200, "Prometheus text exposition format.", None, "text/plain"),)),
-    Route("GET", "/openapi.json", openapi, "openapi", "This document", protected=False,
+    Route("GET", "/openapi.json", openapi, "openapi", "This document", role=None,
           replies=(Reply(200, "OpenAPI 3.1 document."),)),
 )  # fmt: skip

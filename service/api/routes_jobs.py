@@ -8,15 +8,17 @@ for the router and the OpenAPI document.
 
 from __future__ import annotations
 
+import json
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from aiohttp import web
 from bson import ObjectId
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from service.api.auth import principal_of
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response, validation_error
-from service.api.keys import STORE
+from service.api.keys import SETTINGS, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_LOG_LIMIT,
@@ -25,6 +27,7 @@ from service.api.limits import (
     MAX_LOG_LIMIT,
     MAX_SEQ,
 )
+from service.api.quota import SubmissionQuota
 from service.api.routing import Param, Query, Reply, Route, not_found
 from service.api.schemas import JobList, Logs, Metrics
 from service.jobs.record import Job, JobRecord, new_job
@@ -33,6 +36,10 @@ from service.jobs.status import Status
 from service.store.jobs import CancelOutcome, IdempotencyKeyReused, parse_job_id, request_hash
 from service.store.logs import batch_json
 from service.store.metrics import metrics_json
+from service.tokens import Role
+
+M = TypeVar("M", bound=BaseModel)
+QUOTA: web.AppKey[SubmissionQuota] = web.AppKey("quota", SubmissionQuota)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
@@ -42,6 +49,9 @@ StatusName = Literal[tuple(s.value for s in Status)]  # type: ignore[valid-type]
 
 class ListQuery(Query):
     status: StatusName | None = Field(None, description="Only jobs with this status.")  # type: ignore[valid-type]
+    submittedBy: str | None = Field(
+        None, max_length=64, description="Only jobs submitted with this token name."
+    )
     limit: int = Field(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
     after: str | None = Field(
         None, pattern=_ID_PATTERN, description="The `next` of the previous page."
@@ -63,25 +73,36 @@ class LogsQuery(FromQuery):
 # -- request parsing -------------------------------------------------------------------
 
 
-def require_json(request: web.Request) -> None:
-    """JSON only, and the header is required: a POST without Content-Type (or with a form
-    type) is a CORS "simple request" any web page can send to a gatequeue on localhost,
-    while `application/json` makes browsers ask first (and we never say yes)."""
-    if "Content-Type" not in request.headers:
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            "missing Content-Type; send 'Content-Type: application/json'",
-        )
-    mime = request.content_type
-    if mime != "application/json" and not (
-        mime.startswith("application/") and mime.endswith("+json")
-    ):
-        raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"Content-Type {mime!r} is not JSON; send 'Content-Type: application/json'",
-        )
+def parse_body(model: type[M], body: bytes) -> M:
+    """A JSON body through `model`: 400 for what is not a JSON object (duplicate keys
+    included: which one would count is a guess), 422 naming each bad field."""
+    try:
+        data = json.loads(body, object_pairs_hook=_no_duplicates)
+    except DuplicateKey as exc:
+        raise ApiError(400, "invalid_json", f"duplicate key {exc.key!r} in the JSON body") from None
+    except (ValueError, RecursionError) as exc:
+        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "the body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise body_error(exc) from None
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key[:100]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def body_error(exc: ValidationError) -> ApiError:
@@ -114,6 +135,7 @@ async def existing_job_id(request: web.Request) -> ObjectId:
 
 
 async def submit_job(request: web.Request) -> web.Response:
+    principal = principal_of(request)
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not _KEY_RE.fullmatch(key):
         raise ApiError(
@@ -122,13 +144,10 @@ async def submit_job(request: web.Request) -> web.Response:
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters "
             "without spaces",
         )
-    require_json(request)
     body = await request.read()  # aiohttp raises 413 past client_max_size
-    try:
-        job_request = JobRequest.model_validate_json(body)
-    except ValidationError as exc:
-        raise body_error(exc) from None
-    job = new_job(*job_request.split())
+    job_request = parse_body(JobRequest, body)
+    await request.app[QUOTA].admit(principal.name)
+    job = new_job(*job_request.split(), submitted_by=principal.name)
     body_hash = None if key is None else request_hash(job_request.model_dump())
     try:
         job, created = await request.app[STORE].jobs.insert(
@@ -150,7 +169,10 @@ def _created(job: JobRecord, status: int) -> web.Response:
 async def list_jobs(request: web.Request, query: ListQuery) -> web.Response:
     # One extra row says whether there is a next page, so the last page has `next: null`.
     jobs = await request.app[STORE].jobs.list(
-        status=query.status, limit=query.limit + 1, after=query.after
+        status=query.status,
+        limit=query.limit + 1,
+        after=query.after,
+        submitted_by=query.submittedBy,
     )
     page = jobs[: query.limit]
     more = len(jobs) > query.limit
@@ -168,7 +190,20 @@ async def get_job(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
+    """Anyone with the submit role cancels their own jobs; another's needs admin."""
     oid = job_id_of(request)
+    principal = principal_of(request)
+    if not principal.may(Role.ADMIN):
+        job = await request.app[STORE].jobs.get(oid)
+        if job is None:
+            raise not_found("job", oid)
+        if job.submittedBy != principal.name:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"job {oid} was submitted by {job.submittedBy or 'nobody named'}; cancelling "
+                "another user's job needs an admin token",
+            )
     result = await request.app[STORE].jobs.request_cancel(oid)
     if result.outcome is CancelOutcome.NOT_FOUND or result.job is None:
         raise not_found("job", oid)
@@ -235,6 +270,15 @@ async def options(request: web.Request) -> web.Response:
     )
 
 
+def setup(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    app[QUOTA] = SubmissionQuota(
+        app[STORE].jobs,
+        rate_per_min=settings.submit_rate_per_min,
+        max_pending=settings.max_pending,
+    )
+
+
 # -- declarations ------------------------------------------------------------------------
 
 JOB_ID = Param(
@@ -250,7 +294,7 @@ def _job(status: int, description: str, *headers: str) -> Reply:
 
 ROUTES: tuple[Route, ...] = (
     Route(
-        "POST", "/jobs", submit_job, "submitJob", "Submit a training run",
+        "POST", "/jobs", submit_job, "submitJob", "Submit a training run", role=Role.SUBMIT,
         description=(
             "The body is flat camelCase (the seed's body is accepted as is). Unknown keys, "
             'wrong types (no coercion: `"10"` and `true` are not integers) and '
@@ -288,6 +332,8 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "POST", "/jobs/{id}/cancel", cancel_job, "cancelJob", "Cancel a job", params=(JOB_ID,),
+        role=Role.SUBMIT,
+        description="The submit role cancels its own jobs; cancelling another's needs admin.",
         replies=(
             _job(200, "It was Pending and is now Cancelled."),
             _job(202, "It is Running: `cancelRequested` is set and its worker stops it."),
@@ -320,7 +366,7 @@ ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/options", options, "getOptions",
         "The options a job request may carry, with types, bounds and help; the status names",
-        protected=False,
+        role=None,
         replies=(Reply(200, "Training and run options, as the web form shows them."),),
     ),
 )  # fmt: skip

@@ -31,7 +31,9 @@ _SECURITY = {
 
 
 def _resolve(name: str) -> Path | None:
-    """A file under STATIC_DIR, or None; `..` and symlinks out of it are refused."""
+    """A file under STATIC_DIR, or None; `..`, NUL bytes and symlinks out of it are refused."""
+    if "\x00" in name or "\\" in name:
+        return None
     path = (STATIC_DIR / name).resolve()
     if not path.is_relative_to(STATIC_DIR) or not path.is_file():
         return None
@@ -51,11 +53,11 @@ async def static_file(request: web.Request) -> web.StreamResponse:
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/", index, "webPage",
-          "The web page: job list, submit form, live log and metric chart", protected=False,
+          "The web page: job list, submit form, live log and metric chart", role=None,
           replies=(Reply(200, "The page (its scripts and styles are under /static/).", None,
                          "text/html"),)),
     Route("GET", "/static/{path:.+}", static_file, "staticFile", "The page's files",
-          protected=False,
+          role=None,
           params=(Param("path", "path", "A file under the page's static folder."),),
           replies=(Reply(200, "The file.", None, "application/octet-stream"),
                    Reply(404, "No such file.", "Error"))),

@@ -18,9 +18,11 @@ from typing import Any, get_origin
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from service.api.auth import check_token
+from service.api.auth import AUTH, PRINCIPAL
 from service.api.errors import ApiError, validation_error
+from service.api.origin import check_host, check_origin, require_json
 from service.jobs.request import field_errors
+from service.tokens import Role
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
 
@@ -62,14 +64,30 @@ class Route:
     body: type[BaseModel] | None = None
     body_examples: dict[str, Any] | None = None
     params: tuple[Param, ...] = ()
-    # Behind the API token (when one is configured) and reading MongoDB: 401 and 503 apply.
-    protected: bool = True
+    # The role a caller needs (service.api.auth); None: public (no token, no database).
+    role: Role | None = Role.READ
     websocket: bool = False
+
+    @property
+    def protected(self) -> bool:
+        return self.role is not None
+
+    @property
+    def checks_origin(self) -> bool:
+        """Writes and WebSocket handshakes: what another site's page could make a browser
+        send (service.api.origin)."""
+        return self.method != "GET" or self.websocket
 
     @property
     def statuses(self) -> frozenset[int]:
         """Every status this route documents, the common ones included."""
-        common = {500} | ({401, 503} if self.protected else set())
+        common = {500}
+        if self.protected:
+            common |= {401, 403, 429, 503} if self.method == "POST" else {401, 403, 503}
+        if self.checks_origin:
+            common.add(403)
+        if self.method == "POST":
+            common.add(415)
         return frozenset({r.status for r in self.replies} | common)
 
 
@@ -80,6 +98,15 @@ class Query(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True, frozen=True)
 
 
+@dataclass(frozen=True)
+class Guard:
+    """The app's cross-site settings: `host_check` for an open API on loopback."""
+
+    allowed_origins: tuple[str, ...] = ()
+    host_check: bool = False
+
+
+GUARD: web.AppKey[Guard] = web.AppKey("guard", Guard)
 ROUTE: web.AppKey[dict[Handler, Route]] = web.AppKey("routes", dict)
 # Statuses a route answered without documenting them: tests assert there are none.
 UNDOCUMENTED: web.AppKey[list[tuple[str, str, int]]] = web.AppKey("undocumented", list)
@@ -104,13 +131,22 @@ def parse_query(model: type[BaseModel], request: web.Request) -> BaseModel:
 
 
 def _bind(route: Route) -> Handler:
-    """The aiohttp handler of a route: the token check (before anything is parsed, so an
-    unauthorised request learns nothing about its parameters), then the query model."""
+    """The aiohttp handler of a route: the checks of docs/security.md first (the Host of an
+    open API, the Origin of a write or a WebSocket, the caller's role: before anything is
+    parsed, so a refused request learns nothing about its parameters), the JSON content type
+    of a write, then the query model."""
     query_model = route.query
 
     async def handler(request: web.Request) -> web.StreamResponse:
-        if route.protected:
-            check_token(request, allow_query=route.websocket)
+        guard = request.app[GUARD]
+        if guard.host_check:
+            check_host(request, guard.allowed_origins)
+        if route.checks_origin:
+            check_origin(request, guard.allowed_origins)
+        if route.role is not None:
+            request[PRINCIPAL] = await request.app[AUTH].authorize(request, route.role)
+        if route.method == "POST":
+            require_json(request)
         if query_model is None:
             return await route.handler(request)
         return await route.handler(request, parse_query(query_model, request))

@@ -78,6 +78,14 @@ class Metrics(BaseModel):
     )
 
 
+class Whoami(BaseModel):
+    name: str | None = Field(description="The token's name (null: open API or not signed in).")
+    role: Literal["read", "submit", "admin"] | None
+    authenticated: bool
+    open: bool = Field(description="The API needs no token at all.")
+    expiresAt: str | None = Field(None, description="When the session ends (POST /session).")
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready"]
 

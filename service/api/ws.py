@@ -310,17 +310,12 @@ class LogTail:
                     return await self.finish(job)
 
 
-class TokenQuery(Query):
-    token: str | None = Field(
-        None, description="The API token, for browsers (they cannot set headers on a WebSocket)."
-    )
+class TailQuery(FromQuery):
+    """No token in the URL (it would end up in logs and histories): browsers are signed in by
+    their session cookie, other clients send `Authorization` on the handshake."""
 
 
-class TailQuery(FromQuery, TokenQuery):
-    pass
-
-
-class WatchQuery(TokenQuery):
+class WatchQuery(Query):
     id: list[str] = Field(
         default_factory=list,
         max_length=MAX_JOB_FILTER,

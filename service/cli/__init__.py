@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.cli import jobs, server
+    from service.cli import jobs, server, tokens
 
     parser = argparse.ArgumentParser(
         prog="gatequeue",
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
     server.add_commands(sub)
     jobs.add_commands(sub)
+    tokens.add_commands(sub)
     return parser
 
 

@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from service.cli.terminal import markup_safe, printable
 from service.client import (
     DEFAULT_API,
     GateQueueClient,
@@ -90,6 +91,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     ls.add_argument("--status", choices=tuple(STATUS_STYLE), help="only jobs with this status")
     ls.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
     ls.add_argument("--json", action="store_true", help="one JSON document per line")
+    ls.add_argument("--mine", action="store_true", help="only the jobs this token submitted")
     ls.set_defaults(func=_sync(cmd_ls))
 
     show = subparsers.add_parser("show", parents=[api], help="one job with its metrics")
@@ -197,7 +199,8 @@ def run_client(coro: Coroutine[Any, Any, int]) -> int:
 
 
 def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
+    """Stored text, shown safely: control characters escaped, rich markup too."""
+    return markup_safe(text, multiline=True)
 
 
 def _status(status: str | None) -> str:
@@ -302,7 +305,15 @@ async def _follow_plain(client: GateQueueClient, job: Job, console: Console) -> 
 
 
 async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
-    jobs = await client.list(status=args.status, limit=args.limit)
+    mine = None
+    if args.mine:
+        me = await client.whoami()
+        if me.get("open"):
+            Console(stderr=True).print("gatequeue: this API has no tokens: every job is yours")
+        elif not me.get("authenticated"):
+            raise GateQueueError("--mine needs a token: pass --token or set $GATEQUEUE_API_TOKEN")
+        mine = me.get("name")
+    jobs = await client.list(status=args.status, limit=args.limit, submitted_by=mine)
     if args.json:
         for job in jobs:
             print(json.dumps(job))
@@ -313,7 +324,7 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
         console.print("no jobs" + (f" with status {args.status}" if args.status else ""))
         return EXIT_OK
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("ID", "STATUS", "NAME", "OPTIMIZER", "EPOCH", "TEST ACC", "CREATED"):
+    for col in ("ID", "STATUS", "NAME", "BY", "OPTIMIZER", "EPOCH", "TEST ACC", "CREATED"):
         if col == "NAME":
             table.add_column(col, overflow="ellipsis", max_width=40)
         else:
@@ -325,7 +336,8 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
         table.add_row(
             job["id"],
             _status(job.get("status")),
-            _escape(job.get("name") or ""),
+            markup_safe(job.get("name") or ""),
+            markup_safe(job.get("submittedBy") or ""),
             (job.get("hyperparameters") or {}).get("gateOptimizer", ""),
             f"{done}/{total}",
             f"{acc:.4f}" if isinstance(acc, int | float) else "",
@@ -345,13 +357,14 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
         return EXIT_OK
     console = Console(highlight=False, soft_wrap=True)
     console.print(
-        f"[bold]{job['id']}[/]  {_status(job.get('status'))}  {_escape(job.get('name') or '')}"
+        f"[bold]{job['id']}[/]  {_status(job.get('status'))}  {markup_safe(job.get('name') or '')}"
     )
     rows: list[tuple[str, str]] = [
         ("created", job.get("createdAt") or ""),
         ("started", job.get("startedAt") or ""),
         ("finished", job.get("finishedAt") or ""),
         ("attempt", f"{job.get('attempt')}/{job.get('maxAttempts')}"),
+        ("submitted by", markup_safe(job.get("submittedBy") or "")),
     ]
     worker = job.get("worker")
     if worker:
@@ -366,7 +379,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
     if artifacts:
         rows.append(("artifacts", " ".join(f"{a['name']} ({a['length']} B)" for a in artifacts)))
     hp = job.get("hyperparameters") or {}
-    rows.append(("hyperparameters", " ".join(f"{k}={v}" for k, v in hp.items())))
+    rows.append(("hyperparameters", markup_safe(" ".join(f"{k}={v}" for k, v in hp.items()))))
     for key, value in rows:
         if value:
             console.print(f"  [dim]{key:<16}[/]{value}")
@@ -399,10 +412,12 @@ async def cmd_logs(args: argparse.Namespace, settings: Settings, client: GateQue
     async with client.logs(args.job, follow=args.follow, from_seq=args.from_seq) as stream:
         async for line in stream:
             mark = marks.get(line.stream)
+            # A terminal gets the trainer's text escaped; a pipe gets it as it was written.
+            text = printable(line.line) if tty else line.line
             if mark is None:
-                out.write(line.line + "\n")
+                out.write(text + "\n")
             else:
-                out.write(f"{mark}{line.line}{reset}\n")
+                out.write(f"{mark}{text}{reset}\n")
             if args.follow and not stream.pending():
                 out.flush()
         out.flush()

@@ -15,6 +15,9 @@ from service.config import DEFAULT_API_PORT, ConfigError, Settings
 from service.runloop import run_until_signal
 
 STATE_DIR = Path(".gatequeue")
+INSECURE_OPEN_HELP = (
+    "serve a non-loopback address without any token (anyone who reaches it may use it)"
+)
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -28,6 +31,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="where the embedded MongoDB keeps its data and the worker its files",
     )
     up.add_argument("--mongodb-uri", help="use this MongoDB instead of the embedded one")
+    up.add_argument("--insecure-open", action="store_true", help=INSECURE_OPEN_HELP)
     up.add_argument(
         "--demo",
         action="store_true",
@@ -46,6 +50,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_API_PORT)
     serve.add_argument("--mongodb-uri", help="default: $MONGODB_URI")
+    serve.add_argument("--insecure-open", action="store_true", help=INSECURE_OPEN_HELP)
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="one worker with the configured GPU slots")
@@ -77,10 +82,17 @@ def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from service.api.app import serve
+    from service.api.app import OpenApiRefused, refuse_open, serve
 
     _need_uri(settings)
-    return run_until_signal(lambda: serve(settings, args.host, args.port))
+    try:
+        refuse_open(settings, args.host, insecure_open=args.insecure_open)
+    except OpenApiRefused as exc:
+        print(f"gatequeue: {exc}", file=sys.stderr)
+        return 2
+    return run_until_signal(
+        lambda: serve(settings, args.host, args.port, insecure_open=args.insecure_open)
+    )
 
 
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
@@ -100,9 +112,15 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from service.api.app import OpenApiRefused, refuse_open
     from service.mongo import discovery as mongo_discovery
     from service.mongo.embedded import EmbeddedMongoUnavailable
 
+    try:
+        refuse_open(settings, args.host, insecure_open=args.insecure_open)
+    except OpenApiRefused as exc:
+        print(f"gatequeue: {exc}", file=sys.stderr)
+        return 2
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.replace(
@@ -132,7 +150,9 @@ async def _up(settings: Settings, args: argparse.Namespace, mongo_description: s
 
     url = f"http://{args.host}:{args.port}/"
     tasks = [
-        asyncio.create_task(serve(settings, args.host, args.port), name="api"),
+        asyncio.create_task(
+            serve(settings, args.host, args.port, insecure_open=args.insecure_open), name="api"
+        ),
         asyncio.create_task(run_worker(settings), name="worker"),
     ]
     await _wait_until_ready(url, tasks)

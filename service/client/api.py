@@ -270,7 +270,12 @@ class GateQueueClient:
         return await self._request("GET", self._job_path(job_id))
 
     async def list(
-        self, *, status: str | None = None, limit: int = 50, after: str | None = None
+        self,
+        *,
+        status: str | None = None,
+        limit: int = 50,
+        after: str | None = None,
+        submitted_by: str | None = None,
     ) -> JobPage:
         """One page, newest first; pass `page.next` as `after` for the next one."""
         params: dict[str, str | int] = {"limit": limit}
@@ -278,13 +283,20 @@ class GateQueueClient:
             params["status"] = status
         if after:
             params["after"] = after
+        if submitted_by:
+            params["submittedBy"] = submitted_by
         body = await self._request("GET", "/jobs", params=params)
         return JobPage(body["jobs"], body.get("next"))
 
     async def cancel(self, job_id: str) -> Job:
         """Pending jobs are Cancelled at once; Running ones are stopped by their worker.
-        A finished job is a `GateQueueError` with status 409."""
-        return await self._request("POST", self._job_path(job_id) + "/cancel")
+        A finished job is a `GateQueueError` with status 409; another user's job, without an
+        admin token, one with status 403."""
+        return await self._request("POST", self._job_path(job_id) + "/cancel", json_body={})
+
+    async def whoami(self) -> dict[str, Any]:
+        """`{name, role, authenticated, open}` of this client's token."""
+        return await self._request("GET", "/whoami")  # type: ignore[no-any-return]
 
     async def metrics(self, job_id: str) -> _List[dict[str, Any]]:
         """One row per finished epoch: `{epoch, epochs, train_loss, test_acc, ..., ts}`."""

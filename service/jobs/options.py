@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from trainer.options import RUN_CONTROL_OPTIONS, Option
 
+# Text people read in terminals and pages: no control characters (C0, DEL, C1) and no
+# bidirectional overrides, which could rewrite what a terminal shows (docs/security.md).
+PRINTABLE = "^[^\\x00-\\x1f\\x7f-\\x9f\\u202a-\\u202e\\u2066-\\u2069]*$"
+
 RUN_OPTIONS: tuple[Option, ...] = (
     Option(
         "name", str, None, "a label for people", "Name",
-        nullable=True, max_length=200, advanced=True,
+        nullable=True, max_length=200, advanced=True, pattern=PRINTABLE,
+        pattern_help="must not contain control characters or bidirectional overrides",
     ),
     Option(
         "maxAttempts", int, 3, "runs allowed before a lost job is failed", "Max attempts",

@@ -144,6 +144,9 @@ class JobRecord(Record):
     hyperparameters: dict[str, Any] = Field(
         description="The validated training options (trainer.options), without the run options."
     )
+    submittedBy: str | None = Field(
+        None, description="The name of the token that submitted it (null: an open API)."
+    )
     createdAt: Time
     updatedAt: Time
     startedAt: Time | None = None
@@ -205,13 +208,19 @@ Job: type[JobRecord] = create_model(  # type: ignore[call-overload]
 )
 
 
-def new_job(hyperparameters: dict[str, Any], run_options: dict[str, Any]) -> JobRecord:
+def new_job(
+    hyperparameters: dict[str, Any],
+    run_options: dict[str, Any],
+    *,
+    submitted_by: str | None = None,
+) -> JobRecord:
     """A Pending job with every field set, so readers never meet a missing key."""
     now = utcnow()
     return Job(
         id=ObjectId(),
         status=Status.PENDING,
         hyperparameters=dict(hyperparameters),
+        submittedBy=submitted_by,
         createdAt=now,
         updatedAt=now,
         **run_options,

@@ -28,6 +28,7 @@ SEED_BODY: dict[str, Any] = {
 }
 
 REQUEST_OPTIONS: tuple[Option, ...] = (*TRAINING_OPTIONS, *RUN_OPTIONS)
+_PATTERN_HELP = {o.name: o.pattern_help for o in REQUEST_OPTIONS if o.pattern_help}
 
 
 class RequestBase(CheckedOptions):
@@ -67,6 +68,8 @@ def field_errors(exc: ValidationError) -> list[dict[str, str]]:
         message = err["msg"]
         if err["type"] == "extra_forbidden":
             message = "unknown field"
+        elif err["type"] == "string_pattern_mismatch" and loc in _PATTERN_HELP:
+            message = _PATTERN_HELP[loc]
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         out.append({"field": loc, "message": message, "type": err["type"]})

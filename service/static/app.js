@@ -680,7 +680,7 @@
     const btn = $("cancel-btn");
     btn.disabled = true;
     try {
-      onJobChange(await api(`jobs/${view.id}/cancel`, { method: "POST" }));
+      onJobChange(await api(`jobs/${view.id}/cancel`, { method: "POST", body: {} }));
     } catch (e) {
       view.showError(`Cancel failed: ${e.message}`);
       btn.disabled = false;

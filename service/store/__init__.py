@@ -15,6 +15,7 @@ from service.store.jobs import JobStore
 from service.store.logs import LogStore
 from service.store.metrics import MetricStore
 from service.store.offsets import OffsetStore
+from service.store.sessions import SessionStore
 
 __all__ = ["Store"]
 
@@ -30,12 +31,14 @@ class Store:
         self.metrics = MetricStore(self.db["job_metrics"])
         self.offsets = OffsetStore(self.db["stream_offsets"])
         self.files = FileStore(self.db)
+        self.sessions = SessionStore(self.db["sessions"])
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process calls it at start so no deploy step is needed."""
         await self.jobs.ensure_indexes()
         await self.logs.ensure_indexes()
         await self.metrics.ensure_indexes()
+        await self.sessions.ensure_indexes()
 
     async def ping(self) -> None:
         await self.db.command("ping")

@@ -132,6 +132,7 @@ class JobStore:
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("status", ASCENDING), ("_id", ASCENDING)])
         await self.collection.create_index([("status", ASCENDING), ("leaseExpiresAt", ASCENDING)])
+        await self.collection.create_index([("submittedBy", ASCENDING), ("status", ASCENDING)])
         # Sparse: only jobs submitted with an Idempotency-Key carry the field.
         await self.collection.create_index("idempotencyKey", unique=True, sparse=True)
 
@@ -189,6 +190,7 @@ class JobStore:
         status: Status | str | None = None,
         limit: int = 50,
         after: str | ObjectId | None = None,
+        submitted_by: str | None = None,
     ) -> builtins.list[JobRecord]:
         """Newest first; `after` is the id of the last job of the previous page.
 
@@ -197,6 +199,8 @@ class JobStore:
         query: dict[str, Any] = {}
         if status is not None:
             query["status"] = Status(status).value
+        if submitted_by is not None:
+            query["submittedBy"] = submitted_by
         if after is not None:
             oid = parse_job_id(after)
             if oid is None:
@@ -222,6 +226,12 @@ class JobStore:
             .limit(limit)
         )
         return [Job.from_doc(doc) async for doc in cursor]
+
+    async def pending_count(self, submitted_by: str | None) -> int:
+        """Pending jobs of one submitter (the quota of docs/security.md)."""
+        return await self.collection.count_documents(
+            {"status": Status.PENDING.value, "submittedBy": submitted_by}
+        )
 
     async def pending_one(self, job_id: ObjectId) -> JobRecord | None:
         """The job if it is Pending now (its current version, for a claim)."""

@@ -46,4 +46,5 @@ class MakeApi(Protocol):
         store: Store | None = None,
         route_modules: list[ModuleType] | None = None,
         ready_timeout_s: float = 2.0,
+        **overrides: Any,
     ) -> Awaitable[TestClient]: ...

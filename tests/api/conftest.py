@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from types import ModuleType
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -30,10 +31,11 @@ async def make_api(store: Store) -> AsyncIterator[MakeApi]:
         store: Store | None = None,
         route_modules: list[ModuleType] | None = None,
         ready_timeout_s: float = 2.0,
+        **overrides: Any,
     ) -> TestClient:
         the_store = store if store is not None else default_store
         settings = Settings(
-            mongodb_uri="mongodb://test", db_name=the_store.db.name, api_token=token
+            mongodb_uri="mongodb://test", db_name=the_store.db.name, api_token=token, **overrides
         )
         app = create_app(
             settings, the_store, route_modules=route_modules, ready_timeout_s=ready_timeout_s

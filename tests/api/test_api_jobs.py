@@ -98,7 +98,7 @@ async def test_unknown_or_malformed_id_is_404(api: TestClient, job_id: str) -> N
         ("GET", f"/jobs/{job_id}/logs"),
         ("GET", f"/jobs/{job_id}/metrics"),
     ]:
-        resp = await api.request(method, path)
+        resp = await api.request(method, path, json={} if method == "POST" else None)
         await error_of(resp, 404, "job_not_found")
 
 
@@ -115,24 +115,24 @@ async def test_get_job_shows_worker_and_times(api: TestClient, store: Store) -> 
 
 async def test_cancel_pending_is_200_cancelled(api: TestClient, store: Store) -> None:
     job = await _submit(api)
-    resp = await api.post(f"/jobs/{job['id']}/cancel")
+    resp = await api.post(f"/jobs/{job['id']}/cancel", json={})
     assert resp.status == 200
     body = await resp.json()
     assert body["status"] == "Cancelled" and body["finishedAt"] is not None
     stored = await store.jobs.get(job["id"])
     assert stored is not None and stored.status == "Cancelled"
     # Cancelled is final: cancelling again is a conflict.
-    await error_of(await api.post(f"/jobs/{job['id']}/cancel"), 409, "job_finished")
+    await error_of(await api.post(f"/jobs/{job['id']}/cancel", json={}), 409, "job_finished")
 
 
 async def test_cancel_running_is_202_cancel_requested(api: TestClient, store: Store) -> None:
     running = await _running(api, store)
-    resp = await api.post(f"/jobs/{running.id}/cancel")
+    resp = await api.post(f"/jobs/{running.id}/cancel", json={})
     assert resp.status == 202
     body = await resp.json()
     assert body["status"] == "Running" and body["cancelRequested"] is True
     # Asking again while the worker has not stopped yet: still accepted, nothing changes.
-    again = await api.post(f"/jobs/{running.id}/cancel")
+    again = await api.post(f"/jobs/{running.id}/cancel", json={})
     assert again.status == 202
     assert (await again.json())["cancelRequested"] is True
 
@@ -141,7 +141,9 @@ async def test_cancel_running_is_202_cancel_requested(api: TestClient, store: St
 async def test_cancel_finished_is_409(api: TestClient, store: Store, final: Status) -> None:
     running = await _running(api, store)
     assert await store.jobs.finish(running, final, exit_code=0) is not None
-    error = await error_of(await api.post(f"/jobs/{running.id}/cancel"), 409, "job_finished")
+    error = await error_of(
+        await api.post(f"/jobs/{running.id}/cancel", json={}), 409, "job_finished"
+    )
     assert final.value in error["message"]
     stored = await store.jobs.get(running.id)
     assert stored is not None and stored.status == final.value

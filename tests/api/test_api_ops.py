@@ -101,7 +101,7 @@ async def test_unhandled_exception_is_500_without_internals(make_api: MakeApi) -
         raise RuntimeError("secret internal detail /etc/passwd")
 
     crash.ROUTES = (  # type: ignore[attr-defined]
-        Route("GET", "/boom", boom, "boom", "Crashes", replies=(), protected=False),
+        Route("GET", "/boom", boom, "boom", "Crashes", replies=(), role=None),
     )
     api = await make_api(route_modules=[routes_health, routes_jobs, crash])
     resp = await api.get("/boom", headers={"X-Request-ID": "crash-1"})
@@ -117,7 +117,7 @@ async def test_an_undocumented_status_is_noticed(make_api: MakeApi) -> None:
         return web.Response(status=418)
 
     teapot.ROUTES = (  # type: ignore[attr-defined]
-        Route("GET", "/brew", brew, "brew", "Brews", replies=(), protected=False),
+        Route("GET", "/brew", brew, "brew", "Brews", replies=(), role=None),
     )
     api = await make_api(route_modules=[teapot])
     assert (await api.get("/brew")).status == 418

@@ -1,0 +1,89 @@
+"""Per-token submission limits (docs/security.md, "Rate limits and quotas").
+
+Two limits, each answered with 429 and `Retry-After`:
+
+- submissions per minute: a token bucket per token name, `GATEQUEUE_SUBMIT_RATE` deep,
+  refilled at that rate; kept by each API process (with N replicas a token may submit up to
+  N times the rate, which is what a per-process limit can promise without a shared counter);
+- Pending jobs at once: `GATEQUEUE_MAX_PENDING` per token, counted in MongoDB, so every
+  replica sees the same count. The count is re-read at most once a second per token and
+  this process's own submissions are added meanwhile: a quota of thousands does not cost a
+  query per submission.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from service.api.errors import ApiError
+from service.store.jobs import JobStore
+
+RECOUNT_EVERY_S = 1.0
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    at: float
+
+
+@dataclass
+class _Pending:
+    count: int
+    at: float
+
+
+class SubmissionQuota:
+    def __init__(
+        self,
+        jobs: JobStore,
+        *,
+        rate_per_min: int,
+        max_pending: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._jobs = jobs
+        self.rate_per_min = rate_per_min
+        self.max_pending = max_pending
+        self._clock = clock
+        self._buckets: dict[str | None, _Bucket] = {}
+        self._pending: dict[str | None, _Pending] = {}
+
+    async def admit(self, name: str | None) -> None:
+        """One submission by `name`, or a 429 saying when to try again."""
+        now = self._clock()
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = self._buckets[name] = _Bucket(float(self.rate_per_min), now)
+        per_s = self.rate_per_min / 60
+        bucket.tokens = min(float(self.rate_per_min), bucket.tokens + (now - bucket.at) * per_s)
+        bucket.at = now
+        if bucket.tokens < 1:
+            wait = math.ceil((1 - bucket.tokens) / per_s)
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"{_who(name)} submitted more than {self.rate_per_min} jobs a minute; "
+                f"try again in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        pending = self._pending.get(name)
+        if pending is None or now - pending.at >= RECOUNT_EVERY_S:
+            pending = self._pending[name] = _Pending(await self._jobs.pending_count(name), now)
+        if pending.count >= self.max_pending:
+            raise ApiError(
+                429,
+                "too_many_pending",
+                f"{_who(name)} has {pending.count} jobs Pending, the most allowed at once is "
+                f"{self.max_pending}; try again when some have started",
+                headers={"Retry-After": "60"},
+            )
+        bucket.tokens -= 1
+        pending.count += 1
+
+
+def _who(name: str | None) -> str:
+    return f"token {name!r}" if name is not None else "this API's anonymous user"

@@ -1,0 +1,130 @@
+"""Hostile input (docs/security.md): each is refused with a clear error, nothing is stored
+and the server stays up. Before: control characters were accepted in `name` (and printed raw
+by `gatequeue ls`), `GET /static/app.js%00` answered 500, a client disconnecting mid-body was
+logged as a 500 with a traceback, and a JSON body with duplicate keys was accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import structlog
+from aiohttp.test_utils import TestClient
+from api_helpers import JSON, SEED_BODY, MakeApi, error_of, job_count
+
+from service.store import Store
+
+
+@pytest.mark.parametrize(
+    "name", ["nul\x00", "esc\x1b[2J", "cr\r", "lf\n", "rtl\u202eabc", "del\x7f", "c1\x9b"]
+)
+async def test_control_characters_in_name_are_422(api: TestClient, store: Store, name: str) -> None:
+    resp = await api.post("/jobs", json={**SEED_BODY, "name": name})
+    error = await error_of(resp, 422, "validation_error")
+    assert error["fields"] == [
+        {
+            "field": "name",
+            "message": "must not contain control characters or bidirectional overrides",
+            "type": "string_pattern_mismatch",
+        }
+    ]
+    assert await job_count(store) == 0
+
+
+async def test_ordinary_names_are_fine(api: TestClient) -> None:
+    resp = await api.post("/jobs", json={**SEED_BODY, "name": "Lernrate ½ · 学习\tsweep #3"})
+    assert resp.status == 422  # a tab is a control character too
+    resp = await api.post("/jobs", json={**SEED_BODY, "name": "Lernrate ½ · 学习 sweep #3"})
+    assert resp.status == 201
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/static/app.js%00",
+        "/static/%00",
+        "/static/..%2f..%2fservice%2fconfig.py",
+        "/static/%2e%2e/%2e%2e/pyproject.toml",
+        "/static/..\\..\\pyproject.toml",
+        "/jobs/%00",
+        "/jobs/..%2f..%2fetc%2fpasswd",
+        "/jobs/665f1c2e9b1e8a3d4c2b1a00/artifacts/..%2f..%2fnetwork.json",
+        "/jobs/665f1c2e9b1e8a3d4c2b1a00/artifacts/%00",
+    ],
+)
+async def test_nul_and_traversal_paths_are_404(api: TestClient, path: str) -> None:
+    resp = await api.get(path)
+    assert resp.status == 404, (path, await resp.text())
+    await error_of(resp, 404)
+    assert (await api.get("/healthz")).status == 200
+
+
+async def test_duplicate_json_keys_are_400(api: TestClient, store: Store) -> None:
+    body = b'{"gates": "bad", "gateOptimizer": "softmax", "gates": 3332}'
+    error = await error_of(await api.post("/jobs", data=body, headers=JSON), 400, "invalid_json")
+    assert "duplicate key 'gates'" in error["message"]
+    nested = b'{"gateOptimizer": "softmax", "name": "x", "name": "y"}'
+    await error_of(await api.post("/jobs", data=nested, headers=JSON), 400, "invalid_json")
+    assert await job_count(store) == 0
+
+
+async def test_oversized_body_header_and_line_are_refused(api: TestClient, store: Store) -> None:
+    big = b'{"name": "' + b"x" * (70 * 1024) + b'"}'
+    await error_of(await api.post("/jobs", data=big, headers=JSON), 413)
+    resp = await api.get("/jobs", headers={"X-Big": "y" * 20_000})
+    assert resp.status == 400  # aiohttp's own answer to a header past max_field_size
+    assert await job_count(store) == 0
+    assert (await api.get("/healthz")).status == 200
+
+
+async def test_a_client_that_disconnects_mid_body_is_499_without_a_traceback(
+    api: TestClient, store: Store
+) -> None:
+    assert api.server.port is not None
+    logged = asyncio.Event()
+
+    def spy(_: object, __: str, event: dict[str, object]) -> dict[str, object]:
+        if event.get("event") == "request" and event.get("path") == "/jobs":
+            logged.set()  # the access log line: the request was handled
+        return event
+
+    with structlog.testing.capture_logs(processors=[spy]) as logs:
+        _, writer = await asyncio.open_connection("127.0.0.1", api.server.port)
+        writer.write(
+            b"POST /jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 1000\r\n\r\n" + b'{"gateOptimizer": "soft'
+        )
+        await writer.drain()
+        writer.close()  # gone before the body is complete
+        await writer.wait_closed()
+        async with asyncio.timeout(10):
+            await logged.wait()
+    [entry] = [e for e in logs if e.get("event") == "request" and e.get("path") == "/jobs"]
+    assert entry["status"] == 499
+    assert not [e for e in logs if e.get("log_level") == "error" or "exc_info" in e]
+    assert await job_count(store) == 0
+    assert (await api.get("/healthz")).status == 200
+
+
+async def test_submissions_past_the_rate_get_429_with_retry_after(
+    make_api: MakeApi, store: Store
+) -> None:
+    api = await make_api(submit_rate_per_min=3)
+    for _ in range(3):
+        assert (await api.post("/jobs", json=SEED_BODY)).status == 201
+    resp = await api.post("/jobs", json=SEED_BODY)
+    error = await error_of(resp, 429, "rate_limited")
+    assert int(resp.headers["Retry-After"]) >= 1
+    assert "3 jobs a minute" in error["message"]
+    assert await job_count(store) == 3
+
+
+async def test_pending_jobs_past_the_quota_get_429(make_api: MakeApi, store: Store) -> None:
+    api = await make_api(max_pending=2)
+    for _ in range(2):
+        assert (await api.post("/jobs", json=SEED_BODY)).status == 201
+    resp = await api.post("/jobs", json=SEED_BODY)
+    await error_of(resp, 429, "too_many_pending")
+    assert resp.headers["Retry-After"] == "60"
+    assert await job_count(store) == 2
