@@ -25,6 +25,11 @@ RUN_OPTIONS: tuple[Option, ...] = (
         "maxAttempts", int, 3, "runs allowed before a lost job is failed", "Max attempts",
         ge=1, le=20, advanced=True,
     ),
+    Option(
+        "priority", int, 0,
+        "a free slot takes the highest priority first, then the oldest job", "Priority",
+        ge=-100, le=100, advanced=True,
+    ),
     *RUN_CONTROL_OPTIONS,
 )  # fmt: skip
 

@@ -87,6 +87,10 @@ Time = Annotated[
 ]
 
 
+# Fields of the record computed when a job is read, never stored.
+COMPUTED_FIELDS: tuple[str, ...] = ("queuePosition", "waitingFor")
+
+
 class Record(BaseModel):
     """Stored documents may carry fields this version does not know (written by a newer
     one, or private to the server): they are ignored, never an error."""
@@ -135,6 +139,18 @@ class MemoryEstimate(Record):
     cuda: int = Field(ge=0)
 
 
+class Circuit(Record):
+    """The logic circuit a successful run compiled to (trainer.circuit.build_circuit)."""
+
+    gates: int = Field(ge=0, description="Gates of the trained network.")
+    gatesLive: int = Field(ge=0, description="Gates left after optimization.")
+    depth: int = Field(ge=0, description="Longest input-to-output path, in gates.")
+    imagesPerS: float = Field(ge=0, description="Single-threaded throughput of the C library.")
+    verified: bool = Field(description="The C library and Verilog agree with the network.")
+    disagreements: int = Field(0, ge=0, description="Samples where they did not.")
+    gateHistogram: dict[str, int] = Field(description="{gate name: count}, 16 gate kinds.")
+
+
 class JobRecord(Record):
     """The fields every job has; `Job` adds the run options."""
 
@@ -181,6 +197,24 @@ class JobRecord(Record):
     memoryEstimate: MemoryEstimate | None = Field(
         None, description="The estimated peak memory of a run (trainer.memory)."
     )
+    sweepId: Id | None = Field(None, description="The sweep the job belongs to (docs/sweeps.md).")
+    sweepMaxParallel: int | None = Field(
+        None, ge=1, description="Its sweep's cap on jobs Running at once (null: none)."
+    )
+    circuit: Circuit | None = Field(
+        None, description="The circuit a Succeeded run compiled to (docs/circuits.md)."
+    )
+    queuePosition: int | None = Field(
+        None,
+        ge=0,
+        description="Pending jobs only, in GET /jobs/{id}: how many Pending jobs come before "
+        "it in claim order (priority, then age). Not stored.",
+    )
+    waitingFor: str | None = Field(
+        None,
+        description="Pending jobs only, in GET /jobs/{id}: what it waits for (`a free slot`, "
+        "`maxParallel of its sweep`, `a worker with enough memory`). Not stored.",
+    )
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> JobRecord:
@@ -188,7 +222,7 @@ class JobRecord(Record):
 
     def to_doc(self) -> dict[str, Any]:
         """The document as stored: `_id`, ObjectIds and datetimes."""
-        doc = self.model_dump()
+        doc = self.model_dump(exclude=set(COMPUTED_FIELDS))
         doc["_id"] = doc.pop("id")
         return doc
 
