@@ -250,28 +250,39 @@ def _resume_header(args: argparse.Namespace) -> checkpoint.Header | None:
     return header
 
 
-def _set_threads(args: argparse.Namespace, header: checkpoint.Header | None) -> None:
+def _set_threads(
+    args: argparse.Namespace, header: checkpoint.Header | None, device: torch.device
+) -> None:
     """The thread count: --threads, else the resumed checkpoint's, else torch's default
     (one thread for small networks, decided once the model is built).
 
     Float sums split across threads add up in another order than on one: the C++ kernel's
-    per-thread partial sums and torch's parallel reductions give bit-different results for
-    another thread count. A resumed run therefore computes with the threads its checkpoint
-    was written with, whatever this machine's default is, so that it repeats the
-    uninterrupted run exactly."""
+    per-thread partial sums (and torch's parallel reductions) give bit-different results
+    for another thread count. A run resumed on the CPU from a CPU checkpoint therefore
+    computes with the threads that checkpoint was written with, whatever this machine's
+    default is, so that it repeats the uninterrupted run exactly. On CUDA the GPU does the
+    sums and the CPU threads do not matter."""
     log = logs.get_logger()
     saved = header.fields.get("threads") if header is not None else None
+    same_kind = header is not None and device.type == "cpu" == header.fields.get("device")
     if args.threads:
         torch.set_num_threads(args.threads)
-        if isinstance(saved, int) and saved != args.threads:
+        if same_kind and isinstance(saved, int) and saved != args.threads:
             log.warning(
                 "resuming with other threads than the checkpoint's: results will not repeat "
                 "the uninterrupted run bit for bit",
                 threads=args.threads,
                 checkpoint_threads=saved,
             )
-    elif isinstance(saved, int) and saved > 0:
+    elif same_kind and isinstance(saved, int) and saved > 0:
         torch.set_num_threads(saved)
+        if saved > (os.cpu_count() or 1):
+            log.warning(
+                "resuming with the checkpoint's threads, more than this machine's CPUs "
+                "(--threads N trades exact repetition for speed)",
+                threads=saved,
+                cpus=os.cpu_count(),
+            )
 
 
 def run(
@@ -289,9 +300,9 @@ def run(
     log = logs.get_logger()
     stop = stop if stop is not None else StopRequest(supervised)
     header = _resume_header(args)
-    _set_threads(args, header)
-    torch.manual_seed(args.seed)
     device = pick_device(args.device)
+    _set_threads(args, header, device)
+    torch.manual_seed(args.seed)
 
     t0 = time.perf_counter()
     data: Dataset = load_dataset(args.dataset, args.data_dir)
@@ -385,6 +396,8 @@ def run(
     def maybe_stop(state: Progress) -> None:
         if stop.requested():
             saver.stop(state, stop.source)
+        while stop.ignored:
+            log.warning("ignored an unknown request from the worker", request=stop.ignored.pop())
 
     metrics: dict[str, float] = dict(progress.metrics)
     best = progress.best
@@ -408,8 +421,6 @@ def run(
         emit(f"EPOCH {epoch}/{args.epochs} {format_pairs(metrics)}")
         progress = Progress(epochs_done=epoch, best=best, metrics=metrics)
         saver.at_epoch_end(progress)
-    for line in stop.ignored:
-        log.warning("ignored an unknown request from the worker", request=line)
 
     total_s = saver.train_s()
     document = network_document(

@@ -18,9 +18,9 @@ import pytest
 import torch
 
 from trainer import checkpoint, supervision
-from trainer.checkpoint import BadCheckpoint, StopRequest
+from trainer.checkpoint import BadCheckpoint, CheckpointedStop, StopRequest
 from trainer.cli import build_parser, main, validate
-from trainer.loop import hyperparameters
+from trainer.loop import hyperparameters, run
 from trainer.options import hyperparameters_hash
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,3 +255,52 @@ def test_headers_are_read_without_torch(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert json.loads(path.read_bytes().split(b"\n")[1])["epoch"] == 4
+
+
+def tiny_run(tmp_path: Path, *extra: str) -> Any:
+    parser = build_parser()
+    out = str(tmp_path / "out")
+    args = parser.parse_args(
+        ["--gates", "20", "--network-layers", "1", "--epochs", "2", "--output-dir", out, *extra]
+    )
+    validate(parser, args)
+    return args
+
+
+def test_a_stop_request_without_a_checkpoint_dir_stops_without_a_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stop = StopRequest()
+    stop.set("test")
+    with pytest.raises(CheckpointedStop) as info:
+        run(tiny_run(tmp_path), stop=stop)
+    assert info.value.path is None
+    out, err = capsys.readouterr()
+    assert "checkpoint-and-stop (test) without --checkpoint-dir" in err
+    assert "CHECKPOINT" not in out and "EPOCH" not in out
+
+
+def test_a_stop_request_before_the_first_step_checkpoints_epoch_0(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stop = StopRequest()
+    stop.set("test")
+    with pytest.raises(CheckpointedStop) as info:
+        run(tiny_run(tmp_path, "--checkpoint-dir", str(tmp_path / "ck")), stop=stop)
+    path = info.value.path
+    assert path is not None and path.parent == (tmp_path / "ck").absolute()
+    lines = [line for line in capsys.readouterr().out.splitlines() if "CHECKPOINT" in line]
+    assert lines == [f"CHECKPOINT epoch=0 step=0 path={path} bytes={path.stat().st_size}"]
+    head = checkpoint.inspect(path)
+    assert (head.epoch, head.step, head.fields["threads"]) == (0, 0, torch.get_num_threads())
+    assert head.hyperparameters["gates"] == 20
+
+
+def test_no_checkpoint_before_the_interval_has_passed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ck = tmp_path / "ck"
+    run(tiny_run(tmp_path, "--checkpoint-dir", str(ck), "--checkpoint-interval-s", "1e9"))
+    out = capsys.readouterr().out
+    assert "EPOCH 2/2" in out and "CHECKPOINT" not in out
+    assert not ck.exists() or not list(ck.iterdir())

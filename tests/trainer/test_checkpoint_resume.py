@@ -28,7 +28,7 @@ import pytest
 
 from trainer.checkpoint import EXIT_CHECKPOINTED
 
-pytestmark = pytest.mark.slow  # nine trainer processes, about 45 s on two cores
+pytestmark = pytest.mark.slow  # ten trainer processes, about 50 s on two cores
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = ("epoch_s", "step_ms", "total_s")
 EPOCHS = 4
@@ -142,6 +142,7 @@ class Trainer:
 class Runs:
     reference: Done  # uninterrupted, a checkpoint after every epoch
     epoch_end: Done  # resumed from the reference's epoch-3 checkpoint
+    finished: Done  # resumed from its last one: nothing left to train
     signalled: Done  # SIGUSR1 in epoch 2
     after_signal: Done
     by_stdin: Done  # the worker's checkpoint-and-stop line
@@ -189,15 +190,17 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
 
     second = [
         Trainer(tmp / "epoch-end", [*RUN, "--resume-from", str(epoch3)]),
+        Trainer(tmp / "finished", [*RUN, "--resume-from", str(reference.checkpoints()[-1][2])]),
         resume("after-signal", signalled, RUN),
         resume("after-stdin", by_stdin, RUN),
         # no --threads, and OMP_NUM_THREADS=1: torch's default here is one thread
         resume("after-threaded", threaded_stopped, THREADED, env={"OMP_NUM_THREADS": "1"}),
     ]
-    epoch_end, after_signal, after_stdin, after_threaded = (t.done() for t in second)
+    epoch_end, finished, after_signal, after_stdin, after_threaded = (t.done() for t in second)
     yield Runs(
         reference,
         epoch_end,
+        finished,
         signalled,
         after_signal,
         by_stdin,
@@ -225,6 +228,21 @@ def test_resuming_from_an_epoch_end_checkpoint_repeats_the_run(runs: Runs) -> No
     assert done.epochs() == runs.reference.epochs()[3:]
     assert done.network() == runs.reference.network()
     assert done.out.rstrip().splitlines()[-1].startswith("SUMMARY epochs=4 ")
+
+
+def test_resuming_a_finished_run_writes_its_network_again(runs: Runs) -> None:
+    """The process died after its last checkpoint and before its network.json: the rerun
+    trains nothing and writes the same network."""
+    done = runs.finished
+    assert done.rc == 0, done.err
+    assert f"RESUMED epoch={EPOCHS} step=0" in done.out.splitlines()
+    assert done.epochs() == []
+    assert done.network() == runs.reference.network()
+    summary = done.out.rstrip().splitlines()[-1]
+    expected = runs.reference.out.rstrip().splitlines()[-1]
+    assert re.sub(r"total_s=\S+ |network=\S+", "", summary) == re.sub(
+        r"total_s=\S+ |network=\S+", "", expected
+    )
 
 
 def test_sigusr1_checkpoints_mid_epoch_and_the_resumed_run_repeats_the_run(runs: Runs) -> None:
