@@ -302,11 +302,16 @@ class _HashingWriter:
         self.out = out
         self.sha = hashlib.sha256()
         self.count = 0
+        self.error: OSError | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
         self.sha.update(data)
         self.count += len(data)
-        return self.out.write(data)
+        try:
+            return self.out.write(data)
+        except OSError as exc:
+            self.error = exc  # torch.save turns it into a RuntimeError that names no cause
+            raise
 
     def flush(self) -> None:
         self.out.flush()
@@ -354,7 +359,9 @@ def write_checkpoint(
     """Write one checkpoint atomically into `directory` and keep the newest KEEP there.
 
     `header` must hold `epoch` and `step` (and should hold `hyperparameters` and their
-    `hyperparameters_hash`). Returns (absolute path, size in bytes). Raises OSError."""
+    `hyperparameters_hash`). Returns (absolute path, size in bytes). Raises OSError when
+    the disk refuses (full, say), and whatever torch.save raises for an unsaveable payload;
+    either way the folder is left as it was."""
     import torch
 
     directory = directory.absolute()
@@ -367,7 +374,12 @@ def write_checkpoint(
             out.write(f"{FORMAT} {VERSION}\n".encode())
             out.write(json.dumps(dict(header), separators=(",", ":")).encode() + b"\n")
             start = out.count
-            torch.save(dict(payload), out)  # type: ignore[arg-type]
+            try:
+                torch.save(dict(payload), out)  # type: ignore[arg-type]
+            except RuntimeError:
+                if out.error is not None:
+                    raise out.error from None
+                raise
             payload_bytes = out.count - start
             raw.write(_END + f"{payload_bytes:020d} {out.sha.hexdigest()}\n".encode())
             raw.flush()

@@ -143,7 +143,7 @@ class Checkpointer:
             return
         try:
             self.write(progress)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             # A run of days must not die of one failed write; the next interval tries again.
             logs.get_logger().error("checkpoint failed, training goes on", error=str(exc))
 
@@ -161,7 +161,7 @@ class Checkpointer:
             raise CheckpointedStop(self.written[1])  # its CHECKPOINT line is out already
         try:
             path = self.write(progress)
-        except OSError as exc:
+        except (OSError, RuntimeError) as exc:
             print(f"gatequeue: checkpoint-and-stop: writing failed: {exc}", file=sys.stderr)
             raise CheckpointedStop(None) from exc
         raise CheckpointedStop(path)
@@ -213,7 +213,6 @@ def train_epoch(
         correct += (scores.detach().argmax(-1) == yb).sum()
         seen += len(yb)
         if stop is not None and i + 1 < batches:
-            done = start.metrics if start is not None else {}
             stop(
                 Progress(
                     epochs_done=epoch - 1,
@@ -223,7 +222,7 @@ def train_epoch(
                     correct=correct,
                     seen=seen,
                     best=start.best if start is not None else 0.0,
-                    metrics=dict(done),
+                    metrics=start.metrics if start is not None else {},
                 )
             )
         now = time.perf_counter()

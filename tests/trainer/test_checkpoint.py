@@ -6,6 +6,7 @@ In process and fast; tests/trainer/test_checkpoint_resume.py runs the trainer it
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -166,6 +167,40 @@ def test_a_failed_write_leaves_the_folder_as_it_was(tmp_path: Path) -> None:
     leftover.write_bytes(b"half a file")
     assert checkpoint.remove_stale_temporaries(tmp_path) == [leftover]
     assert not leftover.exists()
+
+
+def test_a_full_disk_is_an_oserror_and_leaves_the_folder_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good = write(tmp_path, 1)
+    real_fdopen = os.fdopen
+
+    class Full:
+        """The temporary file, refusing writes after 4 KiB: past the header, in torch.save."""
+
+        def __init__(self, f: Any) -> None:
+            self.f, self.written = f, 0
+
+        def write(self, data: bytes) -> int:
+            if self.written + len(data) > 4096:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.written += len(data)
+            return int(self.f.write(data))
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.f, name)
+
+        def __enter__(self) -> Full:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.f.close()
+
+    monkeypatch.setattr(checkpoint.os, "fdopen", lambda *a, **k: Full(real_fdopen(*a, **k)))
+    with pytest.raises(OSError) as info:
+        checkpoint.write_checkpoint(tmp_path, header(2), payload(2))
+    assert info.value.errno == errno.ENOSPC
+    assert [p.name for p in tmp_path.iterdir()] == [good.name]
 
 
 def test_stop_requests_come_from_the_worker_line_and_from_sigusr1() -> None:
