@@ -153,7 +153,8 @@ class Progress:
     """How far a run got. `epochs_done` = K; mid-epoch (`order` set) the run stopped after
     `step` steps of epoch K + 1, whose data order and partial sums are kept. `best` and
     `metrics` (the last EPOCH line's) feed the SUMMARY and network.json; `train_s` is the
-    training time of earlier processes, so total_s counts every attempt."""
+    training time up to the checkpoint, earlier processes included, so that total_s counts
+    every attempt."""
 
     epochs_done: int = 0
     step: int = 0
