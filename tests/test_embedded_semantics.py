@@ -392,6 +392,32 @@ async def test_pipeline_updates_behave_as_on_mongod(client: AsyncMongoClient, db
     )
 
 
+async def test_array_literals_are_evaluated_element_by_element(
+    client: AsyncMongoClient, db_name: str
+) -> None:
+    """mongod evaluates the elements of an array literal as expressions; the bare library
+    stores them as they are (`"$_id"` as a string, `$$NOW` unevaluated). Operator argument
+    lists are syntax, not arrays."""
+    sweeps = client[db_name].sweeps
+    await sweeps.insert_one({"_id": 1, "running": [], "n": 2})
+    await sweeps.update_one(
+        {"_id": 1},
+        [{"$set": {
+            "running": {"$concatArrays": ["$running", [{"id": "$_id", "at": "$$NOW"}]]},
+            "pair": ["$n", {"$add": ["$n", 1]}, "plain"],
+            "kind": {"$cond": {"if": {"$eq": ["$n", 2]}, "then": ["$n"], "else": []}},
+            "constant": [1, "two", [3]],
+        }}],
+    )  # fmt: skip
+    doc = await sweeps.find_one({"_id": 1})
+    assert doc is not None
+    assert doc["running"][0]["id"] == 1
+    assert isinstance(doc["running"][0]["at"], datetime.datetime)
+    assert doc["pair"] == [2, 3, "plain"]
+    assert doc["kind"] == [2]
+    assert doc["constant"] == [1, "two", [3]]
+
+
 # ------------------------------------------------------------------ fail points
 
 

@@ -46,6 +46,9 @@ COMMON = {
                "Error"),
     503: Reply(503, "MongoDB is not reachable; retry later.", "Error"),
 }  # fmt: skip
+PARSER_REFUSAL = (
+    "A request line or header longer than 8190 bytes is refused by the HTTP parser in plain text."
+)
 SECURITY: list[dict[str, list[str]]] = [{"bearerAuth": []}, {"sessionCookie": []}, {}]
 
 
@@ -133,7 +136,15 @@ def _operation(route: Route) -> dict[str, Any]:
         if route.body_examples:
             content["examples"] = route.body_examples
         op["requestBody"] = {"required": True, "content": {JSON: content}}
-    op["responses"] = {str(s): _reply(replies[s]) for s in sorted(replies)}
+    responses = {str(s): _reply(replies[s]) for s in sorted(replies)}
+    # aiohttp's HTTP parser answers a request line or header past its limits itself, before
+    # any route or middleware, in plain text (service.api.app, MAX_LINE_BYTES).
+    bad = responses.setdefault(
+        "400", {"description": "", "headers": dict(REQUEST_ID_HEADER), "content": {}}
+    )
+    bad["description"] = (bad["description"] + " " + PARSER_REFUSAL).strip()
+    bad.setdefault("content", {})["text/plain"] = {"schema": {"type": "string"}}
+    op["responses"] = dict(sorted(responses.items()))
     return op
 
 

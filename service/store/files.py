@@ -80,3 +80,13 @@ class FileStore:
         for file_id in file_ids:
             with contextlib.suppress(PyMongoError):
                 await grid.delete(file_id)
+
+    async def delete_unlisted(self, bucket: str, job_id: ObjectId, keep: Iterable[ObjectId]) -> int:
+        """Delete a job's files other than `keep`: those an attempt uploaded and then died
+        before the job named them. Only once the job has finished, when no attempt is
+        uploading any more."""
+        files = self._db[f"{bucket}.files"]
+        cursor = files.find({"metadata.jobId": job_id, "_id": {"$nin": list(keep)}}, {"_id": 1})
+        orphans = [doc["_id"] async for doc in cursor]
+        await self.delete(bucket, orphans)
+        return len(orphans)

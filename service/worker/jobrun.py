@@ -29,6 +29,7 @@ from service.jobs.record import Checkpoint, JobRecord, ResumedFrom
 from service.jobs.status import Status
 from service.retry import retry
 from service.store import Store
+from service.store.files import CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
 from service.worker import artifacts, checkpoints
 from service.worker.epoch import EpochLine, parse_epoch_line
@@ -379,8 +380,22 @@ class JobRun:
         )
         if done is None and uploaded and await self._owned_by_another():
             await artifacts.delete_artifacts(self.store.files, uploaded)
+        if done is not None:
+            await self._delete_orphan_checkpoints(done)
         self.outcome = Outcome(status.value) if done is not None else Outcome.LOST
         self.log.info("job finished", status=self.outcome.value, exit_code=rc)
+
+    async def _delete_orphan_checkpoints(self, job: JobRecord) -> None:
+        """Checkpoint files no attempt will name any more: a killed worker's last upload."""
+        try:
+            orphans = await self.store.files.delete_unlisted(
+                CHECKPOINTS_BUCKET, job.id, [c.fileId for c in job.checkpoints]
+            )
+        except PyMongoError as exc:
+            self.log.warning("could not look for orphan checkpoints", error=str(exc))
+            return
+        if orphans:
+            self.log.info("orphan checkpoints deleted", files=orphans)
 
     async def _owned_by_another(self) -> bool:
         """Files of a run whose final write did not land are deleted only when the job is

@@ -68,6 +68,7 @@ class Worker:
         stop_grace_s: float = DEFAULT_STOP_GRACE_S,
         sweep_leases: bool = True,
         sweep_max_interval_s: float | None = None,
+        slot_grace_s: float | None = None,
         heartbeat_file: Path | None = None,
         heartbeat_interval_s: float = DEFAULT_INTERVAL_S,
         env: Mapping[str, str] | None = None,
@@ -87,7 +88,7 @@ class Worker:
         self.sweep_max_interval_s = sweep_max_interval_s or lease_s
         # A claim gives up re-reading after lease_s: a slot older than twice that whose
         # attempt holds no job is stale.
-        self.slot_grace_s = max(2 * lease_s, MIN_SLOT_GRACE_S)
+        self.slot_grace_s = slot_grace_s or max(2 * lease_s, MIN_SLOT_GRACE_S)
         self.heartbeat_file = heartbeat_file
         self.heartbeat_interval_s = heartbeat_interval_s
         self.on_claim = on_claim

@@ -1491,6 +1491,18 @@ public final class GateQueueMongoServer {
 
         /** An aggregation expression, with our variables put in as literals. */
         Object expression(Object expression) {
+            return expression(expression, false);
+        }
+
+        /**
+         * {@code structural}: the value of an operator (its argument list, or the document of
+         * its named arguments), where a list is syntax, not an array.
+         * Anywhere else a list is an array literal, whose elements mongod evaluates as
+         * expressions: {@code [{at: "$$NOW", id: "$_id"}]} holds a date and the id. The
+         * library returns array literals as they are, unevaluated, so one that holds an
+         * expression becomes an expression that evaluates each element (see arrayOf).
+         */
+        private Object expression(Object expression, boolean structural) {
             if (expression instanceof String) {
                 return variable((String) expression);
             }
@@ -1499,20 +1511,51 @@ public final class GateQueueMongoServer {
                 if (d.size() == 1 && d.containsKey("$literal")) {
                     return d;
                 }
+                boolean operator = d.size() == 1 && d.keySet().iterator().next().startsWith("$");
                 Document out = new Document();
                 for (Map.Entry<String, Object> e : d.entrySet()) {
-                    out.put(e.getKey(), expression(e.getValue()));
+                    // an operator's value is its arguments; of named arguments, only a few
+                    // are lists by syntax ($switch's branches, $zip's inputs and defaults)
+                    boolean syntax = operator || (structural && LIST_ARGUMENTS.contains(e.getKey()));
+                    out.put(e.getKey(), expression(e.getValue(), syntax));
                 }
                 return out;
             }
             if (expression instanceof List) {
                 List<Object> out = new ArrayList<>();
+                boolean evaluated = false;
                 for (Object o : (List<?>) expression) {
-                    out.add(expression(o));
+                    Object element = expression(o, false);
+                    evaluated |= needsEvaluation(element);
+                    out.add(element);
                 }
-                return out;
+                return structural || !evaluated ? out : arrayOf(out);
             }
             return expression;
+        }
+
+        private static final Set<String> LIST_ARGUMENTS = Set.of("branches", "inputs", "defaults");
+
+        private static boolean needsEvaluation(Object element) {
+            return element instanceof Document
+                || (element instanceof String && ((String) element).startsWith("$"));
+        }
+
+        /**
+         * An array literal as an expression the library evaluates element by element:
+         * {@code $objectToArray} of a document whose values are the elements (the library
+         * evaluates a document's values), mapped back to the values. One difference from
+         * mongod remains: an element that evaluates to a missing field is left out, where
+         * mongod puts null.
+         */
+        private static Document arrayOf(List<Object> elements) {
+            Document byIndex = new Document();
+            for (int i = 0; i < elements.size(); i++) {
+                byIndex.put(Integer.toString(i), elements.get(i));
+            }
+            return new Document("$map", new Document("input", new Document("$objectToArray", byIndex))
+                .append("as", "gatequeueElement")
+                .append("in", "$$gatequeueElement.v"));
         }
 
         private Object variable(String reference) {
