@@ -18,6 +18,7 @@ DEFAULT_API_PORT = 8080
 # Per token, across the API processes' own counts (docs/security.md, "Rate limits").
 DEFAULT_SUBMIT_RATE_PER_MIN = 600
 DEFAULT_MAX_PENDING = 10_000
+DEFAULT_MAX_SWEEP = 1000  # jobs in one POST /sweeps (docs/sweeps.md)
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     submit_rate_per_min: int = DEFAULT_SUBMIT_RATE_PER_MIN
     max_pending: int = DEFAULT_MAX_PENDING
+    max_sweep: int = DEFAULT_MAX_SWEEP
 
     @property
     def auth_configured(self) -> bool:
@@ -81,6 +83,9 @@ class Settings:
             ),
             max_pending=_parse_count(
                 "GATEQUEUE_MAX_PENDING", env.get("GATEQUEUE_MAX_PENDING"), DEFAULT_MAX_PENDING
+            ),
+            max_sweep=_parse_count(
+                "GATEQUEUE_MAX_SWEEP", env.get("GATEQUEUE_MAX_SWEEP"), DEFAULT_MAX_SWEEP
             ),
         )  # fmt: skip
 

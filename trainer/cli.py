@@ -1,9 +1,11 @@
 """`python -m trainer`: the command line, its validation, and the run it starts.
 
 The training flags are generated from trainer.options (`gateOptimizer` -> `--gate-optimizer`),
-with its defaults and its checks; the rest are options of this run only. Invalid arguments
-exit 2 with a message on stderr before any work; a run that fails later (missing data)
-exits 1.
+with its defaults and its checks; the rest are options of this run only (they never change
+`hyperparameters_hash`, so a checkpoint resumes under other values of them). Invalid
+arguments exit 2 with a message on stderr before any work; a run that fails later (missing
+data) exits 1; an unusable `--resume-from` exits 65 (EXIT_BAD_CHECKPOINT) and a run stopped
+by checkpoint-and-stop 76 (EXIT_CHECKPOINTED, trainer.checkpoint).
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ import torch
 from pydantic import ValidationError
 
 from trainer import supervision
+from trainer.checkpoint import (
+    EXIT_BAD_CHECKPOINT,
+    EXIT_CHECKPOINTED,
+    BadCheckpoint,
+    CheckpointedStop,
+    StopRequest,
+)
 from trainer.data import DataError
 from trainer.layer import BACKENDS
 from trainer.options import TRAINING_OPTIONS, Option, TrainingOptions, flag_of
@@ -51,6 +60,13 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
     positive.__name__ = kind.__name__
     return positive
+
+
+def _seconds(text: str) -> float:
+    value = _cli_number(float)(text)
+    if not value >= 0 or value == float("inf"):  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
+    return float(value)
 
 
 def add_option_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser, o: Option) -> None:
@@ -108,6 +124,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between progress lines within an epoch",
     )
+    durable = p.add_argument_group('checkpoints (docs/trainer.md, "Checkpoints and resume")')
+    durable.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where checkpoints are written (the newest two are kept); none without it",
+    )
+    durable.add_argument(
+        "--checkpoint-interval-s",
+        type=_seconds,
+        default=300.0,
+        metavar="S",
+        help="at an epoch's end, checkpoint if S seconds passed since the last one "
+        "(or the start); 0: every epoch",
+    )
+    durable.add_argument(
+        "--resume-from",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="continue the run saved in this checkpoint (same training options); "
+        "exits 65 if it is unusable",
+    )
     return p
 
 
@@ -143,19 +183,31 @@ def main(argv: list[str] | None = None) -> int:
     # First of all: under a worker, a trainer that outlives its lease stops itself, even
     # while torch is still loading.
     supervised = supervision.start()
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    validate(parser, args)
-    from trainer.loop import ConfigError, run  # torch-heavy imports after argument checks
-
+    # checkpoint-and-stop by SIGUSR1 as well as on stdin; handled from here on, so that a
+    # signal during the slow imports below does not kill the run (SIGUSR1's default).
+    stop = StopRequest(supervised)
+    restore_signal = stop.install_signal()
     try:
-        run(args, supervised)
-    except ConfigError as exc:
-        parser.error(str(exc))
-    except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr, flush=True)
-        return 130
-    return 0
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        validate(parser, args)
+        from trainer.loop import ConfigError, run  # torch-heavy imports after argument checks
+
+        try:
+            run(args, supervised, stop)
+        except ConfigError as exc:
+            parser.error(str(exc))
+        except DataError as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return 1
+        except BadCheckpoint as exc:
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            return EXIT_BAD_CHECKPOINT
+        except CheckpointedStop:
+            return EXIT_CHECKPOINTED
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr, flush=True)
+            return 130
+        return 0
+    finally:
+        restore_signal()

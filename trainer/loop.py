@@ -1,8 +1,11 @@
-"""One training run: data, model, epochs with their EPOCH lines, the saved network.
+"""One training run: data, model, epochs with their EPOCH lines, the saved network, and
+its checkpoints.
 
 stdout carries the contract of docs/design.md ("Trainer output"): exactly one line per epoch
 starting `EPOCH i/N` followed by key=value pairs, then a `SUMMARY` line; everything else
-is a structlog record. Each line is flushed as it is written, so the job log is live.
+is a structlog record, except `CHECKPOINT ...` after each checkpoint written and `RESUMED
+...` when a run continues from one (docs/trainer.md, "Checkpoints and resume"). Each line
+is flushed as it is written, so the job log is live.
 """
 
 from __future__ import annotations
@@ -10,20 +13,25 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import torch
 
-from trainer import logs, supervision
+from trainer import checkpoint, logs, supervision
+from trainer.checkpoint import CheckpointedStop, Progress, StopRequest
 from trainer.data import Dataset, load_dataset
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
+from trainer.memory import EVAL_BATCH
 from trainer.model import LogicNet, build_model, relaxed_evaluation
 from trainer.options import TRAINING_OPTIONS
 
-EVAL_BATCH = 2048
+__all__ = ["EVAL_BATCH", "ConfigError", "run"]
 
 
 class ConfigError(ValueError):
@@ -70,6 +78,99 @@ def hyperparameters(args: argparse.Namespace) -> dict[str, Any]:
     return {o.name: getattr(args, o.dest) for o in TRAINING_OPTIONS}
 
 
+class Checkpointer:
+    """Writes the run's checkpoints: every `--checkpoint-interval-s` at epoch ends, and once
+    on a stop request (then raises CheckpointedStop). Without `--checkpoint-dir` it writes
+    nothing, and a stop request stops the run all the same."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        model: LogicNet,
+        opt: torch.optim.Optimizer,
+        generator: torch.Generator,
+        device: torch.device,
+        backend: str,
+        steps_per_epoch: int,
+        earlier_s: float,
+    ) -> None:
+        self.directory: Path | None = args.checkpoint_dir
+        self.interval_s: float = args.checkpoint_interval_s
+        self.args, self.model, self.opt, self.generator = args, model, opt, generator
+        self.device, self.backend, self.steps_per_epoch = device, backend, steps_per_epoch
+        self.earlier_s = earlier_s
+        self.started = time.perf_counter()
+        self.last = time.monotonic()
+        self.written: tuple[tuple[int, int, bool], Path] | None = None
+        if self.directory is not None:
+            self.directory = self.directory.absolute()
+            for stale in checkpoint.remove_stale_temporaries(self.directory):
+                logs.get_logger().info("removed an unfinished checkpoint", path=str(stale))
+
+    def train_s(self) -> float:
+        """Training time of this run so far, earlier processes included."""
+        return self.earlier_s + time.perf_counter() - self.started
+
+    def write(self, progress: Progress) -> Path:
+        assert self.directory is not None
+        t0 = time.perf_counter()
+        header = checkpoint.header_fields(
+            epoch=progress.epochs_done,
+            step=progress.step,
+            hyperparameters=hyperparameters(self.args),
+            device=str(self.device),
+            backend=self.backend,
+            threads=torch.get_num_threads(),
+            steps_per_epoch=self.steps_per_epoch,
+        )
+        progress.train_s = self.train_s()
+        payload = checkpoint.capture(self.model, self.opt, self.generator, progress, self.device)
+        path, size = checkpoint.write_checkpoint(self.directory, header, payload)
+        emit(
+            f"CHECKPOINT epoch={progress.epochs_done} step={progress.step} path={path} bytes={size}"
+        )
+        logs.get_logger().info(
+            "checkpoint written", seconds=round(time.perf_counter() - t0, 3), bytes=size
+        )
+        self.last = time.monotonic()
+        self.written = (_state_key(progress), path)
+        return path
+
+    def at_epoch_end(self, progress: Progress) -> None:
+        if self.directory is None:
+            return
+        if self.interval_s > 0 and time.monotonic() - self.last < self.interval_s:
+            return
+        try:
+            self.write(progress)
+        except (OSError, RuntimeError) as exc:
+            # A run of days must not die of one failed write; the next interval tries again.
+            logs.get_logger().error("checkpoint failed, training goes on", error=str(exc))
+
+    def stop(self, progress: Progress, source: str | None) -> NoReturn:
+        """Checkpoint (unless this process just wrote this very state) and stop."""
+        if self.directory is None:
+            print(
+                f"gatequeue: checkpoint-and-stop ({source}) without --checkpoint-dir: "
+                "stopping without a checkpoint",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise CheckpointedStop(None)
+        if self.written is not None and self.written[0] == _state_key(progress):
+            raise CheckpointedStop(self.written[1])  # its CHECKPOINT line is out already
+        try:
+            path = self.write(progress)
+        except (OSError, RuntimeError) as exc:
+            print(f"gatequeue: checkpoint-and-stop: writing failed: {exc}", file=sys.stderr)
+            raise CheckpointedStop(None) from exc
+        raise CheckpointedStop(path)
+
+
+def _state_key(progress: Progress) -> tuple[int, int, bool]:
+    return progress.epochs_done, progress.step, progress.mid_epoch
+
+
 def train_epoch(
     model: LogicNet,
     opt: torch.optim.Optimizer,
@@ -77,18 +178,30 @@ def train_epoch(
     args: argparse.Namespace,
     epoch: int,
     generator: torch.Generator,
+    start: Progress | None = None,
+    stop: Callable[[Progress], None] | None = None,
 ) -> EpochStats:
+    """One pass over the training data in the order `generator` draws, or, when `start` is
+    mid-epoch, the rest of the pass it describes. Between steps `stop(progress)` may end the
+    run (it raises); it is not asked after the last step, the epoch then ends normally."""
     log = logs.get_logger()
     x, y = data
     model.train()
-    # Sums stay on the device: reading them every step would stall a CUDA queue.
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.int64)
-    seen = 0
-    order = torch.randperm(len(x), generator=generator).to(x.device)
     batches = math.ceil(len(x) / args.batch_size)
-    last_report = start = time.perf_counter()
-    for i in range(batches):
+    first = 0
+    if start is not None and start.mid_epoch:
+        assert start.order is not None and start.loss_sum is not None
+        assert start.correct is not None
+        order, first, seen = start.order.to(x.device), start.step, start.seen
+        loss_sum, correct = start.loss_sum.to(x.device), start.correct.to(x.device)
+    else:
+        # Sums stay on the device: reading them every step would stall a CUDA queue.
+        loss_sum = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.int64)
+        seen = 0
+        order = torch.randperm(len(x), generator=generator).to(x.device)
+    last_report = begin = time.perf_counter()
+    for i in range(first, batches):
         idx = order[i * args.batch_size : (i + 1) * args.batch_size]
         xb, yb = x[idx].float(), y[idx]
         scores = model(xb)
@@ -99,6 +212,19 @@ def train_epoch(
         loss_sum += loss.detach() * len(yb)
         correct += (scores.detach().argmax(-1) == yb).sum()
         seen += len(yb)
+        if stop is not None and i + 1 < batches:
+            stop(
+                Progress(
+                    epochs_done=epoch - 1,
+                    step=i + 1,
+                    order=order,
+                    loss_sum=loss_sum,
+                    correct=correct,
+                    seen=seen,
+                    best=start.best if start is not None else 0.0,
+                    metrics=start.metrics if start is not None else {},
+                )
+            )
         now = time.perf_counter()
         if now - last_report >= args.progress_s and i + 1 < batches:
             last_report = now
@@ -107,25 +233,75 @@ def train_epoch(
                 epoch=f"{epoch}/{args.epochs}",
                 batch=f"{i + 1}/{batches}",
                 loss=round(float(loss_sum) / seen, 4),
-                samples_per_s=round(seen / (now - start), 1),
+                samples_per_s=round((seen - (start.seen if start else 0)) / (now - begin), 1),
             )
-    stats = EpochStats(float(loss_sum), int(correct), seen, batches)
-    stats.seconds = time.perf_counter() - start  # after the reads above: the queue is done
+    stats = EpochStats(float(loss_sum), int(correct), seen, batches - first)
+    stats.seconds = time.perf_counter() - begin  # after the reads above: the queue is done
     return stats
 
 
-def run(
-    args: argparse.Namespace, supervised: supervision.Supervision | None = None
-) -> dict[str, float]:
-    """Train as `args` say; returns the last epoch's metrics. Raises DataError, ConfigError.
+def _resume_header(args: argparse.Namespace) -> checkpoint.Header | None:
+    """Validate `--resume-from` before any work (raises BadCheckpoint)."""
+    if args.resume_from is None:
+        return None
+    header = checkpoint.inspect(args.resume_from)
+    checkpoint.check_hyperparameters(header, hyperparameters(args))
+    return header
 
-    `supervised`: the worker's channel (trainer.supervision), when a worker runs us."""
-    logs.configure()
+
+def _set_threads(
+    args: argparse.Namespace, header: checkpoint.Header | None, device: torch.device
+) -> None:
+    """The thread count: --threads, else the resumed checkpoint's, else torch's default
+    (one thread for small networks, decided once the model is built).
+
+    Float sums split across threads add up in another order than on one: the C++ kernel's
+    per-thread partial sums (and torch's parallel reductions) give bit-different results
+    for another thread count. A run resumed on the CPU from a CPU checkpoint therefore
+    computes with the threads that checkpoint was written with, whatever this machine's
+    default is, so that it repeats the uninterrupted run exactly. On CUDA the GPU does the
+    sums and the CPU threads do not matter."""
     log = logs.get_logger()
+    saved = header.fields.get("threads") if header is not None else None
+    same_kind = header is not None and device.type == "cpu" == header.fields.get("device")
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+        if same_kind and isinstance(saved, int) and saved != args.threads:
+            log.warning(
+                "resuming with other threads than the checkpoint's: results will not repeat "
+                "the uninterrupted run bit for bit",
+                threads=args.threads,
+                checkpoint_threads=saved,
+            )
+    elif same_kind and isinstance(saved, int) and saved > 0:
+        torch.set_num_threads(saved)
+        if saved > (os.cpu_count() or 1):
+            log.warning(
+                "resuming with the checkpoint's threads, more than this machine's CPUs "
+                "(--threads N trades exact repetition for speed)",
+                threads=saved,
+                cpus=os.cpu_count(),
+            )
+
+
+def run(
+    args: argparse.Namespace,
+    supervised: supervision.Supervision | None = None,
+    stop: StopRequest | None = None,
+) -> dict[str, float]:
+    """Train as `args` say; returns the last epoch's metrics. Raises DataError, ConfigError,
+    BadCheckpoint (before any work: `--resume-from` names an unusable file) and
+    CheckpointedStop (after a checkpoint-and-stop request).
+
+    `supervised`: the worker's channel (trainer.supervision), when a worker runs us; `stop`:
+    where checkpoint-and-stop requests arrive (default: from `supervised` only)."""
+    logs.configure()
+    log = logs.get_logger()
+    stop = stop if stop is not None else StopRequest(supervised)
+    header = _resume_header(args)
     device = pick_device(args.device)
+    _set_threads(args, header, device)
+    torch.manual_seed(args.seed)
 
     t0 = time.perf_counter()
     data: Dataset = load_dataset(args.dataset, args.data_dir)
@@ -156,6 +332,7 @@ def run(
         raise ConfigError(str(exc)) from exc
     if (
         args.threads is None
+        and header is None
         and device.type == "cpu"
         and max(model.widths) * args.batch_size < PARALLEL_MIN_WORK
     ):
@@ -188,13 +365,45 @@ def run(
     y_te = torch.from_numpy(data.y_test).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     generator = torch.Generator().manual_seed(args.seed)
+    steps_per_epoch = math.ceil(len(x_tr) / args.batch_size)
 
-    run_start = time.perf_counter()
-    metrics: dict[str, float] = {}
-    best = 0.0
-    for epoch in range(1, args.epochs + 1):
+    progress = Progress()
+    if header is not None:
+        payload = checkpoint.load_payload(header)
+        progress = checkpoint.restore(header.path, payload, model, opt, generator, device)
+        del payload
+        if progress.order is not None and (
+            len(progress.order) != len(x_tr) or progress.step >= steps_per_epoch
+        ):
+            raise checkpoint.BadCheckpoint(
+                header.path,
+                f"written for another data set ({len(progress.order)} training samples, "
+                f"step {progress.step}; here {len(x_tr)} samples, {steps_per_epoch} steps)",
+            )
+        if header.fields.get("device") != str(device):
+            log.warning(
+                "resuming on another device: the random noise differs from the original run",
+                checkpoint_device=header.fields.get("device"),
+                device=str(device),
+            )
+        emit(f"RESUMED epoch={progress.epochs_done} step={progress.step}")
+
+    saver = Checkpointer(
+        args, model, opt, generator, device, backend, steps_per_epoch, progress.train_s
+    )
+
+    def maybe_stop(state: Progress) -> None:
+        if stop.requested():
+            saver.stop(state, stop.source)
+        while stop.ignored:
+            log.warning("ignored an unknown request from the worker", request=stop.ignored.pop())
+
+    metrics: dict[str, float] = dict(progress.metrics)
+    best = progress.best
+    for epoch in range(progress.epochs_done + 1, args.epochs + 1):
+        maybe_stop(progress)
         e0 = time.perf_counter()
-        stats = train_epoch(model, opt, (x_tr, y_tr), args, epoch, generator)
+        stats = train_epoch(model, opt, (x_tr, y_tr), args, epoch, generator, progress, maybe_stop)
         with relaxed_evaluation(model):
             test_acc = accuracy(model, x_te, y_te)
         model.eval()
@@ -209,8 +418,10 @@ def run(
         }
         best = max(best, test_acc_discrete)
         emit(f"EPOCH {epoch}/{args.epochs} {format_pairs(metrics)}")
+        progress = Progress(epochs_done=epoch, best=best, metrics=metrics)
+        saver.at_epoch_end(progress)
 
-    total_s = time.perf_counter() - run_start
+    total_s = saver.train_s()
     document = network_document(
         model,
         dataset={"name": data.name, "encoding": data.encoding},

@@ -1,5 +1,5 @@
-"""The worker's channel to the trainer it runs: lease deadlines (and, later, requests) on the
-trainer's stdin (docs/design.md, "Trainer output" and "Fencing").
+"""The worker's channel to the trainer it runs: lease deadlines and requests on the trainer's
+stdin (docs/design.md, "Trainer output" and "Fencing").
 
 A worker that is frozen (SIGSTOP, a stalled VM) or cut off from MongoDB cannot renew its
 lease, and another worker may then claim the job. Its trainer must not go on training the
@@ -7,6 +7,10 @@ same job twice at once, so the worker tells its trainer, on every renewal, until
 lease surely holds: `lease <deadline>` on stdin, the deadline on this machine's monotonic
 clock (one clock for every process of a Linux host, immune to wall-clock changes). A trainer
 that has heard of no later deadline when one passes stops at once with EXIT_FENCED.
+
+Any other line is a request, kept for the trainer to take (`Supervision.take_requests`).
+The one defined is CHECKPOINT_AND_STOP: the worker is shutting down, so the trainer finishes
+its step, writes a checkpoint and exits with trainer.checkpoint.EXIT_CHECKPOINTED.
 
 Any trainer can follow the protocol; `python -m trainer` and the test stand-ins call
 `start()`, which does nothing unless the worker set GATEQUEUE_SUPERVISED=stdin. No torch here.
@@ -24,6 +28,7 @@ SUPERVISED_ENV = "GATEQUEUE_SUPERVISED"
 DEADLINE_ENV = "GATEQUEUE_LEASE_DEADLINE"
 EXIT_FENCED = 75  # EX_TEMPFAIL: the job is not failed, it may be running elsewhere
 CHECK_EVERY_S = 0.1
+CHECKPOINT_AND_STOP = "checkpoint-and-stop"
 
 
 def trainer_env(deadline: float) -> dict[str, str]:
@@ -33,6 +38,11 @@ def trainer_env(deadline: float) -> dict[str, str]:
 
 def lease_line(deadline: float) -> str:
     return f"lease {deadline!r}"
+
+
+def checkpoint_and_stop_line() -> str:
+    """What the worker sends to have its trainer checkpoint and exit (trainer.checkpoint)."""
+    return CHECKPOINT_AND_STOP
 
 
 @dataclass

@@ -18,7 +18,15 @@ from types import ModuleType
 import structlog
 from aiohttp import web
 
-from service.api import auth, routes_health, routes_jobs, routes_session, routes_web, ws
+from service.api import (
+    auth,
+    routes_health,
+    routes_jobs,
+    routes_session,
+    routes_sweeps,
+    routes_web,
+    ws,
+)
 from service.api.errors import MAX_BODY_BYTES, error_middleware
 from service.api.keys import METRICS, OPENAPI_BODY, READY_TIMEOUT_S, SETTINGS, STORE
 from service.api.limits import READY_TIMEOUT_S as DEFAULT_READY_TIMEOUT_S
@@ -34,7 +42,9 @@ from service.store import Store
 log = structlog.get_logger(__name__)
 
 # Order matters only for overlapping paths; later modules (WebSockets, the web page) append.
-ROUTE_MODULES: list[ModuleType] = [routes_health, routes_jobs, routes_session, ws, routes_web]
+ROUTE_MODULES: list[ModuleType] = [
+    routes_health, routes_jobs, routes_sweeps, routes_session, ws, routes_web,
+]  # fmt: skip
 
 # Seconds in-flight requests get to finish after a stop is asked for.
 SHUTDOWN_TIMEOUT_S = 10.0

@@ -55,6 +55,7 @@ class ApiError(Exception):
         *,
         fields: list[dict[str, str]] | None = None,
         headers: Mapping[str, str] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -62,6 +63,7 @@ class ApiError(Exception):
         self.message = message
         self.fields = fields
         self.headers = dict(headers or {})
+        self.extra = dict(extra or {})  # more members of `error` (e.g. `combination`)
 
 
 def dumps(data: Any) -> bytes:
@@ -79,11 +81,16 @@ def json_response(
     )
 
 
-def error_body(code: str, message: str, fields: list[dict[str, str]] | None = None) -> dict:
+def error_body(
+    code: str,
+    message: str,
+    fields: list[dict[str, str]] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict:
     err: dict[str, Any] = {"code": code, "message": message}
     if fields is not None:
         err["fields"] = fields
-    return {"error": err}
+    return {"error": {**err, **(extra or {})}}
 
 
 def error_response(
@@ -93,8 +100,9 @@ def error_response(
     *,
     fields: list[dict[str, str]] | None = None,
     headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> web.Response:
-    return json_response(error_body(code, message, fields), status=status, headers=headers)
+    return json_response(error_body(code, message, fields, extra), status=status, headers=headers)
 
 
 def validation_error(fields: list[dict[str, str]]) -> ApiError:
@@ -127,8 +135,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return error_response(
-            exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers
-        )
+            exc.status, exc.code, exc.message, fields=exc.fields, headers=exc.headers,
+            extra=exc.extra,
+        )  # fmt: skip
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

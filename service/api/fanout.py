@@ -126,6 +126,7 @@ class Subscription:
     max_items: int
     max_lines: int
     job_ids: frozenset[ObjectId] | None  # None: every job (the jobs stream)
+    sweep_id: ObjectId | None = None  # only this sweep's jobs
     _items: deque[Item] = field(default_factory=deque)
     _lines: int = 0
     _wakeup: asyncio.Event = field(default_factory=asyncio.Event)
@@ -280,9 +281,13 @@ class Fanout:
         sub._on_close = self._remove_log_sub
         return sub
 
-    def subscribe_jobs(self, job_ids: Iterable[ObjectId] | None = None) -> Subscription:
-        """Changes of the given jobs, or of every job when `job_ids` is None."""
+    def subscribe_jobs(
+        self, job_ids: Iterable[ObjectId] | None = None, *, sweep_id: ObjectId | None = None
+    ) -> Subscription:
+        """Changes of the given jobs (or of every job when `job_ids` is None), only those of
+        one sweep's jobs with `sweep_id`."""
         sub = self._new_subscription(None if job_ids is None else frozenset(job_ids))
+        sub.sweep_id = sweep_id
         self._job_subs.add(sub)
         sub._on_close = self._job_subs.discard
         return sub
@@ -330,7 +335,7 @@ class Fanout:
 
     def _on_job_change(self, change: Mapping[str, Any]) -> None:
         doc = change.get("fullDocument")
-        if not doc:  # deleted since the update; nothing to show
+        if not doc or doc.get("held"):  # deleted since; or a sweep's job not yet let go
             return
         if not self._job_subs and doc.get("_id") not in self._log_subs:
             return  # nobody watches: every submission is an event here, keep it cheap
@@ -338,7 +343,9 @@ class Fanout:
         for sub in list(self._log_subs.get(item.job_id, ())):
             self._offer(sub, item)
         for sub in list(self._job_subs):
-            if sub.job_ids is None or item.job_id in sub.job_ids:
+            if (sub.job_ids is None or item.job_id in sub.job_ids) and (
+                sub.sweep_id is None or sub.sweep_id == item.job.sweepId
+            ):
                 self._offer(sub, item)
 
     def _broadcast_resync(self, reason: str) -> None:

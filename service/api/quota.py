@@ -52,8 +52,9 @@ class SubmissionQuota:
         self._buckets: dict[str | None, _Bucket] = {}
         self._pending: dict[str | None, _Pending] = {}
 
-    async def admit(self, name: str | None) -> None:
-        """One submission by `name`, or a 429 saying when to try again."""
+    async def admit(self, name: str | None, jobs: int = 1) -> None:
+        """One submission by `name` of `jobs` jobs (a sweep is one submission of many), or a
+        429 saying when to try again."""
         now = self._clock()
         bucket = self._buckets.get(name)
         if bucket is None:
@@ -73,16 +74,17 @@ class SubmissionQuota:
         pending = self._pending.get(name)
         if pending is None or now - pending.at >= RECOUNT_EVERY_S:
             pending = self._pending[name] = _Pending(await self._jobs.pending_count(name), now)
-        if pending.count >= self.max_pending:
+        if pending.count + jobs > self.max_pending:
+            adding = f" and asks for {jobs} more" if jobs > 1 else ""
             raise ApiError(
                 429,
                 "too_many_pending",
-                f"{_who(name)} has {pending.count} jobs Pending, the most allowed at once is "
-                f"{self.max_pending}; try again when some have started",
+                f"{_who(name)} has {pending.count} jobs Pending{adding}, the most allowed at "
+                f"once is {self.max_pending}; try again when some have started",
                 headers={"Retry-After": "60"},
             )
         bucket.tokens -= 1
-        pending.count += 1
+        pending.count += jobs
 
 
 def _who(name: str | None) -> str:

@@ -49,6 +49,7 @@ StatusName = Literal[tuple(s.value for s in Status)]  # type: ignore[valid-type]
 
 class ListQuery(Query):
     status: StatusName | None = Field(None, description="Only jobs with this status.")  # type: ignore[valid-type]
+    sweep: str | None = Field(None, pattern=_ID_PATTERN, description="Only this sweep's jobs.")
     submittedBy: str | None = Field(
         None, max_length=64, description="Only jobs submitted with this token name."
     )
@@ -134,8 +135,7 @@ async def existing_job_id(request: web.Request) -> ObjectId:
 # -- handlers ----------------------------------------------------------------------------
 
 
-async def submit_job(request: web.Request) -> web.Response:
-    principal = principal_of(request)
+def idempotency_key(request: web.Request) -> str | None:
     key = request.headers.get(IDEMPOTENCY_HEADER)
     if key is not None and not _KEY_RE.fullmatch(key):
         raise ApiError(
@@ -144,6 +144,12 @@ async def submit_job(request: web.Request) -> web.Response:
             f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX} printable ASCII characters "
             "without spaces",
         )
+    return key
+
+
+async def submit_job(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    key = idempotency_key(request)
     body = await request.read()  # aiohttp raises 413 past client_max_size
     job_request = parse_body(JobRequest, body)
     await request.app[QUOTA].admit(principal.name)
@@ -173,6 +179,7 @@ async def list_jobs(request: web.Request, query: ListQuery) -> web.Response:
         limit=query.limit + 1,
         after=query.after,
         submitted_by=query.submittedBy,
+        sweep_id=None if query.sweep is None else ObjectId(query.sweep),
     )
     page = jobs[: query.limit]
     more = len(jobs) > query.limit
@@ -183,9 +190,12 @@ async def list_jobs(request: web.Request, query: ListQuery) -> web.Response:
 
 async def get_job(request: web.Request) -> web.Response:
     oid = job_id_of(request)
-    job = await request.app[STORE].jobs.get(oid)
+    store = request.app[STORE]
+    job = await store.jobs.get(oid)
     if job is None:
         raise not_found("job", oid)
+    if job.status is Status.PENDING:
+        job = await store.queue.explain(job)
     return json_response(job.to_json())
 
 
@@ -281,6 +291,11 @@ def setup(app: web.Application) -> None:
 
 # -- declarations ------------------------------------------------------------------------
 
+IDEMPOTENCY_PARAM = Param(
+    IDEMPOTENCY_HEADER, "header", "Any string the client picks per logical submission.",
+    {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX,
+     "pattern": "^[\\x21-\\x7e]+$"},
+)  # fmt: skip
 JOB_ID = Param(
     "id", "path", "Job id (24 hex digits). Anything else is answered 404.", required=True
 )
@@ -303,13 +318,7 @@ ROUTES: tuple[Route, ...] = (
         ),
         body=JobRequest,
         body_examples={"seed": {"summary": "The seed's body", "value": SEED_BODY}},
-        params=(
-            Param(
-                IDEMPOTENCY_HEADER, "header", "Any string the client picks per logical submission.",
-                {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX,
-                 "pattern": "^[\\x21-\\x7e]+$"},
-            ),
-        ),
+        params=(IDEMPOTENCY_PARAM,),
         replies=(
             _job(201, "Created; `Location` points at the job.", "Location"),
             _job(200, "Replay of an earlier request with the same Idempotency-Key.", "Location"),

@@ -39,11 +39,23 @@ class FieldError(BaseModel):
     type: str = Field(description="Machine-readable kind, e.g. missing, extra_forbidden.")
 
 
+class Combination(BaseModel):
+    index: int = Field(ge=0, description="Its index in the sweep's order (grid x runs, random).")
+    values: dict[str, Any] = Field(description="Its overrides of the sweep's base.")
+    fields: list[FieldError]
+
+
 class ErrorDetail(BaseModel):
     code: str = Field(description="Stable machine-readable code, e.g. validation_error.")
     message: str
     fields: list[FieldError] | None = Field(
         None, description="Present on 422: one entry per bad field."
+    )
+    combination: Combination | None = Field(
+        None, description="POST /sweeps: the first combination that is not a valid job."
+    )
+    combinations: list[Combination] | None = Field(
+        None, description="POST /sweeps: the bad combinations (the first ten)."
     )
 
 

@@ -322,6 +322,9 @@ class WatchQuery(Query):
         description=f"Job ids to watch, repeated or comma-separated (at most {MAX_JOB_FILTER}); "
         "their current documents are sent first.",
     )
+    sweep: str | None = Field(
+        None, pattern="^[0-9a-fA-F]{24}$", description="Only the jobs of this sweep."
+    )
 
 
 async def logs_ws(request: web.Request, query: TailQuery) -> web.StreamResponse:
@@ -394,8 +397,13 @@ async def jobs_ws(request: web.Request, query: WatchQuery) -> web.StreamResponse
         missing = [oid for oid in ids if oid not in found]
         if missing:
             raise not_found("job", missing[0])
+    sweep_id = None
+    if query.sweep is not None:
+        sweep_id = ObjectId(query.sweep)
+        if await store.sweeps.get(sweep_id) is None:
+            raise not_found("sweep", sweep_id)
     ws = _prepare(request)
-    sub = live.fanout.subscribe_jobs(ids)
+    sub = live.fanout.subscribe_jobs(ids, sweep_id=sweep_id)
     try:
         await ws.prepare(request)
     except BaseException:
@@ -444,9 +452,10 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "GET", "/ws/jobs", jobs_ws, "watchJobs",
-        "Job changes over WebSocket (all jobs, or those named by `id`)",
+        "Job changes over WebSocket (all jobs, those named by `id`, or a sweep's)",
         websocket=True, query=WatchQuery,
-        replies=(_UPGRADED, _NOT_WS, Reply(404, "An `id` names no job.", "Error"),
+        replies=(_UPGRADED, _NOT_WS,
+                 Reply(404, "An `id` names no job, or `sweep` no sweep.", "Error"),
                  ERR_422_QUERY),
     ),
 )  # fmt: skip

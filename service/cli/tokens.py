@@ -36,6 +36,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     rm = verbs.add_parser("rm", help="remove a token (its sessions end too)")
     rm.add_argument("name", metavar="NAME")
     rm.set_defaults(func=cmd_rm)
+
     def usage(args: argparse.Namespace, settings: Settings) -> int:
         token.print_help()
         return 2

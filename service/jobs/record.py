@@ -198,6 +198,7 @@ class JobRecord(Record):
         None, description="The estimated peak memory of a run (trainer.memory)."
     )
     sweepId: Id | None = Field(None, description="The sweep the job belongs to (docs/sweeps.md).")
+    sweepIndex: int | None = Field(None, ge=0, description="Its combination's index in the sweep.")
     sweepMaxParallel: int | None = Field(
         None, ge=1, description="Its sweep's cap on jobs Running at once (null: none)."
     )

@@ -15,7 +15,9 @@ from service.store.jobs import JobStore
 from service.store.logs import LogStore
 from service.store.metrics import MetricStore
 from service.store.offsets import OffsetStore
+from service.store.queue import QueueView
 from service.store.sessions import SessionStore
+from service.store.sweeps import SweepStore
 
 __all__ = ["Store"]
 
@@ -32,6 +34,8 @@ class Store:
         self.offsets = OffsetStore(self.db["stream_offsets"])
         self.files = FileStore(self.db)
         self.sessions = SessionStore(self.db["sessions"])
+        self.sweeps = SweepStore(self.db["sweeps"])
+        self.queue = QueueView(self.jobs, self.sweeps)
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process calls it at start so no deploy step is needed."""
@@ -39,6 +43,7 @@ class Store:
         await self.logs.ensure_indexes()
         await self.metrics.ensure_indexes()
         await self.sessions.ensure_indexes()
+        await self.sweeps.ensure_indexes()
 
     async def ping(self) -> None:
         await self.db.command("ping")

@@ -29,6 +29,7 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from service.jobs.options import RUN_NAMES
 from service.jobs.record import (
     Checkpoint,
     Job,
@@ -43,6 +44,12 @@ from service.store.inserter import JobInserter
 from service.store.outcome import outcome_unknown
 
 MAX_LIST_LIMIT = 500
+# The claim order of docs/design.md: highest priority first, then the oldest.
+CLAIM_ORDER: builtins.list[tuple[str, int]] = [("priority", DESCENDING), ("_id", ASCENDING)]
+# Jobs of a sweep still being inserted carry `held: true` (server-only, like
+# `idempotencyKey`): no worker may see them until the whole sweep is stored.
+NOT_HELD: dict[str, Any] = {"held": {"$exists": False}}
+SWEEP_BATCH = 500  # jobs per insert_many of a sweep
 
 
 def parse_job_id(job_id: str | ObjectId) -> ObjectId | None:
@@ -85,6 +92,8 @@ class ExpiredLease:
     job_id: ObjectId
     action: ExpiryAction
     error: str
+    attempt_id: str | None = None
+    sweep_id: ObjectId | None = None
 
 
 class IdempotencyKeyReused(Exception):
@@ -130,6 +139,13 @@ class JobStore:
         self.inserter = JobInserter(collection)
 
     async def ensure_indexes(self) -> None:
+        # Jobs stored before priorities existed sort as 0, not below -100.
+        await self.collection.update_many(
+            {"priority": {"$exists": False}}, {"$set": {"priority": 0}}
+        )
+        await self.collection.create_index([("status", ASCENDING), *CLAIM_ORDER])
+        await self.collection.create_index([("sweepId", ASCENDING), ("sweepIndex", ASCENDING)])
+        await self.collection.create_index("held", sparse=True)
         await self.collection.create_index([("status", ASCENDING), ("_id", ASCENDING)])
         await self.collection.create_index([("status", ASCENDING), ("leaseExpiresAt", ASCENDING)])
         await self.collection.create_index([("submittedBy", ASCENDING), ("status", ASCENDING)])
@@ -191,6 +207,7 @@ class JobStore:
         limit: int = 50,
         after: str | ObjectId | None = None,
         submitted_by: str | None = None,
+        sweep_id: ObjectId | None = None,
     ) -> builtins.list[JobRecord]:
         """Newest first; `after` is the id of the last job of the previous page.
 
@@ -201,6 +218,8 @@ class JobStore:
             query["status"] = Status(status).value
         if submitted_by is not None:
             query["submittedBy"] = submitted_by
+        if sweep_id is not None:
+            query["sweepId"] = sweep_id
         if after is not None:
             oid = parse_job_id(after)
             if oid is None:
@@ -218,14 +237,31 @@ class JobStore:
             counts[Status(row["_id"])] = row["n"]
         return counts
 
-    async def pending(self, limit: int = 100) -> builtins.list[JobRecord]:
-        """Oldest first: the order in which a worker catches up after a restart."""
-        cursor = (
-            self.collection.find({"status": Status.PENDING.value})
-            .sort("_id", ASCENDING)
-            .limit(limit)
-        )
+    async def pending(
+        self, limit: int = 100, *, skip_sweeps: Iterable[ObjectId] = ()
+    ) -> builtins.list[JobRecord]:
+        """Claimable jobs in claim order (priority, then age), leaving out the sweeps named
+        in `skip_sweeps` (a worker found their `maxParallel` reached)."""
+        query: dict[str, Any] = {"status": Status.PENDING.value, **NOT_HELD}
+        skip = builtins.list(skip_sweeps)
+        if skip:
+            query["sweepId"] = {"$nin": skip}
+        cursor = self.collection.find(query).sort(CLAIM_ORDER).limit(limit)
         return [Job.from_doc(doc) async for doc in cursor]
+
+    async def queue_position(self, job: JobRecord) -> int:
+        """How many claimable jobs come before `job` in claim order."""
+        priority = job.priority  # type: ignore[attr-defined]
+        return await self.collection.count_documents(
+            {
+                "status": Status.PENDING.value,
+                **NOT_HELD,
+                "$or": [
+                    {"priority": {"$gt": priority}},
+                    {"priority": priority, "_id": {"$lt": job.id}},
+                ],
+            }
+        )
 
     async def pending_count(self, submitted_by: str | None) -> int:
         """Pending jobs of one submitter (the quota of docs/security.md)."""
@@ -235,7 +271,115 @@ class JobStore:
 
     async def pending_one(self, job_id: ObjectId) -> JobRecord | None:
         """The job if it is Pending now (its current version, for a claim)."""
-        return _job(await self.collection.find_one({"_id": job_id, "status": Status.PENDING.value}))
+        return _job(
+            await self.collection.find_one(
+                {"_id": job_id, "status": Status.PENDING.value, **NOT_HELD}
+            )
+        )
+
+    # -- the jobs of a sweep -------------------------------------------------------------
+
+    async def insert_held(self, jobs: builtins.list[JobRecord]) -> None:
+        """Store a sweep's jobs where no worker sees them (`held`), in bounded batches."""
+        for start in range(0, len(jobs), SWEEP_BATCH):
+            docs = [{**j.to_doc(), "held": True} for j in jobs[start : start + SWEEP_BATCH]]
+            await self.collection.insert_many(docs, ordered=True)
+
+    async def release_held(self, sweep_id: ObjectId) -> int:
+        """Let workers see the sweep's jobs. Repeating it is harmless (`held` is gone)."""
+        result = await self.collection.update_many(
+            {"sweepId": sweep_id, "held": True}, {"$unset": {"held": ""}}
+        )
+        return result.modified_count
+
+    async def held_sweeps(self) -> builtins.list[ObjectId]:
+        """Sweeps with jobs still held (a creation that stopped half-way)."""
+        return [s for s in await self.collection.distinct("sweepId", {"held": True}) if s]
+
+    async def delete_sweep_jobs(self, sweep_id: ObjectId) -> int:
+        return (await self.collection.delete_many({"sweepId": sweep_id})).deleted_count
+
+    async def sweep_rows(self, sweep_id: ObjectId) -> builtins.list[dict[str, Any]]:
+        """The documents of a sweep's jobs, with what a sweep view shows of each."""
+        cursor = self.collection.find(
+            {"sweepId": sweep_id},
+            {"status": 1, "name": 1, "sweepIndex": 1, "hyperparameters": 1, "latestMetrics": 1,
+             "startedAt": 1, "finishedAt": 1, **{o: 1 for o in RUN_NAMES}},
+        ).sort("sweepIndex", ASCENDING)  # fmt: skip
+        return await cursor.to_list(length=None)
+
+    async def sweep_counts(
+        self, sweep_ids: builtins.list[ObjectId]
+    ) -> dict[ObjectId, tuple[dict[str, int], Any]]:
+        """Per sweep: jobs per status and the last finish time."""
+        out: dict[ObjectId, tuple[dict[str, int], Any]] = {}
+        cursor = await self.collection.aggregate(
+            [
+                {"$match": {"sweepId": {"$in": sweep_ids}}},
+                {"$group": {"_id": {"sweep": "$sweepId", "status": "$status"},
+                            "n": {"$sum": 1}, "last": {"$max": "$finishedAt"}}},
+            ]
+        )  # fmt: skip
+        async for row in cursor:
+            sweep = row["_id"]["sweep"]
+            counts, last = out.get(sweep, ({s.value: 0 for s in Status}, None))
+            counts[row["_id"]["status"]] = row["n"]
+            if row["last"] is not None and (last is None or row["last"] > last):
+                last = row["last"]
+            out[sweep] = (counts, last)
+        return out
+
+    async def sweep_best(
+        self, sweep_id: ObjectId, metric: str, *, lowest: bool
+    ) -> dict[str, Any] | None:
+        """The job of the sweep with the best value of `metric` so far."""
+        field = f"latestMetrics.{metric}"
+        projection = {"hyperparameters": 1, "latestMetrics": 1, "status": 1}
+        projection |= {o: 1 for o in RUN_NAMES}
+        cursor = (
+            self.collection.find({"sweepId": sweep_id, field: {"$type": "number"}}, projection)
+            .sort([(field, ASCENDING if lowest else DESCENDING), ("_id", ASCENDING)])
+            .limit(1)
+        )
+        rows = await cursor.to_list(length=1)
+        return rows[0] if rows else None
+
+    async def cancel_sweep(self, sweep_id: ObjectId) -> tuple[int, int]:
+        """Every Pending job of the sweep Cancelled, every Running one flagged for its
+        worker; (cancelled, flagged). Repeated until a round changes nothing, so a job
+        handed back to the queue while the first round ran is caught by the next."""
+        cancelled = flagged = 0
+        for _ in range(10):
+            done = await self.collection.update_many(
+                {"sweepId": sweep_id, "status": Status.PENDING.value},
+                {
+                    "$set": {"status": Status.CANCELLED.value, "cancelRequested": True,
+                             "error": "its sweep was cancelled"},
+                    "$currentDate": {"finishedAt": True, "updatedAt": True},
+                    "$inc": {"version": 1},
+                },
+            )  # fmt: skip
+            stop = await self.collection.update_many(
+                {"sweepId": sweep_id, "status": Status.RUNNING.value,
+                 "cancelRequested": {"$ne": True}},
+                {"$set": {"cancelRequested": True}, "$currentDate": {"updatedAt": True}},
+            )  # fmt: skip
+            cancelled += done.modified_count
+            flagged += stop.modified_count
+            if not done.modified_count and not stop.modified_count:
+                break
+        return cancelled, flagged
+
+    async def announce_next(self, sweep_id: ObjectId) -> None:
+        """Touch the sweep's next claimable job so that every worker's change stream brings
+        it: a slot of `maxParallel` was given back, and the worker that gave it back may
+        not be the one with a free slot for it."""
+        await self.collection.find_one_and_update(
+            {"sweepId": sweep_id, "status": Status.PENDING.value, **NOT_HELD},
+            {"$currentDate": {"announcedAt": True}},
+            sort=CLAIM_ORDER,
+            projection={"_id": 1},
+        )
 
     async def watch(
         self,
@@ -283,7 +427,13 @@ class JobStore:
         )
 
     async def claim(
-        self, job: JobRecord, worker: WorkerRef, lease_s: float, *, deadline: float | None = None
+        self,
+        job: JobRecord,
+        worker: WorkerRef,
+        lease_s: float,
+        *,
+        deadline: float | None = None,
+        attempt_id: str | None = None,
     ) -> JobRecord | None:
         """The claim of docs/design.md; `None` means another worker (or a cancel) won.
 
@@ -291,11 +441,11 @@ class JobStore:
         `deadline`, a `time.monotonic()` value) and it is ours exactly if it carries our new
         attempt id. Raises only if it cannot even be re-read by then.
         """
-        attempt_id = new_attempt_id()
+        attempt_id = attempt_id or new_attempt_id()
         deadline = deadline if deadline is not None else time.monotonic() + lease_s
         try:
             return await self._transition(
-                self._cas(job, Status.PENDING),
+                {**self._cas(job, Status.PENDING), **NOT_HELD},
                 _pipeline(
                     {
                         "status": Status.RUNNING.value,
@@ -466,7 +616,7 @@ class JobStore:
                 },
             )
             if done is not None:
-                out.append(ExpiredLease(job.id, action, error))
+                out.append(ExpiredLease(job.id, action, error, job.attemptId, job.sweepId))
         return out
 
     async def seconds_to_next_expiry(self) -> float | None:

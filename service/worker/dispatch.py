@@ -38,6 +38,8 @@ def pipeline(worker_id: str) -> list[dict[str, Any]]:
                     {
                         "operationType": {"$in": ["insert", "update", "replace"]},
                         "fullDocument.status": Status.PENDING.value,
+                        # a sweep's jobs are held until the whole sweep is stored
+                        "fullDocument.held": {"$exists": False},
                     },
                     {
                         "operationType": {"$in": ["update", "replace"]},

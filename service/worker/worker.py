@@ -14,7 +14,7 @@ import contextlib
 import os
 import socket
 import sys
-from collections import deque
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
-from service.jobs.record import Job, JobRecord, WorkerRef
+from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id
 from service.jobs.status import Status
 from service.mongo.changestream import StoredTokens
 from service.retry import DATABASE
@@ -46,6 +46,7 @@ DEFAULT_SHUTDOWN_GRACE_S = 90.0
 DEFAULT_STOP_GRACE_S = 10.0
 _SWEEP_SLACK_S = 0.05
 _CLAIMER_STOP_S = 15.0
+MIN_SLOT_GRACE_S = 10.0
 
 ClaimHook = Callable[[JobRecord], None]
 
@@ -84,6 +85,9 @@ class Worker:
         self.shutdown_grace_s = shutdown_grace_s
         self.sweep_leases = sweep_leases
         self.sweep_max_interval_s = sweep_max_interval_s or lease_s
+        # A claim gives up re-reading after lease_s: a slot older than twice that whose
+        # attempt holds no job is stale.
+        self.slot_grace_s = max(2 * lease_s, MIN_SLOT_GRACE_S)
         self.heartbeat_file = heartbeat_file
         self.heartbeat_interval_s = heartbeat_interval_s
         self.on_claim = on_claim
@@ -110,7 +114,8 @@ class Worker:
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
         self._busy: dict[str, ObjectId] = {}  # slot gpu -> job id
         self._run_tasks: set[asyncio.Task[None]] = set()
-        self._hints: deque[JobRecord] = deque()
+        self._hints: list[JobRecord] = []
+        self._full_sweeps: set[ObjectId] = set()  # maxParallel reached, this round
         self._early_cancels: set[ObjectId] = set()
         self._backlog = True  # ask the queue on the next wake-up
         self._wake = asyncio.Event()
@@ -265,6 +270,7 @@ class Worker:
                 self.ready.set()
 
     async def _fill_slots(self) -> None:
+        self._full_sweeps.clear()  # a slot of theirs may have been given back since
         while self._free_slots() and not self.stopping:
             if self._backlog or not self._hints:
                 if not self._backlog:
@@ -272,18 +278,24 @@ class Worker:
                 if not await self._claim_from_queue():
                     return
                 continue
-            await self._claim_hint(self._hints.popleft())
+            await self._claim_hint(self._next_hint())
         if not self._free_slots() and self._hints:
             self._hints.clear()  # they stay Pending in the queue: asked for when a slot frees
             self._backlog = True
 
+    def _next_hint(self) -> JobRecord:
+        """The hint a free slot takes first: highest priority, then the oldest."""
+        best = min(self._hints, key=lambda j: (-j.priority, j.id))  # type: ignore[attr-defined]
+        self._hints.remove(best)
+        return best
+
     async def _claim_from_queue(self) -> bool:
-        """One query of the oldest Pending jobs; True if it is worth asking again."""
+        """One query of Pending jobs in claim order; True if it is worth asking again."""
         self._backlog = False
         self._hints.clear()  # the query sees them too, in the right order
         want = len(self._free_slots())
         limit = want + 8
-        jobs = await self.store.jobs.pending(limit=limit)
+        jobs = await self.store.jobs.pending(limit=limit, skip_sweeps=self._full_sweeps)
         claimed = 0
         for job in jobs:
             if not self._free_slots() or self.stopping:
@@ -305,12 +317,31 @@ class Worker:
             await self._try_claim(fresh)
 
     async def _try_claim(self, job: JobRecord) -> bool:
-        if job.id in self.runs:
+        if job.id in self.runs or job.sweepId in self._full_sweeps:
             return False
         slot = self._free_slots()[0]
         info = WorkerRef(id=self.id, host=self.host, gpu=slot.gpu)
-        claimed = await self.store.jobs.claim(job, info, self.lease_s)
+        attempt_id = new_attempt_id()
+        capped = job.sweepId is not None and job.sweepMaxParallel is not None
+        deadline = time.monotonic() + self.lease_s
+        if capped:
+            assert job.sweepId is not None
+            if not await self.store.sweeps.reserve(
+                job.sweepId, attempt_id, job.id, deadline=deadline
+            ):
+                self._full_sweeps.add(job.sweepId)
+                return False
+        try:
+            claimed = await self.store.jobs.claim(
+                job, info, self.lease_s, attempt_id=attempt_id, deadline=deadline
+            )
+        except BaseException:
+            if capped:  # else the reconciliation gives it back after its grace
+                await asyncio.shield(self._give_back_slot(job.sweepId, attempt_id))
+            raise
         if claimed is None:
+            if capped:
+                await self._give_back_slot(job.sweepId, attempt_id)
             return False
         if self.on_claim is not None:
             self.on_claim(claimed)
@@ -325,11 +356,41 @@ class Worker:
             self._early_cancels.discard(job.id)
             run.request_cancel()
         self._busy[slot.gpu] = job.id
-        task = asyncio.create_task(run.run(), name=f"run-{job.id}")
+        task = asyncio.create_task(self._run(run, job), name=f"run-{job.id}")
         self._run_tasks.add(task)
         task.add_done_callback(lambda t: self._run_ended(slot, run, t))
         # Our new lease may expire before the sweeper's next planned look.
         self._sweep_wake.set()
+
+    async def _run(self, run: JobRun, job: JobRecord) -> None:
+        try:
+            await run.run()
+        finally:
+            if job.sweepId is not None and job.sweepMaxParallel is not None:
+                await asyncio.shield(self._settle_slot(job))
+
+    async def _settle_slot(self, job: JobRecord) -> None:
+        """After a run: give its sweep slot back, unless the job is still Running under this
+        attempt (its final write did not land: the slot goes back when its lease expires)."""
+        assert job.sweepId is not None and job.attemptId is not None
+        try:
+            if await self.store.jobs.owns(job.id, job.attemptId):
+                return
+        except PyMongoError as exc:
+            self.log.warning("could not settle a sweep slot; the sweeper will", error=str(exc))
+            return
+        await self._give_back_slot(job.sweepId, job.attemptId)
+
+    async def _give_back_slot(self, sweep_id: ObjectId | None, attempt_id: str | None) -> None:
+        """Free one slot of a sweep's maxParallel and tell every worker (its next job)."""
+        if sweep_id is None or attempt_id is None:
+            return
+        try:
+            if await self.store.sweeps.free(sweep_id, attempt_id):
+                await self.store.jobs.announce_next(sweep_id)
+        except PyMongoError as exc:  # the reconciliation gives it back after its grace
+            self.log.warning("could not give a sweep slot back", sweep_id=str(sweep_id),
+                             error=str(exc))  # fmt: skip
 
     def _run_ended(self, slot: Slot, run: JobRun, task: asyncio.Task[None]) -> None:
         self._run_tasks.discard(task)
@@ -353,8 +414,10 @@ class Worker:
                         "lease expired", job_id=str(expired.job_id), action=expired.action.value
                     )
                     await self._note_expiry(expired.job_id, expired.action, expired.error)
+                    await self._give_back_slot(expired.sweep_id, expired.attempt_id)
                     self._backlog = True
                     self._wake.set()
+                await self._reconcile_slots()
                 until = await self.store.jobs.seconds_to_next_expiry()
                 if until is not None:
                     delay = min(delay, max(0.0, until) + _SWEEP_SLACK_S)
@@ -366,6 +429,18 @@ class Worker:
                 await asyncio.wait_for(self._sweep_wake.wait(), timeout=delay)
             except TimeoutError:
                 pass
+
+    async def _reconcile_slots(self) -> None:
+        """Give back sweep slots taken by claims that never happened (a worker died between
+        taking the slot and claiming) or by attempts that ended without giving theirs back.
+        Only slots older than `slot_grace_s`: a younger one may belong to a claim in flight."""
+        for sweep_id, attempt_id, job_id in await self.store.sweeps.reservations_older_than(
+            self.slot_grace_s
+        ):
+            if not await self.store.jobs.owns(job_id, attempt_id):
+                self.log.warning("giving back a stale sweep slot", sweep_id=str(sweep_id),
+                                 job_id=str(job_id))  # fmt: skip
+                await self._give_back_slot(sweep_id, attempt_id)
 
     async def _note_expiry(self, job_id: ObjectId, action: ExpiryAction, error: str) -> None:
         """Say in the job's own log why its attempt ended, for whoever reads it later."""

@@ -1,10 +1,34 @@
-"""The data sets a run may name and their class counts.
+"""The data sets a run may name, their class counts and their sizes.
 
-Apart from the loaders so the API can validate `dataset` and `grouping` without numpy
-(its image has none); `trainer.data.datasets` registers a loader for each name here.
+Apart from the loaders so the API can validate `dataset` and `grouping`, and estimate a
+run's memory (trainer.memory), without numpy (its image has none); `trainer.data.datasets`
+registers a loader for each name here, and the tests check these sizes against what the
+loaders return.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 CLASSES: dict[str, int] = {"digits": 10, "breast_cancer": 2, "mnist": 10, "cifar10": 10}
 DATASETS: tuple[str, ...] = tuple(CLASSES)
+
+
+@dataclass(frozen=True)
+class DataShape:
+    """A binarized data set's size: `inputs` bits per sample (after thermometer encoding),
+    `train` and `test` samples, and `raw_features` values per sample before encoding (what
+    the loader holds in memory while it encodes)."""
+
+    inputs: int
+    train: int
+    test: int
+    raw_features: int
+
+
+SHAPES: dict[str, DataShape] = {
+    "digits": DataShape(inputs=256, train=1437, test=360, raw_features=64),
+    "breast_cancer": DataShape(inputs=240, train=455, test=114, raw_features=30),
+    "mnist": DataShape(inputs=784, train=60_000, test=10_000, raw_features=784),
+    "cifar10": DataShape(inputs=9216, train=50_000, test=10_000, raw_features=3072),
+}

@@ -1,0 +1,266 @@
+"""The `/sweeps` routes: submit a sweep (all its jobs at once), list, inspect, cancel.
+
+A sweep is validated whole before anything is stored (service.sweeps.spec) and stored all
+or nothing (service.sweeps.lifecycle); its status, counts and best run are read from its
+jobs on every request (service.sweeps.views). docs/sweeps.md is the user's guide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import structlog
+from aiohttp import web
+from bson import ObjectId
+from pydantic import Field
+
+from service.api.auth import principal_of
+from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
+from service.api.keys import SETTINGS, STORE
+from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from service.api.routes_jobs import (
+    _ID_PATTERN,
+    ERR_422_QUERY,
+    IDEMPOTENCY_PARAM,
+    QUOTA,
+    idempotency_key,
+    parse_body,
+)
+from service.api.routing import Param, Query, Reply, Route, not_found
+from service.cancellation import cancel_and_wait
+from service.retry import DATABASE
+from service.store.jobs import parse_job_id, request_hash
+from service.store.sweeps import SweepInProgress, SweepKeyReused
+from service.sweeps.lifecycle import cancel_sweep, create_sweep, tidy
+from service.sweeps.record import (
+    SweepCancelled,
+    SweepDetail,
+    SweepList,
+    SweepRecord,
+    SweepState,
+)
+from service.sweeps.spec import SweepEmpty, SweepInvalid, SweepRequest, SweepTooLarge, plan
+from service.sweeps.views import sweep_detail, sweep_summaries
+from service.tokens import Role
+
+log = structlog.get_logger(__name__)
+
+TIDY_EVERY_S = 60.0
+_EXAMPLE = {
+    "name": "gates x parametrization",
+    "base": {"gateOptimizer": "softmax", "gates": 1000, "networkLayers": 4, "grouping": 10,
+             "groupSumTau": 30, "residualLayers": 0, "epochs": 5},
+    "grid": {"gates": [1000, 4000], "gateOptimizer": ["softmax", "entmax"]},
+    "maxParallel": 2,
+    "metric": "test_acc_discrete",
+}  # fmt: skip
+
+
+class SweepListQuery(Query):
+    submittedBy: str | None = Field(None, max_length=64, description="Only this token's sweeps.")
+    limit: int = Field(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
+    after: str | None = Field(
+        None, pattern=_ID_PATTERN, description="The `next` of the previous page."
+    )
+
+
+def _invalid(exc: SweepInvalid) -> ApiError:
+    first = exc.bad[0]
+    return ApiError(
+        422,
+        "invalid_combination",
+        str(exc),
+        fields=first.fields,
+        extra={"combination": first.to_json(), "combinations": [b.to_json() for b in exc.bad]},
+    )
+
+
+async def submit_sweep(request: web.Request) -> web.Response:
+    principal = principal_of(request)
+    key = idempotency_key(request)
+    spec = parse_body(SweepRequest, await request.read())
+    settings = request.app[SETTINGS]
+    try:
+        sweep_plan = plan(spec, max_jobs=settings.max_sweep)
+    except SweepInvalid as exc:
+        raise _invalid(exc) from None
+    except (SweepTooLarge, SweepEmpty) as exc:
+        code = "sweep_too_large" if isinstance(exc, SweepTooLarge) else "sweep_empty"
+        raise ApiError(422, code, str(exc)) from None
+    store = request.app[STORE]
+    body_hash = None if key is None else request_hash(spec.model_dump(mode="json"))
+    try:
+        existing = None
+        if key is not None:  # a replay is not new work: no quota for it
+            existing = await store.sweeps.collection.find_one({"idempotencyKey": key}, {"_id": 1})
+        if existing is None:
+            await request.app[QUOTA].admit(principal.name, jobs=len(sweep_plan.runs))
+        sweep, created = await create_sweep(
+            store, sweep_plan, submitted_by=principal.name, idempotency_key=key,
+            body_hash=body_hash,
+        )  # fmt: skip
+    except SweepKeyReused as exc:
+        raise ApiError(
+            409,
+            "idempotency_key_reused",
+            f"Idempotency-Key {key!r} was used for sweep {exc.sweep.id} with a different body",
+        ) from None
+    except SweepInProgress as exc:
+        raise ApiError(
+            409,
+            "sweep_in_progress",
+            f"sweep {exc.sweep.id} of this Idempotency-Key is still being stored; retry",
+            headers={"Retry-After": "1"},
+        ) from None
+    return json_response(
+        await sweep_detail(store, sweep),
+        status=201 if created else 200,
+        headers={"Location": f"/sweeps/{sweep.id}"},
+    )
+
+
+def _sweep_id(request: web.Request) -> ObjectId:
+    raw = request.match_info["id"]
+    oid = parse_job_id(raw) if len(raw) == 24 else None
+    if oid is None:
+        raise not_found("sweep", raw)
+    return oid
+
+
+async def _existing(request: web.Request) -> SweepRecord:
+    oid = _sweep_id(request)
+    sweep = await request.app[STORE].sweeps.get(oid)
+    if sweep is None or sweep.state is not SweepState.READY:
+        raise not_found("sweep", oid)
+    return sweep
+
+
+async def list_sweeps(request: web.Request, query: SweepListQuery) -> web.Response:
+    store = request.app[STORE]
+    after = None if query.after is None else ObjectId(query.after)
+    sweeps = await store.sweeps.list(
+        limit=query.limit + 1, after=after, submitted_by=query.submittedBy
+    )
+    page = sweeps[: query.limit]
+    more = len(sweeps) > query.limit
+    return json_response(
+        {
+            "sweeps": await sweep_summaries(store, page),
+            "next": str(page[-1].id) if more and page else None,
+        }
+    )
+
+
+async def get_sweep(request: web.Request) -> web.Response:
+    sweep = await _existing(request)
+    return json_response(await sweep_detail(request.app[STORE], sweep))
+
+
+async def cancel(request: web.Request) -> web.Response:
+    """The submit role cancels its own sweeps; another's needs admin."""
+    sweep = await _existing(request)
+    principal = principal_of(request)
+    if not principal.may(Role.ADMIN) and sweep.submittedBy != principal.name:
+        raise ApiError(
+            403,
+            "forbidden",
+            f"sweep {sweep.id} was submitted by {sweep.submittedBy or 'nobody named'}; "
+            "cancelling another user's sweep needs an admin token",
+        )
+    store = request.app[STORE]
+    result = await cancel_sweep(store, sweep.id)
+    if result is None:
+        raise not_found("sweep", sweep.id)
+    flagged, cancelled, stopping = result
+    detail: dict[str, Any] = await sweep_detail(store, flagged)
+    detail.pop("jobs", None)
+    return json_response({"sweep": detail, "cancelled": cancelled, "stopping": stopping})
+
+
+# -- tidying creations that died ---------------------------------------------------------
+
+
+async def _tidy_forever(app: web.Application) -> None:
+    store = app[STORE]
+    while True:
+        try:
+            removed, released = await tidy(store)
+            if removed or released:
+                log.info("sweeps tidied", removed=removed, released=released)
+        except Exception as exc:
+            log.warning("tidying sweeps failed; trying again later", error=str(exc))
+            await asyncio.sleep(DATABASE.max_s)
+            continue
+        await asyncio.sleep(TIDY_EVERY_S)
+
+
+async def _tidy_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_tidy_forever(app), name="tidy-sweeps")
+    yield
+    with contextlib.suppress(Exception):
+        await cancel_and_wait(task)
+
+
+def setup(app: web.Application) -> None:
+    app.cleanup_ctx.append(_tidy_ctx)
+
+
+# -- declarations ------------------------------------------------------------------------
+
+SWEEP_ID = Param("id", "path", "Sweep id (24 hex digits).", required=True)
+ERR_404_SWEEP = Reply(404, "No sweep with this id.", "Error")
+
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "POST", "/sweeps", submit_sweep, "submitSweep", "Submit a sweep: many jobs in one request",
+        role=Role.SUBMIT,
+        description=(
+            "`grid` (every combination of its values) crossed with `runs` (explicit "
+            "overrides), plus `random.n` samples from `random.space`; each on top of `base`. "
+            "Every combination is validated before anything is stored: a bad one is a 422 "
+            "naming its index, values and field (`error.combination`), and no job is made. "
+            "With an `Idempotency-Key` header, retries return the same sweep."
+        ),
+        body=SweepRequest, body_examples={"grid": {"summary": "A 2 x 2 grid", "value": _EXAMPLE}},
+        params=(IDEMPOTENCY_PARAM,),
+        replies=(
+            Reply(201, "Created, every job Pending; `Location` points at the sweep.", SweepDetail,
+                  headers=("Location",)),
+            Reply(200, "Replay of an earlier request with the same Idempotency-Key.",
+                  SweepDetail, headers=("Location",)),
+            Reply(400, "Malformed JSON, a body that is not an object, or a bad header.", "Error"),
+            Reply(409, "The Idempotency-Key was used with another body "
+                       "(`idempotency_key_reused`), or its sweep is still being stored "
+                       "(`sweep_in_progress`, with Retry-After).", "Error"),
+            Reply(413, f"Body larger than {MAX_BODY_BYTES} bytes.", "Error"),
+            Reply(415, "Content-Type is not application/json.", "Error"),
+            Reply(422, "Invalid body (`fields`), a combination that is no valid job "
+                       "(`invalid_combination`), more jobs than GATEQUEUE_MAX_SWEEP "
+                       "(`sweep_too_large`) or none (`sweep_empty`).", "Error"),
+            Reply(429, "Too many Pending jobs for this token (`too_many_pending`) or too many "
+                       "submissions a minute (`rate_limited`); see Retry-After.", "Error",
+                  headers=("Retry-After",)),
+        ),
+    ),
+    Route(
+        "GET", "/sweeps", list_sweeps, "listSweeps", "List sweeps, newest first",
+        query=SweepListQuery,
+        replies=(Reply(200, "A page of sweeps (without their runs).", SweepList), ERR_422_QUERY),
+    ),
+    Route(
+        "GET", "/sweeps/{id}", get_sweep, "getSweep", "One sweep with every run",
+        params=(SWEEP_ID,),
+        replies=(Reply(200, "The sweep, its counts, its best run and every run.", SweepDetail),
+                 ERR_404_SWEEP),
+    ),
+    Route(
+        "POST", "/sweeps/{id}/cancel", cancel, "cancelSweep", "Cancel every job of a sweep",
+        params=(SWEEP_ID,), role=Role.SUBMIT,
+        description="Pending jobs are Cancelled at once; Running ones are stopped by their "
+        "workers. The submit role cancels its own sweeps; another's needs admin.",
+        replies=(Reply(200, "Cancelled.", SweepCancelled), ERR_404_SWEEP),
+    ),
+)  # fmt: skip

@@ -1,0 +1,34 @@
+"""Where a Pending job stands: how many jobs a free slot takes before it, and what it waits
+for (docs/sweeps.md, "Priorities and order"). Computed when a job is read, never stored: a
+stored position would be stale the moment any other job moved."""
+
+from __future__ import annotations
+
+from service.jobs.record import JobRecord
+from service.store.jobs import JobStore
+from service.store.sweeps import SweepStore
+
+FREE_SLOT = "a free slot"
+SWEEP_CAP = "maxParallel of its sweep"
+MEMORY = "a worker with enough memory"
+
+
+class QueueView:
+    def __init__(self, jobs: JobStore, sweeps: SweepStore) -> None:
+        self.jobs = jobs
+        self.sweeps = sweeps
+
+    async def waiting_for(self, job: JobRecord) -> str:
+        if job.sweepId is not None and job.sweepMaxParallel is not None:
+            if await self.sweeps.reserved(job.sweepId) >= job.sweepMaxParallel:
+                return SWEEP_CAP
+        return FREE_SLOT
+
+    async def explain(self, job: JobRecord) -> JobRecord:
+        """The job with `queuePosition` and `waitingFor` filled in."""
+        return job.model_copy(
+            update={
+                "queuePosition": await self.jobs.queue_position(job),
+                "waitingFor": await self.waiting_for(job),
+            }
+        )

@@ -1,0 +1,198 @@
+"""The `sweeps` collection: the sweep records and the reservations of `maxParallel`.
+
+`maxParallel` is a constraint across documents (how many of a sweep's jobs are Running),
+which a compare-and-set on one job cannot see. So a claim of a capped sweep's job first
+takes one of the sweep's slots: an `$expr` update on the sweep document that adds the
+attempt's id to `running` only while `running` is shorter than `maxParallel`. MongoDB
+applies it atomically, so two workers can never both take the last slot. The claim of the
+job follows with the same attempt id; the slot is given back when that attempt stops
+running (finished, handed back, or its lease expired), and a slot whose claim never
+happened (a worker died in between) is given back by the reconciliation of
+`stale_reservations` after a grace period (docs/sweeps.md, "maxParallel").
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from bson import ObjectId
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.errors import DuplicateKeyError
+
+from service.retry import retry
+from service.store.outcome import outcome_unknown
+from service.sweeps.record import SweepRecord, SweepState
+
+
+class SweepKeyReused(Exception):
+    def __init__(self, sweep: SweepRecord) -> None:
+        super().__init__(f"Idempotency-Key was used for sweep {sweep.id} with a different body")
+        self.sweep = sweep
+
+
+class SweepInProgress(Exception):
+    """An earlier request with the same Idempotency-Key is still inserting the sweep."""
+
+    def __init__(self, sweep: SweepRecord) -> None:
+        super().__init__(f"sweep {sweep.id} is still being created")
+        self.sweep = sweep
+
+
+def _sweep(doc: dict[str, Any] | None) -> SweepRecord | None:
+    return None if doc is None else SweepRecord.from_doc(doc)
+
+
+class SweepStore:
+    def __init__(self, collection: AsyncCollection) -> None:
+        self.collection = collection
+
+    async def ensure_indexes(self) -> None:
+        await self.collection.create_index("idempotencyKey", unique=True, sparse=True)
+        await self.collection.create_index([("state", ASCENDING), ("creatingUntil", ASCENDING)])
+        await self.collection.create_index([("submittedBy", ASCENDING), ("_id", DESCENDING)])
+
+    async def insert(
+        self,
+        sweep: SweepRecord,
+        *,
+        idempotency_key: str | None = None,
+        body_hash: str | None = None,
+    ) -> tuple[SweepRecord, bool]:
+        """(the sweep, created). With a key, a replay finds the first request's sweep."""
+        doc = sweep.to_doc()
+        if idempotency_key is not None:
+            doc["idempotencyKey"] = idempotency_key
+            doc["requestHash"] = body_hash
+        while True:
+            try:
+                await self.collection.insert_one(doc)
+                return sweep, True
+            except DuplicateKeyError:
+                existing = await self.collection.find_one({"idempotencyKey": idempotency_key})
+                if existing is None:  # removed meanwhile (a failed creation): try again
+                    continue
+                found = SweepRecord.from_doc(existing)
+                if existing.get("requestHash") != body_hash:
+                    raise SweepKeyReused(found) from None
+                if found.state is SweepState.CREATING:
+                    raise SweepInProgress(found) from None
+                return found, False
+
+    async def mark_ready(self, sweep_id: ObjectId) -> None:
+        await self.collection.update_one(
+            {"_id": sweep_id}, {"$set": {"state": SweepState.READY.value, "creatingUntil": None}}
+        )
+
+    async def delete(self, sweep_id: ObjectId) -> None:
+        await self.collection.delete_one({"_id": sweep_id})
+
+    async def get(self, sweep_id: ObjectId) -> SweepRecord | None:
+        return _sweep(await self.collection.find_one({"_id": sweep_id}))
+
+    async def list(
+        self, *, limit: int, after: ObjectId | None = None, submitted_by: str | None = None
+    ) -> builtins.list[SweepRecord]:
+        """Newest first, paged by `_id` (stable while sweeps are added)."""
+        query: dict[str, Any] = {"state": SweepState.READY.value}
+        if after is not None:
+            query["_id"] = {"$lt": after}
+        if submitted_by is not None:
+            query["submittedBy"] = submitted_by
+        cursor = self.collection.find(query).sort("_id", DESCENDING).limit(limit)
+        return [SweepRecord.from_doc(doc) async for doc in cursor]
+
+    async def abandoned(self) -> builtins.list[ObjectId]:
+        """Sweeps whose creation should have ended by now (the API creating them died)."""
+        cursor = self.collection.find(
+            {"state": SweepState.CREATING.value, "$expr": {"$lt": ["$creatingUntil", "$$NOW"]}},
+            {"_id": 1},
+        )
+        return [doc["_id"] async for doc in cursor]
+
+    async def request_cancel(self, sweep_id: ObjectId) -> SweepRecord | None:
+        """Flag the sweep: no slot is taken for it any more. Idempotent."""
+        return _sweep(
+            await self.collection.find_one_and_update(
+                {"_id": sweep_id},
+                [
+                    {
+                        "$set": {
+                            "cancelRequested": True,
+                            "cancelledAt": {"$ifNull": ["$cancelledAt", "$$NOW"]},
+                        }
+                    }
+                ],
+                return_document=ReturnDocument.AFTER,
+            )
+        )
+
+    # -- maxParallel ---------------------------------------------------------------------
+
+    async def reserve(
+        self, sweep_id: ObjectId, attempt_id: str, job_id: ObjectId, *, deadline: float
+    ) -> bool:
+        """Take one of the sweep's `maxParallel` slots for `attempt_id`; False if all are
+        taken (or the sweep is cancelled). A lost reply is settled by re-reading."""
+        entry = {"attemptId": attempt_id, "jobId": job_id, "at": "$$NOW"}
+        try:
+            result = await self.collection.update_one(
+                {
+                    "_id": sweep_id,
+                    "cancelRequested": {"$ne": True},
+                    "$expr": {"$lt": [{"$size": {"$ifNull": ["$running", []]}}, "$maxParallel"]},
+                },
+                [
+                    {
+                        "$set": {
+                            "running": {"$concatArrays": [{"$ifNull": ["$running", []]}, [entry]]}
+                        }
+                    }
+                ],
+            )
+            return result.modified_count == 1
+        except Exception as exc:
+            if not outcome_unknown(exc):
+                raise
+            doc = await retry(
+                lambda: self.collection.find_one({"_id": sweep_id, "running.attemptId": attempt_id},
+                                                 {"_id": 1}),
+                deadline=deadline,
+            )  # fmt: skip
+            return doc is not None
+
+    async def free(self, sweep_id: ObjectId, attempt_id: str) -> bool:
+        """Give back the slot of `attempt_id` (idempotent); True if one was held."""
+        result = await self.collection.update_one(
+            {"_id": sweep_id}, {"$pull": {"running": {"attemptId": attempt_id}}}
+        )
+        return result.modified_count == 1
+
+    async def reserved(self, sweep_id: ObjectId) -> int:
+        doc = await self.collection.find_one({"_id": sweep_id}, {"running": 1})
+        return 0 if doc is None else len(doc.get("running") or [])
+
+    async def reservations_older_than(
+        self, seconds: float
+    ) -> builtins.list[tuple[ObjectId, str, ObjectId]]:
+        """(sweep id, attempt id, job id) of every slot taken more than `seconds` ago by the
+        server's clock: candidates for the reconciliation."""
+        cursor = await self.collection.aggregate(
+            [
+                {"$match": {"running.0": {"$exists": True}}},
+                {"$unwind": "$running"},
+                {
+                    "$match": {
+                        "$expr": {
+                            "$lt": [
+                                "$running.at",
+                                {"$subtract": ["$$NOW", round(seconds * 1000)]},
+                            ]
+                        }
+                    }
+                },
+                {"$project": {"attemptId": "$running.attemptId", "jobId": "$running.jobId"}},
+            ]
+        )
+        return [(doc["_id"], doc["attemptId"], doc["jobId"]) async for doc in cursor]

@@ -1,0 +1,124 @@
+"""Creating a sweep all or nothing, cancelling it, and tidying up creations that died.
+
+Creation writes the sweep record (`state: creating`), then its jobs in bounded batches with
+`held: true`, so no worker claims any of them yet; then marks the sweep `ready` and lets the
+jobs go. If anything fails before `ready`, the jobs and the record are deleted again, so a
+refused or failed request leaves nothing behind. If the API process itself dies half-way,
+`tidy` (run by every API process every minute) finishes the job: a sweep still `creating`
+after its deadline is deleted with its jobs, and a `ready` sweep with jobs still held has
+them let go (docs/sweeps.md, "All or nothing").
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from bson import ObjectId
+
+from service.jobs.record import JobRecord, new_job
+from service.store import Store
+from service.sweeps.record import SweepRecord, SweepState, new_sweep
+from service.sweeps.spec import SweepPlan
+
+log = structlog.get_logger(__name__)
+
+# How long a creation may take before `tidy` takes it for dead. A 1,000-job sweep is
+# stored in well under a second; this is for a database that stalls, not for the work.
+CREATING_FOR_S = 600.0
+
+
+def sweep_jobs(sweep_plan: SweepPlan, sweep: SweepRecord) -> list[JobRecord]:
+    out = []
+    for run in sweep_plan.runs:
+        hyperparameters, run_options = run.request.split()
+        run_options["name"] = sweep_plan.job_name(run)
+        run_options["priority"] = sweep.priority
+        job = new_job(hyperparameters, run_options, submitted_by=sweep.submittedBy)
+        out.append(
+            job.model_copy(
+                update={
+                    "sweepId": sweep.id,
+                    "sweepIndex": run.index,
+                    "sweepMaxParallel": sweep.maxParallel,
+                }
+            )
+        )
+    return out
+
+
+async def create_sweep(
+    store: Store,
+    sweep_plan: SweepPlan,
+    *,
+    submitted_by: str | None,
+    idempotency_key: str | None = None,
+    body_hash: str | None = None,
+) -> tuple[SweepRecord, bool]:
+    """(the sweep, created); a replay of an Idempotency-Key returns the first one's sweep.
+
+    Runs to the end even if the caller is cancelled (a client that hangs up): a half-made
+    sweep is either finished or removed, never left.
+    """
+    sweep = new_sweep(sweep_plan, submitted_by=submitted_by, creating_for_s=CREATING_FOR_S)
+    sweep, created = await store.sweeps.insert(
+        sweep, idempotency_key=idempotency_key, body_hash=body_hash
+    )
+    if not created:
+        return sweep, False
+    task = asyncio.ensure_future(_fill(store, sweep_plan, sweep))
+    return await asyncio.shield(task), True
+
+
+async def _fill(store: Store, sweep_plan: SweepPlan, sweep: SweepRecord) -> SweepRecord:
+    jobs = sweep_jobs(sweep_plan, sweep)
+    try:
+        await store.jobs.insert_held(jobs)
+        await store.sweeps.mark_ready(sweep.id)
+    except BaseException:
+        await _remove(store, sweep.id)
+        raise
+    await _release(store, sweep.id)
+    return sweep.model_copy(update={"state": SweepState.READY, "creatingUntil": None})
+
+
+async def _remove(store: Store, sweep_id: ObjectId) -> None:
+    try:
+        await store.jobs.delete_sweep_jobs(sweep_id)
+        await store.sweeps.delete(sweep_id)
+    except Exception as exc:  # tidy() removes it once its deadline passes
+        log.warning("could not remove a failed sweep", sweep_id=str(sweep_id), error=str(exc))
+
+
+async def _release(store: Store, sweep_id: ObjectId) -> None:
+    try:
+        await store.jobs.release_held(sweep_id)
+    except Exception as exc:  # the sweep is stored; tidy() lets the jobs go
+        log.warning("could not release a sweep's jobs yet", sweep_id=str(sweep_id),
+                    error=str(exc))  # fmt: skip
+
+
+async def tidy(store: Store) -> tuple[int, int]:
+    """Finish what dead creations left: (sweeps removed, sweeps whose jobs were let go)."""
+    removed = released = 0
+    for sweep_id in await store.sweeps.abandoned():
+        log.warning("removing a sweep whose creation did not finish", sweep_id=str(sweep_id))
+        await store.jobs.delete_sweep_jobs(sweep_id)
+        await store.sweeps.delete(sweep_id)
+        removed += 1
+    for sweep_id in await store.jobs.held_sweeps():
+        sweep = await store.sweeps.get(sweep_id)
+        if sweep is not None and sweep.state is SweepState.READY:
+            await store.jobs.release_held(sweep_id)
+            released += 1
+    return removed, released
+
+
+async def cancel_sweep(store: Store, sweep_id: ObjectId) -> tuple[SweepRecord, int, int] | None:
+    """Flag the sweep (no slot is taken for it any more), cancel its Pending jobs at once and
+    ask the workers of its Running ones to stop them: (sweep, cancelled, stopping)."""
+    sweep = await store.sweeps.request_cancel(sweep_id)
+    if sweep is None:
+        return None
+    cancelled, stopping = await store.jobs.cancel_sweep(sweep_id)
+    return sweep, cancelled, stopping

@@ -1,0 +1,294 @@
+"""The body of `POST /sweeps` and its expansion into one job request per combination.
+
+A sweep is a grid (every combination of the listed values), crossed with an explicit list
+of overrides (`runs`), plus random samples from a search space; each combination is the
+sweep's `base` body with its overrides on top. Every combination is validated by the very
+model that validates `POST /jobs` (service.jobs.request) before anything is stored, so a
+sweep is all or nothing: one bad combination is a 422 naming its index, its values and the
+field, and no job exists (docs/sweeps.md).
+
+The expansion is deterministic: grid values in the order given, keys in the order given,
+random samples from `random.Random(seed)`, so the same body always names the same jobs in
+the same order (an `Idempotency-Key` replay compares bodies, not jobs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from service.jobs.options import PRINTABLE
+from service.jobs.request import REQUEST_OPTIONS, JobRequest, RequestBase, field_errors
+
+DEFAULT_METRIC = "test_acc_discrete"
+MAX_REPORTED = 10  # bad combinations listed in one 422
+
+_KINDS = {o.name: o.kind for o in REQUEST_OPTIONS}
+# A grid, a random space or a run may set any request field except these: the sweep sets
+# its jobs' priority, and a name per run is given in `runs` (grids and samples get one).
+_NOT_SWEPT = {"priority"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Choice(_Strict):
+    choice: list[Any] = Field(min_length=1, max_length=1000)
+
+
+Pair = Annotated[list[float], Field(min_length=2, max_length=2)]
+
+
+class Uniform(_Strict):
+    uniform: Pair
+
+
+class LogUniform(_Strict):
+    logUniform: Pair
+
+
+class IntUniform(_Strict):
+    intUniform: Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
+Space = Choice | Uniform | LogUniform | IntUniform
+
+
+class RandomSearch(_Strict):
+    n: int = Field(ge=1, description="How many samples.")
+    seed: int = Field(0, description="Seed of the sampler: the same seed, the same samples.")
+    space: dict[str, Space] = Field(
+        min_length=1,
+        description="Per option: `{choice: [...]}`, `{uniform: [lo, hi]}`, "
+        "`{logUniform: [lo, hi]}` (lo > 0) or `{intUniform: [lo, hi]}` (inclusive).",
+    )
+
+
+class SweepRequest(_Strict):
+    """The body of POST /sweeps."""
+
+    name: str | None = Field(None, max_length=200, pattern=PRINTABLE)
+    base: dict[str, Any] = Field(
+        default_factory=dict, description="A POST /jobs body every run starts from."
+    )
+    grid: dict[str, Annotated[list[Any], Field(min_length=1)]] = Field(
+        default_factory=dict, description="Every combination of these values is one run."
+    )
+    random: RandomSearch | None = Field(None, description="Random samples, added to the grid.")
+    runs: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Explicit overrides; crossed with the grid when both are given.",
+    )
+    maxParallel: int | None = Field(
+        None, ge=1, le=10_000, description="At most this many of its jobs Running at once."
+    )
+    priority: int | None = Field(
+        None, ge=-100, le=100, description="The priority of every job of the sweep."
+    )
+    metric: str = Field(
+        DEFAULT_METRIC,
+        pattern="^[A-Za-z_][A-Za-z0-9_]{0,63}$",
+        description="The EPOCH metric that ranks runs; names ending in `loss` rank lower first.",
+    )
+
+    @model_validator(mode="after")
+    def _names(self) -> SweepRequest:
+        problems: list[str] = []
+        for where, names in (
+            ("grid", self.grid),
+            ("random.space", self.random.space if self.random else {}),
+            *((f"runs.{i}", run) for i, run in enumerate(self.runs)),
+        ):
+            for key in names:
+                if key not in _KINDS:
+                    problems.append(f"{where}.{key}: unknown option")
+                elif key in _NOT_SWEPT:
+                    problems.append(f"{where}.{key}: set the sweep's own `priority` instead")
+        if problems:
+            raise ValueError("; ".join(problems))
+        if self.random is not None:
+            for key, space in self.random.space.items():
+                problem = _space_problem(key, space)
+                if problem:
+                    raise ValueError(f"random.space.{key}: {problem}")
+        return self
+
+    def size(self) -> int:
+        """How many jobs it names, without expanding it."""
+        explicit = 0
+        if self.grid or self.runs:
+            explicit = math.prod(len(v) for v in self.grid.values()) * max(1, len(self.runs))
+        return explicit + (self.random.n if self.random else 0)
+
+
+def _space_problem(key: str, space: Space) -> str | None:
+    kind = _KINDS[key]
+    if isinstance(space, Choice):
+        return None
+    if isinstance(space, IntUniform):
+        lo, hi = space.intUniform
+        if kind is not int:
+            return f"intUniform draws integers; {key} is a {kind.__name__}"
+        return None if lo <= hi else f"intUniform needs lo <= hi, got [{lo}, {hi}]"
+    lo, hi = space.uniform if isinstance(space, Uniform) else space.logUniform
+    if kind is not float:
+        return (
+            f"{'uniform' if isinstance(space, Uniform) else 'logUniform'} draws real numbers; "
+            f"{key} is a {kind.__name__} (use intUniform or choice)"
+        )
+    if not lo <= hi:
+        return f"needs lo <= hi, got [{lo}, {hi}]"
+    if isinstance(space, LogUniform) and lo <= 0:
+        return f"logUniform needs lo > 0, got {lo}"
+    return None
+
+
+def _sample(rng: random.Random, space: Space) -> Any:
+    if isinstance(space, Choice):
+        return space.choice[rng.randrange(len(space.choice))]
+    if isinstance(space, IntUniform):
+        return rng.randint(*space.intUniform)
+    if isinstance(space, Uniform):
+        return rng.uniform(*space.uniform)
+    lo, hi = space.logUniform
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+
+def combinations(spec: SweepRequest) -> Iterator[dict[str, Any]]:
+    """The overrides of each run, in order: grid x runs, then the random samples."""
+    if spec.grid or spec.runs:
+        keys = list(spec.grid)
+        for point in itertools.product(*(spec.grid[k] for k in keys)):
+            for run in spec.runs or [{}]:
+                yield {**dict(zip(keys, point, strict=True)), **run}
+    if spec.random is not None:
+        rng = random.Random(spec.random.seed)
+        for _ in range(spec.random.n):
+            yield {k: _sample(rng, s) for k, s in spec.random.space.items()}
+
+
+@dataclass(frozen=True)
+class BadCombination:
+    index: int
+    values: dict[str, Any]
+    fields: list[dict[str, str]]
+
+    def describe(self) -> str:
+        values = ", ".join(f"{k}={v!r}" for k, v in self.values.items()) or "the base alone"
+        problems = "; ".join(f"{f['field']}: {f['message']}" for f in self.fields)
+        return f"combination {self.index} ({values}): {problems}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": self.index, "values": self.values, "fields": self.fields}
+
+
+class SweepInvalid(Exception):
+    """Some combinations are not valid jobs; nothing may be stored."""
+
+    def __init__(self, bad: list[BadCombination], total_bad: int, total: int) -> None:
+        self.bad = bad
+        self.total_bad = total_bad
+        self.total = total
+        more = f" (and {total_bad - 1} more of {total})" if total_bad > 1 else f" (of {total})"
+        super().__init__(bad[0].describe() + more)
+
+
+class SweepTooLarge(Exception):
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"the sweep names {size} jobs; at most {limit} are allowed in one sweep "
+            "(GATEQUEUE_MAX_SWEEP)"
+        )
+
+
+class SweepEmpty(Exception):
+    def __init__(self) -> None:
+        super().__init__("a sweep needs at least one of `grid`, `random` or `runs`")
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    index: int
+    overrides: dict[str, Any]
+    request: RequestBase
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """A validated sweep: what to store."""
+
+    spec: SweepRequest
+    runs: list[PlannedRun]
+    varying: list[str]
+    priority: int
+
+    def options_of(self, run: PlannedRun) -> dict[str, Any]:
+        """The values of the options that vary across the sweep, for this run."""
+        values = run.request.model_dump()
+        return {k: values[k] for k in self.varying}
+
+    def job_name(self, run: PlannedRun) -> str:
+        """A run's own `name`, else the sweep's name and what makes the run different."""
+        if run.overrides.get("name"):
+            return str(run.overrides["name"])
+        prefix = self.spec.name or self.spec.base.get("name") or "sweep"
+        label = " ".join(f"{k}={_short(v)}" for k, v in self.options_of(run).items())
+        return f"{prefix} #{run.index} {label}".strip()[:200]
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def plan(spec: SweepRequest, *, max_jobs: int) -> SweepPlan:
+    """Expand and validate every combination; raises SweepEmpty, SweepTooLarge or
+    SweepInvalid, and only then: nothing partial ever comes out."""
+    size = spec.size()
+    if size == 0:
+        raise SweepEmpty()
+    if size > max_jobs:
+        raise SweepTooLarge(size, max_jobs)
+    priority = spec.priority if spec.priority is not None else spec.base.get("priority", 0)
+    runs: list[PlannedRun] = []
+    bad: list[BadCombination] = []
+    total_bad = 0
+    for index, overrides in enumerate(combinations(spec)):
+        body = {**spec.base, **overrides}
+        if spec.priority is not None:
+            body["priority"] = spec.priority
+        try:
+            request = JobRequest.model_validate(body)
+        except ValidationError as exc:
+            total_bad += 1
+            if len(bad) < MAX_REPORTED:
+                bad.append(BadCombination(index, overrides, field_errors(exc)))
+            continue
+        runs.append(PlannedRun(index, overrides, request))
+    if bad:
+        raise SweepInvalid(bad, total_bad, size)
+    return SweepPlan(spec, runs, _varying(spec, runs), priority if isinstance(priority, int) else 0)
+
+
+def _varying(spec: SweepRequest, runs: list[PlannedRun]) -> list[str]:
+    """Options whose value is not the same in every run, in the order the body names them."""
+    named: dict[str, None] = dict.fromkeys(spec.grid)
+    if spec.random is not None:
+        named |= dict.fromkeys(spec.random.space)
+    for run in spec.runs:
+        named |= dict.fromkeys(run)
+    named.pop("name", None)
+    dumps = [r.request.model_dump() for r in runs]
+    return [k for k in named if len({_key(d[k]) for d in dumps}) > 1]
+
+
+def _key(value: Any) -> Any:
+    return repr(value) if isinstance(value, list | dict) else value

@@ -1,0 +1,261 @@
+"""POST /sweeps and the sweep views: validation of every combination before anything is
+stored, all-or-nothing creation, idempotent retries, listing, best run, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from api_helpers import JSON, SEED_BODY, MakeApi, error_of, job_count
+from bson import ObjectId
+
+from service.jobs.status import Status
+from service.store import Store
+from service.sweeps.lifecycle import tidy
+from service.sweeps.record import SweepRecord
+
+BASE: dict[str, Any] = {
+    "gateOptimizer": "softmax",
+    "gates": 1000,
+    "networkLayers": 2,
+    "grouping": 10,
+    "groupSumTau": 30,
+    "residualLayers": 0,
+    "epochs": 3,
+}
+
+
+def grid_body(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "g",
+        "base": BASE,
+        "grid": {"gates": [1000, 2000, 4000], "gateOptimizer": ["softmax", "entmax"]},
+        **extra,
+    }
+
+
+async def post(api: TestClient, body: dict[str, Any], **headers: str) -> Any:
+    return await api.post("/sweeps", json=body, headers={**JSON, **headers})
+
+
+async def test_grid_creates_every_combination_in_order(api: TestClient, store: Store) -> None:
+    resp = await post(api, grid_body(maxParallel=2, priority=5))
+    assert resp.status == 201, await resp.text()
+    sweep = await resp.json()
+    assert resp.headers["Location"] == f"/sweeps/{sweep['id']}"
+    assert sweep["total"] == 6 and sweep["remaining"] == 6 and sweep["status"] == "Active"
+    assert sweep["varying"] == ["gates", "gateOptimizer"]
+    assert sweep["counts"]["Pending"] == 6 and sweep["best"] is None
+    assert [(r["index"], r["options"]) for r in sweep["jobs"]] == [
+        (0, {"gates": 1000, "gateOptimizer": "softmax"}),
+        (1, {"gates": 1000, "gateOptimizer": "entmax"}),
+        (2, {"gates": 2000, "gateOptimizer": "softmax"}),
+        (3, {"gates": 2000, "gateOptimizer": "entmax"}),
+        (4, {"gates": 4000, "gateOptimizer": "softmax"}),
+        (5, {"gates": 4000, "gateOptimizer": "entmax"}),
+    ]
+    docs = await store.jobs.collection.find({}).sort("sweepIndex", 1).to_list(None)
+    assert len(docs) == 6
+    for doc in docs:
+        assert str(doc["sweepId"]) == sweep["id"]
+        assert doc["priority"] == 5 and doc["sweepMaxParallel"] == 2
+        assert "held" not in doc  # let go once the whole sweep was stored
+        assert doc["status"] == Status.PENDING.value
+    assert docs[3]["hyperparameters"]["gates"] == 2000
+    assert docs[3]["hyperparameters"]["gateOptimizer"] == "entmax"
+    assert docs[3]["name"] == "g #3 gates=2000 gateOptimizer=entmax"
+    # GET /jobs?sweep= lists exactly them
+    listed = await (await api.get(f"/jobs?sweep={sweep['id']}&limit=100")).json()
+    assert sorted(j["id"] for j in listed["jobs"]) == sorted(j["id"] for j in sweep["jobs"])
+
+
+async def test_an_invalid_combination_is_a_422_naming_it_and_nothing_is_stored(
+    api: TestClient, store: Store
+) -> None:
+    # grouping 10 needs gates >= 10: the combination gates=5 breaks a rule between options
+    body = grid_body()
+    body["grid"] = {"gates": [1000, 5], "gateOptimizer": ["softmax", "entmax"]}
+    err = await error_of(await post(api, body), 422, "invalid_combination")
+    assert err["combination"]["index"] == 2
+    assert err["combination"]["values"] == {"gates": 5, "gateOptimizer": "softmax"}
+    assert [f["field"] for f in err["fields"]] == ["gates"]
+    assert "combination 2 (gates=5, gateOptimizer='softmax')" in err["message"]
+    assert "and 1 more of 4" in err["message"]
+    assert [c["index"] for c in err["combinations"]] == [2, 3]
+    assert await job_count(store) == 0
+    assert await store.sweeps.collection.count_documents({}) == 0
+
+
+async def test_bad_values_of_one_run_and_unknown_options(api: TestClient, store: Store) -> None:
+    body = {"base": BASE, "runs": [{"gates": 2000}, {"gateOptimizer": "nope"}]}
+    err = await error_of(await post(api, body), 422, "invalid_combination")
+    assert err["combination"] == {
+        "index": 1,
+        "values": {"gateOptimizer": "nope"},
+        "fields": err["fields"],
+    }
+    assert err["fields"][0]["field"] == "gateOptimizer"
+    err = await error_of(await post(api, {"base": BASE, "grid": {"gatez": [1]}}), 422)
+    assert "grid.gatez: unknown option" in str(err)
+    err = await error_of(
+        await post(
+            api, {"base": BASE, "random": {"n": 2, "space": {"gates": {"uniform": [1, 2]}}}}
+        ),
+        422,
+    )
+    assert "use intUniform" in str(err)
+    err = await error_of(await post(api, {"base": BASE}), 422, "sweep_empty")
+    assert await job_count(store) == 0
+
+
+async def test_more_than_max_sweep_is_a_422(make_api: MakeApi, store: Store) -> None:
+    api = await make_api(max_sweep=5)
+    err = await error_of(await post(api, grid_body()), 422, "sweep_too_large")
+    assert "names 6 jobs; at most 5" in err["message"]
+    assert await job_count(store) == 0
+
+
+async def test_grid_times_runs_plus_random_samples(api: TestClient) -> None:
+    body = {
+        "base": BASE,
+        "grid": {"gates": [1000, 2000]},
+        "runs": [{"learningRate": 0.01}, {"learningRate": 0.05}],
+        "random": {
+            "n": 3,
+            "seed": 7,
+            "space": {
+                "learningRate": {"logUniform": [1e-3, 1e-1]},
+                "networkLayers": {"intUniform": [1, 3]},
+                "gateOptimizer": {"choice": ["softmax", "entmax"]},
+            },
+        },
+    }
+    resp = await post(api, body)
+    assert resp.status == 201, await resp.text()
+    sweep = await resp.json()
+    assert sweep["total"] == 2 * 2 + 3
+    opts = [r["options"] for r in sweep["jobs"]]
+    assert opts[0]["gates"] == 1000 and opts[0]["learningRate"] == 0.01
+    assert opts[3]["gates"] == 2000 and opts[3]["learningRate"] == 0.05
+    for sample in opts[4:]:
+        assert 1e-3 <= sample["learningRate"] <= 1e-1
+        assert sample["networkLayers"] in (1, 2, 3)
+    # the same seed, the same samples
+    again = await (await post(api, body)).json()
+    assert [r["options"] for r in again["jobs"]] == opts
+
+
+async def test_idempotency_key_replays_the_sweep(api: TestClient, store: Store) -> None:
+    first = await post(api, grid_body(), **{"Idempotency-Key": "sweep-1"})
+    assert first.status == 201
+    replay = await post(api, grid_body(), **{"Idempotency-Key": "sweep-1"})
+    assert replay.status == 200
+    assert (await replay.json())["id"] == (await first.json())["id"]
+    assert await job_count(store) == 6
+    other = grid_body(name="other")
+    await error_of(
+        await post(api, other, **{"Idempotency-Key": "sweep-1"}), 409, "idempotency_key_reused"
+    )
+    assert await job_count(store) == 6
+
+
+async def finish(store: Store, job_id: str, status: Status, metrics: dict[str, float]) -> None:
+    await store.jobs.collection.update_one(
+        {"_id": ObjectId(job_id)},
+        {"$set": {"status": status.value, "latestMetrics": metrics},
+         "$currentDate": {"finishedAt": True}},
+    )  # fmt: skip
+
+
+async def test_best_is_the_job_with_the_highest_metric(api: TestClient, store: Store) -> None:
+    sweep = await (await post(api, grid_body())).json()
+    jobs = sweep["jobs"]
+    await finish(store, jobs[0]["id"], Status.SUCCEEDED, {"test_acc_discrete": 0.61})
+    await finish(store, jobs[4]["id"], Status.SUCCEEDED, {"test_acc_discrete": 0.83})
+    await finish(store, jobs[2]["id"], Status.FAILED, {"test_acc_discrete": 0.12})
+    view = await (await api.get(f"/sweeps/{sweep['id']}")).json()
+    assert view["best"]["id"] == jobs[4]["id"]
+    assert view["best"]["value"] == 0.83
+    assert view["best"]["options"] == {"gates": 4000, "gateOptimizer": "softmax"}
+    assert view["counts"]["Succeeded"] == 2 and view["remaining"] == 3
+    assert [r["value"] for r in view["jobs"]][:5] == [0.61, None, 0.12, None, 0.83]
+    listed = await (await api.get("/sweeps")).json()
+    assert listed["sweeps"][0]["best"]["id"] == jobs[4]["id"]
+    assert listed["sweeps"][0]["counts"] == view["counts"]
+    # a loss ranks lower first
+    low = await (await post(api, grid_body(metric="train_loss"))).json()
+    await finish(store, low["jobs"][1]["id"], Status.SUCCEEDED, {"train_loss": 0.9})
+    await finish(store, low["jobs"][5]["id"], Status.SUCCEEDED, {"train_loss": 0.2})
+    view = await (await api.get(f"/sweeps/{low['id']}")).json()
+    assert view["goal"] == "min" and view["best"]["id"] == low["jobs"][5]["id"]
+
+
+async def test_cancel_ends_every_pending_job_and_flags_running_ones(
+    api: TestClient, store: Store
+) -> None:
+    sweep = await (await post(api, grid_body())).json()
+    running = ObjectId(sweep["jobs"][0]["id"])
+    await store.jobs.collection.update_one(
+        {"_id": running}, {"$set": {"status": Status.RUNNING.value, "attemptId": "a1"}}
+    )
+    await finish(store, sweep["jobs"][1]["id"], Status.SUCCEEDED, {"test_acc_discrete": 0.5})
+    resp = await api.post(f"/sweeps/{sweep['id']}/cancel", json={}, headers=JSON)
+    assert resp.status == 200, await resp.text()
+    result = await resp.json()
+    assert (result["cancelled"], result["stopping"]) == (4, 1)
+    assert result["sweep"]["status"] == "Cancelled"
+    statuses = {
+        d["sweepIndex"]: (d["status"], d.get("cancelRequested"))
+        async for d in store.jobs.collection.find({})
+    }
+    assert statuses[0] == (Status.RUNNING.value, True)  # its worker stops it
+    assert statuses[1][0] == Status.SUCCEEDED.value
+    assert all(statuses[i] == (Status.CANCELLED.value, True) for i in (2, 3, 4, 5))
+    # no slot of a cancelled sweep can be taken any more
+    record = await store.sweeps.get(ObjectId(sweep["id"]))
+    assert record is not None and record.cancelRequested
+    assert not await store.sweeps.reserve(record.id, "x", running, deadline=1e18)
+    again = await (await api.post(f"/sweeps/{sweep['id']}/cancel", json={}, headers=JSON)).json()
+    assert (again["cancelled"], again["stopping"]) == (0, 0)
+
+
+async def test_unknown_sweeps_are_404(api: TestClient) -> None:
+    await error_of(await api.get("/sweeps/" + "0" * 24), 404, "sweep_not_found")
+    await error_of(await api.get("/sweeps/nope"), 404, "sweep_not_found")
+    await error_of(await api.post("/sweeps/" + "0" * 24 + "/cancel", json={}, headers=JSON), 404)
+
+
+async def test_a_creation_that_died_is_removed_by_tidy(api: TestClient, store: Store) -> None:
+    """An API process that died half-way leaves a `creating` sweep and held jobs: tidy
+    removes them once the deadline passed; a `ready` sweep's held jobs are let go."""
+    sweep = await (await post(api, grid_body())).json()
+    sid = ObjectId(sweep["id"])
+    await store.jobs.collection.update_many({"sweepId": sid}, {"$set": {"held": True}})
+    assert await store.jobs.pending() == []  # held jobs are not claimable
+    assert await tidy(store) == (0, 1)
+    assert len(await store.jobs.pending()) == 6
+    # a creation past its deadline
+    await store.sweeps.collection.update_one(
+        {"_id": sid}, [{"$set": {"state": "creating", "creatingUntil": "$$NOW"}}]
+    )
+    await store.jobs.collection.update_many({"sweepId": sid}, {"$set": {"held": True}})
+    assert await tidy(store) == (1, 0)
+    assert await job_count(store) == 0
+    assert await store.sweeps.get(sid) is None
+
+
+async def test_sweeps_count_against_the_pending_quota(make_api: MakeApi, store: Store) -> None:
+    api = await make_api(max_pending=8)
+    assert (await post(api, grid_body())).status == 201
+    err = await error_of(await post(api, grid_body()), 429, "too_many_pending")
+    assert "asks for 6 more" in err["message"]
+    assert await job_count(store) == 6
+
+
+async def test_the_seed_body_as_base(api: TestClient, store: Store) -> None:
+    resp = await post(api, {"base": SEED_BODY, "grid": {"noiseTemp": [0.1, 0.2]}})
+    assert resp.status == 201, await resp.text()
+    sweep = await resp.json()
+    assert sweep["total"] == 2 and sweep["varying"] == ["noiseTemp"]
+    record = await store.sweeps.get(ObjectId(sweep["id"]))
+    assert isinstance(record, SweepRecord) and record.base == SEED_BODY
