@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from job_helpers import insert_job
 from live_helpers import TINY_JOB, WORKER
 from test_live_browser import CHROMIUM, CHROMIUM_ARGS, WAIT_MS
 
-from job_helpers import insert_job
 from service.jobs.record import JobRecord
 from service.jobs.status import Status
 from service.store import Store

@@ -125,8 +125,10 @@ export class OverlayChart {
     }
     this.destroy();
     this.key = key;
-    const lastOf = (si) => {
-      const col = data[si] || [];
+    // Without a cursor on the chart the legend shows each line's last value (of the data
+    // now drawn: `u.data` follows setData).
+    const lastOf = (u, si) => {
+      const col = u.data[si] || [];
       for (let i = col.length - 1; i >= 0; i -= 1) if (col[i] !== null) return col[i];
       return null;
     };
@@ -146,12 +148,16 @@ export class OverlayChart {
           stroke: colour(i),
           width: r.highlight ? 4 : 1.5,
           points: { show: true, size: r.highlight ? 7 : 4, fill: colour(i) },
-          value: (u, v, si) => metricValue(metric, v ?? lastOf(si)),
+          value: (u, v, si) => metricValue(metric, v ?? lastOf(u, si)),
         })),
       ],
       legend: { live: true },
     }, data, this.box);
-    this.chart.root.dataset.series = String(runs.length);
+    // The highlighted run's legend entry is marked too; tests read the chart itself from
+    // the box (`box.uplot.series`).
+    const entries = this.chart.root.querySelectorAll(".u-legend .u-series");
+    runs.forEach((r, i) => { if (r.highlight && entries[i + 1]) entries[i + 1].classList.add("best"); });
+    this.box.uplot = this.chart;
   }
 
   resize() {

@@ -36,7 +36,7 @@ export function renderCircuit(job) {
     stat("gates", c.gates.toLocaleString(), "gates of the trained network"),
     stat("live gates", c.gatesLive.toLocaleString(), `after optimization: ${removed.toFixed(1)}% removed`),
     stat("depth", String(c.depth), "longest input-to-output path, in gates"),
-    stat("throughput", `${rate(c.imagesPerS)} images`, "single-threaded, the C library"));
+    stat("throughput", rate(c.imagesPerS, "images"), "single-threaded, the C library"));
   bars($("circuit-hist"), c.gateHistogram);
   const links = CIRCUIT_FILES.map((f) => [f, artifactNamed(job, f)]).filter(([, a]) => a);
   $("circuit-files").replaceChildren(...links.map(([f, a]) =>

@@ -7,16 +7,18 @@ import { metricKeys, OverlayChart } from "./chart.js";
 import { $, el } from "./dom.js";
 import { jobName, metricValue, num, shortId } from "./format.js";
 import { onJobChange, upsert } from "./jobs.js";
-import { jobOptions } from "./options.js";
+import { allOptions, jobOptions } from "./options.js";
 
 const DEFAULT_METRICS = ["test_acc_discrete", "train_loss"];
 let chosenMetrics = null; // kept across visits: the user's last choice
 
-// The options whose values are not all equal, as [name, [value per job]], in a stable
-// order (first seen).
+// The options whose values are not all equal, as [name, [value per job]], in the order of
+// GET /options (training options, then run options), unknown ones last.
 export function differingOptions(jobs) {
   const all = jobs.map(jobOptions);
-  const names = [...new Set(all.flatMap((o) => Object.keys(o)))];
+  const order = allOptions().map((o) => o.name);
+  const rank = (n) => (order.includes(n) ? order.indexOf(n) : order.length);
+  const names = [...new Set(all.flatMap((o) => Object.keys(o)))].sort((x, y) => rank(x) - rank(y));
   return names
     .map((n) => [n, all.map((o) => (n in o ? o[n] : undefined))])
     .filter(([, vs]) => new Set(vs.map((v) => JSON.stringify(v ?? null))).size > 1);
@@ -100,13 +102,11 @@ export class CompareView {
     const have = this.charts.map((c) => c.metric).join(",");
     if (have !== wanted.join(",")) {
       for (const c of this.charts) c.chart.destroy();
-      this.charts = wanted.map((metric) => {
-        const box = el("div", { class: "chart", "data-metric": metric });
-        $("compare-charts").append(el("section", { class: "panel chart-panel" },
-          el("header", { class: "panel-head" }, el("h2", { text: metric })), box));
-        return { metric, chart: new OverlayChart(box) };
-      });
-      $("compare-charts").replaceChildren(...this.charts.map((c) => c.chart.box.parentElement));
+      const panels = wanted.map((metric) => el("section", { class: "panel chart-panel" },
+        el("header", { class: "panel-head" }, el("h2", { text: metric })),
+        el("div", { class: "chart", "data-metric": metric })));
+      $("compare-charts").replaceChildren(...panels); // in the page first: uPlot needs a width
+      this.charts = panels.map((p, i) => ({ metric: wanted[i], chart: new OverlayChart(p.querySelector(".chart")) }));
     }
     for (const c of this.charts) c.chart.draw(c.metric, runs);
   }

@@ -25,7 +25,8 @@ export function duration(a, b) {
 export function num(v) {
   if (typeof v !== "number") return v === null || v === undefined ? "—" : String(v);
   if (Number.isInteger(v)) return String(v);
-  return Math.abs(v) >= 100 ? v.toFixed(1) : v.toPrecision(4);
+  if (Math.abs(v) >= 100) return v.toFixed(1);
+  return String(Number(v.toPrecision(4))); // 0.03 stays "0.03", 0.912345 is "0.9123"
 }
 
 // 0.9512 -> "95.1%"; anything not a number -> "—".
@@ -52,12 +53,14 @@ export function ordinal(n) {
   return `${n}${suffix}`;
 }
 
-export function rate(perS) {
+// 2.4e6, "images" -> "2.40 M images/s"
+export function rate(perS, unit = "") {
   if (typeof perS !== "number") return "—";
-  if (perS >= 1e9) return `${(perS / 1e9).toFixed(2)} G/s`;
-  if (perS >= 1e6) return `${(perS / 1e6).toFixed(2)} M/s`;
-  if (perS >= 1e3) return `${(perS / 1e3).toFixed(1)} k/s`;
-  return `${perS.toFixed(0)} /s`;
+  const u = unit ? ` ${unit}/s` : "/s";
+  if (perS >= 1e9) return `${(perS / 1e9).toFixed(2)} G${u}`;
+  if (perS >= 1e6) return `${(perS / 1e6).toFixed(2)} M${u}`;
+  if (perS >= 1e3) return `${(perS / 1e3).toFixed(1)} k${u}`;
+  return `${perS.toFixed(0)}${u}`;
 }
 
 export const shortId = (id) => String(id || "").slice(-8);

@@ -178,8 +178,8 @@ export class JobView {
     for (const o of meta.run) {
       if (!named.has(o.name) && o.name in job) items.push([o.label.toLowerCase(), num(job[o.name])]);
     }
-    const nodes = items.map(([k, v]) =>
-      el("div", { "data-key": k }, el("dt", { text: k }), el("dd", { text: v, title: v })));
+    const nodes = items.map(([k, v]) => el("div", { "data-key": k, class: k === "memory estimate" ? "wide" : null },
+      el("dt", { text: k }), el("dd", { text: v, title: v })));
     if (job.sweepId) {
       nodes.push(el("div", { "data-key": "sweep" }, el("dt", { text: "sweep" }),
         el("dd", {}, el("a", { href: `#/sweeps/${job.sweepId}`, text: shortId(job.sweepId) }))));

@@ -6,7 +6,6 @@
 import { api } from "./api.js";
 import { $, el } from "./dom.js";
 import { clearErrors, fillOptionFields, optionValues, parseValue, showErrors } from "./form.js";
-import { num } from "./format.js";
 import { allOptions, optionByName } from "./options.js";
 
 // Sweep-level fields; the base leaves them out (the sweep's own name and priority apply).
@@ -113,12 +112,12 @@ export function sweepBody() {
   return body;
 }
 
-// Where a 422's field goes: "base.gates" -> the base's gates field; grid and random rows
-// by their option ("grid.gates", "random.space.learningRate").
+// Where a 422's field goes: a bad combination names job fields ("residualLayers"), shown on
+// the grid row of that option if there is one, else on the base field; the body's own
+// fields ("maxParallel", "random.n", "grid.gates") by their names.
 function place(field) {
-  const f = field.replace(/^body\./, "");
-  if (f.startsWith("base.")) return f.slice(5);
-  return f;
+  const gridded = gridRows().some(([name]) => name === field);
+  return gridded ? `grid.${field}` : field;
 }
 
 export function initSweepForm() {
@@ -140,9 +139,8 @@ export function initSweepForm() {
       location.hash = `#/sweeps/${sweep.id}`;
     } catch (e) {
       showErrors(form, banner, e, place);
-      if (e.combination) {
-        const values = Object.entries(e.combination.values || {}).map(([k, v]) => `${k}=${num(v)}`).join(", ");
-        banner.textContent = `${e.message} (run ${e.combination.index + 1}: ${values})`;
+      if (e.combination) { // the message names the combination and its values
+        banner.textContent = e.message;
         banner.hidden = false;
       }
     } finally {

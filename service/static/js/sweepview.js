@@ -15,13 +15,18 @@ import { me, maySubmit } from "./session.js";
 import { bestText, progressText } from "./sweeplist.js";
 
 const HEADLINE = "test_acc_discrete";
-const finalOf = (run, metric) => (run.status === "Succeeded" ? (run.latestMetrics || {})[metric] ?? null : null);
+// A run's value is its latest value of the sweep's metric (final once it has finished).
+const valueOf = (run, metric) => {
+  const v = (run.latestMetrics || {})[metric];
+  return typeof v === "number" ? v : null;
+};
+// `goal` says which way the API ranks; a metric named *loss is better lower.
+const lowerFor = (sweep) => (sweep.goal ? sweep.goal === "min" : lowerIsBetter(sweep.metric));
 
-// The run with the best final value of `metric` among those that have one, or null.
-export function bestRun(runs, metric) {
+// The run with the best value among those that have one (the first of equals), or null.
+export function bestRun(runs, lower) {
   const scored = runs.filter((r) => typeof r.value === "number");
   if (!scored.length) return null;
-  const lower = lowerIsBetter(metric);
   return scored.reduce((a, b) => ((lower ? b.value < a.value : b.value > a.value) ? b : a));
 }
 
@@ -66,12 +71,9 @@ export class SweepView {
     const sweep = await api(`sweeps/${this.id}`);
     if (this.disposed) return;
     this.sweep = sweep;
-    const known = new Map(this.runs.map((r) => [r.id, r]));
-    // A run that the feed has already moved on keeps the newer status.
-    this.runs = sweep.jobs.map((r) => {
-      const k = known.get(r.id);
-      return k && (k.version || 0) > (r.version || 0) ? { ...r, ...k, options: r.options, index: r.index } : r;
-    });
+    // The answer of a read started after a change event includes that change (serial()
+    // reads again after any event that came during a read), so it is taken as it is.
+    this.runs = sweep.jobs.map((r) => ({ ...r }));
     if (!this.chartMetric) this.chartMetric = sweep.metric;
     if (!this.scatterX || !(sweep.varying || []).includes(this.scatterX)) this.scatterX = (sweep.varying || [])[0] || null;
     this.render();
@@ -86,9 +88,9 @@ export class SweepView {
     if (!run) { this.reload(); return; }
     Object.assign(run, {
       status: job.status, latestMetrics: job.latestMetrics, startedAt: job.startedAt,
-      finishedAt: job.finishedAt, version: job.version,
+      finishedAt: job.finishedAt,
     });
-    run.value = finalOf(run, this.sweep.metric) ?? run.value ?? null;
+    run.value = valueOf(run, this.sweep.metric);
     this.render();
     this.readMetrics();
     this.reload();
@@ -115,9 +117,9 @@ export class SweepView {
   render() {
     const s = this.sweep;
     if (!s) return;
-    for (const r of this.runs) if (typeof r.value !== "number") r.value = finalOf(r, s.metric);
+    for (const r of this.runs) if (typeof r.value !== "number") r.value = valueOf(r, s.metric);
     // The API's best when it names one (it ranks the same way), else ours from the feed.
-    this.best = (s.best && this.runs.find((r) => r.id === s.best.id)) || bestRun(this.runs, s.metric);
+    this.best = (s.best && this.runs.find((r) => r.id === s.best.id)) || bestRun(this.runs, lowerFor(s));
     $("sweep-title").textContent = s.name || `sweep ${shortId(s.id)}`;
     const pill = $("sweep-status");
     pill.className = `pill ${s.status}`;
@@ -132,7 +134,7 @@ export class SweepView {
       ["runs", String(s.total)],
       ["max parallel", s.maxParallel === null || s.maxParallel === undefined ? "no limit" : String(s.maxParallel)],
       ["priority", String(s.priority ?? 0)],
-      ["metric", `${s.metric} (${lowerIsBetter(s.metric) ? "lower" : "higher"} is better)`],
+      ["metric", `${s.metric} (${lowerFor(s) ? "lower" : "higher"} is better)`],
     ];
     $("sweep-meta").replaceChildren(...meta.map(([k, v]) =>
       el("div", { "data-key": k }, el("dt", { text: k }), el("dd", { text: v, title: v }))));
@@ -146,7 +148,8 @@ export class SweepView {
 
   columns() {
     const s = this.sweep;
-    const cols = [{ key: "index", label: "#", get: (r) => r.index + 1, num: true }];
+    // The run's index is the API's (0-based, as in its job name and in a 422's "combination N").
+    const cols = [{ key: "index", label: "#", get: (r) => r.index, num: true }];
     for (const v of s.varying || []) cols.push({ key: `opt:${v}`, label: v, get: (r) => (r.options || {})[v], opt: true });
     cols.push({ key: "status", label: "status", get: (r) => r.status });
     cols.push({ key: "epoch", label: "epoch", get: (r) => epochs(r)[0], num: true,
@@ -168,6 +171,7 @@ export class SweepView {
           text: c.label, title: "sort" });
         th.addEventListener("click", () => {
           this.sort = { key: c.key, dir: this.sort.key === c.key ? -this.sort.dir : c.metric && !lowerIsBetter(c.metric) ? -1 : 1 };
+          // A metric's first click puts the best first.
           this.renderTable();
         });
         return th;
@@ -182,14 +186,14 @@ export class SweepView {
       return (x < y ? -1 : 1) * this.sort.dir;
     });
     $("sweep-body").replaceChildren(...order.map((r) => {
-      const box = el("input", { type: "checkbox", class: "pick", "aria-label": `select run ${r.index + 1}` });
+      const box = el("input", { type: "checkbox", class: "pick", "aria-label": `select run ${r.index}` });
       box.checked = isSelected(r.id);
       box.addEventListener("change", () => select(r.id, box.checked));
       const best = this.best && this.best.id === r.id;
       return el("tr", { "data-id": r.id, "data-status": r.status, "data-index": r.index, class: best ? "best" : null },
         el("td", { class: "pick" }, box),
         ...cols.map((c) => {
-          if (c.key === "index") return el("td", { class: "num" }, el("a", { href: `#/jobs/${r.id}`, text: String(r.index + 1) }));
+          if (c.key === "index") return el("td", { class: "num" }, el("a", { href: `#/jobs/${r.id}`, text: String(r.index) }));
           if (c.key === "status") return el("td", {}, el("span", { class: `pill ${r.status}`, text: r.status }));
           const v = c.get(r);
           const text = c.show ? c.show(r) : c.metric ? metricValue(c.metric, v) : num(v);
@@ -224,7 +228,7 @@ export class SweepView {
     if (!this.sweep) return;
     const metric = this.chartMetric;
     const runs = [...this.runs].sort((a, b) => a.index - b.index).map((r) => ({
-      label: `#${r.index + 1} ${Object.entries(r.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ")}`,
+      label: `#${r.index} ${Object.entries(r.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ")}`,
       rows: this.rows.get(r.id) || [],
       highlight: Boolean(this.best && this.best.id === r.id),
     }));
@@ -233,7 +237,7 @@ export class SweepView {
     if (this.scatterX) {
       const s = this.sweep;
       scatter($("sweep-scatter"), this.runs.map((r) => ({
-        x: (r.options || {})[this.scatterX], y: r.value, label: `#${r.index + 1}`,
+        x: (r.options || {})[this.scatterX], y: r.value, label: `#${r.index}`,
         best: Boolean(this.best && this.best.id === r.id),
       })), { xLabel: this.scatterX, yLabel: s.metric });
     }
