@@ -54,6 +54,7 @@ async def test_sweep_from_the_form_to_compare(
         await rows.nth(1).locator("select.opt").select_option("learningRate")
         await rows.nth(1).locator("input.values").fill("0.01, 0.03")
         await expect(form.locator("#grid-count")).to_have_text("6 combinations")
+        await form.screenshot(path=SHOTS / "sweep-form.png")
         await form.locator("#sweep-base input[name=epochs]").fill(str(EPOCHS))
         await form.locator("#sweep-base input[name=networkLayers]").fill("2")
         # residualLayers 4 > networkLayers 2: every combination is refused, none stored.

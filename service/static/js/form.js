@@ -46,10 +46,12 @@ export function parseValue(raw, kind) {
 }
 
 // The request body of the option fields under `root`. An empty optional field is left
-// out; an empty required one is sent empty, so the API says what is wrong.
+// out; an empty required one is sent empty, so the API says what is wrong; a disabled one
+// is left out.
 export function optionValues(root) {
   const body = {};
   for (const input of root.querySelectorAll("[data-kind][name]")) {
+    if (input.disabled) continue;
     const raw = input.value.trim();
     if (raw === "") {
       if (!input.placeholder) body[input.name] = raw;

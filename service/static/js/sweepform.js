@@ -61,7 +61,8 @@ function randomRow(name = "learningRate", dist = "logUniform", values = "") {
   const err = el("small", { class: "field-error", "data-for": `random.space.${name}` });
   sel.addEventListener("change", () => { err.dataset.for = `random.space.${sel.value}`; });
   const remove = el("button", { type: "button", class: "ghost small", "aria-label": "remove row", text: "✕" });
-  remove.addEventListener("click", () => row.remove());
+  remove.addEventListener("click", () => { row.remove(); updateCount(); });
+  sel.addEventListener("change", updateCount);
   row.append(sel, kind, input, remove, err);
   return row;
 }
@@ -73,10 +74,19 @@ function gridRows() {
   });
 }
 
+// After any change of the rows: the grid's size, and the base fields that a row varies
+// shown as such (they are left out of `base`).
 function updateCount() {
   const rows = gridRows().filter(([, vs]) => vs.length);
   const n = rows.reduce((p, [, vs]) => p * vs.length, 1);
   $("grid-count").textContent = rows.length ? `${n} combination${n === 1 ? "" : "s"}` : "";
+  const varied = new Set([...$("sweep-form").querySelectorAll(".sweep-row select.opt")].map((s) => s.value));
+  for (const input of $("sweep-base").querySelectorAll("[data-kind][name]")) {
+    const on = varied.has(input.name);
+    input.disabled = on;
+    input.closest(".field").classList.toggle("varied", on);
+    input.title = on ? "set by the grid or the random samples" : "";
+  }
 }
 
 function nullableInt(id) {
@@ -94,9 +104,7 @@ export function sweepBody() {
     const values = parseList(r.querySelector(".values").value, opt);
     if (values.length) space[opt.name] = { [dist]: values };
   }
-  const varied = new Set([...Object.keys(grid), ...Object.keys(space)]);
-  const base = optionValues($("sweep-base"));
-  for (const name of varied) delete base[name];
+  const base = optionValues($("sweep-base")); // without the disabled (varied) fields
   const body = {
     name: $("sweep-name").value.trim() || null,
     base,
@@ -126,8 +134,8 @@ export function initSweepForm() {
   fillOptionFields(allOptions().filter((o) => !SWEEP_LEVEL.has(o.name)), $("sweep-base-basic"), $("sweep-base-more"));
   $("sweep-metric").replaceChildren(...METRICS.map((m) => el("option", { value: m, text: m })));
   $("grid-rows").replaceChildren(gridRow("gates", ""));
-  $("add-grid-row").addEventListener("click", () => { $("grid-rows").append(gridRow(sweepable()[0].name)); });
-  $("add-random-row").addEventListener("click", () => { $("random-rows").append(randomRow()); });
+  $("add-grid-row").addEventListener("click", () => { $("grid-rows").append(gridRow(sweepable()[0].name)); updateCount(); });
+  $("add-random-row").addEventListener("click", () => { $("random-rows").append(randomRow()); updateCount(); });
   updateCount();
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
