@@ -30,7 +30,13 @@ from trainer.checkpoint import (
 )
 from trainer.data import DataError
 from trainer.layer import BACKENDS
-from trainer.options import TRAINING_OPTIONS, Option, TrainingOptions, flag_of
+from trainer.options import (
+    RUN_CONTROL_OPTIONS,
+    TRAINING_OPTIONS,
+    Option,
+    TrainingOptions,
+    flag_of,
+)
 
 
 def _cli_number(kind: type) -> Callable[[str], Any]:
@@ -62,19 +68,42 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return positive
 
 
-def _seconds(text: str) -> float:
-    value = _cli_number(float)(text)
-    if not value >= 0 or value == float("inf"):  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text}")
-    return float(value)
+def _within_bounds(o: Option) -> Callable[[str], Any]:
+    """A number flag checked against its option's bounds where argparse parses it (run
+    control options have no request model to check them later)."""
+    parse = _cli_number(o.kind)
+
+    def check(text: str) -> Any:
+        value = parse(text)
+        low_ok = (o.ge is None or value >= o.ge) and (o.gt is None or value > o.gt)
+        high_ok = o.le is None or value <= o.le
+        if not (low_ok and high_ok):  # NaN fails too
+            bounds = " and ".join(
+                b
+                for b in (
+                    f">= {o.ge:g}" if o.ge is not None else "",
+                    f"> {o.gt:g}" if o.gt is not None else "",
+                    f"<= {o.le:g}" if o.le is not None else "",
+                )
+                if b
+            )
+            raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text}")
+        return value
+
+    return check
 
 
-def add_option_flag(group: argparse._ArgumentGroup | argparse.ArgumentParser, o: Option) -> None:
+def add_option_flag(
+    group: argparse._ArgumentGroup | argparse.ArgumentParser, o: Option, *, bounded: bool = False
+) -> None:
     kwargs: dict[str, Any] = {"dest": o.dest, "default": o.default, "help": o.help}
     if o.choices:
         kwargs |= {"choices": o.choices, "metavar": "NAME"}
     else:
-        kwargs["type"] = _cli_number(o.kind) if o.kind in (int, float) else o.kind
+        if o.kind in (int, float):
+            kwargs["type"] = _within_bounds(o) if bounded else _cli_number(o.kind)
+        else:
+            kwargs["type"] = o.kind
         kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[o.kind]
     group.add_argument(o.flag, **kwargs)
 
@@ -132,14 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where checkpoints are written (the newest two are kept); none without it",
     )
-    durable.add_argument(
-        "--checkpoint-interval-s",
-        type=_seconds,
-        default=300.0,
-        metavar="S",
-        help="at an epoch's end, checkpoint if S seconds passed since the last one "
-        "(or the start); 0: every epoch",
-    )
+    for option in RUN_CONTROL_OPTIONS:  # --checkpoint-interval-s: a run option of the job
+        add_option_flag(durable, option, bounded=True)
     durable.add_argument(
         "--resume-from",
         type=Path,

@@ -6,8 +6,6 @@ multi-line layouts would only garble the job log, and an unflushed line arrives 
 
 from __future__ import annotations
 
-import sys
-
 import structlog
 
 
@@ -18,7 +16,9 @@ def configure() -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.dev.ConsoleRenderer(colors=False, pad_event_to=0, pad_level=False),
         ],
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # No file given: each logger writes to the sys.stdout of the moment (tests that run
+        # the trainer in-process swap it; a pinned stream would outlive them, closed).
+        logger_factory=structlog.PrintLoggerFactory(),
         cache_logger_on_first_use=False,
     )
 
