@@ -82,7 +82,11 @@ async function boot() {
     showSignIn();
     return;
   }
-  startJobsSocket(setConn);
+  // A WebSocket refused for an ended session says only that it closed: ask who we are.
+  startJobsSocket(setConn, () => {
+    whoami().then(() => { if (!mayRead()) showSignIn("Your session has ended: sign in again."); })
+      .catch(() => {});
+  });
   window.addEventListener("hashchange", route);
   window.addEventListener("resize", () => { if (view && view.resize) view.resize(); });
   route();

@@ -132,6 +132,12 @@ async def test_sign_in_keeps_no_token_and_shows_what_the_role_allows(
         await page.goto(f"{api.url}/#/jobs/{alices}")
         await expect(page.locator("#job-title")).to_have_text("alice's run")
         await expect(page.locator("#cancel-btn")).to_be_hidden()
+        await page.goto(f"{api.url}/#/sweeps")
+        await expect(page.locator("#sweeps-empty")).to_be_visible()
+        await expect(page.locator("#new-sweep-btn")).to_be_hidden()
+        await page.goto(f"{api.url}/#/sweeps/new")
+        await expect(page.locator("#sweep-readonly-note")).to_be_visible()
+        await expect(page.locator("#sweep-form")).to_be_hidden()
         kept = await page.evaluate(STORAGE)
         for secret in secrets.values():
             assert secret not in kept

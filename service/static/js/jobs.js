@@ -37,8 +37,9 @@ export async function loadJobs() {
   emit(null);
 }
 
-// The live feed: subscribe first, then read, so no change falls between the two.
-export function startJobsSocket(setConn) {
+// The live feed: subscribe first, then read, so no change falls between the two. `onDrop`
+// runs when the socket closes (a session that ended is one reason).
+export function startJobsSocket(setConn, onDrop = () => {}) {
   return new Socket(() => wsUrl("ws/jobs"), {
     onopen: () => {
       setConn("live", "live");
@@ -50,6 +51,7 @@ export function startJobsSocket(setConn) {
     },
     onclose: () => {
       setConn("down", "reconnecting…");
+      onDrop();
       return true;
     },
   });

@@ -7,6 +7,7 @@ import { api } from "./api.js";
 import { $, el } from "./dom.js";
 import { clearErrors, fillOptionFields, optionValues, parseValue, showErrors } from "./form.js";
 import { allOptions, optionByName } from "./options.js";
+import { maySubmit } from "./session.js";
 
 // Sweep-level fields; the base leaves them out (the sweep's own name and priority apply).
 const SWEEP_LEVEL = new Set(["name", "priority"]);
@@ -131,6 +132,8 @@ function place(field) {
 export function initSweepForm() {
   const form = $("sweep-form");
   const banner = $("sweep-form-error");
+  form.hidden = !maySubmit();
+  $("sweep-readonly-note").hidden = maySubmit();
   fillOptionFields(allOptions().filter((o) => !SWEEP_LEVEL.has(o.name)), $("sweep-base-basic"), $("sweep-base-more"));
   $("sweep-metric").replaceChildren(...METRICS.map((m) => el("option", { value: m, text: m })));
   $("grid-rows").replaceChildren(gridRow("gates", ""));
