@@ -32,8 +32,12 @@ from service.worker import Worker
 async def make_live_api(store: Store, mongo_uri: str) -> AsyncIterator[MakeLiveApi]:
     runners: list[web.AppRunner] = []
 
-    async def make(*, token: str | None = None, live: LiveSettings | None = None) -> LiveApi:
-        settings = Settings(mongodb_uri=mongo_uri, db_name=store.db.name, api_token=token)
+    async def make(
+        *, token: str | None = None, live: LiveSettings | None = None, **settings_kw: Any
+    ) -> LiveApi:
+        settings = Settings(
+            mongodb_uri=mongo_uri, db_name=store.db.name, api_token=token, **settings_kw
+        )
         app = create_app(settings, store)
         if live is not None:  # the app is not frozen until it starts: swap in test limits
             app[LIVE] = Live(store, live)

@@ -113,7 +113,7 @@ async def test_submit_follow_and_cancel_in_the_browser(
     await expect(page.locator("#log .ln")).to_have_count(1 + 2 + 4 * 9 + 1 + 1)
     await expect(page.locator("#cancel-btn")).to_be_disabled()
     # The run's file is offered and downloads with its bytes.
-    file_button = page.locator("#job-files button.file")
+    file_button = page.locator("#job-files a.file")
     await expect(file_button).to_have_text("⤓ network.txt")
     async with page.expect_download() as download_info:
         await file_button.click()

@@ -1,7 +1,8 @@
 """A stand-in trainer for the browser test: a few log lines per epoch with short pauses
 and one EPOCH line per epoch, so a page can be watched filling up. Flags it does not know
 are ignored; GQ_EPOCH_S sets the seconds per epoch (default 0.4). `--seed 666` makes the
-run fail after its first epoch, so a test can watch a failure."""
+run fail after its first epoch, so a test can watch a failure. More gates reach a higher
+accuracy and a higher learning rate gets there sooner, so the runs of a sweep differ."""
 
 import argparse
 import math
@@ -15,19 +16,22 @@ p.add_argument("--epochs", type=int, default=5)
 p.add_argument("--gate-optimizer", default="?")
 p.add_argument("--gates", type=int, default=0)
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--learning-rate", type=float, default=0.01)
 p.add_argument("--output-dir", type=Path, required=True)
 args, _ = p.parse_known_args()
 epoch_s = float(os.environ.get("GQ_EPOCH_S", "0.4"))
 steps = 8
+speed = 0.6 * min(3.0, (args.learning_rate / 0.01) ** 0.5)
+ceiling = 1 - 8 / args.gates if args.gates > 8 else 1.0
 
 print(f"loading digits; {args.gates} gates/layer; optimizer {args.gate_optimizer}", flush=True)
 print("no CUDA device: training on the CPU", file=sys.stderr, flush=True)
 for epoch in range(1, args.epochs + 1):
     for step in range(1, steps + 1):
         time.sleep(epoch_s / steps)
-        loss = 2.3 * math.exp(-0.35 * (epoch - 1 + step / steps))
+        loss = 2.3 * math.exp(-0.6 * speed * (epoch - 1 + step / steps))
         print(f"epoch {epoch} step {step}/{steps} loss={loss:.4f}", flush=True)
-    acc = 1 - 0.9 * math.exp(-0.6 * epoch)
+    acc = ceiling * (1 - 0.9 * math.exp(-speed * epoch))
     print(
         f"EPOCH {epoch}/{args.epochs} train_loss={loss:.4f} train_acc={acc:.4f} "
         f"test_acc={acc - 0.03:.4f} test_acc_discrete={acc - 0.05:.4f} epoch_s={epoch_s:.2f}",

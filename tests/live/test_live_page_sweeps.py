@@ -1,0 +1,207 @@
+"""Sweeps in headless Chromium against the real API and two real workers running the paced
+stand-in trainer (whose accuracy grows with gates and learning rate): a 3 x 2 grid
+submitted from the page's form fills the sweep's table live to six Succeeded rows, the
+overlay chart draws a line per run with the best one highlighted, the scatter a point per
+run; two ticked rows compare with only their differing options listed; an Active sweep
+is cancelled from its page (docs/web.md, docs/sweeps.md)."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+from live_helpers import TINY_JOB, LiveApi
+from page_helpers import SHOTS, chromium
+from test_live_browser import CHROMIUM
+
+from service.worker import Worker
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium"),
+]
+
+EPOCHS = 4
+
+
+async def test_sweep_from_the_form_to_compare(
+    live_api: LiveApi, start_worker: Callable[..., Awaitable[Worker]]
+) -> None:
+    from playwright.async_api import expect
+
+    env = {**os.environ, "GQ_EPOCH_S": "0.2"}
+    for _ in range(2):
+        await start_worker(env=env)
+
+    # The page's 422 for a bad combination names it; every combination is checked first.
+    async with chromium(allowed=("422",)) as browser:
+        page = await browser.new_page()
+        await page.goto(live_api.url + "/")
+        await expect(page.locator("#conn")).to_have_text("live")
+        await page.locator('.nav a[data-area="sweeps"]').click()
+        await expect(page.locator("#sweeps-empty")).to_be_visible()
+        await page.locator("#new-sweep-btn").click()
+        form = page.locator("#sweep-form")
+        await expect(form).to_be_visible()
+        await form.locator("#sweep-name").fill("gates x lr")
+        rows = form.locator("#grid-rows .grid-row")
+        await rows.nth(0).locator("select.opt").select_option("gates")
+        await rows.nth(0).locator("input.values").fill("40, 80, 160")
+        await form.locator("#add-grid-row").click()
+        await rows.nth(1).locator("select.opt").select_option("learningRate")
+        await rows.nth(1).locator("input.values").fill("0.01, 0.03")
+        await expect(form.locator("#grid-count")).to_have_text("6 combinations")
+        await form.screenshot(path=SHOTS / "sweep-form.png")
+        await form.locator("#sweep-base input[name=epochs]").fill(str(EPOCHS))
+        await form.locator("#sweep-base input[name=networkLayers]").fill("2")
+        # residualLayers 4 > networkLayers 2: every combination is refused, none stored.
+        await form.locator("#sweep-submit").click()
+        banner = form.locator("#sweep-form-error")
+        await expect(banner).to_contain_text("combination 0 (gates=40, learningRate=0.01)")
+        await expect(form.locator('.field-error[data-for="residualLayers"]')).to_contain_text(
+            "must not exceed"
+        )
+        assert await live_api.store.jobs.collection.count_documents({}) == 0
+        await form.locator("#sweep-base input[name=residualLayers]").fill("1")
+        await form.locator("#sweep-submit").click()
+
+        await expect(page).to_have_url(re.compile(r"#/sweeps/[0-9a-f]{24}$"))
+        sweep_id = page.url.rsplit("/", 1)[1]
+        await expect(page.locator("#sweep-title")).to_have_text("gates x lr")
+        table = page.locator("#sweep-body tr")
+        await expect(table).to_have_count(6)
+        heads = await page.locator("#sweep-head th").all_text_contents()
+        assert heads[1:] == ["#", "gates", "learningRate", "status", "epoch", "test_acc_discrete"]
+        # The table fills live over /ws/jobs?sweep=ID.
+        await expect(page.locator('#sweep-body tr[data-status="Running"]').first).to_be_visible()
+        await expect(page.locator('#sweep-body tr[data-status="Succeeded"]')).to_have_count(6)
+        await expect(page.locator("#sweep-status")).to_have_text("Finished")
+        await expect(page.locator("#sweep-progress")).to_have_text("6/6 done")
+
+        # The best run: the most gates and the higher learning rate.
+        best = page.locator("#sweep-body tr.best")
+        await expect(best).to_have_count(1)
+        assert (await best.locator("td").all_text_contents())[2:4] == ["160", "0.03"]
+        await expect(page.locator("#sweep-best")).to_contain_text("(gates=160 learningRate=0.03)")
+        # Sorting by the metric puts the best first; again, last.
+        await page.locator('#sweep-head th[data-sort="value"]').click()
+        await expect(table.first).to_have_class("best")
+        await page.locator('#sweep-head th[data-sort="value"]').click()
+        await expect(table.last).to_have_class("best")
+
+        chart = page.locator("#sweep-chart")
+        await expect(chart).to_have_attribute("data-series", "6")
+        await expect(chart).to_have_attribute("data-points", str(6 * EPOCHS))
+        await expect(chart.locator(".u-legend .u-series")).to_have_count(7)  # epoch + 6 runs
+        # uPlot's own series: the best run's line is the thick one, and named in the legend.
+        widths = await page.evaluate(
+            "() => document.getElementById('sweep-chart').uplot.series.slice(1).map((s) => s.width)"
+        )
+        assert sorted(widths) == [1.5] * 5 + [4]
+        await expect(chart.locator(".u-legend .u-series.best")).to_contain_text(
+            "gates=160 learningRate=0.03"
+        )
+        scatter = page.locator("#sweep-scatter")
+        await expect(scatter.locator("circle")).to_have_count(6)
+        await expect(scatter.locator("circle.best")).to_have_count(1)
+        await page.locator("#sweep-scatter-x").select_option("learningRate")
+        await expect(scatter.locator("text.label").first).to_have_text("learningRate")
+        await expect(scatter.locator("circle")).to_have_count(6)
+        await page.locator("#sweep-head th[data-sort='index']").click()
+        await page.locator("#sweep-table").screenshot(path=SHOTS / "sweep-table.png")
+        await page.locator("#sweep-chart").locator("..").screenshot(path=SHOTS / "sweep-chart.png")
+
+        # Runs 0 and 2 differ in gates only (and so in their names): compare them.
+        for index in (0, 2):
+            await page.locator(f'#sweep-body tr[data-index="{index}"] input.pick').check()
+        await expect(page.locator("#sweep-compare")).to_have_text("Compare 2 selected")
+        await page.locator("#sweep-compare").click()
+        await expect(page).to_have_url(re.compile(r"#/compare/[0-9a-f]{24},[0-9a-f]{24}$"))
+        options = page.locator("#compare-options tbody tr")
+        await expect(options).to_have_count(2)
+        assert await options.locator("th").all_text_contents() == ["gates", "name"]
+        assert await options.nth(0).locator("td").all_text_contents() == ["40", "80"]
+        await expect(page.locator("#compare-charts .chart")).to_have_count(2)
+        first = page.locator("#compare-charts .chart").first
+        await expect(first).to_have_attribute("data-series", "2")
+        await expect(first).to_have_attribute("data-points", str(2 * EPOCHS))
+        await page.screenshot(path=SHOTS / "compare.png", full_page=True)
+
+        # An Active sweep is cancelled from its page.
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{live_api.url}/sweeps", json={
+                "name": "to be cancelled", "base": {**TINY_JOB, "epochs": 500},
+                "grid": {"gates": [40, 80, 120]},
+            }) as resp,
+        ):  # fmt: skip
+            assert resp.status == 201, await resp.text()
+            doomed = (await resp.json())["id"]
+        await page.goto(f"{live_api.url}/#/sweeps/{doomed}")
+        await expect(page.locator('#sweep-body tr[data-status="Running"]')).to_have_count(2)
+        await page.locator("#sweep-cancel").click()
+        await expect(page.locator("#sweep-note")).to_have_text(
+            "Cancelled 1 pending run; 2 stopping."
+        )
+        await expect(page.locator("#sweep-status")).to_have_text("Cancelled")
+        await expect(page.locator('#sweep-body tr[data-status="Cancelled"]')).to_have_count(3)
+        await expect(page.locator("#sweep-cancel")).to_be_disabled()
+
+        # The sweeps list has both, newest first.
+        await page.locator('.nav a[data-area="sweeps"]').click()
+        listed = page.locator("#sweeps-body tr")
+        await expect(listed).to_have_count(2)
+        assert await listed.locator("td:first-child").all_text_contents() == [
+            "to be cancelled",
+            "gates x lr",
+        ]
+        await expect(listed.nth(1).locator("td").nth(2)).to_have_text("6/6 done")
+        assert sweep_id != doomed
+
+
+async def test_random_sweep_from_the_form(live_api: LiveApi) -> None:
+    """Random samples only, no worker: the runs wait in the queue, and a run's page says
+    where it stands and which sweep it belongs to."""
+    from playwright.async_api import expect
+
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{live_api.url}/#/sweeps/new")
+        form = page.locator("#sweep-form")
+        await form.locator("#grid-rows .grid-row button").click()  # no grid at all
+        await expect(form.locator("#grid-rows .grid-row")).to_have_count(0)
+        await form.locator("#random-details summary").click()
+        await form.locator("#random-n").fill("4")
+        await form.locator("#random-seed").fill("3")  # both optimizers drawn
+        await form.locator("#add-random-row").click()
+        await form.locator("#add-random-row").click()
+        rows = form.locator("#random-rows .random-row")
+        await rows.nth(0).locator("select.opt").select_option("learningRate")
+        await rows.nth(0).locator("select.dist").select_option("logUniform")
+        await rows.nth(0).locator("input.values").fill("0.001, 0.1")
+        await rows.nth(1).locator("select.opt").select_option("gateOptimizer")
+        await rows.nth(1).locator("select.dist").select_option("choice")
+        await rows.nth(1).locator("input.values").fill("softmax, entmax")
+        await form.locator("#sweep-priority").fill("7")
+        await form.locator("#sweep-submit").click()
+        await expect(page).to_have_url(re.compile(r"#/sweeps/[0-9a-f]{24}$"))
+        sweep_id = page.url.rsplit("/", 1)[1]
+        await expect(page.locator('#sweep-body tr[data-status="Pending"]')).to_have_count(4)
+        heads = await page.locator("#sweep-head th").all_text_contents()
+        assert heads[2:4] == ["learningRate", "gateOptimizer"]
+        rates = await page.locator("#sweep-body tr td:nth-child(3)").all_text_contents()
+        assert all(0.001 <= float(r) <= 0.1 for r in rates), rates
+        await expect(page.locator('#sweep-meta [data-key="priority"] dd')).to_have_text("7")
+        await expect(page.locator("#sweep-chart-empty")).to_be_visible()
+        await expect(page.locator("#sweep-scatter circle")).to_have_count(0)
+
+        await page.locator('#sweep-body tr[data-index="2"] td:nth-child(2) a').click()
+        await expect(page.locator("#job-queue")).to_have_text(
+            "3rd in queue, waiting for a free slot"
+        )
+        await expect(page.locator('#job-meta [data-key="priority"] dd')).to_have_text("7")
+        await page.locator('#job-meta [data-key="sweep"] a').click()
+        await expect(page).to_have_url(f"{live_api.url}/#/sweeps/{sweep_id}")
