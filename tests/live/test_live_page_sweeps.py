@@ -55,6 +55,7 @@ async def test_sweep_from_the_form_to_compare(
         await rows.nth(1).locator("input.values").fill("0.01, 0.03")
         await expect(form.locator("#grid-count")).to_have_text("6 combinations")
         await form.screenshot(path=SHOTS / "sweep-form.png")
+        await form.locator("#sweep-max-parallel").fill("2")
         await form.locator("#sweep-base input[name=epochs]").fill(str(EPOCHS))
         await form.locator("#sweep-base input[name=networkLayers]").fill("2")
         # residualLayers 4 > networkLayers 2: every combination is refused, none stored.
@@ -80,6 +81,11 @@ async def test_sweep_from_the_form_to_compare(
         await expect(page.locator('#sweep-body tr[data-status="Succeeded"]')).to_have_count(6)
         await expect(page.locator("#sweep-status")).to_have_text("Finished")
         await expect(page.locator("#sweep-progress")).to_have_text("6/6 done")
+        # maxParallel 2 over two workers: never three at once, by the stored times.
+        docs = await live_api.store.jobs.collection.find({}).to_list(None)
+        edges = sorted([(d["startedAt"], 1) for d in docs] + [(d["finishedAt"], -1) for d in docs])
+        running = [sum(step for _, step in edges[: i + 1]) for i in range(len(edges))]
+        assert max(running) <= 2
 
         # The best run: the most gates and the higher learning rate.
         best = page.locator("#sweep-body tr.best")
