@@ -1,5 +1,6 @@
 """The `gatequeue` command: `service.cli.server` has the server-side commands,
-`service.cli.jobs` the client ones.
+`service.cli.jobs` and `service.cli.sweeps` the client ones (sharing `service.cli.common`),
+`service.cli.tokens` the token file's.
 
 Every command reads the environment variables of docs/design.md ("Configuration") through
 `Settings.from_env()`; flags given on the command line win over them.
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.cli import jobs, server, tokens
+    from service.cli import jobs, server, sweeps, tokens
 
     parser = argparse.ArgumentParser(
         prog="gatequeue",
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(metavar="COMMAND")
     server.add_commands(sub)
     jobs.add_commands(sub)
+    sweeps.add_commands(sub)
     tokens.add_commands(sub)
     return parser
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
-from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +24,21 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from service.cli.common import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_REFUSED,
+    METRIC_ORDER,
+    STATUS_STYLE,
+    api_parent,
+    client_command,
+    escape,
+    num,
+    status_markup,
+)
 from service.cli.terminal import markup_safe, printable
 from service.client import (
-    DEFAULT_API,
     GateQueueClient,
-    GateQueueConnectionError,
     GateQueueError,
     Job,
 )
@@ -39,36 +47,9 @@ from service.jobs.request import REQUEST_OPTIONS
 from service.jobs.status import Status
 from trainer.options import Option
 
-EXIT_OK = 0
-EXIT_JOB_FAILED = 1
-EXIT_REFUSED = 2
-EXIT_UNREACHABLE = 3
-
-STATUS_STYLE: dict[str, str] = {
-    Status.PENDING: "yellow",
-    Status.RUNNING: "cyan",
-    Status.SUCCEEDED: "green",
-    Status.FAILED: "red",
-    Status.CANCELLED: "magenta",
-}
-# Metrics shown first (when present) in progress lines and tables.
-METRIC_ORDER = ("train_loss", "train_acc", "test_acc", "test_acc_discrete", "epoch_s")
-
-Command = Callable[[argparse.Namespace, Settings], int]
-
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    api = argparse.ArgumentParser(add_help=False)
-    group = api.add_argument_group("API")
-    group.add_argument(
-        "--api",
-        default=os.environ.get("GATEQUEUE_API") or DEFAULT_API,
-        metavar="URL",
-        help="the gatequeue API (default: $GATEQUEUE_API or %(default)s)",
-    )
-    group.add_argument(
-        "--token", help="API token (default: $GATEQUEUE_API_TOKEN, when the API needs one)"
-    )
+    api = api_parent()
 
     submit = subparsers.add_parser(
         "submit",
@@ -85,19 +66,20 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     hp = submit.add_argument_group("job request (flags mirror the JSON fields)")
     for option in REQUEST_OPTIONS:
         _add_option_flag(hp, option)
-    submit.set_defaults(func=_sync(cmd_submit))
+    submit.set_defaults(func=client_command(cmd_submit))
 
     ls = subparsers.add_parser("ls", parents=[api], help="list jobs, newest first")
     ls.add_argument("--status", choices=tuple(STATUS_STYLE), help="only jobs with this status")
     ls.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
     ls.add_argument("--json", action="store_true", help="one JSON document per line")
     ls.add_argument("--mine", action="store_true", help="only the jobs this token submitted")
-    ls.set_defaults(func=_sync(cmd_ls))
+    ls.add_argument("--sweep", metavar="SWEEP", help="only the jobs of this sweep")
+    ls.set_defaults(func=client_command(cmd_ls))
 
     show = subparsers.add_parser("show", parents=[api], help="one job with its metrics")
     show.add_argument("job", metavar="JOB", help="job id")
     show.add_argument("--json", action="store_true", help="the job and metrics as JSON")
-    show.set_defaults(func=_sync(cmd_show))
+    show.set_defaults(func=client_command(cmd_show))
 
     logs = subparsers.add_parser("logs", parents=[api], help="print (or follow) a job's log")
     logs.add_argument("job", metavar="JOB", help="job id")
@@ -110,11 +92,11 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     logs.add_argument(
         "--from", dest="from_seq", type=int, default=0, metavar="N", help="start at line N"
     )
-    logs.set_defaults(func=_sync(cmd_logs))
+    logs.set_defaults(func=client_command(cmd_logs))
 
     cancel = subparsers.add_parser("cancel", parents=[api], help="cancel a job")
     cancel.add_argument("job", metavar="JOB", help="job id")
-    cancel.set_defaults(func=_sync(cmd_cancel))
+    cancel.set_defaults(func=client_command(cmd_cancel))
 
     download = subparsers.add_parser(
         "download", parents=[api], help="save the files of a finished run (the trained network)"
@@ -126,7 +108,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     download.add_argument(
         "-o", "--output-dir", default=".", metavar="DIR", help="where to save (default: .)"
     )
-    download.set_defaults(func=_sync(cmd_download))
+    download.set_defaults(func=client_command(cmd_download))
 
 
 # -- flags from the request options ------------------------------------------------------
@@ -159,67 +141,12 @@ def request_body(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-# -- running commands -------------------------------------------------------------------
-
-
-def _sync(
-    command: Callable[[argparse.Namespace, Settings, GateQueueClient], Awaitable[int]],
-) -> Command:
-    """Wrap an async command as `(args, settings) -> int`: one client, errors to exits."""
-
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        token = args.token or settings.api_token
-
-        async def main() -> int:
-            async with GateQueueClient(args.api, token=token) as client:
-                return await command(args, settings, client)
-
-        return run_client(main())
-
-    run.__name__ = command.__name__
-    run.__doc__ = command.__doc__
-    return run
-
-
-def run_client(coro: Coroutine[Any, Any, int]) -> int:
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    try:
-        return asyncio.run(coro)
-    except GateQueueConnectionError as exc:
-        err.print(f"[red]gatequeue:[/] {exc}", markup=True)
-        err.print(
-            "  is the API running? start one with `gatequeue up` or set --api / $GATEQUEUE_API"
-        )
-        return EXIT_UNREACHABLE
-    except GateQueueError as exc:
-        err.print(f"[red]gatequeue:[/] {_escape(str(exc))}", markup=True)
-        if exc.status == 401:
-            err.print("  pass --token or set $GATEQUEUE_API_TOKEN")
-        return EXIT_REFUSED
-
-
-def _escape(text: str) -> str:
-    """Stored text, shown safely: control characters escaped, rich markup too."""
-    return markup_safe(text, multiline=True)
-
-
-def _status(status: str | None) -> str:
-    style = STATUS_STYLE.get(status or "", "white")
-    return f"[{style}]{status}[/]"
-
-
 def _metrics_text(metrics: dict[str, Any] | None) -> str:
     if not metrics:
         return ""
     keys = [k for k in METRIC_ORDER if k in metrics]
     keys += [k for k in metrics if k not in keys and k not in ("epoch", "epochs")]
-    return "  ".join(f"{k}={_num(metrics[k])}" for k in keys)
-
-
-def _num(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+    return "  ".join(f"{k}={num(metrics[k])}" for k in keys)
 
 
 def _epochs(job: Job) -> tuple[int, int]:
@@ -242,14 +169,14 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings, client: GateQ
     out.print(f"submitted {job['id']}  {_page_url(args.api, job['id'])}")
     final = await follow_progress(client, job)
     status = final.get("status")
-    line = f"job {final['id']} {_status(status)}"
+    line = f"job {final['id']} {status_markup(status)}"
     if final.get("exitCode") is not None:
         line += f" (exit {final['exitCode']})"
     out.print(line)
     if final.get("latestMetrics"):
         out.print("  " + _metrics_text(final["latestMetrics"]))
     if final.get("error"):
-        out.print(f"  error: {_escape(str(final['error']))}")
+        out.print(f"  error: {escape(str(final['error']))}")
     return EXIT_OK if status == Status.SUCCEEDED else EXIT_JOB_FAILED
 
 
@@ -274,7 +201,11 @@ async def follow_progress(client: GateQueueClient, job: Job) -> Job:
         transient=False,
     ) as progress:
         task = progress.add_task(
-            "train", total=total, completed=done, status=_status(job.get("status")), metrics=""
+            "train",
+            total=total,
+            completed=done,
+            status=status_markup(job.get("status")),
+            metrics="",
         )
         final = job
         async for update in client.watch(job["id"]):
@@ -284,8 +215,8 @@ async def follow_progress(client: GateQueueClient, job: Job) -> Job:
                 task,
                 total=total,
                 completed=done,
-                status=_status(update.get("status")),
-                metrics=_escape(_metrics_text(update.get("latestMetrics"))),
+                status=status_markup(update.get("status")),
+                metrics=escape(_metrics_text(update.get("latestMetrics"))),
             )
     return final
 
@@ -299,7 +230,7 @@ async def _follow_plain(client: GateQueueClient, job: Job, console: Console) -> 
         key = (update.get("status"), done)
         if key != shown:
             shown = key
-            metrics = _escape(_metrics_text(update.get("latestMetrics")))
+            metrics = escape(_metrics_text(update.get("latestMetrics")))
             console.print(f"{update.get('status')}  epoch {done}/{total}  {metrics}".rstrip())
     return final
 
@@ -313,7 +244,9 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
         elif not me.get("authenticated"):
             raise GateQueueError("--mine needs a token: pass --token or set $GATEQUEUE_API_TOKEN")
         mine = me.get("name")
-    jobs = await client.list(status=args.status, limit=args.limit, submitted_by=mine)
+    jobs = await client.list(
+        status=args.status, limit=args.limit, submitted_by=mine, sweep=args.sweep
+    )
     if args.json:
         for job in jobs:
             print(json.dumps(job))
@@ -324,7 +257,8 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
         console.print("no jobs" + (f" with status {args.status}" if args.status else ""))
         return EXIT_OK
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("ID", "STATUS", "NAME", "BY", "OPTIMIZER", "EPOCH", "TEST ACC", "CREATED"):
+    # The headline is the discrete network's accuracy: that network is what a run saves.
+    for col in ("ID", "STATUS", "NAME", "BY", "OPTIMIZER", "EPOCH", "ACC", "CREATED"):
         if col == "NAME":
             table.add_column(col, overflow="ellipsis", max_width=40)
         else:
@@ -332,10 +266,10 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
     for job in jobs:
         done, total = _epochs(job)
         metrics = job.get("latestMetrics") or {}
-        acc = metrics.get("test_acc")
+        acc = metrics.get("test_acc_discrete")
         table.add_row(
             job["id"],
-            _status(job.get("status")),
+            status_markup(job.get("status")),
             markup_safe(job.get("name") or ""),
             markup_safe(job.get("submittedBy") or ""),
             (job.get("hyperparameters") or {}).get("gateOptimizer", ""),
@@ -346,6 +280,7 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
     console.print(table)
     if jobs.next:
         console.print(f"[dim]more: gatequeue ls --limit {args.limit * 2}[/]")
+    console.print("[dim]ACC: test accuracy of the discrete network (test_acc_discrete)[/]")
     return EXIT_OK
 
 
@@ -356,9 +291,8 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
         print(json.dumps({"job": job, "metrics": metrics}, indent=2))
         return EXIT_OK
     console = Console(highlight=False, soft_wrap=True)
-    console.print(
-        f"[bold]{job['id']}[/]  {_status(job.get('status'))}  {markup_safe(job.get('name') or '')}"
-    )
+    name = markup_safe(job.get("name") or "")
+    console.print(f"[bold]{job['id']}[/]  {status_markup(job.get('status'))}  {name}")
     rows: list[tuple[str, str]] = [
         ("created", job.get("createdAt") or ""),
         ("started", job.get("startedAt") or ""),
@@ -366,6 +300,17 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
         ("attempt", f"{job.get('attempt')}/{job.get('maxAttempts')}"),
         ("submitted by", markup_safe(job.get("submittedBy") or "")),
     ]
+    if job.get("status") == Status.PENDING and job.get("queuePosition") is not None:
+        ahead = job["queuePosition"]
+        rows.append(("queue", f"{ahead} job{'s' if ahead != 1 else ''} ahead; waiting for "
+                              f"{job.get('waitingFor') or 'a free slot'}"))  # fmt: skip
+    rows.append(("priority", str(job.get("priority", 0))))
+    if job.get("sweepId"):
+        rows.append(("sweep", f"{job['sweepId']} (run {job.get('sweepIndex')})"))
+    estimate = job.get("memoryEstimate")
+    if estimate:
+        rows.append(("memory", f"{_bytes(estimate['cpu'])} on CPU, {_bytes(estimate['cuda'])} "
+                               "on a GPU (estimated peak)"))  # fmt: skip
     worker = job.get("worker")
     if worker:
         rows.append(("worker", f"{worker.get('id')} on {worker.get('host')} ({worker.get('gpu')})"))
@@ -374,7 +319,19 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
     if job.get("cancelRequested") and job.get("status") == Status.RUNNING:
         rows.append(("cancel", "requested"))
     if job.get("error"):
-        rows.append(("error", _escape(str(job["error"]))))
+        rows.append(("error", escape(str(job["error"]))))
+    resumed = job.get("resumedFrom")
+    if resumed:
+        rows.append(("resumed from", f"epoch {resumed['epoch']} (checkpoint of attempt "
+                                     f"{resumed['attemptId'][:8]})"))  # fmt: skip
+    checkpoint = job.get("checkpoint")
+    if checkpoint:
+        written = checkpoint["createdAt"][:19].replace("T", " ")
+        size = _bytes(checkpoint["length"])
+        rows.append(("checkpoint", f"epoch {checkpoint['epoch']}, {size}, {written}"))
+    circuit = job.get("circuit")
+    if circuit:
+        rows.append(("circuit", _circuit_text(circuit)))
     artifacts = job.get("artifacts") or []
     if artifacts:
         rows.append(("artifacts", " ".join(f"{a['name']} ({a['length']} B)" for a in artifacts)))
@@ -391,12 +348,30 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
         for k in keys:
             table.add_column(k, justify="right")
         for m in metrics:
-            table.add_row(
-                f"{m.get('epoch')}/{m.get('epochs')}", *(_num(m.get(k, "")) for k in keys)
-            )
+            table.add_row(f"{m.get('epoch')}/{m.get('epochs')}", *(num(m.get(k, "")) for k in keys))
         console.print()
         console.print(table)
     return EXIT_OK
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    return f"{n} B"  # pragma: no cover
+
+
+def _circuit_text(circuit: dict[str, Any]) -> str:
+    verified = (
+        "[green]verified[/]"
+        if circuit.get("verified")
+        else f"[red]NOT verified: {circuit.get('disagreements')} disagreements[/]"
+    )
+    return (
+        f"{circuit['gates']} gates, {circuit['gatesLive']} live, depth {circuit['depth']}, "
+        f"{circuit['imagesPerS']:,.0f} images/s (1 thread), {verified}"
+    )
 
 
 async def cmd_logs(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
@@ -435,10 +410,10 @@ async def cmd_cancel(args: argparse.Namespace, settings: Settings, client: GateQ
     job = await client.cancel(args.job)
     console = Console(highlight=False, soft_wrap=True)
     if job.get("status") == Status.CANCELLED:
-        console.print(f"{job['id']} {_status(Status.CANCELLED)}")
+        console.print(f"{job['id']} {status_markup(Status.CANCELLED)}")
     else:
         console.print(
-            f"{job['id']} {_status(job.get('status'))}: cancel requested; its worker stops it"
+            f"{job['id']} {status_markup(job.get('status'))}: cancel requested; its worker stops it"
         )
     return EXIT_OK
 

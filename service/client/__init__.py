@@ -15,6 +15,8 @@ from service.client.api import (
     LogEnd,
     LogLine,
     LogStream,
+    Sweep,
+    SweepPage,
 )
 
 __all__ = [
@@ -28,4 +30,6 @@ __all__ = [
     "LogEnd",
     "LogLine",
     "LogStream",
+    "Sweep",
+    "SweepPage",
 ]

@@ -50,8 +50,16 @@ _PERMANENT_CLOSE_CODES = frozenset({1008, *range(4400, 4500)})
 Job = dict[str, Any]
 
 
+# A sweep as the API sends it (`service.sweeps.record.Sweep`, with `jobs` from
+# `GateQueueClient.sweep`).
+Sweep = dict[str, Any]
+
 # `GateQueueClient.list` shadows the builtin inside the class body.
 _List = list
+
+# A burst of job changes (a sweep's jobs finishing together) becomes one re-read of the
+# sweep: changes that follow within this long are taken with the first.
+_SWEEP_COALESCE_S = 0.05
 
 
 class JobPage(list[Job]):
@@ -59,6 +67,14 @@ class JobPage(list[Job]):
 
     def __init__(self, jobs: list[Job], next_after: str | None) -> None:
         super().__init__(jobs)
+        self.next = next_after
+
+
+class SweepPage(list[Sweep]):
+    """One page of `GET /sweeps`, newest first; `next` is the `after` of the next page."""
+
+    def __init__(self, sweeps: list[Sweep], next_after: str | None) -> None:
+        super().__init__(sweeps)
         self.next = next_after
 
 
@@ -276,11 +292,14 @@ class GateQueueClient:
         limit: int = 50,
         after: str | None = None,
         submitted_by: str | None = None,
+        sweep: str | None = None,
     ) -> JobPage:
         """One page, newest first; pass `page.next` as `after` for the next one."""
         params: dict[str, str | int] = {"limit": limit}
         if status:
             params["status"] = status
+        if sweep:
+            params["sweep"] = sweep
         if after:
             params["after"] = after
         if submitted_by:
@@ -365,12 +384,124 @@ class GateQueueClient:
                     return job
         raise GateQueueError(f"job {job_id} stopped being reported before it finished")
 
+    # -- sweeps --------------------------------------------------------------------------
+
+    @staticmethod
+    def _sweep_path(sweep_id: str) -> str:
+        return "/sweeps/" + quote(str(sweep_id), safe="")
+
+    async def submit_sweep(
+        self,
+        *,
+        base: Mapping[str, Any],
+        grid: Mapping[str, _List[Any]] | None = None,
+        random: Mapping[str, Any] | None = None,
+        runs: _List[Mapping[str, Any]] | None = None,
+        max_parallel: int | None = None,
+        priority: int | None = None,
+        metric: str | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Sweep:
+        """Many jobs in one request (docs/sweeps.md): `grid` (every combination) crossed with
+        `runs` (explicit overrides), plus `random` (`{"n", "seed", "space"}`), each on top of
+        `base`. All or nothing: a combination that is no valid job is a GateQueueError 422
+        whose `body["error"]["combination"]` names it, and no job is made."""
+        body: dict[str, Any] = {"base": dict(base)}
+        for key, value in (
+            ("name", name), ("grid", grid), ("random", random), ("runs", runs),
+            ("maxParallel", max_parallel), ("priority", priority), ("metric", metric),
+        ):  # fmt: skip
+            if value is not None:
+                body[key] = value
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        return await self._request("POST", "/sweeps", json_body=body, headers=headers)  # type: ignore[no-any-return]
+
+    async def sweep(self, sweep_id: str) -> Sweep:
+        """The sweep with its counts, its best run and every run (`jobs`)."""
+        return await self._request("GET", self._sweep_path(sweep_id))  # type: ignore[no-any-return]
+
+    async def sweeps(
+        self, *, limit: int = 50, after: str | None = None, submitted_by: str | None = None
+    ) -> SweepPage:
+        params: dict[str, str | int] = {"limit": limit}
+        if after:
+            params["after"] = after
+        if submitted_by:
+            params["submittedBy"] = submitted_by
+        body = await self._request("GET", "/sweeps", params=params)
+        return SweepPage(body["sweeps"], body.get("next"))
+
+    async def cancel_sweep(self, sweep_id: str) -> dict[str, Any]:
+        """`{"sweep", "cancelled", "stopping"}`: Pending jobs Cancelled, Running ones asked
+        to stop by their workers."""
+        return await self._request("POST", self._sweep_path(sweep_id) + "/cancel", json_body={})  # type: ignore[no-any-return]
+
+    async def watch_sweep(self, sweep_id: str) -> AsyncIterator[Sweep]:
+        """The sweep now, then again after its jobs change, until none is left to finish.
+
+        Pushed by `/ws/jobs?sweep=ID`; each change (or burst of changes) is one re-read of
+        the sweep, so what is yielded is always whole and consistent."""
+        attempt = 0
+        last_error: BaseException | None = None
+        while True:
+            try:
+                ws = await self._connect_ws("/ws/jobs", {"sweep": sweep_id})
+            except GateQueueConnectionError as exc:
+                attempt += 1
+                last_error = exc
+                await self._backoff(attempt, last_error)
+                continue
+            except GateQueueError:
+                await self.sweep(sweep_id)  # the refusal, explained (404, 401, ...)
+                raise
+            try:
+                # subscribed first, then read: no change between the two is missed
+                sweep = await self.sweep(sweep_id)
+                yield sweep
+                if sweep.get("remaining") == 0:
+                    return
+                while await _changed(ws):
+                    attempt = 0
+                    sweep = await self.sweep(sweep_id)
+                    yield sweep
+                    if sweep.get("remaining") == 0:
+                        return
+            finally:
+                await ws.close()
+            attempt += 1
+            last_error = ws.exception() or ConnectionError(f"closed with {ws.close_code}")
+            await self._backoff(attempt, last_error)
+
+    async def wait_sweep(self, sweep_id: str, timeout_s: float | None = None) -> Sweep:
+        """Until every job of the sweep has finished; the sweep then (`best`, every run)."""
+        async with asyncio.timeout(timeout_s):
+            async for sweep in self.watch_sweep(sweep_id):
+                if sweep.get("remaining") == 0:
+                    return sweep
+        raise GateQueueError(f"sweep {sweep_id} stopped being reported before it finished")
+
     # -- logs ----------------------------------------------------------------------------
 
     def logs(self, job_id: str, follow: bool = True, from_seq: int = 0) -> LogStream:
         """The job's log lines from `from_seq`. With `follow`, live lines follow until the
         job ends (`stream.end` then says how); without, only what is stored now."""
         return LogStream(self, job_id, follow=follow, from_seq=from_seq)
+
+
+async def _changed(ws: aiohttp.ClientWebSocketResponse) -> bool:
+    """Wait for a message (a job changed, or a resync); take the ones right behind it too.
+    False once the socket closed."""
+    msg = await ws.receive()
+    if msg.type is not aiohttp.WSMsgType.TEXT:
+        return False
+    while True:
+        try:
+            msg = await ws.receive(timeout=_SWEEP_COALESCE_S)
+        except TimeoutError:
+            return True
+        if msg.type is not aiohttp.WSMsgType.TEXT:
+            return True  # report this change; the next call sees the close
 
 
 def _json_or_none(text: str) -> Any:

@@ -1,0 +1,391 @@
+"""`gatequeue sweep` (submit many runs at once) and `gatequeue sweeps` (list, show, follow,
+cancel), over the sweep routes of docs/sweeps.md.
+
+    gatequeue sweep --gate-optimizer softmax --gates 1000 --epochs 5 \\
+        --grid gates=1000,4000 --grid gateOptimizer=softmax,entmax \\
+        --random 8 --space learningRate=log:1e-3:1e-1 --max-parallel 2 --wait
+
+The base flags are the flags of `gatequeue submit` (generated from the same options); grid
+and space values are read with their option's type, so `--grid gates=1e3` is refused here,
+before the request, as the API would refuse it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shlex
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.cli.common import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    api_parent,
+    client_command,
+    escape,
+    num,
+    status_markup,
+)
+from service.cli.terminal import markup_safe
+from service.client import GateQueueClient, GateQueueError, Sweep
+from service.config import Settings
+from service.jobs.request import REQUEST_OPTIONS
+from service.jobs.status import Status
+from trainer.options import Option
+
+_BY_NAME: dict[str, Option] = {o.name: o for o in REQUEST_OPTIONS}
+# Set on the sweep itself (its name, its jobs' priority), not on its base.
+_SWEEP_OWN = ("name", "priority")
+_SPACES = {"log": "logUniform", "uniform": "uniform", "int": "intUniform", "choice": "choice"}
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    api = api_parent()
+    sweep = subparsers.add_parser(
+        "sweep",
+        parents=[api],
+        help="submit a sweep: a grid, random samples and/or a list of runs",
+        description="Submit many runs in one request (docs/sweeps.md). The base flags are "
+        "those of `gatequeue submit`; --grid, --run and --space override them per run.",
+    )
+    sweep.add_argument(
+        "--grid", action="append", default=[], metavar="OPTION=V1,V2,...",
+        help="every combination of the grid's values is a run (repeat for more options)",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--run", action="append", default=[], metavar="'OPTION=V OPTION=V'",
+        help="one explicit run (repeatable); crossed with the grid when both are given",
+    )  # fmt: skip
+    sweep.add_argument("--random", type=int, metavar="N", help="add N random samples")
+    sweep.add_argument(
+        "--random-seed", type=int, default=0, help="the sampler's seed (not the runs' --seed)"
+    )
+    sweep.add_argument(
+        "--space", action="append", default=[], metavar="OPTION=KIND:...",
+        help="where a random sample draws OPTION: log:LO:HI, uniform:LO:HI, int:LO:HI or "
+        "choice:A,B,C",
+    )  # fmt: skip
+    sweep.add_argument("--max-parallel", type=int, metavar="M", help="at most M Running at once")
+    sweep.add_argument("--priority", type=int, help="of every job of the sweep (-100..100)")
+    sweep.add_argument(
+        "--metric", default="test_acc_discrete", help="ranks the runs (default %(default)s)"
+    )
+    sweep.add_argument("--name", help="a label for the sweep")
+    sweep.add_argument("--idempotency-key", help="retrying with the same key returns the sweep")
+    sweep.add_argument(
+        "--wait", action="store_true",
+        help="follow the sweep with one progress bar, then print its runs best first; "
+        "exit 0 only if every run Succeeded",
+    )  # fmt: skip
+    base = sweep.add_argument_group("base (flags of `gatequeue submit`)")
+    for option in REQUEST_OPTIONS:
+        if option.name not in _SWEEP_OWN:
+            _add_base_flag(base, option)
+    sweep.set_defaults(func=client_command(cmd_sweep))
+
+    sweeps = subparsers.add_parser(
+        "sweeps", parents=[api], help="list sweeps, or show, follow or cancel one"
+    )
+    sweeps.add_argument("sweep", nargs="?", metavar="SWEEP", help="one sweep's runs")
+    sweeps.add_argument("--wait", action="store_true", help="follow SWEEP to its end")
+    sweeps.add_argument("--cancel", action="store_true", help="cancel every job of SWEEP")
+    sweeps.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
+    sweeps.add_argument("--json", action="store_true", help="as JSON")
+    sweeps.set_defaults(func=client_command(cmd_sweeps))
+
+
+def _add_base_flag(group: argparse._ArgumentGroup, option: Option) -> None:
+    kwargs: dict[str, Any] = {"dest": option.name, "default": None, "help": option.help}
+    if option.choices:
+        kwargs |= {"choices": option.choices, "metavar": "{" + ",".join(option.choices) + "}"}
+    else:
+        kwargs |= {"type": option.kind, "metavar": {int: "N", float: "X", str: "TEXT"}[option.kind]}
+    group.add_argument(option.flag, **kwargs)
+
+
+# -- parsing the sweep flags -------------------------------------------------------------
+
+
+class SweepFlagError(ValueError):
+    """A --grid, --run or --space that cannot be read; the message says which and why."""
+
+
+def _option(name: str) -> Option:
+    """`gateOptimizer`, `gate-optimizer` and `--gate-optimizer` name the same option."""
+    key = re.sub(r"-(\w)", lambda m: m.group(1).upper(), name.strip().lstrip("-"))
+    if key not in _BY_NAME:
+        raise SweepFlagError(f"{name!r} is no option of a job")
+    return _BY_NAME[key]
+
+
+def _value(option: Option, text: str) -> Any:
+    text = text.strip()
+    try:
+        if option.kind is int:
+            if not re.fullmatch(r"[-+]?\d+", text):
+                raise ValueError
+            return int(text)
+        if option.kind is float:
+            return float(text)
+    except ValueError:
+        raise SweepFlagError(
+            f"{option.name}: {text!r} is not {'an integer' if option.kind is int else 'a number'}"
+        ) from None
+    return text
+
+
+def _pair(flag: str, text: str) -> tuple[Option, str]:
+    name, sep, rest = text.partition("=")
+    if not sep or not rest.strip():
+        raise SweepFlagError(f"{flag} {text!r}: expected OPTION=VALUE")
+    return _option(name), rest
+
+
+def parse_grid(items: list[str]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for item in items:
+        option, rest = _pair("--grid", item)
+        grid[option.name] = [_value(option, v) for v in rest.split(",")]
+    return grid
+
+
+def parse_runs(items: list[str]) -> list[dict[str, Any]]:
+    runs = []
+    for item in items:
+        run: dict[str, Any] = {}
+        for word in shlex.split(item):
+            option, rest = _pair("--run", word)
+            run[option.name] = _value(option, rest)
+        runs.append(run)
+    return runs
+
+
+def parse_space(items: list[str]) -> dict[str, dict[str, list[Any]]]:
+    space: dict[str, dict[str, list[Any]]] = {}
+    for item in items:
+        option, rest = _pair("--space", item)
+        kind, _, spec = rest.partition(":")
+        if kind not in _SPACES:
+            raise SweepFlagError(
+                f"--space {item!r}: the kind is one of {', '.join(_SPACES)}, not {kind!r}"
+            )
+        if kind == "choice":
+            values = [_value(option, v) for v in spec.split(",")]
+        else:
+            bounds = spec.split(":")
+            if len(bounds) != 2:
+                raise SweepFlagError(f"--space {item!r}: expected {kind}:LO:HI")
+            try:
+                values = [int(b) if kind == "int" else float(b) for b in bounds]
+            except ValueError:
+                raise SweepFlagError(f"--space {item!r}: LO and HI must be numbers") from None
+        space[option.name] = {_SPACES[kind]: values}
+    return space
+
+
+def sweep_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The POST /sweeps body from the flags (raises SweepFlagError)."""
+    base = {
+        o.name: getattr(args, o.name)
+        for o in REQUEST_OPTIONS
+        if o.name not in _SWEEP_OWN and getattr(args, o.name, None) is not None
+    }
+    body: dict[str, Any] = {"base": base, "metric": args.metric}
+    if args.grid:
+        body["grid"] = parse_grid(args.grid)
+    if args.run:
+        body["runs"] = parse_runs(args.run)
+    if args.random is not None or args.space:
+        if args.random is None or not args.space:
+            raise SweepFlagError("--random N and --space go together")
+        body["random"] = {
+            "n": args.random,
+            "seed": args.random_seed,
+            "space": parse_space(args.space),
+        }
+    for key, value in (
+        ("name", args.name), ("maxParallel", args.max_parallel), ("priority", args.priority)
+    ):  # fmt: skip
+        if value is not None:
+            body[key] = value
+    return body
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+async def cmd_sweep(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
+    try:
+        body = sweep_body(args)
+    except SweepFlagError as exc:
+        raise GateQueueError(str(exc)) from None
+    sweep = await client.submit_sweep(
+        base=body["base"], grid=body.get("grid"), random=body.get("random"),
+        runs=body.get("runs"), max_parallel=body.get("maxParallel"),
+        priority=body.get("priority"), metric=body.get("metric"), name=body.get("name"),
+        idempotency_key=args.idempotency_key,
+    )  # fmt: skip
+    if not args.wait:
+        print(sweep["id"])
+        return EXIT_OK
+    out = Console(highlight=False, soft_wrap=True)
+    out.print(
+        f"submitted sweep {sweep['id']} ({sweep['total']} runs)  "
+        f"{args.api.rstrip('/')}/#/sweeps/{sweep['id']}"
+    )
+    return await _follow_to_end(client, sweep, out)
+
+
+async def cmd_sweeps(args: argparse.Namespace, settings: Settings, client: GateQueueClient) -> int:
+    out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 250)
+    if args.sweep is None:
+        if args.cancel or args.wait:
+            raise GateQueueError("--cancel and --wait need a SWEEP")
+        return await _list(client, args, out)
+    if args.cancel:
+        result = await client.cancel_sweep(args.sweep)
+        out.print(
+            f"sweep {args.sweep} {status_markup(Status.CANCELLED)}: {result['cancelled']} "
+            f"pending cancelled, {result['stopping']} running asked to stop"
+        )
+        return EXIT_OK
+    if args.wait:
+        return await _follow_to_end(client, await client.sweep(args.sweep), out)
+    sweep = await client.sweep(args.sweep)
+    if args.json:
+        print(_json(sweep))
+        return EXIT_OK
+    out.print(_headline(sweep))
+    out.print(runs_table(sweep))
+    return EXIT_OK
+
+
+async def _list(client: GateQueueClient, args: argparse.Namespace, out: Console) -> int:
+    page = await client.sweeps(limit=args.limit)
+    if args.json:
+        for sweep in page:
+            print(_json(sweep))
+        return EXIT_OK
+    if not page:
+        out.print("no sweeps")
+        return EXIT_OK
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    for col in ("ID", "STATUS", "NAME", "BY", "DONE", "RUNNING", "VARYING", "BEST", "CREATED"):
+        table.add_column(col, no_wrap=col != "NAME", min_width=24 if col == "ID" else None)
+    for sweep in page:
+        best = sweep.get("best")
+        table.add_row(
+            sweep["id"], _sweep_status(sweep), markup_safe(sweep.get("name") or ""),
+            markup_safe(sweep.get("submittedBy") or ""),
+            f"{sweep['total'] - sweep['remaining']}/{sweep['total']}", str(sweep["running"]),
+            markup_safe(", ".join(sweep.get("varying") or [])),
+            f"{sweep['metric']}={num(best['value'])}" if best else "",
+            (sweep.get("createdAt") or "")[:19].replace("T", " "),
+        )  # fmt: skip
+    out.print(table)
+    return EXIT_OK
+
+
+def _json(sweep: Sweep) -> str:
+    return json.dumps(sweep)
+
+
+def _sweep_status(sweep: Sweep) -> str:
+    style = {"Active": "cyan", "Finished": "green", "Cancelled": "magenta"}
+    return f"[{style.get(sweep['status'], 'white')}]{sweep['status']}[/]"
+
+
+def _progress_text(sweep: Sweep) -> str:
+    counts = sweep.get("counts") or {}
+    parts = [f"{n} {s.lower()}" for s, n in counts.items() if n]
+    best = sweep.get("best")
+    if best:
+        parts.append(f"best {sweep['metric']}={num(best['value'])}")
+    return ", ".join(parts)
+
+
+def _headline(sweep: Sweep) -> str:
+    name = markup_safe(sweep.get("name") or "")
+    done = sweep["total"] - sweep["remaining"]
+    return (
+        f"[bold]{sweep['id']}[/]  {_sweep_status(sweep)}  {name}  "
+        f"{done}/{sweep['total']} done; {escape(_progress_text(sweep))}"
+    )
+
+
+def runs_table(sweep: Sweep) -> Table:
+    """Every run, best first (by the sweep's metric, its direction), then the rest."""
+    metric = sweep["metric"]
+    lowest = sweep.get("goal") == "min"
+    runs = list(sweep.get("jobs") or [])
+    scored = sorted(
+        (r for r in runs if r.get("value") is not None),
+        key=lambda r: r["value"] if lowest else -r["value"],
+    )
+    runs = scored + [r for r in runs if r.get("value") is None]
+    best_id = (sweep.get("best") or {}).get("id")
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("#", justify="right")
+    for option in sweep.get("varying") or []:
+        table.add_column(option)
+    table.add_column("STATUS")
+    table.add_column(metric, justify="right")
+    if metric != "test_acc_discrete":
+        table.add_column("test_acc_discrete", justify="right")
+    table.add_column("ID", no_wrap=True)
+    for run in runs:
+        options = run.get("options") or {}
+        cells = [str(run["index"])]
+        cells += [markup_safe(num(options.get(o))) for o in sweep.get("varying") or []]
+        cells.append(status_markup(run.get("status")))
+        cells.append(num(run["value"]) if run.get("value") is not None else "")
+        if metric != "test_acc_discrete":
+            acc = (run.get("latestMetrics") or {}).get("test_acc_discrete")
+            cells.append(num(acc) if acc is not None else "")
+        cells.append(run["id"] + ("  [bold green]best[/]" if run["id"] == best_id else ""))
+        table.add_row(*cells)
+    return table
+
+
+async def _follow_to_end(client: GateQueueClient, sweep: Sweep, out: Console) -> int:
+    """One progress bar over the sweep's runs, fed by its job changes; then the runs."""
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    final = sweep
+    if err.is_terminal:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[detail]}"),
+            console=err,
+        ) as progress:
+            task = progress.add_task(
+                escape(sweep.get("name") or "sweep"), total=sweep["total"], detail=""
+            )
+            async for update in client.watch_sweep(sweep["id"]):
+                final = update
+                progress.update(
+                    task,
+                    completed=update["total"] - update["remaining"],
+                    detail=escape(_progress_text(update)),
+                )
+    else:  # a pipe: one line per change of the counts
+        shown = None
+        async for update in client.watch_sweep(sweep["id"]):
+            final = update
+            text = _progress_text(update)
+            if text != shown:
+                shown = text
+                done = update["total"] - update["remaining"]
+                err.print(f"{done}/{update['total']} done: {escape(text)}")
+    out.print(_headline(final))
+    out.print(runs_table(final))
+    succeeded = (final.get("counts") or {}).get(Status.SUCCEEDED.value, 0)
+    return EXIT_OK if succeeded == final["total"] else EXIT_JOB_FAILED
