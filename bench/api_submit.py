@@ -293,7 +293,8 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], errlog: Any) -> None:
             errlog.seek(0)
             raise RuntimeError(f"the API exited: {errlog.read().decode()[-2000:]}")
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1) as s:
-            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            # an open API answers loopback Hosts only (docs/security.md)
+            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             if s.recv(64).startswith(b"HTTP/1.1 200"):
                 return
         time.sleep(0.2)

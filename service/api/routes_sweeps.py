@@ -41,6 +41,8 @@ from service.sweeps.record import (
     SweepList,
     SweepRecord,
     SweepState,
+    stats_of,
+    summarize,
 )
 from service.sweeps.spec import SweepEmpty, SweepInvalid, SweepRequest, SweepTooLarge, plan
 from service.sweeps.views import sweep_detail, sweep_summaries
@@ -98,7 +100,7 @@ async def submit_sweep(request: web.Request) -> web.Response:
             existing = await store.sweeps.collection.find_one({"idempotencyKey": key}, {"_id": 1})
         if existing is None:
             await request.app[QUOTA].admit(principal.name, jobs=len(sweep_plan.runs))
-        sweep, created = await create_sweep(
+        made = await create_sweep(
             store, sweep_plan, submitted_by=principal.name, idempotency_key=key,
             body_hash=body_hash,
         )  # fmt: skip
@@ -115,10 +117,13 @@ async def submit_sweep(request: web.Request) -> web.Response:
             f"sweep {exc.sweep.id} of this Idempotency-Key is still being stored; retry",
             headers={"Retry-After": "1"},
         ) from None
+    sweep = made.sweep
+    if made.jobs is not None:  # what was just stored: no need to read it back
+        body = summarize(sweep, stats_of(made.jobs, sweep.metric), made.jobs)
+    else:
+        body = await sweep_detail(store, sweep)
     return json_response(
-        await sweep_detail(store, sweep),
-        status=201 if created else 200,
-        headers={"Location": f"/sweeps/{sweep.id}"},
+        body, status=201 if made.created else 200, headers={"Location": f"/sweeps/{sweep.id}"}
     )
 
 

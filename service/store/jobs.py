@@ -279,11 +279,12 @@ class JobStore:
 
     # -- the jobs of a sweep -------------------------------------------------------------
 
-    async def insert_held(self, jobs: builtins.list[JobRecord]) -> None:
-        """Store a sweep's jobs where no worker sees them (`held`), in bounded batches."""
-        for start in range(0, len(jobs), SWEEP_BATCH):
-            docs = [{**j.to_doc(), "held": True} for j in jobs[start : start + SWEEP_BATCH]]
-            await self.collection.insert_many(docs, ordered=True)
+    async def insert_held(self, docs: builtins.list[dict[str, Any]]) -> None:
+        """Store a sweep's job documents where no worker sees them (`held`), in bounded
+        batches."""
+        for start in range(0, len(docs), SWEEP_BATCH):
+            batch = [{**d, "held": True} for d in docs[start : start + SWEEP_BATCH]]
+            await self.collection.insert_many(batch, ordered=True)
 
     async def release_held(self, sweep_id: ObjectId) -> int:
         """Let workers see the sweep's jobs. Repeating it is harmless (`held` is gone)."""

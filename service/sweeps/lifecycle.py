@@ -12,11 +12,13 @@ them let go (docs/sweeps.md, "All or nothing").
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import Any
 
 import structlog
 from bson import ObjectId
 
-from service.jobs.record import JobRecord, new_job
+from service.jobs.record import new_job
 from service.store import Store
 from service.sweeps.record import SweepRecord, SweepState, new_sweep
 from service.sweeps.spec import SweepPlan
@@ -28,23 +30,40 @@ log = structlog.get_logger(__name__)
 CREATING_FOR_S = 600.0
 
 
-def sweep_jobs(sweep_plan: SweepPlan, sweep: SweepRecord) -> list[JobRecord]:
-    out = []
+def sweep_docs(sweep_plan: SweepPlan, sweep: SweepRecord) -> list[dict[str, Any]]:
+    """The job documents of a sweep, as `new_job` would make each one.
+
+    The first goes through the job model; the others copy its document with their own
+    options (already validated, by the request model, in `plan`): a thousand models built
+    and dumped one by one cost more than storing them.
+    """
+    docs: list[dict[str, Any]] = []
+    template: dict[str, Any] | None = None
     for run in sweep_plan.runs:
-        hyperparameters, run_options = run.request.split()
+        hyperparameters, run_options = run.split()
         run_options["name"] = sweep_plan.job_name(run)
         run_options["priority"] = sweep.priority
-        job = new_job(hyperparameters, run_options, submitted_by=sweep.submittedBy)
-        out.append(
-            job.model_copy(
-                update={
-                    "sweepId": sweep.id,
-                    "sweepIndex": run.index,
-                    "sweepMaxParallel": sweep.maxParallel,
-                }
-            )
-        )
-    return out
+        own = {
+            "hyperparameters": hyperparameters,
+            **run_options,
+            "sweepId": sweep.id,
+            "sweepIndex": run.index,
+            "sweepMaxParallel": sweep.maxParallel,
+        }
+        if template is None:
+            job = new_job(hyperparameters, run_options, submitted_by=sweep.submittedBy)
+            template = job.model_copy(update=own).to_doc()
+            docs.append(template)
+            continue
+        docs.append({**template, "_id": ObjectId(), **own})
+    return docs
+
+
+@dataclass(frozen=True)
+class Created:
+    sweep: SweepRecord
+    created: bool  # False: an Idempotency-Key replay, `sweep` is the first request's
+    jobs: list[dict[str, Any]] | None = None  # the documents stored, when created
 
 
 async def create_sweep(
@@ -54,8 +73,9 @@ async def create_sweep(
     submitted_by: str | None,
     idempotency_key: str | None = None,
     body_hash: str | None = None,
-) -> tuple[SweepRecord, bool]:
-    """(the sweep, created); a replay of an Idempotency-Key returns the first one's sweep.
+) -> Created:
+    """Store the sweep and its jobs; a replay of an Idempotency-Key returns the first
+    request's sweep.
 
     Runs to the end even if the caller is cancelled (a client that hangs up): a half-made
     sweep is either finished or removed, never left.
@@ -65,21 +85,22 @@ async def create_sweep(
         sweep, idempotency_key=idempotency_key, body_hash=body_hash
     )
     if not created:
-        return sweep, False
+        return Created(sweep, False)
     task = asyncio.ensure_future(_fill(store, sweep_plan, sweep))
-    return await asyncio.shield(task), True
+    return await asyncio.shield(task)
 
 
-async def _fill(store: Store, sweep_plan: SweepPlan, sweep: SweepRecord) -> SweepRecord:
-    jobs = sweep_jobs(sweep_plan, sweep)
+async def _fill(store: Store, sweep_plan: SweepPlan, sweep: SweepRecord) -> Created:
+    docs = sweep_docs(sweep_plan, sweep)
     try:
-        await store.jobs.insert_held(jobs)
+        await store.jobs.insert_held(docs)
         await store.sweeps.mark_ready(sweep.id)
     except BaseException:
         await _remove(store, sweep.id)
         raise
     await _release(store, sweep.id)
-    return sweep.model_copy(update={"state": SweepState.READY, "creatingUntil": None})
+    ready = sweep.model_copy(update={"state": SweepState.READY, "creatingUntil": None})
+    return Created(ready, True, docs)
 
 
 async def _remove(store: Store, sweep_id: ObjectId) -> None:

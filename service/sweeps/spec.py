@@ -23,8 +23,9 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.jobs.options import PRINTABLE
+from service.jobs.options import PRINTABLE, RUN_NAMES
 from service.jobs.request import REQUEST_OPTIONS, JobRequest, RequestBase, field_errors
+from trainer.options import TRAINING_NAMES
 
 DEFAULT_METRIC = "test_acc_discrete"
 MAX_REPORTED = 10  # bad combinations listed in one 422
@@ -220,6 +221,14 @@ class PlannedRun:
     index: int
     overrides: dict[str, Any]
     request: RequestBase
+    values: dict[str, Any]  # the request's dump, made once
+
+    def split(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(training options, run options), as `RequestBase.split`."""
+        return (
+            {k: self.values[k] for k in TRAINING_NAMES if k in self.values},
+            {k: self.values[k] for k in RUN_NAMES if k in self.values},
+        )
 
 
 @dataclass(frozen=True)
@@ -233,8 +242,7 @@ class SweepPlan:
 
     def options_of(self, run: PlannedRun) -> dict[str, Any]:
         """The values of the options that vary across the sweep, for this run."""
-        values = run.request.model_dump()
-        return {k: values[k] for k in self.varying}
+        return {k: run.values[k] for k in self.varying}
 
     def job_name(self, run: PlannedRun) -> str:
         """A run's own `name`, else the sweep's name and what makes the run different."""
@@ -272,7 +280,7 @@ def plan(spec: SweepRequest, *, max_jobs: int) -> SweepPlan:
             if len(bad) < MAX_REPORTED:
                 bad.append(BadCombination(index, overrides, field_errors(exc)))
             continue
-        runs.append(PlannedRun(index, overrides, request))
+        runs.append(PlannedRun(index, overrides, request, request.model_dump()))
     if bad:
         raise SweepInvalid(bad, total_bad, size)
     return SweepPlan(spec, runs, _varying(spec, runs), priority if isinstance(priority, int) else 0)
@@ -286,8 +294,7 @@ def _varying(spec: SweepRequest, runs: list[PlannedRun]) -> list[str]:
     for run in spec.runs:
         named |= dict.fromkeys(run)
     named.pop("name", None)
-    dumps = [r.request.model_dump() for r in runs]
-    return [k for k in named if len({_key(d[k]) for d in dumps}) > 1]
+    return [k for k in named if len({_key(r.values[k]) for r in runs}) > 1]
 
 
 def _key(value: Any) -> Any:

@@ -44,9 +44,11 @@ GRID = {"gates": [40, 50, 60], "gateOptimizer": ["softmax", "entmax"]}
 
 async def make_sweep(store: Store, **spec: Any) -> tuple[SweepRecord, list[JobRecord]]:
     body = {"base": TINY_HP, "grid": GRID, **spec}
-    sweep, _ = await create_sweep(
-        store, plan(SweepRequest.model_validate(body), max_jobs=1000), submitted_by=None
-    )
+    sweep = (
+        await create_sweep(
+            store, plan(SweepRequest.model_validate(body), max_jobs=1000), submitted_by=None
+        )
+    ).sweep
     jobs = await store.jobs.list(sweep_id=sweep.id, limit=500)
     return sweep, sorted(jobs, key=lambda j: j.sweepIndex or 0)
 
