@@ -44,6 +44,8 @@ class Settings:
     submit_rate_per_min: int = DEFAULT_SUBMIT_RATE_PER_MIN
     max_pending: int = DEFAULT_MAX_PENDING
     max_sweep: int = DEFAULT_MAX_SWEEP
+    # Bytes a run may use in each of this worker's slots; None: found out (docs/worker.md).
+    slot_memory: int | None = None
 
     @property
     def auth_configured(self) -> bool:
@@ -87,6 +89,7 @@ class Settings:
             max_sweep=_parse_count(
                 "GATEQUEUE_MAX_SWEEP", env.get("GATEQUEUE_MAX_SWEEP"), DEFAULT_MAX_SWEEP
             ),
+            slot_memory=parse_bytes("GATEQUEUE_SLOT_MEMORY", env.get("GATEQUEUE_SLOT_MEMORY")),
         )  # fmt: skip
 
 
@@ -128,6 +131,23 @@ def parse_origins(raw: str | None) -> tuple[str, ...]:
             )
         out.append(origin.lower())
     return tuple(out)
+
+
+_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "t": 1000**4,
+          "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30, "ti": 1 << 40}  # fmt: skip
+
+
+def parse_bytes(name: str, raw: str | None) -> int | None:
+    """`16GiB`, `16G`, `16gb`, `17179869184`: a size in bytes (None when unset)."""
+    if raw is None or raw.strip() == "":
+        return None
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*", raw, re.IGNORECASE)
+    if not match:
+        raise ConfigError(f"{name}={raw!r}: expected a size such as 16GiB, 16G or 17179869184")
+    value = float(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+    if value < 1:
+        raise ConfigError(f"{name}={raw!r}: must be at least one byte")
+    return int(value)
 
 
 def _parse_count(name: str, raw: str | None, default: int) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from service.jobs import memory
 from service.jobs.options import RUN_OPTIONS
 from service.jobs.record import JobRecord, new_job
 from service.store import Store
@@ -15,12 +16,16 @@ async def insert_job(
     *,
     idempotency_key: str | None = None,
     body_hash: str | None = None,
+    estimate: bool = False,
     **run_options: Any,
 ) -> tuple[JobRecord, bool]:
     """A Pending job as `POST /jobs` would store it (run options by their request names,
-    `maxAttempts=2`); returns (the job, created)."""
+    `maxAttempts=2`; with `estimate`, its memory estimate too); returns (the job, created)."""
     options = {o.name: run_options.pop(o.name, o.default) for o in RUN_OPTIONS}
     if run_options:
         raise TypeError(f"not run options: {sorted(run_options)}")
-    job = new_job(hyperparameters, options)
+    job = new_job(
+        hyperparameters, options,
+        memory_estimate=memory.estimate(hyperparameters) if estimate else None,
+    )  # fmt: skip
     return await store.jobs.insert(job, idempotency_key=idempotency_key, body_hash=body_hash)

@@ -202,6 +202,20 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         args.output_dir = Path("runs") / f"{args.dataset}-{stamp}"
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation that failed: Python's MemoryError, torch's CUDA OutOfMemoryError (a
+    RuntimeError), its CPU allocator's "can't allocate memory" RuntimeError, or a C++
+    std::bad_alloc surfacing as one."""
+    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+        return True
+    text = str(exc)
+    return (
+        "can't allocate memory" in text
+        or "out of memory" in text.lower()
+        or "bad_alloc" in text  # a C++ allocation in an extension, turned into RuntimeError
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     # First of all: under a worker, a trainer that outlives its lease stops itself, even
     # while torch is still loading.
@@ -231,6 +245,11 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr, flush=True)
             return 130
+        except (MemoryError, RuntimeError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            print(f"error: out of memory: {exc}".strip(), file=sys.stderr, flush=True)
+            return supervision.EXIT_OUT_OF_MEMORY
         return 0
     finally:
         restore_signal()

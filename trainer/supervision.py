@@ -27,6 +27,9 @@ from dataclasses import dataclass, field
 SUPERVISED_ENV = "GATEQUEUE_SUPERVISED"
 DEADLINE_ENV = "GATEQUEUE_LEASE_DEADLINE"
 EXIT_FENCED = 75  # EX_TEMPFAIL: the job is not failed, it may be running elsewhere
+# EX_OSERR: an allocation failed (host RAM under the worker's limit, or CUDA memory); the
+# worker reports it with the job's estimate and the limit (docs/worker.md, "Memory").
+EXIT_OUT_OF_MEMORY = 71
 CHECK_EVERY_S = 0.1
 CHECKPOINT_AND_STOP = "checkpoint-and-stop"
 

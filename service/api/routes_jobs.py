@@ -17,6 +17,7 @@ from bson import ObjectId
 from pydantic import BaseModel, Field, ValidationError
 
 from service.api.auth import principal_of
+from service.api.capacity import SlotCache
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response, validation_error
 from service.api.keys import SETTINGS, STORE
 from service.api.limits import (
@@ -30,7 +31,8 @@ from service.api.limits import (
 from service.api.quota import SubmissionQuota
 from service.api.routing import Param, Query, Reply, Route, not_found
 from service.api.schemas import JobList, Logs, Metrics
-from service.jobs.record import Job, JobRecord, new_job
+from service.jobs import memory
+from service.jobs.record import Job, JobRecord, MemoryEstimate, new_job
 from service.jobs.request import SEED_BODY, JobRequest, describe_options, field_errors
 from service.jobs.status import Status
 from service.store.jobs import CancelOutcome, IdempotencyKeyReused, parse_job_id, request_hash
@@ -40,6 +42,7 @@ from service.tokens import Role
 
 M = TypeVar("M", bound=BaseModel)
 QUOTA: web.AppKey[SubmissionQuota] = web.AppKey("quota", SubmissionQuota)
+SLOTS: web.AppKey[SlotCache] = web.AppKey("slots", SlotCache)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
@@ -152,8 +155,12 @@ async def submit_job(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     body = await request.read()  # aiohttp raises 413 past client_max_size
     job_request = parse_body(JobRequest, body)
+    hyperparameters, run_options = job_request.split()
+    estimate = await admit_memory(request, hyperparameters)
     await request.app[QUOTA].admit(principal.name)
-    job = new_job(*job_request.split(), submitted_by=principal.name)
+    job = new_job(
+        hyperparameters, run_options, submitted_by=principal.name, memory_estimate=estimate
+    )
     body_hash = None if key is None else request_hash(job_request.model_dump())
     try:
         job, created = await request.app[STORE].jobs.insert(
@@ -166,6 +173,16 @@ async def submit_job(request: web.Request) -> web.Response:
             f"Idempotency-Key {key!r} was used for job {exc.job.id} with a different body",
         ) from None
     return _created(job, 201 if created else 200)
+
+
+async def admit_memory(request: web.Request, hyperparameters: dict[str, Any]) -> MemoryEstimate:
+    """The job's estimated peak memory; a 422 if no live worker's slot could hold it."""
+    estimate = memory.estimate(hyperparameters)
+    try:
+        memory.check_fits(hyperparameters, estimate, await request.app[SLOTS].slots())
+    except memory.TooBig as exc:
+        raise ApiError(422, "too_big_for_workers", str(exc), fields=exc.fields) from None
+    return estimate
 
 
 def _created(job: JobRecord, status: int) -> web.Response:
@@ -282,6 +299,7 @@ async def options(request: web.Request) -> web.Response:
 
 def setup(app: web.Application) -> None:
     settings = app[SETTINGS]
+    app[SLOTS] = SlotCache(app[STORE].workers)
     app[QUOTA] = SubmissionQuota(
         app[STORE].jobs,
         rate_per_min=settings.submit_rate_per_min,
@@ -327,7 +345,10 @@ ROUTES: tuple[Route, ...] = (
                        "(code `idempotency_key_reused`).", "Error"),
             Reply(413, f"Body larger than {MAX_BODY_BYTES} bytes.", "Error"),
             Reply(415, "Content-Type is not application/json.", "Error"),
-            Reply(422, "Invalid options; `fields` names every bad field.", "Error"),
+            Reply(422, "Invalid options; `fields` names every bad field. Also a job no live "
+                       "worker's slot could hold (code `too_big_for_workers`: its estimated "
+                       "peak memory, and `fields` naming batchSize, gates, networkLayers).",
+                  "Error"),
         ),
     ),
     Route(

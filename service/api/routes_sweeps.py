@@ -26,11 +26,14 @@ from service.api.routes_jobs import (
     ERR_422_QUERY,
     IDEMPOTENCY_PARAM,
     QUOTA,
+    SLOTS,
     idempotency_key,
     parse_body,
 )
 from service.api.routing import Param, Query, Reply, Route, not_found
 from service.cancellation import cancel_and_wait
+from service.jobs import memory
+from service.jobs.record import MemoryEstimate
 from service.retry import DATABASE
 from service.store.jobs import parse_job_id, request_hash
 from service.store.sweeps import SweepInProgress, SweepKeyReused
@@ -85,8 +88,15 @@ async def submit_sweep(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     spec = parse_body(SweepRequest, await request.read())
     settings = request.app[SETTINGS]
+    slots = await request.app[SLOTS].slots()
+
+    def admit(hyperparameters: dict[str, Any]) -> MemoryEstimate:
+        estimate = memory.estimate(hyperparameters)
+        memory.check_fits(hyperparameters, estimate, slots)
+        return estimate
+
     try:
-        sweep_plan = plan(spec, max_jobs=settings.max_sweep)
+        sweep_plan = plan(spec, max_jobs=settings.max_sweep, admit=admit)
     except SweepInvalid as exc:
         raise _invalid(exc) from None
     except (SweepTooLarge, SweepEmpty) as exc:

@@ -248,6 +248,7 @@ def new_job(
     run_options: dict[str, Any],
     *,
     submitted_by: str | None = None,
+    memory_estimate: MemoryEstimate | None = None,
 ) -> JobRecord:
     """A Pending job with every field set, so readers never meet a missing key."""
     now = utcnow()
@@ -258,6 +259,7 @@ def new_job(
         submittedBy=submitted_by,
         createdAt=now,
         updatedAt=now,
+        memoryEstimate=memory_estimate,
         **run_options,
     )
 

@@ -18,6 +18,7 @@ from service.store.offsets import OffsetStore
 from service.store.queue import QueueView
 from service.store.sessions import SessionStore
 from service.store.sweeps import SweepStore
+from service.store.workers import WorkerStore
 
 __all__ = ["Store"]
 
@@ -35,7 +36,8 @@ class Store:
         self.files = FileStore(self.db)
         self.sessions = SessionStore(self.db["sessions"])
         self.sweeps = SweepStore(self.db["sweeps"])
-        self.queue = QueueView(self.jobs, self.sweeps)
+        self.workers = WorkerStore(self.db["workers"])
+        self.queue = QueueView(self.jobs, self.sweeps, self.workers)
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process calls it at start so no deploy step is needed."""

@@ -17,7 +17,7 @@ import builtins
 import hashlib
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -238,14 +238,25 @@ class JobStore:
         return counts
 
     async def pending(
-        self, limit: int = 100, *, skip_sweeps: Iterable[ObjectId] = ()
+        self,
+        limit: int = 100,
+        *,
+        skip_sweeps: Iterable[ObjectId] = (),
+        fitting: Mapping[str, int | None] | None = None,
     ) -> builtins.list[JobRecord]:
         """Claimable jobs in claim order (priority, then age), leaving out the sweeps named
-        in `skip_sweeps` (a worker found their `maxParallel` reached)."""
+        in `skip_sweeps` (a worker found their `maxParallel` reached) and, with `fitting`
+        ({device kind: the most a free slot holds, None for unknown}), the jobs whose
+        estimated memory no free slot holds."""
         query: dict[str, Any] = {"status": Status.PENDING.value, **NOT_HELD}
         skip = builtins.list(skip_sweeps)
         if skip:
             query["sweepId"] = {"$nin": skip}
+        if fitting and all(cap is not None for cap in fitting.values()):
+            query["$or"] = [
+                {"memoryEstimate": None},
+                *({f"memoryEstimate.{device}": {"$lte": cap}} for device, cap in fitting.items()),
+            ]
         cursor = self.collection.find(query).sort(CLAIM_ORDER).limit(limit)
         return [Job.from_doc(doc) async for doc in cursor]
 

@@ -50,9 +50,10 @@ def sweep_docs(sweep_plan: SweepPlan, sweep: SweepRecord) -> list[dict[str, Any]
             "sweepIndex": run.index,
             "sweepMaxParallel": sweep.maxParallel,
         }
+        own["memoryEstimate"] = None if run.estimate is None else run.estimate.model_dump()
         if template is None:
             job = new_job(hyperparameters, run_options, submitted_by=sweep.submittedBy)
-            template = job.model_copy(update=own).to_doc()
+            template = {**job.to_doc(), **own}
             docs.append(template)
             continue
         docs.append({**template, "_id": ObjectId(), **own})

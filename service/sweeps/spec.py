@@ -17,13 +17,15 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from service.jobs.memory import TooBig
 from service.jobs.options import PRINTABLE, RUN_NAMES
+from service.jobs.record import MemoryEstimate
 from service.jobs.request import REQUEST_OPTIONS, JobRequest, RequestBase, field_errors
 from trainer.options import TRAINING_NAMES
 
@@ -222,6 +224,7 @@ class PlannedRun:
     overrides: dict[str, Any]
     request: RequestBase
     values: dict[str, Any]  # the request's dump, made once
+    estimate: MemoryEstimate | None = None
 
     def split(self) -> tuple[dict[str, Any], dict[str, Any]]:
         """(training options, run options), as `RequestBase.split`."""
@@ -257,9 +260,15 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def plan(spec: SweepRequest, *, max_jobs: int) -> SweepPlan:
+Admit = Callable[[dict[str, Any]], MemoryEstimate]
+
+
+def plan(spec: SweepRequest, *, max_jobs: int, admit: Admit | None = None) -> SweepPlan:
     """Expand and validate every combination; raises SweepEmpty, SweepTooLarge or
-    SweepInvalid, and only then: nothing partial ever comes out."""
+    SweepInvalid, and only then: nothing partial ever comes out.
+
+    `admit` (the API's memory admission) takes a combination's training options and returns
+    its memory estimate, or raises TooBig: then the combination is a bad one."""
     size = spec.size()
     if size == 0:
         raise SweepEmpty()
@@ -275,12 +284,16 @@ def plan(spec: SweepRequest, *, max_jobs: int) -> SweepPlan:
             body["priority"] = spec.priority
         try:
             request = JobRequest.model_validate(body)
-        except ValidationError as exc:
+            run = PlannedRun(index, overrides, request, request.model_dump())
+            if admit is not None:
+                run = replace(run, estimate=admit(run.split()[0]))
+        except (ValidationError, TooBig) as exc:
             total_bad += 1
             if len(bad) < MAX_REPORTED:
-                bad.append(BadCombination(index, overrides, field_errors(exc)))
+                problems = field_errors(exc) if isinstance(exc, ValidationError) else exc.fields
+                bad.append(BadCombination(index, overrides, problems))
             continue
-        runs.append(PlannedRun(index, overrides, request, request.model_dump()))
+        runs.append(run)
     if bad:
         raise SweepInvalid(bad, total_bad, size)
     return SweepPlan(spec, runs, _varying(spec, runs), priority if isinstance(priority, int) else 0)

@@ -13,7 +13,7 @@ import re
 import shutil
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import structlog
 
@@ -29,10 +29,20 @@ class Slot:
     """Where one run executes; `gpu` is a CUDA device id as the worker sees it, or "cpu"."""
 
     gpu: str
+    # Bytes a run may use here (service.worker.capacity); None: not known, nothing refused.
+    memory_bytes: int | None = None
 
     @property
     def is_cpu(self) -> bool:
         return self.gpu == CPU
+
+    @property
+    def device(self) -> str:
+        """The device kind of trainer.memory's estimates: "cpu" or "cuda"."""
+        return "cpu" if self.is_cpu else "cuda"
+
+    def with_memory(self, memory_bytes: int | None) -> Slot:
+        return replace(self, memory_bytes=memory_bytes)
 
     def env(self, base: Mapping[str, str]) -> dict[str, str]:
         """The run's environment: only its own device is visible, so the trainer's `cuda:0`
@@ -78,16 +88,18 @@ async def detect_gpus(env: Mapping[str, str]) -> tuple[str, ...]:
         return tuple(out)
     smi = shutil.which("nvidia-smi")
     if smi:
-        text = await _run([smi, "-L"])
+        text = await run_quietly([smi, "-L"])
         if text is not None:
             return tuple(_NVIDIA_SMI_GPU.findall(text))
-    text = await _run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"])
+    text = await run_quietly(
+        [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"]
+    )
     if text is not None and text.strip().isdigit():
         return tuple(str(i) for i in range(int(text.strip())))
     return ()
 
 
-async def _run(argv: list[str]) -> str | None:
+async def run_quietly(argv: list[str]) -> str | None:
     """stdout of a short command, or `None` if it failed, hung or does not exist."""
     try:
         proc = await asyncio.create_subprocess_exec(

@@ -25,6 +25,7 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
+from service.jobs import memory
 from service.jobs.record import Checkpoint, JobRecord, ResumedFrom
 from service.jobs.status import Status
 from service.retry import retry
@@ -88,6 +89,10 @@ class RunSettings:
     checkpoint_grace_s: float = 30.0  # a stopping worker's trainers get this to checkpoint
     keep_workdirs: bool = False
     die_with_worker: bool = True
+    # CPU trainers run with their data segment capped at factor x estimate + headroom
+    # (service.jobs.memory.cpu_limit); None turns the cap off.
+    memory_limit_factor: float | None = memory.LIMIT_FACTOR
+    memory_limit_headroom: int = memory.LIMIT_HEADROOM
 
     @property
     def datasets_dir(self) -> Path:
@@ -139,6 +144,8 @@ class JobRun:
         self._stop_grace_s = settings.stop_grace_s
         self._metrics: asyncio.Queue[EpochLine | None] = asyncio.Queue()
         self.proc: TrainerProcess | None = None
+        self.memory_limit: int | None = None  # the trainer's data-segment cap, if any
+        self._oom_kills = 0
         self.sink: LogSink | None = None
         self.uploader: checkpoints.CheckpointUploader | None = None
         self._resuming: Checkpoint | None = None  # the checkpoint the trainer was given
@@ -284,9 +291,11 @@ class JobRun:
             "PYTHONUNBUFFERED": "1",  # EPOCH lines must arrive when printed, not at exit
             **supervision.trainer_env(self._fence_deadline(self.lease.deadline)),
         }
+        self.memory_limit = self._memory_limit()
+        self._oom_kills = oom_kill_count()
         self.proc = TrainerProcess(
             argv, on_line=self._on_line, env=env, cwd=workdir,
-            die_with_worker=self.s.die_with_worker, stdin=True,
+            die_with_worker=self.s.die_with_worker, stdin=True, memory_limit=self.memory_limit,
         )  # fmt: skip
         if self._stop.is_set():
             return None, True, ""
@@ -342,6 +351,9 @@ class JobRun:
             return Ending(Status.FAILED, start_error, start_error)
         if rc == 0:
             return Ending(Status.SUCCEEDED)
+        out_of_memory = self._memory_failure(rc, stopped_by_us)
+        if out_of_memory is not None:
+            return Ending(Status.FAILED, out_of_memory, out_of_memory)
         return Ending(Status.FAILED, self._failure_text(rc))
 
     async def _finish(
@@ -425,6 +437,39 @@ class JobRun:
             return False
         return True
 
+    def _memory_limit(self) -> int | None:
+        if not self.slot.is_cpu or self.s.memory_limit_factor is None:
+            return None
+        return memory.cpu_limit(
+            self.lease.job.memoryEstimate, self.s.memory_limit_factor,
+            self.s.memory_limit_headroom,
+        )  # fmt: skip
+
+    def _memory_failure(self, rc: int | None, stopped_by_us: bool) -> str | None:
+        """An ending that was the run's memory running out, said with the numbers."""
+        estimate = memory.needed(self.lease.job.memoryEstimate, self.slot.device)
+        numbers = f"estimated peak {memory.human(estimate)} on {self.slot.device}"
+        if self.memory_limit is not None:
+            numbers += f", limit {memory.human(self.memory_limit)} (RLIMIT_DATA)"
+        if self.slot.memory_bytes is not None:
+            numbers += f", the slot holds {memory.human(self.slot.memory_bytes)}"
+        last = [line for line in self.proc.stderr_tail if line.strip()] if self.proc else []
+        if rc == supervision.EXIT_OUT_OF_MEMORY:
+            said = last[-1].removeprefix("error: ") if last else "an allocation failed"
+            return f"out of memory: {said} ({numbers})"
+        if rc == -signal.SIGKILL and not stopped_by_us:
+            if oom_kill_count() > self._oom_kills:
+                return f"out of memory: the kernel's OOM killer ended the trainer ({numbers})"
+            return (
+                "killed by SIGKILL, not by gatequeue: most likely out of memory, by the "
+                f"kernel's OOM killer ({numbers})"
+            )
+        if rc == -signal.SIGABRT and self.memory_limit is not None:
+            return (
+                f"aborted (SIGABRT) under its memory limit: most likely out of memory ({numbers})"
+            )
+        return None
+
     def _failure_text(self, rc: int | None) -> str:
         lines = [line for line in self.proc.stderr_tail if line.strip()] if self.proc else []
         if rc is not None and rc < 0:
@@ -503,3 +548,19 @@ def _remove_workdir(workdir: Path) -> None:
 def _make_dirs(*dirs: Path) -> None:
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
+
+
+_MEMORY_EVENTS = Path("/sys/fs/cgroup/memory.events")
+
+
+def oom_kill_count(events: Path = _MEMORY_EVENTS) -> int:
+    """How many processes the kernel's OOM killer has ended in this cgroup (v2), 0 where it
+    cannot be read: compared before and after a run that died of SIGKILL."""
+    try:
+        for line in events.read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+    except OSError:
+        pass
+    return 0

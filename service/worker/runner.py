@@ -54,6 +54,29 @@ _PDEATHSIG = (
 )
 
 
+# The fallback of `prlimit`: caps the data segment (heap and private mappings) at argv[1]
+# bytes, then becomes the trainer. Allocations past it fail (MemoryError, or torch's
+# "can't allocate memory"), which the trainer reports as out of memory (exit 71).
+_RLIMIT_DATA = (
+    "import os, resource, sys\n"
+    "limit = int(sys.argv[1])\n"
+    "resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def memory_limit_prefix(limit_bytes: int | None) -> list[str]:
+    """The prefix that runs a command with its data segment capped at `limit_bytes`
+    (RLIMIT_DATA): util-linux's `prlimit` where it is, else a Python snippet; nothing
+    without a limit or off Linux."""
+    if limit_bytes is None or not sys.platform.startswith("linux"):
+        return []
+    prlimit = shutil.which("prlimit")
+    if prlimit:
+        return [prlimit, f"--data={limit_bytes}:{limit_bytes}", "--"]
+    return [sys.executable, "-I", "-S", "-c", _RLIMIT_DATA, str(limit_bytes)]
+
+
 _launcher: list[str] | None = None
 _launcher_lock = asyncio.Lock()
 
@@ -103,8 +126,10 @@ class TrainerProcess:
         max_line_bytes: int = MAX_LINE_BYTES,
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         stdin: bool = False,
+        memory_limit: int | None = None,
     ) -> None:
         self.argv = list(argv)
+        self.memory_limit = memory_limit
         self._on_line = on_line
         self._env = dict(env) if env is not None else None
         self._cwd = cwd
@@ -129,7 +154,7 @@ class TrainerProcess:
     async def start(self) -> None:
         """Raises OSError when the command cannot be started at all."""
         prefix = await parent_death_launcher() if self._die_with_worker else []
-        argv = [*prefix, *self.argv]
+        argv = [*prefix, *memory_limit_prefix(self.memory_limit), *self.argv]
         self._proc = await asyncio.create_subprocess_exec(
             *argv,
             stdin=asyncio.subprocess.PIPE if self._stdin else asyncio.subprocess.DEVNULL,

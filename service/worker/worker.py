@@ -24,12 +24,14 @@ from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
+from service.jobs import memory
 from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id
 from service.jobs.status import Status
 from service.mongo.changestream import StoredTokens
 from service.retry import DATABASE
 from service.store import Store
 from service.store.jobs import ExpiryAction
+from service.store.workers import HEARTBEAT_S
 from service.worker.dispatch import job_feed
 from service.worker.gpus import Slot
 from service.worker.heartbeat import DEFAULT_INTERVAL_S, run_heartbeat
@@ -75,6 +77,9 @@ class Worker:
         keep_workdirs: bool = False,
         die_with_worker: bool = True,
         on_claim: ClaimHook | None = None,
+        memory_limit_factor: float | None = memory.LIMIT_FACTOR,
+        memory_limit_headroom: int = memory.LIMIT_HEADROOM,
+        register_every_s: float = HEARTBEAT_S,
     ) -> None:
         if not slots:
             raise ValueError("a worker needs at least one slot")
@@ -109,7 +114,10 @@ class Worker:
             checkpoint_grace_s=shutdown_grace_s,
             keep_workdirs=keep_workdirs,
             die_with_worker=die_with_worker,
+            memory_limit_factor=memory_limit_factor,
+            memory_limit_headroom=memory_limit_headroom,
         )
+        self.register_every_s = register_every_s
         self.log = log.bind(worker_id=worker_id)
         self.feed = job_feed(store, worker_id)
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
@@ -156,7 +164,11 @@ class Worker:
             trainer=self.run_settings.trainer_cmd,
         )  # fmt: skip
         claimer = asyncio.create_task(self._claimer(), name="claimer")
-        background = [asyncio.create_task(self._start_feed(), name="feed"), claimer]
+        background = [
+            asyncio.create_task(self._start_feed(), name="feed"),
+            claimer,
+            asyncio.create_task(self._advertise(), name="advertise"),
+        ]
         if self.sweep_leases:
             background.append(asyncio.create_task(self._sweeper(), name="sweeper"))
         heartbeat = None
@@ -185,6 +197,8 @@ class Worker:
             await self._shutdown_runs()
             with contextlib.suppress(PyMongoError):
                 await self.feed.tokens.flush()
+            with contextlib.suppress(PyMongoError):
+                await self.store.workers.remove(self.id)
             if heartbeat is not None:
                 heartbeat.cancel()
                 await asyncio.gather(heartbeat, return_exceptions=True)
@@ -211,6 +225,23 @@ class Worker:
                     run.request_shutdown(now=True)
                 await asyncio.gather(*self._run_tasks, return_exceptions=True)
         hurry.cancel()
+
+    async def _advertise(self) -> None:
+        """This worker's slots and what each holds, in `workers`: the API refuses a job no
+        live worker could fit. Refreshed every `register_every_s`; a failed write is tried
+        again then (the worker does not need it to run)."""
+        slots = [{"gpu": s.gpu, "memoryBytes": s.memory_bytes} for s in self.slots]
+        registered = False
+        while True:
+            try:
+                if registered:
+                    await self.store.workers.heartbeat(self.id)
+                else:
+                    await self.store.workers.register(self.id, self.host, slots)
+                    registered = True
+            except PyMongoError as exc:
+                self.log.warning("could not advertise the worker's slots", error=str(exc))
+            await asyncio.sleep(self.register_every_s)
 
     # -- dispatch -------------------------------------------------------------------------
 
@@ -248,6 +279,25 @@ class Worker:
 
     def _free_slots(self) -> list[Slot]:
         return [s for s in self.slots if s.gpu not in self._busy]
+
+    def _slot_for(self, job: JobRecord) -> Slot | None:
+        """The first free slot the job fits (its estimated peak memory within the slot's)."""
+        for slot in self._free_slots():
+            if memory.fits(job.memoryEstimate, slot.device, slot.memory_bytes):
+                return slot
+        return None
+
+    def _free_capacity(self) -> dict[str, int | None]:
+        """Per device kind, the most a free slot holds (None: unknown, anything fits)."""
+        out: dict[str, int | None] = {}
+        for slot in self._free_slots():
+            held = slot.memory_bytes
+            if slot.device in out:
+                known = out[slot.device]
+                out[slot.device] = None if known is None or held is None else max(known, held)
+            else:
+                out[slot.device] = held
+        return out
 
     async def _claimer(self) -> None:
         delays = DATABASE.delays()
@@ -296,7 +346,9 @@ class Worker:
         self._hints.clear()  # the query sees them too, in the right order
         want = len(self._free_slots())
         limit = want + 8
-        jobs = await self.store.jobs.pending(limit=limit, skip_sweeps=self._full_sweeps)
+        jobs = await self.store.jobs.pending(
+            limit=limit, skip_sweeps=self._full_sweeps, fitting=self._free_capacity()
+        )
         claimed = 0
         for job in jobs:
             if not self._free_slots() or self.stopping:
@@ -320,7 +372,9 @@ class Worker:
     async def _try_claim(self, job: JobRecord) -> bool:
         if job.id in self.runs or job.sweepId in self._full_sweeps:
             return False
-        slot = self._free_slots()[0]
+        slot = self._slot_for(job)
+        if slot is None:  # too big for every free slot here: another worker's, or later
+            return False
         info = WorkerRef(id=self.id, host=self.host, gpu=slot.gpu)
         attempt_id = new_attempt_id()
         capped = job.sweepId is not None and job.sweepMaxParallel is not None
