@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
@@ -104,11 +104,12 @@ class SweepRequest(_Strict):
     @model_validator(mode="after")
     def _names(self) -> SweepRequest:
         problems: list[str] = []
-        for where, names in (
+        named: list[tuple[str, Iterable[str]]] = [
             ("grid", self.grid),
             ("random.space", self.random.space if self.random else {}),
             *((f"runs.{i}", run) for i, run in enumerate(self.runs)),
-        ):
+        ]
+        for where, names in named:
             for key in names:
                 if key not in _KINDS:
                     problems.append(f"{where}.{key}: unknown option")
@@ -136,10 +137,10 @@ def _space_problem(key: str, space: Space) -> str | None:
     if isinstance(space, Choice):
         return None
     if isinstance(space, IntUniform):
-        lo, hi = space.intUniform
+        ilo, ihi = space.intUniform
         if kind is not int:
             return f"intUniform draws integers; {key} is a {kind.__name__}"
-        return None if lo <= hi else f"intUniform needs lo <= hi, got [{lo}, {hi}]"
+        return None if ilo <= ihi else f"intUniform needs lo <= hi, got [{ilo}, {ihi}]"
     lo, hi = space.uniform if isinstance(space, Uniform) else space.logUniform
     if kind is not float:
         return (
