@@ -35,6 +35,7 @@ from service.jobs import memory
 from service.jobs.record import Job, JobRecord, MemoryEstimate, new_job
 from service.jobs.request import SEED_BODY, JobRequest, describe_options, field_errors
 from service.jobs.status import Status
+from service.store.files import CHECKPOINTS_BUCKET
 from service.store.jobs import CancelOutcome, IdempotencyKeyReused, parse_job_id, request_hash
 from service.store.logs import batch_json
 from service.store.metrics import metrics_json
@@ -270,7 +271,27 @@ async def job_artifact(request: web.Request) -> web.StreamResponse:
     artifact = next((a for a in job.artifacts if a.name == name), None)
     if artifact is None:
         raise ApiError(404, "artifact_not_found", f"job {oid} has no artifact {name!r}")
-    grid_out = await store.files.open(artifact.bucket, artifact.fileId)
+    return await _stream_file(request, artifact.bucket, artifact.fileId, name)
+
+
+async def job_checkpoint(request: web.Request) -> web.StreamResponse:
+    """The job's latest checkpoint: to resume it by hand (`python -m trainer --resume-from`)
+    or keep it."""
+    oid = job_id_of(request)
+    job = await request.app[STORE].jobs.get(oid)
+    if job is None:
+        raise not_found("job", oid)
+    if job.checkpoint is None:
+        raise ApiError(404, "checkpoint_not_found", f"job {oid} has no checkpoint (yet)")
+    c = job.checkpoint
+    name = f"{oid}-epoch-{c.epoch}-step-{c.step}.pt"
+    return await _stream_file(request, CHECKPOINTS_BUCKET, c.fileId, name)
+
+
+async def _stream_file(
+    request: web.Request, bucket: str, file_id: ObjectId, name: str
+) -> web.StreamResponse:
+    grid_out = await request.app[STORE].files.open(bucket, file_id)
     filename = name.rsplit("/", 1)[-1].replace('"', "")
     response = web.StreamResponse(
         headers={
@@ -391,6 +412,15 @@ ROUTES: tuple[Route, ...] = (
             Reply(200, "The file's bytes.", None, "application/octet-stream",
                   ("Content-Disposition",)),
             Reply(404, "No such job, or the job has no artifact of this name.", "Error"),
+        ),
+    ),
+    Route(
+        "GET", "/jobs/{id}/checkpoint", job_checkpoint, "getJobCheckpoint",
+        "Download the job's latest checkpoint", params=(JOB_ID,),
+        replies=(
+            Reply(200, "The checkpoint file (trainer/checkpoint.py's format).", None,
+                  "application/octet-stream", ("Content-Disposition",)),
+            Reply(404, "No such job, or it has no checkpoint (`checkpoint_not_found`).", "Error"),
         ),
     ),
     Route(

@@ -103,8 +103,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     download.add_argument("job", metavar="JOB", help="job id")
     download.add_argument(
-        "names", metavar="NAME", nargs="*", help="artifact names (default: all of them)"
-    )
+        "names", metavar="NAME", nargs="*",
+        help="artifact names (default: all of them), or `checkpoint` for the latest checkpoint",
+    )  # fmt: skip
     download.add_argument(
         "-o", "--output-dir", default=".", metavar="DIR", help="where to save (default: .)"
     )
@@ -422,6 +423,11 @@ async def cmd_download(
     args: argparse.Namespace, settings: Settings, client: GateQueueClient
 ) -> int:
     """Each file keeps its path under the output dir (network.json, ...); prints the paths."""
+    if args.names == ["checkpoint"]:
+        out_dir = Path(args.output_dir)
+        await asyncio.to_thread(out_dir.mkdir, parents=True, exist_ok=True)
+        print(await client.download_checkpoint(args.job, out_dir))
+        return EXIT_OK
     job = await client.get(args.job)
     available = [a["name"] for a in job.get("artifacts") or []]
     err = Console(stderr=True, highlight=False, soft_wrap=True)

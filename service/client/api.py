@@ -326,10 +326,23 @@ class GateQueueClient:
         """Saves an artifact of a finished run (`job["artifacts"][i]["name"]`, e.g.
         `network.json`) to `dest` (a directory gets the file's own name). The file appears
         only when complete: it is written next to `dest` and renamed."""
-        path = await asyncio.to_thread(_download_target, Path(dest), name)
+        url_path = self._job_path(job_id) + "/artifacts/" + quote(name, safe="/")
+        return await self._save(url_path, Path(dest), name)
+
+    async def download_checkpoint(self, job_id: str, dest: str | Path) -> Path:
+        """Saves the job's latest checkpoint (`job["checkpoint"]`) to `dest` (a directory
+        gets `<job>-epoch-K-step-S.pt`); resume it with `python -m trainer --resume-from`."""
+        job = await self.get(job_id)
+        checkpoint = job.get("checkpoint")
+        if not checkpoint:
+            raise GateQueueError(f"job {job_id} has no checkpoint (yet)", code="no_checkpoint")
+        name = f"{job['id']}-epoch-{checkpoint['epoch']}-step-{checkpoint.get('step', 0)}.pt"
+        return await self._save(self._job_path(job_id) + "/checkpoint", Path(dest), name)
+
+    async def _save(self, url_path: str, dest: Path, name: str) -> Path:
+        path = await asyncio.to_thread(_download_target, dest, name)
         part = path.with_name(path.name + ".part")
         try:
-            url_path = self._job_path(job_id) + "/artifacts/" + quote(name, safe="/")
             async with self._response("GET", url_path) as resp:
                 out = await asyncio.to_thread(part.open, "wb")
                 try:

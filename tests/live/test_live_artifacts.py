@@ -4,6 +4,7 @@ client and by `gatequeue download`. The files are uploaded the way the worker up
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -13,7 +14,9 @@ import pytest
 from live_helpers import LiveApi, gatequeue, running_job
 
 from service.client import GateQueueClient, GateQueueError
+from service.jobs.record import Checkpoint, utcnow
 from service.jobs.status import Status
+from service.store.files import CHECKPOINTS_BUCKET
 from service.worker.artifacts import upload_outputs
 
 MODEL = {"format": "gatequeue-difflogic", "layers": [[0, 1, 6]]}
@@ -100,3 +103,34 @@ async def test_cli_download(live_api: LiveApi, tmp_path: Path) -> None:
 
     rc, out, _ = await gatequeue(live_api.url, "show", job_id)
     assert "model.json" in out
+
+
+async def test_the_latest_checkpoint_downloads_from_the_client_and_the_cli(
+    live_api: LiveApi, client: GateQueueClient, tmp_path: Path
+) -> None:
+    store = live_api.store
+    job = await running_job(store)
+    with pytest.raises(GateQueueError) as none_yet:
+        await client.download_checkpoint(str(job.id), tmp_path)
+    assert "has no checkpoint" in str(none_yet.value)
+    rc, _, err = await gatequeue(live_api.url, "download", str(job.id), "checkpoint")
+    assert rc == 2 and "has no checkpoint" in err
+    data = os.urandom(300_000)
+    src = tmp_path / "ck.pt"
+    src.write_bytes(data)
+    file_id, length = await store.files.upload(
+        CHECKPOINTS_BUCKET, src, f"{job.id}/x/epoch-3-step-0.pt", {"jobId": job.id}
+    )
+    assert job.attemptId is not None
+    checkpoint = Checkpoint(fileId=file_id, epoch=3, length=length, attemptId=job.attemptId,
+                            createdAt=utcnow())  # fmt: skip
+    assert await store.jobs.add_checkpoint(job, checkpoint) == []
+    saved = await client.download_checkpoint(str(job.id), tmp_path)
+    assert saved.name == f"{job.id}-epoch-3-step-0.pt"
+    assert await asyncio.to_thread(saved.read_bytes) == data
+    out = tmp_path / "cli"
+    rc, stdout, err = await gatequeue(
+        live_api.url, "download", str(job.id), "checkpoint", "-o", str(out)
+    )
+    assert rc == 0, err
+    assert await asyncio.to_thread(Path(stdout.strip()).read_bytes) == data
