@@ -462,6 +462,20 @@ def test_containers_run_gatequeue_serve_and_worker() -> None:
         assert image_basename(worker_container["image"]) == "gatequeue-worker", where
 
 
+def test_the_worker_s_grace_period_fits_a_checkpoint_and_a_hand_back() -> None:
+    """SIGTERM: the trainers checkpoint and stop (DEFAULT_SHUTDOWN_GRACE_S), then SIGTERM and
+    DEFAULT_STOP_GRACE_S; the checkpoint's upload and the hand-back need a minute more."""
+    from service.worker.worker import DEFAULT_SHUTDOWN_GRACE_S, DEFAULT_STOP_GRACE_S
+
+    needed = DEFAULT_SHUTDOWN_GRACE_S + DEFAULT_STOP_GRACE_S + 60
+    for where, objects in objects_for_checks():
+        spec = find(objects, "Deployment", "gatequeue-worker")["spec"]["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] >= needed, where
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    worker = compose["services"]["worker"]
+    assert int(str(worker["stop_grace_period"]).removesuffix("s")) >= needed
+
+
 def test_worker_liveness_reads_the_heartbeat_file() -> None:
     for where, objects in objects_for_checks():
         spec = find(objects, "Deployment", "gatequeue-worker")["spec"]["template"]["spec"]
