@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds between progress lines within an epoch",
     )
+    run.add_argument(
+        "--no-circuit",
+        action="store_true",
+        help="do not compile, verify and time the network's circuit after training "
+        "(network.c/.h/.v and the CIRCUIT line)",
+    )
     durable = p.add_argument_group('checkpoints (docs/trainer.md, "Checkpoints and resume")')
     durable.add_argument(
         "--checkpoint-dir",

@@ -430,16 +430,61 @@ def run(
     )
     path = save_network(document, args.output_dir)
     log.info("network saved", path=str(path))
+    circuit = (
+        None if getattr(args, "no_circuit", False) else run_circuit(path, data, sum(model.widths))
+    )
+    summary: dict[str, float | int] = {
+        "test_acc": metrics["test_acc"],
+        "test_acc_discrete": metrics["test_acc_discrete"],
+        "best_test_acc_discrete": best,
+        "discretization_gap": metrics["test_acc"] - metrics["test_acc_discrete"],
+    }
+    if circuit is not None:
+        summary["live_fraction"] = circuit["gatesLive"] / max(1, circuit["gates"])
+    summary["total_s"] = total_s
     emit(
-        f"SUMMARY epochs={args.epochs} "
-        + format_pairs(
-            {
-                "test_acc": metrics["test_acc"],
-                "test_acc_discrete": metrics["test_acc_discrete"],
-                "best_test_acc_discrete": best,
-                "total_s": total_s,
-            }
-        )
-        + f" gates={sum(model.widths)} network={path}"
+        f"SUMMARY epochs={args.epochs} {format_pairs(summary)} "
+        f"gates={sum(model.widths)} network={path}"
     )
     return metrics
+
+
+def run_circuit(network_path: Path, data: Dataset, gates: int) -> dict[str, Any] | None:
+    """Compile, verify and time the saved network's circuit (docs/trainer.md, "The
+    circuit"): network.c, .h and .v beside network.json and the CIRCUIT line; or, where it
+    cannot be built, one line on stderr saying why and None. The run succeeds either way:
+    its network is saved already, the circuit is an addition to it."""
+    from trainer.circuit.api import build_run_circuit
+    from trainer.circuit.line import format_circuit_line
+
+    log = logs.get_logger()
+    t0 = time.perf_counter()
+    try:
+        result = build_run_circuit(
+            network_path, network_path.parent, data.x_test, data.y_test, gates=gates
+        )
+        line = format_circuit_line(result)
+    except Exception as exc:  # any failure of the addition spares the run
+        reason = str(exc).strip() or type(exc).__name__
+        first, _, rest = reason.partition("\n")
+        if type(exc).__name__ not in ("CircuitError", "SimulationError"):
+            first = f"{type(exc).__name__}: {first}"
+        print(f"gatequeue: circuit not built: {first}", file=sys.stderr, flush=True)
+        if rest:
+            print(rest, file=sys.stderr, flush=True)
+        return None
+    emit(line)
+    log.info(
+        "circuit built",
+        seconds=round(time.perf_counter() - t0, 2),
+        verified=result["verified"],
+        disagreements=result["disagreements"],
+        gates_live=result["gatesLive"],
+        images_per_s=result["imagesPerS"],
+    )
+    if not result["verified"]:
+        log.error(
+            "the compiled circuit disagrees with the saved network",
+            disagreements=result["disagreements"],
+        )
+    return result

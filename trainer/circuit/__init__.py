@@ -3,15 +3,41 @@
     python -m trainer.circuit compile runs/x/network.json -o runs/x/circuit
     build_circuit(network_path, out_dir) -> the job document's `circuit` field
 
-numpy only (no torch), so the worker can import it cheaply. See docs/circuits.md.
+numpy only (no torch), so the worker can import it cheaply; the exports load lazily, so
+`trainer.circuit.line` (the trainer's CIRCUIT line) costs no numpy either. See
+docs/circuits.md.
 """
 
-from trainer.circuit.api import RESULT_KEYS, build_circuit
-from trainer.circuit.build import CircuitError, find_compiler
-from trainer.circuit.bundle import CompiledCircuit, compile_network, open_circuit
-from trainer.circuit.verilog import SimulationError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from trainer.circuit.line import (
+    CIRCUIT_PREFIX,
+    RESULT_KEYS,
+    format_circuit_line,
+    parse_circuit_line,
+)
+
+if TYPE_CHECKING:
+    from trainer.circuit.api import build_circuit
+    from trainer.circuit.build import CircuitError, find_compiler
+    from trainer.circuit.bundle import CompiledCircuit, compile_network, open_circuit
+    from trainer.circuit.verilog import SimulationError
+
+_LAZY = {
+    "build_circuit": "trainer.circuit.api",
+    "CircuitError": "trainer.circuit.build",
+    "find_compiler": "trainer.circuit.build",
+    "CompiledCircuit": "trainer.circuit.bundle",
+    "compile_network": "trainer.circuit.bundle",
+    "open_circuit": "trainer.circuit.bundle",
+    "SimulationError": "trainer.circuit.verilog",
+}
 
 __all__ = [
+    "CIRCUIT_PREFIX",
     "RESULT_KEYS",
     "CircuitError",
     "CompiledCircuit",
@@ -19,5 +45,14 @@ __all__ = [
     "build_circuit",
     "compile_network",
     "find_compiler",
+    "format_circuit_line",
     "open_circuit",
+    "parse_circuit_line",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainer.circuit' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
