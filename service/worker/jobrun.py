@@ -26,7 +26,7 @@ from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
-from service.jobs.record import Checkpoint, JobRecord, ResumedFrom
+from service.jobs.record import Checkpoint, Circuit, JobRecord, ResumedFrom
 from service.jobs.status import Status
 from service.retry import retry
 from service.store import Store
@@ -39,6 +39,7 @@ from service.worker.lease import Lease
 from service.worker.logsink import LeaseLapsed, LogSink
 from service.worker.runner import TrainerProcess
 from trainer import supervision
+from trainer.circuit.line import parse_circuit_line
 from trainer.options import run_control_args, trainer_args
 
 log = structlog.get_logger(__name__)
@@ -149,6 +150,7 @@ class JobRun:
         self.sink: LogSink | None = None
         self.uploader: checkpoints.CheckpointUploader | None = None
         self._resuming: Checkpoint | None = None  # the checkpoint the trainer was given
+        self._circuit: Circuit | None = None  # from the trainer's CIRCUIT line
         self.outcome: Outcome | None = None
         self.started = asyncio.Event()  # the trainer process exists (tests read its pid)
 
@@ -382,6 +384,9 @@ class JobRun:
                 extra["artifacts"] = [a.model_dump() for a in uploaded]
                 names = ", ".join(a.name for a in uploaded) or "none"
                 await sink.system(f"finished; saved files: {names}")
+                if self._circuit is not None:  # stored with the files it describes
+                    extra["circuit"] = self._circuit.model_dump()
+                    await sink.system(describe_circuit(self._circuit))
             except (OSError, PyMongoError) as exc:
                 status, error = Status.FAILED, f"the trained network could not be saved: {exc}"
                 await sink.system(error)
@@ -494,6 +499,8 @@ class JobRun:
         elif (checkpoint := checkpoints.parse_checkpoint_line(line)) is not None:
             assert self.uploader is not None
             self.uploader.offer(checkpoint)
+        elif (circuit := parse_circuit_line(line)) is not None:
+            self._circuit = Circuit.model_validate(circuit)
         elif checkpoints.parse_resumed_line(line) is not None and self._resuming is not None:
             resumed = self._resuming
             await self.sink.system(f"resumed from {checkpoints.describe(resumed)}")
@@ -537,6 +544,19 @@ class JobRun:
     def _tell_trainer_deadline(self, lease_deadline: float) -> None:
         if self.proc is not None:
             self.proc.send(supervision.lease_line(self._fence_deadline(lease_deadline)))
+
+
+def describe_circuit(circuit: Circuit) -> str:
+    """The log's line for a run's circuit: what a researcher checks before using it."""
+    check = (
+        "verified against the network"
+        if circuit.verified
+        else f"NOT verified: {circuit.disagreements} test samples disagree with the network"
+    )
+    return (
+        f"circuit: {circuit.gatesLive:,} of {circuit.gates:,} gates live, depth "
+        f"{circuit.depth}, {circuit.imagesPerS:,.0f} images/s on one core; {check}"
+    )
 
 
 def _remove_workdir(workdir: Path) -> None:
