@@ -4,8 +4,8 @@ network.c/.h/.v downloadable next to network.json (docs/circuits.md "In every ru
 
 from __future__ import annotations
 
+import asyncio
 import shutil
-import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -55,10 +55,12 @@ async def test_a_run_through_the_queue_ends_with_its_verified_circuit(
     assert "module" in v_file.read_text() and "endmodule" in v_file.read_text()
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is not None:  # what was downloaded is a C source that compiles on its own
-        subprocess.run(
-            [cc, "-c", "-O1", str(c_file), "-o", str(tmp_path / "network.o")],
-            check=True, capture_output=True,
+        compiled = await asyncio.create_subprocess_exec(
+            cc, "-c", "-O1", str(c_file), "-o", str(tmp_path / "network.o"),
+            stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        _, errors = await compiled.communicate()
+        assert compiled.returncode == 0, errors.decode()
 
     code, out, err = await gatequeue(live_api.url, "show", done["id"])
     assert code == 0, err
