@@ -121,6 +121,15 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
     except OpenApiRefused as exc:
         print(f"gatequeue: {exc}", file=sys.stderr)
         return 2
+    if args.demo and settings.api_token is None and settings.tokens_file is not None:
+        print(
+            "gatequeue: --demo submits a job, which needs a token: with only "
+            "GATEQUEUE_TOKENS_FILE set, this process has none to submit with. Set "
+            "GATEQUEUE_API_TOKEN (an admin token) as well, or leave out --demo and submit "
+            "with `gatequeue submit --token ...`",
+            file=sys.stderr,
+        )
+        return 2
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
     settings = dataclasses.replace(
@@ -203,10 +212,16 @@ DEMO_JOB: dict[str, Any] = {
 
 
 async def _submit_demo(url: str, settings: Settings) -> None:
-    from service.client import GateQueueClient
+    """Submit the demo run and report its end; a refusal is printed, not swallowed: the
+    system stays up either way."""
+    from service.client import GateQueueClient, GateQueueError
 
     async with GateQueueClient(url, token=settings.api_token) as client:
-        job = await client.submit(**DEMO_JOB)
+        try:
+            job = await client.submit(**DEMO_JOB)
+        except GateQueueError as exc:
+            print(f"gatequeue: the demo run was not submitted: {exc}", file=sys.stderr, flush=True)
+            return
         print(f"submitted a demo training run: {url}#/jobs/{job['id']}", flush=True)
         final = await client.wait(job["id"])
         metrics = final.get("latestMetrics") or {}
