@@ -27,8 +27,13 @@ def _free_port() -> int:
 
 
 def _env(mongo_uri: str, db_name: str, tmp_path: Path) -> dict[str, str]:
-    env = {**os.environ, "MONGODB_URI": mongo_uri, "GATEQUEUE_DB": db_name,
-           "GATEQUEUE_DATA_DIR": str(tmp_path / "data"), "GATEQUEUE_LOG_FORMAT": "json"}  # fmt: skip
+    env = {
+        **os.environ,
+        "MONGODB_URI": mongo_uri,
+        "GATEQUEUE_DB": db_name,
+        "GATEQUEUE_DATA_DIR": str(tmp_path / "data"),
+        "GATEQUEUE_LOG_FORMAT": "json",
+    }
     for name in ("GATEQUEUE_API_TOKEN", "GATEQUEUE_TOKENS_FILE"):
         env.pop(name, None)
     return env
