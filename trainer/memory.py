@@ -151,6 +151,17 @@ class _Tally:
         return sum(self.items.values())
 
 
+# The training options the estimate reads: the rest (the parametrization, the learning
+# rate, the seed...) do not change a run's memory, so estimates can be shared by key.
+SIZE_OPTIONS: tuple[str, ...] = ("dataset", "gates", "networkLayers", "grouping", "batchSize")
+_DEFAULTS = {o.name: o.default for o in TRAINING_OPTIONS}
+
+
+def size_key(hyperparameters: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The values of SIZE_OPTIONS (defaults where missing): equal keys, equal estimates."""
+    return tuple(hyperparameters.get(k, _DEFAULTS[k]) for k in SIZE_OPTIONS)
+
+
 def estimate_memory(
     hyperparameters: Mapping[str, Any],
     device: str,
@@ -169,7 +180,7 @@ def estimate_memory(
     """
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-    hp = {o.name: o.default for o in TRAINING_OPTIONS} | dict(hyperparameters)
+    hp = dict(zip(SIZE_OPTIONS, size_key(hyperparameters), strict=True))
     kind = resolve_backend(backend, device)
     if kind not in ("cpp", "torch", "difflogic"):
         raise ValueError(f"unknown backend {backend!r}")

@@ -142,7 +142,11 @@ async def serve(
             app,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
-            handler_args={"max_line_size": MAX_LINE_BYTES, "max_field_size": MAX_FIELD_BYTES},
+            # Request-handler options go to the runner as keywords: a `handler_args` here
+            # makes aiohttp's RequestHandler fail and fall back to its defaults, which
+            # quietly turns its own access log back on (and logs a warning per connection).
+            max_line_size=MAX_LINE_BYTES,
+            max_field_size=MAX_FIELD_BYTES,
         )
         await runner.setup()
         try:

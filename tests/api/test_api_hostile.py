@@ -13,6 +13,8 @@ import structlog
 from aiohttp.test_utils import TestClient
 from api_helpers import JSON, SEED_BODY, MakeApi, error_of, job_count
 
+from service.api.errors import ApiError
+from service.api.quota import SubmissionQuota
 from service.store import Store
 
 
@@ -128,3 +130,55 @@ async def test_pending_jobs_past_the_quota_get_429(make_api: MakeApi, store: Sto
     await error_of(resp, 429, "too_many_pending")
     assert resp.headers["Retry-After"] == "60"
     assert await job_count(store) == 2
+
+
+
+class _SlowCount:
+    """The quota's view of the store, with a count that waits for the test's go: every
+    submission of the test then arrives while one count is in flight."""
+
+    def __init__(self, pending: int) -> None:
+        self.pending = pending
+        self.counts = 0
+        self.go = asyncio.Event()
+
+    async def pending_count(self, submitted_by: str | None) -> int:
+        self.counts += 1
+        await self.go.wait()
+        return self.pending
+
+
+async def test_concurrent_submissions_share_one_count_and_cannot_overrun_the_quota() -> None:
+    """Twenty submissions at once against a quota of five, with three jobs Pending: one
+    count for all of them, two admitted, eighteen 429s. When each request counted for
+    itself, every one saw 3 and all twenty were let in."""
+    jobs = _SlowCount(pending=3)
+    quota = SubmissionQuota(jobs, rate_per_min=1000, max_pending=5)  # type: ignore[arg-type]
+    tries = [asyncio.create_task(quota.admit("alice")) for _ in range(20)]
+    await asyncio.sleep(0)  # every submission is waiting on the count now
+    jobs.go.set()
+    results = await asyncio.gather(*tries, return_exceptions=True)
+    refused = [r for r in results if isinstance(r, ApiError)]
+    assert len(results) - len(refused) == 2
+    assert len(refused) == 18 and {r.code for r in refused} == {"too_many_pending"}
+    assert jobs.counts == 1
+
+
+async def test_a_failed_count_fails_its_waiters_and_the_next_submission_counts_again() -> None:
+    class Down(_SlowCount):
+        async def pending_count(self, submitted_by: str | None) -> int:
+            self.counts += 1
+            await self.go.wait()
+            if self.counts == 1:
+                raise ConnectionError("MongoDB is away")
+            return self.pending
+
+    jobs = Down(pending=0)
+    quota = SubmissionQuota(jobs, rate_per_min=1000, max_pending=5)  # type: ignore[arg-type]
+    tries = [asyncio.create_task(quota.admit("alice")) for _ in range(3)]
+    await asyncio.sleep(0)
+    jobs.go.set()
+    results = await asyncio.gather(*tries, return_exceptions=True)
+    assert all(isinstance(r, ConnectionError) for r in results)
+    await quota.admit("alice")  # counted afresh, admitted
+    assert jobs.counts == 2
