@@ -88,7 +88,6 @@ class SubmissionQuota:
         bucket.tokens -= 1
         pending.count += jobs
 
-
     async def _recount(self, name: str | None) -> _Pending:
         """One count in MongoDB at a time per token, whoever asks: the requests that arrive
         while it runs share it (64 concurrent submissions once started 64 counts, each a

@@ -29,14 +29,14 @@ from service.api.limits import (
     MAX_SEQ,
 )
 from service.api.quota import SubmissionQuota
-from service.api.routing import Param, Query, Reply, Route, not_found
+from service.api.routing import Param, Query, Reply, Route, not_found, path_id
 from service.api.schemas import JobList, Logs, Metrics
 from service.jobs import memory
 from service.jobs.record import Job, JobRecord, MemoryEstimate, new_job
 from service.jobs.request import SEED_BODY, JobRequest, describe_options, field_errors
 from service.jobs.status import Status
 from service.store.files import CHECKPOINTS_BUCKET
-from service.store.jobs import CancelOutcome, IdempotencyKeyReused, parse_job_id, request_hash
+from service.store.jobs import CancelOutcome, IdempotencyKeyReused, request_hash
 from service.store.logs import batch_json
 from service.store.metrics import metrics_json
 from service.tokens import Role
@@ -121,12 +121,7 @@ def body_error(exc: ValidationError) -> ApiError:
 
 
 def job_id_of(request: web.Request) -> ObjectId:
-    """Malformed ids are unknown ids: 404, the same as a well-formed id nobody has."""
-    raw = request.match_info["id"]
-    oid = parse_job_id(raw) if len(raw) == 24 else None
-    if oid is None:
-        raise not_found("job", raw)
-    return oid
+    return path_id(request, "job")
 
 
 async def existing_job_id(request: web.Request) -> ObjectId:

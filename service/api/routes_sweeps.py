@@ -30,12 +30,12 @@ from service.api.routes_jobs import (
     idempotency_key,
     parse_body,
 )
-from service.api.routing import Param, Query, Reply, Route, not_found
+from service.api.routing import Param, Query, Reply, Route, not_found, path_id
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
 from service.jobs.record import MemoryEstimate
 from service.retry import DATABASE
-from service.store.jobs import parse_job_id, request_hash
+from service.store.jobs import request_hash
 from service.store.sweeps import SweepInProgress, SweepKeyReused
 from service.sweeps.lifecycle import cancel_sweep, create_sweep, tidy
 from service.sweeps.record import (
@@ -138,11 +138,7 @@ async def submit_sweep(request: web.Request) -> web.Response:
 
 
 def _sweep_id(request: web.Request) -> ObjectId:
-    raw = request.match_info["id"]
-    oid = parse_job_id(raw) if len(raw) == 24 else None
-    if oid is None:
-        raise not_found("sweep", raw)
-    return oid
+    return path_id(request, "sweep")
 
 
 async def _existing(request: web.Request) -> SweepRecord:

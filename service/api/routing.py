@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any, get_origin
 
 from aiohttp import web
+from bson import ObjectId
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.api.auth import AUTH, PRINCIPAL
 from service.api.errors import ApiError, validation_error
 from service.api.origin import check_host, check_origin, require_json
 from service.jobs.request import field_errors
+from service.store.jobs import parse_job_id
 from service.tokens import Role
 
 Handler = Callable[..., Awaitable[web.StreamResponse]]
@@ -182,6 +184,16 @@ def note_status(request: web.Request, status: int) -> None:
 
 def all_routes(modules: Sequence[Any]) -> list[Route]:
     return [route for module in modules for route in module.ROUTES]
+
+
+def path_id(request: web.Request, kind: str) -> ObjectId:
+    """The `{id}` of the path. A malformed id is an unknown one: 404, the same as a
+    well-formed id nobody has."""
+    raw = request.match_info["id"]
+    oid = parse_job_id(raw) if len(raw) == 24 else None
+    if oid is None:
+        raise not_found(kind, raw)
+    return oid
 
 
 def not_found(kind: str, raw: object) -> ApiError:

@@ -295,15 +295,8 @@ class GateQueueClient:
         sweep: str | None = None,
     ) -> JobPage:
         """One page, newest first; pass `page.next` as `after` for the next one."""
-        params: dict[str, str | int] = {"limit": limit}
-        if status:
-            params["status"] = status
-        if sweep:
-            params["sweep"] = sweep
-        if after:
-            params["after"] = after
-        if submitted_by:
-            params["submittedBy"] = submitted_by
+        params = _query(limit=limit, status=status, sweep=sweep, after=after,
+                        submittedBy=submitted_by)  # fmt: skip
         body = await self._request("GET", "/jobs", params=params)
         return JobPage(body["jobs"], body.get("next"))
 
@@ -437,11 +430,7 @@ class GateQueueClient:
     async def sweeps(
         self, *, limit: int = 50, after: str | None = None, submitted_by: str | None = None
     ) -> SweepPage:
-        params: dict[str, str | int] = {"limit": limit}
-        if after:
-            params["after"] = after
-        if submitted_by:
-            params["submittedBy"] = submitted_by
+        params = _query(limit=limit, after=after, submittedBy=submitted_by)
         body = await self._request("GET", "/sweeps", params=params)
         return SweepPage(body["sweeps"], body.get("next"))
 
@@ -500,6 +489,11 @@ class GateQueueClient:
         """The job's log lines from `from_seq`. With `follow`, live lines follow until the
         job ends (`stream.end` then says how); without, only what is stored now."""
         return LogStream(self, job_id, follow=follow, from_seq=from_seq)
+
+
+def _query(**values: str | int | None) -> dict[str, str | int]:
+    """A listing's query parameters, by their API names; the unset ones left out."""
+    return {name: value for name, value in values.items() if value is not None and value != ""}
 
 
 async def _changed(ws: aiohttp.ClientWebSocketResponse) -> bool:

@@ -20,6 +20,8 @@ from trainer.data.catalog import CLASSES
 from trainer.options import TRAINING_OPTIONS, trainer_args
 from trainer.parametrizations import REGISTRY
 
+# The seed's request as docs/design.md quotes it, written out on purpose: a change to
+# SEED_BODY must not be able to change what this test holds the API to.
 SEED = {
     "gateOptimizer": "sparsemax_noise",
     "gates": 3332,

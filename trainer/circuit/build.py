@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer.cpuinfo import cpu_flags
+
 COMPILERS: tuple[str, ...] = ("cc", "gcc", "clang")
 BASE_FLAGS: tuple[str, ...] = ("-std=gnu11", "-shared", "-fPIC", "-pthread")
 FLAG_SETS: tuple[tuple[str, ...], ...] = (("-O3", "-march=native"), ("-O3",))
@@ -41,18 +43,6 @@ def find_compiler() -> str:
     raise CircuitError(
         f"no C compiler found (tried {tried} on PATH); install gcc or clang, or set CC"
     )
-
-
-def cpu_flags() -> str:
-    """The CPU's feature line: -march=native code is only reused on the same features."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return line
-    return ""
 
 
 def simd_level() -> str:

@@ -9,27 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-# Same order as trainer.gates.GATE_NAMES (a test checks it); copied so that the circuit
-# package never imports torch.
-GATE_NAMES: tuple[str, ...] = (
-    "FALSE",
-    "A AND B",
-    "A AND NOT B",
-    "A",
-    "NOT A AND B",
-    "B",
-    "A XOR B",
-    "A OR B",
-    "NOT (A OR B)",
-    "NOT (A XOR B)",
-    "NOT B",
-    "A OR NOT B",
-    "NOT A",
-    "NOT A OR B",
-    "NOT (A AND B)",
-    "TRUE",
-)
-NUM_OPS = 16
+from trainer.gates import GATE_NAMES as GATE_NAMES  # re-exported for the circuit package
+from trainer.gates import NUM_GATES
+
+NUM_OPS = NUM_GATES
 FALSE, AND, A_AND_NOT_B, PASS_A, NOT_A_AND_B, PASS_B, XOR, OR = range(8)
 NOT_B, NOT_A, TRUE = 10, 12, 15
 # Ops whose output does not change when a and b are swapped.

@@ -17,6 +17,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer.cpuinfo import cpu_flags
+
 SOURCE = Path(__file__).with_name("logic_cpu.cpp")
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-fopenmp", "-shared", "-fPIC", "-pthread")
 
@@ -42,23 +44,12 @@ def _compiler() -> str:
     return path
 
 
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return line
-    return ""
-
-
 def _build(cxx: str) -> Path:
     version = subprocess.run(
         [cxx, "--version"], capture_output=True, text=True, check=False
     ).stdout.split("\n", 1)[0]
     key = hashlib.sha256(
-        "\0".join([SOURCE.read_text(), cxx, version, " ".join(FLAGS), _cpu_flags()]).encode()
+        "\0".join([SOURCE.read_text(), cxx, version, " ".join(FLAGS), cpu_flags()]).encode()
     ).hexdigest()[:16]
     out_dir = cache_dir()
     target = out_dir / f"logic_cpu_{key}.so"
