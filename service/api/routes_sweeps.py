@@ -105,10 +105,8 @@ async def submit_sweep(request: web.Request) -> web.Response:
     store = request.app[STORE]
     body_hash = None if key is None else request_hash(spec.model_dump(mode="json"))
     try:
-        existing = None
-        if key is not None:  # a replay is not new work: no quota for it
-            existing = await store.sweeps.collection.find_one({"idempotencyKey": key}, {"_id": 1})
-        if existing is None:
+        # A replay is not new work: no quota for it.
+        if key is None or not await store.sweeps.key_used(key):
             await request.app[QUOTA].admit(principal.name, jobs=len(sweep_plan.runs))
         made = await create_sweep(
             store, sweep_plan, submitted_by=principal.name, idempotency_key=key,

@@ -37,6 +37,7 @@ from service.client import GateQueueClient, GateQueueError, Sweep
 from service.config import Settings
 from service.jobs.request import REQUEST_OPTIONS
 from service.jobs.status import Status
+from service.sweeps.record import SweepStatus
 from trainer.options import Option
 
 _BY_NAME: dict[str, Option] = {o.name: o for o in REQUEST_OPTIONS}
@@ -297,7 +298,8 @@ def _json(sweep: Sweep) -> str:
 
 
 def _sweep_status(sweep: Sweep) -> str:
-    style = {"Active": "cyan", "Finished": "green", "Cancelled": "magenta"}
+    style = {SweepStatus.ACTIVE: "cyan", SweepStatus.FINISHED: "green",
+             SweepStatus.CANCELLED: "magenta"}  # fmt: skip
     return f"[{style.get(sweep['status'], 'white')}]{sweep['status']}[/]"
 
 

@@ -80,6 +80,11 @@ class SweepStore:
                     raise SweepInProgress(found) from None
                 return found, False
 
+    async def key_used(self, idempotency_key: str) -> bool:
+        """Whether a sweep was submitted with this Idempotency-Key (a replay: no quota)."""
+        found = await self.collection.find_one({"idempotencyKey": idempotency_key}, {"_id": 1})
+        return found is not None
+
     async def mark_ready(self, sweep_id: ObjectId) -> None:
         await self.collection.update_one(
             {"_id": sweep_id}, {"$set": {"state": SweepState.READY.value, "creatingUntil": None}}
