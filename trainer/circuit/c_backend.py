@@ -118,8 +118,8 @@ def source(c: Circuit, words: int = 4) -> str:
     class_bits = max(1, (k - 1).bit_length())
     sched = schedule(low, c.first_gate_node)
     parts = [_prelude(c, words, n_planes, class_bits)]
-    parts.append(_output_tables(sched.outputs, k, group, c.nodes))
-    parts.append(_gate_tables(sched))
+    parts.append(_output_tables(sched.outputs, k, group, c.nodes, 8 * words))
+    parts.append(_gate_tables(sched, 8 * words, c.in_dim, words))
     parts.append(_RUNTIME)
     return "\n".join(parts)
 
@@ -152,35 +152,42 @@ typedef uint64_t vec __attribute__((vector_size(8 * W)));
 """
 
 
-def _output_tables(outputs: list[tuple[int, int]], k: int, group: int, ones: int) -> str:
+def _output_tables(
+    outputs: list[tuple[int, int]], k: int, group: int, ones: int, vec_bytes: int
+) -> str:
     """Per class, the plain and the inverted output slots, each padded to 16 (Harley-Seal).
 
     Two lists instead of one with an XOR mask per output: counting ~v[i] over the inverted
-    list costs one NOT where a mask costs a load and an XOR for every output.
+    list costs one NOT where a mask costs a load and an XOR for every output. Constant
+    outputs (slot 0 plain is FALSE, inverted TRUE) are not counted: the TRUE ones of each
+    class are its counter's start value (OUT_CONST). Slots are written as byte offsets.
     """
     plain: list[int] = []
     inverted: list[int] = []
-    plain_start, inverted_start = [0], [0]
+    plain_start, inverted_start, const = [0], [0], []
     for c in range(k):
         chunk = outputs[c * group : (c + 1) * group]
-        p = [node for node, inv in chunk if not inv]
-        q = [node for node, inv in chunk if inv]
+        p = [node for node, inv in chunk if not inv and node]
+        q = [node for node, inv in chunk if inv and node]
+        const.append(sum(1 for node, inv in chunk if inv and not node))
         plain += p + [0] * (-len(p) % HARLEY_SEAL_WORDS)  # node 0 is FALSE
         inverted += q + [ones] * (-len(q) % HARLEY_SEAL_WORDS)  # ~ONES is FALSE
         plain_start.append(len(plain))
         inverted_start.append(len(inverted))
 
-    def table(name: str, values: list[int]) -> str:
-        body = ",".join(map(str, values)) if values else "0"
+    def table(name: str, values: list[int], scale: int = 1) -> str:
+        body = ",".join(str(v * scale) for v in values) if values else "0"
         return f"static const uint32_t {name}[{max(1, len(values))}] = {{{body}}};\n"
 
     return (
-        "/* Class c counts the ones among v[OUT_PLAIN[i]] and ~v[OUT_INVERTED[j]] for i, j\n"
-        "   in [START[c], START[c + 1]) of each. */\n"
-        + table("OUT_PLAIN", plain)
+        "/* Class c counts OUT_CONST[c] plus the ones among v[OUT_PLAIN[i]] and\n"
+        "   ~v[OUT_INVERTED[j]] for i, j in [START[c], START[c + 1]) of each (byte offsets\n"
+        "   into v). */\n"
+        + table("OUT_PLAIN", plain, vec_bytes)
         + table("PLAIN_START", plain_start)
-        + table("OUT_INVERTED", inverted)
+        + table("OUT_INVERTED", inverted, vec_bytes)
         + table("INVERTED_START", inverted_start)
+        + table("OUT_CONST", const)
     )
 
 
@@ -234,44 +241,65 @@ def schedule(low: Lowered, first: int) -> Schedule:
     return Schedule(a_list, b_list, runs, outputs)
 
 
-def _gate_tables(sched: Schedule) -> str:
-    def table(name: str, ctype: str, values: list[int]) -> str:
-        body = ",".join(map(str, values)) if values else "0"
+def _gate_tables(sched: Schedule, vec_bytes: int, in_dim: int, words: int) -> str:
+    """The gate tables, inputs as byte offsets into v; and how many cache lines of the
+    next block's input rows each step of four gates prefetches (all of them over the
+    gates, at most 8 a step)."""
+
+    def table(name: str, ctype: str, values: list[int], scale: int = 1) -> str:
+        body = ",".join(str(v * scale) for v in values) if values else "0"
         return f"static const {ctype} {name}[{max(1, len(values))}] = {{{body}}};\n"
 
+    lines = 64 * words * in_dim // 64
+    steps = max(1, len(sched.a) // 4)
+    per_step = min(8, max(1, -(-lines // steps)))
     return (
-        f"#define RUNS {len(sched.runs)}\n"
-        + table("GATE_A", "uint32_t", sched.a)
-        + table("GATE_B", "uint32_t", sched.b)
+        f"#define RUNS {len(sched.runs)}\n#define PF_PER_STEP {per_step}\n"
+        + table("GATE_A", "uint32_t", sched.a, vec_bytes)
+        + table("GATE_B", "uint32_t", sched.b, vec_bytes)
         + table("RUN_OP", "uint8_t", [op for op, _ in sched.runs])
         + table("RUN_END", "uint32_t", [end for _, end in sched.runs])
     )
 
 
 _RUNTIME = r"""
-/* Every gate, run by run: one branch-free loop per run of gates with the same id. Gate g
-   also prefetches cache line g of the next block's input rows (pf, lines of them): the
-   input is read once from memory, and this overlaps that read with the gates' work
-   instead of stalling pack on it. */
-#define GATES_OF(expr) for (; g < end; g++) { \
-    if (g < lines) __builtin_prefetch(pf + ((size_t)g << 6), 0, 2); \
-    out[g] = (expr); }
+/* Every gate, run by run: one branch-free loop per run of gates with the same id, four
+   gates a step (GATE_A/B are byte offsets into v: no index arithmetic). Each step also
+   prefetches PF_PER_STEP cache lines of the next block's input rows (from pf up to
+   pf_end): the input is read once from memory, and this overlaps that read with the
+   gates' work instead of stalling pack on it. */
+#define LOAD(off) (*(const vec *)(base + (off)))
+#define GATE(k, expr) { const vec A = LOAD(pa[k]), B = LOAD(pb[k]); \
+                        (void)A; (void)B; o[k] = (expr); }
+#define GATES_OF(expr) { \
+  const uint32_t *pa = ga + g, *pb = gb + g; \
+  vec *o = out + g, *const o_end = out + end; \
+  for (; o_end - o >= 4; o += 4, pa += 4, pb += 4) { \
+    if (pf < pf_end) { \
+      for (int p_ = 0; p_ < PF_PER_STEP; p_++) __builtin_prefetch(pf + 64 * p_, 0, 2); \
+      pf += 64 * PF_PER_STEP; \
+    } \
+    GATE(0, expr) GATE(1, expr) GATE(2, expr) GATE(3, expr) } \
+  for (; o < o_end; o++, pa++, pb++) GATE(0, expr) \
+  g = end; }
 
 static void eval_gates(vec *v, const uint8_t *pf, uint32_t lines) { /* v, out alias */
   vec *out = v + 1 + IN_DIM;
+  const char *base = (const char *)v;
+  const uint8_t *pf_end = pf + ((size_t)lines << 6);
   const uint32_t *restrict ga = GATE_A, *restrict gb = GATE_B;
   uint32_t g = 0;
   for (int r = 0; r < RUNS && GATES; r++) {
     const uint32_t end = RUN_END[r];
     switch (RUN_OP[r]) {
       case 0: GATES_OF(v[0]); break;
-      case 1: GATES_OF(v[ga[g]] & v[gb[g]]); break;
-      case 2: GATES_OF(v[ga[g]] & ~v[gb[g]]); break;
-      case 3: GATES_OF(v[ga[g]]); break;
-      case 4: GATES_OF(~v[ga[g]] & v[gb[g]]); break;
-      case 5: GATES_OF(v[gb[g]]); break;
-      case 6: GATES_OF(v[ga[g]] ^ v[gb[g]]); break;
-      default: GATES_OF(v[ga[g]] | v[gb[g]]); break;
+      case 1: GATES_OF(A & B); break;
+      case 2: GATES_OF(A & ~B); break;
+      case 3: GATES_OF(A); break;
+      case 4: GATES_OF(~A & B); break;
+      case 5: GATES_OF(B); break;
+      case 6: GATES_OF(A ^ B); break;
+      default: GATES_OF(A | B); break;
     }
   }
 }
@@ -348,22 +376,25 @@ typedef struct {
   vec ones, twos, fours, eights, cnt[PLANES];
 } counter_t;
 
-/* Add 16 words to the counter: Harley-Seal carry-save adders, then a ripple of the
-   sixteens into the counter's planes 4 and up. */
-static inline void add16(counter_t *restrict k, const vec d[16]) {
+/* Add 16 words to the counter, v at byte offsets off[0..15], each XOR flip (0 or ~0):
+   Harley-Seal carry-save adders, then a ripple of the sixteens into the counter's planes
+   4 and up. The words are loaded where used, not all first (16 of them would spill). */
+#define D(t) (*(const vec *)(base + off[t]) ^ flip)
+static inline void add16(counter_t *restrict k, const char *base, const uint32_t *off,
+                         vec flip) {
   vec twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
-  CSA(twos_a, k->ones, k->ones, d[0], d[1]);
-  CSA(twos_b, k->ones, k->ones, d[2], d[3]);
+  CSA(twos_a, k->ones, k->ones, D(0), D(1));
+  CSA(twos_b, k->ones, k->ones, D(2), D(3));
   CSA(fours_a, k->twos, k->twos, twos_a, twos_b);
-  CSA(twos_a, k->ones, k->ones, d[4], d[5]);
-  CSA(twos_b, k->ones, k->ones, d[6], d[7]);
+  CSA(twos_a, k->ones, k->ones, D(4), D(5));
+  CSA(twos_b, k->ones, k->ones, D(6), D(7));
   CSA(fours_b, k->twos, k->twos, twos_a, twos_b);
   CSA(eights_a, k->fours, k->fours, fours_a, fours_b);
-  CSA(twos_a, k->ones, k->ones, d[8], d[9]);
-  CSA(twos_b, k->ones, k->ones, d[10], d[11]);
+  CSA(twos_a, k->ones, k->ones, D(8), D(9));
+  CSA(twos_b, k->ones, k->ones, D(10), D(11));
   CSA(fours_a, k->twos, k->twos, twos_a, twos_b);
-  CSA(twos_a, k->ones, k->ones, d[12], d[13]);
-  CSA(twos_b, k->ones, k->ones, d[14], d[15]);
+  CSA(twos_a, k->ones, k->ones, D(12), D(13));
+  CSA(twos_b, k->ones, k->ones, D(14), D(15));
   CSA(fours_b, k->twos, k->twos, twos_a, twos_b);
   CSA(eights_b, k->fours, k->fours, fours_a, fours_b);
   CSA(sixteens, k->eights, k->eights, eights_a, eights_b);
@@ -377,17 +408,20 @@ static inline void add16(counter_t *restrict k, const vec d[16]) {
 
 /* cnt[j] = bit j of the number of ones among class c's outputs, for every sample. */
 static void count_class(const vec *restrict v, int c, vec cnt[PLANES]) {
+  const char *base = (const char *)v;
+  const vec zero = {0}, all = ~zero;
   counter_t k;
-  memset(&k, 0, sizeof k);
-  vec d[16];
-  for (uint32_t i = PLAIN_START[c]; i < PLAIN_START[c + 1]; i += 16) {
-    for (int t = 0; t < 16; t++) d[t] = v[OUT_PLAIN[i + t]];
-    add16(&k, d);
-  }
-  for (uint32_t i = INVERTED_START[c]; i < INVERTED_START[c + 1]; i += 16) {
-    for (int t = 0; t < 16; t++) d[t] = ~v[OUT_INVERTED[i + t]];
-    add16(&k, d);
-  }
+  uint32_t start = OUT_CONST[c];
+  /* the counter starts at the class's TRUE outputs: ones, twos, fours, eights, cnt[4..] */
+  k.ones = start & 1 ? all : zero;
+  k.twos = start & 2 ? all : zero;
+  k.fours = start & 4 ? all : zero;
+  k.eights = start & 8 ? all : zero;
+  for (int j = 4; j < PLANES; j++) k.cnt[j] = (start >> j) & 1 ? all : zero;
+  for (uint32_t i = PLAIN_START[c]; i < PLAIN_START[c + 1]; i += 16)
+    add16(&k, base, OUT_PLAIN + i, zero);
+  for (uint32_t i = INVERTED_START[c]; i < INVERTED_START[c + 1]; i += 16)
+    add16(&k, base, OUT_INVERTED + i, all);
   for (int j = 4; j < PLANES; j++) cnt[j] = k.cnt[j];
   cnt[0] = k.ones;
   cnt[1] = k.twos;
