@@ -201,3 +201,27 @@ def test_constant_outputs_start_the_counters(tmp_path: Path) -> None:
     assert (expected[:, 2] >= 37).all()
     assert np.array_equal(lib.scores(x), expected)
     assert np.array_equal(lib.predict(x), net.predict(x))
+
+
+def test_the_generic_c_without_avx2_agrees(tmp_path: Path) -> None:
+    """network.c has AVX2 paths (packing) beside generic vector-extension C: built
+    without AVX2, the generic one gives the same scores (any in_dim, ragged tails)."""
+    import platform
+
+    from trainer.circuit.build import Library
+
+    for in_dim, words in ((100, 4), (784, 4), (37, 2)):
+        path = make(tmp_path / str(in_dim), in_dim, [300, 300], 10, seed=in_dim)
+        out = tmp_path / f"c{in_dim}"
+        compiled = compile_network(path, out, words=words)
+        flags = ["-mno-avx2"] if platform.machine() in ("x86_64", "AMD64") else []
+        lib_path = out / "generic.so"
+        subprocess.run(
+            [find_compiler(), "-O2", *flags, "-std=gnu11", "-shared", "-fPIC", "-pthread",
+             str(out / "network.c"), "-o", str(lib_path)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        x = bits(64 * 4 * 3 + 11, in_dim, seed=in_dim)
+        expected = load_network(path).scores(x)
+        assert np.array_equal(Library(lib_path).scores(x), expected)
+        assert np.array_equal(compiled.library.scores(x), expected)

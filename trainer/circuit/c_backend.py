@@ -134,6 +134,9 @@ def _prelude(c: Circuit, words: int, n_planes: int, class_bits: int) -> str:
    Build: cc -O3 -march=native -shared -fPIC -pthread network.c -o network.so */
 #include <pthread.h>
 #include <stdint.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -314,9 +317,22 @@ static inline uint64_t load64(const uint8_t *p) {
   return x;
 }
 
-/* t[i] bit s = (row s)[i] is not 0, for eight rows: 32 inputs per vector step. */
+/* t[i] bit s = (row s)[i] is not 0, for eight rows: 32 inputs per vector step. With
+   AVX2: min(byte, 1) of the rows, doubled in (Horner, from row 7 down): three
+   instructions a row where the generic form (compare, mask, or) takes four, and adds
+   where shifts would all queue for one pipe on Zen. */
 static void planes8(const uint8_t *const r[8], uint8_t *restrict t) {
   int i = 0;
+#if defined(__AVX2__)
+  const __m256i one = _mm256_set1_epi8(1);
+#define NORM(s) _mm256_min_epu8(_mm256_loadu_si256((const __m256i *)(r[s] + i)), one)
+  for (; i + 32 <= IN_DIM; i += 32) {
+    __m256i acc = NORM(7);
+    for (int s = 6; s >= 0; s--) acc = _mm256_or_si256(_mm256_add_epi8(acc, acc), NORM(s));
+    _mm256_storeu_si256((__m256i *)(t + i), acc);
+  }
+#undef NORM
+#else
   for (; i + 32 <= IN_DIM; i += 32) {
     bytes32 acc = {0};
     for (int s = 0; s < 8; s++) {
@@ -326,12 +342,52 @@ static void planes8(const uint8_t *const r[8], uint8_t *restrict t) {
     }
     memcpy(t + i, &acc, 32);
   }
+#endif
   for (; i < IN_DIM; i++) {
     unsigned acc = 0;
     for (int s = 0; s < 8; s++) acc |= (unsigned)(r[s][i] != 0) << s;
     t[i] = (uint8_t)acc;
   }
 }
+
+#if defined(__AVX2__) && W == 4
+/* 16 inputs x 32 planes of tmp into nodes: t[k] lane L holds plane 16 L + k's bytes of
+   inputs i .. i + 15 (rows loaded in bit-reversed order, k = rev4(row)); four rounds of
+   unpacks (8-, 16-, 32-, 64-bit) transpose each lane's 16 x 16 bytes, so register c ends
+   up as input i + c's node: byte p = plane p. Writes nodes i + c for c < count. */
+static inline void transpose16(const uint8_t *restrict tmp, int i, vec *restrict node,
+                               int count) {
+  static const int rev4[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+  __m256i a[16], b[16];
+  for (int k = 0; k < 16; k++) {
+    int p = rev4[k];
+    __m128i lo = _mm_loadu_si128((const __m128i *)(tmp + (size_t)p * IN_PAD + i));
+    __m128i hi = _mm_loadu_si128((const __m128i *)(tmp + (size_t)(p + 16) * IN_PAD + i));
+    a[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+  }
+  for (int k = 0; k < 8; k++) {
+    b[2 * k] = _mm256_unpacklo_epi8(a[k], a[k + 8]);
+    b[2 * k + 1] = _mm256_unpackhi_epi8(a[k], a[k + 8]);
+  }
+  for (int k = 0; k < 8; k++) {
+    a[2 * k] = _mm256_unpacklo_epi16(b[k], b[k + 8]);
+    a[2 * k + 1] = _mm256_unpackhi_epi16(b[k], b[k + 8]);
+  }
+  for (int k = 0; k < 8; k++) {
+    b[2 * k] = _mm256_unpacklo_epi32(a[k], a[k + 8]);
+    b[2 * k + 1] = _mm256_unpackhi_epi32(a[k], a[k + 8]);
+  }
+  for (int k = 0; k < 8; k++) {
+    a[2 * k] = _mm256_unpacklo_epi64(b[k], b[k + 8]);
+    a[2 * k + 1] = _mm256_unpackhi_epi64(b[k], b[k + 8]);
+  }
+  if (count >= 16) {
+    for (int c = 0; c < 16; c++) memcpy(node + c, &a[c], sizeof(vec));
+  } else {
+    for (int c = 0; c < count; c++) memcpy(node + c, &a[c], sizeof(vec));
+  }
+}
+#endif
 
 /* Swap bytes at distance d between rows a and b (one round of an 8x8 byte transpose in
    every 64-bit lane). */
@@ -352,6 +408,10 @@ static void pack(const uint8_t *restrict x, int64_t s0, int64_t n, vec *restrict
     }
     planes8(r, tmp + (size_t)q * IN_PAD);
   }
+#if defined(__AVX2__) && W == 4
+  for (int i = 0; i < IN_DIM; i += 16)
+    transpose16(tmp, i, v + 1 + i, IN_DIM - i < 16 ? IN_DIM - i : 16);
+#else
   const uint64_t m1 = 0x00FF00FF00FF00FFull, m2 = 0x0000FFFF0000FFFFull,
                  m4 = 0x00000000FFFFFFFFull;
   for (int i = 0; i < IN_DIM; i += 8) {
@@ -367,6 +427,7 @@ static void pack(const uint8_t *restrict x, int64_t s0, int64_t n, vec *restrict
     int left = IN_DIM - i < 8 ? IN_DIM - i : 8;
     for (int j = 0; j < left; j++) v[1 + i + j] = r[j];
   }
+#endif
 }
 
 #define CSA(h, l, a, b, c) do { vec u_ = (a) ^ (b); h = ((a) & (b)) | (u_ & (c)); \
