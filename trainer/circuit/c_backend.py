@@ -32,6 +32,7 @@ counter planes, and two zeros.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from trainer.circuit import ops
@@ -119,8 +120,12 @@ def source(c: Circuit, words: int = 4) -> str:
     sched = schedule(low, c.first_gate_node)
     parts = [_prelude(c, words, n_planes, class_bits)]
     parts.append(_output_tables(sched.outputs, k, group, c.nodes, 8 * words))
-    parts.append(_gate_tables(sched, 8 * words, c.in_dim, words))
-    parts.append(_RUNTIME)
+    parts.append(_gate_tables(sched, 8 * words))
+    counted = sum(1 for node, _ in sched.outputs if node)
+    quotas = prefetch_quotas(c.in_dim, len(sched.a), counted, words)
+    names = ("PF_PACK", "PF_GATES", "PF_OUTPUTS")
+    parts.append("".join(f"#define {name} {q}\n" for name, q in zip(names, quotas, strict=True)))
+    parts.append(_RUNTIME.replace("@UNPACK@", _unpack_macros()))
     return "\n".join(parts)
 
 
@@ -134,9 +139,6 @@ def _prelude(c: Circuit, words: int, n_planes: int, class_bits: int) -> str:
    Build: cc -O3 -march=native -shared -fPIC -pthread network.c -o network.so */
 #include <pthread.h>
 #include <stdint.h>
-#if defined(__AVX2__)
-#include <immintrin.h>
-#endif
 #include <stdlib.h>
 #include <string.h>
 
@@ -244,53 +246,103 @@ def schedule(low: Lowered, first: int) -> Schedule:
     return Schedule(a_list, b_list, runs, outputs)
 
 
-def _gate_tables(sched: Schedule, vec_bytes: int, in_dim: int, words: int) -> str:
-    """The gate tables, inputs as byte offsets into v; and how many cache lines of the
-    next block's input rows each step of four gates prefetches (all of them over the
-    gates, at most 8 a step)."""
+# Relative cost per image on the machine this was tuned on (Zen, AVX2): packing per input,
+# the gate loop per gate, GroupSum per counted output. Only their ratios matter.
+COST_PACK, COST_GATE, COST_OUTPUT = 43, 7.5, 4.6
+
+
+def prefetch_quotas(in_dim: int, gates: int, outputs: int, words: int) -> tuple[int, int, int]:
+    """Cache lines of the next block's input rows to prefetch per call of each phase.
+
+    A block's rows are words * in_dim lines; they are spread over its packing (8 * words
+    calls), its gate loop (a call per four gates) and its GroupSum (a call per 16
+    outputs) in proportion to each phase's estimated time, so that the reads run at a
+    steady rate the memory can keep up with instead of in one burst that stalls the loop
+    issuing it. Rounded up: together they always cover the block.
+    """
+    lines = words * in_dim
+    costs = (COST_PACK * in_dim, COST_GATE * gates, COST_OUTPUT * outputs)
+    calls = (8 * words, max(1, gates // 4), max(1, outputs // 16))
+    total = sum(costs)
+    pack, gates_, outs = (
+        min(16, max(1, math.ceil(lines * cost / (total * n))))
+        for cost, n in zip(costs, calls, strict=True)
+    )
+    return pack, gates_, outs
+
+
+def _unpack_macros() -> str:
+    """UNPACK_LOu / UNPACK_HIu (u = 1, 2, 4, 8 bytes) for 32-byte vectors, as shuffles."""
+    lines = []
+    for unit in (1, 2, 4, 8):
+        for name, half in (("LO", 0), ("HI", 1)):
+            index = []
+            for lane in (0, 1):
+                for k in range(8 // unit):
+                    first = 16 * lane + unit * (k + half * 8 // unit)
+                    index += [first + j for j in range(unit)]
+                    index += [32 + first + j for j in range(unit)]
+            body = ",".join(map(str, index))
+            lines.append(f"#define UNPACK_{name}{unit}(a, b) SHUFFLE32(a, b, {body})")
+    return "\n".join(lines)
+
+
+def _gate_tables(sched: Schedule, vec_bytes: int) -> str:
+    """The gate tables; a gate's inputs are byte offsets into v, a then b for each gate."""
 
     def table(name: str, ctype: str, values: list[int], scale: int = 1) -> str:
         body = ",".join(str(v * scale) for v in values) if values else "0"
         return f"static const {ctype} {name}[{max(1, len(values))}] = {{{body}}};\n"
 
-    lines = 64 * words * in_dim // 64
-    steps = max(1, len(sched.a) // 4)
-    per_step = min(8, max(1, -(-lines // steps)))
     return (
-        f"#define RUNS {len(sched.runs)}\n#define PF_PER_STEP {per_step}\n"
-        + table("GATE_A", "uint32_t", sched.a, vec_bytes)
-        + table("GATE_B", "uint32_t", sched.b, vec_bytes)
+        f"#define RUNS {len(sched.runs)}\n"
+        + table(
+            "GATE_A",
+            "uint32_t",
+            [x for ab in zip(sched.a, sched.b, strict=True) for x in ab],
+            vec_bytes,
+        )
         + table("RUN_OP", "uint8_t", [op for op, _ in sched.runs])
         + table("RUN_END", "uint32_t", [end for _, end in sched.runs])
     )
 
 
 _RUNTIME = r"""
+/* Prefetching: the input is read once from memory, so while a block is packed, its gates
+   evaluated and its outputs counted, each of those loops also prefetches its quota
+   (PF_PACK, PF_GATES, PF_OUTPUTS cache lines a call) of the next block's rows, at a
+   steady rate, overlapping that read with the work. */
+typedef struct {
+  const uint8_t *next, *end;
+} pump_t;
+
+static inline void pump(pump_t *pu, int lines) {
+  if (pu->next < pu->end) {
+    for (int p = 0; p < lines; p++) __builtin_prefetch(pu->next + 64 * p, 0, 2);
+    pu->next += 64 * lines;
+  }
+}
+
 /* Every gate, run by run: one branch-free loop per run of gates with the same id, four
-   gates a step (GATE_A/B are byte offsets into v: no index arithmetic). Each step also
-   prefetches PF_PER_STEP cache lines of the next block's input rows (from pf up to
-   pf_end): the input is read once from memory, and this overlaps that read with the
-   gates' work instead of stalling pack on it. */
+   gates a step (GATE_A holds each gate's a and b as byte offsets into v: one load, no
+   index arithmetic). */
 #define LOAD(off) (*(const vec *)(base + (off)))
-#define GATE(k, expr) { const vec A = LOAD(pa[k]), B = LOAD(pb[k]); \
+#define GATE(k, expr) { uint64_t ab_; memcpy(&ab_, pa + 2 * (k), 8); \
+                        const vec A = LOAD((uint32_t)ab_), B = LOAD(ab_ >> 32); \
                         (void)A; (void)B; o[k] = (expr); }
 #define GATES_OF(expr) { \
-  const uint32_t *pa = ga + g, *pb = gb + g; \
+  const uint32_t *pa = gab + 2 * (size_t)g; \
   vec *o = out + g, *const o_end = out + end; \
-  for (; o_end - o >= 4; o += 4, pa += 4, pb += 4) { \
-    if (pf < pf_end) { \
-      for (int p_ = 0; p_ < PF_PER_STEP; p_++) __builtin_prefetch(pf + 64 * p_, 0, 2); \
-      pf += 64 * PF_PER_STEP; \
-    } \
+  for (; o_end - o >= 4; o += 4, pa += 8) { \
+    pump(pu, PF_GATES); \
     GATE(0, expr) GATE(1, expr) GATE(2, expr) GATE(3, expr) } \
-  for (; o < o_end; o++, pa++, pb++) GATE(0, expr) \
+  for (; o < o_end; o++, pa += 2) GATE(0, expr) \
   g = end; }
 
-static void eval_gates(vec *v, const uint8_t *pf, uint32_t lines) { /* v, out alias */
+static void eval_gates(vec *v, pump_t *pu) { /* v, out alias */
   vec *out = v + 1 + IN_DIM;
   const char *base = (const char *)v;
-  const uint8_t *pf_end = pf + ((size_t)lines << 6);
-  const uint32_t *restrict ga = GATE_A, *restrict gb = GATE_B;
+  const uint32_t *restrict gab = GATE_A; /* a, b of gate g at 2 g, 2 g + 1 */
   uint32_t g = 0;
   for (int r = 0; r < RUNS && GATES; r++) {
     const uint32_t end = RUN_END[r];
@@ -308,6 +360,7 @@ static void eval_gates(vec *v, const uint8_t *pf, uint32_t lines) { /* v, out al
 }
 
 typedef uint8_t bytes32 __attribute__((vector_size(32)));
+typedef uint8_t bytes16 __attribute__((vector_size(16)));
 #define IN_PAD ((IN_DIM + 31) / 32 * 32)
 static const uint8_t ZERO_ROW[IN_DIM];
 
@@ -317,32 +370,33 @@ static inline uint64_t load64(const uint8_t *p) {
   return x;
 }
 
-/* t[i] bit s = (row s)[i] is not 0, for eight rows: 32 inputs per vector step. With
-   AVX2: min(byte, 1) of the rows, doubled in (Horner, from row 7 down): three
-   instructions a row where the generic form (compare, mask, or) takes four, and adds
-   where shifts would all queue for one pipe on Zen. */
+/* t[i] bit s = (row s)[i] is not 0, for eight rows: 32 inputs per vector step, Horner
+   from row 7 down: acc = 2 acc | bit, three instructions a row, and an add, not a shift
+   (shifts queue for one pipe on Zen). The bit is min(byte, 1) with GCC on AVX2, elsewhere -(byte
+   == 0) on the inverted planes (t = ~acc), which measured 15% slower there. */
+#if defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__)
+#define PLANE_BIT(row) ((bytes32)__builtin_ia32_pminub256((v32qi)(row), (v32qi)one))
+#define PLANE_ADD(acc, row) (((acc) + (acc)) | PLANE_BIT(row))
+#define PLANE_DONE(acc) (acc)
+#else
+#define PLANE_ADD(acc, row) ((acc) + (acc) - (bytes32)((row) == 0))
+#define PLANE_DONE(acc) (~(acc))
+#endif
+typedef char v32qi __attribute__((vector_size(32)));
 static void planes8(const uint8_t *const r[8], uint8_t *restrict t) {
   int i = 0;
-#if defined(__AVX2__)
-  const __m256i one = _mm256_set1_epi8(1);
-#define NORM(s) _mm256_min_epu8(_mm256_loadu_si256((const __m256i *)(r[s] + i)), one)
+  const bytes32 one = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  (void)one;
   for (; i + 32 <= IN_DIM; i += 32) {
-    __m256i acc = NORM(7);
-    for (int s = 6; s >= 0; s--) acc = _mm256_or_si256(_mm256_add_epi8(acc, acc), NORM(s));
-    _mm256_storeu_si256((__m256i *)(t + i), acc);
-  }
-#undef NORM
-#else
-  for (; i + 32 <= IN_DIM; i += 32) {
-    bytes32 acc = {0};
-    for (int s = 0; s < 8; s++) {
-      bytes32 row;
+    bytes32 row, acc = {0};
+    for (int s = 7; s >= 0; s--) {
       memcpy(&row, r[s] + i, 32);
-      acc |= (bytes32)(row != 0) & (uint8_t)(1u << s);
+      acc = PLANE_ADD(acc, row);
     }
+    acc = PLANE_DONE(acc);
     memcpy(t + i, &acc, 32);
   }
-#endif
   for (; i < IN_DIM; i++) {
     unsigned acc = 0;
     for (int s = 0; s < 8; s++) acc |= (unsigned)(r[s][i] != 0) << s;
@@ -350,36 +404,54 @@ static void planes8(const uint8_t *const r[8], uint8_t *restrict t) {
   }
 }
 
-#if defined(__AVX2__) && W == 4
-/* 16 inputs x 32 planes of tmp into nodes: t[k] lane L holds plane 16 L + k's bytes of
-   inputs i .. i + 15 (rows loaded in bit-reversed order, k = rev4(row)); four rounds of
-   unpacks (8-, 16-, 32-, 64-bit) transpose each lane's 16 x 16 bytes, so register c ends
-   up as input i + c's node: byte p = plane p. Writes nodes i + c for c < count. */
+#if W == 4
+#if defined(__clang__) || __GNUC__ >= 12
+#define SHUFFLE32(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE32(a, b, ...) __builtin_shuffle(a, b, (bytes32){__VA_ARGS__})
+#endif
+/* x86's unpack low/high in each 16-byte lane, of 1-, 2-, 4- and 8-byte units, as byte
+   shuffles (the compiler emits one vpunpck* each with AVX2). */
+@UNPACK@
+/* 16 inputs x 32 planes of tmp into nodes: a[k] lane L holds plane 16 L + rev4(k)'s bytes
+   of inputs i .. i + 15; four rounds of unpacks (1-, 2-, 4-, 8-byte units) transpose each
+   lane's 16 x 16 bytes, so register c ends up as input i + c's node: byte p = plane p.
+   Writes nodes i + c for c < count. */
+typedef long long v4di __attribute__((vector_size(32)));
+typedef long long v2di __attribute__((vector_size(16)));
+typedef int v4si __attribute__((vector_size(16)));
 static inline void transpose16(const uint8_t *restrict tmp, int i, vec *restrict node,
                                int count) {
   static const int rev4[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
-  __m256i a[16], b[16];
+  bytes32 a[16], b[16];
   for (int k = 0; k < 16; k++) {
-    int p = rev4[k];
-    __m128i lo = _mm_loadu_si128((const __m128i *)(tmp + (size_t)p * IN_PAD + i));
-    __m128i hi = _mm_loadu_si128((const __m128i *)(tmp + (size_t)(p + 16) * IN_PAD + i));
-    a[k] = _mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1);
+    const uint8_t *lo = tmp + (size_t)rev4[k] * IN_PAD + i, *hi = lo + 16 * IN_PAD;
+#if defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__) /* a load, an insert */
+    bytes16 l, h;
+    memcpy(&l, lo, 16);
+    memcpy(&h, hi, 16);
+    a[k] = (bytes32)__builtin_ia32_insert128i256((v4di)__builtin_ia32_si256_si((v4si)l),
+                                                 (v2di)h, 1);
+#else
+    memcpy(&a[k], lo, 16);
+    memcpy((uint8_t *)&a[k] + 16, hi, 16);
+#endif
   }
   for (int k = 0; k < 8; k++) {
-    b[2 * k] = _mm256_unpacklo_epi8(a[k], a[k + 8]);
-    b[2 * k + 1] = _mm256_unpackhi_epi8(a[k], a[k + 8]);
+    b[2 * k] = UNPACK_LO1(a[k], a[k + 8]);
+    b[2 * k + 1] = UNPACK_HI1(a[k], a[k + 8]);
   }
   for (int k = 0; k < 8; k++) {
-    a[2 * k] = _mm256_unpacklo_epi16(b[k], b[k + 8]);
-    a[2 * k + 1] = _mm256_unpackhi_epi16(b[k], b[k + 8]);
+    a[2 * k] = UNPACK_LO2(b[k], b[k + 8]);
+    a[2 * k + 1] = UNPACK_HI2(b[k], b[k + 8]);
   }
   for (int k = 0; k < 8; k++) {
-    b[2 * k] = _mm256_unpacklo_epi32(a[k], a[k + 8]);
-    b[2 * k + 1] = _mm256_unpackhi_epi32(a[k], a[k + 8]);
+    b[2 * k] = UNPACK_LO4(a[k], a[k + 8]);
+    b[2 * k + 1] = UNPACK_HI4(a[k], a[k + 8]);
   }
   for (int k = 0; k < 8; k++) {
-    a[2 * k] = _mm256_unpacklo_epi64(b[k], b[k + 8]);
-    a[2 * k + 1] = _mm256_unpackhi_epi64(b[k], b[k + 8]);
+    a[2 * k] = UNPACK_LO8(b[k], b[k + 8]);
+    a[2 * k + 1] = UNPACK_HI8(b[k], b[k + 8]);
   }
   if (count >= 16) {
     for (int c = 0; c < 16; c++) memcpy(node + c, &a[c], sizeof(vec));
@@ -399,8 +471,9 @@ static inline void transpose16(const uint8_t *restrict tmp, int i, vec *restrict
    for 8 inputs at a time, lane w of row g gathers the 8 bytes of plane 8 w + g, and an
    8x8 byte transpose per lane leaves row j = node of input i + j. */
 static void pack(const uint8_t *restrict x, int64_t s0, int64_t n, vec *restrict v,
-                 uint8_t *restrict tmp) {
+                 uint8_t *restrict tmp, pump_t *pu) {
   for (int q = 0; q < 8 * W; q++) {
+    pump(pu, PF_PACK);
     const uint8_t *r[8];
     for (int s = 0; s < 8; s++) {
       int64_t sample = s0 + 8 * q + s;
@@ -408,7 +481,7 @@ static void pack(const uint8_t *restrict x, int64_t s0, int64_t n, vec *restrict
     }
     planes8(r, tmp + (size_t)q * IN_PAD);
   }
-#if defined(__AVX2__) && W == 4
+#if W == 4
   for (int i = 0; i < IN_DIM; i += 16)
     transpose16(tmp, i, v + 1 + i, IN_DIM - i < 16 ? IN_DIM - i : 16);
 #else
@@ -468,7 +541,7 @@ static inline void add16(counter_t *restrict k, const char *base, const uint32_t
 }
 
 /* cnt[j] = bit j of the number of ones among class c's outputs, for every sample. */
-static void count_class(const vec *restrict v, int c, vec cnt[PLANES]) {
+static void count_class(const vec *restrict v, int c, vec cnt[PLANES], pump_t *pu) {
   const char *base = (const char *)v;
   const vec zero = {0}, all = ~zero;
   counter_t k;
@@ -479,10 +552,14 @@ static void count_class(const vec *restrict v, int c, vec cnt[PLANES]) {
   k.fours = start & 4 ? all : zero;
   k.eights = start & 8 ? all : zero;
   for (int j = 4; j < PLANES; j++) k.cnt[j] = (start >> j) & 1 ? all : zero;
-  for (uint32_t i = PLAIN_START[c]; i < PLAIN_START[c + 1]; i += 16)
+  for (uint32_t i = PLAIN_START[c]; i < PLAIN_START[c + 1]; i += 16) {
+    pump(pu, PF_OUTPUTS);
     add16(&k, base, OUT_PLAIN + i, zero);
-  for (uint32_t i = INVERTED_START[c]; i < INVERTED_START[c + 1]; i += 16)
+  }
+  for (uint32_t i = INVERTED_START[c]; i < INVERTED_START[c + 1]; i += 16) {
+    pump(pu, PF_OUTPUTS);
     add16(&k, base, OUT_INVERTED + i, all);
+  }
   for (int j = 4; j < PLANES; j++) cnt[j] = k.cnt[j];
   cnt[0] = k.ones;
   cnt[1] = k.twos;
@@ -495,12 +572,12 @@ static inline uint64_t bit_of(vec x, int s) { return (x[s >> 6] >> (s & 63)) & 1
 /* Count every class; write scores and/or the argmax (first class with the highest score)
    of samples s0 .. min(n, s0 + BLOCK) - 1. */
 static void classify(const vec *restrict v, int64_t s0, int64_t n, int32_t *pred,
-                     int32_t *scores) {
+                     int32_t *scores, pump_t *pu) {
   vec cnt[PLANES], best[PLANES], idx[CLASS_BITS];
   const vec zero = {0};
   int live = (int)(n - s0 < BLOCK ? n - s0 : BLOCK);
   for (int c = 0; c < CLASSES; c++) {
-    count_class(v, c, cnt);
+    count_class(v, c, cnt, pu);
     if (scores) {
       for (int s = 0; s < live; s++) {
         int32_t total = 0;
@@ -562,12 +639,13 @@ static void *run_job(void *arg) {
   memset(v, 0, bytes); /* node 0, the constant FALSE, stays zero */
   v[ONES] = ~v[0];
   for (int64_t s0 = job->first; s0 < job->last; s0 += BLOCK) {
-    pack(job->x, s0, job->n, v, tmp);
     int64_t next = s0 + BLOCK, rows = job->last - next;
     if (rows > BLOCK) rows = BLOCK;
-    uint32_t lines = rows > 0 ? (uint32_t)(((size_t)rows * IN_DIM + 63) / 64) : 0;
-    eval_gates(v, job->x + (size_t)(next < job->n ? next : 0) * IN_DIM, lines);
-    classify(v, s0, job->n, job->pred, job->scores);
+    const uint8_t *first = job->x + (size_t)(rows > 0 ? next : 0) * IN_DIM;
+    pump_t pu = {first, first + (rows > 0 ? (size_t)rows * IN_DIM : 0)};
+    pack(job->x, s0, job->n, v, tmp, &pu);
+    eval_gates(v, &pu);
+    classify(v, s0, job->n, job->pred, job->scores, &pu);
   }
   free(v);
   free(tmp);
