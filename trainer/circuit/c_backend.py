@@ -10,12 +10,14 @@ Why it is fast:
   function is the complement of one of those stores the uninverted value and its readers
   absorb the inversion into their own gate id (`ops.NEGATE_A`).
 - Inputs are transpose-packed in C from the (n, in_dim) byte matrix, not bit by bit per
-  sample: 32 inputs of 8 samples per vector step into bytes, then an 8x8 byte transpose
-  in every 64-bit lane (pack, below).
+  sample: 32 inputs of 8 samples per vector step into bytes (three instructions a row),
+  then, with W = 4, a 16 x 32 byte transpose of four rounds of unpacks (pack, below); the
+  next block's rows are prefetched at a steady rate while this one is worked on.
 - GroupSum is bit-sliced too: a carry-save adder tree (Harley-Seal) counts each class's
   ones in every sample at once into binary counter planes, and a bit-sliced comparator
   takes the argmax (strictly greater, in class order, so the first maximum wins, as
-  trainer.export). Only the final class index is unpacked per sample.
+  trainer.export). Only the final class index is unpacked per sample. Constant outputs
+  are not counted: a class's TRUE outputs are its counter's start value.
 - Threads take contiguous runs of blocks, each with its own scratch buffer.
 
 The API (also in network.h, which `header` writes):
