@@ -173,3 +173,55 @@ def test_the_package_does_not_import_torch() -> None:
     subprocess.run(
         [sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[2]
     )
+
+
+def test_constant_outputs_start_the_counters(tmp_path: Path) -> None:
+    """TRUE and FALSE outputs are not counted but start each class's counter: classes of
+    only TRUE (up to 37 of them, past every Harley-Seal plane), only FALSE, and mixed."""
+    rng = np.random.default_rng(5)
+    group = 40
+    ops = np.concatenate(
+        [
+            np.full(group, 15),  # class 0: all TRUE
+            np.full(group, 0),  # class 1: all FALSE
+            np.r_[np.full(37, 15), rng.integers(0, 16, 3)],  # class 2: 37 TRUE
+            np.r_[np.full(21, 0), np.full(5, 15), rng.integers(0, 16, 14)],
+            rng.integers(0, 16, group),
+        ]
+    )
+    rng.shuffle(ops[3 * group :])
+    doc = random_network(9, [30, 5 * group], 5, seed=8)
+    doc["layers"][1]["op"] = ops.tolist()
+    path = save_network(doc, tmp_path / "net")
+    net = load_network(path)
+    x = bits(300, 9)
+    lib = compile_network(path, tmp_path / "c").library
+    expected = net.scores(x)
+    assert (expected[:, 0] == group).all() and (expected[:, 1] == 0).all()
+    assert (expected[:, 2] >= 37).all()
+    assert np.array_equal(lib.scores(x), expected)
+    assert np.array_equal(lib.predict(x), net.predict(x))
+
+
+def test_the_generic_c_without_avx2_agrees(tmp_path: Path) -> None:
+    """network.c has AVX2 paths (packing) beside generic vector-extension C: built
+    without AVX2, the generic one gives the same scores (any in_dim, ragged tails)."""
+    import platform
+
+    from trainer.circuit.build import Library
+
+    for in_dim, words in ((100, 4), (784, 4), (37, 2)):
+        path = make(tmp_path / str(in_dim), in_dim, [300, 300], 10, seed=in_dim)
+        out = tmp_path / f"c{in_dim}"
+        compiled = compile_network(path, out, words=words)
+        flags = ["-mno-avx2"] if platform.machine() in ("x86_64", "AMD64") else []
+        lib_path = out / "generic.so"
+        subprocess.run(
+            [find_compiler(), "-O2", *flags, "-std=gnu11", "-shared", "-fPIC", "-pthread",
+             str(out / "network.c"), "-o", str(lib_path)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        x = bits(64 * 4 * 3 + 11, in_dim, seed=in_dim)
+        expected = load_network(path).scores(x)
+        assert np.array_equal(Library(lib_path).scores(x), expected)
+        assert np.array_equal(compiled.library.scores(x), expected)

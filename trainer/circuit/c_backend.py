@@ -10,12 +10,14 @@ Why it is fast:
   function is the complement of one of those stores the uninverted value and its readers
   absorb the inversion into their own gate id (`ops.NEGATE_A`).
 - Inputs are transpose-packed in C from the (n, in_dim) byte matrix, not bit by bit per
-  sample: 32 inputs of 8 samples per vector step into bytes, then an 8x8 byte transpose
-  in every 64-bit lane (pack, below).
+  sample: 32 inputs of 8 samples per vector step into bytes (three instructions a row),
+  then, with W = 4, a 16 x 32 byte transpose of four rounds of unpacks (pack, below); the
+  next block's rows are prefetched at a steady rate while this one is worked on.
 - GroupSum is bit-sliced too: a carry-save adder tree (Harley-Seal) counts each class's
   ones in every sample at once into binary counter planes, and a bit-sliced comparator
   takes the argmax (strictly greater, in class order, so the first maximum wins, as
-  trainer.export). Only the final class index is unpacked per sample.
+  trainer.export). Only the final class index is unpacked per sample. Constant outputs
+  are not counted: a class's TRUE outputs are its counter's start value.
 - Threads take contiguous runs of blocks, each with its own scratch buffer.
 
 The API (also in network.h, which `header` writes):
@@ -32,6 +34,7 @@ counter planes, and two zeros.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from trainer.circuit import ops
@@ -118,9 +121,13 @@ def source(c: Circuit, words: int = 4) -> str:
     class_bits = max(1, (k - 1).bit_length())
     sched = schedule(low, c.first_gate_node)
     parts = [_prelude(c, words, n_planes, class_bits)]
-    parts.append(_output_tables(sched.outputs, k, group, c.nodes))
-    parts.append(_gate_tables(sched))
-    parts.append(_RUNTIME)
+    parts.append(_output_tables(sched.outputs, k, group, c.nodes, 8 * words))
+    parts.append(_gate_tables(sched, 8 * words))
+    counted = sum(1 for node, _ in sched.outputs if node)
+    quotas = prefetch_quotas(c.in_dim, len(sched.a), counted, words)
+    names = ("PF_PACK", "PF_GATES", "PF_OUTPUTS")
+    parts.append("".join(f"#define {name} {q}\n" for name, q in zip(names, quotas, strict=True)))
+    parts.append(_RUNTIME.replace("@UNPACK@", _unpack_macros()))
     return "\n".join(parts)
 
 
@@ -152,35 +159,42 @@ typedef uint64_t vec __attribute__((vector_size(8 * W)));
 """
 
 
-def _output_tables(outputs: list[tuple[int, int]], k: int, group: int, ones: int) -> str:
+def _output_tables(
+    outputs: list[tuple[int, int]], k: int, group: int, ones: int, vec_bytes: int
+) -> str:
     """Per class, the plain and the inverted output slots, each padded to 16 (Harley-Seal).
 
     Two lists instead of one with an XOR mask per output: counting ~v[i] over the inverted
-    list costs one NOT where a mask costs a load and an XOR for every output.
+    list costs one NOT where a mask costs a load and an XOR for every output. Constant
+    outputs (slot 0 plain is FALSE, inverted TRUE) are not counted: the TRUE ones of each
+    class are its counter's start value (OUT_CONST). Slots are written as byte offsets.
     """
     plain: list[int] = []
     inverted: list[int] = []
-    plain_start, inverted_start = [0], [0]
+    plain_start, inverted_start, const = [0], [0], []
     for c in range(k):
         chunk = outputs[c * group : (c + 1) * group]
-        p = [node for node, inv in chunk if not inv]
-        q = [node for node, inv in chunk if inv]
+        p = [node for node, inv in chunk if not inv and node]
+        q = [node for node, inv in chunk if inv and node]
+        const.append(sum(1 for node, inv in chunk if inv and not node))
         plain += p + [0] * (-len(p) % HARLEY_SEAL_WORDS)  # node 0 is FALSE
         inverted += q + [ones] * (-len(q) % HARLEY_SEAL_WORDS)  # ~ONES is FALSE
         plain_start.append(len(plain))
         inverted_start.append(len(inverted))
 
-    def table(name: str, values: list[int]) -> str:
-        body = ",".join(map(str, values)) if values else "0"
+    def table(name: str, values: list[int], scale: int = 1) -> str:
+        body = ",".join(str(v * scale) for v in values) if values else "0"
         return f"static const uint32_t {name}[{max(1, len(values))}] = {{{body}}};\n"
 
     return (
-        "/* Class c counts the ones among v[OUT_PLAIN[i]] and ~v[OUT_INVERTED[j]] for i, j\n"
-        "   in [START[c], START[c + 1]) of each. */\n"
-        + table("OUT_PLAIN", plain)
+        "/* Class c counts OUT_CONST[c] plus the ones among v[OUT_PLAIN[i]] and\n"
+        "   ~v[OUT_INVERTED[j]] for i, j in [START[c], START[c + 1]) of each (byte offsets\n"
+        "   into v). */\n"
+        + table("OUT_PLAIN", plain, vec_bytes)
         + table("PLAIN_START", plain_start)
-        + table("OUT_INVERTED", inverted)
+        + table("OUT_INVERTED", inverted, vec_bytes)
         + table("INVERTED_START", inverted_start)
+        + table("OUT_CONST", const)
     )
 
 
@@ -234,49 +248,121 @@ def schedule(low: Lowered, first: int) -> Schedule:
     return Schedule(a_list, b_list, runs, outputs)
 
 
-def _gate_tables(sched: Schedule) -> str:
-    def table(name: str, ctype: str, values: list[int]) -> str:
-        body = ",".join(map(str, values)) if values else "0"
+# Relative cost per image on the machine this was tuned on (Zen, AVX2): packing per input,
+# the gate loop per gate, GroupSum per counted output. Only their ratios matter.
+COST_PACK, COST_GATE, COST_OUTPUT = 43, 7.5, 4.6
+
+
+def prefetch_quotas(in_dim: int, gates: int, outputs: int, words: int) -> tuple[int, int, int]:
+    """Cache lines of the next block's input rows to prefetch per call of each phase.
+
+    A block's rows are words * in_dim lines; they are spread over its packing (8 * words
+    calls), its gate loop (a call per four gates) and its GroupSum (a call per 16
+    outputs) in proportion to each phase's estimated time, so that the reads run at a
+    steady rate the memory can keep up with instead of in one burst that stalls the loop
+    issuing it. Rounded up: together they always cover the block.
+    """
+    lines = words * in_dim
+    costs = (COST_PACK * in_dim, COST_GATE * gates, COST_OUTPUT * outputs)
+    calls = (8 * words, max(1, gates // 4), max(1, outputs // 16))
+    total = sum(costs)
+    pack, gates_, outs = (
+        min(16, max(1, math.ceil(lines * cost / (total * n))))
+        for cost, n in zip(costs, calls, strict=True)
+    )
+    return pack, gates_, outs
+
+
+def _unpack_macros() -> str:
+    """UNPACK_LOu / UNPACK_HIu (u = 1, 2, 4, 8 bytes) for 32-byte vectors, as shuffles."""
+    lines = []
+    for unit in (1, 2, 4, 8):
+        for name, half in (("LO", 0), ("HI", 1)):
+            index = []
+            for lane in (0, 1):
+                for k in range(8 // unit):
+                    first = 16 * lane + unit * (k + half * 8 // unit)
+                    index += [first + j for j in range(unit)]
+                    index += [32 + first + j for j in range(unit)]
+            body = ",".join(map(str, index))
+            lines.append(f"#define UNPACK_{name}{unit}(a, b) SHUFFLE32(a, b, {body})")
+    return "\n".join(lines)
+
+
+def _gate_tables(sched: Schedule, vec_bytes: int) -> str:
+    """The gate tables; a gate's inputs are byte offsets into v, a then b for each gate."""
+
+    def table(name: str, ctype: str, values: list[int], scale: int = 1) -> str:
+        body = ",".join(str(v * scale) for v in values) if values else "0"
         return f"static const {ctype} {name}[{max(1, len(values))}] = {{{body}}};\n"
 
     return (
         f"#define RUNS {len(sched.runs)}\n"
-        + table("GATE_A", "uint32_t", sched.a)
-        + table("GATE_B", "uint32_t", sched.b)
+        + table(
+            "GATE_A",
+            "uint32_t",
+            [x for ab in zip(sched.a, sched.b, strict=True) for x in ab],
+            vec_bytes,
+        )
         + table("RUN_OP", "uint8_t", [op for op, _ in sched.runs])
         + table("RUN_END", "uint32_t", [end for _, end in sched.runs])
     )
 
 
 _RUNTIME = r"""
-/* Every gate, run by run: one branch-free loop per run of gates with the same id. Gate g
-   also prefetches cache line g of the next block's input rows (pf, lines of them): the
-   input is read once from memory, and this overlaps that read with the gates' work
-   instead of stalling pack on it. */
-#define GATES_OF(expr) for (; g < end; g++) { \
-    if (g < lines) __builtin_prefetch(pf + ((size_t)g << 6), 0, 2); \
-    out[g] = (expr); }
+/* Prefetching: the input is read once from memory, so while a block is packed, its gates
+   evaluated and its outputs counted, each of those loops also prefetches its quota
+   (PF_PACK, PF_GATES, PF_OUTPUTS cache lines a call) of the next block's rows, at a
+   steady rate, overlapping that read with the work. */
+typedef struct {
+  const uint8_t *next, *end;
+} pump_t;
 
-static void eval_gates(vec *v, const uint8_t *pf, uint32_t lines) { /* v, out alias */
+static inline void pump(pump_t *pu, int lines) {
+  if (pu->next < pu->end) {
+    for (int p = 0; p < lines; p++) __builtin_prefetch(pu->next + 64 * p, 0, 2);
+    pu->next += 64 * lines;
+  }
+}
+
+/* Every gate, run by run: one branch-free loop per run of gates with the same id, four
+   gates a step (GATE_A holds each gate's a and b as byte offsets into v: one load, no
+   index arithmetic). */
+#define LOAD(off) (*(const vec *)(base + (off)))
+#define GATE(k, expr) { uint64_t ab_; memcpy(&ab_, pa + 2 * (k), 8); \
+                        const vec A = LOAD((uint32_t)ab_), B = LOAD(ab_ >> 32); \
+                        (void)A; (void)B; o[k] = (expr); }
+#define GATES_OF(expr) { \
+  const uint32_t *pa = gab + 2 * (size_t)g; \
+  vec *o = out + g, *const o_end = out + end; \
+  for (; o_end - o >= 4; o += 4, pa += 8) { \
+    pump(pu, PF_GATES); \
+    GATE(0, expr) GATE(1, expr) GATE(2, expr) GATE(3, expr) } \
+  for (; o < o_end; o++, pa += 2) GATE(0, expr) \
+  g = end; }
+
+static void eval_gates(vec *v, pump_t *pu) { /* v, out alias */
   vec *out = v + 1 + IN_DIM;
-  const uint32_t *restrict ga = GATE_A, *restrict gb = GATE_B;
+  const char *base = (const char *)v;
+  const uint32_t *restrict gab = GATE_A; /* a, b of gate g at 2 g, 2 g + 1 */
   uint32_t g = 0;
   for (int r = 0; r < RUNS && GATES; r++) {
     const uint32_t end = RUN_END[r];
     switch (RUN_OP[r]) {
       case 0: GATES_OF(v[0]); break;
-      case 1: GATES_OF(v[ga[g]] & v[gb[g]]); break;
-      case 2: GATES_OF(v[ga[g]] & ~v[gb[g]]); break;
-      case 3: GATES_OF(v[ga[g]]); break;
-      case 4: GATES_OF(~v[ga[g]] & v[gb[g]]); break;
-      case 5: GATES_OF(v[gb[g]]); break;
-      case 6: GATES_OF(v[ga[g]] ^ v[gb[g]]); break;
-      default: GATES_OF(v[ga[g]] | v[gb[g]]); break;
+      case 1: GATES_OF(A & B); break;
+      case 2: GATES_OF(A & ~B); break;
+      case 3: GATES_OF(A); break;
+      case 4: GATES_OF(~A & B); break;
+      case 5: GATES_OF(B); break;
+      case 6: GATES_OF(A ^ B); break;
+      default: GATES_OF(A | B); break;
     }
   }
 }
 
 typedef uint8_t bytes32 __attribute__((vector_size(32)));
+typedef uint8_t bytes16 __attribute__((vector_size(16)));
 #define IN_PAD ((IN_DIM + 31) / 32 * 32)
 static const uint8_t ZERO_ROW[IN_DIM];
 
@@ -286,16 +372,31 @@ static inline uint64_t load64(const uint8_t *p) {
   return x;
 }
 
-/* t[i] bit s = (row s)[i] is not 0, for eight rows: 32 inputs per vector step. */
+/* t[i] bit s = (row s)[i] is not 0, for eight rows: 32 inputs per vector step, Horner
+   from row 7 down: acc = 2 acc | bit, three instructions a row, and an add, not a shift
+   (shifts queue for one pipe on Zen). The bit is min(byte, 1) with GCC on AVX2, elsewhere -(byte
+   == 0) on the inverted planes (t = ~acc), which measured 15% slower there. */
+#if defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__)
+#define PLANE_BIT(row) ((bytes32)__builtin_ia32_pminub256((v32qi)(row), (v32qi)one))
+#define PLANE_ADD(acc, row) (((acc) + (acc)) | PLANE_BIT(row))
+#define PLANE_DONE(acc) (acc)
+#else
+#define PLANE_ADD(acc, row) ((acc) + (acc) - (bytes32)((row) == 0))
+#define PLANE_DONE(acc) (~(acc))
+#endif
+typedef char v32qi __attribute__((vector_size(32)));
 static void planes8(const uint8_t *const r[8], uint8_t *restrict t) {
   int i = 0;
+  const bytes32 one = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+                       1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+  (void)one;
   for (; i + 32 <= IN_DIM; i += 32) {
-    bytes32 acc = {0};
-    for (int s = 0; s < 8; s++) {
-      bytes32 row;
+    bytes32 row, acc = {0};
+    for (int s = 7; s >= 0; s--) {
       memcpy(&row, r[s] + i, 32);
-      acc |= (bytes32)(row != 0) & (uint8_t)(1u << s);
+      acc = PLANE_ADD(acc, row);
     }
+    acc = PLANE_DONE(acc);
     memcpy(t + i, &acc, 32);
   }
   for (; i < IN_DIM; i++) {
@@ -304,6 +405,63 @@ static void planes8(const uint8_t *const r[8], uint8_t *restrict t) {
     t[i] = (uint8_t)acc;
   }
 }
+
+#if W == 4
+#if defined(__clang__) || __GNUC__ >= 12
+#define SHUFFLE32(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
+#else
+#define SHUFFLE32(a, b, ...) __builtin_shuffle(a, b, (bytes32){__VA_ARGS__})
+#endif
+/* x86's unpack low/high in each 16-byte lane, of 1-, 2-, 4- and 8-byte units, as byte
+   shuffles (the compiler emits one vpunpck* each with AVX2). */
+@UNPACK@
+/* 16 inputs x 32 planes of tmp into nodes: a[k] lane L holds plane 16 L + rev4(k)'s bytes
+   of inputs i .. i + 15; four rounds of unpacks (1-, 2-, 4-, 8-byte units) transpose each
+   lane's 16 x 16 bytes, so register c ends up as input i + c's node: byte p = plane p.
+   Writes nodes i + c for c < count. */
+typedef long long v4di __attribute__((vector_size(32)));
+typedef long long v2di __attribute__((vector_size(16)));
+typedef int v4si __attribute__((vector_size(16)));
+static inline void transpose16(const uint8_t *restrict tmp, int i, vec *restrict node,
+                               int count) {
+  static const int rev4[16] = {0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15};
+  bytes32 a[16], b[16];
+  for (int k = 0; k < 16; k++) {
+    const uint8_t *lo = tmp + (size_t)rev4[k] * IN_PAD + i, *hi = lo + 16 * IN_PAD;
+#if defined(__AVX2__) && defined(__GNUC__) && !defined(__clang__) /* a load, an insert */
+    bytes16 l, h;
+    memcpy(&l, lo, 16);
+    memcpy(&h, hi, 16);
+    a[k] = (bytes32)__builtin_ia32_insert128i256((v4di)__builtin_ia32_si256_si((v4si)l),
+                                                 (v2di)h, 1);
+#else
+    memcpy(&a[k], lo, 16);
+    memcpy((uint8_t *)&a[k] + 16, hi, 16);
+#endif
+  }
+  for (int k = 0; k < 8; k++) {
+    b[2 * k] = UNPACK_LO1(a[k], a[k + 8]);
+    b[2 * k + 1] = UNPACK_HI1(a[k], a[k + 8]);
+  }
+  for (int k = 0; k < 8; k++) {
+    a[2 * k] = UNPACK_LO2(b[k], b[k + 8]);
+    a[2 * k + 1] = UNPACK_HI2(b[k], b[k + 8]);
+  }
+  for (int k = 0; k < 8; k++) {
+    b[2 * k] = UNPACK_LO4(a[k], a[k + 8]);
+    b[2 * k + 1] = UNPACK_HI4(a[k], a[k + 8]);
+  }
+  for (int k = 0; k < 8; k++) {
+    a[2 * k] = UNPACK_LO8(b[k], b[k + 8]);
+    a[2 * k + 1] = UNPACK_HI8(b[k], b[k + 8]);
+  }
+  if (count >= 16) {
+    for (int c = 0; c < 16; c++) memcpy(node + c, &a[c], sizeof(vec));
+  } else {
+    for (int c = 0; c < count; c++) memcpy(node + c, &a[c], sizeof(vec));
+  }
+}
+#endif
 
 /* Swap bytes at distance d between rows a and b (one round of an 8x8 byte transpose in
    every 64-bit lane). */
@@ -315,8 +473,9 @@ static void planes8(const uint8_t *const r[8], uint8_t *restrict t) {
    for 8 inputs at a time, lane w of row g gathers the 8 bytes of plane 8 w + g, and an
    8x8 byte transpose per lane leaves row j = node of input i + j. */
 static void pack(const uint8_t *restrict x, int64_t s0, int64_t n, vec *restrict v,
-                 uint8_t *restrict tmp) {
+                 uint8_t *restrict tmp, pump_t *pu) {
   for (int q = 0; q < 8 * W; q++) {
+    pump(pu, PF_PACK);
     const uint8_t *r[8];
     for (int s = 0; s < 8; s++) {
       int64_t sample = s0 + 8 * q + s;
@@ -324,6 +483,10 @@ static void pack(const uint8_t *restrict x, int64_t s0, int64_t n, vec *restrict
     }
     planes8(r, tmp + (size_t)q * IN_PAD);
   }
+#if W == 4
+  for (int i = 0; i < IN_DIM; i += 16)
+    transpose16(tmp, i, v + 1 + i, IN_DIM - i < 16 ? IN_DIM - i : 16);
+#else
   const uint64_t m1 = 0x00FF00FF00FF00FFull, m2 = 0x0000FFFF0000FFFFull,
                  m4 = 0x00000000FFFFFFFFull;
   for (int i = 0; i < IN_DIM; i += 8) {
@@ -339,6 +502,7 @@ static void pack(const uint8_t *restrict x, int64_t s0, int64_t n, vec *restrict
     int left = IN_DIM - i < 8 ? IN_DIM - i : 8;
     for (int j = 0; j < left; j++) v[1 + i + j] = r[j];
   }
+#endif
 }
 
 #define CSA(h, l, a, b, c) do { vec u_ = (a) ^ (b); h = ((a) & (b)) | (u_ & (c)); \
@@ -348,22 +512,25 @@ typedef struct {
   vec ones, twos, fours, eights, cnt[PLANES];
 } counter_t;
 
-/* Add 16 words to the counter: Harley-Seal carry-save adders, then a ripple of the
-   sixteens into the counter's planes 4 and up. */
-static inline void add16(counter_t *restrict k, const vec d[16]) {
+/* Add 16 words to the counter, v at byte offsets off[0..15], each XOR flip (0 or ~0):
+   Harley-Seal carry-save adders, then a ripple of the sixteens into the counter's planes
+   4 and up. The words are loaded where used, not all first (16 of them would spill). */
+#define D(t) (*(const vec *)(base + off[t]) ^ flip)
+static inline void add16(counter_t *restrict k, const char *base, const uint32_t *off,
+                         vec flip) {
   vec twos_a, twos_b, fours_a, fours_b, eights_a, eights_b, sixteens;
-  CSA(twos_a, k->ones, k->ones, d[0], d[1]);
-  CSA(twos_b, k->ones, k->ones, d[2], d[3]);
+  CSA(twos_a, k->ones, k->ones, D(0), D(1));
+  CSA(twos_b, k->ones, k->ones, D(2), D(3));
   CSA(fours_a, k->twos, k->twos, twos_a, twos_b);
-  CSA(twos_a, k->ones, k->ones, d[4], d[5]);
-  CSA(twos_b, k->ones, k->ones, d[6], d[7]);
+  CSA(twos_a, k->ones, k->ones, D(4), D(5));
+  CSA(twos_b, k->ones, k->ones, D(6), D(7));
   CSA(fours_b, k->twos, k->twos, twos_a, twos_b);
   CSA(eights_a, k->fours, k->fours, fours_a, fours_b);
-  CSA(twos_a, k->ones, k->ones, d[8], d[9]);
-  CSA(twos_b, k->ones, k->ones, d[10], d[11]);
+  CSA(twos_a, k->ones, k->ones, D(8), D(9));
+  CSA(twos_b, k->ones, k->ones, D(10), D(11));
   CSA(fours_a, k->twos, k->twos, twos_a, twos_b);
-  CSA(twos_a, k->ones, k->ones, d[12], d[13]);
-  CSA(twos_b, k->ones, k->ones, d[14], d[15]);
+  CSA(twos_a, k->ones, k->ones, D(12), D(13));
+  CSA(twos_b, k->ones, k->ones, D(14), D(15));
   CSA(fours_b, k->twos, k->twos, twos_a, twos_b);
   CSA(eights_b, k->fours, k->fours, fours_a, fours_b);
   CSA(sixteens, k->eights, k->eights, eights_a, eights_b);
@@ -376,17 +543,24 @@ static inline void add16(counter_t *restrict k, const vec d[16]) {
 }
 
 /* cnt[j] = bit j of the number of ones among class c's outputs, for every sample. */
-static void count_class(const vec *restrict v, int c, vec cnt[PLANES]) {
+static void count_class(const vec *restrict v, int c, vec cnt[PLANES], pump_t *pu) {
+  const char *base = (const char *)v;
+  const vec zero = {0}, all = ~zero;
   counter_t k;
-  memset(&k, 0, sizeof k);
-  vec d[16];
+  uint32_t start = OUT_CONST[c];
+  /* the counter starts at the class's TRUE outputs: ones, twos, fours, eights, cnt[4..] */
+  k.ones = start & 1 ? all : zero;
+  k.twos = start & 2 ? all : zero;
+  k.fours = start & 4 ? all : zero;
+  k.eights = start & 8 ? all : zero;
+  for (int j = 4; j < PLANES; j++) k.cnt[j] = (start >> j) & 1 ? all : zero;
   for (uint32_t i = PLAIN_START[c]; i < PLAIN_START[c + 1]; i += 16) {
-    for (int t = 0; t < 16; t++) d[t] = v[OUT_PLAIN[i + t]];
-    add16(&k, d);
+    pump(pu, PF_OUTPUTS);
+    add16(&k, base, OUT_PLAIN + i, zero);
   }
   for (uint32_t i = INVERTED_START[c]; i < INVERTED_START[c + 1]; i += 16) {
-    for (int t = 0; t < 16; t++) d[t] = ~v[OUT_INVERTED[i + t]];
-    add16(&k, d);
+    pump(pu, PF_OUTPUTS);
+    add16(&k, base, OUT_INVERTED + i, all);
   }
   for (int j = 4; j < PLANES; j++) cnt[j] = k.cnt[j];
   cnt[0] = k.ones;
@@ -400,12 +574,12 @@ static inline uint64_t bit_of(vec x, int s) { return (x[s >> 6] >> (s & 63)) & 1
 /* Count every class; write scores and/or the argmax (first class with the highest score)
    of samples s0 .. min(n, s0 + BLOCK) - 1. */
 static void classify(const vec *restrict v, int64_t s0, int64_t n, int32_t *pred,
-                     int32_t *scores) {
+                     int32_t *scores, pump_t *pu) {
   vec cnt[PLANES], best[PLANES], idx[CLASS_BITS];
   const vec zero = {0};
   int live = (int)(n - s0 < BLOCK ? n - s0 : BLOCK);
   for (int c = 0; c < CLASSES; c++) {
-    count_class(v, c, cnt);
+    count_class(v, c, cnt, pu);
     if (scores) {
       for (int s = 0; s < live; s++) {
         int32_t total = 0;
@@ -467,12 +641,13 @@ static void *run_job(void *arg) {
   memset(v, 0, bytes); /* node 0, the constant FALSE, stays zero */
   v[ONES] = ~v[0];
   for (int64_t s0 = job->first; s0 < job->last; s0 += BLOCK) {
-    pack(job->x, s0, job->n, v, tmp);
     int64_t next = s0 + BLOCK, rows = job->last - next;
     if (rows > BLOCK) rows = BLOCK;
-    uint32_t lines = rows > 0 ? (uint32_t)(((size_t)rows * IN_DIM + 63) / 64) : 0;
-    eval_gates(v, job->x + (size_t)(next < job->n ? next : 0) * IN_DIM, lines);
-    classify(v, s0, job->n, job->pred, job->scores);
+    const uint8_t *first = job->x + (size_t)(rows > 0 ? next : 0) * IN_DIM;
+    pump_t pu = {first, first + (rows > 0 ? (size_t)rows * IN_DIM : 0)};
+    pack(job->x, s0, job->n, v, tmp, &pu);
+    eval_gates(v, &pu);
+    classify(v, s0, job->n, job->pred, job->scores, &pu);
   }
   free(v);
   free(tmp);
