@@ -14,6 +14,7 @@ fetch) to the API, and open WebSockets to it, carrying the user's cookies. So:
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from urllib.parse import urlsplit
 
@@ -58,6 +59,7 @@ def check_origin(request: web.Request, allowed: tuple[str, ...]) -> None:
     )
 
 
+@functools.lru_cache(maxsize=256)  # a handful of Host values, asked on every request
 def is_loopback_host(host: str) -> bool:
     name = host.lower()
     if name.startswith("["):

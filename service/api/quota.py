@@ -13,13 +13,13 @@ Two limits, each answered with 429 and `Retry-After`:
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from service.api.errors import ApiError
+from service.coalesce import Coalesced
 from service.store.jobs import JobStore
 
 RECOUNT_EVERY_S = 1.0
@@ -52,7 +52,7 @@ class SubmissionQuota:
         self._clock = clock
         self._buckets: dict[str | None, _Bucket] = {}
         self._pending: dict[str | None, _Pending] = {}
-        self._recounts: dict[str | None, asyncio.Future[_Pending]] = {}
+        self._recounts: dict[str | None, Coalesced[_Pending]] = {}
 
     async def admit(self, name: str | None, jobs: int = 1) -> None:
         """One submission by `name` of `jobs` jobs (a sweep is one submission of many), or a
@@ -89,26 +89,18 @@ class SubmissionQuota:
         pending.count += jobs
 
     async def _recount(self, name: str | None) -> _Pending:
-        """One count in MongoDB at a time per token, whoever asks: the requests that arrive
-        while it runs share it (64 concurrent submissions once started 64 counts, each a
-        scan of the Pending jobs, and then overwrote each other's additions)."""
+        """One count in MongoDB at a time per token, shared by the submissions that arrive
+        while it runs (service.coalesce: each request counting for itself started 64 scans
+        under load and then overwrote each other's additions, letting a flood past)."""
         recount = self._recounts.get(name)
         if recount is None:
-            recount = asyncio.ensure_future(self._count(name))
-            self._recounts[name] = recount
-            recount.add_done_callback(lambda done: self._forget(name, done))
-        return await asyncio.shield(recount)  # a cancelled request leaves it to the others
+            recount = self._recounts[name] = Coalesced(lambda: self._count(name))
+        return await recount()
 
     async def _count(self, name: str | None) -> _Pending:
         at = self._clock()
         pending = self._pending[name] = _Pending(await self._jobs.pending_count(name), at)
         return pending
-
-    def _forget(self, name: str | None, done: asyncio.Future[_Pending]) -> None:
-        if self._recounts.get(name) is done:
-            del self._recounts[name]
-        if not done.cancelled():
-            done.exception()  # retrieved: every waiter has it already, or none is left
 
 
 def _who(name: str | None) -> str:

@@ -11,6 +11,7 @@ of a protected route is checked here, before anything else.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, get_origin
@@ -80,7 +81,7 @@ class Route:
         send (service.api.origin)."""
         return self.method != "GET" or self.websocket
 
-    @property
+    @functools.cached_property  # asked of every response
     def statuses(self) -> frozenset[int]:
         """Every status this route documents, the common ones included."""
         common = {500}
