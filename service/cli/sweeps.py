@@ -340,6 +340,10 @@ def runs_table(sweep: Sweep) -> Table:
     table.add_column(metric, justify="right")
     if metric != "test_acc_discrete":
         table.add_column("test_acc_discrete", justify="right")
+    circuits = any(run.get("circuit") for run in runs)
+    if circuits:  # what each run compiled to (docs/circuits.md)
+        table.add_column("LIVE GATES", justify="right")
+        table.add_column("IMAGES/S", justify="right")
     table.add_column("ID", no_wrap=True)
     for run in runs:
         options = run.get("options") or {}
@@ -350,6 +354,10 @@ def runs_table(sweep: Sweep) -> Table:
         if metric != "test_acc_discrete":
             acc = (run.get("latestMetrics") or {}).get("test_acc_discrete")
             cells.append(num(acc) if acc is not None else "")
+        if circuits:
+            circuit = run.get("circuit") or {}
+            cells.append(f"{circuit['gatesLive']:,}" if circuit else "")
+            cells.append(f"{circuit['imagesPerS']:,.0f}" if circuit else "")
         cells.append(run["id"] + ("  [bold green]best[/]" if run["id"] == best_id else ""))
         table.add_row(*cells)
     return table

@@ -316,7 +316,7 @@ class JobStore:
         cursor = self.collection.find(
             {"sweepId": sweep_id},
             {"status": 1, "name": 1, "sweepIndex": 1, "hyperparameters": 1, "latestMetrics": 1,
-             "startedAt": 1, "finishedAt": 1, **{o: 1 for o in RUN_NAMES}},
+             "startedAt": 1, "finishedAt": 1, "circuit": 1, **{o: 1 for o in RUN_NAMES}},
         ).sort("sweepIndex", ASCENDING)  # fmt: skip
         return await cursor.to_list(length=None)
 

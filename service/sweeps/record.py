@@ -16,7 +16,7 @@ from typing import Any, Literal
 from bson import ObjectId
 from pydantic import AliasChoices, Field
 
-from service.jobs.record import Id, Record, Time, utcnow
+from service.jobs.record import Circuit, Id, Record, Time, utcnow
 from service.jobs.status import Status
 from service.sweeps.spec import SweepPlan
 
@@ -117,6 +117,9 @@ class SweepRun(Record):
     latestMetrics: dict[str, Any] | None = None
     startedAt: Time | None = None
     finishedAt: Time | None = None
+    circuit: Circuit | None = Field(
+        None, description="A Succeeded run's circuit (live gates, speed: sortable columns)."
+    )
 
 
 class Sweep(Record):
@@ -244,6 +247,7 @@ def summarize(
                 "latestMetrics": doc.get("latestMetrics"),
                 "startedAt": doc.get("startedAt"),
                 "finishedAt": doc.get("finishedAt"),
+                "circuit": doc.get("circuit"),
             }
             for doc in rows
         ),

@@ -75,7 +75,10 @@ async def test_sweep_from_the_form_to_compare(
         table = page.locator("#sweep-body tr")
         await expect(table).to_have_count(6)
         heads = await page.locator("#sweep-head th").all_text_contents()
-        assert heads[1:] == ["#", "gates", "learningRate", "status", "epoch", "test_acc_discrete"]
+        assert heads[1:] == [
+            "#", "gates", "learningRate", "status", "epoch", "test_acc_discrete", "live gates",
+            "images/s",
+        ]  # fmt: skip
         # The table fills live over /ws/jobs?sweep=ID.
         await expect(page.locator('#sweep-body tr[data-status="Running"]').first).to_be_visible()
         await expect(page.locator('#sweep-body tr[data-status="Succeeded"]')).to_have_count(6)
@@ -97,6 +100,15 @@ async def test_sweep_from_the_form_to_compare(
         await expect(table.first).to_have_class("best")
         await page.locator('#sweep-head th[data-sort="value"]').click()
         await expect(table.last).to_have_class("best")
+        # The circuits (the stand-in's: 2 x gates, live = half less 100 x learningRate):
+        # sorted by live gates, fewest first; by speed, fastest first.
+        live_cells = page.locator(f"#sweep-body tr td:nth-child({heads.index('live gates') + 1})")
+        await page.locator('#sweep-head th[data-sort="gatesLive"]').click()
+        assert await live_cells.all_text_contents() == ["37", "39", "77", "79", "157", "159"]
+        await page.locator('#sweep-head th[data-sort="imagesPerS"]').click()
+        assert await live_cells.all_text_contents() == ["37", "39", "77", "79", "157", "159"]
+        await page.locator('#sweep-head th[data-sort="imagesPerS"]').click()
+        assert (await live_cells.all_text_contents())[0] == "159"
 
         chart = page.locator("#sweep-chart")
         await expect(chart).to_have_attribute("data-series", "6")

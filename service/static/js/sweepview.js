@@ -7,7 +7,7 @@
 import { api, serial, Socket, wsUrl } from "./api.js";
 import { OverlayChart } from "./chart.js";
 import { $, el } from "./dom.js";
-import { epochs, fmtTime, lowerIsBetter, metricValue, num, shortId } from "./format.js";
+import { epochs, fmtTime, lowerIsBetter, metricValue, num, rate, shortId } from "./format.js";
 import { upsert } from "./jobs.js";
 import { scatter } from "./plots.js";
 import { compareHref, isSelected, onSelection, select, selected } from "./selection.js";
@@ -158,6 +158,10 @@ export class SweepView {
     if (s.metric !== HEADLINE) {
       cols.push({ key: HEADLINE, label: HEADLINE, get: (r) => (r.latestMetrics || {})[HEADLINE], num: true, metric: HEADLINE });
     }
+    // The circuit of a Succeeded run: fewer live gates first, the fastest first.
+    cols.push({ key: "gatesLive", label: "live gates", get: (r) => (r.circuit || {}).gatesLive, num: true });
+    cols.push({ key: "imagesPerS", label: "images/s", get: (r) => (r.circuit || {}).imagesPerS, num: true,
+      desc: true, show: (r) => (r.circuit ? rate(r.circuit.imagesPerS) : "—") });
     return cols;
   }
 
@@ -170,7 +174,7 @@ export class SweepView {
           "aria-sort": this.sort.key === c.key ? (this.sort.dir > 0 ? "ascending" : "descending") : null,
           text: c.label, title: "sort" });
         th.addEventListener("click", () => {
-          this.sort = { key: c.key, dir: this.sort.key === c.key ? -this.sort.dir : c.metric && !lowerIsBetter(c.metric) ? -1 : 1 };
+          this.sort = { key: c.key, dir: this.sort.key === c.key ? -this.sort.dir : c.desc || (c.metric && !lowerIsBetter(c.metric)) ? -1 : 1 };
           // A metric's first click puts the best first.
           this.renderTable();
         });
