@@ -47,6 +47,19 @@ class Principal:
 OPEN = Principal(None, Role.ADMIN)
 
 
+def require_owner(principal: Principal, owner: str | None, what: str) -> None:
+    """A submit token acts on its own jobs and sweeps only; another's needs admin (403)."""
+    if principal.may(Role.ADMIN) or owner == principal.name:
+        return
+    kind = what.split(" ", 1)[0]
+    raise ApiError(
+        403,
+        "forbidden",
+        f"{what} was submitted by {owner or 'nobody named'}; cancelling another user's "
+        f"{kind} needs an admin token",
+    )
+
+
 class Authenticator:
     """The tokens of one API process: the file's (re-read when it changes, so `gatequeue
     token add` and a rotated Kubernetes Secret take effect within seconds) and the env's."""

@@ -16,7 +16,7 @@ from aiohttp import web
 from bson import ObjectId
 from pydantic import BaseModel, Field, ValidationError
 
-from service.api.auth import principal_of
+from service.api.auth import principal_of, require_owner
 from service.api.capacity import SlotCache
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response, validation_error
 from service.api.keys import SETTINGS, STORE
@@ -173,12 +173,10 @@ async def submit_job(request: web.Request) -> web.Response:
 
 async def admit_memory(request: web.Request, hyperparameters: dict[str, Any]) -> MemoryEstimate:
     """The job's estimated peak memory; a 422 if no live worker's slot could hold it."""
-    estimate = memory.estimate(hyperparameters)
     try:
-        memory.check_fits(hyperparameters, estimate, await request.app[SLOTS].slots())
+        return memory.admit(hyperparameters, await request.app[SLOTS].slots())
     except memory.TooBig as exc:
         raise ApiError(422, "too_big_for_workers", str(exc), fields=exc.fields) from None
-    return estimate
 
 
 def _created(job: JobRecord, status: int) -> web.Response:
@@ -220,13 +218,7 @@ async def cancel_job(request: web.Request) -> web.Response:
         job = await request.app[STORE].jobs.get(oid)
         if job is None:
             raise not_found("job", oid)
-        if job.submittedBy != principal.name:
-            raise ApiError(
-                403,
-                "forbidden",
-                f"job {oid} was submitted by {job.submittedBy or 'nobody named'}; cancelling "
-                "another user's job needs an admin token",
-            )
+        require_owner(principal, job.submittedBy, f"job {oid}")
     result = await request.app[STORE].jobs.request_cancel(oid)
     if result.outcome is CancelOutcome.NOT_FOUND or result.job is None:
         raise not_found("job", oid)

@@ -10,14 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import Any
 
 import structlog
 from aiohttp import web
 from bson import ObjectId
 from pydantic import Field
 
-from service.api.auth import principal_of
+from service.api.auth import principal_of, require_owner
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
 from service.api.keys import SETTINGS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
@@ -33,7 +32,6 @@ from service.api.routes_jobs import (
 from service.api.routing import Param, Query, Reply, Route, not_found, path_id
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
-from service.jobs.record import MemoryEstimate
 from service.retry import DATABASE
 from service.store.jobs import request_hash
 from service.store.sweeps import SweepInProgress, SweepKeyReused
@@ -89,14 +87,10 @@ async def submit_sweep(request: web.Request) -> web.Response:
     spec = parse_body(SweepRequest, await request.read())
     settings = request.app[SETTINGS]
     slots = await request.app[SLOTS].slots()
-
-    def admit(hyperparameters: dict[str, Any]) -> MemoryEstimate:
-        estimate = memory.estimate(hyperparameters)
-        memory.check_fits(hyperparameters, estimate, slots)
-        return estimate
-
     try:
-        sweep_plan = plan(spec, max_jobs=settings.max_sweep, admit=admit)
+        sweep_plan = plan(
+            spec, max_jobs=settings.max_sweep, admit=lambda hp: memory.admit(hp, slots)
+        )
     except SweepInvalid as exc:
         raise _invalid(exc) from None
     except (SweepTooLarge, SweepEmpty) as exc:
@@ -171,22 +165,15 @@ async def get_sweep(request: web.Request) -> web.Response:
 async def cancel(request: web.Request) -> web.Response:
     """The submit role cancels its own sweeps; another's needs admin."""
     sweep = await _existing(request)
-    principal = principal_of(request)
-    if not principal.may(Role.ADMIN) and sweep.submittedBy != principal.name:
-        raise ApiError(
-            403,
-            "forbidden",
-            f"sweep {sweep.id} was submitted by {sweep.submittedBy or 'nobody named'}; "
-            "cancelling another user's sweep needs an admin token",
-        )
+    require_owner(principal_of(request), sweep.submittedBy, f"sweep {sweep.id}")
     store = request.app[STORE]
     result = await cancel_sweep(store, sweep.id)
     if result is None:
         raise not_found("sweep", sweep.id)
     flagged, cancelled, stopping = result
-    detail: dict[str, Any] = await sweep_detail(store, flagged)
-    detail.pop("jobs", None)
-    return json_response({"sweep": detail, "cancelled": cancelled, "stopping": stopping})
+    # The sweep in brief (counts, best): its runs are not part of this answer, so not read.
+    (summary,) = await sweep_summaries(store, [flagged])
+    return json_response({"sweep": summary, "cancelled": cancelled, "stopping": stopping})
 
 
 # -- tidying creations that died ---------------------------------------------------------

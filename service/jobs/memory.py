@@ -63,6 +63,16 @@ class TooBig(Exception):
         self.fields = fields
 
 
+def admit(
+    hyperparameters: Mapping[str, Any], slots: Iterable[tuple[str, int | None]]
+) -> MemoryEstimate:
+    """The job's estimate, once check_fits has let it in (TooBig otherwise): what a
+    submission, alone or in a sweep, stores with the job."""
+    est = estimate(hyperparameters)
+    check_fits(hyperparameters, est, slots)
+    return est
+
+
 def check_fits(
     hyperparameters: Mapping[str, Any],
     est: MemoryEstimate,
