@@ -39,6 +39,7 @@ from trainer.circuit import compile_network  # noqa: E402
 from trainer.circuit.build import simd_level  # noqa: E402
 from trainer.circuit.measure import bench_inputs, images_per_s  # noqa: E402
 from trainer.circuit.synthetic import random_network  # noqa: E402
+from trainer.cpuinfo import cpu_model  # noqa: E402
 from trainer.export import DiscreteNetwork, load_network, save_network  # noqa: E402
 
 DIGITS_ARGS = [
@@ -46,16 +47,6 @@ DIGITS_ARGS = [
     "--network-layers", "3", "--epochs", "10", "--residual-layers", "0",
     "--group-sum-tau", "10", "--device", "cpu",
 ]  # fmt: skip
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def difflogic_source(cache: Path) -> Path:

@@ -31,20 +31,11 @@ prepare_process()  # for every model alike: see trainer/runtime.py
 import torch  # noqa: E402
 
 from trainer import build_model  # noqa: E402
+from trainer.cpuinfo import cpu_model  # noqa: E402
 from trainer.layer import resolve_backend  # noqa: E402
 from trainer.reference import ReferenceNet  # noqa: E402
 
 REFERENCE = "reference"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def make_step(

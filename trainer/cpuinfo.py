@@ -4,6 +4,7 @@ circuit's build caches key on this line)."""
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 
@@ -17,3 +18,14 @@ def cpu_flags() -> str:
         if line.startswith(("flags", "Features")):
             return line
     return ""
+
+
+def cpu_model() -> str:
+    """The CPU's name, as benchmarks report the machine they ran on."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
