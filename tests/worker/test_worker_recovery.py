@@ -28,6 +28,7 @@ from worker_helpers import (
     logged_value,
     pid_alive,
     status_is,
+    stopped_with_token,
     trainer,
     wait_job,
 )
@@ -221,14 +222,7 @@ async def test_connections_dropped_worker_resumes_and_misses_nothing(
 async def test_restarted_worker_resumes_from_its_token(
     store: Store, make_worker: MakeWorker
 ) -> None:
-    first = await make_worker(worker_id="steady", trainer_cmd=trainer("epochs"))
-    job = await insert(store)
-    await wait_job(store, job.id, finished)
-    await first.feed.tokens.flush()
-    assert await store.offsets.load(offset_name("steady")) is not None
-    first.stop()
-    await first.stopped.wait()
-    missed = [await insert(store) for _ in range(3)]  # while no worker runs
+    missed = await stopped_with_token(store, make_worker, "steady")
     second = await make_worker(worker_id="steady", trainer_cmd=trainer("epochs"))
     assert second.feed.resumed_from_token
     assert second.feed.token_fallbacks == 0

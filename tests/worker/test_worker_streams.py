@@ -7,10 +7,17 @@ again exactly once: nothing spins.
 from __future__ import annotations
 
 from wire_proxy import WireProxy
-from worker_helpers import MakeWorker, eventually, finished, insert, trainer, wait_job
+from worker_helpers import (
+    MakeWorker,
+    eventually,
+    finished,
+    insert,
+    stopped_with_token,
+    trainer,
+    wait_job,
+)
 
 from service.store import Store
-from service.worker.dispatch import offset_name
 
 
 async def _trim_change_log(store: Store) -> None:
@@ -20,14 +27,7 @@ async def _trim_change_log(store: Store) -> None:
 async def test_a_stored_token_that_fell_off_the_change_log(
     store: Store, make_worker: MakeWorker
 ) -> None:
-    first = await make_worker(worker_id="steady", trainer_cmd=trainer("epochs"))
-    job = await insert(store)
-    await wait_job(store, job.id, finished)
-    await first.feed.tokens.flush()
-    assert await store.offsets.load(offset_name("steady")) is not None
-    first.stop()
-    await first.stopped.wait()
-    missed = [await insert(store) for _ in range(3)]  # while no worker runs
+    missed = await stopped_with_token(store, make_worker, "steady")
     await _trim_change_log(store)
     second = await make_worker(worker_id="steady", trainer_cmd=trainer("epochs"))
     assert not second.feed.resumed_from_token

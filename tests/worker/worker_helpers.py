@@ -18,6 +18,7 @@ from service.jobs.record import Job, JobRecord
 from service.jobs.status import Status
 from service.store import Store
 from service.worker import Worker
+from service.worker.dispatch import offset_name
 from trainer.options import TrainingOptions
 
 MakeWorker = Callable[..., Awaitable[Worker]]
@@ -134,3 +135,18 @@ async def logged_value(store: Store, job_id: ObjectId, prefix: str) -> int:
         return None
 
     return await eventually(find)
+
+
+async def stopped_with_token(
+    store: Store, make_worker: MakeWorker, worker_id: str
+) -> list[JobRecord]:
+    """A worker that ran a job, stored its change-stream token and stopped; then three jobs
+    inserted while no worker runs (returned): what a restart under that id must not miss."""
+    first = await make_worker(worker_id=worker_id, trainer_cmd=trainer("epochs"))
+    job = await insert(store)
+    await wait_job(store, job.id, finished)
+    await first.feed.tokens.flush()
+    assert await store.offsets.load(offset_name(worker_id)) is not None
+    first.stop()
+    await first.stopped.wait()
+    return [await insert(store) for _ in range(3)]
