@@ -1,5 +1,6 @@
 # The two commands of the README are `make run` and `make test`; everything else is theirs.
 PY ?= python3
+PORT ?= 8080
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -17,7 +18,7 @@ install: $(STAMP)
 
 ## The whole system on this machine: MongoDB (embedded), API, one worker, a demo run.
 run: install
-	$(BIN)/gatequeue up --demo
+	$(BIN)/gatequeue up --demo --port $(PORT)
 
 ## The whole test suite.
 test: install

@@ -32,6 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from service.config import Settings
 from service.jobs.record import JobRecord, WorkerRef, utcnow
 from service.jobs.status import Status
 from service.mongo import discovery as mongo_discovery
@@ -109,7 +110,8 @@ async def main() -> None:
     logging.getLogger("service").setLevel(logging.WARNING)
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.2f}; python {platform.python_version()}")  # fmt: skip
-    with mongo_discovery.discover() as handle:  # a sync context: starts the server once
+    # a sync context: starts the server once
+    with mongo_discovery.discover(Settings.from_env().mongodb_uri) as handle:
         print(f"MongoDB: {handle.description}")
         print(f"{args.claimers} claimers, {args.jobs} jobs each run\n")
         results = {}

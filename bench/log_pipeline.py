@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from service.client import GateQueueClient  # noqa: E402
+from service.config import Settings  # noqa: E402
 from service.mongo import discovery as mongo_discovery  # noqa: E402
 
 GOAL_LINES_PER_S = 20_000
@@ -298,7 +299,8 @@ async def main() -> int:
     p.add_argument("--only", choices=("flood", "paced"), help="run one of the two")
     args = p.parse_args()
     runs: list[Run] = []
-    with mongo_discovery.discover() as mongo, tempfile.TemporaryDirectory() as tmp_s:
+    uri = Settings.from_env().mongodb_uri
+    with mongo_discovery.discover(uri) as mongo, tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)
         plan = [("flood", 0.0), ("paced", args.rate)]
         for name, rate in plan:

@@ -24,6 +24,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from soak_harness import SoakConfig, run_soak, summary  # noqa: E402
 
+from service.config import Settings  # noqa: E402
 from service.mongo import discovery  # noqa: E402
 from service.mongo.connect import connect  # noqa: E402
 from service.store import Store  # noqa: E402
@@ -65,7 +66,7 @@ def main() -> int:
         f"Python {platform.python_version()}",
         flush=True,
     )
-    with discovery.discover() as mongo:
+    with discovery.discover(Settings.from_env().mongodb_uri) as mongo:
         print(f"mongodb: {mongo.description}", flush=True)
         return asyncio.run(main_async(args, mongo.uri))
 

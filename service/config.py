@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_DB = "gatequeue"
 DEFAULT_LEASE_S = 30.0
 DEFAULT_API_PORT = 8080
+DEFAULT_DATA_DIR = Path(".gatequeue") / "data"
 # Per token, across the API processes' own counts (docs/security.md, "Rate limits").
 DEFAULT_SUBMIT_RATE_PER_MIN = 600
 DEFAULT_MAX_PENDING = 10_000
@@ -32,7 +33,7 @@ class Settings:
     api_token: str | None = None
     gpus: tuple[str, ...] | None = None  # None: detect at worker start
     lease_s: float = DEFAULT_LEASE_S
-    data_dir: Path = field(default_factory=lambda: Path(".gatequeue") / "data")
+    data_dir: Path = DEFAULT_DATA_DIR
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
     heartbeat_file: Path | None = None
@@ -63,7 +64,7 @@ class Settings:
             lease_s=_parse_positive_float(
                 "GATEQUEUE_LEASE_S", env.get("GATEQUEUE_LEASE_S"), DEFAULT_LEASE_S
             ),
-            data_dir=Path(env.get("GATEQUEUE_DATA_DIR") or Path(".gatequeue") / "data"),
+            data_dir=Path(env.get("GATEQUEUE_DATA_DIR") or DEFAULT_DATA_DIR),
             log_format=_parse_choice(
                 "GATEQUEUE_LOG_FORMAT",
                 env.get("GATEQUEUE_LOG_FORMAT"),
@@ -91,6 +92,32 @@ class Settings:
             ),
             slot_memory=parse_bytes("GATEQUEUE_SLOT_MEMORY", env.get("GATEQUEUE_SLOT_MEMORY")),
         )  # fmt: skip
+
+
+def environment(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of the process environment: what a worker hands on to its trainers (their
+    PATH, CUDA_VISIBLE_DEVICES, the variables of trainer/environment.py) and where it
+    looks for visible GPUs."""
+    return dict(os.environ if env is None else env)
+
+
+def client_api(env: Mapping[str, str] | None = None) -> str | None:
+    """`GATEQUEUE_API`: the API the CLI talks to, when set."""
+    env = os.environ if env is None else env
+    return env.get("GATEQUEUE_API") or None
+
+
+def client_token(env: Mapping[str, str] | None = None) -> str | None:
+    """`GATEQUEUE_API_TOKEN`, the token a client sends when it is given none."""
+    env = os.environ if env is None else env
+    return env.get("GATEQUEUE_API_TOKEN") or None
+
+
+def cache_home(env: Mapping[str, str] | None = None) -> Path:
+    """`XDG_CACHE_HOME`, else ~/.cache: where built tools (the embedded server) are kept."""
+    env = os.environ if env is None else env
+    xdg = env.get("XDG_CACHE_HOME")
+    return Path(xdg) if xdg else Path.home() / ".cache"
 
 
 def parse_gpus(raw: str | None) -> tuple[str, ...] | None:

@@ -9,19 +9,20 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 from pymongo import AsyncMongoClient
 
+from service.config import Settings
 from service.mongo import discovery as mongo_discovery
 from service.mongo.connect import connect
 from service.store import Store
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
-    _, description = mongo_discovery.plan()
+    _, description = mongo_discovery.plan(Settings.from_env().mongodb_uri)
     return [f"mongodb: {description}"]
 
 
 @pytest.fixture(scope="session")
 def mongo_handle() -> Iterator[mongo_discovery.MongoHandle]:
-    with mongo_discovery.discover() as handle:
+    with mongo_discovery.discover(Settings.from_env().mongodb_uri) as handle:
         yield handle
 
 

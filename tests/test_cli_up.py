@@ -94,3 +94,56 @@ async def test_up_demo_with_only_a_tokens_file_says_why_it_cannot_submit(
     assert "--demo submits a job, which needs a token" in err.decode()
     assert "GATEQUEUE_API_TOKEN" in err.decode()
     assert await store.jobs.list(limit=10) == []  # nothing started, nothing stored
+
+
+async def test_up_on_a_port_another_server_holds_refuses_and_submits_nothing_there(
+    mongo_uri: str, db_name: str, store: Store, tmp_path: Path
+) -> None:
+    """Before: `up --demo` on a port another gatequeue held printed "gatequeue is up" with the
+    other server's URL, submitted its demo job to it, then died of EADDRINUSE with a
+    25-line traceback. Now it refuses before starting anything, in one line."""
+    from aiohttp import web
+
+    requests: list[str] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        requests.append(f"{request.method} {request.path}")
+        if request.path == "/readyz":
+            return web.json_response({"status": "ready"})
+        return web.json_response({"id": "f" * 24, "status": "Pending"}, status=201)
+
+    other = web.Application()
+    other.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(other, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.cli", "up", "--demo", "--port", str(port),
+            "--state-dir", str(tmp_path / "state"),
+            cwd=REPO, env=_env(mongo_uri, db_name, tmp_path),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        async with asyncio.timeout(30):
+            out, err = await proc.communicate()
+    finally:
+        await runner.cleanup()
+    assert proc.returncode == 2
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert f"port {port}" in lines[0] and "--port" in lines[0]
+    assert "gatequeue is up" not in out.decode()
+    assert not [r for r in requests if r.startswith("POST")], requests
+    assert await store.jobs.list(limit=10) == []
+
+
+def test_up_help_documents_the_port() -> None:
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "up", "--help"],
+        cwd=REPO, capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    assert "--port" in out and "8080" in out

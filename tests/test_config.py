@@ -61,3 +61,22 @@ def test_gpus(raw: str, expected: tuple[str, ...] | None) -> None:
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:
     with pytest.raises(ConfigError, match=name):
         Settings.from_env(env)
+
+
+def test_only_the_two_configuration_modules_read_the_environment() -> None:
+    """service/config.py for the service, trainer/environment.py for the trainer: a module
+    that reads os.environ (or os.getenv) itself escapes the documented list of variables."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    allowed = {repo / "service" / "config.py", repo / "trainer" / "environment.py"}
+    readers = []
+    for package in ("service", "trainer"):
+        for path in sorted((repo / package).rglob("*.py")):
+            if path in allowed:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+                    if isinstance(node.value, ast.Name) and node.value.id == "os":
+                        readers.append(f"{path.relative_to(repo)}:{node.lineno}")
+    assert readers == []

@@ -36,26 +36,21 @@ import os
 import platform
 import random
 import re
-import signal
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from trainer import environment
 from trainer.options import hyperparameters_hash
-from trainer.supervision import CHECKPOINT_AND_STOP, Supervision
 
 if TYPE_CHECKING:
     import torch
 
 FORMAT = "gatequeue-checkpoint"
 VERSION = 1
-EXIT_CHECKPOINTED = 76  # stopped on request after writing a checkpoint (or with no dir)
-EXIT_BAD_CHECKPOINT = 65  # EX_DATAERR: --resume-from names no usable checkpoint
 KEEP = 2
 SUFFIX = ".gqckpt"
 NAME = re.compile(r"^checkpoint-e(\d+)-s(\d+)" + re.escape(SUFFIX) + "$")
@@ -69,14 +64,10 @@ _TRAILER = re.compile(re.escape(_END) + rb"(\d{20}) ([0-9a-f]{64})\n\Z")
 _CHUNK = 1 << 20
 
 __all__ = [
-    "CHECKPOINT_AND_STOP",
-    "EXIT_BAD_CHECKPOINT",
-    "EXIT_CHECKPOINTED",
     "BadCheckpoint",
     "CheckpointedStop",
     "Header",
     "Progress",
-    "StopRequest",
     "capture",
     "check_hyperparameters",
     "inspect",
@@ -97,52 +88,11 @@ class BadCheckpoint(Exception):
 
 class CheckpointedStop(Exception):
     """Raised out of the training loop once a requested checkpoint is written (or could not
-    be: `path` is None); `python -m trainer` exits with EXIT_CHECKPOINTED."""
+    be: `path` is None); `python -m trainer` exits with protocol.EXIT_CHECKPOINTED."""
 
     def __init__(self, path: Path | None) -> None:
         super().__init__(f"stopped on request, checkpoint {path}")
         self.path = path
-
-
-# -- stop requests ------------------------------------------------------------------------
-
-
-class StopRequest:
-    """`checkpoint-and-stop`: asked for by the worker on stdin (trainer.supervision) or by
-    SIGUSR1. The training loop polls `requested()` between steps, so the step in progress
-    always finishes; a signal handler only sets a flag, which is safe at any moment."""
-
-    def __init__(self, supervised: Supervision | None = None) -> None:
-        self._event = threading.Event()
-        self._supervised = supervised
-        self.source: str | None = None
-        self.ignored: list[str] = []
-
-    def install_signal(self) -> Callable[[], None]:
-        """Handle SIGUSR1 (whose default action would kill us); returns the undo."""
-        previous = signal.signal(signal.SIGUSR1, self._on_signal)
-
-        def undo() -> None:
-            signal.signal(signal.SIGUSR1, previous)
-
-        return undo
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.set("SIGUSR1")
-
-    def set(self, source: str) -> None:
-        if not self._event.is_set():
-            self.source = source
-        self._event.set()
-
-    def requested(self) -> bool:
-        if self._supervised is not None:
-            for line in self._supervised.take_requests():
-                if line == CHECKPOINT_AND_STOP:
-                    self.set("stdin")
-                else:
-                    self.ignored.append(line)
-        return self._event.is_set()
 
 
 # -- what a run is at a checkpoint ----------------------------------------------------------
@@ -571,6 +521,6 @@ def header_fields(
         "torch": torch.__version__,
         "python": platform.python_version(),
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "job_id": os.environ.get("GATEQUEUE_JOB_ID"),
-        "attempt": os.environ.get("GATEQUEUE_ATTEMPT"),
+        "job_id": environment.job_identity()[0],
+        "attempt": environment.job_identity()[1],
     }

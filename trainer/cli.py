@@ -4,8 +4,8 @@ The training flags are generated from trainer.options (`gateOptimizer` -> `--gat
 with its defaults and its checks; the rest are options of this run only (they never change
 `hyperparameters_hash`, so a checkpoint resumes under other values of them). Invalid
 arguments exit 2 with a message on stderr before any work; a run that fails later (missing
-data) exits 1; an unusable `--resume-from` exits 65 (EXIT_BAD_CHECKPOINT) and a run stopped
-by checkpoint-and-stop 76 (EXIT_CHECKPOINTED, trainer.checkpoint).
+data, a loss that is no longer finite) exits 1; an unusable `--resume-from` exits 65 and a
+run stopped by checkpoint-and-stop 76 (every code: trainer/protocol.py).
 """
 
 from __future__ import annotations
@@ -20,14 +20,8 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from trainer import supervision
-from trainer.checkpoint import (
-    EXIT_BAD_CHECKPOINT,
-    EXIT_CHECKPOINTED,
-    BadCheckpoint,
-    CheckpointedStop,
-    StopRequest,
-)
+from trainer import protocol, supervision
+from trainer.checkpoint import BadCheckpoint, CheckpointedStop
 from trainer.data import DataError
 from trainer.layer import BACKENDS
 from trainer.options import (
@@ -228,34 +222,38 @@ def main(argv: list[str] | None = None) -> int:
     supervised = supervision.start()
     # checkpoint-and-stop by SIGUSR1 as well as on stdin; handled from here on, so that a
     # signal during the slow imports below does not kill the run (SIGUSR1's default).
-    stop = StopRequest(supervised)
+    stop = supervision.StopRequest(supervised)
     restore_signal = stop.install_signal()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         validate(parser, args)
-        from trainer.loop import ConfigError, run  # torch-heavy imports after argument checks
+        from trainer.loop import (  # torch-heavy imports after argument checks
+            ConfigError,
+            Diverged,
+            run,
+        )
 
         try:
             run(args, supervised, stop)
         except ConfigError as exc:
             parser.error(str(exc))
-        except DataError as exc:
+        except (DataError, Diverged) as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-            return 1
+            return protocol.EXIT_FAILURE
         except BadCheckpoint as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)
-            return EXIT_BAD_CHECKPOINT
+            return protocol.EXIT_BAD_CHECKPOINT
         except CheckpointedStop:
-            return EXIT_CHECKPOINTED
+            return protocol.EXIT_CHECKPOINTED
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr, flush=True)
-            return 130
+            return protocol.EXIT_INTERRUPTED
         except (MemoryError, RuntimeError) as exc:
             if not is_out_of_memory(exc):
                 raise
             print(f"error: out of memory: {exc}".strip(), file=sys.stderr, flush=True)
-            return supervision.EXIT_OUT_OF_MEMORY
-        return 0
+            return protocol.EXIT_OUT_OF_MEMORY
+        return protocol.EXIT_SUCCESS
     finally:
         restore_signal()

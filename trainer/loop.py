@@ -1,11 +1,11 @@
 """One training run: data, model, epochs with their EPOCH lines, the saved network, and
 its checkpoints.
 
-stdout carries the contract of docs/design.md ("Trainer output"): exactly one line per epoch
-starting `EPOCH i/N` followed by key=value pairs, then a `SUMMARY` line; everything else
-is a structlog record, except `CHECKPOINT ...` after each checkpoint written and `RESUMED
-...` when a run continues from one (docs/trainer.md, "Checkpoints and resume"). Each line
-is flushed as it is written, so the job log is live.
+stdout carries the records of trainer/protocol.py: one `EPOCH` line per epoch, `CHECKPOINT`
+after each checkpoint written, `RESUMED` when a run continues from one (docs/trainer.md,
+"Checkpoints and resume"), `CIRCUIT` once the network is compiled and a last `SUMMARY`;
+everything else is a structlog record. Each line is flushed as it is written, so the job
+log is live.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from typing import Any, NoReturn
 
 import torch
 
-from trainer import checkpoint, logs, supervision
-from trainer.checkpoint import CheckpointedStop, Progress, StopRequest
+from trainer import checkpoint, environment, logs, protocol, supervision
+from trainer.checkpoint import CheckpointedStop, Progress
 from trainer.data import Dataset, load_dataset
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
@@ -31,11 +31,22 @@ from trainer.memory import EVAL_BATCH
 from trainer.model import LogicNet, build_model, relaxed_evaluation
 from trainer.options import TRAINING_OPTIONS
 
-__all__ = ["EVAL_BATCH", "ConfigError", "run"]
+__all__ = ["EVAL_BATCH", "ConfigError", "Diverged", "run"]
 
 
 class ConfigError(ValueError):
     """An argument combination found invalid only once the model or device is known."""
+
+
+class Diverged(ArithmeticError):
+    """The training loss is no longer finite: every later step would only train on NaN, and
+    a network saved from it would predict one class. The run fails, saying where."""
+
+    def __init__(self, epoch: int, loss: float) -> None:
+        super().__init__(
+            f"the training loss became {loss} in epoch {epoch}; nothing was saved from this "
+            "epoch (a smaller learningRate or a larger groupSumTau keeps it finite)"
+        )
 
 
 @dataclass
@@ -47,15 +58,8 @@ class EpochStats:
     seconds: float = 0.0
 
 
-def emit(line: str) -> None:
-    print(line, flush=True)
-
-
-def format_pairs(values: dict[str, float | int]) -> str:
-    out = []
-    for key, value in values.items():
-        out.append(f"{key}={value}" if isinstance(value, int) else f"{key}={value:.4f}")
-    return " ".join(out)
+def emit(record: protocol.Record) -> None:
+    print(record.format(), flush=True)
 
 
 def pick_device(name: str) -> torch.device:
@@ -126,9 +130,7 @@ class Checkpointer:
         progress.train_s = self.train_s()
         payload = checkpoint.capture(self.model, self.opt, self.generator, progress, self.device)
         path, size = checkpoint.write_checkpoint(self.directory, header, payload)
-        emit(
-            f"CHECKPOINT epoch={progress.epochs_done} step={progress.step} path={path} bytes={size}"
-        )
+        emit(protocol.Checkpoint(progress.epochs_done, progress.step, path, size))
         logs.get_logger().info(
             "checkpoint written", seconds=round(time.perf_counter() - t0, 3), bytes=size
         )
@@ -287,7 +289,7 @@ def _set_threads(
 def run(
     args: argparse.Namespace,
     supervised: supervision.Supervision | None = None,
-    stop: StopRequest | None = None,
+    stop: supervision.StopRequest | None = None,
 ) -> dict[str, float]:
     """Train as `args` say; returns the last epoch's metrics. Raises DataError, ConfigError,
     BadCheckpoint (before any work: `--resume-from` names an unusable file) and
@@ -297,7 +299,7 @@ def run(
     where checkpoint-and-stop requests arrive (default: from `supervised` only)."""
     logs.configure()
     log = logs.get_logger()
-    stop = stop if stop is not None else StopRequest(supervised)
+    stop = stop if stop is not None else supervision.StopRequest(supervised)
     header = _resume_header(args)
     device = pick_device(args.device)
     _set_threads(args, header, device)
@@ -355,7 +357,7 @@ def run(
         gate_optimizer=args.gate_optimizer,
         residual_layers=args.residual_layers,
         threads=torch.get_num_threads(),
-        omp_wait_policy=os.environ.get("OMP_WAIT_POLICY", "unset"),
+        omp_wait_policy=environment.omp_wait_policy(),
         torch=torch.__version__,
     )
 
@@ -386,7 +388,7 @@ def run(
                 checkpoint_device=header.fields.get("device"),
                 device=str(device),
             )
-        emit(f"RESUMED epoch={progress.epochs_done} step={progress.step}")
+        emit(protocol.Resumed(progress.epochs_done, progress.step))
 
     saver = Checkpointer(
         args, model, opt, generator, device, backend, steps_per_epoch, progress.train_s
@@ -404,6 +406,8 @@ def run(
         maybe_stop(progress)
         e0 = time.perf_counter()
         stats = train_epoch(model, opt, (x_tr, y_tr), args, epoch, generator, progress, maybe_stop)
+        if not math.isfinite(stats.loss_sum):
+            raise Diverged(epoch, stats.loss_sum)
         with relaxed_evaluation(model):
             test_acc = accuracy(model, x_te, y_te)
         model.eval()
@@ -417,7 +421,7 @@ def run(
             "step_ms": 1e3 * stats.seconds / max(1, stats.steps),
         }
         best = max(best, test_acc_discrete)
-        emit(f"EPOCH {epoch}/{args.epochs} {format_pairs(metrics)}")
+        emit(protocol.Epoch(epoch, args.epochs, metrics))
         progress = Progress(epochs_done=epoch, best=best, metrics=metrics)
         saver.at_epoch_end(progress)
 
@@ -442,10 +446,7 @@ def run(
     if circuit is not None:
         summary["live_fraction"] = circuit["gatesLive"] / max(1, circuit["gates"])
     summary["total_s"] = total_s
-    emit(
-        f"SUMMARY epochs={args.epochs} {format_pairs(summary)} "
-        f"gates={sum(model.widths)} network={path}"
-    )
+    emit(protocol.Summary(args.epochs, summary, sum(model.widths), path))
     return metrics
 
 
@@ -455,7 +456,6 @@ def run_circuit(network_path: Path, data: Dataset, gates: int) -> dict[str, Any]
     cannot be built, one line on stderr saying why and None. The run succeeds either way:
     its network is saved already, the circuit is an addition to it."""
     from trainer.circuit.api import build_run_circuit
-    from trainer.circuit.line import format_circuit_line
 
     log = logs.get_logger()
     t0 = time.perf_counter()
@@ -463,7 +463,7 @@ def run_circuit(network_path: Path, data: Dataset, gates: int) -> dict[str, Any]
         result = build_run_circuit(
             network_path, network_path.parent, data.x_test, data.y_test, gates=gates
         )
-        line = format_circuit_line(result)
+        line = protocol.Circuit(result).format()  # ValueError for a malformed result
     except Exception as exc:  # any failure of the addition spares the run
         reason = str(exc).strip() or type(exc).__name__
         first, _, rest = reason.partition("\n")
@@ -473,7 +473,7 @@ def run_circuit(network_path: Path, data: Dataset, gates: int) -> dict[str, Any]
         if rest:
             print(rest, file=sys.stderr, flush=True)
         return None
-    emit(line)
+    print(line, flush=True)
     log.info(
         "circuit built",
         seconds=round(time.perf_counter() - t0, 2),

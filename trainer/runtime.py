@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import sys
+
+from trainer import environment
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -39,6 +40,6 @@ def _keep_freed_memory() -> bool:
 
 def prepare_process() -> bool:
     """Apply both settings; True if torch was not loaded yet (the wait policy applies)."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    environment.set_default("OMP_WAIT_POLICY", "PASSIVE")
     _keep_freed_memory()
     return "torch" not in sys.modules

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from rich.console import Console
 
+from service import config
 from service.cli.terminal import markup_safe
 from service.client import DEFAULT_API, GateQueueClient, GateQueueConnectionError, GateQueueError
 from service.config import Settings
@@ -40,7 +40,7 @@ def api_parent() -> argparse.ArgumentParser:
     group = api.add_argument_group("API")
     group.add_argument(
         "--api",
-        default=os.environ.get("GATEQUEUE_API") or DEFAULT_API,
+        default=config.client_api() or DEFAULT_API,
         metavar="URL",
         help="the gatequeue API (default: $GATEQUEUE_API or %(default)s)",
     )

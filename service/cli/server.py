@@ -6,24 +6,56 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
-import os
+import errno
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
-from service.config import DEFAULT_API_PORT, ConfigError, Settings
+from service.config import DEFAULT_API_PORT, DEFAULT_DATA_DIR, ConfigError, Settings
 from service.runloop import run_until_signal
 
 STATE_DIR = Path(".gatequeue")
 INSECURE_OPEN_HELP = (
     "serve a non-loopback address without any token (anyone who reaches it may use it)"
 )
+PORT_HELP = "the API's port (default: %(default)s); it must be free"
+
+
+class PortInUse(Exception):
+    """The API's address is taken, most often by another gatequeue: nothing is started."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(
+            f"port {port} on {host} is in use (another gatequeue?): stop that server or "
+            f"choose another port with --port (make run PORT=N)"
+        )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise PortInUse where a listener holds (host, port). Binds as aiohttp will (with
+    SO_REUSEADDR), so a port left in TIME_WAIT by a stopped server counts as free."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror:
+        return  # the server's own start says what is wrong with the host
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise PortInUse(host, port) from None
+                raise
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     up = sub.add_parser("up", help="MongoDB + API + one worker on this machine")
-    up.add_argument("--host", default="127.0.0.1")
-    up.add_argument("--port", type=int, default=DEFAULT_API_PORT)
+    up.add_argument("--host", default="127.0.0.1", help="the API's address (default: %(default)s)")
+    up.add_argument("--port", type=int, default=DEFAULT_API_PORT, help=PORT_HELP)
     up.add_argument(
         "--state-dir",
         type=Path,
@@ -48,7 +80,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     serve = sub.add_parser("serve", help="the HTTP API")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_API_PORT)
+    serve.add_argument("--port", type=int, default=DEFAULT_API_PORT, help=PORT_HELP)
     serve.add_argument("--mongodb-uri", help="default: $MONGODB_URI")
     serve.add_argument("--insecure-open", action="store_true", help=INSECURE_OPEN_HELP)
     serve.set_defaults(func=cmd_serve)
@@ -87,7 +119,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     _need_uri(settings)
     try:
         refuse_open(settings, args.host, insecure_open=args.insecure_open)
-    except OpenApiRefused as exc:
+        check_port_free(args.host, args.port)
+    except (OpenApiRefused, PortInUse) as exc:
         print(f"gatequeue: {exc}", file=sys.stderr)
         return 2
     return run_until_signal(
@@ -118,7 +151,8 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
 
     try:
         refuse_open(settings, args.host, insecure_open=args.insecure_open)
-    except OpenApiRefused as exc:
+        check_port_free(args.host, args.port)
+    except (OpenApiRefused, PortInUse) as exc:
         print(f"gatequeue: {exc}", file=sys.stderr)
         return 2
     if args.demo and settings.api_token is None and settings.tokens_file is not None:
@@ -132,52 +166,75 @@ def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     state: Path = args.state_dir
     state.mkdir(parents=True, exist_ok=True)
-    settings = dataclasses.replace(
-        settings,
-        data_dir=settings.data_dir if "GATEQUEUE_DATA_DIR" in os.environ else state / "data",
-    )
+    if settings.data_dir == DEFAULT_DATA_DIR:  # GATEQUEUE_DATA_DIR not set: the state dir's
+        settings = dataclasses.replace(settings, data_dir=state / "data")
     kind = "uri" if settings.mongodb_uri else "embedded"
-    if kind == "uri":
-        os.environ["MONGODB_URI"] = settings.mongodb_uri or ""
-    else:
+    if kind == "embedded":
         print(
             "gatequeue: starting the embedded MongoDB (the first start builds it, ~1 min)",
             file=sys.stderr,
         )
     try:
-        with mongo_discovery.discover(kind=kind, data_dir=state / "mongo") as mongo:
+        with mongo_discovery.discover(
+            settings.mongodb_uri, kind=kind, data_dir=state / "mongo"
+        ) as mongo:
             settings = dataclasses.replace(settings, mongodb_uri=mongo.uri)
             return run_until_signal(lambda: _up(settings, args, mongo.description))
     except EmbeddedMongoUnavailable as exc:
         print(f"gatequeue: {exc}", file=sys.stderr)
         return 1
+    except PortInUse as exc:  # taken between the check and the API's start
+        print(f"gatequeue: {exc}", file=sys.stderr)
+        return 2
 
 
 async def _up(settings: Settings, args: argparse.Namespace, mongo_description: str) -> None:
     from service.api.app import serve
     from service.worker import run_worker
 
-    url = f"http://{args.host}:{args.port}/"
-    tasks = [
-        asyncio.create_task(
-            serve(settings, args.host, args.port, insecure_open=args.insecure_open), name="api"
-        ),
-        asyncio.create_task(run_worker(settings), name="worker"),
-    ]
-    await _wait_until_ready(url, tasks)
-    print(f"gatequeue is up: {url}  (MongoDB: {mongo_description}; Ctrl-C stops)", flush=True)
-    if args.demo:
-        tasks.append(asyncio.create_task(_submit_demo(url, settings), name="demo"))
+    listening: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    api = asyncio.create_task(
+        serve(settings, args.host, args.port, started=listening.set_result,
+              insecure_open=args.insecure_open),
+        name="api",
+    )  # fmt: skip
+    tasks = [api, asyncio.create_task(run_worker(settings), name="worker")]
     try:
+        # Readiness is asked of the server this process started, at the address its own
+        # socket listens on: never of whatever else answers on the port.
+        url = await _wait_until_listening(listening, tasks)
+        await _wait_until_ready(url, tasks)
+        print(f"gatequeue is up: {url}  (MongoDB: {mongo_description}; Ctrl-C stops)", flush=True)
+        if args.demo:
+            tasks.append(asyncio.create_task(_submit_demo(url, settings), name="demo"))
         done, _ = await asyncio.wait(
             [t for t in tasks if t.get_name() != "demo"], return_when=asyncio.FIRST_COMPLETED
         )
         for task in done:
             task.result()  # surface a crash of the API or the worker
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise PortInUse(args.host, args.port) from None
+        raise
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _wait_until_listening(
+    listening: asyncio.Future[str], tasks: list[asyncio.Task[None]]
+) -> str:
+    """The URL our API listens on, or the error of whichever task stopped first."""
+    waiting: list[asyncio.Future[Any]] = [listening, *tasks]
+    await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+    if listening.done():
+        return listening.result()
+    for task in tasks:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"{task.get_name()} stopped during start-up")
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 async def _wait_until_ready(url: str, tasks: list[asyncio.Task[None]]) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from service import config
 from service.jobs.status import FINISHED
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -156,7 +156,7 @@ class GateQueueClient:
         max_reconnect_attempts: int = 12,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.token = token if token is not None else os.environ.get("GATEQUEUE_API_TOKEN")
+        self.token = token if token is not None else config.client_token()
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
         self.reconnect_delay_s = reconnect_delay_s
         self.max_reconnect_delay_s = max_reconnect_delay_s

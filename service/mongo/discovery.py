@@ -1,6 +1,6 @@
 """Find a MongoDB to talk to, in the order of docs/design.md ("MongoDB").
 
-1. `MONGODB_URI` (any real deployment);
+1. a URI the caller passes (`MONGODB_URI`, read by service.config: any real deployment);
 2. a testcontainers one-node replica set, where a Docker engine answers;
 3. a `mongod` on PATH, started as a one-node replica set in a temp dir;
 4. the embedded mongo-java-server launcher under `deploy/mongo-server/`.
@@ -12,7 +12,6 @@ because the embedded server is what keeps its data under `./.gatequeue/` with no
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import socket
 import subprocess
@@ -43,11 +42,10 @@ class MongoHandle:
         self._stop()
 
 
-def plan(env: dict[str, str] | None = None) -> tuple[str, str]:
-    """Which kind `discover()` would use, without starting anything (for pytest's header)."""
-    env = dict(os.environ) if env is None else env
-    if env.get("MONGODB_URI"):
-        return "uri", f"MONGODB_URI ({_redact(env['MONGODB_URI'])})"
+def plan(uri: str | None = None) -> tuple[str, str]:
+    """Which kind `discover(uri)` would use, without starting anything (pytest's header)."""
+    if uri:
+        return "uri", f"MONGODB_URI ({_redact(uri)})"
     if _docker_answers():
         return "testcontainers", "testcontainers mongo:7 one-node replica set"
     mongod = shutil.which("mongod")
@@ -57,18 +55,24 @@ def plan(env: dict[str, str] | None = None) -> tuple[str, str]:
 
 
 @contextlib.contextmanager
-def discover(*, kind: str | None = None, data_dir: Path | None = None) -> Iterator[MongoHandle]:
-    """Start (or point at) a MongoDB and stop it on exit."""
-    kind = kind or plan()[0]
+def discover(
+    uri: str | None = None, *, kind: str | None = None, data_dir: Path | None = None
+) -> Iterator[MongoHandle]:
+    """Start (or point at) a MongoDB and stop it on exit: `uri` where one is configured."""
+    kind = kind or plan(uri)[0]
     if kind not in KINDS:
         raise ValueError(f"unknown MongoDB kind {kind!r}; expected one of {KINDS}")
-    starter = {
-        "uri": _from_env,
-        "testcontainers": _start_testcontainers,
-        "mongod": _start_mongod,
-        "embedded": _start_embedded,
-    }[kind]
-    handle = starter(data_dir)
+    if kind == "uri":
+        if not uri:
+            raise ValueError("discover(kind='uri') needs the uri")
+        handle = MongoHandle(uri, "uri", f"MONGODB_URI ({_redact(uri)})")
+    else:
+        starter = {
+            "testcontainers": _start_testcontainers,
+            "mongod": _start_mongod,
+            "embedded": _start_embedded,
+        }[kind]
+        handle = starter(data_dir)
     log.info("mongodb ready", kind=handle.kind, uri=_redact(handle.uri))
     try:
         yield handle
@@ -96,11 +100,6 @@ def _docker_answers() -> bool:
             client.close()
     except Exception:
         return False
-
-
-def _from_env(_: Path | None) -> MongoHandle:
-    uri = os.environ["MONGODB_URI"]
-    return MongoHandle(uri, "uri", f"MONGODB_URI ({_redact(uri)})")
 
 
 def _start_testcontainers(_: Path | None) -> MongoHandle:

@@ -28,6 +28,8 @@ from types import TracebackType
 
 import structlog
 
+from service import config
+
 log = structlog.get_logger(__name__)
 
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "mongo-server"
@@ -54,8 +56,7 @@ class EmbeddedMongoUnavailable(RuntimeError):
 
 
 def _cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gatequeue" / "mongo-server"
+    return config.cache_home() / "gatequeue" / "mongo-server"
 
 
 def _source_digest() -> str:

@@ -1,8 +1,8 @@
 """A run's checkpoints: uploaded to GridFS as the trainer writes them, and downloaded to resume
 a re-queued job (docs/design.md, "Checkpoints"; the trainer's side is trainer/checkpoint.py).
 
-The trainer announces each checkpoint with a stdout line `CHECKPOINT epoch=K step=S
-path=P bytes=N`. The uploader stores it in the `checkpoints` bucket and makes it the job's
+The trainer announces each checkpoint with a stdout line (trainer/protocol.py's
+`Checkpoint`). The uploader stores it in the `checkpoints` bucket and makes it the job's
 latest, conditioned on the attempt id (a stale attempt cannot replace the checkpoint of the
 attempt that holds the job now: its file is deleted instead); the job keeps the last two and
 the files of older ones are deleted.
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
@@ -24,38 +22,9 @@ from service.retry import retry
 from service.store import Store
 from service.store.files import CHECKPOINTS_BUCKET
 from service.worker.lease import Lease
+from trainer.protocol import Checkpoint as CheckpointLine
 
 log = structlog.get_logger(__name__)
-
-_LINE = re.compile(r"^CHECKPOINT epoch=(\d+) step=(\d+) path=(.+?) bytes=(\d+)\s*$")
-_RESUMED = re.compile(r"^RESUMED epoch=(\d+) step=(\d+)\s*$")
-# The trainer's answer to `checkpoint-and-stop` (trainer/checkpoint.py: EXIT_CHECKPOINTED),
-# and its refusal of a checkpoint it cannot resume from (EXIT_BAD_CHECKPOINT).
-EXIT_CHECKPOINTED = 76
-EXIT_BAD_CHECKPOINT = 65
-CHECKPOINT_AND_STOP = "checkpoint-and-stop"
-
-
-@dataclass(frozen=True)
-class CheckpointLine:
-    epoch: int
-    step: int
-    path: Path
-    length: int
-
-
-def parse_checkpoint_line(line: str) -> CheckpointLine | None:
-    match = _LINE.match(line)
-    if match is None:
-        return None
-    return CheckpointLine(
-        int(match.group(1)), int(match.group(2)), Path(match.group(3)), int(match.group(4))
-    )
-
-
-def parse_resumed_line(line: str) -> tuple[int, int] | None:
-    match = _RESUMED.match(line)
-    return None if match is None else (int(match.group(1)), int(match.group(2)))
 
 
 class CheckpointUploader:

@@ -8,7 +8,6 @@ torch is only asked, in a throwaway subprocess, where that tool is missing.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import shutil
 import sys
@@ -16,6 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 import structlog
+
+from service import config
 
 log = structlog.get_logger(__name__)
 
@@ -61,7 +62,7 @@ async def resolve_slots(
     """`GATEQUEUE_GPUS` when set, else every visible CUDA device, else one CPU slot."""
     if configured:
         return [Slot(g) for g in configured]
-    gpus = await detect_gpus(os.environ if env is None else env)
+    gpus = await detect_gpus(config.environment(env))
     if not gpus:
         log.info("no CUDA device found; one CPU slot")
         return [Slot(CPU)]

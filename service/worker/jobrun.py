@@ -33,13 +33,11 @@ from service.store import Store
 from service.store.files import CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
 from service.worker import artifacts, checkpoints
-from service.worker.epoch import EpochLine, parse_epoch_line
 from service.worker.gpus import Slot
 from service.worker.lease import Lease
 from service.worker.logsink import LeaseLapsed, LogSink
 from service.worker.runner import TrainerProcess
-from trainer import supervision
-from trainer.circuit.line import parse_circuit_line
+from trainer import protocol
 from trainer.options import run_control_args, trainer_args
 
 log = structlog.get_logger(__name__)
@@ -143,7 +141,7 @@ class JobRun:
         self._hurried = asyncio.Event()
         self._cancel_requested = False
         self._stop_grace_s = settings.stop_grace_s
-        self._metrics: asyncio.Queue[EpochLine | None] = asyncio.Queue()
+        self._metrics: asyncio.Queue[protocol.Epoch | None] = asyncio.Queue()
         self.proc: TrainerProcess | None = None
         self.memory_limit: int | None = None  # the trainer's data-segment cap, if any
         self._oom_kills = 0
@@ -264,7 +262,7 @@ class JobRun:
                     continue
             self._resuming = candidate
             rc, stopped_by_us, error = await self._run_trainer(workdir, output_dir, resume)
-            if candidate is not None and rc == checkpoints.EXIT_BAD_CHECKPOINT and not error:
+            if candidate is not None and rc == protocol.EXIT_BAD_CHECKPOINT and not error:
                 lines = list(self.proc.stderr_tail) if self.proc is not None else []
                 tail = next((ln for ln in reversed(lines) if ln.strip()), "")
                 await self._fall_back(candidate, f"was refused by the trainer: {tail}")
@@ -286,13 +284,12 @@ class JobRun:
         except (KeyError, TypeError, AttributeError) as exc:
             return None, False, f"the job's hyperparameters cannot be passed on: {exc}"
         env = self.slot.env(self.s.env)
-        env |= {
-            "GATEQUEUE_JOB_ID": str(self.job_id),
-            "GATEQUEUE_ATTEMPT": str(self.attempt),
-            "GATEQUEUE_ATTEMPT_ID": self.attempt_id,
-            "PYTHONUNBUFFERED": "1",  # EPOCH lines must arrive when printed, not at exit
-            **supervision.trainer_env(self._fence_deadline(self.lease.deadline)),
-        }
+        env |= protocol.supervised_env(
+            deadline=self._fence_deadline(self.lease.deadline),
+            job_id=str(self.job_id),
+            attempt=self.attempt,
+            attempt_id=self.attempt_id,
+        )
         self.memory_limit = self._memory_limit()
         self._oom_kills = oom_kill_count()
         self.proc = TrainerProcess(
@@ -316,7 +313,7 @@ class JobRun:
                 # A graceful stop: the trainer checkpoints at its next step and exits 76, so
                 # the job resumes elsewhere from there. A trainer that ends otherwise within
                 # the grace (it was about to finish) ends the run as it would have anyway.
-                self.proc.send(checkpoints.CHECKPOINT_AND_STOP)
+                self.proc.send(protocol.CheckpointAndStop().format())
                 hurry = asyncio.create_task(self._hurried.wait())
                 await asyncio.wait(
                     {waiter, hurry}, timeout=self.s.checkpoint_grace_s,
@@ -324,7 +321,7 @@ class JobRun:
                 )  # fmt: skip
                 hurry.cancel()
                 if waiter.done():
-                    stopped_by_us = waiter.result() == checkpoints.EXIT_CHECKPOINTED
+                    stopped_by_us = waiter.result() == protocol.EXIT_CHECKPOINTED
             if stopped_by_us and not waiter.done():
                 await self.proc.terminate(self._stop_grace_s)
             rc = await waiter
@@ -459,7 +456,7 @@ class JobRun:
         if self.slot.memory_bytes is not None:
             numbers += f", the slot holds {memory.human(self.slot.memory_bytes)}"
         last = [line for line in self.proc.stderr_tail if line.strip()] if self.proc else []
-        if rc == supervision.EXIT_OUT_OF_MEMORY:
+        if rc == protocol.EXIT_OUT_OF_MEMORY:
             said = last[-1].removeprefix("error: ") if last else "an allocation failed"
             return f"out of memory: {said} ({numbers})"
         if rc == -signal.SIGKILL and not stopped_by_us:
@@ -493,15 +490,15 @@ class JobRun:
         await self.sink.write(stream, line)
         if stream != "stdout":
             return
-        parsed = parse_epoch_line(line)
-        if parsed is not None:
-            self._metrics.put_nowait(parsed)
-        elif (checkpoint := checkpoints.parse_checkpoint_line(line)) is not None:
+        record = protocol.parse_line(line)
+        if isinstance(record, protocol.Epoch):
+            self._metrics.put_nowait(record)
+        elif isinstance(record, protocol.Checkpoint):
             assert self.uploader is not None
-            self.uploader.offer(checkpoint)
-        elif (circuit := parse_circuit_line(line)) is not None:
-            self._circuit = Circuit.model_validate(circuit)
-        elif checkpoints.parse_resumed_line(line) is not None and self._resuming is not None:
+            self.uploader.offer(record)
+        elif isinstance(record, protocol.Circuit):
+            self._circuit = Circuit.model_validate(record.result)
+        elif isinstance(record, protocol.Resumed) and self._resuming is not None:
             resumed = self._resuming
             await self.sink.system(f"resumed from {checkpoints.describe(resumed)}")
             with contextlib.suppress(PyMongoError):
@@ -523,7 +520,7 @@ class JobRun:
             except PyMongoError as exc:
                 self.log.error("metrics write failed; dropped", epoch=epoch.epoch, error=str(exc))
 
-    async def _store_epoch(self, epoch: EpochLine) -> None:
+    async def _store_epoch(self, epoch: protocol.Epoch) -> None:
         if not await self.store.jobs.set_latest_metrics(self.lease.job, epoch.as_latest()):
             self.lease.lose("the job is no longer ours (metrics write refused)")
             return
@@ -543,7 +540,7 @@ class JobRun:
 
     def _tell_trainer_deadline(self, lease_deadline: float) -> None:
         if self.proc is not None:
-            self.proc.send(supervision.lease_line(self._fence_deadline(lease_deadline)))
+            self.proc.send(protocol.Lease(self._fence_deadline(lease_deadline)).format())
 
 
 def describe_circuit(circuit: Circuit) -> str:

@@ -23,6 +23,7 @@ import structlog
 from bson import ObjectId
 from pymongo.errors import PyMongoError
 
+from service import config
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
 from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id
@@ -98,7 +99,7 @@ class Worker:
         self.heartbeat_interval_s = heartbeat_interval_s
         self.on_claim = on_claim
         cmd = list(trainer_cmd) if trainer_cmd is not None else list(DEFAULT_TRAINER_CMD)
-        base_env = dict(os.environ if env is None else env)
+        base_env = config.environment(env)
         if trainer_cmd is None:
             base_env = _with_trainer_importable(base_env)
         self.run_settings = RunSettings(

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.checkpoint import EXIT_CHECKPOINTED
+from trainer import protocol
+from trainer.protocol import EXIT_CHECKPOINTED
 
 pytestmark = pytest.mark.slow  # ten trainer processes, about 50 s on two cores
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,19 +50,18 @@ STOPPER = """
 import os, signal, sys, threading
 from trainer.runtime import prepare_process
 prepare_process()
-from trainer import checkpoint, cli
+from trainer import cli, supervision
 at, asked = int(os.environ["STOP_AT"]), 0
-requested = checkpoint.StopRequest.requested
+requested = supervision.StopRequest.requested
 def counting(self):
     global asked
     asked += 1
     if asked == at:
         signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR1)
     return requested(self)
-checkpoint.StopRequest.requested = counting
+supervision.StopRequest.requested = counting
 raise SystemExit(cli.main(sys.argv[1:]))
 """
-CHECKPOINT = re.compile(r"^CHECKPOINT epoch=(\d+) step=(\d+) path=(.+) bytes=(\d+)$", re.M)
 TIMING_IN_JSON = re.compile(rb'"(?:epoch_s|step_ms|total_s)":[-+0-9.eE]+')
 
 
@@ -81,7 +81,8 @@ class Done:
         ]
 
     def checkpoints(self) -> list[tuple[int, int, Path, int]]:
-        return [(int(e), int(s), Path(p), int(b)) for e, s, p, b in CHECKPOINT.findall(self.out)]
+        lines = map(protocol.Checkpoint.parse, self.out.splitlines())
+        return [(c.epoch, c.step, c.path, c.length) for c in lines if c is not None]
 
     def network(self) -> bytes:
         """network.json with the timing values blanked, byte for byte otherwise."""

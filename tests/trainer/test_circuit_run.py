@@ -1,7 +1,7 @@
 """Every successful run compiles, verifies and times its circuit (docs/trainer.md, "The
 circuit"): the CIRCUIT line, network.c/.h/.v beside network.json, the SUMMARY's
 discretization_gap and live_fraction; a run without a C compiler or with --no-circuit
-still succeeds. And the CIRCUIT line's parser, which the worker shares."""
+still succeeds. And the CIRCUIT line's parser (trainer/protocol.py), which the worker shares."""
 
 from __future__ import annotations
 
@@ -16,14 +16,9 @@ from typing import Any
 
 import pytest
 
+from trainer import protocol
 from trainer.circuit import bundle
 from trainer.circuit.api import run_bench_samples, run_verilog_samples
-from trainer.circuit.line import (
-    CIRCUIT_PREFIX,
-    RESULT_KEYS,
-    format_circuit_line,
-    parse_circuit_line,
-)
 from trainer.circuit.ops import GATE_NAMES
 from trainer.cli import main
 
@@ -34,6 +29,17 @@ RUN = [
     "--group-sum-tau", "10", "--learning-rate", "0.05", "--device", "cpu",
 ]  # fmt: skip
 SOURCES = ("network.c", "network.h", "network.v")
+CIRCUIT_PREFIX = protocol.Circuit.PREFIX
+RESULT_KEYS = protocol.CIRCUIT_KEYS
+
+
+def format_circuit_line(result: dict[str, Any]) -> str:
+    return protocol.Circuit(result).format()
+
+
+def parse_circuit_line(line: str) -> dict[str, Any] | None:
+    record = protocol.Circuit.parse(line)
+    return None if record is None else record.result
 
 
 @dataclass
@@ -274,16 +280,6 @@ def test_format_refuses_an_invalid_result() -> None:
         format_circuit_line(_with(imagesPerS=float("nan")))
     with pytest.raises(ValueError, match="keys"):
         format_circuit_line({k: v for k, v in example().items() if k != "gates"})
-
-
-def test_the_line_module_imports_neither_numpy_nor_torch() -> None:
-    code = (
-        "import sys\n"
-        "from trainer.circuit.line import CIRCUIT_PREFIX, parse_circuit_line\n"
-        "assert CIRCUIT_PREFIX == 'CIRCUIT '\n"
-        "assert not {'numpy', 'torch'} & set(sys.modules), 'imported'\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
 
 def test_the_measurement_and_the_simulation_are_bounded() -> None:

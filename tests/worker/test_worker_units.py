@@ -1,4 +1,4 @@
-"""Worker parts that need no MongoDB: EPOCH parsing, batching, slots, the subprocess runner,
+"""Worker parts that need no MongoDB: batching, slots, the subprocess runner,
 the heartbeat. The runner tests start real subprocesses."""
 
 from __future__ import annotations
@@ -12,48 +12,10 @@ from pathlib import Path
 import pytest
 from worker_helpers import eventually, group_alive, trainer
 
-from service.worker.epoch import parse_epoch_line
 from service.worker.gpus import Slot, detect_gpus, resolve_slots
 from service.worker.heartbeat import run_heartbeat
 from service.worker.logsink import _batches
 from service.worker.runner import TrainerProcess
-
-# -- EPOCH lines ----------------------------------------------------------------------------
-
-
-def test_epoch_line_of_the_contract() -> None:
-    line = (
-        "EPOCH 3/5 train_loss=0.4123 train_acc=0.8812 test_acc=0.9011 "
-        "test_acc_discrete=0.9005 epoch_s=1.23"
-    )
-    parsed = parse_epoch_line(line)
-    assert parsed is not None
-    assert (parsed.epoch, parsed.epochs) == (3, 5)
-    assert parsed.metrics == {
-        "train_loss": 0.4123, "train_acc": 0.8812, "test_acc": 0.9011,
-        "test_acc_discrete": 0.9005, "epoch_s": 1.23,
-    }  # fmt: skip
-    assert parsed.as_latest()["epoch"] == 3
-
-
-def test_epoch_line_keeps_unknown_numbers_and_skips_junk() -> None:
-    parsed = parse_epoch_line(
-        "EPOCH 1/2 gates_used=17 lr=1e-3 note=warm =3 x= a=b=c $set=1 a.b=2 epoch=9 "
-        "loss=nan grad=inf plain"
-    )
-    assert parsed is not None
-    assert parsed.metrics == {"gates_used": 17, "lr": 0.001}
-    assert isinstance(parsed.metrics["gates_used"], int)
-    assert parse_epoch_line("EPOCH 2/2") == parse_epoch_line("EPOCH 2/2  ")
-    assert parse_epoch_line("EPOCH 2/2").metrics == {}  # type: ignore[union-attr]
-
-
-@pytest.mark.parametrize(
-    "line", ["epoch 1/2 a=1", "EPOCH x/2", "EPOCH 1/ a=1", " EPOCH 1/2", "EPOCHS 1/2", "loss=1"]
-)
-def test_not_epoch_lines(line: str) -> None:
-    assert parse_epoch_line(line) is None
-
 
 # -- batching -----------------------------------------------------------------------------
 

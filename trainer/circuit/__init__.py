@@ -3,22 +3,14 @@
     python -m trainer.circuit compile runs/x/network.json -o runs/x/circuit
     build_circuit(network_path, out_dir) -> the job document's `circuit` field
 
-numpy only (no torch), so the worker can import it cheaply; the exports load lazily, so
-`trainer.circuit.line` (the trainer's CIRCUIT line) costs no numpy either. See
-docs/circuits.md.
+numpy only (no torch), so the worker can import it cheaply; the exports load lazily. The
+trainer's CIRCUIT line is trainer/protocol.py's `Circuit`. See docs/circuits.md.
 """
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
-
-from trainer.circuit.line import (
-    CIRCUIT_PREFIX,
-    RESULT_KEYS,
-    format_circuit_line,
-    parse_circuit_line,
-)
 
 if TYPE_CHECKING:
     from trainer.circuit.api import build_circuit
@@ -37,17 +29,13 @@ _LAZY = {
 }
 
 __all__ = [
-    "CIRCUIT_PREFIX",
-    "RESULT_KEYS",
     "CircuitError",
     "CompiledCircuit",
     "SimulationError",
     "build_circuit",
     "compile_network",
     "find_compiler",
-    "format_circuit_line",
     "open_circuit",
-    "parse_circuit_line",
 ]
 
 

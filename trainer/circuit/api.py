@@ -26,13 +26,11 @@ import numpy as np
 
 from trainer.circuit.bundle import compile_network, named_histogram
 from trainer.circuit.graph import histogram
-from trainer.circuit.line import RESULT_KEYS
 from trainer.circuit.measure import bench_inputs, images_per_s
 from trainer.circuit.verify import verify
 from trainer.data import load_dataset
 
 __all__ = [
-    "RESULT_KEYS",
     "build_circuit",
     "build_run_circuit",
     "run_bench_samples",

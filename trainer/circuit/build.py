@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import environment
 from trainer.cpuinfo import cpu_flags
 
 COMPILERS: tuple[str, ...] = ("cc", "gcc", "clang")
@@ -33,7 +34,7 @@ class CircuitError(RuntimeError):
 
 def find_compiler() -> str:
     """The C compiler's path: $CC if set, else cc, gcc or clang, whichever is found first."""
-    env = os.environ.get("CC")
+    env = environment.c_compiler()
     candidates = [env] if env else list(COMPILERS)
     for name in candidates:
         path = shutil.which(name)

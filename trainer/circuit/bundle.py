@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from trainer import environment
 from trainer.circuit import c_backend, graph, ops, verilog
 from trainer.circuit.build import BuildResult, Library, build_library
 from trainer.export import FILENAME, DiscreteNetwork, load_network
@@ -33,11 +34,7 @@ DEFAULT_WORDS = 4  # 256 samples per gate operation: measured fastest with AVX2 
 
 def cache_root() -> Path:
     """Where bare network.json files are compiled: $GATEQUEUE_CIRCUIT_CACHE or the user's."""
-    env = os.environ.get("GATEQUEUE_CIRCUIT_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "gatequeue" / "circuits"
+    return environment.circuit_cache()
 
 
 def named_histogram(counts: list[int]) -> dict[str, int]:

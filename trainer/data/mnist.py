@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import environment
 from trainer.data.errors import DataError
 from trainer.data.idx import read_idx
 
@@ -33,7 +34,7 @@ DOWNLOAD_TIMEOUT_S = 60.0
 
 
 def mirrors() -> list[str]:
-    env = os.environ.get("GATEQUEUE_MNIST_URL")
+    env = environment.mnist_url()
     return [env] if env else list(MIRRORS)
 
 

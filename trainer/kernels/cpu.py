@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainer import environment
 from trainer.cpuinfo import cpu_flags
 
 SOURCE = Path(__file__).with_name("logic_cpu.cpp")
@@ -29,15 +30,11 @@ class KernelUnavailable(RuntimeError):
 
 def cache_dir() -> Path:
     """Where built kernels live: $GATEQUEUE_KERNEL_CACHE, else the user's cache folder."""
-    env = os.environ.get("GATEQUEUE_KERNEL_CACHE")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "gatequeue" / "kernels"
+    return environment.kernel_cache()
 
 
 def _compiler() -> str:
-    cxx = os.environ.get("CXX", "g++")
+    cxx = environment.cxx_compiler()
     path = shutil.which(cxx)
     if path is None:
         raise KernelUnavailable(f"no C++ compiler: {cxx!r} is not on PATH")

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository: the line's writer
-from trainer.circuit.line import format_circuit_line
+from trainer import protocol
 from trainer.circuit.ops import GATE_NAMES
 
 p = argparse.ArgumentParser()
@@ -39,14 +39,12 @@ for epoch in range(1, args.epochs + 1):
         loss = 2.3 * math.exp(-0.6 * speed * (epoch - 1 + step / steps))
         print(f"epoch {epoch} step {step}/{steps} loss={loss:.4f}", flush=True)
     acc = ceiling * (1 - 0.9 * math.exp(-speed * epoch))
-    print(
-        f"EPOCH {epoch}/{args.epochs} train_loss={loss:.4f} train_acc={acc:.4f} "
-        f"test_acc={acc - 0.03:.4f} test_acc_discrete={acc - 0.05:.4f} epoch_s={epoch_s:.2f}",
-        flush=True,
-    )
+    metrics = {"train_loss": loss, "train_acc": acc, "test_acc": acc - 0.03,
+               "test_acc_discrete": acc - 0.05, "epoch_s": epoch_s}  # fmt: skip
+    print(protocol.Epoch(epoch, args.epochs, metrics).format(), flush=True)
     if args.seed == 666:
         print("diverged: loss is nan", file=sys.stderr, flush=True)
-        sys.exit(3)
+        sys.exit(protocol.EXIT_FAILURE)
 args.output_dir.mkdir(parents=True, exist_ok=True)
 (args.output_dir / "network.txt").write_text("a stand-in network\n")
 gates = max(1, args.gates) * args.network_layers
@@ -55,5 +53,5 @@ histogram = dict.fromkeys(GATE_NAMES, 0) | {"FALSE": gates - live, "A AND B": li
 circuit = {"gates": gates, "gatesLive": live, "depth": args.network_layers,
            "imagesPerS": round(1e9 / live, 1), "verified": True, "disagreements": 0,
            "gateHistogram": histogram}  # fmt: skip
-print(format_circuit_line(circuit), flush=True)
+print(protocol.Circuit(circuit).format(), flush=True)
 print("done", flush=True)

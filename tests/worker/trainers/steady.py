@@ -25,10 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository: trainer.*
 
-from trainer import supervision
-
-EXIT_BAD_CHECKPOINT = 65
-EXIT_CHECKPOINTED = 76
+from trainer import protocol, supervision
 
 supervised = supervision.start()
 p = argparse.ArgumentParser()
@@ -45,8 +42,8 @@ ledger = os.environ.get("GQ_TEST_LEDGER")
 
 
 def heartbeat() -> None:
-    job = os.environ.get("GATEQUEUE_JOB_ID", "-")
-    attempt = os.environ.get("GATEQUEUE_ATTEMPT_ID", "-")
+    job = os.environ.get(protocol.JOB_ID_ENV, "-")
+    attempt = os.environ.get(protocol.ATTEMPT_ID_ENV, "-")
     with open(ledger, "a", buffering=1) as fh:  # type: ignore[arg-type]
         while True:
             deadline = supervised.deadline if supervised else float("inf")
@@ -71,7 +68,7 @@ def checkpoint(epoch: int, *, now: bool = False) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"format": "steady", "epoch": epoch, "epochs": args.epochs}))
     os.replace(tmp, path)
-    print(f"CHECKPOINT epoch={epoch} step=0 path={path} bytes={path.stat().st_size}", flush=True)
+    print(protocol.Checkpoint(epoch, 0, path, path.stat().st_size).format(), flush=True)
 
 
 if ledger:
@@ -85,14 +82,15 @@ if args.resume_from is not None:
         done = int(state["epoch"])
     except Exception as exc:  # a corrupt checkpoint: refuse it as the real trainer does
         print(f"error: cannot resume from {args.resume_from}: {exc!r}", file=sys.stderr)
-        sys.exit(EXIT_BAD_CHECKPOINT)
-    print(f"RESUMED epoch={done} step=0", flush=True)
+        sys.exit(protocol.EXIT_BAD_CHECKPOINT)
+    print(protocol.Resumed(done, 0).format(), flush=True)
 for i in range(done + 1, args.epochs + 1):
     time.sleep(epoch_s)
-    print(f"EPOCH {i}/{args.epochs} train_loss={1 / i:.4f} test_acc_discrete=0.{i}", flush=True)
-    if supervised is not None and "checkpoint-and-stop" in supervised.take_requests():
+    metrics = {"train_loss": 1 / i, "test_acc_discrete": i / 10}
+    print(protocol.Epoch(i, args.epochs, metrics).format(), flush=True)
+    if supervised is not None and protocol.CheckpointAndStop.WORD in supervised.take_requests():
         checkpoint(i, now=True)
-        sys.exit(EXIT_CHECKPOINTED)
+        sys.exit(protocol.EXIT_CHECKPOINTED)
     checkpoint(i)
 args.output_dir.mkdir(parents=True, exist_ok=True)
 (args.output_dir / "network.json").write_text(json.dumps({"epochs": args.epochs}))
