@@ -185,3 +185,26 @@ def test_trains_on_file_datasets(
     )
     assert code == 0
     assert len(epoch_metrics(capsys.readouterr().out)) == 2
+
+
+def test_a_loss_that_is_no_longer_finite_fails_the_run_saying_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a run whose loss was NaN (GroupSum over a subnormal tau) printed EPOCH lines
+    without `train_loss`, saved a one-class network and exited 0, so its job Succeeded. The
+    options' bounds now refuse such a tau; the trainer guards the loss itself as well, for
+    whatever else drives it to NaN (here the tau is set past the option checks)."""
+    from trainer.cli import build_parser, validate
+    from trainer.loop import Diverged, run
+
+    parser = build_parser()
+    out = tmp_path / "out"
+    args = parser.parse_args(
+        [*TINY, "--gate-optimizer", "softmax", "--output-dir", str(out), "--no-circuit"]
+    )
+    validate(parser, args)
+    args.group_sum_tau = 1e-300
+    with pytest.raises(Diverged, match="the training loss became nan in epoch 1"):
+        run(args)
+    assert "EPOCH" not in capsys.readouterr().out
+    assert not (out / "network.json").exists()
