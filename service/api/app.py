@@ -2,10 +2,11 @@
 
 `create_app` wires everything from a `Settings` and an open `Store`; it owns neither, so
 tests hand in a store on a throw-away database. Route modules are listed in
-`ROUTE_MODULES`; each declares its `ROUTES` (service.api.routing: the router and the OpenAPI
-document are built from them) and may have `setup(app)` for start-up and clean-up work
-(`app.on_startup`, `app.cleanup_ctx`: e.g. one change stream per process fanned out to
-WebSocket clients). Shared objects live under the typed keys of `service.api.keys`.
+`service.api.routes`; each declares its `ROUTES` (service.api.routing: the router and the
+OpenAPI document are built from them) and may have `setup(app)` for start-up and clean-up
+work (`app.on_startup`, `app.cleanup_ctx`: e.g. one change stream per process fanned out to
+WebSocket clients). Objects several route modules share are made here, once, under the
+typed keys of `service.api.keys`.
 """
 
 from __future__ import annotations
@@ -18,33 +19,31 @@ from types import ModuleType
 import structlog
 from aiohttp import web
 
-from service.api import (
-    auth,
-    routes_health,
-    routes_jobs,
-    routes_session,
-    routes_sweeps,
-    routes_web,
-    ws,
-)
+from service.api import auth
+from service.api.capacity import SlotCache
 from service.api.errors import MAX_BODY_BYTES, error_middleware
-from service.api.keys import METRICS, OPENAPI_BODY, READY_TIMEOUT_S, SETTINGS, STORE
+from service.api.keys import (
+    METRICS,
+    OPENAPI_BODY,
+    QUOTA,
+    READY_TIMEOUT_S,
+    SETTINGS,
+    SLOTS,
+    STORE,
+)
 from service.api.limits import READY_TIMEOUT_S as DEFAULT_READY_TIMEOUT_S
 from service.api.middleware import add_request_id_header, request_middleware
 from service.api.openapi import openapi_document
 from service.api.origin import is_loopback_host
 from service.api.prom import ApiMetrics
+from service.api.quota import SubmissionQuota
+from service.api.routes import ROUTE_MODULES
 from service.api.routing import GUARD, Guard, add_routes, all_routes
 from service.config import Settings
 from service.mongo.connect import connect
 from service.store import Store
 
 log = structlog.get_logger(__name__)
-
-# Order matters only for overlapping paths; later modules (WebSockets, the web page) append.
-ROUTE_MODULES: list[ModuleType] = [
-    routes_health, routes_jobs, routes_sweeps, routes_session, ws, routes_web,
-]  # fmt: skip
 
 # Seconds in-flight requests get to finish after a stop is asked for.
 SHUTDOWN_TIMEOUT_S = 10.0
@@ -91,6 +90,10 @@ def create_app(
     app[STORE] = store
     app[METRICS] = ApiMetrics()
     app[READY_TIMEOUT_S] = ready_timeout_s
+    app[SLOTS] = SlotCache(store.workers)
+    app[QUOTA] = SubmissionQuota(
+        store.jobs, rate_per_min=settings.submit_rate_per_min, max_pending=settings.max_pending
+    )
     app[GUARD] = Guard(
         allowed_origins=settings.allowed_origins,
         host_check=not settings.auth_configured and not insecure_open,

@@ -206,11 +206,9 @@ def _document(routes: tuple[Route, ...], extra: tuple[type[BaseModel], ...]) -> 
     }
 
 
-def openapi_document(routes: Sequence[Route] | None = None) -> dict[str, Any]:
-    """Built once per route set: it depends only on the code. Callers must not mutate it."""
+def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
+    """Built once per route set (service.api.routes.ROUTES for the API): it depends only on
+    the code. Callers must not mutate it."""
     from service.api import schemas
-    from service.api.app import ROUTE_MODULES
-    from service.api.routing import all_routes
 
-    chosen = tuple(routes if routes is not None else all_routes(ROUTE_MODULES))
-    return _document(chosen, (schemas.Error,))
+    return _document(tuple(routes), (schemas.Error,))

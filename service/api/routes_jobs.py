@@ -17,9 +17,8 @@ from bson import ObjectId
 from pydantic import BaseModel, Field, ValidationError
 
 from service.api.auth import principal_of, require_owner
-from service.api.capacity import SlotCache
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response, validation_error
-from service.api.keys import SETTINGS, STORE
+from service.api.keys import QUOTA, SLOTS, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_LOG_LIMIT,
@@ -28,7 +27,6 @@ from service.api.limits import (
     MAX_LOG_LIMIT,
     MAX_SEQ,
 )
-from service.api.quota import SubmissionQuota
 from service.api.routing import Param, Query, Reply, Route, not_found, path_id
 from service.api.schemas import JobList, Logs, Metrics
 from service.jobs import memory
@@ -42,8 +40,6 @@ from service.store.metrics import metrics_json
 from service.tokens import Role
 
 M = TypeVar("M", bound=BaseModel)
-QUOTA: web.AppKey[SubmissionQuota] = web.AppKey("quota", SubmissionQuota)
-SLOTS: web.AppKey[SlotCache] = web.AppKey("slots", SlotCache)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
@@ -302,16 +298,6 @@ async def options(request: web.Request) -> web.Response:
             "statuses": [s.value for s in Status],
             "finished": [s.value for s in Status if s.finished],
         }
-    )
-
-
-def setup(app: web.Application) -> None:
-    settings = app[SETTINGS]
-    app[SLOTS] = SlotCache(app[STORE].workers)
-    app[QUOTA] = SubmissionQuota(
-        app[STORE].jobs,
-        rate_per_min=settings.submit_rate_per_min,
-        max_pending=settings.max_pending,
     )
 
 

@@ -18,14 +18,12 @@ from pydantic import Field
 
 from service.api.auth import principal_of, require_owner
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
-from service.api.keys import SETTINGS, STORE
+from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from service.api.routes_jobs import (
     _ID_PATTERN,
     ERR_422_QUERY,
     IDEMPOTENCY_PARAM,
-    QUOTA,
-    SLOTS,
     idempotency_key,
     parse_body,
 )

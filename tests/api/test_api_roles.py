@@ -13,8 +13,8 @@ from aiohttp.test_utils import TestClient
 from api_helpers import SEED_BODY, MakeApi, error_of, job_count
 
 from service import tokens
-from service.api.app import ROUTE_MODULES
 from service.api.auth import AUTH
+from service.api.routes import ROUTE_MODULES
 from service.api.routing import Route, all_routes
 from service.store import Store
 from service.tokens import Role
