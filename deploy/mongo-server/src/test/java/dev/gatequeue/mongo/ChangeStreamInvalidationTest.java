@@ -1,0 +1,106 @@
+package dev.gatequeue.mongo;
+
+import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNull;
+import static org.junit.jupiter.api.Assertions.assertThrows;
+
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+
+import org.bson.BsonDocument;
+import org.bson.Document;
+import org.junit.jupiter.api.Test;
+
+import com.mongodb.MongoCommandException;
+import com.mongodb.MongoNamespace;
+import com.mongodb.client.MongoChangeStreamCursor;
+import com.mongodb.client.MongoCollection;
+import com.mongodb.client.model.changestream.ChangeStreamDocument;
+import com.mongodb.client.model.changestream.OperationType;
+
+/** Dropping or renaming what a stream watches ends it with an invalidate event, as on mongod. */
+class ChangeStreamInvalidationTest extends ServerTestBase {
+
+    /** Every event until the stream closes (an invalidate closes it). */
+    private static List<ChangeStreamDocument<Document>> untilClosed(
+            MongoChangeStreamCursor<ChangeStreamDocument<Document>> cursor, int most) {
+        List<ChangeStreamDocument<Document>> events = new ArrayList<>();
+        while (events.size() < most && cursor.hasNext()) {
+            events.add(cursor.next());
+        }
+        return events;
+    }
+
+    private static List<OperationType> types(List<ChangeStreamDocument<Document>> events) {
+        List<OperationType> types = new ArrayList<>();
+        for (ChangeStreamDocument<Document> e : events) {
+            types.add(e.getOperationType());
+        }
+        return types;
+    }
+
+    @Test
+    void dropInvalidatesAStreamOnTheCollection() {
+        MongoCollection<Document> jobs = collection("jobs");
+        jobs.insertOne(new Document("_id", 0));
+        try (var cursor = jobs.watch().maxAwaitTime(50, TimeUnit.MILLISECONDS).cursor()) {
+            jobs.insertOne(new Document("_id", 1));
+            collection("other").drop(); // another collection: no effect on this stream
+            jobs.drop();
+            List<ChangeStreamDocument<Document>> events = untilClosed(cursor, 10);
+            assertEquals(List.of(OperationType.INSERT, OperationType.DROP, OperationType.INVALIDATE),
+                types(events));
+            assertEquals(new MongoNamespace(db.getName(), "jobs"), events.get(1).getNamespace());
+        }
+    }
+
+    @Test
+    void renameInvalidatesAndNamesTheTarget() {
+        MongoCollection<Document> jobs = collection("jobs");
+        jobs.insertOne(new Document("_id", 0));
+        try (var cursor = jobs.watch().cursor()) {
+            jobs.renameCollection(new MongoNamespace(db.getName(), "jobs_old"));
+            List<ChangeStreamDocument<Document>> events = untilClosed(cursor, 10);
+            assertEquals(List.of(OperationType.RENAME, OperationType.INVALIDATE), types(events));
+            assertEquals(new MongoNamespace(db.getName(), "jobs_old"), events.get(0).getDestinationNamespace());
+        }
+    }
+
+    @Test
+    void dropDatabaseInvalidatesADatabaseStream() {
+        collection("a").insertOne(new Document("_id", 1));
+        try (var cursor = db.watch().cursor()) {
+            collection("a").insertOne(new Document("_id", 2));
+            db.drop();
+            List<OperationType> seen = types(untilClosed(cursor, 10));
+            assertEquals(OperationType.INSERT, seen.get(0));
+            assertEquals(List.of(OperationType.DROP_DATABASE, OperationType.INVALIDATE),
+                seen.subList(seen.size() - 2, seen.size()));
+        }
+    }
+
+    @Test
+    void anInvalidateTokenStartsAfterButDoesNotResume() {
+        MongoCollection<Document> jobs = collection("jobs");
+        jobs.insertOne(new Document("_id", 0));
+        BsonDocument invalidate;
+        try (var cursor = jobs.watch().cursor()) {
+            jobs.drop();
+            List<ChangeStreamDocument<Document>> events = untilClosed(cursor, 10);
+            invalidate = events.get(events.size() - 1).getResumeToken();
+            assertEquals(OperationType.INVALIDATE, events.get(events.size() - 1).getOperationType());
+        }
+        MongoCommandException e = assertThrows(MongoCommandException.class,
+            () -> jobs.watch().resumeAfter(invalidate).cursor().close());
+        assertEquals(260, e.getErrorCode());
+
+        try (var cursor = jobs.watch().startAfter(invalidate).maxAwaitTime(50, TimeUnit.MILLISECONDS).cursor()) {
+            jobs.insertOne(new Document("_id", 9)); // the collection again, after the drop
+            ChangeStreamDocument<Document> event = cursor.next();
+            assertEquals(OperationType.INSERT, event.getOperationType());
+            assertEquals(9, event.getDocumentKey().getInt32("_id").getValue());
+            assertNull(cursor.tryNext());
+        }
+    }
+}
