@@ -7,14 +7,6 @@ import java.util.concurrent.TimeUnit;
 import de.bwaldvogel.mongo.MongoVersion;
 import de.bwaldvogel.mongo.bson.ObjectId;
 
-import dev.gatequeue.mongo.Mongod;
-
-import static dev.gatequeue.mongo.Mongod.CURSOR_IDLE_TIMEOUT_MS;
-import static dev.gatequeue.mongo.Mongod.DEFAULT_AWAIT_MS;
-import static dev.gatequeue.mongo.Mongod.ELECTION_ID;
-import static dev.gatequeue.mongo.Mongod.INTERNAL_DATABASES;
-import static dev.gatequeue.mongo.Mongod.VERSION;
-
 /** What this server tells clients it is, and mongod's fixed numbers it keeps. */
 public final class Mongod {
 

@@ -3,16 +3,14 @@ package dev.gatequeue.mongo;
 import java.nio.file.Path;
 import java.nio.file.Paths;
 
-import dev.gatequeue.mongo.Options;
-
 /** The command line of the launcher. */
 public final class Options {
     public int port = 0;
-    Path dataDir;
+    public Path dataDir;
     public String replicaSet = "rs0";
-    boolean watchStdin;
-    long parentPid = -1;
-    int oplogMaxEntries = 50_000;
+    public boolean watchStdin;
+    public long parentPid = -1;
+    public int oplogMaxEntries = 50_000;
     public int threads = Math.max(2, Runtime.getRuntime().availableProcessors());
 
     static Options parse(String[] args) {

@@ -164,7 +164,6 @@ public final class ChangeLog implements Oplog {
         }
     }
 
-
     public void recordDropDatabase(String db) {
         if (!INTERNAL_DATABASES.contains(db)) {
             append("dropDatabase", db, null, null, null, null);
@@ -410,7 +409,6 @@ public final class ChangeLog implements Oplog {
     public Cursor createCursor(Document changeStreamDocument, String namespace, Aggregation aggregation) {
         throw new MongoServerError(20, "IllegalOperation", "change streams are opened by the launcher");
     }
-
 
     Document lookup(String db, String coll, Object id) {
         if (!backend.hasDatabase(db)) {

@@ -27,8 +27,6 @@ import static dev.gatequeue.mongo.wire.Replies.isTrue;
 public final class ChangeStreams {
     private static final Logger log = LoggerFactory.getLogger("gatequeue.mongo");
 
-    // --- change streams
-
     private static final Set<String> STREAM_OPTIONS = Set.of("fullDocument", "fullDocumentBeforeChange",
         "resumeAfter", "startAfter", "startAtOperationTime", "allChangesForCluster", "showExpandedEvents",
         "allowToRunOnConfigDB");

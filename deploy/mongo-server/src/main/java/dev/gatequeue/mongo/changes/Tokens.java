@@ -4,7 +4,7 @@ import de.bwaldvogel.mongo.bson.Document;
 import de.bwaldvogel.mongo.exception.MongoServerError;
 
 /** Resume tokens: the cluster time of the event as 16 hex digits; "01" appended marks an invalidate. */
-public final class Tokens {
+final class Tokens {
     static Document of(long ts) {
         return new Document("_data", String.format("%016X", ts));
     }

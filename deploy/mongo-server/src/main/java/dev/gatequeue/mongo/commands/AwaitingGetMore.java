@@ -28,7 +28,7 @@ import static dev.gatequeue.mongo.wire.Replies.errorResponse;
  * A change stream getMore that waits for events without holding a thread: it registers with
  * the change log and a timer on the channel's event loop, whichever fires first answers.
  */
-public final class AwaitingGetMore implements Runnable {
+final class AwaitingGetMore implements Runnable {
     private static final Logger log = LoggerFactory.getLogger("gatequeue.mongo");
     final Server server;
     final Handler handler;

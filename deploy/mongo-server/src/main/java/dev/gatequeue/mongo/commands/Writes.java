@@ -19,7 +19,7 @@ import static dev.gatequeue.mongo.wire.Replies.isTrue;
 import static dev.gatequeue.mongo.wire.Replies.ok;
 
 /** The write commands' fixes: statements one at a time, pipeline updates, mongod's counts. */
-public final class Writes {
+final class Writes {
     private Writes() {
     }
 

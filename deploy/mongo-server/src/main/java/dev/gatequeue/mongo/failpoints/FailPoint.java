@@ -3,7 +3,7 @@ package dev.gatequeue.mongo.failpoints;
 import de.bwaldvogel.mongo.bson.Document;
 
 /** One configured fail point and its mode's state. */
-public final class FailPoint {
+final class FailPoint {
     final String mode; // off, alwaysOn, times, skip, activationProbability
     long n;
     final double probability;

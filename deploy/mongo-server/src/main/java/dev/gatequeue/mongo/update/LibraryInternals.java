@@ -7,10 +7,10 @@ import de.bwaldvogel.mongo.bson.Document;
  * Two package-private helpers of the library that a pipeline findAndModify and upsert need to
  * behave exactly like its classic ones: the find projection of findAndModify's {@code fields},
  * and the document an upsert starts from (the query's equality conditions). Reflection keeps
- * the launcher one file; both are looked up once at start, so a library upgrade that renames
- * them fails at once, not at the first pipeline upsert.
+ * our classes out of the library's packages; both are looked up once, when this class loads, so
+ * a library upgrade that renames them fails at once, not at the first pipeline upsert.
  */
-public final class LibraryInternals {
+final class LibraryInternals {
     private static final java.lang.reflect.Constructor<?> PROJECTION;
     private static final java.lang.reflect.Method PROJECT;
     private static final java.lang.reflect.Method SEED;

@@ -12,7 +12,7 @@ import io.netty.channel.ChannelHandlerContext;
  * for unacknowledged writes (w=0) and exhaustAllowed for exhaust cursors. We clear both (we
  * never stream replies) and remember moreToCome so that no reply is written.
  */
-public final class Decoder extends MongoWireProtocolHandler {
+final class Decoder extends MongoWireProtocolHandler {
     private static final int OP_MSG = 2013;
     private static final int MORE_TO_COME = 1 << 1;
     private static final int EXHAUST_ALLOWED = 1 << 16;

@@ -6,11 +6,6 @@ import de.bwaldvogel.mongo.exception.MongoServerException;
 
 import dev.gatequeue.mongo.commands.ErrorLabels;
 
-import static dev.gatequeue.mongo.wire.Replies.errorResponse;
-import static dev.gatequeue.mongo.wire.Replies.isOk;
-import static dev.gatequeue.mongo.wire.Replies.isTrue;
-import static dev.gatequeue.mongo.wire.Replies.ok;
-
 /** The shape of command replies: ok, errors, and mongod's truthiness of option values. */
 public final class Replies {
     private Replies() {

@@ -13,6 +13,10 @@ import io.netty.util.AttributeKey;
  * reply needs to know about it (error labels depend on the command and its session fields).
  */
 public final class Request {
+    public static final AttributeKey<Integer> CONNECTION_ID = AttributeKey.valueOf("gatequeue.connectionId");
+    /** The client's appName from its handshake; failCommand's {@code appName} matches on it. */
+    public static final AttributeKey<String> APP_NAME = AttributeKey.valueOf("gatequeue.appName");
+
     public final ChannelHandlerContext ctx;
     final ClientRequest message;
     public String db;
@@ -21,10 +25,6 @@ public final class Request {
     public Document body;
     public boolean changeStream; // an aggregate with $changeStream, or a getMore on one
     public List<?> labelsOverride; // failCommand's errorLabels replace the server's own
-    public static final AttributeKey<Integer> CONNECTION_ID = AttributeKey.valueOf("gatequeue.connectionId");
-    /** The client's appName from its handshake; failCommand's {@code appName} matches on it. */
-    public static final AttributeKey<String> APP_NAME = AttributeKey.valueOf("gatequeue.appName");
-
     public boolean closeAfterRun; // onPrimaryTransactionalWrite: applied, then the reply is lost
 
     Request(ChannelHandlerContext ctx, ClientRequest message) {
