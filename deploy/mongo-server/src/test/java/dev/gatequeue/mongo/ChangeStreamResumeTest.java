@@ -1,6 +1,7 @@
 package dev.gatequeue.mongo;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 
@@ -27,12 +28,17 @@ class ChangeStreamResumeTest extends ServerTestBase {
         return coll.watch().maxAwaitTime(50, TimeUnit.MILLISECONDS);
     }
 
-    /** The next {@code n} events (each getMore waits on the server until one arrives). */
+    /**
+     * The next {@code n} events. The writes that made them were answered before this runs, and
+     * the server logs an event before it answers the write, so each getMore finds one at once.
+     */
     private static List<ChangeStreamDocument<Document>> take(
             MongoChangeStreamCursor<ChangeStreamDocument<Document>> cursor, int n) {
         List<ChangeStreamDocument<Document>> events = new ArrayList<>();
         while (events.size() < n) {
-            events.add(cursor.next());
+            ChangeStreamDocument<Document> event = cursor.tryNext();
+            assertNotNull(event, "event " + (events.size() + 1) + " of " + n + " missing; got " + events);
+            events.add(event);
         }
         return events;
     }

@@ -33,9 +33,9 @@ class DiskBackendTest {
         BsonDocument token;
         try (EmbeddedServer server = start(dir); MongoClient client = MongoClients.create(server.uri())) {
             MongoCollection<Document> jobs = client.getDatabase("gq").getCollection("jobs");
-            try (var cursor = jobs.watch().cursor()) {
+            try (var cursor = jobs.watch().maxAwaitTime(50, TimeUnit.MILLISECONDS).cursor()) {
                 jobs.insertOne(new Document("_id", 1));
-                token = cursor.next().getResumeToken();
+                token = cursor.tryNext().getResumeToken();
             }
             jobs.insertOne(new Document("_id", 2));
         }
@@ -43,9 +43,9 @@ class DiskBackendTest {
             MongoCollection<Document> jobs = client.getDatabase("gq").getCollection("jobs");
             assertEquals(2, jobs.countDocuments());
             try (var cursor = jobs.watch().resumeAfter(token).maxAwaitTime(50, TimeUnit.MILLISECONDS).cursor()) {
-                assertEquals(2, cursor.next().getDocumentKey().getInt32("_id").getValue(), "from the log on disk");
+                assertEquals(2, cursor.tryNext().getDocumentKey().getInt32("_id").getValue(), "from the log on disk");
                 jobs.insertOne(new Document("_id", 3)); // a collection opened by the backend's constructor
-                ChangeStreamDocument<Document> event = cursor.next();
+                ChangeStreamDocument<Document> event = cursor.tryNext();
                 assertEquals(3, event.getDocumentKey().getInt32("_id").getValue());
             }
         }
