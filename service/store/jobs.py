@@ -126,7 +126,7 @@ def _pipeline(
     return [{"$set": stage}]
 
 
-def _job(doc: dict[str, Any] | None) -> JobRecord | None:
+def _job(doc: dict[str, Any] | None) -> Job | None:
     return None if doc is None else Job.from_doc(doc)
 
 
@@ -156,11 +156,11 @@ class JobStore:
 
     async def insert(
         self,
-        job: JobRecord,
+        job: Job,
         *,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
-    ) -> tuple[JobRecord, bool]:
+    ) -> tuple[Job, bool]:
         """Store a new Pending job; returns (the job, created).
 
         Without a key the document joins the inserter's next batch. With one, the unique
@@ -186,7 +186,7 @@ class JobStore:
                     raise IdempotencyKeyReused(Job.from_doc(existing)) from None
                 return Job.from_doc(existing), False
 
-    async def get(self, job_id: str | ObjectId) -> JobRecord | None:
+    async def get(self, job_id: str | ObjectId) -> Job | None:
         oid = parse_job_id(job_id)
         if oid is None:
             return None
@@ -208,7 +208,7 @@ class JobStore:
         after: str | ObjectId | None = None,
         submitted_by: str | None = None,
         sweep_id: ObjectId | None = None,
-    ) -> builtins.list[JobRecord]:
+    ) -> builtins.list[Job]:
         """Newest first; `after` is the id of the last job of the previous page.
 
         Paging by `_id` rather than by skip keeps pages stable while jobs are inserted.
@@ -243,7 +243,7 @@ class JobStore:
         *,
         skip_sweeps: Iterable[ObjectId] = (),
         fitting: Mapping[str, int | None] | None = None,
-    ) -> builtins.list[JobRecord]:
+    ) -> builtins.list[Job]:
         """Claimable jobs in claim order (priority, then age), leaving out the sweeps named
         in `skip_sweeps` (a worker found their `maxParallel` reached) and, with `fitting`
         ({device kind: the most a free slot holds, None for unknown}), the jobs whose
@@ -260,9 +260,9 @@ class JobStore:
         cursor = self.collection.find(query).sort(CLAIM_ORDER).limit(limit)
         return [Job.from_doc(doc) async for doc in cursor]
 
-    async def queue_position(self, job: JobRecord) -> int:
+    async def queue_position(self, job: Job) -> int:
         """How many claimable jobs come before `job` in claim order."""
-        priority = job.priority  # type: ignore[attr-defined]
+        priority = job.priority
         return await self.collection.count_documents(
             {
                 "status": Status.PENDING.value,
@@ -280,7 +280,7 @@ class JobStore:
             {"status": Status.PENDING.value, "submittedBy": submitted_by}
         )
 
-    async def pending_one(self, job_id: ObjectId) -> JobRecord | None:
+    async def pending_one(self, job_id: ObjectId) -> Job | None:
         """The job if it is Pending now (its current version, for a claim)."""
         return _job(
             await self.collection.find_one(
@@ -607,11 +607,11 @@ class JobStore:
                 action = ExpiryAction.CANCELLED
                 error = f"worker {worker} lost while cancelling"
                 update = {"status": Status.CANCELLED.value}
-            elif job.attempt >= job.maxAttempts:  # type: ignore[attr-defined]
+            elif job.attempt >= job.maxAttempts:
                 action = ExpiryAction.FAILED
                 error = (
                     f"lease expired on worker {worker} at attempt {job.attempt} "
-                    f"of {job.maxAttempts}; no attempts left"  # type: ignore[attr-defined]
+                    f"of {job.maxAttempts}; no attempts left"
                 )
                 update = {"status": Status.FAILED.value}
             else:

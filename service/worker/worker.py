@@ -123,7 +123,7 @@ class Worker:
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
         self._busy: dict[str, ObjectId] = {}  # slot gpu -> job id
         self._run_tasks: set[asyncio.Task[None]] = set()
-        self._hints: list[JobRecord] = []
+        self._hints: list[Job] = []
         self._full_sweeps: set[ObjectId] = set()  # maxParallel reached, this round
         self._early_cancels: set[ObjectId] = set()
         self._backlog = True  # ask the queue on the next wake-up
@@ -336,7 +336,7 @@ class Worker:
 
     def _next_hint(self) -> JobRecord:
         """The hint a free slot takes first: highest priority, then the oldest."""
-        best = min(self._hints, key=lambda j: (-j.priority, j.id))  # type: ignore[attr-defined]
+        best = min(self._hints, key=lambda j: (-j.priority, j.id))
         self._hints.remove(best)
         return best
 
