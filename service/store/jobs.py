@@ -12,7 +12,6 @@ when several workers and API processes share one queue. Nothing here needs trans
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import hashlib
 import json
@@ -39,7 +38,7 @@ from service.jobs.record import (
     new_attempt_id,
 )
 from service.jobs.status import Status
-from service.retry import DATABASE, retry
+from service.retry import retry
 from service.store.inserter import JobInserter
 from service.store.outcome import outcome_unknown
 
@@ -94,6 +93,10 @@ class ExpiredLease:
     error: str
     attempt_id: str | None = None
     sweep_id: ObjectId | None = None
+
+
+class _LostRace(Exception):
+    """A compare-and-set matched nothing: another writer changed the job since it was read."""
 
 
 class IdempotencyKeyReused(Exception):
@@ -544,11 +547,23 @@ class JobStore:
         `cancelRequested` is not a change of status, worker or lease, so it does not bump
         `version`: the owner's renewals go on, and the owner is exactly who must see the
         flag. Each round re-reads the job, so a cancel whose reply was lost and is retried
-        finds the job Cancelled and says so.
+        finds the job Cancelled and says so. A round that lost a race to another writer, or
+        whose write's reply was lost, goes again (service.retry), at most 100 rounds: each
+        lost race means another writer made progress.
         """
-        delays = DATABASE.delays()
         maybe_ours = False  # a write of this call may have landed with its reply lost
-        for _ in range(100):  # bounded: each round means another writer made progress
+        writing = False  # a failed read is not retried: only a write's outcome is unknown
+
+        def again(exc: BaseException) -> bool:
+            return isinstance(exc, _LostRace) or (writing and outcome_unknown(exc))
+
+        def note(exc: BaseException, delay: float) -> None:
+            nonlocal maybe_ours
+            maybe_ours = maybe_ours or not isinstance(exc, _LostRace)  # the next read tells
+
+        async def one_round() -> CancelResult:
+            nonlocal writing
+            writing = False
             job = await self.get(job_id)
             if job is None:
                 return CancelResult(CancelOutcome.NOT_FOUND, None)
@@ -559,33 +574,36 @@ class JobStore:
                 )
             if job.cancelRequested and maybe_ours:
                 return CancelResult(CancelOutcome.REQUESTED, job)
-            try:
-                if job.status is Status.PENDING:
-                    done = await self._transition(
-                        self._cas(job, Status.PENDING),
-                        {
-                            "$set": {"status": Status.CANCELLED.value, "cancelRequested": True},
-                            "$currentDate": {"finishedAt": True, "updatedAt": True},
-                            "$inc": {"version": 1},
-                        },
-                    )
-                    if done is not None:
-                        return CancelResult(CancelOutcome.CANCELLED, done)
-                    continue
-                if job.cancelRequested:
-                    return CancelResult(CancelOutcome.ALREADY_REQUESTED, job)
-                flagged = await self._transition(
-                    {"_id": job_id, "status": Status.RUNNING.value},
-                    {"$set": {"cancelRequested": True}, "$currentDate": {"updatedAt": True}},
+            if job.status is Status.PENDING:
+                writing = True
+                done = await self._transition(
+                    self._cas(job, Status.PENDING),
+                    {
+                        "$set": {"status": Status.CANCELLED.value, "cancelRequested": True},
+                        "$currentDate": {"finishedAt": True, "updatedAt": True},
+                        "$inc": {"version": 1},
+                    },
                 )
-                if flagged is not None:
-                    return CancelResult(CancelOutcome.REQUESTED, flagged)
-            except Exception as exc:
-                if not outcome_unknown(exc):
-                    raise
-                maybe_ours = True  # the next round's read tells
-                await asyncio.sleep(next(delays))
-        raise RuntimeError(f"cancel of job {job_id} kept losing races")  # pragma: no cover
+                if done is None:
+                    raise _LostRace
+                return CancelResult(CancelOutcome.CANCELLED, done)
+            if job.cancelRequested:
+                return CancelResult(CancelOutcome.ALREADY_REQUESTED, job)
+            writing = True
+            flagged = await self._transition(
+                {"_id": job_id, "status": Status.RUNNING.value},
+                {"$set": {"cancelRequested": True}, "$currentDate": {"updatedAt": True}},
+            )
+            if flagged is None:
+                raise _LostRace
+            return CancelResult(CancelOutcome.REQUESTED, flagged)
+
+        try:
+            return await retry(
+                one_round, retry_on=(Exception,), retry_if=again, attempts=100, on_error=note
+            )
+        except _LostRace:  # pragma: no cover
+            raise RuntimeError(f"cancel of job {job_id} kept losing races") from None
 
     async def expire_leases(self, *, ahead_s: float = 0.0) -> builtins.list[ExpiredLease]:
         """Re-queue Running jobs whose worker stopped renewing (or fail them at maxAttempts).

@@ -20,7 +20,7 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from service.jobs.record import JobRecord
-from service.retry import DATABASE
+from service.retry import DATABASE, retry
 from service.store.jobs import JobStore
 
 log = structlog.get_logger(__name__)
@@ -107,21 +107,16 @@ class Lease:
             self._done = True
             if self.lost:
                 return None
-            delays = DATABASE.delays()
-            while True:
-                try:
-                    result = await write(self.job)
-                except PyMongoError as exc:
-                    delay = next(delays)
-                    if time.monotonic() + delay > self.deadline:
-                        log.error("final write failed; the lease will expire",
-                                  job_id=str(self.job.id), error=str(exc))  # fmt: skip
-                        return None
-                    await asyncio.sleep(delay)
-                    continue
-                if result is None:
-                    log.warning("the job changed hands before its final write",
-                                job_id=str(self.job.id))  # fmt: skip
-                else:
-                    self.job = result
-                return result
+            job = self.job
+            try:
+                result = await retry(lambda: write(job), deadline=self.deadline)
+            except PyMongoError as exc:
+                log.error("final write failed; the lease will expire",
+                          job_id=str(job.id), error=str(exc))  # fmt: skip
+                return None
+            if result is None:
+                log.warning("the job changed hands before its final write",
+                            job_id=str(job.id))  # fmt: skip
+            else:
+                self.job = result
+            return result

@@ -28,7 +28,7 @@ from service.jobs import memory
 from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id
 from service.jobs.status import Status
 from service.mongo.changestream import StoredTokens
-from service.retry import DATABASE
+from service.retry import DATABASE, Failures
 from service.store import Store
 from service.store.jobs import ExpiryAction
 from service.store.workers import HEARTBEAT_S
@@ -300,7 +300,7 @@ class Worker:
         return out
 
     async def _claimer(self) -> None:
-        delays = DATABASE.delays()
+        failures = Failures(DATABASE)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -310,13 +310,13 @@ class Worker:
             try:
                 await self._fill_slots()
             except PyMongoError as exc:
-                delay = next(delays)
+                delay = failures.failed()  # no limit: a worker waits for its database
                 self.log.warning("claiming failed; retrying", error=str(exc), in_s=round(delay, 2))
                 self._backlog = True
                 await asyncio.sleep(delay)
                 self._wake.set()
                 continue
-            delays = DATABASE.delays()
+            failures.reset()
             if opened and not self.ready.is_set():
                 self.ready.set()
 
