@@ -29,6 +29,7 @@ from trainer.checkpoint import (
     StopRequest,
 )
 from trainer.data import DataError
+from trainer.errors import RunConfigError
 from trainer.flags import add_option_flag, number
 from trainer.layer import BACKENDS
 from trainer.options import RUN_CONTROL_OPTIONS, TRAINING_OPTIONS, TrainingOptions, flag_of
@@ -173,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         validate(parser, args)
-        from trainer.loop import ConfigError, run  # torch-heavy imports after argument checks
+        from trainer.loop import run  # torch-heavy imports after argument checks
 
         try:
             run(args, supervised, stop)
-        except ConfigError as exc:
+        except RunConfigError as exc:
             parser.error(str(exc))
         except DataError as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)

@@ -25,6 +25,7 @@ import torch
 from trainer import checkpoint, logs, supervision
 from trainer.checkpoint import CheckpointedStop, Progress, StopRequest
 from trainer.data import Dataset, load_dataset
+from trainer.errors import RunConfigError as ConfigError
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
 from trainer.memory import EVAL_BATCH
@@ -32,10 +33,6 @@ from trainer.model import LogicNet, build_model, relaxed_evaluation
 from trainer.options import TRAINING_OPTIONS
 
 __all__ = ["EVAL_BATCH", "ConfigError", "run"]
-
-
-class ConfigError(ValueError):
-    """An argument combination found invalid only once the model or device is known."""
 
 
 @dataclass

@@ -33,8 +33,8 @@ from service.api.routing import Param, Query, Reply, Route, not_found, path_id
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
 from service.retry import DATABASE, Backoff, retry
+from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.jobs import request_hash
-from service.store.sweeps import SweepInProgress, SweepKeyReused
 from service.sweeps.lifecycle import cancel_sweep, create_sweep, tidy
 from service.sweeps.record import (
     SweepCancelled,

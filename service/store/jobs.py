@@ -39,6 +39,7 @@ from service.jobs.record import (
 )
 from service.jobs.status import Status
 from service.retry import retry
+from service.store.errors import IdempotencyKeyReused
 from service.store.inserter import JobInserter
 from service.store.outcome import outcome_unknown
 
@@ -97,14 +98,6 @@ class ExpiredLease:
 
 class _LostRace(Exception):
     """A compare-and-set matched nothing: another writer changed the job since it was read."""
-
-
-class IdempotencyKeyReused(Exception):
-    """The key was used before, for a job submitted with another body."""
-
-    def __init__(self, job: JobRecord) -> None:
-        super().__init__(f"Idempotency-Key was used for job {job.id} with a different body")
-        self.job = job
 
 
 def _now_plus(seconds: float) -> Any:

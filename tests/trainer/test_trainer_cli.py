@@ -120,6 +120,8 @@ def test_seed_entry_point_runs_as_a_script_from_anywhere(tmp_path: Path) -> None
         (["--gate-optimizer", "adam"], "--gate-optimizer"),
         (["--gate-optimizer", "gumbel_softmax", "--noise-temp", "0"], "--noise-temp"),
         (["--backend", "cpp", "--device", "cuda"], "--device cuda|CPU"),
+        # found only once the model is built (trainer.errors.RunConfigError): exit 2 as well
+        (["--backend", "difflogic", "--device", "cpu"], "'difflogic' needs a CUDA device"),
         (["--unknown-flag", "1"], "unrecognized"),
     ],
 )
