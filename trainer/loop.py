@@ -25,28 +25,14 @@ import torch
 from trainer import checkpoint, environment, logs, protocol, supervision
 from trainer.checkpoint import CheckpointedStop, Progress
 from trainer.data import Dataset, load_dataset
+from trainer.errors import Diverged, RunConfigError
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
 from trainer.memory import EVAL_BATCH
 from trainer.model import LogicNet, build_model, relaxed_evaluation
 from trainer.options import TRAINING_OPTIONS
 
-__all__ = ["EVAL_BATCH", "ConfigError", "Diverged", "run"]
-
-
-class ConfigError(ValueError):
-    """An argument combination found invalid only once the model or device is known."""
-
-
-class Diverged(ArithmeticError):
-    """The training loss is no longer finite: every later step would only train on NaN, and
-    a network saved from it would predict one class. The run fails, saying where."""
-
-    def __init__(self, epoch: int, loss: float) -> None:
-        super().__init__(
-            f"the training loss became {loss} in epoch {epoch}; nothing was saved from this "
-            "epoch (a smaller learningRate or a larger groupSumTau keeps it finite)"
-        )
+__all__ = ["EVAL_BATCH", "Diverged", "RunConfigError", "run"]
 
 
 @dataclass
@@ -291,8 +277,8 @@ def run(
     supervised: supervision.Supervision | None = None,
     stop: supervision.StopRequest | None = None,
 ) -> dict[str, float]:
-    """Train as `args` say; returns the last epoch's metrics. Raises DataError, ConfigError,
-    BadCheckpoint (before any work: `--resume-from` names an unusable file) and
+    """Train as `args` say; returns the last epoch's metrics. Raises DataError, RunConfigError,
+    Diverged, BadCheckpoint (before any work: `--resume-from` names an unusable file) and
     CheckpointedStop (after a checkpoint-and-stop request).
 
     `supervised`: the worker's channel (trainer.supervision), when a worker runs us; `stop`:
@@ -331,7 +317,7 @@ def run(
         ).to(device)
         backend = model.backend_on(device)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise RunConfigError(str(exc)) from exc
     if (
         args.threads is None
         and header is None

@@ -30,9 +30,9 @@ from service.api.routes_jobs import (
 from service.api.routing import Param, Query, Reply, Route, not_found, path_id
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
-from service.retry import DATABASE
+from service.retry import DATABASE, Backoff, retry
+from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.jobs import request_hash
-from service.store.sweeps import SweepInProgress, SweepKeyReused
 from service.sweeps.lifecycle import cancel_sweep, create_sweep, tidy
 from service.sweeps.record import (
     SweepCancelled,
@@ -50,6 +50,8 @@ from service.tokens import Role
 log = structlog.get_logger(__name__)
 
 TIDY_EVERY_S = 60.0
+# A failed tidy (the database away) is tried again every ~2 s, the slowest database retry.
+TIDY_RETRY = Backoff(initial_s=DATABASE.max_s, max_s=DATABASE.max_s)
 _EXAMPLE = {
     "name": "gates x parametrization",
     "base": {"gateOptimizer": "softmax", "gates": 1000, "networkLayers": 4, "grouping": 10,
@@ -177,17 +179,18 @@ async def cancel(request: web.Request) -> web.Response:
 # -- tidying creations that died ---------------------------------------------------------
 
 
+def _tidy_failed(exc: BaseException, delay: float) -> None:
+    log.warning("tidying sweeps failed; trying again later", error=str(exc), in_s=round(delay, 2))
+
+
 async def _tidy_forever(app: web.Application) -> None:
     store = app[STORE]
     while True:
-        try:
-            removed, released = await tidy(store)
-            if removed or released:
-                log.info("sweeps tidied", removed=removed, released=released)
-        except Exception as exc:
-            log.warning("tidying sweeps failed; trying again later", error=str(exc))
-            await asyncio.sleep(DATABASE.max_s)
-            continue
+        removed, released = await retry(
+            lambda: tidy(store), policy=TIDY_RETRY, retry_on=(Exception,), on_error=_tidy_failed
+        )
+        if removed or released:
+            log.info("sweeps tidied", removed=removed, released=released)
         await asyncio.sleep(TIDY_EVERY_S)
 
 

@@ -22,22 +22,9 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from service.retry import retry
+from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.outcome import outcome_unknown
 from service.sweeps.record import SweepRecord, SweepState
-
-
-class SweepKeyReused(Exception):
-    def __init__(self, sweep: SweepRecord) -> None:
-        super().__init__(f"Idempotency-Key was used for sweep {sweep.id} with a different body")
-        self.sweep = sweep
-
-
-class SweepInProgress(Exception):
-    """An earlier request with the same Idempotency-Key is still inserting the sweep."""
-
-    def __init__(self, sweep: SweepRecord) -> None:
-        super().__init__(f"sweep {sweep.id} is still being created")
-        self.sweep = sweep
 
 
 def _sweep(doc: dict[str, Any] | None) -> SweepRecord | None:
