@@ -15,7 +15,12 @@ from api_helpers import JSON, SEED_BODY, MakeApi, error_of, job_count
 
 from service.api.errors import ApiError
 from service.api.quota import SubmissionQuota
+from service.cli.terminal import printable
 from service.store import Store
+
+NOT_IN_NAMES = (
+    "must not contain control, format (bidirectional, zero-width) or invisible characters"
+)
 
 
 @pytest.mark.parametrize(
@@ -25,13 +30,57 @@ async def test_control_characters_in_name_are_422(api: TestClient, store: Store,
     resp = await api.post("/jobs", json={**SEED_BODY, "name": name})
     error = await error_of(resp, 422, "validation_error")
     assert error["fields"] == [
-        {
-            "field": "name",
-            "message": "must not contain control characters or bidirectional overrides",
-            "type": "string_pattern_mismatch",
-        }
+        {"field": "name", "message": NOT_IN_NAMES, "type": "string_pattern_mismatch"}
     ]
     assert await job_count(store) == 0
+
+
+INVISIBLE_NAMES = [
+    "zero\u200bwidth",  # zero-width space
+    "rlm\u200f",  # right-to-left mark
+    "alm\u061c",  # Arabic letter mark
+    "\ufeffbom",  # zero-width no-break space
+    "line\u2028sep",
+    "para\u2029sep",
+    "tag\U000e0041\U000e007f",  # tag characters
+    "\u115ffiller",  # Hangul choseong filler
+    "\u3164",  # Hangul filler: a name that shows as blank
+    "joiner\u2060",  # word joiner
+]
+
+
+@pytest.mark.parametrize("name", INVISIBLE_NAMES)
+async def test_invisible_and_direction_characters_in_names_are_422(
+    api: TestClient, store: Store, name: str
+) -> None:
+    """Issue 26: these were stored and printed raw by `gatequeue ls`. Refused in a job's
+    name, a sweep's name and the names a sweep gives its runs; nothing is stored."""
+    error = await error_of(await api.post("/jobs", json={**SEED_BODY, "name": name}), 422)
+    assert error["fields"] == [
+        {"field": "name", "message": NOT_IN_NAMES, "type": "string_pattern_mismatch"}
+    ]
+    sweep = {"base": SEED_BODY, "grid": {"seed": [1, 2]}}
+    for body, field in [
+        ({**sweep, "name": name}, "name"),
+        ({**sweep, "base": {**SEED_BODY, "name": name}}, "base.name"),
+        ({**sweep, "runs": [{"name": "ok"}, {"name": name}]}, "runs.1.name"),
+    ]:
+        error = await error_of(await api.post("/sweeps", json=body), 422)
+        assert [f["field"] for f in error["fields"]] == [field], error
+    assert printable(name) != name  # and the CLI escapes any stored before
+    assert await job_count(store) == 0
+    assert await store.sweeps.collection.count_documents({}) == 0
+
+
+async def test_a_group_sum_tau_that_makes_the_loss_nan_is_422(
+    api: TestClient, store: Store
+) -> None:
+    """Issue 26: `groupSumTau: 5e-324` was accepted and trained to a NaN loss."""
+    for tau in (5e-324, 1e-30, 0.0009):
+        error = await error_of(await api.post("/jobs", json={**SEED_BODY, "groupSumTau": tau}), 422)
+        assert [f["field"] for f in error["fields"]] == ["groupSumTau"]
+    assert (await api.post("/jobs", json={**SEED_BODY, "groupSumTau": 0.001})).status == 201
+    assert await job_count(store) == 1
 
 
 async def test_ordinary_names_are_fine(api: TestClient) -> None:
@@ -130,7 +179,6 @@ async def test_pending_jobs_past_the_quota_get_429(make_api: MakeApi, store: Sto
     await error_of(resp, 429, "too_many_pending")
     assert resp.headers["Retry-After"] == "60"
     assert await job_count(store) == 2
-
 
 
 class _SlowCount:
