@@ -83,7 +83,12 @@ Space = Choice | Uniform | LogUniform | IntUniform
 
 class RandomSearch(_Strict):
     n: int = Field(ge=1, description="How many samples.")
-    seed: int = Field(0, description="Seed of the sampler: the same seed, the same samples.")
+    seed: int = Field(
+        0,
+        ge=-(2**63),
+        le=2**63 - 1,  # stored and echoed back: what BSON and JSON hold
+        description="Seed of the sampler: the same seed, the same samples.",
+    )
     space: dict[str, Space] = Field(
         min_length=1,
         description="Per option: `{choice: [...]}`, `{uniform: [lo, hi]}`, "
@@ -359,6 +364,10 @@ async def plan_in_slices(
         except StopIteration as done:
             return done.value  # type: ignore[no-any-return]
         if time.perf_counter() >= until:
+            # Twice: the first wake comes before the timers and I/O that fell due during
+            # the slice (asyncio queues them behind it), the second after they ran; with one,
+            # they would wait for the next slice too.
+            await asyncio.sleep(0)
             await asyncio.sleep(0)
             until = time.perf_counter() + slice_s
 
