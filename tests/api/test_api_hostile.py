@@ -7,6 +7,9 @@ logged as a 500 with a traceback, and a JSON body with duplicate keys was accept
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
+import unicodedata
 
 import pytest
 import structlog
@@ -16,6 +19,7 @@ from api_helpers import JSON, SEED_BODY, MakeApi, error_of, job_count
 from service.api.errors import ApiError
 from service.api.quota import SubmissionQuota
 from service.cli.terminal import printable
+from service.jobs.options import INVISIBLE, INVISIBLE_RANGES
 from service.store import Store
 
 NOT_IN_NAMES = (
@@ -35,6 +39,7 @@ async def test_control_characters_in_name_are_422(api: TestClient, store: Store,
     assert await job_count(store) == 0
 
 
+CATEGORIES = {"Cf", "Zl", "Zp"}
 INVISIBLE_NAMES = [
     "zero\u200bwidth",  # zero-width space
     "rlm\u200f",  # right-to-left mark
@@ -70,6 +75,18 @@ async def test_invisible_and_direction_characters_in_names_are_422(
     assert printable(name) != name  # and the CLI escapes any stored before
     assert await job_count(store) == 0
     assert await store.sweeps.collection.count_documents({}) == 0
+
+
+def test_the_refused_characters_are_every_format_character_and_separator() -> None:
+    """`INVISIBLE_RANGES` covers Unicode's Cf, Zl and Zp (as this Python knows them) and the
+    Hangul fillers, nothing else: a name of any other printable character is fine."""
+    wanted = {c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in CATEGORIES}
+    wanted |= {0x115F, 0x1160, 0x3164, 0xFFA0}
+    listed = {c for first, last in INVISIBLE_RANGES for c in range(first, last + 1)}
+    assert listed == wanted
+    refused = re.compile("[" + INVISIBLE + "]")
+    assert all(refused.fullmatch(chr(c)) for c in wanted)
+    assert not refused.search("".join(chr(c) for c in range(0x20, 0x3000) if c not in wanted))
 
 
 async def test_a_group_sum_tau_that_makes_the_loss_nan_is_422(
