@@ -10,9 +10,9 @@ validates `POST /jobs` (service.jobs.request). A sweep is all or nothing: a bad 
 422 naming where it is (`grid.seed.1`), a bad combination one naming its index, its values
 and the field, and no job exists (docs/sweeps.md).
 
-Planning a sweep of a thousand runs takes hundreds of milliseconds of CPU: the API runs it
-in slices (`plan_in_slices`) so the event loop keeps serving meanwhile, after the cheap
-bounds (`check_size`) have refused what is too large.
+Planning a sweep of a thousand runs takes tens to hundreds of milliseconds of CPU: the API
+runs it in slices (`plan_in_slices`) so the event loop keeps serving meanwhile, after the
+cheap bounds (`check_size`) have refused what is too large.
 
 The expansion is deterministic: grid values in the order given, keys in the order given,
 random samples from `random.Random(seed)`, so the same body always names the same jobs in
