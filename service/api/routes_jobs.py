@@ -8,16 +8,16 @@ for the router and the OpenAPI document.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from aiohttp import web
 from bson import ObjectId
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field
 
 from service.api.auth import principal_of, require_owner
-from service.api.errors import MAX_BODY_BYTES, ApiError, json_response, validation_error
+from service.api.body import parse_body
+from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
 from service.api.keys import QUOTA, SLOTS, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
@@ -27,11 +27,11 @@ from service.api.limits import (
     MAX_LOG_LIMIT,
     MAX_SEQ,
 )
-from service.api.routing import Param, Query, Reply, Route, not_found, path_id
+from service.api.routing import ID_PATTERN, Param, Query, Reply, Route, not_found, path_id
 from service.api.schemas import JobList, Logs, Metrics
 from service.jobs import memory
 from service.jobs.record import Job, JobRecord, MemoryEstimate, new_job
-from service.jobs.request import SEED_BODY, JobRequest, describe_options, field_errors
+from service.jobs.request import SEED_BODY, JobRequest, describe_options
 from service.jobs.status import Status
 from service.store.files import CHECKPOINTS_BUCKET
 from service.store.jobs import CancelOutcome, IdempotencyKeyReused, request_hash
@@ -39,23 +39,20 @@ from service.store.logs import batch_json
 from service.store.metrics import metrics_json
 from service.tokens import Role
 
-M = TypeVar("M", bound=BaseModel)
-
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
-_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 StatusName = Literal[tuple(s.value for s in Status)]  # type: ignore[valid-type]
 
 
 class ListQuery(Query):
     status: StatusName | None = Field(None, description="Only jobs with this status.")  # type: ignore[valid-type]
-    sweep: str | None = Field(None, pattern=_ID_PATTERN, description="Only this sweep's jobs.")
+    sweep: str | None = Field(None, pattern=ID_PATTERN, description="Only this sweep's jobs.")
     submittedBy: str | None = Field(
         None, max_length=64, description="Only jobs submitted with this token name."
     )
     limit: int = Field(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
     after: str | None = Field(
-        None, pattern=_ID_PATTERN, description="The `next` of the previous page."
+        None, pattern=ID_PATTERN, description="The `next` of the previous page."
     )
 
 
@@ -69,51 +66,6 @@ class LogsQuery(FromQuery):
     limit: int = Field(
         DEFAULT_LOG_LIMIT, ge=1, le=MAX_LOG_LIMIT, description="Most lines to return."
     )
-
-
-# -- request parsing -------------------------------------------------------------------
-
-
-def parse_body(model: type[M], body: bytes) -> M:
-    """A JSON body through `model`: 400 for what is not a JSON object (duplicate keys
-    included: which one would count is a guess), 422 naming each bad field."""
-    try:
-        data = json.loads(body, object_pairs_hook=_no_duplicates)
-    except DuplicateKey as exc:
-        raise ApiError(400, "invalid_json", f"duplicate key {exc.key!r} in the JSON body") from None
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise body_error(exc) from None
-
-
-class DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key[:100]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def body_error(exc: ValidationError) -> ApiError:
-    errors = exc.errors(include_url=False)
-    for err in errors:
-        if err["type"] == "json_invalid":
-            return ApiError(400, "invalid_json", f"malformed JSON: {err['msg']}")
-    if any(err["loc"] == () and err["type"] == "model_type" for err in errors):
-        return ApiError(400, "invalid_body", "the body must be a JSON object")
-    return validation_error(field_errors(exc))
 
 
 def job_id_of(request: web.Request) -> ObjectId:
@@ -145,11 +97,13 @@ def idempotency_key(request: web.Request) -> str | None:
 async def submit_job(request: web.Request) -> web.Response:
     principal = principal_of(request)
     key = idempotency_key(request)
+    quota = request.app[QUOTA]
+    quota.charge(principal.name)  # first: a refused submission counts too
     body = await request.read()  # aiohttp raises 413 past client_max_size
     job_request = parse_body(JobRequest, body)
     hyperparameters, run_options = job_request.split()
     estimate = await admit_memory(request, hyperparameters)
-    await request.app[QUOTA].admit(principal.name)
+    await quota.admit(principal.name)
     job = new_job(
         hyperparameters, run_options, submitted_by=principal.name, memory_estimate=estimate
     )

@@ -17,17 +17,12 @@ from bson import ObjectId
 from pydantic import Field
 
 from service.api.auth import principal_of, require_owner
+from service.api.body import parse_body
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
 from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from service.api.routes_jobs import (
-    _ID_PATTERN,
-    ERR_422_QUERY,
-    IDEMPOTENCY_PARAM,
-    idempotency_key,
-    parse_body,
-)
-from service.api.routing import Param, Query, Reply, Route, not_found, path_id
+from service.api.routes_jobs import ERR_422_QUERY, IDEMPOTENCY_PARAM, idempotency_key
+from service.api.routing import ID_PATTERN, Param, Query, Reply, Route, not_found, path_id
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
 from service.retry import DATABASE, Backoff, retry
@@ -41,10 +36,17 @@ from service.sweeps.record import (
     SweepRecord,
     SweepState,
     stats_of,
-    summarize,
 )
-from service.sweeps.spec import SweepEmpty, SweepInvalid, SweepRequest, SweepTooLarge, plan
-from service.sweeps.views import sweep_detail, sweep_summaries
+from service.sweeps.spec import (
+    SweepEmpty,
+    SweepInvalid,
+    SweepRequest,
+    SweepTooLarge,
+    SweepValuesInvalid,
+    check_size,
+    plan_in_slices,
+)
+from service.sweeps.views import shown, sweep_detail, sweep_summaries, sweep_summary
 from service.tokens import Role
 
 log = structlog.get_logger(__name__)
@@ -66,7 +68,7 @@ class SweepListQuery(Query):
     submittedBy: str | None = Field(None, max_length=64, description="Only this token's sweeps.")
     limit: int = Field(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
     after: str | None = Field(
-        None, pattern=_ID_PATTERN, description="The `next` of the previous page."
+        None, pattern=ID_PATTERN, description="The `next` of the previous page."
     )
 
 
@@ -82,15 +84,21 @@ def _invalid(exc: SweepInvalid) -> ApiError:
 
 
 async def submit_sweep(request: web.Request) -> web.Response:
+    """The cheap checks first (the rate, the body's size and depth, the sweep's size), then
+    every value and combination, in slices of the event loop's time (service.sweeps.spec)."""
     principal = principal_of(request)
     key = idempotency_key(request)
+    request.app[QUOTA].charge(principal.name)  # a refused sweep counts too
     spec = parse_body(SweepRequest, await request.read())
-    settings = request.app[SETTINGS]
-    slots = await request.app[SLOTS].slots()
+    max_jobs = request.app[SETTINGS].max_sweep
     try:
-        sweep_plan = plan(
-            spec, max_jobs=settings.max_sweep, admit=lambda hp: memory.admit(hp, slots)
+        check_size(spec, max_jobs=max_jobs)
+        slots = await request.app[SLOTS].slots()
+        sweep_plan = await plan_in_slices(
+            spec, max_jobs=max_jobs, admit=lambda hp: memory.admit(hp, slots)
         )
+    except SweepValuesInvalid as exc:
+        raise ApiError(422, "validation_error", str(exc), fields=exc.fields) from None
     except SweepInvalid as exc:
         raise _invalid(exc) from None
     except (SweepTooLarge, SweepEmpty) as exc:
@@ -121,7 +129,7 @@ async def submit_sweep(request: web.Request) -> web.Response:
         ) from None
     sweep = made.sweep
     if made.jobs is not None:  # what was just stored: no need to read it back
-        body = summarize(sweep, stats_of(made.jobs, sweep.metric), made.jobs)
+        body = shown(sweep, stats_of(made.jobs, sweep.metric), made.jobs)
     else:
         body = await sweep_detail(store, sweep)
     return json_response(
@@ -172,7 +180,7 @@ async def cancel(request: web.Request) -> web.Response:
         raise not_found("sweep", sweep.id)
     flagged, cancelled, stopping = result
     # The sweep in brief (counts, best): its runs are not part of this answer, so not read.
-    (summary,) = await sweep_summaries(store, [flagged])
+    summary = await sweep_summary(store, flagged)
     return json_response({"sweep": summary, "cancelled": cancelled, "stopping": stopping})
 
 

@@ -187,6 +187,11 @@ def all_routes(modules: Sequence[Any]) -> list[Route]:
     return [route for module in modules for route in module.ROUTES]
 
 
+# A record id as a query parameter (`after`, `sweep`) spells it; a path's `{id}` is read by
+# `path_id`.
+ID_PATTERN = "^[0-9a-fA-F]{24}$"
+
+
 def path_id(request: web.Request, kind: str) -> ObjectId:
     """The `{id}` of the path. A malformed id is an unknown one: 404, the same as a
     well-formed id nobody has."""

@@ -432,8 +432,9 @@ class GateQueueClient:
     ) -> Sweep:
         """Many jobs in one request (docs/sweeps.md): `grid` (every combination) crossed with
         `runs` (explicit overrides), plus `random` (`{"n", "seed", "space"}`), each on top of
-        `base`. All or nothing: a combination that is no valid job is a GateQueueError 422
-        whose `body["error"]["combination"]` names it, and no job is made."""
+        `base`. All or nothing: a value no option accepts is a GateQueueError 422 whose
+        `fields` say where it is (`grid.seed.1`), a combination that is no valid job one whose
+        `body["error"]["combination"]` names it, and no job is made."""
         body: dict[str, Any] = {"base": dict(base)}
         for key, value in (
             ("name", name), ("grid", grid), ("random", random), ("runs", runs),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+import structlog
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
@@ -25,6 +26,8 @@ from service.retry import retry
 from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.outcome import outcome_unknown
 from service.sweeps.record import SweepRecord, SweepState
+
+log = structlog.get_logger(__name__)
 
 
 def _sweep(doc: dict[str, Any] | None) -> SweepRecord | None:
@@ -92,8 +95,22 @@ class SweepStore:
             query["_id"] = {"$lt": after}
         if submitted_by is not None:
             query["submittedBy"] = submitted_by
-        cursor = self.collection.find(query).sort("_id", DESCENDING).limit(limit)
-        return [SweepRecord.from_doc(doc) async for doc in cursor]
+        out: builtins.list[SweepRecord] = []
+        cursor = self.collection.find(query).sort("_id", DESCENDING).batch_size(limit)
+        try:
+            async for doc in cursor:
+                try:
+                    out.append(SweepRecord.from_doc(doc))
+                except ValueError as exc:
+                    # One record this version cannot read must not hide every other one.
+                    log.error("sweep record unreadable; not listed", sweep=doc.get("_id"),
+                              error=str(exc)[:500])  # fmt: skip
+                    continue
+                if len(out) == limit:
+                    break
+        finally:
+            await cursor.close()
+        return out
 
     async def abandoned(self) -> builtins.list[ObjectId]:
         """Sweeps whose creation should have ended by now (the API creating them died)."""
