@@ -160,8 +160,9 @@ async def submit_job(request: web.Request) -> web.Response:
     body_hash = None if key is None else request_hash(job_request.model_dump())
     try:
         job, created = await request.app[STORE].jobs.insert(
-            job, idempotency_key=key, body_hash=body_hash
-        )
+            job, idempotency_key=key, body_hash=body_hash,
+            key_ttl_s=request.app[SETTINGS].idempotency_ttl_s,
+        )  # fmt: skip
     except IdempotencyKeyReused as exc:
         raise ApiError(
             409,
