@@ -86,8 +86,7 @@ class LiveSettings:
 class Live:
     """What the WebSocket routes share per app: the fanout and the open connections.
 
-    `connections` is there for shutdown (every client gets a 1001 close) and for tests
-    that force a connection closed half-way to check that clients resume correctly.
+    `connections` is there for shutdown: every client gets a 1001 close.
     """
 
     def __init__(self, store: Store, settings: LiveSettings | None = None) -> None:
@@ -98,35 +97,13 @@ class Live:
             max_queue_lines=self.settings.max_queue_lines,
         )
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._changed = asyncio.Condition()
 
     async def register(self, conn: Connection) -> None:
         self.connections.add(conn)
-        async with self._changed:
-            self._changed.notify_all()
 
     async def unregister(self, conn: Connection) -> None:
         conn.sub.close()
         self.connections.discard(conn)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_idle(self) -> None:
-        """Until no WebSocket is open (tests: every subscriber must be gone by then)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self.connections)
-
-    async def wait_for_tails(self, job_id: str | ObjectId, count: int) -> list[Connection]:
-        """Until `count` log tails of the job are open (tests, benchmarks)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: len(self.log_tails(job_id)) >= count)
-        return self.log_tails(job_id)
-
-    def log_tails(self, job_id: str | ObjectId | None = None) -> list[Connection]:
-        oid = None if job_id is None else parse_job_id(job_id)
-        return [
-            c for c in self.connections if c.kind == "logs" and (oid is None or c.job_id == oid)
-        ]
 
     async def close_all(self, code: int, message: str) -> None:
         await asyncio.gather(

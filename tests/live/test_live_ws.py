@@ -133,7 +133,7 @@ async def test_one_change_stream_per_collection_for_many_clients(live_api: LiveA
     streams = live_api.live.fanout.streams
     assert {n: s.opens for n, s in streams.items()} == {"job_logs": 1, "jobs": 1}
     await live_api.live.wait_idle()
-    assert live_api.live.fanout.subscriber_count() == 0  # nobody left behind
+    assert live_api.live.subscriber_count() == 0  # nobody left behind
 
 
 async def test_stream_resumes_from_its_token_without_loss(
@@ -153,7 +153,7 @@ async def test_stream_resumes_from_its_token_without_loss(
     async def writer() -> None:
         seq = await write_lines(store, job, [f"b{i}" for i in range(100)], batch=10)
         await fanout.streams["job_logs"].stream.close()  # interrupts an awaiting getMore
-        await fanout.wait_opened("job_logs", 2)
+        await fanout.streams["job_logs"].wait_opened(2)
         await write_lines(store, job, [f"b{i}" for i in range(100, 200)], batch=10, seq=seq)
 
     writing = asyncio.create_task(writer())
