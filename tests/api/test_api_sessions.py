@@ -39,6 +39,7 @@ async def test_a_rotated_and_demoted_admin_token_ends_its_session(
 
     tokens.add(path, "root", Role.READ)  # `gatequeue token add root --role read`
     await _reload(api)
+    assert await store.sessions.collection.count_documents({"name": "root"}) == 0
     await error_of(await api.get("/jobs", headers=bearer(root)), 401)
     me = await _whoami(api, cookie)
     assert me == {"name": None, "role": None, "authenticated": False, "open": False}

@@ -386,3 +386,22 @@ async def test_a_socket_closes_when_its_session_ends_elsewhere(
             msg = await ws.receive()
             assert msg.type is aiohttp.WSMsgType.CLOSE, msg
             assert ws.close_code == CLOSE_REVOKED
+
+
+@pytest.mark.timeout(60)
+async def test_the_tokens_watcher_closes_a_socket_of_a_removed_token(
+    make_live_api: MakeLiveApi, tmp_path: Path
+) -> None:
+    """Nobody calls reload here: the API's own watcher sees `gatequeue token rm` (it re-reads
+    the file every 2 s) and the socket is closed with 1008."""
+    path = tmp_path / "tokens.json"
+    bob = tokens.add(path, "bob", Role.READ)
+    api = await make_live_api(tokens_file=path)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{api.url}/ws/jobs", headers={"Authorization": f"Bearer {bob}"}) as ws,
+    ):
+        tokens.remove(path, "bob")
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        assert ws.close_code == CLOSE_REVOKED
