@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -43,13 +43,15 @@ class Principal:
     """An authenticated caller; `name` is None in open mode (nobody is asked who they are).
 
     `token` is the fingerprint of the token it was authenticated with (None in open mode);
-    `via_session` says whether that was through a session cookie rather than the token.
+    `via_session` says whether that was through a session cookie rather than the token;
+    `generation` is the tokens' generation it was checked against (Authenticator).
     """
 
     name: str | None
     role: Role
     token: str | None = None
     via_session: bool = False
+    generation: int = field(default=0, compare=False)
 
     def may(self, role: Role) -> bool:
         return self.role >= role
@@ -166,6 +168,11 @@ class Authenticator:
         return None
 
     async def authenticate(self, request: web.Request) -> Principal | None:
+        generation = self.generation  # before any await: a change meanwhile is re-checked
+        principal = await self._authenticate(request)
+        return None if principal is None else replace(principal, generation=generation)
+
+    async def _authenticate(self, request: web.Request) -> Principal | None:
         header = request.headers.get("Authorization")
         if header is not None:
             scheme, _, credentials = header.partition(" ")

@@ -34,7 +34,7 @@ from aiohttp import WSCloseCode, web
 from bson import ObjectId
 from pydantic import Field
 
-from service.api.auth import AUTH
+from service.api.auth import AUTH, principal_of
 from service.api.errors import ApiError
 from service.api.fanout import (
     Fanout,
@@ -142,8 +142,9 @@ class Connection:
         self._next_seq = 0
         self._closing = False
         self._auth = request.app[AUTH]
-        # The tokens' generation this socket's principal was last checked against.
-        self._checked = self._auth.generation
+        # The tokens' generation this socket's principal was last checked against: a change
+        # after the handshake's check (even before this socket was accepted) is re-checked.
+        self._checked = principal_of(request).generation
 
     @property
     def next_seq(self) -> int:
@@ -165,14 +166,13 @@ class Connection:
         auth = self._auth
         if auth.open:
             return
-        generation = auth.generation
         try:
             principal = await auth.authenticate(self.request)
         except ApiError:  # a bearer token that is no longer known
             principal = None
         if principal is None or not principal.may(Role.READ):
             raise Revoked("token or session ended: sign in again")
-        self._checked = generation
+        self._checked = principal.generation
 
     async def _watch_principal(self) -> None:
         """Re-check on every change of the tokens, and every `recheck_s` in any case; returns
