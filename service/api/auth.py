@@ -10,7 +10,8 @@ Tokens are compared in constant time and never logged.
 
 A session is bound to the token it was made from (by a fingerprint of the token's hash), not
 to a name and a role: rotating, demoting or removing the token ends its sessions at once,
-and a session's role is always its token's current one (docs/security.md, "Sessions").
+and a session's role is always its token's current one (docs/security.md, "Sessions follow
+their token").
 """
 
 from __future__ import annotations
@@ -151,9 +152,6 @@ class Authenticator:
 
     def _fingerprints(self) -> set[str]:
         return {fingerprint(e) for e in self._all()}
-
-    def names(self) -> set[str]:
-        return {e.name for e in self._all()}
 
     def identify(self, token: str) -> Principal | None:
         entry = tokens.find(self._all(), token)
