@@ -20,6 +20,8 @@ DEFAULT_DATA_DIR = Path(".gatequeue") / "data"
 DEFAULT_SUBMIT_RATE_PER_MIN = 600
 DEFAULT_MAX_PENDING = 10_000
 DEFAULT_MAX_SWEEP = 1000  # jobs in one POST /sweeps (docs/sweeps.md)
+# How long an Idempotency-Key is remembered (docs/security.md, "Idempotency keys").
+DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
 
 
 class ConfigError(ValueError):
@@ -47,6 +49,7 @@ class Settings:
     max_sweep: int = DEFAULT_MAX_SWEEP
     # Bytes a run may use in each of this worker's slots; None: found out (docs/worker.md).
     slot_memory: int | None = None
+    idempotency_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S
 
     @property
     def auth_configured(self) -> bool:
@@ -91,6 +94,10 @@ class Settings:
                 "GATEQUEUE_MAX_SWEEP", env.get("GATEQUEUE_MAX_SWEEP"), DEFAULT_MAX_SWEEP
             ),
             slot_memory=parse_bytes("GATEQUEUE_SLOT_MEMORY", env.get("GATEQUEUE_SLOT_MEMORY")),
+            idempotency_ttl_s=_parse_positive_float(
+                "GATEQUEUE_IDEMPOTENCY_TTL_S", env.get("GATEQUEUE_IDEMPOTENCY_TTL_S"),
+                DEFAULT_IDEMPOTENCY_TTL_S,
+            ),
         )  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from pydantic import Field
 from service.api.auth import principal_of, require_owner
 from service.api.body import parse_body
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
-from service.api.keys import QUOTA, SLOTS, STORE
+from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_LOG_LIMIT,
@@ -110,8 +110,9 @@ async def submit_job(request: web.Request) -> web.Response:
     body_hash = None if key is None else request_hash(job_request.model_dump())
     try:
         job, created = await request.app[STORE].jobs.insert(
-            job, idempotency_key=key, body_hash=body_hash
-        )
+            job, idempotency_key=key, body_hash=body_hash,
+            key_ttl_s=request.app[SETTINGS].idempotency_ttl_s,
+        )  # fmt: skip
     except IdempotencyKeyReused as exc:
         raise ApiError(
             409,

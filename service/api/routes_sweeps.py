@@ -108,11 +108,12 @@ async def submit_sweep(request: web.Request) -> web.Response:
     body_hash = None if key is None else request_hash(spec.model_dump(mode="json"))
     try:
         # A replay is not new work: no quota for it.
-        if key is None or not await store.sweeps.key_used(key):
+        ttl_s = request.app[SETTINGS].idempotency_ttl_s
+        if key is None or not await store.sweeps.key_used(principal.name, key, ttl_s):
             await request.app[QUOTA].admit(principal.name, jobs=len(sweep_plan.runs))
         made = await create_sweep(
             store, sweep_plan, submitted_by=principal.name, idempotency_key=key,
-            body_hash=body_hash,
+            body_hash=body_hash, key_ttl_s=ttl_s,
         )  # fmt: skip
     except SweepKeyReused as exc:
         raise ApiError(

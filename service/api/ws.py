@@ -13,11 +13,16 @@ order of work is what makes it gap-free and repeat-free:
 
 A subscriber that falls too far behind is closed with code 4001 and a reason that says
 from which seq to resume; `GateQueueClient.logs` does exactly that.
+
+A socket is only as good as the token it was opened with: it re-checks its principal when
+the tokens change (before anything more is sent) and at least every `recheck_s`, and is
+closed with 1008 (policy violation) once its token or session is gone (docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
@@ -29,6 +34,7 @@ from aiohttp import WSCloseCode, web
 from bson import ObjectId
 from pydantic import Field
 
+from service.api.auth import AUTH, principal_of
 from service.api.errors import ApiError
 from service.api.fanout import (
     Fanout,
@@ -47,6 +53,7 @@ from service.cancellation import cancel_and_wait
 from service.jobs.record import JobRecord
 from service.store import Store
 from service.store.jobs import parse_job_id
+from service.tokens import Role
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +61,7 @@ log = structlog.get_logger(__name__)
 CLOSE_TOO_SLOW = 4001  # resume from the last seq received
 CLOSE_SERVER_ERROR = 4002  # the store failed mid-stream; resume from the last seq
 CLOSE_GOING_AWAY = WSCloseCode.GOING_AWAY  # the API process is stopping
+CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION  # 1008: its token or session is gone
 
 # Lines per store read while catching up: bounds memory for logs of any length.
 CATCH_UP_PAGE_LINES = 5_000
@@ -61,6 +69,9 @@ CATCH_UP_PAGE_LINES = 5_000
 CLOSE_TIMEOUT_S = 2.0
 HEARTBEAT_S = 30.0
 MAX_JOB_FILTER = 100
+# Seconds between re-checks of a socket's principal when the tokens file did not change
+# (a session ended or expired, or a replica's file changed first).
+RECHECK_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -69,13 +80,13 @@ class LiveSettings:
     max_queue_lines: int = 100_000
     catch_up_page_lines: int = CATCH_UP_PAGE_LINES
     close_timeout_s: float = CLOSE_TIMEOUT_S
+    recheck_s: float = RECHECK_S
 
 
 class Live:
     """What the WebSocket routes share per app: the fanout and the open connections.
 
-    `connections` is there for shutdown (every client gets a 1001 close) and for tests
-    that force a connection closed half-way to check that clients resume correctly.
+    `connections` is there for shutdown: every client gets a 1001 close.
     """
 
     def __init__(self, store: Store, settings: LiveSettings | None = None) -> None:
@@ -86,35 +97,13 @@ class Live:
             max_queue_lines=self.settings.max_queue_lines,
         )
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._changed = asyncio.Condition()
 
     async def register(self, conn: Connection) -> None:
         self.connections.add(conn)
-        async with self._changed:
-            self._changed.notify_all()
 
     async def unregister(self, conn: Connection) -> None:
         conn.sub.close()
         self.connections.discard(conn)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_idle(self) -> None:
-        """Until no WebSocket is open (tests: every subscriber must be gone by then)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self.connections)
-
-    async def wait_for_tails(self, job_id: str | ObjectId, count: int) -> list[Connection]:
-        """Until `count` log tails of the job are open (tests, benchmarks)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: len(self.log_tails(job_id)) >= count)
-        return self.log_tails(job_id)
-
-    def log_tails(self, job_id: str | ObjectId | None = None) -> list[Connection]:
-        oid = None if job_id is None else parse_job_id(job_id)
-        return [
-            c for c in self.connections if c.kind == "logs" and (oid is None or c.job_id == oid)
-        ]
 
     async def close_all(self, code: int, message: str) -> None:
         await asyncio.gather(
@@ -123,6 +112,10 @@ class Live:
 
 
 LIVE: web.AppKey[Live] = web.AppKey("live", Live)
+
+
+class Revoked(Exception):
+    """The socket's token or session is gone (or no longer may read)."""
 
 
 class Connection:
@@ -136,16 +129,22 @@ class Connection:
         kind: str,
         job_id: ObjectId | None = None,
         *,
-        close_timeout_s: float = CLOSE_TIMEOUT_S,
+        settings: LiveSettings | None = None,
     ) -> None:
+        settings = settings or LiveSettings()
         self.request = request
-        self.close_timeout_s = close_timeout_s
+        self.close_timeout_s = settings.close_timeout_s
+        self.recheck_s = settings.recheck_s
         self.ws = ws
         self.sub = sub
         self.kind = kind
         self.job_id = job_id
         self._next_seq = 0
         self._closing = False
+        self._auth = request.app[AUTH]
+        # The tokens' generation this socket's principal was last checked against: a change
+        # after the handshake's check (even before this socket was accepted) is re-checked.
+        self._checked = principal_of(request).generation
 
     @property
     def next_seq(self) -> int:
@@ -158,7 +157,36 @@ class Connection:
         self.sub.floor = value
 
     async def send(self, text: str) -> None:
+        if self._auth.generation != self._checked:
+            await self.recheck()  # nothing more goes out to a token that was just removed
         await self.ws.send_str(text)
+
+    async def recheck(self) -> None:
+        """Raise Revoked unless the handshake's token or session still may read."""
+        auth = self._auth
+        if auth.open:
+            return
+        try:
+            principal = await auth.authenticate(self.request)
+        except ApiError:  # a bearer token that is no longer known
+            principal = None
+        if principal is None or not principal.may(Role.READ):
+            raise Revoked("token or session ended: sign in again")
+        self._checked = principal.generation
+
+    async def _watch_principal(self) -> None:
+        """Re-check on every change of the tokens, and every `recheck_s` in any case; returns
+        (with the reason) when the principal is gone."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.recheck_s):
+                    await self._auth.changed(self._checked)
+            try:
+                await self.recheck()
+            except Revoked:
+                raise
+            except Exception as exc:  # the store failed: keep the socket, try again later
+                log.warning("websocket principal not re-checked", error=repr(exc))
 
     async def close(self, code: int, message: str) -> None:
         """Close with a reason; a client that no longer reads is cut off after a grace."""
@@ -180,12 +208,21 @@ class Connection:
         pump_task = asyncio.create_task(pump())
         reader_task = asyncio.create_task(self._read_until_closed())
         dropped_task = asyncio.create_task(self.sub.dropped.wait())
-        tasks = {pump_task, reader_task, dropped_task}
+        principal_task = asyncio.create_task(self._watch_principal())
+        tasks = {pump_task, reader_task, dropped_task, principal_task}
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait(*tasks)  # the pump may be in a store read
-        if pump_task in done and not pump_task.cancelled():
+        revoked = next(
+            (t.exception() for t in (principal_task, pump_task)
+             if t in done and not t.cancelled() and isinstance(t.exception(), Revoked)),
+            None,
+        )  # fmt: skip
+        code: int
+        if revoked is not None:
+            code, message = CLOSE_REVOKED, str(revoked)
+        elif pump_task in done and not pump_task.cancelled():
             exc = pump_task.exception()
             if exc is None:
                 code, message = pump_task.result()
@@ -339,7 +376,7 @@ async def logs_ws(request: web.Request, query: TailQuery) -> web.StreamResponse:
     except BaseException:
         sub.close()
         raise
-    conn = Connection(request, ws, sub, "logs", oid, close_timeout_s=live.settings.close_timeout_s)
+    conn = Connection(request, ws, sub, "logs", oid, settings=live.settings)
     conn.next_seq = from_seq
     await live.register(conn)
     tail = LogTail(conn, store, live.settings.catch_up_page_lines)
@@ -409,7 +446,7 @@ async def jobs_ws(request: web.Request, query: WatchQuery) -> web.StreamResponse
     except BaseException:
         sub.close()
         raise
-    conn = Connection(request, ws, sub, "jobs", close_timeout_s=live.settings.close_timeout_s)
+    conn = Connection(request, ws, sub, "jobs", settings=live.settings)
     await live.register(conn)
     try:
         await conn.serve(lambda: _job_changes(conn, store, ids))

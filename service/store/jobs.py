@@ -28,6 +28,7 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from service.config import DEFAULT_IDEMPOTENCY_TTL_S
 from service.jobs.options import RUN_NAMES
 from service.jobs.record import (
     Checkpoint,
@@ -39,6 +40,7 @@ from service.jobs.record import (
 )
 from service.jobs.status import Status
 from service.retry import retry
+from service.store import idempotency
 from service.store.errors import IdempotencyKeyReused
 from service.store.inserter import JobInserter
 from service.store.outcome import outcome_unknown
@@ -145,7 +147,8 @@ class JobStore:
         await self.collection.create_index([("status", ASCENDING), ("_id", ASCENDING)])
         await self.collection.create_index([("status", ASCENDING), ("leaseExpiresAt", ASCENDING)])
         await self.collection.create_index([("submittedBy", ASCENDING), ("status", ASCENDING)])
-        # Sparse: only jobs submitted with an Idempotency-Key carry the field.
+        # Sparse: only jobs submitted with an Idempotency-Key carry the field, and only while
+        # the key is remembered; its value names the submitter (service.store.idempotency).
         await self.collection.create_index("idempotencyKey", unique=True, sparse=True)
 
     # -- submit and read -----------------------------------------------------------------
@@ -156,26 +159,32 @@ class JobStore:
         *,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
+        key_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S,
     ) -> tuple[Job, bool]:
         """Store a new Pending job; returns (the job, created).
 
-        Without a key the document joins the inserter's next batch. With one, the unique
-        index decides who wins a race of retries: the loser reads the winner's job instead
-        of inserting a second one (`created` False), and raises IdempotencyKeyReused if that
-        job was submitted with another body (`body_hash`, see `request_hash`).
+        Without a key the document joins the inserter's next batch. With one (the
+        submitter's: service.store.idempotency), the unique index decides who wins a race of
+        retries: the loser reads the winner's job instead of inserting a second one
+        (`created` False), and raises IdempotencyKeyReused if that job was submitted with
+        another body (`body_hash`, see `request_hash`). A key older than `key_ttl_s` is
+        forgotten and makes a new job.
         """
         doc = job.to_doc()
         if idempotency_key is None:
             await self.inserter.insert(doc)
             return job, True
-        doc["idempotencyKey"] = idempotency_key
+        stored_key = idempotency.scoped(job.submittedBy, idempotency_key)
+        doc["idempotencyKey"] = stored_key
         doc["requestHash"] = body_hash
         while True:
             try:
                 await self.collection.insert_one(doc)
                 return job, True
             except DuplicateKeyError:
-                existing = await self.collection.find_one({"idempotencyKey": idempotency_key})
+                if await idempotency.free_if_expired(self.collection, stored_key, key_ttl_s):
+                    continue
+                existing = await self.collection.find_one({"idempotencyKey": stored_key})
                 if existing is None:  # deleted between the two calls; the key is free again
                     continue
                 if existing.get("requestHash") != body_hash:

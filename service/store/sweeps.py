@@ -22,7 +22,9 @@ from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from service.config import DEFAULT_IDEMPOTENCY_TTL_S
 from service.retry import retry
+from service.store import idempotency
 from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.outcome import outcome_unknown
 from service.sweeps.record import SweepRecord, SweepState
@@ -49,18 +51,26 @@ class SweepStore:
         *,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
+        key_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S,
     ) -> tuple[SweepRecord, bool]:
-        """(the sweep, created). With a key, a replay finds the first request's sweep."""
+        """(the sweep, created). With a key (the submitter's, remembered for `key_ttl_s`:
+        service.store.idempotency), a replay finds the first request's sweep."""
         doc = sweep.to_doc()
+        stored_key = None
         if idempotency_key is not None:
-            doc["idempotencyKey"] = idempotency_key
+            stored_key = idempotency.scoped(sweep.submittedBy, idempotency_key)
+            doc["idempotencyKey"] = stored_key
             doc["requestHash"] = body_hash
         while True:
             try:
                 await self.collection.insert_one(doc)
                 return sweep, True
             except DuplicateKeyError:
-                existing = await self.collection.find_one({"idempotencyKey": idempotency_key})
+                if stored_key is None:  # pragma: no cover - only the key's index is unique
+                    raise
+                if await idempotency.free_if_expired(self.collection, stored_key, key_ttl_s):
+                    continue
+                existing = await self.collection.find_one({"idempotencyKey": stored_key})
                 if existing is None:  # removed meanwhile (a failed creation): try again
                     continue
                 found = SweepRecord.from_doc(existing)
@@ -70,9 +80,18 @@ class SweepStore:
                     raise SweepInProgress(found) from None
                 return found, False
 
-    async def key_used(self, idempotency_key: str) -> bool:
-        """Whether a sweep was submitted with this Idempotency-Key (a replay: no quota)."""
-        found = await self.collection.find_one({"idempotencyKey": idempotency_key}, {"_id": 1})
+    async def key_used(
+        self,
+        submitted_by: str | None,
+        idempotency_key: str,
+        key_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S,
+    ) -> bool:
+        """Whether `submitted_by` made a sweep with this Idempotency-Key that is still
+        remembered (a replay: no quota)."""
+        stored_key = idempotency.scoped(submitted_by, idempotency_key)
+        found = await self.collection.find_one(
+            idempotency.live(stored_key, key_ttl_s), {"_id": 1}
+        )
         return found is not None
 
     async def mark_ready(self, sweep_id: ObjectId) -> None:
