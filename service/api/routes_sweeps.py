@@ -17,11 +17,13 @@ from bson import ObjectId
 from pydantic import Field
 
 from service.api.auth import principal_of, require_owner
+from service.api.connections import read_body
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
 from service.api.keys import SETTINGS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from service.api.routes_jobs import (
     _ID_PATTERN,
+    ERR_408_BODY,
     ERR_422_QUERY,
     IDEMPOTENCY_PARAM,
     QUOTA,
@@ -84,7 +86,7 @@ def _invalid(exc: SweepInvalid) -> ApiError:
 async def submit_sweep(request: web.Request) -> web.Response:
     principal = principal_of(request)
     key = idempotency_key(request)
-    spec = parse_body(SweepRequest, await request.read())
+    spec = parse_body(SweepRequest, await read_body(request))
     settings = request.app[SETTINGS]
     slots = await request.app[SLOTS].slots()
     try:
@@ -228,6 +230,7 @@ ROUTES: tuple[Route, ...] = (
             Reply(200, "Replay of an earlier request with the same Idempotency-Key.",
                   SweepDetail, headers=("Location",)),
             Reply(400, "Malformed JSON, a body that is not an object, or a bad header.", "Error"),
+            ERR_408_BODY,
             Reply(409, "The Idempotency-Key was used with another body "
                        "(`idempotency_key_reused`), or its sweep is still being stored "
                        "(`sweep_in_progress`, with Retry-After).", "Error"),
