@@ -32,9 +32,8 @@ def requested_range(header: str | None, length: int) -> tuple[int, int] | None:
             raise Unsatisfiable
         return max(0, length - suffix), length - 1
     start = int(first)
-    end = int(last) if last else length - 1
-    if end < start:
+    if last and int(last) < start:
         return None  # invalid, so ignored
     if start >= length:
         raise Unsatisfiable
-    return start, min(end, length - 1)
+    return start, min(int(last), length - 1) if last else length - 1
