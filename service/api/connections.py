@@ -16,8 +16,9 @@ nothing is accepted any more, `/healthz` included. So:
   connection is busy (WebSockets, downloads) the new one is answered 503
   `too_many_connections` and closed. The default cap stays below the descriptor limit,
   which is raised to its hard limit at start (`raise_descriptor_limit`);
-- asyncio's "socket.accept() out of system resource" (a traceback per failed accept, 128
-  per second) is logged once per `LOG_INTERVAL_S` with a count (`throttle_accept_errors`).
+- asyncio's "socket.accept() out of system resource" (a traceback per failed accept: up to
+  the listen backlog per attempt, and its retries multiply, so thousands a second) is
+  logged once per `LOG_INTERVAL_S` with a count (`throttle_accept_errors`).
 
 `GuardedHandler` subclasses aiohttp's `RequestHandler` and reads two of its private members
 (`_handle_request`, the per-request hook, and `_loop`/`_kwargs` of `web.Server`);
@@ -276,7 +277,8 @@ class GuardedRunner(web.AppRunner):
 
 def throttle_accept_errors(loop: asyncio.AbstractEventLoop) -> Callable[[], None]:
     """Log asyncio's failed accepts once per LOG_INTERVAL_S with a count (asyncio logs a
-    traceback for each, up to the listen backlog per second); the undo."""
+    traceback for each: thousands a second); the undo. The first is logged at once; later
+    ones are counted and logged with the next failure after the interval."""
     previous = loop.get_exception_handler()
     throttle = Throttle()
 

@@ -42,7 +42,8 @@ async def serve_api(store: Store, mongo_uri: str) -> AsyncIterator[Serve]:
         settings = Settings(mongodb_uri=mongo_uri, db_name=store.db.name, **overrides)
         task = asyncio.create_task(serve(settings, "127.0.0.1", 0, started=listening.set_result))
         tasks.append(task)
-        done, _ = await asyncio.wait({listening, task}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {listening, task}
+        done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             task.result()
         return URL(listening.result())

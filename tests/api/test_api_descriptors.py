@@ -143,8 +143,8 @@ async def test_running_out_of_descriptors_logs_once_per_interval(start_api: Star
     idle = await open_idle(server.url, IDLE_SOCKETS)
     try:
         # Every idle socket is closed by the head timeout once it is accepted: those beyond
-        # the limit wait in the backlog for descriptors (asyncio retries each second, 128
-        # failed accepts a time) and are closed 2 s after their turn comes.
+        # the limit wait in the backlog for descriptors (asyncio retries after a second,
+        # up to 128 failed accepts a time) and are closed 2 s after their turn comes.
         for reader, _ in idle:
             assert await asyncio.wait_for(reader.read(), BOUND_S) == b""
     finally:

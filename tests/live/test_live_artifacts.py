@@ -200,7 +200,8 @@ async def test_downloads_answer_head_and_one_range(live_api: LiveApi, tmp_path: 
     )
     assert job.attemptId is not None
     await store.jobs.add_checkpoint(job, Checkpoint(
-        fileId=file_id, epoch=1, length=length, attemptId=job.attemptId, createdAt=utcnow()
+        fileId=file_id, epoch=1, step=0, length=length, attemptId=job.attemptId,
+        createdAt=utcnow(),
     ))  # fmt: skip
     ck_url = f"{live_api.url}/jobs/{job.id}/checkpoint"
     async with aiohttp.ClientSession() as http:
