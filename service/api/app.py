@@ -12,6 +12,7 @@ typed keys of `service.api.keys`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable
 from types import ModuleType
@@ -21,6 +22,13 @@ from aiohttp import web
 
 from service.api import auth
 from service.api.capacity import SlotCache
+from service.api.connections import (
+    ConnectionGate,
+    GuardedRunner,
+    connection_cap,
+    raise_descriptor_limit,
+    throttle_accept_errors,
+)
 from service.api.errors import MAX_BODY_BYTES, error_middleware
 from service.api.keys import (
     METRICS,
@@ -50,6 +58,9 @@ SHUTDOWN_TIMEOUT_S = 10.0
 # Request line and each header: aiohttp answers 400 past these (docs/security.md).
 MAX_LINE_BYTES = 8190
 MAX_FIELD_BYTES = 8190
+# aiohttp reads (and drops) an unread request body for up to this long before it closes
+# the connection (its default); never longer than the body timeout.
+LINGERING_S = 10.0
 
 
 class OpenApiRefused(RuntimeError):
@@ -132,16 +143,23 @@ async def serve(
     OpenApiRefused for an API without tokens on a non-loopback address, unless
     `insecure_open`.
     """
-    if not settings.mongodb_uri:
+    uri = settings.mongodb_uri
+    if not uri:
         raise ValueError("serve() needs settings.mongodb_uri")
     refuse_open(settings, host, insecure_open=insecure_open)
-    client = connect(settings.mongodb_uri)
+    # Before the MongoDB client opens its sockets (docs/security.md, "Connections").
+    gate = ConnectionGate(connection_cap(settings.max_connections, raise_descriptor_limit()))
+    # WebSockets are never closed to make room: half the connections stay for the rest.
+    if settings.max_websockets > gate.limit // 2:
+        settings = dataclasses.replace(settings, max_websockets=max(1, gate.limit // 2))
+    restore_exception_handler = throttle_accept_errors(asyncio.get_running_loop())
+    client = connect(uri)
     try:
         store = Store(client, settings.db_name)
         await store.ensure_indexes()
         app = create_app(settings, store, insecure_open=insecure_open)
         # aiohttp's own access log is off: ours is structlog's, with the request id.
-        runner = web.AppRunner(
+        runner = GuardedRunner(
             app,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
@@ -150,6 +168,10 @@ async def serve(
             # quietly turns its own access log back on (and logs a warning per connection).
             max_line_size=MAX_LINE_BYTES,
             max_field_size=MAX_FIELD_BYTES,
+            keepalive_timeout=settings.keepalive_timeout_s,
+            lingering_time=min(LINGERING_S, settings.body_timeout_s),
+            gate=gate,
+            header_timeout_s=settings.header_timeout_s,
         )
         await runner.setup()
         try:
@@ -163,6 +185,11 @@ async def serve(
                 url=url,
                 db=settings.db_name,
                 auth="tokens" if settings.auth_configured else "open",
+                max_connections=gate.limit,
+                max_websockets=settings.max_websockets,
+                header_timeout_s=settings.header_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
+                keepalive_timeout_s=settings.keepalive_timeout_s,
             )
             if started is not None:
                 started(url)
@@ -172,3 +199,4 @@ async def serve(
             await runner.cleanup()
     finally:
         await client.close()
+        restore_exception_handler()

@@ -32,6 +32,18 @@ HEADERS: dict[str, dict[str, Any]] = {
     "Content-Disposition": {"schema": {"type": "string"}},
     "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
     "Set-Cookie": {"schema": {"type": "string"}},
+    "Accept-Ranges": {
+        "description": "`bytes`: a `Range` header gets part of the file.",
+        "schema": {"type": "string"},
+    },
+    "Content-Range": {
+        "description": "Which bytes of how many (`bytes 0-99/1000`, `bytes */1000`).",
+        "schema": {"type": "string"},
+    },
+    "ETag": {
+        "description": "The stored file's id: `If-Range` takes it.",
+        "schema": {"type": "string"},
+    },
 }
 COMMON = {
     401: Reply(401, "Missing or wrong API token (only where the server requires one).", "Error",
@@ -137,6 +149,9 @@ def _operation(route: Route) -> dict[str, Any]:
             content["examples"] = route.body_examples
         op["requestBody"] = {"required": True, "content": {JSON: content}}
     responses = {str(s): _reply(replies[s]) for s in sorted(replies)}
+    if route.method == "HEAD":  # the headers of the GET, never a body
+        for response in responses.values():
+            response.pop("content", None)
     # aiohttp's HTTP parser answers a request line or header past its limits itself, before
     # any route or middleware, in plain text (service.api.app, MAX_LINE_BYTES).
     bad = responses.setdefault(

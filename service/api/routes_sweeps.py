@@ -18,10 +18,11 @@ from pydantic import Field
 
 from service.api.auth import principal_of, require_owner
 from service.api.body import parse_body
+from service.api.connections import read_body
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
 from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from service.api.routes_jobs import ERR_422_QUERY, IDEMPOTENCY_PARAM, idempotency_key
+from service.api.routes_jobs import ERR_408_BODY, ERR_422_QUERY, IDEMPOTENCY_PARAM, idempotency_key
 from service.api.routing import ID_PATTERN, Param, Query, Reply, Route, not_found, path_id
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
@@ -89,7 +90,7 @@ async def submit_sweep(request: web.Request) -> web.Response:
     principal = principal_of(request)
     key = idempotency_key(request)
     request.app[QUOTA].charge(principal.name)  # a refused sweep counts too
-    spec = parse_body(SweepRequest, await request.read())
+    spec = parse_body(SweepRequest, await read_body(request))
     max_jobs = request.app[SETTINGS].max_sweep
     try:
         check_size(spec, max_jobs=max_jobs)
@@ -238,6 +239,7 @@ ROUTES: tuple[Route, ...] = (
             Reply(200, "Replay of an earlier request with the same Idempotency-Key.",
                   SweepDetail, headers=("Location",)),
             Reply(400, "Malformed JSON, a body that is not an object, or a bad header.", "Error"),
+            ERR_408_BODY,
             Reply(409, "The Idempotency-Key was used with another body "
                        "(`idempotency_key_reused`), or its sweep is still being stored "
                        "(`sweep_in_progress`, with Retry-After).", "Error"),

@@ -79,7 +79,7 @@ class Route:
     def checks_origin(self) -> bool:
         """Writes and WebSocket handshakes: what another site's page could make a browser
         send (service.api.origin)."""
-        return self.method != "GET" or self.websocket
+        return self.method not in ("GET", "HEAD") or self.websocket
 
     @functools.cached_property  # asked of every response
     def statuses(self) -> frozenset[int]:

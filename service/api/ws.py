@@ -25,7 +25,8 @@ import asyncio
 import contextlib
 import json
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +47,11 @@ from service.api.fanout import (
     job_message,
     lines_message,
 )
-from service.api.keys import STORE
+from service.api.keys import SETTINGS, STORE
 from service.api.routes_jobs import ERR_404_JOB, ERR_422_QUERY, JOB_ID, FromQuery, existing_job_id
 from service.api.routing import Query, Reply, Route, not_found
 from service.cancellation import cancel_and_wait
+from service.config import DEFAULT_MAX_WEBSOCKETS, DEFAULT_MAX_WEBSOCKETS_PER_USER
 from service.jobs.record import JobRecord
 from service.store import Store
 from service.store.jobs import parse_job_id
@@ -72,6 +74,8 @@ MAX_JOB_FILTER = 100
 # Seconds between re-checks of a socket's principal when the tokens file did not change
 # (a session ended or expired, or a replica's file changed first).
 RECHECK_S = 60.0
+# A handshake refused for the socket caps says when to try again.
+SOCKETS_RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,45 @@ class LiveSettings:
     catch_up_page_lines: int = CATCH_UP_PAGE_LINES
     close_timeout_s: float = CLOSE_TIMEOUT_S
     recheck_s: float = RECHECK_S
+    max_sockets: int = DEFAULT_MAX_WEBSOCKETS
+    max_sockets_per_user: int = DEFAULT_MAX_WEBSOCKETS_PER_USER
+
+
+class SocketQuota:
+    """Open WebSockets, in total and per token name (docs/security.md, "Connections"): a
+    socket is held by its handler for as long as it is open, so without a cap one client
+    could hold every connection the server has."""
+
+    def __init__(self, total: int, per_user: int) -> None:
+        self.total = total
+        self.per_user = per_user
+        self._open: Counter[str | None] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, name: str | None) -> Iterator[None]:
+        """Counted from before the handshake (nothing awaited between the check and the
+        count), so concurrent handshakes cannot pass the cap together."""
+        if sum(self._open.values()) >= self.total:
+            raise self._refused(f"the server has {self.total} WebSockets open, its limit")
+        if self._open[name] >= self.per_user:
+            who = "the anonymous user" if name is None else f"token {name!r}"
+            raise self._refused(f"{who} has {self.per_user} WebSockets open, its limit")
+        self._open[name] += 1
+        try:
+            yield
+        finally:
+            self._open[name] -= 1
+            if not self._open[name]:
+                del self._open[name]
+
+    @staticmethod
+    def _refused(message: str) -> ApiError:
+        return ApiError(
+            503,
+            "too_many_websockets",
+            f"{message}; close one or retry later",
+            headers={"Retry-After": str(SOCKETS_RETRY_AFTER_S)},
+        )
 
 
 class Live:
@@ -97,6 +140,7 @@ class Live:
             max_queue_lines=self.settings.max_queue_lines,
         )
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self.quota = SocketQuota(self.settings.max_sockets, self.settings.max_sockets_per_user)
 
     async def register(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -370,20 +414,21 @@ async def logs_ws(request: web.Request, query: TailQuery) -> web.StreamResponse:
     oid = await existing_job_id(request)
     from_seq = query.from_
     ws = _prepare(request)
-    sub = live.fanout.subscribe_logs(oid)  # before any store read: see the module doc
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        sub.close()
-        raise
-    conn = Connection(request, ws, sub, "logs", oid, settings=live.settings)
-    conn.next_seq = from_seq
-    await live.register(conn)
-    tail = LogTail(conn, store, live.settings.catch_up_page_lines)
-    try:
-        await conn.serve(tail.run)
-    finally:  # also when the handler is cancelled: never leave a subscriber behind
-        await asyncio.shield(live.unregister(conn))
+    with live.quota.hold(principal_of(request).name):
+        sub = live.fanout.subscribe_logs(oid)  # before any store read: see the module doc
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            sub.close()
+            raise
+        conn = Connection(request, ws, sub, "logs", oid, settings=live.settings)
+        conn.next_seq = from_seq
+        await live.register(conn)
+        tail = LogTail(conn, store, live.settings.catch_up_page_lines)
+        try:
+            await conn.serve(tail.run)
+        finally:  # also when the handler is cancelled: never leave a subscriber behind
+            await asyncio.shield(live.unregister(conn))
     return ws
 
 
@@ -440,18 +485,19 @@ async def jobs_ws(request: web.Request, query: WatchQuery) -> web.StreamResponse
         if await store.sweeps.get(sweep_id) is None:
             raise not_found("sweep", sweep_id)
     ws = _prepare(request)
-    sub = live.fanout.subscribe_jobs(ids, sweep_id=sweep_id)
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        sub.close()
-        raise
-    conn = Connection(request, ws, sub, "jobs", settings=live.settings)
-    await live.register(conn)
-    try:
-        await conn.serve(lambda: _job_changes(conn, store, ids))
-    finally:
-        await asyncio.shield(live.unregister(conn))
+    with live.quota.hold(principal_of(request).name):
+        sub = live.fanout.subscribe_jobs(ids, sweep_id=sweep_id)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            sub.close()
+            raise
+        conn = Connection(request, ws, sub, "jobs", settings=live.settings)
+        await live.register(conn)
+        try:
+            await conn.serve(lambda: _job_changes(conn, store, ids))
+        finally:
+            await asyncio.shield(live.unregister(conn))
     return ws
 
 
@@ -472,20 +518,31 @@ async def _on_shutdown(app: web.Application) -> None:
 def setup(app: web.Application) -> None:
     """The fanout's lifetime; a test may put its own `Live` in the app first."""
     if LIVE not in app:
-        app[LIVE] = Live(app[STORE])
+        settings = app[SETTINGS]
+        app[LIVE] = Live(
+            app[STORE],
+            LiveSettings(
+                max_sockets=settings.max_websockets,
+                max_sockets_per_user=settings.max_websockets_per_user,
+            ),
+        )
     app.cleanup_ctx.append(_fanout_ctx)
     app.on_shutdown.append(_on_shutdown)
 
 
 _UPGRADED = Reply(101, "Switched to WebSocket; the messages are described in docs/client.md.")
 _NOT_WS = Reply(400, "Not a WebSocket upgrade request (code `websocket_required`).", "Error")
+_TOO_MANY = Reply(
+    503, "Too many WebSockets open, in all or for this token (code `too_many_websockets`, "
+    "with Retry-After); or MongoDB is not reachable.", "Error", headers=("Retry-After",),
+)  # fmt: skip
 
 ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/jobs/{id}/logs/ws", logs_ws, "tailJobLogs",
         "Tail a job's log over WebSocket: stored lines from `from`, live lines, an end message",
         websocket=True, params=(JOB_ID,), query=TailQuery,
-        replies=(_UPGRADED, _NOT_WS, ERR_404_JOB, ERR_422_QUERY),
+        replies=(_UPGRADED, _NOT_WS, ERR_404_JOB, ERR_422_QUERY, _TOO_MANY),
     ),
     Route(
         "GET", "/ws/jobs", jobs_ws, "watchJobs",
@@ -493,6 +550,6 @@ ROUTES: tuple[Route, ...] = (
         websocket=True, query=WatchQuery,
         replies=(_UPGRADED, _NOT_WS,
                  Reply(404, "An `id` names no job, or `sweep` no sweep.", "Error"),
-                 ERR_422_QUERY),
+                 ERR_422_QUERY, _TOO_MANY),
     ),
 )  # fmt: skip

@@ -42,10 +42,12 @@ async def test_every_route_method_parameter_and_status_is_documented(api: TestCl
     served = {
         (route.method.lower(), re.sub(r"\{(\w+):[^}]+\}", r"{\1}", route.resource.canonical))
         for route in api.app.router.routes()  # type: ignore[union-attr]
-        if route.resource is not None and route.method != "HEAD"
+        if route.resource is not None
     }
     documented = {(m, p) for p, ops in doc["paths"].items() for m in ops}
-    assert served == documented
+    assert documented <= served
+    # aiohttp answers HEAD of the page's static files itself; every other route is declared
+    assert {m for m, _ in served - documented} <= {"head"}
     for route in all_routes(ROUTE_MODULES):
         path = re.sub(r"\{(\w+):[^}]+\}", r"{\1}", route.path)
         op = doc["paths"][path][route.method.lower()]
@@ -57,7 +59,7 @@ async def test_every_route_method_parameter_and_status_is_documented(api: TestCl
         assert {int(s) for s in op["responses"]} == set(route.statuses) | {400}, path
         assert "text/plain" in op["responses"]["400"]["content"], path
         for status, response in op["responses"].items():
-            if status != "101":  # a WebSocket upgrade has no body
+            if status != "101" and route.method != "HEAD":  # no body: an upgrade, a HEAD
                 assert response.get("content"), (route.method, path, status)
             assert "X-Request-ID" in response["headers"], (route.method, path, status)
         assert ("401" in op["responses"]) == route.protected
