@@ -42,15 +42,11 @@ run() {
     .whl/entmax-*.whl .whl/structlog-*.whl
   export PYTHONPATH=/tmp/site:$PWD
 
-  # Build difflogic_cuda from the sdist. Its kernels use the long-deprecated Tensor::type()
-  # in AT_DISPATCH and CHECK_CUDA, which current torch no longer compiles; the sed swaps in
-  # scalar_type() / is_cuda(), which mean the same.
+  # Build difflogic_cuda from the sdist, patched as the Dockerfile patches it.
   local src=/tmp/difflogic-src
   rm -rf "$src" && mkdir -p "$src"
   tar xzf .whl/difflogic-*.tar.gz -C "$src" --strip-components=1
-  sed -i -E 's/\b([a-z_]+)\.type\(\)\.is_cuda\(\)/\1.is_cuda()/g;
-             s/(AT_DISPATCH_[A-Z_]+\()([a-z_]+)\.type\(\)/\1\2.scalar_type()/g' \
-    "$src"/difflogic/cuda/*.cu "$src"/difflogic/cuda/*.cpp
+  python3 deploy/patch_difflogic.py "$src"
   local t0=$SECONDS
   (cd "$src" && CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=$(nproc) \
     TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
