@@ -29,6 +29,7 @@ from trainer.checkpoint import (
     StopRequest,
 )
 from trainer.data import DataError
+from trainer.device import out_of_memory_errors
 from trainer.layer import BACKENDS
 from trainer.options import (
     RUN_CONTROL_OPTIONS,
@@ -210,9 +211,10 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation that failed: Python's MemoryError, torch's CUDA OutOfMemoryError (a
-    RuntimeError), its CPU allocator's "can't allocate memory" RuntimeError, or a C++
-    std::bad_alloc surfacing as one."""
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+    RuntimeError; its name differs across the torch versions we allow, see
+    trainer.device.out_of_memory_errors), its CPU allocator's "can't allocate memory"
+    RuntimeError, or a C++ std::bad_alloc surfacing as one."""
+    if isinstance(exc, out_of_memory_errors()):
         return True
     text = str(exc)
     return (
