@@ -14,6 +14,8 @@
 #
 #   there (the GPU machine, which reaches no registry), from the repository root, carrying .whl:
 #       bash bench/gpu_check.sh run
+#     (this workplace's device tool: command "bash bench/gpu_check.sh run", carry [".whl"],
+#     timeout_s 420: the stages keep within 345 s, the wheels' install and the merge beside)
 #
 #   here, without a GPU: bash bench/gpu_check.sh dry-run
 #     runs the same stages on the CPU at toy sizes, with tests/trainer's CPU stand-in for

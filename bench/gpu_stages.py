@@ -221,6 +221,7 @@ def stage_train() -> dict[str, Any]:
         out["first"] = first
         saved = [line for line in first["lines"] if line.startswith("CHECKPOINT epoch=2 ")]
         if not saved:
+            out["ok"] = False
             out["error"] = "no checkpoint of epoch 2"
             return out
         path = saved[-1].split(" path=", 1)[1].rsplit(" bytes=", 1)[0]
@@ -549,7 +550,7 @@ def main() -> int:
     result = stages[args.stage]()
     Path(args.paths[0]).write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(json.dumps(result, default=str)[:4000], flush=True)
-    return 0
+    return 1 if result.get("ok") is False or "error" in result else 0
 
 
 if __name__ == "__main__":
