@@ -16,7 +16,8 @@ difflogic 0.1.0's `difflogic/cuda/difflogic_kernel.cu` as shipped:
 
 Here: a launch check (`C10_CUDA_KERNEL_LAUNCH_CHECK`, which raises a C++ exception that
 pybind turns into a RuntimeError) instead of the sync, a TORCH_CHECK instead of exit, every
-launch on `at::cuda::getCurrentCUDAStream()`, and `scalar_type()` / `is_cuda()`. Each
+launch on `c10::cuda::getCurrentCUDAStream()` (from c10/cuda/CUDAStream.h, which needs no
+cuBLAS headers), and `scalar_type()` / `is_cuda()`. Each
 rewrite must find what it rewrites, and the result is checked for what must not remain:
 another difflogic release fails here, loudly, instead of compiling unpatched.
 Standard library only: it runs before anything is installed.
@@ -33,8 +34,8 @@ BINDINGS = Path("difflogic/cuda/difflogic.cpp")
 
 _INCLUDES = (
     "#include <torch/extension.h>\n"
-    "#include <ATen/cuda/CUDAContext.h>\n"
     "#include <c10/cuda/CUDAException.h>\n"
+    "#include <c10/cuda/CUDAStream.h>\n"
 )
 # difflogic's gpuErrchk/gpuAssert, replaced by an error torch reports as a RuntimeError.
 _GPU_ASSERT = re.compile(
@@ -83,7 +84,7 @@ def patch_kernel(text: str) -> str:
     text = _sub(_GPU_ASSERT, _GPU_CHECK, text, "gpuErrchk/gpuAssert definition")
     text = _sub(_SYNC_AFTER_LAUNCH, "C10_CUDA_KERNEL_LAUNCH_CHECK();", text, "sync after launch")
     text = _sub(
-        _LAUNCH, r"<<<\1, \2, 0, at::cuda::getCurrentCUDAStream()>>>", text, "kernel launch"
+        _LAUNCH, r"<<<\1, \2, 0, c10::cuda::getCurrentCUDAStream()>>>", text, "kernel launch"
     )
     return patch_types(text)
 
