@@ -463,8 +463,7 @@ def stage_memory(smi_peak_mib: float | None) -> dict[str, Any]:
         torch.cuda.init()
         torch.empty(1, device="cuda")
         free, total = torch.cuda.mem_get_info()
-        context = total - free - torch.cuda.memory_reserved()
-        out["context_mib"] = round(context / MiB, 1)
+        out["context_at_start_mib"] = round((total - free - torch.cuda.memory_reserved()) / MiB, 1)
     flags = {
         "--gate-optimizer": SEED_HP["gateOptimizer"], "--gates": SEED_HP["gates"],
         "--network-layers": SEED_HP["networkLayers"], "--grouping": SEED_HP["grouping"],
@@ -477,6 +476,11 @@ def stage_memory(smi_peak_mib: float | None) -> dict[str, Any]:
     argv = [str(v) for kv in flags.items() for v in kv] + ["--no-circuit"]
     out["trainer_rc"] = trainer_main(argv)
     if device == "cuda":
+        # The context grows while training (kernels load lazily, cuBLAS's handle): take it
+        # at the end, beside the allocator's peak.
+        free, total = torch.cuda.mem_get_info()
+        context = total - free - torch.cuda.memory_reserved()
+        out["context_at_end_mib"] = round(context / MiB, 1)
         reserved = torch.cuda.max_memory_reserved()
         out["max_reserved_mib"] = round(reserved / MiB, 1)
         out["max_allocated_mib"] = round(torch.cuda.max_memory_allocated() / MiB, 1)
