@@ -29,18 +29,20 @@ CPU = "cpu"
 # `nvidia-smi -L`: "GPU 0: NVIDIA A100-SXM4-40GB (UUID: GPU-5d5b...)", and under a GPU in
 # MIG mode one line per instance: "  MIG 3g.20gb     Device  0: (UUID: MIG-c6d4...)"
 # (drivers before R470: "MIG-GPU-<gpu uuid>/<gi>/<ci>").
-_SMI_GPU = re.compile(r"^GPU (\d+): (.*?) \(UUID: (GPU-[^)\s]+)\)\s*$")
+_SMI_GPU = re.compile(r"^GPU (\d+): (.*?)(?: \(UUID: (GPU-[^)\s]+)\))?\s*$")
 _SMI_MIG = re.compile(r"^\s+MIG (\S+)\s+Device\s+(\d+): \(UUID: (MIG-[^)\s]+)\)\s*$")
 # A MIG profile's name carries its memory in (decimal) gigabytes: "1g.5gb", "3g.40gb",
 # "1g.10gb+me". The instance has a little more (1g.5gb: 4864 MiB); counting the name's
 # figure errs on the side of refusing a run.
 _MIG_PROFILE_MEMORY = re.compile(r"^\d+g\.(\d+)gb")
 _DETECT_TIMEOUT_S = 60.0
-# nvidia-smi's fields for what a slot holds, in this order.
+# nvidia-smi's fields for what a slot holds, in this order; drivers without MIG (before
+# R450) do not know the last field, and are asked for the others.
 SMI_QUERY = [
     "--query-gpu=index,uuid,memory.total,mig.mode.current",
     "--format=csv,noheader,nounits",
 ]
+SMI_QUERY_NO_MIG = ["--query-gpu=index,uuid,memory.total", "--format=csv,noheader,nounits"]
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ def parse_smi_list(text: str) -> tuple[list[Device], dict[str, list[Device]]]:
     for line in text.splitlines():
         if gpu := _SMI_GPU.match(line):
             index, name, uuid = gpu.groups()
-            gpus.append(Device(index, uuid, name.strip(), gpu_index=index))
+            gpus.append(Device(index, uuid or "", name.strip(), gpu_index=index))
         elif (mig := _SMI_MIG.match(line)) and gpus:
             profile, _, uuid = mig.groups()
             size = _MIG_PROFILE_MEMORY.match(profile)
@@ -113,9 +115,9 @@ def lookup(devices: list[Device], device_id: str) -> Device | None:
     """The device that `device_id` (an index, a GPU or MIG UUID, or a unique UUID prefix,
     as CUDA_VISIBLE_DEVICES accepts them) names."""
     for device in devices:
-        if device_id in (device.id, device.uuid):
+        if device_id == device.id or (device.uuid and device_id == device.uuid):
             return device
-    matches = [d for d in devices if len(device_id) > 4 and d.uuid.startswith(device_id)]
+    matches = [d for d in devices if d.uuid and len(device_id) > 4 and d.uuid.startswith(device_id)]
     return matches[0] if len(matches) == 1 else None
 
 
@@ -127,7 +129,10 @@ async def smi_devices() -> list[Device] | None:
     text = await run_quietly([smi, "-L"])
     if text is None:
         return None
-    return devices_from_smi(text, await run_quietly([smi, *SMI_QUERY]))
+    query = await run_quietly([smi, *SMI_QUERY])
+    if query is None:
+        query = await run_quietly([smi, *SMI_QUERY_NO_MIG])
+    return devices_from_smi(text, query)
 
 
 @dataclass(frozen=True)

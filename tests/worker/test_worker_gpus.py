@@ -29,13 +29,17 @@ def machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no
     """`machine(name)`: make `nvidia-smi` on PATH answer as that recorded machine did."""
 
     def use(name: str) -> None:
-        listing, query = (RECORDED / f"{name}.L.txt", RECORDED / f"{name}.query.txt")
+        """Its `-L`, and its answer to the query with MIG's field (`.query.txt`) or without
+        (`.query3.txt`, drivers before R450); a recording it lacks is a refused field."""
+        files = {suffix: RECORDED / f"{name}.{suffix}.txt" for suffix in ("L", "query", "query3")}
+        answer = {k: f"exec cat {p}" if p.exists() else "exit 6" for k, p in files.items()}
         smi = tmp_path / "bin" / "nvidia-smi"
         smi.parent.mkdir(exist_ok=True)
         smi.write_text(
             "#!/bin/sh\n"
-            f'case "$1" in -L) exec cat {listing} ;; '
-            f"--query-gpu=index,uuid,memory.total,mig.mode.current) exec cat {query} ;; "
+            f'case "$1" in -L) {answer["L"]} ;; '
+            f"--query-gpu=index,uuid,memory.total,mig.mode.current) {answer['query']} ;; "
+            f"--query-gpu=index,uuid,memory.total) {answer['query3']} ;; "
             "*) exit 9 ;; esac\n"
         )
         smi.chmod(smi.stat().st_mode | stat.S_IXUSR)
@@ -134,3 +138,10 @@ async def test_one_slot_keeps_every_cpu_and_the_worker_environment_wins(machine)
     assert env["OMP_NUM_THREADS"] == "3"
     cpu = Slot("cpu", threads=2).env({})
     assert cpu["CUDA_VISIBLE_DEVICES"] == "" and "PYTORCH_CUDA_ALLOC_CONF" not in cpu
+
+
+async def test_drivers_before_mig_and_uuids_in_the_listing(machine) -> None:  # type: ignore[no-untyped-def]
+    """R418: `-L` without UUIDs, and no mig.mode.current field to query."""
+    machine("k80_r418")
+    slots = await with_memory(await resolve_slots(None, {}))
+    assert [(s.gpu, s.memory_bytes) for s in slots] == [("0", 11441 * MiB), ("1", 11441 * MiB)]
