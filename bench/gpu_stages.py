@@ -534,7 +534,7 @@ def main() -> int:
     if Ctx.dry:
         Ctx.device = torch.device("cpu")
         use_standin()
-    else:
+    elif args.stage != "env":  # env runs before the wheels (structlog) are installed
         # Measure as a worker's GPU slot runs (the allocator's settings are read at the
         # first CUDA allocation, after this).
         from service.worker.gpus import Slot
