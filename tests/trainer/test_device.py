@@ -69,6 +69,8 @@ def test_out_of_memory_without_torch_out_of_memory_error(monkeypatch: pytest.Mon
     assert cuda_oom in out_of_memory_errors()
     assert is_out_of_memory(cuda_oom("CUDA error: tried to allocate 2.00 GiB"))
     assert is_out_of_memory(MemoryError())
+    # what the patched difflogic kernels raise (deploy/patch_difflogic.py's gpuAssert)
+    assert is_out_of_memory(RuntimeError("difflogic CUDA error: out of memory (k.cu:290)"))
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
 
 
