@@ -23,6 +23,7 @@ from pydantic import ValidationError
 from trainer import protocol, supervision
 from trainer.checkpoint import BadCheckpoint, CheckpointedStop
 from trainer.data import DataError
+from trainer.device import out_of_memory_errors
 from trainer.errors import Diverged, RunConfigError
 from trainer.flags import add_option_flag, number
 from trainer.layer import BACKENDS
@@ -144,9 +145,10 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation that failed: Python's MemoryError, torch's CUDA OutOfMemoryError (a
-    RuntimeError), its CPU allocator's "can't allocate memory" RuntimeError, or a C++
-    std::bad_alloc surfacing as one."""
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+    RuntimeError; its name differs across the torch versions we allow, see
+    trainer.device.out_of_memory_errors), its CPU allocator's "can't allocate memory"
+    RuntimeError, or a C++ std::bad_alloc surfacing as one."""
+    if isinstance(exc, out_of_memory_errors()):
         return True
     text = str(exc)
     return (

@@ -25,6 +25,7 @@ import torch
 from trainer import checkpoint, environment, logs, protocol, supervision
 from trainer.checkpoint import CheckpointedStop, Progress
 from trainer.data import Dataset, load_dataset
+from trainer.device import gpu_model, gpu_peak_mib, make_optimizer
 from trainer.errors import Diverged, RunConfigError
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
@@ -351,7 +352,7 @@ def run(
     y_tr = torch.from_numpy(data.y_train).to(device)
     x_te = torch.from_numpy(data.x_test).to(device)
     y_te = torch.from_numpy(data.y_test).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    opt = make_optimizer(model.parameters(), args.learning_rate, device)
     generator = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(x_tr) / args.batch_size)
 
@@ -373,6 +374,14 @@ def run(
                 "resuming on another device: the random noise differs from the original run",
                 checkpoint_device=header.fields.get("device"),
                 device=str(device),
+            )
+        other = checkpoint.other_gpu(header, gpu_model(device))
+        if other is not None:
+            log.warning(
+                "resuming on another GPU model: its kernels add in another order, so the run "
+                "will not repeat the original bit for bit",
+                checkpoint_gpu=other,
+                gpu=gpu_model(device),
             )
         emit(protocol.Resumed(progress.epochs_done, progress.step))
 
@@ -406,6 +415,9 @@ def run(
             "epoch_s": time.perf_counter() - e0,
             "step_ms": 1e3 * stats.seconds / max(1, stats.steps),
         }
+        peak = gpu_peak_mib(device)
+        if peak is not None:  # what the memory estimate is checked against (docs/worker.md)
+            metrics["gpu_peak_mib"] = peak
         best = max(best, test_acc_discrete)
         emit(protocol.Epoch(epoch, args.epochs, metrics))
         progress = Progress(epochs_done=epoch, best=best, metrics=metrics)
@@ -431,6 +443,9 @@ def run(
     }
     if circuit is not None:
         summary["live_fraction"] = circuit["gatesLive"] / max(1, circuit["gates"])
+    peak = gpu_peak_mib(device)
+    if peak is not None:
+        summary["gpu_peak_mib"] = peak
     summary["total_s"] = total_s
     emit(protocol.Summary(args.epochs, summary, sum(model.widths), path))
     return metrics
