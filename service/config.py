@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
+from service.errors import ConfigError
+
 DEFAULT_DB = "gatequeue"
 DEFAULT_LEASE_S = 30.0
 DEFAULT_API_PORT = 8080
@@ -30,10 +32,6 @@ DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0
 DEFAULT_MAX_CONNECTIONS = 1000  # lowered where the descriptor limit leaves less
 DEFAULT_MAX_WEBSOCKETS = 500
 DEFAULT_MAX_WEBSOCKETS_PER_USER = 50
-
-
-class ConfigError(ValueError):
-    """A configuration value a user set cannot be used; the message names the variable."""
 
 
 @dataclass(frozen=True)

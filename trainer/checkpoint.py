@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from trainer import environment
+from trainer.errors import BadCheckpoint, CheckpointedStop
 from trainer.options import hyperparameters_hash
 
 if TYPE_CHECKING:
@@ -75,24 +76,6 @@ __all__ = [
     "restore",
     "write_checkpoint",
 ]
-
-
-class BadCheckpoint(Exception):
-    """A file that cannot be resumed from; `reason` says why in a few words."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"cannot resume from {path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-
-class CheckpointedStop(Exception):
-    """Raised out of the training loop once a requested checkpoint is written (or could not
-    be: `path` is None); `python -m trainer` exits with protocol.EXIT_CHECKPOINTED."""
-
-    def __init__(self, path: Path | None) -> None:
-        super().__init__(f"stopped on request, checkpoint {path}")
-        self.path = path
 
 
 # -- what a run is at a checkpoint ----------------------------------------------------------

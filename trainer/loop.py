@@ -23,10 +23,10 @@ from typing import Any, NoReturn
 import torch
 
 from trainer import checkpoint, environment, logs, protocol, supervision
-from trainer.checkpoint import CheckpointedStop, Progress
+from trainer.checkpoint import Progress
 from trainer.data import Dataset, load_dataset
 from trainer.device import gpu_model, gpu_peak_mib, make_optimizer
-from trainer.errors import Diverged, RunConfigError
+from trainer.errors import CheckpointedStop, Diverged, RunConfigError
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
 from trainer.memory import EVAL_BATCH

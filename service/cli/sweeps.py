@@ -32,6 +32,7 @@ from service.cli.common import (
     num,
     status_markup,
 )
+from service.cli.errors import SweepFlagError
 from service.cli.terminal import markup_safe
 from service.client import GateQueueClient, GateQueueError, Sweep
 from service.config import Settings
@@ -103,10 +104,6 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 # -- parsing the sweep flags -------------------------------------------------------------
-
-
-class SweepFlagError(ValueError):
-    """A --grid, --run or --space that cannot be read; the message says which and why."""
 
 
 def _option(name: str) -> Option:

@@ -45,13 +45,15 @@ from service.store.errors import IdempotencyKeyReused
 from service.store.inserter import JobInserter
 from service.store.outcome import outcome_unknown
 
-MAX_LIST_LIMIT = 500
 # The claim order of docs/design.md: highest priority first, then the oldest.
 CLAIM_ORDER: builtins.list[tuple[str, int]] = [("priority", DESCENDING), ("_id", ASCENDING)]
 # Jobs of a sweep still being inserted carry `held: true` (server-only, like
 # `idempotencyKey`): no worker may see them until the whole sweep is stored.
 NOT_HELD: dict[str, Any] = {"held": {"$exists": False}}
 SWEEP_BATCH = 500  # jobs per insert_many of a sweep
+# A page of jobs at most (GET /jobs?limit=): one definition, enforced where the query is
+# made; service.api.limits declares it to the API.
+MAX_LIST_LIMIT = 200
 
 
 def parse_job_id(job_id: str | ObjectId) -> ObjectId | None:
