@@ -75,9 +75,10 @@ async def test_sweep_from_the_form_to_compare(
         table = page.locator("#sweep-body tr")
         await expect(table).to_have_count(6)
         heads = await page.locator("#sweep-head th").all_text_contents()
+        # Ranked by the validation metric (the form's default), the kept test accuracy beside.
         assert heads[1:] == [
-            "#", "gates", "learningRate", "status", "epoch", "test_acc_discrete", "live gates",
-            "images/s",
+            "#", "gates", "learningRate", "status", "epoch", "val_acc_discrete",
+            "test_acc_discrete", "live gates", "images/s",
         ]  # fmt: skip
         # The table fills live over /ws/jobs?sweep=ID.
         await expect(page.locator('#sweep-body tr[data-status="Running"]').first).to_be_visible()
