@@ -380,6 +380,10 @@ def runs_table(sweep: Sweep) -> Table:
     table.add_column(metric, justify="right")
     if metric != "test_acc_discrete":  # the kept network's, beside the metric it was kept by
         table.add_column("test_acc_discrete", justify="right")
+    results = any(run.get("result") for run in runs)
+    if results:  # the rest of the kept network's result: its epoch and discretization gap
+        table.add_column("KEPT", justify="right")
+        table.add_column("GAP", justify="right")
     circuits = any(run.get("circuit") for run in runs)
     if circuits:  # what each run compiled to (docs/circuits.md)
         table.add_column("LIVE GATES", justify="right")
@@ -394,6 +398,10 @@ def runs_table(sweep: Sweep) -> Table:
         if metric != "test_acc_discrete":
             acc = _kept_test_acc(run)
             cells.append(num(acc) if acc is not None else "")
+        if results:
+            result = run.get("result") or {}
+            cells.append(str(result["epoch"]) if result else "")
+            cells.append(num(result["discretization_gap"]) if result else "")
         if circuits:
             circuit = run.get("circuit") or {}
             cells.append(f"{circuit['gatesLive']:,}" if circuit else "")

@@ -278,14 +278,45 @@ export class SweepView {
     $("sweep-scatter-panel").hidden = varying.length === 0;
   }
 
+  // With seeds: each combination's mean per epoch over its runs, with a band of ± one
+  // standard deviation; else every run.
+  chartSeries(metric) {
+    const s = this.sweep;
+    if ((s.seeds || 1) < 2) {
+      return [...this.runs].sort((a, b) => a.index - b.index).map((r) => ({
+        label: `#${r.index} ${Object.entries(r.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ")}`,
+        rows: this.rows.get(r.id) || [],
+        highlight: Boolean(this.best && this.best.id === r.id),
+      }));
+    }
+    return (s.combinations || []).map((g) => {
+      const byEpoch = new Map();
+      for (const id of g.jobs || []) {
+        for (const row of this.rows.get(id) || []) {
+          if (typeof row[metric] !== "number") continue;
+          if (!byEpoch.has(row.epoch)) byEpoch.set(row.epoch, []);
+          byEpoch.get(row.epoch).push(row[metric]);
+        }
+      }
+      const rows = [];
+      const spread = new Map();
+      for (const [epoch, vs] of [...byEpoch].sort((a, b) => a[0] - b[0])) {
+        const mean = vs.reduce((a, b) => a + b, 0) / vs.length;
+        const sd = vs.length > 1 ? Math.sqrt(vs.reduce((a, v) => a + (v - mean) ** 2, 0) / (vs.length - 1)) : 0;
+        rows.push({ epoch, [metric]: mean });
+        spread.set(epoch, sd);
+      }
+      return {
+        label: `#${g.index} ${Object.entries(g.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ")} (mean of ${(g.jobs || []).length})`,
+        rows, spread, highlight: Boolean(s.best && s.best.combination === g.index),
+      };
+    });
+  }
+
   renderCharts() {
     if (!this.sweep) return;
     const metric = this.chartMetric;
-    const runs = [...this.runs].sort((a, b) => a.index - b.index).map((r) => ({
-      label: `#${r.index} ${Object.entries(r.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ")}`,
-      rows: this.rows.get(r.id) || [],
-      highlight: Boolean(this.best && this.best.id === r.id),
-    }));
+    const runs = this.chartSeries(metric);
     $("sweep-chart-empty").hidden = runs.some((r) => r.rows.length);
     if (runs.some((r) => r.rows.length)) this.chart.draw(metric, runs);
     if (this.scatterX) {
