@@ -16,9 +16,11 @@ ARG UBUNTU_VERSION=ubuntu24.04
 ARG TORCH_VERSION=2.8.0
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG DIFFLOGIC_VERSION=0.1.0
-# Compute capabilities the difflogic kernels are compiled for: T4, A100, A10/RTX 30xx,
+# Compute capabilities the difflogic kernels are compiled for: V100, T4, A100, A10/RTX 30xx,
 # L4/L40/RTX 40xx, H100/H200, B200, RTX 50xx; +PTX lets newer GPUs JIT-compile the last one.
-ARG TORCH_CUDA_ARCH_LIST="7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
+# A GPU outside the list fails difflogic's first launch ("no kernel image is available"),
+# as a RuntimeError since the patch below; `--backend auto` uses the torch path on CUDA.
+ARG TORCH_CUDA_ARCH_LIST="7.0;7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX"
 ARG APP_UID=10001
 
 
@@ -95,8 +97,11 @@ RUN --mount=type=cache,target=/root/.cache/pip \
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 # difflogic ships only an sdist whose setup.py imports torch, hence --no-build-isolation.
-# Its kernels pass `tensor.type()` to AT_DISPATCH_*, which torch >= 2.7 no longer accepts;
-# `scalar_type()` (and `is_cuda()` on the tensor) mean the same on every torch version.
+# deploy/patch_difflogic.py (also run by bench/gpu_check.sh) patches its CUDA sources first:
+# launch checks instead of a device sync after every kernel, a RuntimeError instead of
+# exit() on a CUDA error, launches on torch's current stream, and scalar_type() for the
+# Tensor.type() that torch >= 2.7 rejects. It fails the build if any of that is not found.
+COPY deploy/patch_difflogic.py /tmp/patch_difflogic.py
 RUN --mount=type=cache,target=/root/.cache/pip \
     set -eux; \
     mkdir -p /tmp/difflogic /wheels; \
@@ -104,13 +109,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         -d /tmp/difflogic "difflogic==${DIFFLOGIC_VERSION}"; \
     tar -xzf /tmp/difflogic/difflogic-*.tar.gz -C /tmp/difflogic; \
     src="$(find /tmp/difflogic -mindepth 1 -maxdepth 1 -type d -name 'difflogic-*')"; \
-    sed -i -E \
-        -e 's/([A-Za-z_][A-Za-z0-9_]*)\.type\(\)\.is_cuda\(\)/\1.is_cuda()/g' \
-        -e 's/(AT_DISPATCH_[A-Z_]+\(\s*[A-Za-z_][A-Za-z0-9_]*)\.type\(\)/\1.scalar_type()/g' \
-        "$src"/difflogic/cuda/*.cu "$src"/difflogic/cuda/*.cpp; \
-    if grep -n '\.type()' "$src"/difflogic/cuda/*.cu "$src"/difflogic/cuda/*.cpp; then \
-        echo "difflogic sources still call Tensor.type(); update the patch above" >&2; exit 1; \
-    fi; \
+    python /tmp/patch_difflogic.py "$src"; \
     pip wheel --no-deps --no-build-isolation -w /wheels "$src"; \
     pip install /wheels/difflogic-*.whl; \
     python -c "import torch, difflogic_cuda; print('difflogic_cuda built for', torch.__version__)"

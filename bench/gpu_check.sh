@@ -1,87 +1,170 @@
 #!/usr/bin/env bash
-# GPU check of the trainer: build difflogic's CUDA extension from its PyPI sdist, then time
-# both layer backends (difflogic's kernel and ours) on the GPU, and our CPU kernel beside.
-#
-# Two steps, because the GPU machine reaches no package registry:
+# The device check of the GPU path: one run that answers every open GPU question, in at most
+# 6 minutes, every stage under `timeout`, each stage's failure recorded and not fatal to the
+# rest. Results: $OUT/gpu_check.json (every stage's status, seconds, result and output
+# tail) and $OUT/gpu_check.log (everything printed).
 #
 #   here (a machine with pip access), once, from the repository root:
 #       bash bench/gpu_check.sh fetch
-#     puts into .whl/ (git-ignored): difflogic's sdist, and wheels of the pure-Python
-#     packages the GPU image lacks (entmax, structlog). pip runs the sdist's setup.py even to
-#     download it, and that setup.py imports torch and needs a CUDA_HOME: a dummy one does.
+#     puts into .whl/ (git-ignored): difflogic's sdist, and wheels for the GPU image's
+#     interpreter (CPython 3.12, manylinux x86-64) of what the trainer imports and that
+#     image lacks (its package list: the device README's KINDS.md): pydantic, pydantic-core,
+#     annotated-types, typing-inspection, typing-extensions, structlog, entmax, at the
+#     versions of our own environment. numpy, scikit-learn and torch are in the image.
 #
-#   there (the GPU machine), from the repository root, carrying .whl:
+#   there (the GPU machine, which reaches no registry), from the repository root, carrying .whl:
 #       bash bench/gpu_check.sh run
-#     installs the wheels into /tmp/site, builds difflogic_cuda for the local GPU, then
-#     1. trains the seed's example hyperparameters on digits for 2 epochs with each backend
-#        (EPOCH lines carry step_ms),
-#     2. times one Adam step of the seed's network size and of the 32000 x 4 benchmark size
-#        with each CUDA backend and, for CUDA vs CPU, our CPU kernel.
-#     Everything is also written to $OUT/gpu_check.log when OUT is set.
-set -euo pipefail
+#     (this workplace's device tool: command "bash bench/gpu_check.sh run", carry [".whl"],
+#     timeout_s 420: the stages keep within 345 s, the wheels' install and the merge beside)
+#
+#   here, without a GPU: bash bench/gpu_check.sh dry-run
+#     runs the same stages on the CPU at toy sizes, with tests/trainer's CPU stand-in for
+#     difflogic_cuda and without the build: it checks this script, not the GPU.
+#
+# Stages of `run`:
+#   env       GPU, driver, torch and its CUDA, nvcc, the bare CUDA context's size
+#   wheels    the wheels into /tmp/site, then `import trainer.cli` (and the loop), first
+#   build     difflogic_cuda from the sdist, patched by deploy/patch_difflogic.py (as the
+#             Dockerfile does), CUDA_HOME from `command -v nvcc`, the arch from
+#             torch.cuda.get_device_capability(); in the background, while:
+#   train     the seed's example on digits, torch path: 3 epochs with a checkpoint after each,
+#             SIGKILLed after the checkpoint of epoch 2, resumed from it to epoch 3, in a
+#             worker slot's environment; nvidia-smi's peak for the process
+#   parity    difflogic against torch on the GPU, nine parametrizations x float32/64, values
+#             and gradients; a bitwise repeat of two steps per backend; a captured step
+#             (trainer/cuda_step.py) against the eager one
+#   steps     step times at 256->3340x4 and 784->32000x4, batch 128, per backend: today's
+#             eager foreach Adam, fused Adam, fused Adam in a CUDA graph; max_memory_allocated
+#   memory    trainer.memory's estimate of the seed's example against the measured peak
+set -uo pipefail
 cd "$(dirname "$0")/.."
 
+# What the trainer imports that the GPU image lacks, as pip names them.
+WHEELS=(pydantic pydantic-core annotated-types typing-inspection typing-extensions structlog entmax)
+PLATFORMS=(manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_17_x86_64
+           manylinux2014_x86_64 manylinux1_x86_64)
+BUDGET_S=${GPU_CHECK_BUDGET_S:-345}
+
 fetch() {
-  local py=${PYTHON:-.venv/bin/python}
-  local fake_cuda
-  fake_cuda=$(mktemp -d)
+  set -e
+  local py=${PYTHON:-.venv/bin/python} fake_cuda pins=() name version
   mkdir -p .whl
+  # pip runs the sdist's setup.py even to download it; it imports torch and wants a
+  # CUDA_HOME: an empty folder does.
+  fake_cuda=$(mktemp -d)
   CUDA_HOME=$fake_cuda "$py" -m pip download --no-deps --no-build-isolation \
     --no-binary :all: -d .whl difflogic==0.1.0
-  "$py" -m pip download --no-deps --only-binary=:all: -d .whl entmax==1.3 structlog
   rm -rf "$fake_cuda"
+  for name in "${WHEELS[@]}"; do
+    version=$("$py" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")
+    pins+=("$name==$version")
+  done
+  local platform_args=()
+  for p in "${PLATFORMS[@]}"; do platform_args+=(--platform "$p"); done
+  "$py" -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+    --implementation cp "${platform_args[@]}" -d .whl "${pins[@]}"
   ls -l .whl
 }
 
+# -- run ----------------------------------------------------------------------------------
+
+W=/tmp/gpu_check
+T0=$SECONDS
+
+meta() {  # name status rc seconds limit
+  local name=$1
+  shift
+  printf '{"status": "%s", "rc": %s, "seconds": %s, "limit_s": %s}\n' "$@" >"$W/$name.meta.json"
+}
+
+# stage NAME LIMIT_S COMMAND...: run it under timeout (never past the budget), its output
+# in $W/NAME.out, its record in $W/NAME.meta.json; returns its exit status.
+stage() {
+  local name=$1 limit=$2 left start rc status
+  shift 2
+  left=$((BUDGET_S - (SECONDS - T0)))
+  if ((left < 10)); then
+    echo "== $name: skipped, the 6-minute budget is spent"
+    meta "$name" skipped null 0 0
+    return 125
+  fi
+  ((limit > left)) && limit=$left
+  echo "== $name (at $((SECONDS - T0)) s, limit $limit s)"
+  start=$SECONDS
+  timeout -k 5 "$limit" "$@" >"$W/$name.out" 2>&1
+  rc=$?
+  status=ok
+  if ((rc == 124 || rc == 137)); then status=timeout; elif ((rc != 0)); then status=failed; fi
+  meta "$name" "$status" "$rc" $((SECONDS - start)) "$limit"
+  echo "== $name: $status (rc $rc, $((SECONDS - start)) s)"
+  tail -n 4 "$W/$name.out" | cut -c1-400
+  return $rc
+}
+
+install_wheels() {
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || return
+  python3 -c "import trainer.cli, trainer.loop, trainer.memory, service.worker.gpus
+import pydantic, structlog, entmax, torch
+print('trainer.cli imports; pydantic', pydantic.VERSION, '; torch', torch.__version__)"
+}
+
+build_difflogic() {
+  local src=/tmp/difflogic-src nvcc arch
+  rm -rf "$src" /tmp/dl-site && mkdir -p "$src"
+  tar xzf .whl/difflogic-*.tar.gz -C "$src" --strip-components=1 || return
+  python3 deploy/patch_difflogic.py "$src" || return
+  nvcc=$(command -v nvcc) || { echo "no nvcc on PATH"; return 3; }
+  arch=$(python3 -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())") || return
+  echo "CUDA_HOME=$(dirname "$(dirname "$nvcc")") TORCH_CUDA_ARCH_LIST=$arch"
+  (cd "$src" && CUDA_HOME=$(dirname "$(dirname "$nvcc")") TORCH_CUDA_ARCH_LIST=$arch \
+    MAX_JOBS=$(nproc) python3 -m pip install -q --no-index --no-deps --no-build-isolation \
+    --no-compile --target /tmp/dl-site .) || return
+  PYTHONPATH=/tmp/dl-site:$PYTHONPATH python3 -c "import difflogic_cuda; print('difflogic_cuda imports')"
+}
+export -f install_wheels build_difflogic
+
 run() {
-  local log=${OUT:-/tmp}/gpu_check.log
-  exec > >(tee "$log") 2>&1
-  export PYTHONUNBUFFERED=1
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site \
-    .whl/entmax-*.whl .whl/structlog-*.whl
-  export PYTHONPATH=/tmp/site:$PWD
+  local dry=${1:-} out=${OUT:-/tmp/gpu_check_out} build_pid="" peak=""
+  rm -rf "$W" && mkdir -p "$W" "$out"
+  exec > >(tee "$out/gpu_check.log") 2>&1
+  export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site:$PWD W
+  local stages=(python3 bench/gpu_stages.py)
+  if [[ $dry == dry ]]; then
+    stages=(${PYTHON:-.venv/bin/python} bench/gpu_stages.py --dry-run)
+    export PYTHONPATH=$PWD
+  fi
 
-  # Build difflogic_cuda from the sdist. Its kernels use the long-deprecated Tensor::type()
-  # in AT_DISPATCH and CHECK_CUDA, which current torch no longer compiles; the sed swaps in
-  # scalar_type() / is_cuda(), which mean the same.
-  local src=/tmp/difflogic-src
-  rm -rf "$src" && mkdir -p "$src"
-  tar xzf .whl/difflogic-*.tar.gz -C "$src" --strip-components=1
-  sed -i -E 's/\b([a-z_]+)\.type\(\)\.is_cuda\(\)/\1.is_cuda()/g;
-             s/(AT_DISPATCH_[A-Z_]+\()([a-z_]+)\.type\(\)/\1\2.scalar_type()/g' \
-    "$src"/difflogic/cuda/*.cu "$src"/difflogic/cuda/*.cpp
-  local t0=$SECONDS
-  (cd "$src" && CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} MAX_JOBS=$(nproc) \
-    TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} \
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site .) \
-    || echo "difflogic build FAILED: continuing with our backend only"
-  echo "difflogic build took $((SECONDS - t0)) s"
-  python3 -c "import torch, difflogic_cuda; print('difflogic_cuda imports; torch', torch.__version__)" \
-    || echo "difflogic_cuda does not import"
-
-  local seed=(--gate-optimizer sparsemax_noise --gates 3332 --network-layers 4 --grouping 10
-              --group-sum-tau 100 --residual-layers 4 --noise-temp 0.2 --epochs 2
-              --dataset digits --device cuda)
-  for backend in difflogic torch; do
-    echo "== digits, seed example, 2 epochs, backend $backend"
-    python3 -m trainer "${seed[@]}" --backend "$backend" --output-dir "/tmp/run-$backend" \
-      || echo "backend $backend FAILED"
-  done
-
-  echo "== one Adam step, seed network size (256 digits inputs, 3340 x 4), batch 128"
-  python3 bench/trainer_step.py --device cuda --backends difflogic,torch --no-reference \
-    --in-dim 256 --gates 3340 --rounds 20 --warmup 5
-  python3 bench/trainer_step.py --device cpu --backends cpp --no-reference \
-    --in-dim 256 --gates 3340 --rounds 20 --warmup 3
-  echo "== one Adam step, 784 inputs, 32000 x 4, batch 128"
-  python3 bench/trainer_step.py --device cuda --backends difflogic,torch --no-reference \
-    --rounds 20 --warmup 5
-  python3 bench/trainer_step.py --device cpu --backends cpp,torch --rounds 5 --warmup 2
+  stage env 30 "${stages[@]}" env "$W/env.json"
+  if [[ $dry == dry ]]; then
+    stage wheels 60 "${stages[0]}" -c "import trainer.cli, trainer.loop; print('trainer.cli imports')"
+  else
+    stage wheels 60 bash -c install_wheels
+    stage build 240 bash -c build_difflogic &
+    build_pid=$!
+  fi
+  stage train 150 "${stages[@]}" train "$W/train.json"
+  if [[ -n $build_pid ]]; then
+    echo "== waiting for the difflogic build"
+    wait "$build_pid"
+  fi
+  if compgen -G "/tmp/dl-site/difflogic_cuda*" >/dev/null; then
+    export PYTHONPATH=/tmp/dl-site:$PYTHONPATH
+  fi
+  stage parity 90 "${stages[@]}" parity "$W/parity.json"
+  stage steps 150 "${stages[@]}" steps "$W/steps.json"
+  peak=$("${stages[0]}" -c "import json, sys; print(json.load(open(sys.argv[1])).get('nvidia_smi_peak_mib') or '')" \
+    "$W/train.json" 2>/dev/null)
+  stage memory 60 "${stages[@]}" memory "$W/memory.json" ${peak:+--smi-peak-mib "$peak"}
+  "${stages[0]}" bench/gpu_stages.py merge "$W" "$out/gpu_check.json"
+  echo "== done in $((SECONDS - T0)) s: $out/gpu_check.json"
+  "${stages[0]}" -c "import json, sys; print(json.dumps(json.load(open(sys.argv[1]))['summary']))" \
+    "$out/gpu_check.json"
 }
 
 case "${1:-}" in
   fetch) fetch ;;
   run) run ;;
-  *) echo "usage: bash bench/gpu_check.sh fetch|run" >&2; exit 2 ;;
+  dry-run) run dry ;;
+  *) echo "usage: bash bench/gpu_check.sh fetch|run|dry-run" >&2; exit 2 ;;
 esac

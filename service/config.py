@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 DEFAULT_DB = "gatequeue"
 DEFAULT_LEASE_S = 30.0
@@ -20,6 +21,15 @@ DEFAULT_DATA_DIR = Path(".gatequeue") / "data"
 DEFAULT_SUBMIT_RATE_PER_MIN = 600
 DEFAULT_MAX_PENDING = 10_000
 DEFAULT_MAX_SWEEP = 1000  # jobs in one POST /sweeps (docs/sweeps.md)
+# How long an Idempotency-Key is remembered (docs/security.md, "Idempotency keys").
+DEFAULT_IDEMPOTENCY_TTL_S = 24 * 3600.0
+# The API's connections (docs/security.md, "Connections").
+DEFAULT_HEADER_TIMEOUT_S = 10.0
+DEFAULT_BODY_TIMEOUT_S = 30.0
+DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0
+DEFAULT_MAX_CONNECTIONS = 1000  # lowered where the descriptor limit leaves less
+DEFAULT_MAX_WEBSOCKETS = 500
+DEFAULT_MAX_WEBSOCKETS_PER_USER = 50
 
 
 class ConfigError(ValueError):
@@ -47,6 +57,14 @@ class Settings:
     max_sweep: int = DEFAULT_MAX_SWEEP
     # Bytes a run may use in each of this worker's slots; None: found out (docs/worker.md).
     slot_memory: int | None = None
+    idempotency_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S
+    body_timeout_s: float = DEFAULT_BODY_TIMEOUT_S
+    keepalive_timeout_s: float = DEFAULT_KEEPALIVE_TIMEOUT_S
+    # None: DEFAULT_MAX_CONNECTIONS, or less where the descriptor limit leaves less.
+    max_connections: int | None = None
+    max_websockets: int = DEFAULT_MAX_WEBSOCKETS
+    max_websockets_per_user: int = DEFAULT_MAX_WEBSOCKETS_PER_USER
 
     @property
     def auth_configured(self) -> bool:
@@ -91,6 +109,33 @@ class Settings:
                 "GATEQUEUE_MAX_SWEEP", env.get("GATEQUEUE_MAX_SWEEP"), DEFAULT_MAX_SWEEP
             ),
             slot_memory=parse_bytes("GATEQUEUE_SLOT_MEMORY", env.get("GATEQUEUE_SLOT_MEMORY")),
+            idempotency_ttl_s=_parse_positive_float(
+                "GATEQUEUE_IDEMPOTENCY_TTL_S", env.get("GATEQUEUE_IDEMPOTENCY_TTL_S"),
+                DEFAULT_IDEMPOTENCY_TTL_S,
+            ),
+            header_timeout_s=_parse_positive_float(
+                "GATEQUEUE_HEADER_TIMEOUT_S", env.get("GATEQUEUE_HEADER_TIMEOUT_S"),
+                DEFAULT_HEADER_TIMEOUT_S,
+            ),
+            body_timeout_s=_parse_positive_float(
+                "GATEQUEUE_BODY_TIMEOUT_S", env.get("GATEQUEUE_BODY_TIMEOUT_S"),
+                DEFAULT_BODY_TIMEOUT_S,
+            ),
+            keepalive_timeout_s=_parse_positive_float(
+                "GATEQUEUE_KEEPALIVE_TIMEOUT_S", env.get("GATEQUEUE_KEEPALIVE_TIMEOUT_S"),
+                DEFAULT_KEEPALIVE_TIMEOUT_S,
+            ),
+            max_connections=_parse_count(
+                "GATEQUEUE_MAX_CONNECTIONS", env.get("GATEQUEUE_MAX_CONNECTIONS"), None
+            ),
+            max_websockets=_parse_count(
+                "GATEQUEUE_MAX_WEBSOCKETS", env.get("GATEQUEUE_MAX_WEBSOCKETS"),
+                DEFAULT_MAX_WEBSOCKETS,
+            ),
+            max_websockets_per_user=_parse_count(
+                "GATEQUEUE_MAX_WEBSOCKETS_PER_USER", env.get("GATEQUEUE_MAX_WEBSOCKETS_PER_USER"),
+                DEFAULT_MAX_WEBSOCKETS_PER_USER,
+            ),
         )  # fmt: skip
 
 
@@ -177,7 +222,15 @@ def parse_bytes(name: str, raw: str | None) -> int | None:
     return int(value)
 
 
-def _parse_count(name: str, raw: str | None, default: int) -> int:
+@overload
+def _parse_count(name: str, raw: str | None, default: int) -> int: ...
+
+
+@overload
+def _parse_count(name: str, raw: str | None, default: None) -> int | None: ...
+
+
+def _parse_count(name: str, raw: str | None, default: int | None) -> int | None:
     if raw is None or raw.strip() == "":
         return default
     if not raw.strip().isdigit() or int(raw) < 1:

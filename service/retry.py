@@ -1,10 +1,14 @@
 """The one retry policy: capped exponential backoff with jitter, on top of PyMongo's own
 single retry of reads and writes.
 
-Every loop that tries again after an error (a change stream re-opening, a log batch, a
-metrics write, a claim, a lease renewal) takes its delays from a `Backoff`, and the
-one-shot ones call `retry()`. Jitter keeps the workers of a fleet from retrying in step
-after an election; the cap keeps a recovered database from waiting on a long sleep.
+Every loop that tries again after an error takes its delays from a `Backoff`: the one-shot
+operations call `retry()` (a claim's read-back, a log batch, a final write, a cancel whose
+reply was lost), and the loops that live on (the claimer, a client's reconnecting
+WebSocket, the sweeps' tidier) count their consecutive failures in a `Failures`. Jitter
+keeps the workers of a fleet, and the clients of an API, from retrying in step after an
+election or a restart; the cap keeps a recovered database from waiting on a long sleep.
+
+No PyMongo at import: the asyncio client (service.client) uses this module too.
 """
 
 from __future__ import annotations
@@ -15,8 +19,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
-
-from pymongo.errors import PyMongoError
 
 T = TypeVar("T")
 
@@ -45,21 +47,51 @@ DATABASE = Backoff(initial_s=0.1, max_s=2.0)
 RECONNECT = Backoff(initial_s=0.1, max_s=5.0)
 
 
+class Failures:
+    """The failures in a row of a loop that lives on: `failed()` counts one and says how long
+    to wait before the next try; `exhausted` says to give up instead (more than `attempts`
+    in a row); `reset()`, after a success, starts the schedule over."""
+
+    def __init__(self, policy: Backoff = DATABASE, *, attempts: int | None = None) -> None:
+        self.policy = policy
+        self.attempts = attempts
+        self.count = 0
+        self._delays = policy.delays()
+
+    def failed(self) -> float:
+        self.count += 1
+        return next(self._delays)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.attempts is not None and self.count > self.attempts
+
+    def reset(self) -> None:
+        self.count = 0
+        self._delays = self.policy.delays()
+
+
 async def retry(
     op: Callable[[], Awaitable[T]],
     *,
     policy: Backoff = DATABASE,
-    retry_on: tuple[type[BaseException], ...] = (PyMongoError,),
+    retry_on: tuple[type[BaseException], ...] | None = None,
+    retry_if: Callable[[BaseException], bool] | None = None,
     attempts: int | None = None,
     deadline: float | None = None,
     on_error: Callable[[BaseException, float], None] | None = None,
 ) -> T:
-    """`await op()` until it returns; after a `retry_on` error, sleep and try again.
+    """`await op()` until it returns; after a `retry_on` error (default: any PyMongoError)
+    for which `retry_if` holds (default: always), sleep and try again.
 
     Gives up (re-raising the last error) after `attempts` tries, or when the next try would
     start after `deadline` (a `time.monotonic()` value: a lease's end, say). `on_error` sees
-    each error and the delay before the next try.
+    each error that is retried and the delay before the next try.
     """
+    if retry_on is None:
+        from pymongo.errors import PyMongoError
+
+        retry_on = (PyMongoError,)
     delays = policy.delays()
     tries = 0
     while True:
@@ -67,6 +99,8 @@ async def retry(
         try:
             return await op()
         except retry_on as exc:
+            if retry_if is not None and not retry_if(exc):
+                raise
             delay = next(delays)
             if attempts is not None and tries >= attempts:
                 raise

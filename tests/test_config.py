@@ -16,6 +16,7 @@ def test_defaults() -> None:
     assert s.api_token is None
     assert s.gpus is None
     assert s.lease_s == 30.0
+    assert s.idempotency_ttl_s == 24 * 3600
 
 
 def test_all_variables() -> None:
@@ -29,6 +30,7 @@ def test_all_variables() -> None:
             "GATEQUEUE_DATA_DIR": "/data",
             "GATEQUEUE_LOG_FORMAT": "JSON",
             "GATEQUEUE_WORKER_ID": "gpu-node-7",
+            "GATEQUEUE_IDEMPOTENCY_TTL_S": "3600",
         }
     )
     assert s.mongodb_uri == "mongodb://x/?replicaSet=rs0"
@@ -39,6 +41,7 @@ def test_all_variables() -> None:
     assert s.data_dir == Path("/data")
     assert s.log_format == "json"
     assert s.worker_id == "gpu-node-7"
+    assert s.idempotency_ttl_s == 3600
 
 
 @pytest.mark.parametrize(
@@ -56,6 +59,7 @@ def test_gpus(raw: str, expected: tuple[str, ...] | None) -> None:
         ({"GATEQUEUE_LEASE_S": "soon"}, "GATEQUEUE_LEASE_S"),
         ({"GATEQUEUE_LEASE_S": "-1"}, "GATEQUEUE_LEASE_S"),
         ({"GATEQUEUE_LOG_FORMAT": "xml"}, "GATEQUEUE_LOG_FORMAT"),
+        ({"GATEQUEUE_IDEMPOTENCY_TTL_S": "0"}, "GATEQUEUE_IDEMPOTENCY_TTL_S"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], name: str) -> None:

@@ -355,3 +355,32 @@ def test_missing_java_and_maven_name_the_alternatives(
         assert needle in message
     with pytest.raises(EmbeddedMongoUnavailable, match="MONGODB_URI"):
         EmbeddedMongo().start()
+
+
+def test_the_build_is_keyed_by_every_main_source_and_no_test(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An edit anywhere under src/main (or pom.xml) rebuilds the jar; an edit of a JUnit test
+    does not, and the build copy leaves the tests out (CI runs them, first use skips them)."""
+    copy = tmp_path / "mongo-server"
+    shutil.copytree(embedded_mongo.SOURCE_DIR, copy, ignore=shutil.ignore_patterns("target"))
+    monkeypatch.setattr(embedded_mongo, "SOURCE_DIR", copy)
+    monkeypatch.setattr(embedded_mongo, "_POM", copy / "pom.xml")
+    monkeypatch.setattr(embedded_mongo, "_MAIN_SOURCES", copy / "src" / "main")
+    package = copy / "src" / "main" / "java" / "dev" / "gatequeue" / "mongo"
+    digests = [embedded_mongo._source_digest()]
+
+    test_file = next((copy / "src" / "test").rglob("*.java"))
+    test_file.write_text(test_file.read_text() + "// edited\n")
+    assert embedded_mongo._source_digest() == digests[-1]
+
+    for edit in (package / "changes" / "Tokens.java", package / "wire" / "Handler.java"):
+        edit.write_text(edit.read_text() + "// edited\n")
+        digests.append(embedded_mongo._source_digest())
+    (package / "query" / "Extra.java").write_text("package dev.gatequeue.mongo.query;\n")
+    digests.append(embedded_mongo._source_digest())
+    assert len(set(digests)) == len(digests)
+
+    built = tmp_path / "build"
+    shutil.copytree(copy, built, ignore=embedded_mongo._copy_ignore)
+    assert (built / "src" / "main").is_dir() and not (built / "src" / "test").exists()

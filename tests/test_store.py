@@ -314,3 +314,36 @@ async def test_count_by_status(store: Store) -> None:
     assert counts["Pending"] == 1
     assert counts["Cancelled"] == 1
     assert counts["Running"] == 0
+
+
+async def test_a_cancel_whose_reply_was_lost_is_retried_and_says_what_it_did(
+    mongo_uri: str, db_name: str
+) -> None:
+    """The cancel's write is applied but its answer lost, twice (the driver's own retry too):
+    request_cancel tries again (service.retry), reads the job, and reports the cancel as its
+    own (CANCELLED, REQUESTED), not as someone else's (FINISHED, ALREADY_REQUESTED)."""
+    from wire_proxy import WireProxy
+
+    async with WireProxy.for_uri(mongo_uri) as proxy:
+        client = connect(proxy.uri())
+        try:
+            store = Store(client, db_name)
+            pending, _ = await insert_job(store, HP)
+            job, _ = await insert_job(store, HP)
+            running = await store.jobs.claim(job, W1, 30)
+            assert running is not None
+            for target, outcome in (
+                (pending, CancelOutcome.CANCELLED), (running, CancelOutcome.REQUESTED)
+            ):  # fmt: skip
+                proxy.lose_reply(
+                    "findAndModify", where=lambda body: body.get("findAndModify") == "jobs",
+                    times=2,
+                )  # fmt: skip
+                result = await store.jobs.request_cancel(target.id)
+                assert result.outcome is outcome
+                assert result.job is not None and result.job.cancelRequested
+            fates = [e.fate for e in proxy.exchanges(command="findAndModify")]
+            assert fates.count("dropped") == 4
+        finally:
+            proxy.heal()
+            await client.close()

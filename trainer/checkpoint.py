@@ -533,6 +533,17 @@ def check_hyperparameters(header: Header, hyperparameters: Mapping[str, Any]) ->
     )
 
 
+def other_gpu(header: Header, gpu: str | None) -> str | None:
+    """The GPU model the checkpoint was written on, where a resume on `gpu` (this run's,
+    trainer.device.gpu_model) lands on another model: kernels and their float sums differ
+    between GPU generations, so the run goes on, but not as the original would have. None
+    when both are the same, or either is not known (a CPU run, an older checkpoint)."""
+    saved = header.fields.get("gpu")
+    if isinstance(saved, str) and gpu is not None and saved != gpu:
+        return saved
+    return None
+
+
 def load_payload(header: Header) -> dict[str, Any]:
     """The payload of an inspected file (tensors on the CPU). Raises BadCheckpoint."""
     import pickle
@@ -560,8 +571,12 @@ def header_fields(
     threads: int,
     steps_per_epoch: int,
 ) -> dict[str, Any]:
-    """A header: what a reader needs without loading the payload, and where it came from."""
+    """A header: what a reader needs without loading the payload, and where it came from.
+    `gpu`: the GPU's model on CUDA (None elsewhere): "cuda" alone does not say whether a
+    resume lands on the same kind of card (other_gpu)."""
     import torch
+
+    from trainer.device import gpu_model
 
     return {
         "epoch": epoch,
@@ -570,6 +585,7 @@ def header_fields(
         "hyperparameters": dict(hyperparameters),
         "hyperparameters_hash": hyperparameters_hash(hyperparameters),
         "device": device,
+        "gpu": gpu_model(device),
         "backend": backend,
         "threads": threads,
         "torch": torch.__version__,

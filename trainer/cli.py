@@ -23,34 +23,15 @@ from pydantic import ValidationError
 from trainer import protocol, supervision
 from trainer.checkpoint import BadCheckpoint, CheckpointedStop
 from trainer.data import DataError
+from trainer.device import out_of_memory_errors
+from trainer.errors import Diverged, RunConfigError
+from trainer.flags import add_option_flag, number
 from trainer.layer import BACKENDS
-from trainer.options import (
-    RUN_CONTROL_OPTIONS,
-    TRAINING_OPTIONS,
-    Option,
-    TrainingOptions,
-    flag_of,
-)
-
-
-def _cli_number(kind: type) -> Callable[[str], Any]:
-    """argparse's type for a numeric flag: only the spelling is checked here, bounds are the
-    options model's (one check for the API and the trainer)."""
-
-    def parse(text: str) -> Any:
-        try:
-            return kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
-            ) from None
-
-    parse.__name__ = kind.__name__
-    return parse
+from trainer.options import RUN_CONTROL_OPTIONS, TRAINING_OPTIONS, TrainingOptions, flag_of
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
-    parse = _cli_number(kind)
+    parse = number(kind)
 
     def positive(text: str) -> Any:
         value = parse(text)
@@ -60,46 +41,6 @@ def _positive(kind: type) -> Callable[[str], Any]:
 
     positive.__name__ = kind.__name__
     return positive
-
-
-def _within_bounds(o: Option) -> Callable[[str], Any]:
-    """A number flag checked against its option's bounds where argparse parses it (run
-    control options have no request model to check them later)."""
-    parse = _cli_number(o.kind)
-
-    def check(text: str) -> Any:
-        value = parse(text)
-        low_ok = (o.ge is None or value >= o.ge) and (o.gt is None or value > o.gt)
-        high_ok = o.le is None or value <= o.le
-        if not (low_ok and high_ok):  # NaN fails too
-            bounds = " and ".join(
-                b
-                for b in (
-                    f">= {o.ge:g}" if o.ge is not None else "",
-                    f"> {o.gt:g}" if o.gt is not None else "",
-                    f"<= {o.le:g}" if o.le is not None else "",
-                )
-                if b
-            )
-            raise argparse.ArgumentTypeError(f"must be a number {bounds}, got {text}")
-        return value
-
-    return check
-
-
-def add_option_flag(
-    group: argparse._ArgumentGroup | argparse.ArgumentParser, o: Option, *, bounded: bool = False
-) -> None:
-    kwargs: dict[str, Any] = {"dest": o.dest, "default": o.default, "help": o.help}
-    if o.choices:
-        kwargs |= {"choices": o.choices, "metavar": "NAME"}
-    else:
-        if o.kind in (int, float):
-            kwargs["type"] = _within_bounds(o) if bounded else _cli_number(o.kind)
-        else:
-            kwargs["type"] = o.kind
-        kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[o.kind]
-    group.add_argument(o.flag, **kwargs)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,9 +145,10 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """An allocation that failed: Python's MemoryError, torch's CUDA OutOfMemoryError (a
-    RuntimeError), its CPU allocator's "can't allocate memory" RuntimeError, or a C++
-    std::bad_alloc surfacing as one."""
-    if isinstance(exc, MemoryError | torch.OutOfMemoryError):
+    RuntimeError; its name differs across the torch versions we allow, see
+    trainer.device.out_of_memory_errors), its CPU allocator's "can't allocate memory"
+    RuntimeError, or a C++ std::bad_alloc surfacing as one."""
+    if isinstance(exc, out_of_memory_errors()):
         return True
     text = str(exc)
     return (
@@ -228,15 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         parser = build_parser()
         args = parser.parse_args(argv)
         validate(parser, args)
-        from trainer.loop import (  # torch-heavy imports after argument checks
-            ConfigError,
-            Diverged,
-            run,
-        )
+        from trainer.loop import run  # torch-heavy imports after argument checks
 
         try:
             run(args, supervised, stop)
-        except ConfigError as exc:
+        except RunConfigError as exc:
             parser.error(str(exc))
         except (DataError, Diverged) as exc:
             print(f"error: {exc}", file=sys.stderr, flush=True)

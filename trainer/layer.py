@@ -159,15 +159,14 @@ def random_connections(in_dim: int, out_dim: int) -> tuple[torch.Tensor, torch.T
 def resolve_backend(backend: str, device: torch.device) -> str:
     """The backend a layer uses on `device`; raises ValueError where it cannot run there.
 
-    `auto` takes difflogic's kernel on CUDA where it imports, our C++ kernel on CPU where it
-    builds, and the torch path otherwise.
+    `auto` takes our C++ kernel on CPU where it builds, and the torch path otherwise, on
+    CUDA too: difflogic's kernel is taken only when asked for, until a device measurement
+    shows it faster (bench/gpu_check.sh). trainer.memory.resolve_backend counts the same.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     cuda = device.type == "cuda"
     if backend == "auto":
-        if cuda:
-            return "difflogic" if difflogic_cuda() is not None else "torch"
         if device.type == "cpu":
             try:
                 load_kernel()
@@ -250,7 +249,9 @@ class LogicLayer(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         backend = resolve_backend(self.backend, x.device)
-        if backend == "difflogic":
+        if backend == "difflogic" and self.in_dim > 1:
+            # With one input a gate reads it twice, which difflogic's backward_x counts as
+            # the first input's derivative twice (see reverse_index): the torch path then.
             if self._reverse is None or self._reverse[0].device != x.device:
                 self._reverse = reverse_index(self.idx_a, self.idx_b, self.in_dim)
             start, readers = self._reverse

@@ -26,28 +26,15 @@ from trainer import checkpoint, environment, logs, protocol, supervision
 from trainer.checkpoint import CheckpointedStop, Kept, Progress
 from trainer.data import Dataset, load_dataset
 from trainer.data.split import validation_split
+from trainer.device import gpu_model, gpu_peak_mib, make_optimizer
+from trainer.errors import Diverged, RunConfigError
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
 from trainer.memory import EVAL_BATCH
 from trainer.model import LogicNet, build_model, relaxed_evaluation
 from trainer.options import TRAINING_OPTIONS
 
-__all__ = ["EVAL_BATCH", "ConfigError", "Diverged", "run"]
-
-
-class ConfigError(ValueError):
-    """An argument combination found invalid only once the model or device is known."""
-
-
-class Diverged(ArithmeticError):
-    """The training loss is no longer finite: every later step would only train on NaN, and
-    a network saved from it would predict one class. The run fails, saying where."""
-
-    def __init__(self, epoch: int, loss: float) -> None:
-        super().__init__(
-            f"the training loss became {loss} in epoch {epoch}; nothing was saved from this "
-            "epoch (a smaller learningRate or a larger groupSumTau keeps it finite)"
-        )
+__all__ = ["EVAL_BATCH", "Diverged", "RunConfigError", "run"]
 
 
 @dataclass
@@ -292,8 +279,8 @@ def run(
     supervised: supervision.Supervision | None = None,
     stop: supervision.StopRequest | None = None,
 ) -> dict[str, float]:
-    """Train as `args` say; returns the last epoch's metrics. Raises DataError, ConfigError,
-    BadCheckpoint (before any work: `--resume-from` names an unusable file) and
+    """Train as `args` say; returns the last epoch's metrics. Raises DataError, RunConfigError,
+    Diverged, BadCheckpoint (before any work: `--resume-from` names an unusable file) and
     CheckpointedStop (after a checkpoint-and-stop request).
 
     `supervised`: the worker's channel (trainer.supervision), when a worker runs us; `stop`:
@@ -332,7 +319,7 @@ def run(
         ).to(device)
         backend = model.backend_on(device)
     except ValueError as exc:
-        raise ConfigError(str(exc)) from exc
+        raise RunConfigError(str(exc)) from exc
     if (
         args.threads is None
         and header is None
@@ -371,7 +358,7 @@ def run(
         log.info("validation split", train=len(train_idx), validation=len(valid_idx))
     x_te = torch.from_numpy(data.x_test).to(device)
     y_te = torch.from_numpy(data.y_test).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    opt = make_optimizer(model.parameters(), args.learning_rate, device)
     generator = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(x_tr) / args.batch_size)
 
@@ -393,6 +380,14 @@ def run(
                 "resuming on another device: the random noise differs from the original run",
                 checkpoint_device=header.fields.get("device"),
                 device=str(device),
+            )
+        other = checkpoint.other_gpu(header, gpu_model(device))
+        if other is not None:
+            log.warning(
+                "resuming on another GPU model: its kernels add in another order, so the run "
+                "will not repeat the original bit for bit",
+                checkpoint_gpu=other,
+                gpu=gpu_model(device),
             )
         emit(protocol.Resumed(progress.epochs_done, progress.step))
 
@@ -431,6 +426,9 @@ def run(
             "epoch_s": time.perf_counter() - e0,
             "step_ms": 1e3 * stats.seconds / max(1, stats.steps),
         }
+        peak = gpu_peak_mib(device)
+        if peak is not None:  # what the memory estimate is checked against (docs/worker.md)
+            metrics["gpu_peak_mib"] = peak
         # Selection reads the validation split only; the first of equal epochs stays.
         if "val_acc_discrete" in metrics and metrics["val_acc_discrete"] > kept.value:
             state = checkpoint.model_state_copy(model)
@@ -466,6 +464,9 @@ def run(
     summary: dict[str, float | int] = {}
     if circuit is not None:
         summary["live_fraction"] = circuit["gatesLive"] / max(1, circuit["gates"])
+    peak = gpu_peak_mib(device)
+    if peak is not None:
+        summary["gpu_peak_mib"] = peak
     summary["total_s"] = total_s
     emit(protocol.Summary(args.epochs, summary, sum(model.widths), path, result))
     return metrics

@@ -123,8 +123,8 @@ def layer_widths(gates: int, network_layers: int, grouping: int) -> list[int]:
 
 def resolve_backend(backend: str, device: str) -> str:
     """The backend to count for `auto`: on CPU our C++ kernel (what `auto` takes wherever a
-    compiler exists); on CUDA the torch path, the larger of the two CUDA backends, since
-    whether difflogic_cuda imports is known only on the worker's machine."""
+    compiler exists); on CUDA the torch path, which is what `auto` takes there
+    (trainer.layer.resolve_backend) and the larger of the two CUDA backends."""
     if backend != "auto":
         return backend
     return "cpp" if device == "cpu" else "torch"

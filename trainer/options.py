@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -84,18 +84,23 @@ class Option:
         base: Any = Literal[self.choices] if self.choices else self.kind  # type: ignore[valid-type]
         return base | None if self.nullable else base
 
-    def pydantic_field(self, *, request: bool) -> tuple[Any, Any]:
-        default = _REQUIRED if request and self.request_required else self.default
+    def _bounds(self) -> dict[str, Any]:
         bounds = {
             "ge": self.ge, "gt": self.gt, "le": self.le, "max_length": self.max_length,
             "pattern": self.pattern,
         }  # fmt: skip
+        return {k: v for k, v in bounds.items() if v is not None}
+
+    def pydantic_field(self, *, request: bool) -> tuple[Any, Any]:
+        default = _REQUIRED if request and self.request_required else self.default
         return self.annotation(), Field(  # type: ignore[call-overload]
-            default,
-            description=self.help,
-            title=self.label,
-            **{k: v for k, v in bounds.items() if v is not None},
+            default, description=self.help, title=self.label, **self._bounds()
         )
+
+    def value_type(self) -> Any:
+        """The type of one value of the option, bounds included (the model's field without
+        its default): a sweep checks each value it lists with it."""
+        return Annotated[self.annotation(), Field(**self._bounds())]
 
     def describe(self) -> dict[str, Any]:
         """The option as the web form reads it (`GET /options`)."""
@@ -137,9 +142,15 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
         "grouping", int, 10, "classes k of GroupSum; must equal the data set's number of classes",
         "Grouping (classes)", ge=2, le=1000,
     ),
+    # The lower bound keeps the loss finite for any network: a group sums at most
+    # gates + grouping - 1 (~1e6) outputs in [0, 1], so its score is <= ~1e9 and each
+    # gradient through it <= 1/tau = 1000, far inside float32 (3.4e38). Below ~3e-33 a
+    # million ones overflow to inf, and 5e-324 is 0 in float32: the loss was NaN (issue 26).
     Option(
-        "groupSumTau", float, 100.0, "GroupSum temperature: class scores are group sums / tau",
-        "GroupSum τ", gt=0, le=1e6,
+        "groupSumTau", float, 100.0,
+        "GroupSum temperature: class scores are group sums / tau (at least 0.001, which keeps "
+        "them finite in float32 for any number of gates)",
+        "GroupSum τ", ge=1e-3, le=1e6,
     ),
     Option(
         "residualLayers", int, 0, "leading layers initialised as pass-through gates",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from service.api.app import ROUTE_MODULES, create_app, serve
+from service.api.app import create_app, serve
+from service.api.routes import ROUTE_MODULES
 
 __all__ = ["ROUTE_MODULES", "create_app", "serve"]

@@ -2,15 +2,17 @@
 
 `create_app` wires everything from a `Settings` and an open `Store`; it owns neither, so
 tests hand in a store on a throw-away database. Route modules are listed in
-`ROUTE_MODULES`; each declares its `ROUTES` (service.api.routing: the router and the OpenAPI
-document are built from them) and may have `setup(app)` for start-up and clean-up work
-(`app.on_startup`, `app.cleanup_ctx`: e.g. one change stream per process fanned out to
-WebSocket clients). Shared objects live under the typed keys of `service.api.keys`.
+`service.api.routes`; each declares its `ROUTES` (service.api.routing: the router and the
+OpenAPI document are built from them) and may have `setup(app)` for start-up and clean-up
+work (`app.on_startup`, `app.cleanup_ctx`: e.g. one change stream per process fanned out to
+WebSocket clients). Objects several route modules share are made here, once, under the
+typed keys of `service.api.keys`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Callable
 from types import ModuleType
@@ -18,22 +20,32 @@ from types import ModuleType
 import structlog
 from aiohttp import web
 
-from service.api import (
-    auth,
-    routes_health,
-    routes_jobs,
-    routes_session,
-    routes_sweeps,
-    routes_web,
-    ws,
+from service.api import auth
+from service.api.capacity import SlotCache
+from service.api.connections import (
+    ConnectionGate,
+    GuardedRunner,
+    connection_cap,
+    raise_descriptor_limit,
+    throttle_accept_errors,
 )
 from service.api.errors import MAX_BODY_BYTES, error_middleware
-from service.api.keys import METRICS, OPENAPI_BODY, READY_TIMEOUT_S, SETTINGS, STORE
+from service.api.keys import (
+    METRICS,
+    OPENAPI_BODY,
+    QUOTA,
+    READY_TIMEOUT_S,
+    SETTINGS,
+    SLOTS,
+    STORE,
+)
 from service.api.limits import READY_TIMEOUT_S as DEFAULT_READY_TIMEOUT_S
 from service.api.middleware import add_request_id_header, request_middleware
 from service.api.openapi import openapi_document
 from service.api.origin import is_loopback_host
 from service.api.prom import ApiMetrics
+from service.api.quota import SubmissionQuota
+from service.api.routes import ROUTE_MODULES
 from service.api.routing import GUARD, Guard, add_routes, all_routes
 from service.config import Settings
 from service.mongo.connect import connect
@@ -41,16 +53,14 @@ from service.store import Store
 
 log = structlog.get_logger(__name__)
 
-# Order matters only for overlapping paths; later modules (WebSockets, the web page) append.
-ROUTE_MODULES: list[ModuleType] = [
-    routes_health, routes_jobs, routes_sweeps, routes_session, ws, routes_web,
-]  # fmt: skip
-
 # Seconds in-flight requests get to finish after a stop is asked for.
 SHUTDOWN_TIMEOUT_S = 10.0
 # Request line and each header: aiohttp answers 400 past these (docs/security.md).
 MAX_LINE_BYTES = 8190
 MAX_FIELD_BYTES = 8190
+# aiohttp reads (and drops) an unread request body for up to this long before it closes
+# the connection (its default); never longer than the body timeout.
+LINGERING_S = 10.0
 
 
 class OpenApiRefused(RuntimeError):
@@ -91,6 +101,10 @@ def create_app(
     app[STORE] = store
     app[METRICS] = ApiMetrics()
     app[READY_TIMEOUT_S] = ready_timeout_s
+    app[SLOTS] = SlotCache(store.workers)
+    app[QUOTA] = SubmissionQuota(
+        store.jobs, rate_per_min=settings.submit_rate_per_min, max_pending=settings.max_pending
+    )
     app[GUARD] = Guard(
         allowed_origins=settings.allowed_origins,
         host_check=not settings.auth_configured and not insecure_open,
@@ -129,16 +143,23 @@ async def serve(
     OpenApiRefused for an API without tokens on a non-loopback address, unless
     `insecure_open`.
     """
-    if not settings.mongodb_uri:
+    uri = settings.mongodb_uri
+    if not uri:
         raise ValueError("serve() needs settings.mongodb_uri")
     refuse_open(settings, host, insecure_open=insecure_open)
-    client = connect(settings.mongodb_uri)
+    # Before the MongoDB client opens its sockets (docs/security.md, "Connections").
+    gate = ConnectionGate(connection_cap(settings.max_connections, raise_descriptor_limit()))
+    # WebSockets are never closed to make room: half the connections stay for the rest.
+    if settings.max_websockets > gate.limit // 2:
+        settings = dataclasses.replace(settings, max_websockets=max(1, gate.limit // 2))
+    restore_exception_handler = throttle_accept_errors(asyncio.get_running_loop())
+    client = connect(uri)
     try:
         store = Store(client, settings.db_name)
         await store.ensure_indexes()
         app = create_app(settings, store, insecure_open=insecure_open)
         # aiohttp's own access log is off: ours is structlog's, with the request id.
-        runner = web.AppRunner(
+        runner = GuardedRunner(
             app,
             access_log=None,
             shutdown_timeout=SHUTDOWN_TIMEOUT_S,
@@ -147,6 +168,10 @@ async def serve(
             # quietly turns its own access log back on (and logs a warning per connection).
             max_line_size=MAX_LINE_BYTES,
             max_field_size=MAX_FIELD_BYTES,
+            keepalive_timeout=settings.keepalive_timeout_s,
+            lingering_time=min(LINGERING_S, settings.body_timeout_s),
+            gate=gate,
+            header_timeout_s=settings.header_timeout_s,
         )
         await runner.setup()
         try:
@@ -160,6 +185,11 @@ async def serve(
                 url=url,
                 db=settings.db_name,
                 auth="tokens" if settings.auth_configured else "open",
+                max_connections=gate.limit,
+                max_websockets=settings.max_websockets,
+                header_timeout_s=settings.header_timeout_s,
+                body_timeout_s=settings.body_timeout_s,
+                keepalive_timeout_s=settings.keepalive_timeout_s,
             )
             if started is not None:
                 started(url)
@@ -169,3 +199,4 @@ async def serve(
             await runner.cleanup()
     finally:
         await client.close()
+        restore_exception_handler()

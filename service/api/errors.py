@@ -81,16 +81,57 @@ def json_response(
     )
 
 
+# What an error body echoes of a request is cut to these: a bad value is shown to say which
+# one was meant, not stored, and must never make the error itself unanswerable.
+MAX_ECHO_CHARS = 1000
+MAX_ECHO_DEPTH = 8
+MAX_ECHO_ITEMS = 100
+_INT64 = (-(2**63), 2**64 - 1)  # what orjson encodes
+
+
+def echo(value: Any, depth: int = 0) -> Any:
+    """`value` made encodable and short, for an error body: strings cut and with lone
+    surrogates escaped (`\\udfff`), integers past 64 bits and other types as text,
+    containers past `MAX_ECHO_DEPTH` levels or `MAX_ECHO_ITEMS` items cut. Issue 26: a
+    grid value of 10**30 or an unpicked `"\\udfff"` made the 422 that named it a 500."""
+    if value is None or isinstance(value, bool | float):
+        return value
+    if isinstance(value, int):
+        if _INT64[0] <= value <= _INT64[1]:
+            return value
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, Mapping | list | tuple):
+        if depth >= MAX_ECHO_DEPTH:
+            return f"a {'object' if isinstance(value, Mapping) else 'list'} nested too deep"
+        if isinstance(value, Mapping):
+            items = list(value.items())[:MAX_ECHO_ITEMS]
+            return {_text(str(k)): echo(v, depth + 1) for k, v in items}
+        return [echo(v, depth + 1) for v in value[:MAX_ECHO_ITEMS]]
+    return _text(str(value))
+
+
+def _text(text: str) -> str:
+    text = text[:MAX_ECHO_CHARS]
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode()[:MAX_ECHO_CHARS]
+    return text
+
+
 def error_body(
     code: str,
     message: str,
     fields: list[dict[str, str]] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> dict:
+    """The error shape; everything in it passes through `echo`, so it always encodes."""
     err: dict[str, Any] = {"code": code, "message": message}
     if fields is not None:
         err["fields"] = fields
-    return {"error": {**err, **(extra or {})}}
+    return {"error": echo({**err, **(extra or {})}, -1)}
 
 
 def error_response(

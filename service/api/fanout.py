@@ -208,8 +208,8 @@ class Subscription:
 class Fanout:
     """The process's change streams and their subscribers.
 
-    `streams[name].opens` counts `watch()` calls per collection; tests assert it stays at one
-    per collection however many clients subscribe.
+    `streams[name].opens` counts `watch()` calls per collection: one per collection however
+    many clients subscribe.
     """
 
     def __init__(
@@ -224,10 +224,6 @@ class Fanout:
         self.max_queue_lines = max_queue_lines
         self.dropped_subscribers = 0
         self.resyncs = 0
-        self.ready: dict[str, asyncio.Event] = {
-            LOGS_STREAM: asyncio.Event(),
-            JOBS_STREAM: asyncio.Event(),
-        }
         self._log_subs: dict[ObjectId, set[Subscription]] = {}
         self._job_subs: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -256,21 +252,9 @@ class Fanout:
             asyncio.create_task(self._run(name), name=f"fanout-{name}") for name in self.streams
         ]
 
-    async def wait_ready(self) -> None:
-        """Until both streams are open; for tests and benchmarks that must not miss the
-        first events (WebSocket handlers do not need it, see `Resync`)."""
-        for event in self.ready.values():
-            await event.wait()
-
-    async def wait_opened(self, name: str, count: int) -> None:
-        """Until the stream on `name` has been opened `count` times in all (tests)."""
-        await self.streams[name].wait_opened(count)
-
     async def stop(self) -> None:
         await cancel_and_wait(*self._tasks)  # they sit in PyMongo: see service.cancellation
         self._tasks = []
-        for event in self.ready.values():
-            event.clear()
 
     # -- subscribers ---------------------------------------------------------------------
 
@@ -291,9 +275,6 @@ class Fanout:
         self._job_subs.add(sub)
         sub._on_close = self._job_subs.discard
         return sub
-
-    def subscriber_count(self) -> int:
-        return len(self._job_subs) + sum(len(s) for s in self._log_subs.values())
 
     def _new_subscription(self, job_ids: frozenset[ObjectId] | None) -> Subscription:
         return Subscription(
@@ -361,7 +342,6 @@ class Fanout:
         async def on_open(resumed: bool) -> None:
             if not resumed:  # events of the gap may be lost: every subscriber re-reads
                 self._broadcast_resync(f"{name} change stream (re)started")
-            self.ready[name].set()
 
         async def on_change(change: Mapping[str, Any]) -> None:
             try:
@@ -369,7 +349,4 @@ class Fanout:
             except Exception:  # one bad event must not stop everyone's stream
                 log.exception("change dispatch failed", collection=name)
 
-        try:
-            await stream.run(on_change, on_open)
-        finally:
-            self.ready[name].clear()
+        await stream.run(on_change, on_open)

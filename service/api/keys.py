@@ -7,13 +7,17 @@ tests build one per test) without sharing state.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from service.api.prom import ApiMetrics
 from service.config import Settings
 from service.store import Store
+
+if TYPE_CHECKING:  # the quota's module reports errors through service.api.errors
+    from service.api.capacity import SlotCache
+    from service.api.quota import SubmissionQuota
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
@@ -22,6 +26,9 @@ METRICS: web.AppKey[ApiMetrics] = web.AppKey("metrics", ApiMetrics)
 OPENAPI_BODY: web.AppKey[bytes] = web.AppKey("openapi_body", bytes)
 # Seconds /readyz waits for MongoDB to answer a ping.
 READY_TIMEOUT_S: web.AppKey[float] = web.AppKey("ready_timeout_s", float)
+# Submissions per token (jobs and sweeps) and the live workers' slots (memory admission).
+QUOTA: web.AppKey[SubmissionQuota] = web.AppKey("quota")
+SLOTS: web.AppKey[SlotCache] = web.AppKey("slots")
 
 # Per-request: the request id the middleware picked. `web.RequestKey` exists from aiohttp
 # 3.14 on (which warns about plain string keys); older versions take the string.

@@ -32,6 +32,18 @@ HEADERS: dict[str, dict[str, Any]] = {
     "Content-Disposition": {"schema": {"type": "string"}},
     "Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}},
     "Set-Cookie": {"schema": {"type": "string"}},
+    "Accept-Ranges": {
+        "description": "`bytes`: a `Range` header gets part of the file.",
+        "schema": {"type": "string"},
+    },
+    "Content-Range": {
+        "description": "Which bytes of how many (`bytes 0-99/1000`, `bytes */1000`).",
+        "schema": {"type": "string"},
+    },
+    "ETag": {
+        "description": "The stored file's id: `If-Range` takes it.",
+        "schema": {"type": "string"},
+    },
 }
 COMMON = {
     401: Reply(401, "Missing or wrong API token (only where the server requires one).", "Error",
@@ -137,6 +149,9 @@ def _operation(route: Route) -> dict[str, Any]:
             content["examples"] = route.body_examples
         op["requestBody"] = {"required": True, "content": {JSON: content}}
     responses = {str(s): _reply(replies[s]) for s in sorted(replies)}
+    if route.method == "HEAD":  # the headers of the GET, never a body
+        for response in responses.values():
+            response.pop("content", None)
     # aiohttp's HTTP parser answers a request line or header past its limits itself, before
     # any route or middleware, in plain text (service.api.app, MAX_LINE_BYTES).
     bad = responses.setdefault(
@@ -206,11 +221,9 @@ def _document(routes: tuple[Route, ...], extra: tuple[type[BaseModel], ...]) -> 
     }
 
 
-def openapi_document(routes: Sequence[Route] | None = None) -> dict[str, Any]:
-    """Built once per route set: it depends only on the code. Callers must not mutate it."""
+def openapi_document(routes: Sequence[Route]) -> dict[str, Any]:
+    """Built once per route set (service.api.routes.ROUTES for the API): it depends only on
+    the code. Callers must not mutate it."""
     from service.api import schemas
-    from service.api.app import ROUTE_MODULES
-    from service.api.routing import all_routes
 
-    chosen = tuple(routes if routes is not None else all_routes(ROUTE_MODULES))
-    return _document(chosen, (schemas.Error,))
+    return _document(tuple(routes), (schemas.Error,))

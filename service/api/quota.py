@@ -4,7 +4,9 @@ Two limits, each answered with 429 and `Retry-After`:
 
 - submissions per minute: a token bucket per token name, `GATEQUEUE_SUBMIT_RATE` deep,
   refilled at that rate; kept by each API process (with N replicas a token may submit up to
-  N times the rate, which is what a per-process limit can promise without a shared counter);
+  N times the rate, which is what a per-process limit can promise without a shared counter).
+  It is charged first (`charge`), before the body is read: every submission counts, the
+  refused ones too, so a client cannot make the API check bad sweeps faster than the rate;
 - Pending jobs at once: `GATEQUEUE_MAX_PENDING` per token, counted in MongoDB, so every
   replica sees the same count. The count is re-read at most once a second per token and
   this process's own submissions are added meanwhile: a quota of thousands does not cost a
@@ -54,9 +56,9 @@ class SubmissionQuota:
         self._pending: dict[str | None, _Pending] = {}
         self._recounts: dict[str | None, Coalesced[_Pending]] = {}
 
-    async def admit(self, name: str | None, jobs: int = 1) -> None:
-        """One submission by `name` of `jobs` jobs (a sweep is one submission of many), or a
-        429 saying when to try again."""
+    def charge(self, name: str | None) -> None:
+        """One submission by `name`, whatever becomes of it, or a 429 saying when to try
+        again. Called before anything of the request is looked at."""
         now = self._clock()
         bucket = self._buckets.get(name)
         if bucket is None:
@@ -73,6 +75,12 @@ class SubmissionQuota:
                 f"try again in {wait} s",
                 headers={"Retry-After": str(wait)},
             )
+        bucket.tokens -= 1
+
+    async def admit(self, name: str | None, jobs: int = 1) -> None:
+        """`jobs` new Pending jobs of `name` (a sweep's are many at once), or a 429 saying
+        when to try again."""
+        now = self._clock()
         pending = self._pending.get(name)
         if pending is None or now - pending.at >= RECOUNT_EVERY_S:
             pending = await self._recount(name)
@@ -85,7 +93,6 @@ class SubmissionQuota:
                 f"once is {self.max_pending}; try again when some have started",
                 headers={"Retry-After": "60"},
             )
-        bucket.tokens -= 1
         pending.count += jobs
 
     async def _recount(self, name: str | None) -> _Pending:

@@ -8,18 +8,18 @@ for the router and the OpenAPI document.
 
 from __future__ import annotations
 
-import json
 import re
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from aiohttp import web
 from bson import ObjectId
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field
 
 from service.api.auth import principal_of, require_owner
-from service.api.capacity import SlotCache
-from service.api.errors import MAX_BODY_BYTES, ApiError, json_response, validation_error
-from service.api.keys import SETTINGS, STORE
+from service.api.body import parse_body
+from service.api.connections import read_body
+from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
+from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_LOG_LIMIT,
@@ -28,12 +28,21 @@ from service.api.limits import (
     MAX_LOG_LIMIT,
     MAX_SEQ,
 )
-from service.api.quota import SubmissionQuota
-from service.api.routing import Param, Query, Reply, Route, not_found, path_id
+from service.api.ranges import Unsatisfiable, requested_range
+from service.api.routing import (
+    ID_PATTERN,
+    Handler,
+    Param,
+    Query,
+    Reply,
+    Route,
+    not_found,
+    path_id,
+)
 from service.api.schemas import JobList, Logs, Metrics
 from service.jobs import memory
 from service.jobs.record import Job, JobRecord, MemoryEstimate, new_job
-from service.jobs.request import SEED_BODY, JobRequest, describe_options, field_errors
+from service.jobs.request import SEED_BODY, JobRequest, describe_options
 from service.jobs.status import Status
 from service.store.files import CHECKPOINTS_BUCKET
 from service.store.jobs import CancelOutcome, IdempotencyKeyReused, request_hash
@@ -41,25 +50,20 @@ from service.store.logs import batch_json
 from service.store.metrics import metrics_json
 from service.tokens import Role
 
-M = TypeVar("M", bound=BaseModel)
-QUOTA: web.AppKey[SubmissionQuota] = web.AppKey("quota", SubmissionQuota)
-SLOTS: web.AppKey[SlotCache] = web.AppKey("slots", SlotCache)
-
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
-_ID_PATTERN = "^[0-9a-fA-F]{24}$"
 StatusName = Literal[tuple(s.value for s in Status)]  # type: ignore[valid-type]
 
 
 class ListQuery(Query):
     status: StatusName | None = Field(None, description="Only jobs with this status.")  # type: ignore[valid-type]
-    sweep: str | None = Field(None, pattern=_ID_PATTERN, description="Only this sweep's jobs.")
+    sweep: str | None = Field(None, pattern=ID_PATTERN, description="Only this sweep's jobs.")
     submittedBy: str | None = Field(
         None, max_length=64, description="Only jobs submitted with this token name."
     )
     limit: int = Field(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
     after: str | None = Field(
-        None, pattern=_ID_PATTERN, description="The `next` of the previous page."
+        None, pattern=ID_PATTERN, description="The `next` of the previous page."
     )
 
 
@@ -73,51 +77,6 @@ class LogsQuery(FromQuery):
     limit: int = Field(
         DEFAULT_LOG_LIMIT, ge=1, le=MAX_LOG_LIMIT, description="Most lines to return."
     )
-
-
-# -- request parsing -------------------------------------------------------------------
-
-
-def parse_body(model: type[M], body: bytes) -> M:
-    """A JSON body through `model`: 400 for what is not a JSON object (duplicate keys
-    included: which one would count is a guess), 422 naming each bad field."""
-    try:
-        data = json.loads(body, object_pairs_hook=_no_duplicates)
-    except DuplicateKey as exc:
-        raise ApiError(400, "invalid_json", f"duplicate key {exc.key!r} in the JSON body") from None
-    except (ValueError, RecursionError) as exc:
-        raise ApiError(400, "invalid_json", f"malformed JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", "the body must be a JSON object")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        raise body_error(exc) from None
-
-
-class DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key[:100]
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-def body_error(exc: ValidationError) -> ApiError:
-    errors = exc.errors(include_url=False)
-    for err in errors:
-        if err["type"] == "json_invalid":
-            return ApiError(400, "invalid_json", f"malformed JSON: {err['msg']}")
-    if any(err["loc"] == () and err["type"] == "model_type" for err in errors):
-        return ApiError(400, "invalid_body", "the body must be a JSON object")
-    return validation_error(field_errors(exc))
 
 
 def job_id_of(request: web.Request) -> ObjectId:
@@ -149,19 +108,22 @@ def idempotency_key(request: web.Request) -> str | None:
 async def submit_job(request: web.Request) -> web.Response:
     principal = principal_of(request)
     key = idempotency_key(request)
-    body = await request.read()  # aiohttp raises 413 past client_max_size
+    quota = request.app[QUOTA]
+    quota.charge(principal.name)  # first: a refused submission counts too
+    body = await read_body(request)
     job_request = parse_body(JobRequest, body)
     hyperparameters, run_options = job_request.split()
     estimate = await admit_memory(request, hyperparameters)
-    await request.app[QUOTA].admit(principal.name)
+    await quota.admit(principal.name)
     job = new_job(
         hyperparameters, run_options, submitted_by=principal.name, memory_estimate=estimate
     )
     body_hash = None if key is None else request_hash(job_request.model_dump())
     try:
         job, created = await request.app[STORE].jobs.insert(
-            job, idempotency_key=key, body_hash=body_hash
-        )
+            job, idempotency_key=key, body_hash=body_hash,
+            key_ttl_s=request.app[SETTINGS].idempotency_ttl_s,
+        )  # fmt: skip
     except IdempotencyKeyReused as exc:
         raise ApiError(
             409,
@@ -278,18 +240,47 @@ async def job_checkpoint(request: web.Request) -> web.StreamResponse:
 async def _stream_file(
     request: web.Request, bucket: str, file_id: ObjectId, name: str
 ) -> web.StreamResponse:
+    """The file, or the one range of it that `Range` asks for (service.api.ranges); HEAD
+    gets the headers alone. A stored file never changes, so its id is its ETag."""
     grid_out = await request.app[STORE].files.open(bucket, file_id)
+    length = grid_out.length
+    etag = f'"{file_id}"'
+    if_range = request.headers.get("If-Range")
+    try:
+        wanted = (
+            requested_range(request.headers.get("Range"), length)
+            if if_range is None or if_range == etag
+            else None
+        )
+    except Unsatisfiable:
+        raise ApiError(
+            416,
+            "range_not_satisfiable",
+            f"the file has {length} bytes: the range asks for none of them",
+            headers={"Content-Range": f"bytes */{length}", "Accept-Ranges": "bytes"},
+        ) from None
+    first, last = wanted if wanted is not None else (0, length - 1)
     filename = name.rsplit("/", 1)[-1].replace('"', "")
     response = web.StreamResponse(
+        status=200 if wanted is None else 206,
         headers={
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'attachment; filename="{filename}"',
-        }
+            "Accept-Ranges": "bytes",
+            "ETag": etag,
+        },
     )
-    response.content_length = grid_out.length
+    if wanted is not None:
+        response.headers["Content-Range"] = f"bytes {first}-{last}/{length}"
+    response.content_length = last - first + 1
     await response.prepare(request)
-    while chunk := await grid_out.readchunk():
-        await response.write(chunk)
+    if request.method != "HEAD":
+        if first:
+            await grid_out.seek(first)
+        remaining = last - first + 1
+        while remaining > 0 and (chunk := await grid_out.readchunk()):
+            await response.write(chunk[:remaining])
+            remaining -= len(chunk)
     await response.write_eof()
     return response
 
@@ -305,16 +296,6 @@ async def options(request: web.Request) -> web.Response:
     )
 
 
-def setup(app: web.Application) -> None:
-    settings = app[SETTINGS]
-    app[SLOTS] = SlotCache(app[STORE].workers)
-    app[QUOTA] = SubmissionQuota(
-        app[STORE].jobs,
-        rate_per_min=settings.submit_rate_per_min,
-        max_pending=settings.max_pending,
-    )
-
-
 # -- declarations ------------------------------------------------------------------------
 
 IDEMPOTENCY_PARAM = Param(
@@ -327,10 +308,59 @@ JOB_ID = Param(
 )
 ERR_404_JOB = Reply(404, "No job with this id (a malformed id is an unknown id).", "Error")
 ERR_422_QUERY = Reply(422, "A query parameter is invalid; `fields` names each one.", "Error")
+ERR_408_BODY = Reply(
+    408, "The body did not arrive within the body timeout (code `body_timeout`).", "Error"
+)
 
 
 def _job(status: int, description: str, *headers: str) -> Reply:
     return Reply(status, description, Job, headers=headers)
+
+
+def _downloads(
+    path: str,
+    handler: Handler,
+    name: str,
+    what: str,
+    params: tuple[Param, ...],
+    whole: str,
+    missing: Reply,
+) -> tuple[Route, Route]:
+    """GET and HEAD of a file download, with `Range` (service.api.ranges)."""
+    octets = "application/octet-stream"
+    replies = (
+        Reply(
+            200,
+            f"{whole} `Accept-Ranges: bytes`: a `Range` header gets a part of it.",
+            None,
+            octets,
+            ("Content-Disposition", "Accept-Ranges", "ETag"),
+        ),
+        Reply(
+            206,
+            "The one range that `Range: bytes=first-last` (or `first-`, `-suffix`) "
+            "asks for; `Content-Range` says which. Several ranges, or an `If-Range` "
+            "that is not the file's ETag, get the whole file (200).",
+            None,
+            octets,
+            ("Content-Disposition", "Accept-Ranges", "ETag", "Content-Range"),
+        ),
+        missing,
+        Reply(
+            416,
+            "The range starts past the end of the file (code `range_not_satisfiable`); "
+            "`Content-Range: bytes */LENGTH` gives the length.",
+            "Error",
+            headers=("Content-Range", "Accept-Ranges"),
+        ),
+    )
+    return (
+        Route("GET", path, handler, f"get{name}", f"Download {what}", params=params,
+              replies=replies),
+        Route("HEAD", path, handler, f"head{name}",
+              f"The headers of {what}'s download (its length, `Accept-Ranges`), no body",
+              params=params, replies=replies),
+    )  # fmt: skip
 
 
 ROUTES: tuple[Route, ...] = (
@@ -349,6 +379,7 @@ ROUTES: tuple[Route, ...] = (
             _job(201, "Created; `Location` points at the job.", "Location"),
             _job(200, "Replay of an earlier request with the same Idempotency-Key.", "Location"),
             Reply(400, "Malformed JSON, a body that is not an object, or a bad header.", "Error"),
+            ERR_408_BODY,
             Reply(409, "The Idempotency-Key was used before with another body "
                        "(code `idempotency_key_reused`).", "Error"),
             Reply(413, f"Body larger than {MAX_BODY_BYTES} bytes.", "Error"),
@@ -390,25 +421,19 @@ ROUTES: tuple[Route, ...] = (
         params=(JOB_ID,),
         replies=(Reply(200, "One entry per finished epoch.", Metrics), ERR_404_JOB),
     ),
-    Route(
-        "GET", "/jobs/{id}/artifacts/{name:.+}", job_artifact, "getJobArtifact",
-        "Download a file of a finished run (the trained network)",
-        params=(JOB_ID, Param("name", "path", "An entry's `name` from the job's `artifacts`.",
-                              required=True)),
-        replies=(
-            Reply(200, "The file's bytes.", None, "application/octet-stream",
-                  ("Content-Disposition",)),
-            Reply(404, "No such job, or the job has no artifact of this name.", "Error"),
-        ),
+    *_downloads(
+        "/jobs/{id}/artifacts/{name:.+}", job_artifact, "JobArtifact",
+        "a file of a finished run (the trained network)",
+        (JOB_ID, Param("name", "path", "An entry's `name` from the job's `artifacts`.",
+                       required=True)),
+        "The file's bytes.",
+        Reply(404, "No such job, or the job has no artifact of this name.", "Error"),
     ),
-    Route(
-        "GET", "/jobs/{id}/checkpoint", job_checkpoint, "getJobCheckpoint",
-        "Download the job's latest checkpoint", params=(JOB_ID,),
-        replies=(
-            Reply(200, "The checkpoint file (trainer/checkpoint.py's format).", None,
-                  "application/octet-stream", ("Content-Disposition",)),
-            Reply(404, "No such job, or it has no checkpoint (`checkpoint_not_found`).", "Error"),
-        ),
+    *_downloads(
+        "/jobs/{id}/checkpoint", job_checkpoint, "JobCheckpoint",
+        "the job's latest checkpoint", (JOB_ID,),
+        "The checkpoint file (trainer/checkpoint.py's format).",
+        Reply(404, "No such job, or it has no checkpoint (`checkpoint_not_found`).", "Error"),
     ),
     Route(
         "GET", "/options", options, "getOptions",

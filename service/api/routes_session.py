@@ -2,17 +2,25 @@
 
 The page never keeps the token (not in `localStorage`, not in a WebSocket URL): it sends it
 once to `POST /session`, which sets `gq_session` (HttpOnly: scripts cannot read it;
-SameSite=Strict: no other site's request carries it; Secure over HTTPS) for 8 hours. The
-session's role is its token's, and removing the token ends its sessions
-(service.api.auth).
+SameSite=Strict: no other site's request carries it; Secure over HTTPS) for 8 hours. A
+session is bound to its token: its role is the token's current one, and rotating, demoting
+or removing the token ends it (service.api.auth). Only the token makes a session: a session
+cannot make another, so a stolen cookie dies with its session.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from service.api.auth import AUTH, OPEN, SESSION_COOKIE, SESSION_TTL_S, principal_of
-from service.api.errors import json_response
+from service.api.auth import (
+    AUTH,
+    OPEN,
+    SESSION_COOKIE,
+    SESSION_TTL_S,
+    WWW_AUTHENTICATE,
+    principal_of,
+)
+from service.api.errors import ApiError, json_response
 from service.api.keys import STORE
 from service.api.routing import Reply, Route
 from service.api.schemas import Whoami
@@ -30,8 +38,15 @@ def _whoami(name: str | None, role: Role | None, open_api: bool) -> dict[str, ob
 
 async def create_session(request: web.Request) -> web.Response:
     principal = principal_of(request)
+    if principal.via_session:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "a session cannot start another: send the token in 'Authorization: Bearer <token>'",
+            headers=WWW_AUTHENTICATE,
+        )
     session_id, session = await request.app[STORE].sessions.create(
-        principal.name, int(principal.role), SESSION_TTL_S
+        principal.name, principal.token, SESSION_TTL_S
     )
     response = json_response(
         {**_whoami(principal.name, principal.role, request.app[AUTH].open),

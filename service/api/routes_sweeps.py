@@ -17,24 +17,18 @@ from bson import ObjectId
 from pydantic import Field
 
 from service.api.auth import principal_of, require_owner
+from service.api.body import parse_body
+from service.api.connections import read_body
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
-from service.api.keys import SETTINGS, STORE
+from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
-from service.api.routes_jobs import (
-    _ID_PATTERN,
-    ERR_422_QUERY,
-    IDEMPOTENCY_PARAM,
-    QUOTA,
-    SLOTS,
-    idempotency_key,
-    parse_body,
-)
-from service.api.routing import Param, Query, Reply, Route, not_found, path_id
+from service.api.routes_jobs import ERR_408_BODY, ERR_422_QUERY, IDEMPOTENCY_PARAM, idempotency_key
+from service.api.routing import ID_PATTERN, Param, Query, Reply, Route, not_found, path_id
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
-from service.retry import DATABASE
+from service.retry import DATABASE, Backoff, retry
+from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.jobs import request_hash
-from service.store.sweeps import SweepInProgress, SweepKeyReused
 from service.sweeps.lifecycle import cancel_sweep, create_sweep, tidy
 from service.sweeps.record import (
     SweepCancelled,
@@ -43,15 +37,24 @@ from service.sweeps.record import (
     SweepRecord,
     SweepState,
     stats_of,
-    summarize,
 )
-from service.sweeps.spec import SweepEmpty, SweepInvalid, SweepRequest, SweepTooLarge, plan
-from service.sweeps.views import sweep_detail, sweep_summaries
+from service.sweeps.spec import (
+    SweepEmpty,
+    SweepInvalid,
+    SweepRequest,
+    SweepTooLarge,
+    SweepValuesInvalid,
+    check_size,
+    plan_in_slices,
+)
+from service.sweeps.views import shown, sweep_detail, sweep_summaries, sweep_summary
 from service.tokens import Role
 
 log = structlog.get_logger(__name__)
 
 TIDY_EVERY_S = 60.0
+# A failed tidy (the database away) is tried again every ~2 s, the slowest database retry.
+TIDY_RETRY = Backoff(initial_s=DATABASE.max_s, max_s=DATABASE.max_s)
 _EXAMPLE = {
     "name": "gates x parametrization",
     "base": {"gateOptimizer": "softmax", "gates": 1000, "networkLayers": 4, "grouping": 10,
@@ -67,7 +70,7 @@ class SweepListQuery(Query):
     submittedBy: str | None = Field(None, max_length=64, description="Only this token's sweeps.")
     limit: int = Field(DEFAULT_LIST_LIMIT, ge=1, le=MAX_LIST_LIMIT)
     after: str | None = Field(
-        None, pattern=_ID_PATTERN, description="The `next` of the previous page."
+        None, pattern=ID_PATTERN, description="The `next` of the previous page."
     )
 
 
@@ -83,15 +86,21 @@ def _invalid(exc: SweepInvalid) -> ApiError:
 
 
 async def submit_sweep(request: web.Request) -> web.Response:
+    """The cheap checks first (the rate, the body's size and depth, the sweep's size), then
+    every value and combination, in slices of the event loop's time (service.sweeps.spec)."""
     principal = principal_of(request)
     key = idempotency_key(request)
-    spec = parse_body(SweepRequest, await request.read())
-    settings = request.app[SETTINGS]
-    slots = await request.app[SLOTS].slots()
+    request.app[QUOTA].charge(principal.name)  # a refused sweep counts too
+    spec = parse_body(SweepRequest, await read_body(request))
+    max_jobs = request.app[SETTINGS].max_sweep
     try:
-        sweep_plan = plan(
-            spec, max_jobs=settings.max_sweep, admit=lambda hp: memory.admit(hp, slots)
+        check_size(spec, max_jobs=max_jobs)
+        slots = await request.app[SLOTS].slots()
+        sweep_plan = await plan_in_slices(
+            spec, max_jobs=max_jobs, admit=lambda hp: memory.admit(hp, slots)
         )
+    except SweepValuesInvalid as exc:
+        raise ApiError(422, "validation_error", str(exc), fields=exc.fields) from None
     except SweepInvalid as exc:
         raise _invalid(exc) from None
     except (SweepTooLarge, SweepEmpty) as exc:
@@ -101,11 +110,12 @@ async def submit_sweep(request: web.Request) -> web.Response:
     body_hash = None if key is None else request_hash(spec.model_dump(mode="json"))
     try:
         # A replay is not new work: no quota for it.
-        if key is None or not await store.sweeps.key_used(key):
+        ttl_s = request.app[SETTINGS].idempotency_ttl_s
+        if key is None or not await store.sweeps.key_used(principal.name, key, ttl_s):
             await request.app[QUOTA].admit(principal.name, jobs=len(sweep_plan.runs))
         made = await create_sweep(
             store, sweep_plan, submitted_by=principal.name, idempotency_key=key,
-            body_hash=body_hash,
+            body_hash=body_hash, key_ttl_s=ttl_s,
         )  # fmt: skip
     except SweepKeyReused as exc:
         raise ApiError(
@@ -122,7 +132,7 @@ async def submit_sweep(request: web.Request) -> web.Response:
         ) from None
     sweep = made.sweep
     if made.jobs is not None:  # what was just stored: no need to read it back
-        body = summarize(sweep, stats_of(made.jobs), detail=True)
+        body = shown(sweep, stats_of(made.jobs), detail=True)
     else:
         body = await sweep_detail(store, sweep)
     return json_response(
@@ -173,24 +183,25 @@ async def cancel(request: web.Request) -> web.Response:
         raise not_found("sweep", sweep.id)
     flagged, cancelled, stopping = result
     # The sweep in brief (counts, best): its runs are not part of this answer, so not read.
-    (summary,) = await sweep_summaries(store, [flagged])
+    summary = await sweep_summary(store, flagged)
     return json_response({"sweep": summary, "cancelled": cancelled, "stopping": stopping})
 
 
 # -- tidying creations that died ---------------------------------------------------------
 
 
+def _tidy_failed(exc: BaseException, delay: float) -> None:
+    log.warning("tidying sweeps failed; trying again later", error=str(exc), in_s=round(delay, 2))
+
+
 async def _tidy_forever(app: web.Application) -> None:
     store = app[STORE]
     while True:
-        try:
-            removed, released = await tidy(store)
-            if removed or released:
-                log.info("sweeps tidied", removed=removed, released=released)
-        except Exception as exc:
-            log.warning("tidying sweeps failed; trying again later", error=str(exc))
-            await asyncio.sleep(DATABASE.max_s)
-            continue
+        removed, released = await retry(
+            lambda: tidy(store), policy=TIDY_RETRY, retry_on=(Exception,), on_error=_tidy_failed
+        )
+        if removed or released:
+            log.info("sweeps tidied", removed=removed, released=released)
         await asyncio.sleep(TIDY_EVERY_S)
 
 
@@ -230,6 +241,7 @@ ROUTES: tuple[Route, ...] = (
             Reply(200, "Replay of an earlier request with the same Idempotency-Key.",
                   SweepDetail, headers=("Location",)),
             Reply(400, "Malformed JSON, a body that is not an object, or a bad header.", "Error"),
+            ERR_408_BODY,
             Reply(409, "The Idempotency-Key was used with another body "
                        "(`idempotency_key_reused`), or its sweep is still being stored "
                        "(`sweep_in_progress`, with Retry-After).", "Error"),

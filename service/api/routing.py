@@ -79,7 +79,7 @@ class Route:
     def checks_origin(self) -> bool:
         """Writes and WebSocket handshakes: what another site's page could make a browser
         send (service.api.origin)."""
-        return self.method != "GET" or self.websocket
+        return self.method not in ("GET", "HEAD") or self.websocket
 
     @functools.cached_property  # asked of every response
     def statuses(self) -> frozenset[int]:
@@ -185,6 +185,11 @@ def note_status(request: web.Request, status: int) -> None:
 
 def all_routes(modules: Sequence[Any]) -> list[Route]:
     return [route for module in modules for route in module.ROUTES]
+
+
+# A record id as a query parameter (`after`, `sweep`) spells it; a path's `{id}` is read by
+# `path_id`.
+ID_PATTERN = "^[0-9a-fA-F]{24}$"
 
 
 def path_id(request: web.Request, kind: str) -> ObjectId:

@@ -13,14 +13,20 @@ order of work is what makes it gap-free and repeat-free:
 
 A subscriber that falls too far behind is closed with code 4001 and a reason that says
 from which seq to resume; `GateQueueClient.logs` does exactly that.
+
+A socket is only as good as the token it was opened with: it re-checks its principal when
+the tokens change (before anything more is sent) and at least every `recheck_s`, and is
+closed with 1008 (policy violation) once its token or session is gone (docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import weakref
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +35,7 @@ from aiohttp import WSCloseCode, web
 from bson import ObjectId
 from pydantic import Field
 
+from service.api.auth import AUTH, principal_of
 from service.api.errors import ApiError
 from service.api.fanout import (
     Fanout,
@@ -40,13 +47,15 @@ from service.api.fanout import (
     job_message,
     lines_message,
 )
-from service.api.keys import STORE
+from service.api.keys import SETTINGS, STORE
 from service.api.routes_jobs import ERR_404_JOB, ERR_422_QUERY, JOB_ID, FromQuery, existing_job_id
 from service.api.routing import Query, Reply, Route, not_found
 from service.cancellation import cancel_and_wait
+from service.config import DEFAULT_MAX_WEBSOCKETS, DEFAULT_MAX_WEBSOCKETS_PER_USER
 from service.jobs.record import JobRecord
 from service.store import Store
 from service.store.jobs import parse_job_id
+from service.tokens import Role
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +63,7 @@ log = structlog.get_logger(__name__)
 CLOSE_TOO_SLOW = 4001  # resume from the last seq received
 CLOSE_SERVER_ERROR = 4002  # the store failed mid-stream; resume from the last seq
 CLOSE_GOING_AWAY = WSCloseCode.GOING_AWAY  # the API process is stopping
+CLOSE_REVOKED = WSCloseCode.POLICY_VIOLATION  # 1008: its token or session is gone
 
 # Lines per store read while catching up: bounds memory for logs of any length.
 CATCH_UP_PAGE_LINES = 5_000
@@ -61,6 +71,11 @@ CATCH_UP_PAGE_LINES = 5_000
 CLOSE_TIMEOUT_S = 2.0
 HEARTBEAT_S = 30.0
 MAX_JOB_FILTER = 100
+# Seconds between re-checks of a socket's principal when the tokens file did not change
+# (a session ended or expired, or a replica's file changed first).
+RECHECK_S = 60.0
+# A handshake refused for the socket caps says when to try again.
+SOCKETS_RETRY_AFTER_S = 5
 
 
 @dataclass(frozen=True)
@@ -69,13 +84,52 @@ class LiveSettings:
     max_queue_lines: int = 100_000
     catch_up_page_lines: int = CATCH_UP_PAGE_LINES
     close_timeout_s: float = CLOSE_TIMEOUT_S
+    recheck_s: float = RECHECK_S
+    max_sockets: int = DEFAULT_MAX_WEBSOCKETS
+    max_sockets_per_user: int = DEFAULT_MAX_WEBSOCKETS_PER_USER
+
+
+class SocketQuota:
+    """Open WebSockets, in total and per token name (docs/security.md, "Connections"): a
+    socket is held by its handler for as long as it is open, so without a cap one client
+    could hold every connection the server has."""
+
+    def __init__(self, total: int, per_user: int) -> None:
+        self.total = total
+        self.per_user = per_user
+        self._open: Counter[str | None] = Counter()
+
+    @contextlib.contextmanager
+    def hold(self, name: str | None) -> Iterator[None]:
+        """Counted from before the handshake (nothing awaited between the check and the
+        count), so concurrent handshakes cannot pass the cap together."""
+        if sum(self._open.values()) >= self.total:
+            raise self._refused(f"the server has {self.total} WebSockets open, its limit")
+        if self._open[name] >= self.per_user:
+            who = "the anonymous user" if name is None else f"token {name!r}"
+            raise self._refused(f"{who} has {self.per_user} WebSockets open, its limit")
+        self._open[name] += 1
+        try:
+            yield
+        finally:
+            self._open[name] -= 1
+            if not self._open[name]:
+                del self._open[name]
+
+    @staticmethod
+    def _refused(message: str) -> ApiError:
+        return ApiError(
+            503,
+            "too_many_websockets",
+            f"{message}; close one or retry later",
+            headers={"Retry-After": str(SOCKETS_RETRY_AFTER_S)},
+        )
 
 
 class Live:
     """What the WebSocket routes share per app: the fanout and the open connections.
 
-    `connections` is there for shutdown (every client gets a 1001 close) and for tests
-    that force a connection closed half-way to check that clients resume correctly.
+    `connections` is there for shutdown: every client gets a 1001 close.
     """
 
     def __init__(self, store: Store, settings: LiveSettings | None = None) -> None:
@@ -86,35 +140,14 @@ class Live:
             max_queue_lines=self.settings.max_queue_lines,
         )
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
-        self._changed = asyncio.Condition()
+        self.quota = SocketQuota(self.settings.max_sockets, self.settings.max_sockets_per_user)
 
     async def register(self, conn: Connection) -> None:
         self.connections.add(conn)
-        async with self._changed:
-            self._changed.notify_all()
 
     async def unregister(self, conn: Connection) -> None:
         conn.sub.close()
         self.connections.discard(conn)
-        async with self._changed:
-            self._changed.notify_all()
-
-    async def wait_idle(self) -> None:
-        """Until no WebSocket is open (tests: every subscriber must be gone by then)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: not self.connections)
-
-    async def wait_for_tails(self, job_id: str | ObjectId, count: int) -> list[Connection]:
-        """Until `count` log tails of the job are open (tests, benchmarks)."""
-        async with self._changed:
-            await self._changed.wait_for(lambda: len(self.log_tails(job_id)) >= count)
-        return self.log_tails(job_id)
-
-    def log_tails(self, job_id: str | ObjectId | None = None) -> list[Connection]:
-        oid = None if job_id is None else parse_job_id(job_id)
-        return [
-            c for c in self.connections if c.kind == "logs" and (oid is None or c.job_id == oid)
-        ]
 
     async def close_all(self, code: int, message: str) -> None:
         await asyncio.gather(
@@ -123,6 +156,10 @@ class Live:
 
 
 LIVE: web.AppKey[Live] = web.AppKey("live", Live)
+
+
+class Revoked(Exception):
+    """The socket's token or session is gone (or no longer may read)."""
 
 
 class Connection:
@@ -136,16 +173,22 @@ class Connection:
         kind: str,
         job_id: ObjectId | None = None,
         *,
-        close_timeout_s: float = CLOSE_TIMEOUT_S,
+        settings: LiveSettings | None = None,
     ) -> None:
+        settings = settings or LiveSettings()
         self.request = request
-        self.close_timeout_s = close_timeout_s
+        self.close_timeout_s = settings.close_timeout_s
+        self.recheck_s = settings.recheck_s
         self.ws = ws
         self.sub = sub
         self.kind = kind
         self.job_id = job_id
         self._next_seq = 0
         self._closing = False
+        self._auth = request.app[AUTH]
+        # The tokens' generation this socket's principal was last checked against: a change
+        # after the handshake's check (even before this socket was accepted) is re-checked.
+        self._checked = principal_of(request).generation
 
     @property
     def next_seq(self) -> int:
@@ -158,7 +201,36 @@ class Connection:
         self.sub.floor = value
 
     async def send(self, text: str) -> None:
+        if self._auth.generation != self._checked:
+            await self.recheck()  # nothing more goes out to a token that was just removed
         await self.ws.send_str(text)
+
+    async def recheck(self) -> None:
+        """Raise Revoked unless the handshake's token or session still may read."""
+        auth = self._auth
+        if auth.open:
+            return
+        try:
+            principal = await auth.authenticate(self.request)
+        except ApiError:  # a bearer token that is no longer known
+            principal = None
+        if principal is None or not principal.may(Role.READ):
+            raise Revoked("token or session ended: sign in again")
+        self._checked = principal.generation
+
+    async def _watch_principal(self) -> None:
+        """Re-check on every change of the tokens, and every `recheck_s` in any case; returns
+        (with the reason) when the principal is gone."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.recheck_s):
+                    await self._auth.changed(self._checked)
+            try:
+                await self.recheck()
+            except Revoked:
+                raise
+            except Exception as exc:  # the store failed: keep the socket, try again later
+                log.warning("websocket principal not re-checked", error=repr(exc))
 
     async def close(self, code: int, message: str) -> None:
         """Close with a reason; a client that no longer reads is cut off after a grace."""
@@ -180,12 +252,21 @@ class Connection:
         pump_task = asyncio.create_task(pump())
         reader_task = asyncio.create_task(self._read_until_closed())
         dropped_task = asyncio.create_task(self.sub.dropped.wait())
-        tasks = {pump_task, reader_task, dropped_task}
+        principal_task = asyncio.create_task(self._watch_principal())
+        tasks = {pump_task, reader_task, dropped_task, principal_task}
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
             await cancel_and_wait(*tasks)  # the pump may be in a store read
-        if pump_task in done and not pump_task.cancelled():
+        revoked = next(
+            (t.exception() for t in (principal_task, pump_task)
+             if t in done and not t.cancelled() and isinstance(t.exception(), Revoked)),
+            None,
+        )  # fmt: skip
+        code: int
+        if revoked is not None:
+            code, message = CLOSE_REVOKED, str(revoked)
+        elif pump_task in done and not pump_task.cancelled():
             exc = pump_task.exception()
             if exc is None:
                 code, message = pump_task.result()
@@ -333,20 +414,21 @@ async def logs_ws(request: web.Request, query: TailQuery) -> web.StreamResponse:
     oid = await existing_job_id(request)
     from_seq = query.from_
     ws = _prepare(request)
-    sub = live.fanout.subscribe_logs(oid)  # before any store read: see the module doc
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        sub.close()
-        raise
-    conn = Connection(request, ws, sub, "logs", oid, close_timeout_s=live.settings.close_timeout_s)
-    conn.next_seq = from_seq
-    await live.register(conn)
-    tail = LogTail(conn, store, live.settings.catch_up_page_lines)
-    try:
-        await conn.serve(tail.run)
-    finally:  # also when the handler is cancelled: never leave a subscriber behind
-        await asyncio.shield(live.unregister(conn))
+    with live.quota.hold(principal_of(request).name):
+        sub = live.fanout.subscribe_logs(oid)  # before any store read: see the module doc
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            sub.close()
+            raise
+        conn = Connection(request, ws, sub, "logs", oid, settings=live.settings)
+        conn.next_seq = from_seq
+        await live.register(conn)
+        tail = LogTail(conn, store, live.settings.catch_up_page_lines)
+        try:
+            await conn.serve(tail.run)
+        finally:  # also when the handler is cancelled: never leave a subscriber behind
+            await asyncio.shield(live.unregister(conn))
     return ws
 
 
@@ -403,18 +485,19 @@ async def jobs_ws(request: web.Request, query: WatchQuery) -> web.StreamResponse
         if await store.sweeps.get(sweep_id) is None:
             raise not_found("sweep", sweep_id)
     ws = _prepare(request)
-    sub = live.fanout.subscribe_jobs(ids, sweep_id=sweep_id)
-    try:
-        await ws.prepare(request)
-    except BaseException:
-        sub.close()
-        raise
-    conn = Connection(request, ws, sub, "jobs", close_timeout_s=live.settings.close_timeout_s)
-    await live.register(conn)
-    try:
-        await conn.serve(lambda: _job_changes(conn, store, ids))
-    finally:
-        await asyncio.shield(live.unregister(conn))
+    with live.quota.hold(principal_of(request).name):
+        sub = live.fanout.subscribe_jobs(ids, sweep_id=sweep_id)
+        try:
+            await ws.prepare(request)
+        except BaseException:
+            sub.close()
+            raise
+        conn = Connection(request, ws, sub, "jobs", settings=live.settings)
+        await live.register(conn)
+        try:
+            await conn.serve(lambda: _job_changes(conn, store, ids))
+        finally:
+            await asyncio.shield(live.unregister(conn))
     return ws
 
 
@@ -435,20 +518,31 @@ async def _on_shutdown(app: web.Application) -> None:
 def setup(app: web.Application) -> None:
     """The fanout's lifetime; a test may put its own `Live` in the app first."""
     if LIVE not in app:
-        app[LIVE] = Live(app[STORE])
+        settings = app[SETTINGS]
+        app[LIVE] = Live(
+            app[STORE],
+            LiveSettings(
+                max_sockets=settings.max_websockets,
+                max_sockets_per_user=settings.max_websockets_per_user,
+            ),
+        )
     app.cleanup_ctx.append(_fanout_ctx)
     app.on_shutdown.append(_on_shutdown)
 
 
 _UPGRADED = Reply(101, "Switched to WebSocket; the messages are described in docs/client.md.")
 _NOT_WS = Reply(400, "Not a WebSocket upgrade request (code `websocket_required`).", "Error")
+_TOO_MANY = Reply(
+    503, "Too many WebSockets open, in all or for this token (code `too_many_websockets`, "
+    "with Retry-After); or MongoDB is not reachable.", "Error", headers=("Retry-After",),
+)  # fmt: skip
 
 ROUTES: tuple[Route, ...] = (
     Route(
         "GET", "/jobs/{id}/logs/ws", logs_ws, "tailJobLogs",
         "Tail a job's log over WebSocket: stored lines from `from`, live lines, an end message",
         websocket=True, params=(JOB_ID,), query=TailQuery,
-        replies=(_UPGRADED, _NOT_WS, ERR_404_JOB, ERR_422_QUERY),
+        replies=(_UPGRADED, _NOT_WS, ERR_404_JOB, ERR_422_QUERY, _TOO_MANY),
     ),
     Route(
         "GET", "/ws/jobs", jobs_ws, "watchJobs",
@@ -456,6 +550,6 @@ ROUTES: tuple[Route, ...] = (
         websocket=True, query=WatchQuery,
         replies=(_UPGRADED, _NOT_WS,
                  Reply(404, "An `id` names no job, or `sweep` no sweep.", "Error"),
-                 ERR_422_QUERY),
+                 ERR_422_QUERY, _TOO_MANY),
     ),
 )  # fmt: skip

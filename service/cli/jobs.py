@@ -47,7 +47,7 @@ from service.client import (
 from service.config import Settings
 from service.jobs.request import REQUEST_OPTIONS
 from service.jobs.status import Status
-from trainer.options import Option
+from trainer.flags import add_option_flag, given
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,8 +66,8 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     )
     submit.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
     hp = submit.add_argument_group("job request (flags mirror the JSON fields)")
-    for option in REQUEST_OPTIONS:
-        _add_option_flag(hp, option)
+    for option in REQUEST_OPTIONS:  # omitted flags are left out: the API's defaults apply
+        add_option_flag(hp, option, request=True, required=option.request_required)
     submit.set_defaults(func=client_command(cmd_submit))
 
     ls = subparsers.add_parser("ls", parents=[api], help="list jobs, newest first")
@@ -114,34 +114,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     download.set_defaults(func=client_command(cmd_download))
 
 
-# -- flags from the request options ------------------------------------------------------
-
-
-def _add_option_flag(group: argparse._ArgumentGroup, option: Option) -> None:
-    """`gateOptimizer` -> `--gate-optimizer`, as the trainer spells it; omitted flags are
-    left out of the body, so the API's defaults apply."""
-    kwargs: dict[str, Any] = {"dest": option.name, "default": None}
-    if option.choices:
-        kwargs |= {"choices": option.choices, "metavar": "{" + ",".join(option.choices) + "}"}
-    else:
-        kwargs["type"] = option.kind
-        kwargs["metavar"] = {int: "N", float: "X", str: "TEXT"}[option.kind]
-    help_text = option.help
-    if option.request_required:
-        kwargs["required"] = True
-    elif option.default is not None:
-        help_text = f"{help_text} (default {option.default})"
-    kwargs["help"] = help_text
-    group.add_argument(option.flag, **kwargs)
-
-
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST /jobs body: only the fields given on the command line."""
-    return {
-        o.name: getattr(args, o.name)
-        for o in REQUEST_OPTIONS
-        if getattr(args, o.name, None) is not None
-    }
+    return given(args, REQUEST_OPTIONS)
 
 
 def _metrics_text(metrics: dict[str, Any] | None) -> str:

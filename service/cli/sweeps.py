@@ -41,6 +41,7 @@ from service.jobs.request import REQUEST_OPTIONS
 from service.jobs.status import Status
 from service.sweeps.record import SweepStatus
 from service.sweeps.spec import DEFAULT_METRIC, MAX_SEEDS
+from trainer.flags import add_option_flag, given
 from trainer.options import Option
 
 _BY_NAME: dict[str, Option] = {o.name: o for o in REQUEST_OPTIONS}
@@ -95,7 +96,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     base = sweep.add_argument_group("base (flags of `gatequeue submit`)")
     for option in REQUEST_OPTIONS:
         if option.name not in _SWEEP_OWN:
-            _add_base_flag(base, option)
+            add_option_flag(base, option, request=True)
     sweep.set_defaults(func=client_command(cmd_sweep))
 
     sweeps = subparsers.add_parser(
@@ -107,15 +108,6 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     sweeps.add_argument("--limit", type=int, default=20, help="how many (default %(default)s)")
     sweeps.add_argument("--json", action="store_true", help="as JSON")
     sweeps.set_defaults(func=client_command(cmd_sweeps))
-
-
-def _add_base_flag(group: argparse._ArgumentGroup, option: Option) -> None:
-    kwargs: dict[str, Any] = {"dest": option.name, "default": None, "help": option.help}
-    if option.choices:
-        kwargs |= {"choices": option.choices, "metavar": "{" + ",".join(option.choices) + "}"}
-    else:
-        kwargs |= {"type": option.kind, "metavar": {int: "N", float: "X", str: "TEXT"}[option.kind]}
-    group.add_argument(option.flag, **kwargs)
 
 
 # -- parsing the sweep flags -------------------------------------------------------------
@@ -200,11 +192,7 @@ def parse_space(items: list[str]) -> dict[str, dict[str, list[Any]]]:
 
 def sweep_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST /sweeps body from the flags (raises SweepFlagError)."""
-    base = {
-        o.name: getattr(args, o.name)
-        for o in REQUEST_OPTIONS
-        if o.name not in _SWEEP_OWN and getattr(args, o.name, None) is not None
-    }
+    base = given(args, (o for o in REQUEST_OPTIONS if o.name not in _SWEEP_OWN))
     body: dict[str, Any] = {"base": base, "metric": args.metric}
     if args.seeds != 1:
         body["seeds"] = args.seeds

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import json
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -33,6 +33,7 @@ import aiohttp
 
 from service import config
 from service.jobs.status import FINISHED
+from service.retry import Backoff, Failures
 
 DEFAULT_API = "http://127.0.0.1:8080"
 FINAL_STATUSES = frozenset(s.value for s in FINISHED)
@@ -263,14 +264,47 @@ class GateQueueClient:
                 return detailed
         return exc
 
-    async def _backoff(self, attempt: int, last: BaseException | None) -> None:
-        if attempt > self.max_reconnect_attempts:
+    def _failures(self) -> Failures:
+        """The reconnect schedule of one stream: `reconnect_delay_s` doubling up to
+        `max_reconnect_delay_s`, jittered, at most `max_reconnect_attempts` in a row."""
+        policy = Backoff(initial_s=self.reconnect_delay_s, max_s=self.max_reconnect_delay_s)
+        return Failures(policy, attempts=self.max_reconnect_attempts)
+
+    async def _pause(self, failures: Failures, last: BaseException) -> None:
+        """Wait before reconnecting, or raise once there were too many failures in a row."""
+        delay = failures.failed()
+        if failures.exhausted:
             raise GateQueueConnectionError(
                 f"lost the connection to {self.base_url} and could not get it back "
                 f"after {self.max_reconnect_attempts} attempts: {last}"
             ) from last
-        delay = min(self.reconnect_delay_s * 2 ** (attempt - 1), self.max_reconnect_delay_s)
         await asyncio.sleep(delay)
+
+    async def _job_changes(
+        self,
+        params: Mapping[str, str | int],
+        refused: Callable[[GateQueueError], Awaitable[GateQueueError]],
+    ) -> AsyncGenerator[tuple[aiohttp.ClientWebSocketResponse, Failures], None]:
+        """`/ws/jobs` sockets, one after another: a socket that closed or broke (the server
+        restarting, the network dropping) is followed by a new one after a pause. The reader
+        resets the failures once a message came through; a refused handshake raises what
+        `refused` makes of it."""
+        failures = self._failures()
+        while True:
+            try:
+                ws = await self._connect_ws("/ws/jobs", params)
+            except GateQueueConnectionError as exc:
+                await self._pause(failures, exc)
+                continue
+            except GateQueueError as exc:
+                raise await refused(exc) from None
+            try:
+                yield ws, failures
+            finally:
+                await ws.close()
+            await self._pause(
+                failures, ws.exception() or ConnectionError(f"closed with {ws.close_code}")
+            )
 
     # -- jobs ----------------------------------------------------------------------------
 
@@ -349,38 +383,25 @@ class GateQueueClient:
         return path
 
     async def watch(self, job_id: str) -> AsyncIterator[Job]:
-        """The job now, then again after every change, until it has finished."""
-        attempt = 0
-        last_error: BaseException | None = None
-        while True:
-            try:
-                ws = await self._connect_ws("/ws/jobs", {"id": job_id})
-            except GateQueueConnectionError as exc:
-                attempt += 1
-                last_error = exc
-                await self._backoff(attempt, last_error)
-                continue
-            except GateQueueError as exc:
-                raise await self._explain_refusal(job_id, exc) from None
-            try:
+        """The job now, then again after every change, until it has finished. After a
+        reconnect, the first message is the job as it is then."""
+
+        async def refused(exc: GateQueueError) -> GateQueueError:
+            return await self._explain_refusal(job_id, exc)
+
+        async with contextlib.aclosing(self._job_changes({"id": job_id}, refused)) as sockets:
+            async for ws, failures in sockets:
                 async for msg in ws:
                     if msg.type is not aiohttp.WSMsgType.TEXT:
                         break
                     data = json.loads(msg.data)
                     if data.get("type") != "job":
                         continue
-                    attempt = 0
+                    failures.reset()
                     job: Job = data["job"]
                     yield job
                     if job.get("status") in FINAL_STATUSES:
                         return
-            finally:
-                await ws.close()
-            # The server closed (restart, slow client) or the network dropped: reconnect;
-            # the first message after reconnecting is the job as it is then.
-            attempt += 1
-            last_error = ws.exception() or ConnectionError(f"closed with {ws.close_code}")
-            await self._backoff(attempt, last_error)
 
     async def wait(self, job_id: str, timeout_s: float | None = None) -> Job:
         """Until the job has finished; returns its final document (status, latestMetrics)."""
@@ -412,9 +433,10 @@ class GateQueueClient:
     ) -> Sweep:
         """Many jobs in one request (docs/sweeps.md): `grid` (every combination) crossed with
         `runs` (explicit overrides), plus `random` (`{"n", "seed", "space"}`), each on top of
-        `base`, `seeds` times each (seed 0..seeds-1). All or nothing: a combination that is
-        no valid job is a GateQueueError 422 whose `body["error"]["combination"]` names it,
-        and no job is made."""
+        `base`, `seeds` times each (seed 0..seeds-1). All or nothing: a value no option accepts
+        is a GateQueueError 422 whose `fields` say where it is (`grid.seed.1`), a combination
+        that is no valid job one whose `body["error"]["combination"]` names it, and no job is
+        made."""
         body: dict[str, Any] = {"base": dict(base)}
         for key, value in (
             ("name", name), ("grid", grid), ("random", random), ("runs", runs),
@@ -447,36 +469,25 @@ class GateQueueClient:
 
         Pushed by `/ws/jobs?sweep=ID`; each change (or burst of changes) is one re-read of
         the sweep, so what is yielded is always whole and consistent."""
-        attempt = 0
-        last_error: BaseException | None = None
-        while True:
-            try:
-                ws = await self._connect_ws("/ws/jobs", {"sweep": sweep_id})
-            except GateQueueConnectionError as exc:
-                attempt += 1
-                last_error = exc
-                await self._backoff(attempt, last_error)
-                continue
-            except GateQueueError:
-                await self.sweep(sweep_id)  # the refusal, explained (404, 401, ...)
-                raise
-            try:
+
+        async def refused(exc: GateQueueError) -> GateQueueError:
+            await self.sweep(sweep_id)  # the refusal, explained (404, 401, ...)
+            return exc
+
+        params = {"sweep": sweep_id}
+        async with contextlib.aclosing(self._job_changes(params, refused)) as sockets:
+            async for ws, failures in sockets:
                 # subscribed first, then read: no change between the two is missed
                 sweep = await self.sweep(sweep_id)
                 yield sweep
                 if sweep.get("remaining") == 0:
                     return
                 while await _changed(ws):
-                    attempt = 0
+                    failures.reset()
                     sweep = await self.sweep(sweep_id)
                     yield sweep
                     if sweep.get("remaining") == 0:
                         return
-            finally:
-                await ws.close()
-            attempt += 1
-            last_error = ws.exception() or ConnectionError(f"closed with {ws.close_code}")
-            await self._backoff(attempt, last_error)
 
     async def wait_sweep(self, sweep_id: str, timeout_s: float | None = None) -> Sweep:
         """Until every job of the sweep has finished; the sweep then (`best`, every run)."""
@@ -540,7 +551,7 @@ class LogStream:
         self._buffer: deque[LogLine] = deque()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._done = False
-        self._failures = 0
+        self._failures = client._failures()
 
     def pending(self) -> int:
         """Lines received and not yet yielded: 0 means the next line may take a while
@@ -605,7 +616,7 @@ class LogStream:
             data = json.loads(msg.data)
             kind = data.get("type")
             if kind == "lines":
-                self._failures = 0
+                self._failures.reset()
                 self._take(data["seq"], data["stream"], data["lines"])
             elif kind == "end":
                 self.end = LogEnd(
@@ -628,9 +639,8 @@ class LogStream:
         if code is not None and code not in _RESUMABLE_CLOSE_CODES and error is None:
             self._done = True  # a normal close without an end message: job deleted
             return
-        self._failures += 1
         self.reconnects += 1
-        await self.client._backoff(
+        await self.client._pause(
             self._failures, error or ConnectionError(f"closed with {code}: {reason or ''}")
         )
 
@@ -645,7 +655,6 @@ class LogStream:
                 GateQueueClient._job_path(self.job_id) + "/logs/ws", {"from": start}
             )
         except GateQueueConnectionError as exc:
-            self._failures += 1
-            await self.client._backoff(self._failures, exc)
+            await self.client._pause(self._failures, exc)
         except GateQueueError as exc:
             raise await self.client._explain_refusal(self.job_id, exc) from None

@@ -3,9 +3,10 @@
 The job document of docs/design.md is this model: the store builds new documents with it,
 every reader validates stored documents into it, and the API, the WebSockets and the CLI
 show `to_json()`. The OpenAPI response schema is its serialization schema, so the document
-cannot drift from what is sent. Run options (service.jobs.options) become fields by
-themselves. Fields only the server needs (`idempotencyKey`, `requestHash`) are not part of
-it, so they never leave the server.
+cannot drift from what is sent. Each run option (service.jobs.options) is a field of `Job`,
+declared with the option's type and checked against the options by a test. Fields only the
+server needs (`idempotencyKey`, `requestHash`) are not part of it, so they never leave the
+server.
 
 In JSON, ids are hex strings and times ISO-8601 UTC with millisecond precision and a `Z`
 (what MongoDB stores); in a document they are ObjectIds and datetimes.
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, Self
 
 from bson import ObjectId
 from pydantic import (
@@ -26,7 +27,6 @@ from pydantic import (
     PlainSerializer,
     PlainValidator,
     WithJsonSchema,
-    create_model,
 )
 
 from service.jobs.options import RUN_OPTIONS
@@ -249,7 +249,7 @@ class JobRecord(Record):
     )
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> JobRecord:
+    def from_doc(cls, doc: dict[str, Any]) -> Self:
         return cls.model_validate(doc)
 
     def to_doc(self) -> dict[str, Any]:
@@ -266,12 +266,24 @@ class JobRecord(Record):
         return self.status.finished
 
 
-Job: type[JobRecord] = create_model(  # type: ignore[call-overload]
-    "Job",
-    __base__=JobRecord,
-    __doc__="A job as stored and as the API shows it.",
-    **{o.name: o.pydantic_field(request=False) for o in RUN_OPTIONS},
-)
+def _run_option(name: str) -> Any:
+    """The pydantic field of a run option (service.jobs.options): its default, bounds and help."""
+    (option,) = (o for o in RUN_OPTIONS if o.name == name)
+    return option.pydantic_field(request=False)[1]
+
+
+# The fields every job has and the run options: each run option is a field declared here with
+# its option's type, and its default, bounds and help taken from the option. The docstring is
+# the OpenAPI schema's description. tests/jobs/test_record.py fails while a run option has no
+# field here or a field disagrees with its option.
+class Job(JobRecord):
+    """A job as stored and as the API shows it."""
+
+    name: str | None = _run_option("name")
+    maxAttempts: int = _run_option("maxAttempts")
+    priority: int = _run_option("priority")
+    checkpointIntervalS: float = _run_option("checkpointIntervalS")
+    keep: Literal["best", "last"] = _run_option("keep")
 
 
 def new_job(
@@ -280,7 +292,7 @@ def new_job(
     *,
     submitted_by: str | None = None,
     memory_estimate: MemoryEstimate | None = None,
-) -> JobRecord:
+) -> Job:
     """A Pending job with every field set, so readers never meet a missing key."""
     now = utcnow()
     return Job(

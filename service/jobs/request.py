@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError
 
 from service.jobs.options import RUN_NAMES, RUN_OPTIONS
-from trainer.options import TRAINING_NAMES, TRAINING_OPTIONS, CheckedOptions, Option, options_model
+from trainer.options import (
+    TRAINING_NAMES,
+    TRAINING_OPTIONS,
+    CheckedOptions,
+    Option,
+    StrictOptions,
+    options_model,
+)
 
 # The body the seed's README sent with curl: the example in the OpenAPI document, the web
 # form's starting values and the benchmark's request. It must stay valid as is.
@@ -60,16 +67,42 @@ JobRequest: type[RequestBase] = options_model(  # type: ignore[assignment]
 )
 
 
-def field_errors(exc: ValidationError) -> list[dict[str, str]]:
-    """Turn pydantic's errors into the API's `fields` list: one entry per bad field."""
+# One value of each request field, checked alone with the model's own rules (strict, no
+# NaN, the same bounds): a sweep lists values that no single job may ever be made of.
+_RULES = StrictOptions.model_config
+_STRICT = ConfigDict(strict=_RULES["strict"], allow_inf_nan=_RULES["allow_inf_nan"])
+_VALUE: dict[str, TypeAdapter[Any]] = {
+    o.name: TypeAdapter(o.value_type(), config=_STRICT) for o in REQUEST_OPTIONS
+}
+
+
+def value_errors(name: str, value: Any, where: str) -> list[dict[str, str]]:
+    """What is wrong with `value` as a value of request field `name`, as `field_errors`
+    entries located at `where` (e.g. `grid.seed.1`); [] when it is a valid one."""
+    adapter = _VALUE.get(name)
+    if adapter is None:
+        return [{"field": where, "message": "unknown field", "type": "extra_forbidden"}]
+    try:
+        adapter.validate_python(value)
+    except ValidationError as exc:
+        return field_errors(exc, where=where, option=name)
+    return []
+
+
+def field_errors(
+    exc: ValidationError, *, where: str | None = None, option: str | None = None
+) -> list[dict[str, str]]:
+    """Turn pydantic's errors into the API's `fields` list: one entry per bad field (`where`
+    names the field of an error without a location: a lone value of `option`)."""
     out: list[dict[str, str]] = []
     for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err["loc"]) or "body"
+        loc = ".".join(str(p) for p in err["loc"]) or where or "body"
         message = err["msg"]
+        help_of = option or loc
         if err["type"] == "extra_forbidden":
             message = "unknown field"
-        elif err["type"] == "string_pattern_mismatch" and loc in _PATTERN_HELP:
-            message = _PATTERN_HELP[loc]
+        elif err["type"] == "string_pattern_mismatch" and help_of in _PATTERN_HELP:
+            message = _PATTERN_HELP[help_of]
         elif message.startswith("Value error, "):
             message = message.removeprefix("Value error, ")
         out.append({"field": loc, "message": message, "type": err["type"]})

@@ -30,7 +30,7 @@ import structlog
 from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.errors import OperationFailure, PyMongoError
 
-from service.retry import RECONNECT, Backoff
+from service.retry import RECONNECT, Backoff, Failures
 from service.store.offsets import OffsetStore
 
 log = structlog.get_logger(__name__)
@@ -174,7 +174,7 @@ class ResumableChangeStream:
             await self._opened_count.wait_for(lambda: self.opens >= count)
 
     async def run(self, on_change: ChangeHandler, on_open: OpenHandler) -> None:
-        delays = self._backoff.delays()
+        failures = Failures(self._backoff)
         while True:
             opened_at: float | None = None
             try:
@@ -187,7 +187,7 @@ class ResumableChangeStream:
                     invalidated = await self._follow(stream, on_change)
                 if invalidated:
                     await self._invalidated()
-                delays = self._backoff.delays()  # re-open at once
+                failures.reset()  # re-open at once
                 continue
             except PyMongoError as exc:
                 if token_is_dead(exc):
@@ -195,10 +195,10 @@ class ResumableChangeStream:
                 # A stream that worked for a while is re-opened at once; one that keeps
                 # failing backs off, so a down server is not hammered.
                 if opened_at is not None and time.monotonic() - opened_at > HEALTHY_S:
-                    delays = self._backoff.delays()
+                    failures.reset()
                     delay = 0.0
                 else:
-                    delay = next(delays)
+                    delay = failures.failed()
                 log.warning("change stream lost; re-opening", stream=self.name, error=str(exc),
                             in_s=round(delay, 2))  # fmt: skip
                 await asyncio.sleep(delay)

@@ -34,7 +34,9 @@ log = structlog.get_logger(__name__)
 
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "deploy" / "mongo-server"
 _POM = SOURCE_DIR / "pom.xml"
-_JAVA = SOURCE_DIR / "src/main/java/dev/gatequeue/mongo/GateQueueMongoServer.java"
+# What the jar is built from. The JUnit tests (src/test) are not: CI runs them, the first-use
+# build skips them, and editing a test must not rebuild every developer's server.
+_MAIN_SOURCES = SOURCE_DIR / "src" / "main"
 JAR_NAME = "gatequeue-mongo-server.jar"
 
 # A small dev server: the C1 compiler and the serial collector start fastest and idle quietest.
@@ -59,19 +61,36 @@ def _cache_root() -> Path:
     return config.cache_home() / "gatequeue" / "mongo-server"
 
 
-def _source_digest() -> str:
-    """Keyed by content, so an edited launcher is rebuilt and old builds never go stale."""
-    if not _POM.is_file() or not _JAVA.is_file():
+def _build_inputs() -> list[Path]:
+    """pom.xml and every file under src/main, in a fixed order."""
+    sources = sorted(p for p in _MAIN_SOURCES.rglob("*") if p.is_file())
+    if not _POM.is_file() or not sources:
         raise EmbeddedMongoUnavailable(
             f"the embedded MongoDB server's sources are missing ({SOURCE_DIR}); it runs from a "
             f"gatequeue source checkout. {_ALTERNATIVES}"
         )
+    return [_POM, *sources]
+
+
+def _source_digest() -> str:
+    """Keyed by content, so an edited launcher is rebuilt and old builds never go stale."""
     digest = hashlib.sha256()
-    for path in (_POM, _JAVA):
-        digest.update(path.name.encode())
+    for path in _build_inputs():
+        digest.update(path.relative_to(SOURCE_DIR).as_posix().encode())
         digest.update(b"\0")
         digest.update(path.read_bytes())
+        digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+def _copy_ignore(directory: str, names: list[str]) -> set[str]:
+    """The build copy leaves out Maven's output and the tests (see _MAIN_SOURCES)."""
+    here = Path(directory)
+    if here == SOURCE_DIR:
+        return {"target"} & set(names)
+    if here == SOURCE_DIR / "src":
+        return {"test"} & set(names)
+    return set()
 
 
 def cached_jar() -> Path | None:
@@ -107,6 +126,9 @@ def _maven(build_dir: Path, *, offline: bool, timeout: float) -> subprocess.Comp
     command = ["mvn", "-B", "-q", "--no-transfer-progress"]
     if offline:
         command.append("-o")
+    # No tests here (CI runs them): the `tests` profile off, so that the build needs no JUnit or
+    # driver artifacts and stays fast; see deploy/mongo-server/pom.xml.
+    command += ["-P", "!tests", "-Dmaven.test.skip=true"]
     command += ["-f", str(build_dir / "pom.xml"), "package"]
     return subprocess.run(
         command,
@@ -140,7 +162,7 @@ def launcher_jar(*, timeout: float = 900.0) -> Path:
             return jar
         build_dir = target / f"build-{os.getpid()}"
         shutil.rmtree(build_dir, ignore_errors=True)
-        shutil.copytree(SOURCE_DIR, build_dir, ignore=shutil.ignore_patterns("target"))
+        shutil.copytree(SOURCE_DIR, build_dir, ignore=_copy_ignore)
         started = time.monotonic()
         try:
             result = _maven(build_dir, offline=True, timeout=timeout)

@@ -12,7 +12,6 @@ when several workers and API processes share one queue. Nothing here needs trans
 
 from __future__ import annotations
 
-import asyncio
 import builtins
 import hashlib
 import json
@@ -29,6 +28,7 @@ from pymongo.asynchronous.change_stream import AsyncChangeStream
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from service.config import DEFAULT_IDEMPOTENCY_TTL_S
 from service.jobs.options import RUN_NAMES
 from service.jobs.record import (
     Checkpoint,
@@ -39,7 +39,9 @@ from service.jobs.record import (
     new_attempt_id,
 )
 from service.jobs.status import Status
-from service.retry import DATABASE, retry
+from service.retry import retry
+from service.store import idempotency
+from service.store.errors import IdempotencyKeyReused
 from service.store.inserter import JobInserter
 from service.store.outcome import outcome_unknown
 
@@ -96,12 +98,8 @@ class ExpiredLease:
     sweep_id: ObjectId | None = None
 
 
-class IdempotencyKeyReused(Exception):
-    """The key was used before, for a job submitted with another body."""
-
-    def __init__(self, job: JobRecord) -> None:
-        super().__init__(f"Idempotency-Key was used for job {job.id} with a different body")
-        self.job = job
+class _LostRace(Exception):
+    """A compare-and-set matched nothing: another writer changed the job since it was read."""
 
 
 def _now_plus(seconds: float) -> Any:
@@ -126,7 +124,7 @@ def _pipeline(
     return [{"$set": stage}]
 
 
-def _job(doc: dict[str, Any] | None) -> JobRecord | None:
+def _job(doc: dict[str, Any] | None) -> Job | None:
     return None if doc is None else Job.from_doc(doc)
 
 
@@ -149,44 +147,51 @@ class JobStore:
         await self.collection.create_index([("status", ASCENDING), ("_id", ASCENDING)])
         await self.collection.create_index([("status", ASCENDING), ("leaseExpiresAt", ASCENDING)])
         await self.collection.create_index([("submittedBy", ASCENDING), ("status", ASCENDING)])
-        # Sparse: only jobs submitted with an Idempotency-Key carry the field.
+        # Sparse: only jobs submitted with an Idempotency-Key carry the field, and only while
+        # the key is remembered; its value names the submitter (service.store.idempotency).
         await self.collection.create_index("idempotencyKey", unique=True, sparse=True)
 
     # -- submit and read -----------------------------------------------------------------
 
     async def insert(
         self,
-        job: JobRecord,
+        job: Job,
         *,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
-    ) -> tuple[JobRecord, bool]:
+        key_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S,
+    ) -> tuple[Job, bool]:
         """Store a new Pending job; returns (the job, created).
 
-        Without a key the document joins the inserter's next batch. With one, the unique
-        index decides who wins a race of retries: the loser reads the winner's job instead
-        of inserting a second one (`created` False), and raises IdempotencyKeyReused if that
-        job was submitted with another body (`body_hash`, see `request_hash`).
+        Without a key the document joins the inserter's next batch. With one (the
+        submitter's: service.store.idempotency), the unique index decides who wins a race of
+        retries: the loser reads the winner's job instead of inserting a second one
+        (`created` False), and raises IdempotencyKeyReused if that job was submitted with
+        another body (`body_hash`, see `request_hash`). A key older than `key_ttl_s` is
+        forgotten and makes a new job.
         """
         doc = job.to_doc()
         if idempotency_key is None:
             await self.inserter.insert(doc)
             return job, True
-        doc["idempotencyKey"] = idempotency_key
+        stored_key = idempotency.scoped(job.submittedBy, idempotency_key)
+        doc["idempotencyKey"] = stored_key
         doc["requestHash"] = body_hash
         while True:
             try:
                 await self.collection.insert_one(doc)
                 return job, True
             except DuplicateKeyError:
-                existing = await self.collection.find_one({"idempotencyKey": idempotency_key})
+                if await idempotency.free_if_expired(self.collection, stored_key, key_ttl_s):
+                    continue
+                existing = await self.collection.find_one({"idempotencyKey": stored_key})
                 if existing is None:  # deleted between the two calls; the key is free again
                     continue
                 if existing.get("requestHash") != body_hash:
                     raise IdempotencyKeyReused(Job.from_doc(existing)) from None
                 return Job.from_doc(existing), False
 
-    async def get(self, job_id: str | ObjectId) -> JobRecord | None:
+    async def get(self, job_id: str | ObjectId) -> Job | None:
         oid = parse_job_id(job_id)
         if oid is None:
             return None
@@ -208,7 +213,7 @@ class JobStore:
         after: str | ObjectId | None = None,
         submitted_by: str | None = None,
         sweep_id: ObjectId | None = None,
-    ) -> builtins.list[JobRecord]:
+    ) -> builtins.list[Job]:
         """Newest first; `after` is the id of the last job of the previous page.
 
         Paging by `_id` rather than by skip keeps pages stable while jobs are inserted.
@@ -243,7 +248,7 @@ class JobStore:
         *,
         skip_sweeps: Iterable[ObjectId] = (),
         fitting: Mapping[str, int | None] | None = None,
-    ) -> builtins.list[JobRecord]:
+    ) -> builtins.list[Job]:
         """Claimable jobs in claim order (priority, then age), leaving out the sweeps named
         in `skip_sweeps` (a worker found their `maxParallel` reached) and, with `fitting`
         ({device kind: the most a free slot holds, None for unknown}), the jobs whose
@@ -260,9 +265,9 @@ class JobStore:
         cursor = self.collection.find(query).sort(CLAIM_ORDER).limit(limit)
         return [Job.from_doc(doc) async for doc in cursor]
 
-    async def queue_position(self, job: JobRecord) -> int:
+    async def queue_position(self, job: Job) -> int:
         """How many claimable jobs come before `job` in claim order."""
-        priority = job.priority  # type: ignore[attr-defined]
+        priority = job.priority
         return await self.collection.count_documents(
             {
                 "status": Status.PENDING.value,
@@ -280,7 +285,7 @@ class JobStore:
             {"status": Status.PENDING.value, "submittedBy": submitted_by}
         )
 
-    async def pending_one(self, job_id: ObjectId) -> JobRecord | None:
+    async def pending_one(self, job_id: ObjectId) -> Job | None:
         """The job if it is Pending now (its current version, for a claim)."""
         return _job(
             await self.collection.find_one(
@@ -511,11 +516,23 @@ class JobStore:
         `cancelRequested` is not a change of status, worker or lease, so it does not bump
         `version`: the owner's renewals go on, and the owner is exactly who must see the
         flag. Each round re-reads the job, so a cancel whose reply was lost and is retried
-        finds the job Cancelled and says so.
+        finds the job Cancelled and says so. A round that lost a race to another writer, or
+        whose write's reply was lost, goes again (service.retry), at most 100 rounds: each
+        lost race means another writer made progress.
         """
-        delays = DATABASE.delays()
         maybe_ours = False  # a write of this call may have landed with its reply lost
-        for _ in range(100):  # bounded: each round means another writer made progress
+        writing = False  # a failed read is not retried: only a write's outcome is unknown
+
+        def again(exc: BaseException) -> bool:
+            return isinstance(exc, _LostRace) or (writing and outcome_unknown(exc))
+
+        def note(exc: BaseException, delay: float) -> None:
+            nonlocal maybe_ours
+            maybe_ours = maybe_ours or not isinstance(exc, _LostRace)  # the next read tells
+
+        async def one_round() -> CancelResult:
+            nonlocal writing
+            writing = False
             job = await self.get(job_id)
             if job is None:
                 return CancelResult(CancelOutcome.NOT_FOUND, None)
@@ -526,33 +543,36 @@ class JobStore:
                 )
             if job.cancelRequested and maybe_ours:
                 return CancelResult(CancelOutcome.REQUESTED, job)
-            try:
-                if job.status is Status.PENDING:
-                    done = await self._transition(
-                        self._cas(job, Status.PENDING),
-                        {
-                            "$set": {"status": Status.CANCELLED.value, "cancelRequested": True},
-                            "$currentDate": {"finishedAt": True, "updatedAt": True},
-                            "$inc": {"version": 1},
-                        },
-                    )
-                    if done is not None:
-                        return CancelResult(CancelOutcome.CANCELLED, done)
-                    continue
-                if job.cancelRequested:
-                    return CancelResult(CancelOutcome.ALREADY_REQUESTED, job)
-                flagged = await self._transition(
-                    {"_id": job_id, "status": Status.RUNNING.value},
-                    {"$set": {"cancelRequested": True}, "$currentDate": {"updatedAt": True}},
+            if job.status is Status.PENDING:
+                writing = True
+                done = await self._transition(
+                    self._cas(job, Status.PENDING),
+                    {
+                        "$set": {"status": Status.CANCELLED.value, "cancelRequested": True},
+                        "$currentDate": {"finishedAt": True, "updatedAt": True},
+                        "$inc": {"version": 1},
+                    },
                 )
-                if flagged is not None:
-                    return CancelResult(CancelOutcome.REQUESTED, flagged)
-            except Exception as exc:
-                if not outcome_unknown(exc):
-                    raise
-                maybe_ours = True  # the next round's read tells
-                await asyncio.sleep(next(delays))
-        raise RuntimeError(f"cancel of job {job_id} kept losing races")  # pragma: no cover
+                if done is None:
+                    raise _LostRace
+                return CancelResult(CancelOutcome.CANCELLED, done)
+            if job.cancelRequested:
+                return CancelResult(CancelOutcome.ALREADY_REQUESTED, job)
+            writing = True
+            flagged = await self._transition(
+                {"_id": job_id, "status": Status.RUNNING.value},
+                {"$set": {"cancelRequested": True}, "$currentDate": {"updatedAt": True}},
+            )
+            if flagged is None:
+                raise _LostRace
+            return CancelResult(CancelOutcome.REQUESTED, flagged)
+
+        try:
+            return await retry(
+                one_round, retry_on=(Exception,), retry_if=again, attempts=100, on_error=note
+            )
+        except _LostRace:  # pragma: no cover
+            raise RuntimeError(f"cancel of job {job_id} kept losing races") from None
 
     async def expire_leases(self, *, ahead_s: float = 0.0) -> builtins.list[ExpiredLease]:
         """Re-queue Running jobs whose worker stopped renewing (or fail them at maxAttempts).
@@ -574,11 +594,11 @@ class JobStore:
                 action = ExpiryAction.CANCELLED
                 error = f"worker {worker} lost while cancelling"
                 update = {"status": Status.CANCELLED.value}
-            elif job.attempt >= job.maxAttempts:  # type: ignore[attr-defined]
+            elif job.attempt >= job.maxAttempts:
                 action = ExpiryAction.FAILED
                 error = (
                     f"lease expired on worker {worker} at attempt {job.attempt} "
-                    f"of {job.maxAttempts}; no attempts left"  # type: ignore[attr-defined]
+                    f"of {job.maxAttempts}; no attempts left"
                 )
                 update = {"status": Status.FAILED.value}
             else:

@@ -17,6 +17,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from service.jobs.record import iso, utcnow
+from service.store.errors import StaleAttempt
 
 LOG_STREAMS = ("stdout", "stderr", "system")
 # Documents per reply while reading a log: a batch holds up to 500 lines of up to 1 MiB
@@ -26,10 +27,6 @@ READ_BATCH_DOCS = 16
 
 LogBatch = dict[str, Any]
 OwnerCheck = Callable[[ObjectId, str], Awaitable[bool]]
-
-
-class StaleAttempt(Exception):
-    """The attempt writing is not the one running the job now: its lines are refused."""
 
 
 def trim_batch(batch: LogBatch, from_seq: int) -> LogBatch | None:

@@ -5,7 +5,7 @@ stored position would be stale the moment any other job moved."""
 from __future__ import annotations
 
 from service.jobs import memory
-from service.jobs.record import JobRecord
+from service.jobs.record import Job, JobRecord
 from service.store.jobs import JobStore
 from service.store.sweeps import SweepStore
 from service.store.workers import WorkerStore
@@ -31,7 +31,7 @@ class QueueView:
             return MEMORY
         return FREE_SLOT
 
-    async def explain(self, job: JobRecord) -> JobRecord:
+    async def explain(self, job: Job) -> Job:
         """The job with `queuePosition` and `waitingFor` filled in."""
         return job.model_copy(
             update={

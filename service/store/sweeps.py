@@ -16,28 +16,20 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+import structlog
 from bson import ObjectId
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
+from service.config import DEFAULT_IDEMPOTENCY_TTL_S
 from service.retry import retry
+from service.store import idempotency
+from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.outcome import outcome_unknown
 from service.sweeps.record import SweepRecord, SweepState
 
-
-class SweepKeyReused(Exception):
-    def __init__(self, sweep: SweepRecord) -> None:
-        super().__init__(f"Idempotency-Key was used for sweep {sweep.id} with a different body")
-        self.sweep = sweep
-
-
-class SweepInProgress(Exception):
-    """An earlier request with the same Idempotency-Key is still inserting the sweep."""
-
-    def __init__(self, sweep: SweepRecord) -> None:
-        super().__init__(f"sweep {sweep.id} is still being created")
-        self.sweep = sweep
+log = structlog.get_logger(__name__)
 
 
 def _sweep(doc: dict[str, Any] | None) -> SweepRecord | None:
@@ -59,18 +51,26 @@ class SweepStore:
         *,
         idempotency_key: str | None = None,
         body_hash: str | None = None,
+        key_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S,
     ) -> tuple[SweepRecord, bool]:
-        """(the sweep, created). With a key, a replay finds the first request's sweep."""
+        """(the sweep, created). With a key (the submitter's, remembered for `key_ttl_s`:
+        service.store.idempotency), a replay finds the first request's sweep."""
         doc = sweep.to_doc()
+        stored_key = None
         if idempotency_key is not None:
-            doc["idempotencyKey"] = idempotency_key
+            stored_key = idempotency.scoped(sweep.submittedBy, idempotency_key)
+            doc["idempotencyKey"] = stored_key
             doc["requestHash"] = body_hash
         while True:
             try:
                 await self.collection.insert_one(doc)
                 return sweep, True
             except DuplicateKeyError:
-                existing = await self.collection.find_one({"idempotencyKey": idempotency_key})
+                if stored_key is None:  # pragma: no cover - only the key's index is unique
+                    raise
+                if await idempotency.free_if_expired(self.collection, stored_key, key_ttl_s):
+                    continue
+                existing = await self.collection.find_one({"idempotencyKey": stored_key})
                 if existing is None:  # removed meanwhile (a failed creation): try again
                     continue
                 found = SweepRecord.from_doc(existing)
@@ -80,9 +80,18 @@ class SweepStore:
                     raise SweepInProgress(found) from None
                 return found, False
 
-    async def key_used(self, idempotency_key: str) -> bool:
-        """Whether a sweep was submitted with this Idempotency-Key (a replay: no quota)."""
-        found = await self.collection.find_one({"idempotencyKey": idempotency_key}, {"_id": 1})
+    async def key_used(
+        self,
+        submitted_by: str | None,
+        idempotency_key: str,
+        key_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S,
+    ) -> bool:
+        """Whether `submitted_by` made a sweep with this Idempotency-Key that is still
+        remembered (a replay: no quota)."""
+        stored_key = idempotency.scoped(submitted_by, idempotency_key)
+        found = await self.collection.find_one(
+            idempotency.live(stored_key, key_ttl_s), {"_id": 1}
+        )
         return found is not None
 
     async def mark_ready(self, sweep_id: ObjectId) -> None:
@@ -105,8 +114,22 @@ class SweepStore:
             query["_id"] = {"$lt": after}
         if submitted_by is not None:
             query["submittedBy"] = submitted_by
-        cursor = self.collection.find(query).sort("_id", DESCENDING).limit(limit)
-        return [SweepRecord.from_doc(doc) async for doc in cursor]
+        out: builtins.list[SweepRecord] = []
+        cursor = self.collection.find(query).sort("_id", DESCENDING).batch_size(limit)
+        try:
+            async for doc in cursor:
+                try:
+                    out.append(SweepRecord.from_doc(doc))
+                except ValueError as exc:
+                    # One record this version cannot read must not hide every other one.
+                    log.error("sweep record unreadable; not listed", sweep=doc.get("_id"),
+                              error=str(exc)[:500])  # fmt: skip
+                    continue
+                if len(out) == limit:
+                    break
+        finally:
+            await cursor.close()
+        return out
 
     async def abandoned(self) -> builtins.list[ObjectId]:
         """Sweeps whose creation should have ended by now (the API creating them died)."""

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
+from service.config import DEFAULT_IDEMPOTENCY_TTL_S
 from service.jobs.record import new_job
 from service.store import Store
 from service.sweeps.record import SweepRecord, SweepState, new_sweep
@@ -74,6 +75,7 @@ async def create_sweep(
     submitted_by: str | None,
     idempotency_key: str | None = None,
     body_hash: str | None = None,
+    key_ttl_s: float = DEFAULT_IDEMPOTENCY_TTL_S,
 ) -> Created:
     """Store the sweep and its jobs; a replay of an Idempotency-Key returns the first
     request's sweep.
@@ -83,7 +85,7 @@ async def create_sweep(
     """
     sweep = new_sweep(sweep_plan, submitted_by=submitted_by, creating_for_s=CREATING_FOR_S)
     sweep, created = await store.sweeps.insert(
-        sweep, idempotency_key=idempotency_key, body_hash=body_hash
+        sweep, idempotency_key=idempotency_key, body_hash=body_hash, key_ttl_s=key_ttl_s
     )
     if not created:
         return Created(sweep, False)

@@ -2,10 +2,17 @@
 
 A sweep is a grid (every combination of the listed values), crossed with an explicit list
 of overrides (`runs`), plus random samples from a search space; each combination is the
-sweep's `base` body with its overrides on top. Every combination is validated by the very
-model that validates `POST /jobs` (service.jobs.request) before anything is stored, so a
-sweep is all or nothing: one bad combination is a 422 naming its index, its values and the
-field, and no job exists (docs/sweeps.md).
+sweep's `base` body with its overrides on top. Before anything is stored, every value the
+request lists is checked alone against its option (picked or not: an unpicked choice or a
+grid value that `runs` overrides is echoed back by every view of the sweep, so it must be a
+value the option accepts), then every combination is validated by the very model that
+validates `POST /jobs` (service.jobs.request). A sweep is all or nothing: a bad value is a
+422 naming where it is (`grid.seed.1`), a bad combination one naming its index, its values
+and the field, and no job exists (docs/sweeps.md).
+
+Planning a sweep of a thousand runs takes tens to hundreds of milliseconds of CPU: the API
+runs it in slices (`plan_in_slices`) so the event loop keeps serving meanwhile, after the
+cheap bounds (`check_size`) have refused what is too large.
 
 The expansion is deterministic: grid values in the order given, keys in the order given,
 random samples from `random.Random(seed)`, so the same body always names the same jobs in
@@ -14,10 +21,12 @@ the same order (an `Idempotency-Key` replay compares bodies, not jobs).
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 import random
-from collections.abc import Callable, Iterable, Iterator
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Annotated, Any
 
@@ -26,12 +35,20 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from service.jobs.memory import TooBig
 from service.jobs.options import PRINTABLE, RUN_NAMES
 from service.jobs.record import MemoryEstimate
-from service.jobs.request import REQUEST_OPTIONS, JobRequest, RequestBase, field_errors
+from service.jobs.request import (
+    REQUEST_OPTIONS,
+    JobRequest,
+    RequestBase,
+    field_errors,
+    value_errors,
+)
 from trainer.options import TRAINING_NAMES
 
 DEFAULT_METRIC = "val_acc_discrete"  # selection on the validation split (docs/sweeps.md)
 MAX_REPORTED = 10  # bad combinations listed in one 422
 MAX_SEEDS = 20
+MAX_FIELDS = 50  # bad values listed in one 422
+SLICE_S = 0.005  # the longest the event loop waits on planning at a time
 
 _KINDS = {o.name: o.kind for o in REQUEST_OPTIONS}
 # A grid, a random space or a run may set any request field except these: the sweep sets
@@ -67,7 +84,12 @@ Space = Choice | Uniform | LogUniform | IntUniform
 
 class RandomSearch(_Strict):
     n: int = Field(ge=1, description="How many samples.")
-    seed: int = Field(0, description="Seed of the sampler: the same seed, the same samples.")
+    seed: int = Field(
+        0,
+        ge=-(2**63),
+        le=2**63 - 1,  # stored and echoed back: what BSON and JSON hold
+        description="Seed of the sampler: the same seed, the same samples.",
+    )
     space: dict[str, Space] = Field(
         min_length=1,
         description="Per option: `{choice: [...]}`, `{uniform: [lo, hi]}`, "
@@ -205,6 +227,45 @@ def _points(spec: SweepRequest) -> Iterator[dict[str, Any]]:
             yield {k: _sample(rng, s) for k, s in spec.random.space.items()}
 
 
+def listed_values(spec: SweepRequest) -> Iterator[tuple[str, str, Any]]:
+    """(option, where, value) of every value the request lists: in `base`, the grid, the
+    runs, a random choice and the bounds of a random range."""
+    for key, value in spec.base.items():
+        yield key, f"base.{key}", value
+    for key, values in spec.grid.items():
+        for i, value in enumerate(values):
+            yield key, f"grid.{key}.{i}", value
+    for i, run in enumerate(spec.runs):
+        for key, value in run.items():
+            yield key, f"runs.{i}.{key}", value
+    if spec.random is not None:
+        for key, space in spec.random.space.items():
+            kind, listed = _listed(space)
+            for i, value in enumerate(listed):
+                yield key, f"random.space.{key}.{kind}.{i}", value
+
+
+def _listed(space: Space) -> tuple[str, list[Any]]:
+    if isinstance(space, Choice):
+        return "choice", space.choice
+    if isinstance(space, IntUniform):
+        return "intUniform", list(space.intUniform)
+    if isinstance(space, Uniform):
+        return "uniform", list(space.uniform)
+    return "logUniform", list(space.logUniform)
+
+
+class SweepValuesInvalid(Exception):
+    """Values the request lists that its options do not accept; nothing may be stored."""
+
+    def __init__(self, fields: list[dict[str, str]], total: int) -> None:
+        self.fields = fields
+        self.total = total
+        names = ", ".join(dict.fromkeys(f["field"] for f in fields))
+        more = f" (and {total - len(fields)} more)" if total > len(fields) else ""
+        super().__init__(f"invalid values: {names}{more}")
+
+
 @dataclass(frozen=True)
 class BadCombination:
     index: int
@@ -291,22 +352,72 @@ def _short(value: Any) -> str:
 Admit = Callable[[dict[str, Any]], MemoryEstimate]
 
 
-def plan(spec: SweepRequest, *, max_jobs: int, admit: Admit | None = None) -> SweepPlan:
-    """Expand and validate every combination; raises SweepEmpty, SweepTooLarge or
-    SweepInvalid, and only then: nothing partial ever comes out.
-
-    `admit` (the API's memory admission) takes a combination's training options and returns
-    its memory estimate, or raises TooBig: then the combination is a bad one."""
+def check_size(spec: SweepRequest, *, max_jobs: int) -> int:
+    """How many jobs the sweep names, or SweepEmpty / SweepTooLarge: the cheap bounds,
+    checked before any value is looked at."""
     size = spec.size()
     if size == 0:
         raise SweepEmpty()
     if size > max_jobs:
         raise SweepTooLarge(size, max_jobs)
+    return size
+
+
+def plan(spec: SweepRequest, *, max_jobs: int, admit: Admit | None = None) -> SweepPlan:
+    """Check and expand the sweep in one go (tests, benches); the API uses
+    `plan_in_slices`. Raises SweepEmpty, SweepTooLarge, SweepValuesInvalid or SweepInvalid,
+    and only then: nothing partial ever comes out.
+
+    `admit` (the API's memory admission) takes a combination's training options and returns
+    its memory estimate, or raises TooBig: then the combination is a bad one."""
+    steps = _planning(spec, check_size(spec, max_jobs=max_jobs), admit)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+
+
+async def plan_in_slices(
+    spec: SweepRequest, *, max_jobs: int, admit: Admit | None = None, slice_s: float = SLICE_S
+) -> SweepPlan:
+    """`plan`, giving the event loop back every `slice_s` seconds of work: a sweep of a
+    thousand runs no longer stops every other request for the time it takes to check."""
+    steps = _planning(spec, check_size(spec, max_jobs=max_jobs), admit)
+    until = time.perf_counter() + slice_s
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        if time.perf_counter() >= until:
+            # Twice: the first wake comes before the timers and I/O that fell due during
+            # the slice (asyncio queues them behind it), the second after they ran; with one,
+            # they would wait for the next slice too.
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            until = time.perf_counter() + slice_s
+
+
+def _planning(
+    spec: SweepRequest, size: int, admit: Admit | None
+) -> Generator[None, None, SweepPlan]:
+    """The work of `plan`, one step per value and per combination."""
+    problems: list[dict[str, str]] = []
+    total_problems = 0
+    for option, where, value in listed_values(spec):
+        errors = value_errors(option, value, where)
+        total_problems += len(errors)
+        problems += errors[: MAX_FIELDS - len(problems)]
+        yield
+    if problems:
+        raise SweepValuesInvalid(problems, total_problems)
     priority = spec.priority if spec.priority is not None else spec.base.get("priority", 0)
     runs: list[PlannedRun] = []
     bad: list[BadCombination] = []
     total_bad = 0
     for index, overrides in enumerate(combinations(spec)):
+        yield
         body = {**spec.base, **overrides}
         if spec.priority is not None:
             body["priority"] = spec.priority

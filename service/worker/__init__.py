@@ -16,7 +16,7 @@ import structlog
 from service.config import Settings
 from service.mongo.connect import connect
 from service.store import Store
-from service.worker.capacity import with_memory
+from service.worker.capacity import share_cpus, with_memory
 from service.worker.gpus import Slot, resolve_slots
 from service.worker.worker import DEFAULT_TRAINER_CMD, Worker
 
@@ -43,8 +43,8 @@ async def run_worker(
     cancellation skips the grace period. `options` go to `Worker` (timings, hooks)."""
     if not settings.mongodb_uri:
         raise ValueError("the worker needs a MongoDB: set MONGODB_URI")
-    slots = await with_memory(await resolve_slots(settings.gpus), settings.slot_memory)
-    log.info("slots", slots={s.gpu: s.memory_bytes for s in slots})
+    slots = share_cpus(await with_memory(await resolve_slots(settings.gpus), settings.slot_memory))
+    log.info("slots", slots={s.gpu: (s.memory_bytes, s.threads) for s in slots})
     client = connect(settings.mongodb_uri)
     try:
         worker = Worker(

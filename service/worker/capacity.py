@@ -1,20 +1,22 @@
-"""What each slot can hold: the memory a run may use there (docs/worker.md, "Memory").
+"""What each slot can hold: the memory a run may use there (docs/worker.md, "Memory"), and
+its share of the CPUs.
 
-A GPU slot holds its device's memory (`nvidia-smi`, or torch in a throwaway subprocess
-where that tool is missing: the worker itself never creates a CUDA context). A CPU slot
-holds the machine's memory as this process may use it: the smaller of the RAM and the
-memory cgroup's limit (a container's), shared equally by the CPU slots. `GATEQUEUE_SLOT_MEMORY`
-overrides both, for every slot.
+A GPU slot holds its device's memory (`nvidia-smi`, whether the slot names the GPU by index
+or UUID, or a MIG instance by its UUID; or torch in a throwaway subprocess where that tool
+is missing: the worker itself never creates a CUDA context). A CPU slot holds the machine's
+memory as this process may use it: the smaller of the RAM and the memory cgroup's limit (a
+container's), shared equally by the CPU slots. `GATEQUEUE_SLOT_MEMORY` overrides both, for
+every slot.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import shutil
 import sys
 from pathlib import Path
 
-from service.worker.gpus import CPU, Slot, run_quietly
+from service.worker.gpus import CPU, Slot, lookup, run_quietly, smi_devices
 
 _CGROUP_LIMITS = (
     Path("/sys/fs/cgroup/memory.max"),  # cgroup v2
@@ -49,19 +51,10 @@ async def gpu_memory_bytes(ids: list[str]) -> dict[str, int]:
     """Total memory of each visible device id, where it can be found out."""
     if not ids:
         return {}
-    smi = shutil.which("nvidia-smi")
-    if smi:
-        text = await run_quietly(
-            [smi, "--query-gpu=index,memory.total", "--format=csv,noheader,nounits"]
-        )
-        if text is not None:
-            found = {}
-            for line in text.splitlines():
-                parts = [p.strip() for p in line.split(",")]
-                if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
-                    found[parts[0]] = int(parts[1]) << 20  # MiB
-            if found:
-                return {i: found[i] for i in ids if i in found}
+    devices = await smi_devices()
+    if devices:
+        found = {i: d.memory_bytes for i in ids if (d := lookup(devices, i)) is not None}
+        return {i: m for i, m in found.items() if m is not None}
     code = (
         "import torch\n"
         "for i in range(torch.cuda.device_count()):\n"
@@ -91,3 +84,20 @@ async def with_memory(slots: list[Slot], override: int | None = None) -> list[Sl
         else:
             out.append(slot.with_memory(gpus.get(slot.gpu)))
     return out
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def share_cpus(slots: list[Slot], cpus: int | None = None) -> list[Slot]:
+    """Each slot with `cpus // len(slots)` threads (at least one) where there are several
+    slots; a single slot keeps the trainer's default (every CPU)."""
+    if len(slots) < 2:
+        return slots
+    each = max(1, (cpus or cpu_count()) // len(slots))
+    return [s.with_threads(each) for s in slots]

@@ -2,8 +2,8 @@
 final write (Succeeded, Failed, Cancelled, or back to Pending on shutdown).
 
 The lease (service.worker.lease) says whether the job is still ours; the log sink
-(service.worker.logsink) stores its lines; this module supervises the trainer and decides
-how the run ended (`Ending`).
+(service.worker.logsink) stores its lines; this module supervises the trainer and gathers
+what happened, and service.worker.ending decides what that makes of the job.
 """
 
 from __future__ import annotations
@@ -34,6 +34,14 @@ from service.store import Store
 from service.store.files import CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
 from service.worker import artifacts, checkpoints
+from service.worker.ending import (
+    Memory,
+    Observed,
+    StopReason,
+    decide,
+    describe_circuit,
+    oom_kill_count,
+)
 from service.worker.gpus import Slot
 from service.worker.lease import Lease
 from service.worker.logsink import LeaseLapsed, LogSink
@@ -42,16 +50,6 @@ from trainer import protocol
 from trainer.options import run_control_args, trainer_args
 
 log = structlog.get_logger(__name__)
-
-ERROR_MAX_CHARS = 8000
-
-
-class StopReason(StrEnum):
-    CANCEL = "cancel"  # the user asked: Cancelled
-    SHUTDOWN = "shutdown"  # the worker is stopping: back to Pending
-    LOST = "lost"  # the lease is gone: write nothing
-    LOG_FAILED = "log_failed"  # logs cannot be stored: Failed
-
 
 class Outcome(StrEnum):
     """How a run ended for this worker (the job's status is what the store says)."""
@@ -62,15 +60,6 @@ class Outcome(StrEnum):
     RELEASED = "released"  # handed back to the queue
     LOST = "lost"  # the job changed hands: nothing written
     UNREACHABLE = "unreachable"  # MongoDB gone: the lease will expire
-
-
-@dataclass(frozen=True)
-class Ending:
-    """The final write a run makes: a final status, or a hand-back."""
-
-    status: Status | None  # None: release to Pending
-    error: str | None = None
-    system_line: str | None = None
 
 
 @dataclass(frozen=True)
@@ -337,27 +326,24 @@ class JobRun:
         self.log.info("trainer exited", exit_code=rc, stopped=stopped_by_us)
         return rc, stopped_by_us, ""
 
-    def _ending(self, rc: int | None, stopped_by_us: bool, start_error: str) -> Ending:
-        """How the trainer's end becomes the job's: the one decision of the run."""
-        assert self.sink is not None
-        if self._cancel_requested and (stopped_by_us or rc != 0):
-            return Ending(Status.CANCELLED, "cancelled on request",
-                          f"cancelled on request; trainer exit code {rc}")  # fmt: skip
-        if self.stop_reason is StopReason.SHUTDOWN and stopped_by_us:
-            saved = self.uploader.uploaded[-1:] if self.uploader is not None else []
-            where = f"; it resumes from {checkpoints.describe(saved[0])}" if saved else ""
-            reason = f"worker {self.s.worker_id} shut down during the run; re-queued{where}"
-            return Ending(None, reason, reason)
-        if self.stop_reason is StopReason.LOG_FAILED:
-            return Ending(Status.FAILED, f"the run's log could not be stored: {self.sink.error}")
-        if start_error:
-            return Ending(Status.FAILED, start_error, start_error)
-        if rc == 0:
-            return Ending(Status.SUCCEEDED)
-        out_of_memory = self._memory_failure(rc, stopped_by_us)
-        if out_of_memory is not None:
-            return Ending(Status.FAILED, out_of_memory, out_of_memory)
-        return Ending(Status.FAILED, self._failure_text(rc))
+    def _observed(self, rc: int | None, stopped_by_us: bool, start_error: str) -> Observed:
+        return Observed(
+            rc=rc,
+            stopped_by_us=stopped_by_us,
+            start_error=start_error,
+            cancel_requested=self._cancel_requested,
+            stop_reason=self.stop_reason,
+            stderr_tail=list(self.proc.stderr_tail) if self.proc is not None else [],
+        )
+
+    def _memory(self) -> Memory:
+        return Memory(
+            estimate=memory.needed(self.lease.job.memoryEstimate, self.slot.device),
+            device=self.slot.device,
+            limit=self.memory_limit,
+            slot_bytes=self.slot.memory_bytes,
+            oom_killed=oom_kill_count() > self._oom_kills,
+        )
 
     async def _finish(
         self, rc: int | None, stopped_by_us: bool, start_error: str, output_dir: Path
@@ -368,7 +354,14 @@ class JobRun:
             await sink.discard()
             self.outcome = Outcome.LOST
             return
-        ending = self._ending(rc, stopped_by_us, start_error)
+        saved = self.uploader.uploaded[-1:] if self.uploader is not None else []
+        ending = decide(
+            self._observed(rc, stopped_by_us, start_error),
+            self._memory(),
+            worker_id=self.s.worker_id,
+            resumes_from=checkpoints.describe(saved[0]) if saved else None,
+            log_error=str(sink.error),
+        )
         if ending.system_line:
             await sink.system(ending.system_line)
         if ending.status is None:
@@ -458,42 +451,6 @@ class JobRun:
             self.s.memory_limit_headroom,
         )  # fmt: skip
 
-    def _memory_failure(self, rc: int | None, stopped_by_us: bool) -> str | None:
-        """An ending that was the run's memory running out, said with the numbers."""
-        estimate = memory.needed(self.lease.job.memoryEstimate, self.slot.device)
-        numbers = f"estimated peak {memory.human(estimate)} on {self.slot.device}"
-        if self.memory_limit is not None:
-            numbers += f", limit {memory.human(self.memory_limit)} (RLIMIT_DATA)"
-        if self.slot.memory_bytes is not None:
-            numbers += f", the slot holds {memory.human(self.slot.memory_bytes)}"
-        last = [line for line in self.proc.stderr_tail if line.strip()] if self.proc else []
-        if rc == protocol.EXIT_OUT_OF_MEMORY:
-            said = last[-1].removeprefix("error: ") if last else "an allocation failed"
-            return f"out of memory: {said} ({numbers})"
-        if rc == -signal.SIGKILL and not stopped_by_us:
-            if oom_kill_count() > self._oom_kills:
-                return f"out of memory: the kernel's OOM killer ended the trainer ({numbers})"
-            return (
-                "killed by SIGKILL, not by gatequeue: most likely out of memory, by the "
-                f"kernel's OOM killer ({numbers})"
-            )
-        if rc == -signal.SIGABRT and self.memory_limit is not None:
-            return (
-                f"aborted (SIGABRT) under its memory limit: most likely out of memory ({numbers})"
-            )
-        return None
-
-    def _failure_text(self, rc: int | None) -> str:
-        lines = [line for line in self.proc.stderr_tail if line.strip()] if self.proc else []
-        if rc is not None and rc < 0:
-            try:
-                name = signal.Signals(-rc).name
-            except ValueError:
-                name = f"signal {-rc}"
-            lines.append(f"(the trainer was killed by {name})")
-        text = "\n".join(lines) or f"the trainer exited with code {rc}"
-        return text[-ERROR_MAX_CHARS:]
-
     # -- while it runs ------------------------------------------------------------------
 
     async def _on_line(self, stream: str, line: str) -> None:
@@ -575,19 +532,6 @@ class JobRun:
             self.proc.send(protocol.Lease(self._fence_deadline(lease_deadline)).format())
 
 
-def describe_circuit(circuit: Circuit) -> str:
-    """The log's line for a run's circuit: what a researcher checks before using it."""
-    check = (
-        "verified against the network"
-        if circuit.verified
-        else f"NOT verified: {circuit.disagreements} test samples disagree with the network"
-    )
-    return (
-        f"circuit: {circuit.gatesLive:,} of {circuit.gates:,} gates live, depth "
-        f"{circuit.depth}, {circuit.imagesPerS:,.0f} images/s on one core; {check}"
-    )
-
-
 def _remove_workdir(workdir: Path) -> None:
     shutil.rmtree(workdir, ignore_errors=True)
     with contextlib.suppress(OSError):
@@ -597,19 +541,3 @@ def _remove_workdir(workdir: Path) -> None:
 def _make_dirs(*dirs: Path) -> None:
     for d in dirs:
         d.mkdir(parents=True, exist_ok=True)
-
-
-_MEMORY_EVENTS = Path("/sys/fs/cgroup/memory.events")
-
-
-def oom_kill_count(events: Path = _MEMORY_EVENTS) -> int:
-    """How many processes the kernel's OOM killer has ended in this cgroup (v2), 0 where it
-    cannot be read: compared before and after a run that died of SIGKILL."""
-    try:
-        for line in events.read_text().splitlines():
-            key, _, value = line.partition(" ")
-            if key == "oom_kill" and value.strip().isdigit():
-                return int(value)
-    except OSError:
-        pass
-    return 0

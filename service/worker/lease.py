@@ -20,7 +20,7 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from service.jobs.record import JobRecord
-from service.retry import DATABASE
+from service.retry import DATABASE, Failures, retry
 from service.store.jobs import JobStore
 
 log = structlog.get_logger(__name__)
@@ -70,7 +70,7 @@ class Lease:
         """Renew every `renew_every_s`; faster retries while MongoDB errs. Returns once the
         lease is lost or the final write was made."""
         delay = self.renew_every_s
-        retries = DATABASE.delays()
+        failures = Failures(DATABASE)
         while True:
             await asyncio.sleep(delay)
             async with self._cas:
@@ -85,13 +85,13 @@ class Lease:
                         return
                     log.warning("lease renewal failed; retrying", job_id=str(self.job.id),
                                 error=str(exc))  # fmt: skip
-                    delay = min(next(retries), self.renew_every_s)
+                    delay = min(failures.failed(), self.renew_every_s)
                     continue
                 if renewed is None:
                     self.lose("the job is not ours any more (lease renewal refused)")
                     return
                 self.job = renewed
-                retries = DATABASE.delays()
+                failures.reset()
                 self.deadline = sent_at + self.lease_s
                 delay = self.renew_every_s
                 if self._on_renewed is not None:
@@ -107,21 +107,16 @@ class Lease:
             self._done = True
             if self.lost:
                 return None
-            delays = DATABASE.delays()
-            while True:
-                try:
-                    result = await write(self.job)
-                except PyMongoError as exc:
-                    delay = next(delays)
-                    if time.monotonic() + delay > self.deadline:
-                        log.error("final write failed; the lease will expire",
-                                  job_id=str(self.job.id), error=str(exc))  # fmt: skip
-                        return None
-                    await asyncio.sleep(delay)
-                    continue
-                if result is None:
-                    log.warning("the job changed hands before its final write",
-                                job_id=str(self.job.id))  # fmt: skip
-                else:
-                    self.job = result
-                return result
+            job = self.job
+            try:
+                result = await retry(lambda: write(job), deadline=self.deadline)
+            except PyMongoError as exc:
+                log.error("final write failed; the lease will expire",
+                          job_id=str(job.id), error=str(exc))  # fmt: skip
+                return None
+            if result is None:
+                log.warning("the job changed hands before its final write",
+                            job_id=str(job.id))  # fmt: skip
+            else:
+                self.job = result
+            return result

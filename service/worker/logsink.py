@@ -20,7 +20,8 @@ from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
 from service.retry import DATABASE
-from service.store.logs import LogStore, StaleAttempt
+from service.store.errors import StaleAttempt
+from service.store.logs import LogStore
 
 log = structlog.get_logger(__name__)
 

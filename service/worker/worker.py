@@ -29,7 +29,7 @@ from service.jobs import memory
 from service.jobs.record import Job, JobRecord, WorkerRef, new_attempt_id
 from service.jobs.status import Status
 from service.mongo.changestream import StoredTokens
-from service.retry import DATABASE
+from service.retry import DATABASE, Failures
 from service.store import Store
 from service.store.jobs import ExpiryAction
 from service.store.workers import HEARTBEAT_S
@@ -124,7 +124,7 @@ class Worker:
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
         self._busy: dict[str, ObjectId] = {}  # slot gpu -> job id
         self._run_tasks: set[asyncio.Task[None]] = set()
-        self._hints: list[JobRecord] = []
+        self._hints: list[Job] = []
         self._full_sweeps: set[ObjectId] = set()  # maxParallel reached, this round
         self._early_cancels: set[ObjectId] = set()
         self._backlog = True  # ask the queue on the next wake-up
@@ -301,7 +301,7 @@ class Worker:
         return out
 
     async def _claimer(self) -> None:
-        delays = DATABASE.delays()
+        failures = Failures(DATABASE)
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -311,13 +311,13 @@ class Worker:
             try:
                 await self._fill_slots()
             except PyMongoError as exc:
-                delay = next(delays)
+                delay = failures.failed()  # no limit: a worker waits for its database
                 self.log.warning("claiming failed; retrying", error=str(exc), in_s=round(delay, 2))
                 self._backlog = True
                 await asyncio.sleep(delay)
                 self._wake.set()
                 continue
-            delays = DATABASE.delays()
+            failures.reset()
             if opened and not self.ready.is_set():
                 self.ready.set()
 
@@ -337,7 +337,7 @@ class Worker:
 
     def _next_hint(self) -> JobRecord:
         """The hint a free slot takes first: highest priority, then the oldest."""
-        best = min(self._hints, key=lambda j: (-j.priority, j.id))  # type: ignore[attr-defined]
+        best = min(self._hints, key=lambda j: (-j.priority, j.id))
         self._hints.remove(best)
         return best
 

@@ -48,3 +48,17 @@ class MakeApi(Protocol):
         ready_timeout_s: float = 2.0,
         **overrides: Any,
     ) -> Awaitable[TestClient]: ...
+
+
+def bearer(secret: str | None) -> dict[str, str]:
+    return {} if secret is None else {"Authorization": f"Bearer {secret}"}
+
+
+async def sign_in(api: TestClient, secret: str) -> dict[str, str]:
+    """`POST /session` with the token, as the web page does; returns the headers that send
+    the session cookie (the client's own jar is emptied, so only they carry it)."""
+    resp = await api.post("/session", json={}, headers=bearer(secret))
+    assert resp.status == 201, await resp.text()
+    cookie = resp.cookies["gq_session"].value
+    api.session.cookie_jar.clear()
+    return {"Cookie": f"gq_session={cookie}"}

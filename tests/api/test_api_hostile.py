@@ -7,6 +7,9 @@ logged as a 500 with a traceback, and a JSON body with duplicate keys was accept
 from __future__ import annotations
 
 import asyncio
+import re
+import sys
+import unicodedata
 
 import pytest
 import structlog
@@ -15,7 +18,13 @@ from api_helpers import JSON, SEED_BODY, MakeApi, error_of, job_count
 
 from service.api.errors import ApiError
 from service.api.quota import SubmissionQuota
+from service.cli.terminal import printable
+from service.jobs.options import INVISIBLE, INVISIBLE_RANGES
 from service.store import Store
+
+NOT_IN_NAMES = (
+    "must not contain control, format (bidirectional, zero-width) or invisible characters"
+)
 
 
 @pytest.mark.parametrize(
@@ -25,13 +34,70 @@ async def test_control_characters_in_name_are_422(api: TestClient, store: Store,
     resp = await api.post("/jobs", json={**SEED_BODY, "name": name})
     error = await error_of(resp, 422, "validation_error")
     assert error["fields"] == [
-        {
-            "field": "name",
-            "message": "must not contain control characters or bidirectional overrides",
-            "type": "string_pattern_mismatch",
-        }
+        {"field": "name", "message": NOT_IN_NAMES, "type": "string_pattern_mismatch"}
     ]
     assert await job_count(store) == 0
+
+
+CATEGORIES = {"Cf", "Zl", "Zp"}
+INVISIBLE_NAMES = [
+    "zero\u200bwidth",  # zero-width space
+    "rlm\u200f",  # right-to-left mark
+    "alm\u061c",  # Arabic letter mark
+    "\ufeffbom",  # zero-width no-break space
+    "line\u2028sep",
+    "para\u2029sep",
+    "tag\U000e0041\U000e007f",  # tag characters
+    "\u115ffiller",  # Hangul choseong filler
+    "\u3164",  # Hangul filler: a name that shows as blank
+    "joiner\u2060",  # word joiner
+]
+
+
+@pytest.mark.parametrize("name", INVISIBLE_NAMES)
+async def test_invisible_and_direction_characters_in_names_are_422(
+    api: TestClient, store: Store, name: str
+) -> None:
+    """Issue 26: these were stored and printed raw by `gatequeue ls`. Refused in a job's
+    name, a sweep's name and the names a sweep gives its runs; nothing is stored."""
+    error = await error_of(await api.post("/jobs", json={**SEED_BODY, "name": name}), 422)
+    assert error["fields"] == [
+        {"field": "name", "message": NOT_IN_NAMES, "type": "string_pattern_mismatch"}
+    ]
+    sweep = {"base": SEED_BODY, "grid": {"seed": [1, 2]}}
+    for body, field in [
+        ({**sweep, "name": name}, "name"),
+        ({**sweep, "base": {**SEED_BODY, "name": name}}, "base.name"),
+        ({**sweep, "runs": [{"name": "ok"}, {"name": name}]}, "runs.1.name"),
+    ]:
+        error = await error_of(await api.post("/sweeps", json=body), 422)
+        assert [f["field"] for f in error["fields"]] == [field], error
+    assert printable(name) != name  # and the CLI escapes any stored before
+    assert await job_count(store) == 0
+    assert await store.sweeps.collection.count_documents({}) == 0
+
+
+def test_the_refused_characters_are_every_format_character_and_separator() -> None:
+    """`INVISIBLE_RANGES` covers Unicode's Cf, Zl and Zp (as this Python knows them) and the
+    Hangul fillers, nothing else: a name of any other printable character is fine."""
+    wanted = {c for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in CATEGORIES}
+    wanted |= {0x115F, 0x1160, 0x3164, 0xFFA0}
+    listed = {c for first, last in INVISIBLE_RANGES for c in range(first, last + 1)}
+    assert listed == wanted
+    refused = re.compile("[" + INVISIBLE + "]")
+    assert all(refused.fullmatch(chr(c)) for c in wanted)
+    assert not refused.search("".join(chr(c) for c in range(0x20, 0x3000) if c not in wanted))
+
+
+async def test_a_group_sum_tau_that_makes_the_loss_nan_is_422(
+    api: TestClient, store: Store
+) -> None:
+    """Issue 26: `groupSumTau: 5e-324` was accepted and trained to a NaN loss."""
+    for tau in (5e-324, 1e-30, 0.0009):
+        error = await error_of(await api.post("/jobs", json={**SEED_BODY, "groupSumTau": tau}), 422)
+        assert [f["field"] for f in error["fields"]] == ["groupSumTau"]
+    assert (await api.post("/jobs", json={**SEED_BODY, "groupSumTau": 0.001})).status == 201
+    assert await job_count(store) == 1
 
 
 async def test_ordinary_names_are_fine(api: TestClient) -> None:
@@ -130,7 +196,6 @@ async def test_pending_jobs_past_the_quota_get_429(make_api: MakeApi, store: Sto
     await error_of(resp, 429, "too_many_pending")
     assert resp.headers["Retry-After"] == "60"
     assert await job_count(store) == 2
-
 
 
 class _SlowCount:

@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient
-from api_helpers import SEED_BODY, MakeApi, error_of, job_count
+from api_helpers import SEED_BODY, MakeApi, error_of, job_count, sign_in
 
 from service import tokens
-from service.api.app import ROUTE_MODULES
 from service.api.auth import AUTH
+from service.api.routes import ROUTE_MODULES
 from service.api.routing import Route, all_routes
 from service.store import Store
 from service.tokens import Role
@@ -42,8 +42,11 @@ def _path(route: Route, job_id: str) -> str:
                   path)  # fmt: skip
 
 
-async def _call(api: TestClient, route: Route, path: str, secret: str | None) -> int:
-    headers = _auth(secret)
+async def _call(
+    api: TestClient, route: Route, path: str, secret: str | None,
+    headers: dict[str, str] | None = None,
+) -> int:
+    headers = _auth(secret) if headers is None else headers
     if route.websocket:
         try:
             async with api.ws_connect(path, headers=headers):
@@ -73,6 +76,40 @@ async def test_every_route_allows_and_refuses_each_role(
             assert status not in (401, 403), (name, route.method, route.path, status)
         else:
             assert status == (401 if role is None else 403), (name, route.method, route.path)
+
+
+# How a token changes under a signed-in browser: `gatequeue token add` (a new token, with the
+# same or a lower role) or `token rm`.
+TOKEN_CHANGES = {
+    "rotated": lambda path: tokens.add(path, "boss", Role.ADMIN),
+    "demoted": lambda path: tokens.add(path, "boss", Role.READ),
+    "removed": lambda path: tokens.remove(path, "boss"),
+}
+
+
+@pytest.mark.parametrize("change", TOKEN_CHANGES)
+@pytest.mark.parametrize("route", all_routes(ROUTE_MODULES), ids=lambda r: f"{r.method} {r.path}")
+async def test_every_route_refuses_a_session_whose_token_changed(
+    make_api: MakeApi, tmp_path: Path, route: Route, change: str
+) -> None:
+    """An admin signs in, then their token is rotated, demoted or removed: the cookie is
+    nobody's any more on every route (401 where a role is needed, 200 where none is)."""
+    path = tmp_path / "tokens.json"
+    boss = tokens.add(path, "boss", Role.ADMIN)
+    alice = tokens.add(path, "alice", Role.SUBMIT)
+    api = await make_api(tokens_file=path)
+    created = await api.post("/jobs", json=SEED_BODY, headers=_auth(alice))
+    url = _path(route, (await created.json())["id"])
+    cookie = await sign_in(api, boss)
+    TOKEN_CHANGES[change](path)
+    await api.app[AUTH].reload()  # what the watcher does within 2 s of the change
+    status = await _call(api, route, url, None, headers=cookie)
+    if route.role is None:
+        assert status not in (401, 403), (change, route.method, route.path, status)
+    else:
+        assert status == 401, (change, route.method, route.path, status)
+    me = await (await api.get("/whoami", headers=cookie)).json()
+    assert me["authenticated"] is False, (change, me)
 
 
 async def test_jobs_record_who_submitted_them_and_cancel_needs_the_owner_or_admin(
@@ -120,7 +157,7 @@ async def test_a_removed_token_stops_working(
     api = await make_api(tokens_file=path)
     assert (await api.get("/jobs", headers=_auth(secret))).status == 200
     tokens.remove(path, "carol")
-    api.app[AUTH]._load()  # what the watcher does every 2 s when the file changed
+    await api.app[AUTH].reload()  # what the watcher does every 2 s when the file changed
     await error_of(await api.get("/jobs", headers=_auth(secret)), 401)
 
 

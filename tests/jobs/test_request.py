@@ -145,8 +145,9 @@ def test_every_option_reaches_every_surface(capsys: pytest.CaptureFixture[str]) 
     """Adding an option is one entry: it is in the request model, the OpenAPI schema, the
     trainer's flags, `gatequeue submit`'s flags and the web form's description."""
     from service.api.openapi import openapi_document
+    from service.api.routes import ROUTES
 
-    schema = openapi_document()["components"]["schemas"]["JobRequest"]["properties"]
+    schema = openapi_document(ROUTES)["components"]["schemas"]["JobRequest"]["properties"]
     form = {o["name"] for group in describe_options().values() for o in group}
     trainer_help = trainer_parser().format_help()
     submit = gatequeue_parser()._subparsers._group_actions[0].choices["submit"]  # type: ignore[union-attr]

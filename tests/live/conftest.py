@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from live_helpers import TRAINERS, LiveApi, MakeLiveApi
+from live_helpers import TRAINERS, LiveApi, MakeLiveApi, TrackingLive
 from pymongo import AsyncMongoClient
 
 from service.api.app import create_app
 from service.api.routing import UNDOCUMENTED
-from service.api.ws import LIVE, Live, LiveSettings
+from service.api.ws import LIVE, LiveSettings
 from service.client import GateQueueClient
 from service.config import Settings
 from service.mongo.connect import connect
@@ -39,16 +39,18 @@ async def make_live_api(store: Store, mongo_uri: str) -> AsyncIterator[MakeLiveA
             mongodb_uri=mongo_uri, db_name=store.db.name, api_token=token, **settings_kw
         )
         app = create_app(settings, store)
-        if live is not None:  # the app is not frozen until it starts: swap in test limits
-            app[LIVE] = Live(store, live)
+        # The app is not frozen until it starts: swap in the tracking Live (and test limits).
+        tracking = app[LIVE] = TrackingLive(store, live)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=5)
         await runner.setup()
         runners.append(runner)
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         host, port = runner.addresses[0][:2]
-        await app[LIVE].fanout.wait_ready()
-        return LiveApi(f"http://{host}:{port}", app, app[LIVE], store, settings)
+        # Both change streams open, so no test's first events fall before them.
+        for stream in tracking.fanout.streams.values():
+            await stream.wait_opened(1)
+        return LiveApi(f"http://{host}:{port}", app, tracking, store, settings)
 
     yield make
     for runner in runners:

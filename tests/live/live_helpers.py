@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 from job_helpers import insert_job
 
-from service.api.ws import Live
+from service.api.ws import Connection, Live
 from service.config import Settings
 from service.jobs.record import JobRecord, WorkerRef
 from service.jobs.status import Status
@@ -30,11 +30,50 @@ TRAINERS = Path(__file__).resolve().parent / "trainers"
 WORKER = WorkerRef(id="test-worker", host="localhost", gpu="cpu")
 
 
+class TrackingLive(Live):
+    """The app's `Live`, as the live tests install it: it also lets a test wait for the
+    server side of its sockets (opened, or gone with their subscriptions), which a client
+    cannot see (the server unsubscribes after the close handshake the client waits for)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._changed = asyncio.Condition()
+
+    async def register(self, conn: Connection) -> None:
+        await super().register(conn)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def unregister(self, conn: Connection) -> None:
+        await super().unregister(conn)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_idle(self) -> None:
+        """Until no WebSocket is open."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: not self.connections)
+
+    async def wait_for_tails(self, job_id: Any, count: int) -> list[Connection]:
+        """Until `count` log tails of the job are open."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: len(self.log_tails(job_id)) >= count)
+        return self.log_tails(job_id)
+
+    def log_tails(self, job_id: Any) -> list[Connection]:
+        return [c for c in self.connections if c.kind == "logs" and str(c.job_id) == str(job_id)]
+
+    def subscriber_count(self) -> int:
+        """Subscriptions the fanout still offers events to (its own bookkeeping)."""
+        fanout = self.fanout
+        return len(fanout._job_subs) + sum(len(s) for s in fanout._log_subs.values())
+
+
 @dataclass
 class LiveApi:
     url: str
     app: web.Application
-    live: Live
+    live: TrackingLive
     store: Store
     settings: Settings
 

@@ -134,3 +134,80 @@ async def test_the_latest_checkpoint_downloads_from_the_client_and_the_cli(
     )
     assert rc == 0, err
     assert await asyncio.to_thread(Path(stdout.strip()).read_bytes) == data
+
+
+async def test_downloads_answer_head_and_one_range(live_api: LiveApi, tmp_path: Path) -> None:
+    """Resumable downloads (issue 26, defect 8): HEAD gives the length and `Accept-Ranges`
+    without a body; one `Range` gets 206 with those bytes (across GridFS chunks, from an
+    offset, the last n), a range past the end 416, several ranges or a stale `If-Range` the
+    whole file. The checkpoint download behaves the same."""
+    job_id = await succeeded_with_files(live_api, tmp_path)
+    data = (tmp_path / "run-output" / "extra" / "big.bin").read_bytes()
+    size = len(data)
+    url = f"{live_api.url}/jobs/{job_id}/artifacts/extra/big.bin"
+    async with aiohttp.ClientSession() as http:
+        async with http.head(url) as resp:
+            assert resp.status == 200
+            assert resp.headers["Content-Length"] == str(size)
+            assert resp.headers["Accept-Ranges"] == "bytes"
+            assert resp.headers["Content-Disposition"] == 'attachment; filename="big.bin"'
+            etag = resp.headers["ETag"]
+            assert await resp.read() == b""
+        # (Range, status, the bytes it gets): 255 KiB is GridFS's chunk size.
+        cases = [
+            ("bytes=100-299999", 206, data[100:300_000]),
+            ("bytes=3000000-", 206, data[3_000_000:]),
+            ("bytes=-10", 206, data[-10:]),
+            (f"bytes={size - 1}-{size + 50}", 206, data[-1:]),
+            ("bytes=0-0,5-9", 200, data),  # several ranges: the whole file
+            ("bytes=9-5", 200, data),  # malformed: ignored
+        ]
+        for header, status, expected in cases:
+            async with http.get(url, headers={"Range": header}) as resp:
+                assert resp.status == status, header
+                body = await resp.read()
+                assert body == expected, header
+                if status == 206:
+                    first = (
+                        size - len(expected)
+                        if header.startswith("bytes=-")
+                        else int(header[6:].split("-")[0])
+                    )
+                    assert resp.headers["Content-Range"] == (
+                        f"bytes {first}-{first + len(expected) - 1}/{size}"
+                    )
+        async with http.get(url, headers={"Range": "bytes=0-9", "If-Range": etag}) as resp:
+            assert resp.status == 206 and await resp.read() == data[:10]
+        async with http.get(url, headers={"Range": "bytes=0-9", "If-Range": '"x"'}) as resp:
+            assert resp.status == 200 and await resp.read() == data
+        for header in (f"bytes={size}-", "bytes=-0"):
+            async with http.get(url, headers={"Range": header}) as resp:
+                assert resp.status == 416, header
+                error = (await resp.json())["error"]
+                assert error["code"] == "range_not_satisfiable"
+                assert resp.headers["Content-Range"] == f"bytes */{size}"
+                assert str(size) in error["message"]
+        async with http.head(f"{live_api.url}/jobs/{job_id}/artifacts/nope") as resp:
+            assert resp.status == 404 and await resp.read() == b""
+
+    store = live_api.store
+    job = await running_job(store)
+    ck = os.urandom(300_000)
+    src = tmp_path / "ck.pt"
+    src.write_bytes(ck)
+    file_id, length = await store.files.upload(
+        CHECKPOINTS_BUCKET, src, f"{job.id}/x/epoch-1-step-0.pt", {"jobId": job.id}
+    )
+    assert job.attemptId is not None
+    await store.jobs.add_checkpoint(job, Checkpoint(
+        fileId=file_id, epoch=1, step=0, length=length, attemptId=job.attemptId,
+        createdAt=utcnow(),
+    ))  # fmt: skip
+    ck_url = f"{live_api.url}/jobs/{job.id}/checkpoint"
+    async with aiohttp.ClientSession() as http:
+        async with http.head(ck_url) as resp:
+            assert resp.status == 200 and resp.headers["Content-Length"] == str(len(ck))
+            assert await resp.read() == b""
+        async with http.get(ck_url, headers={"Range": "bytes=299990-"}) as resp:
+            assert resp.status == 206 and await resp.read() == ck[299_990:]
+            assert resp.headers["Content-Range"] == f"bytes 299990-299999/{len(ck)}"

@@ -141,3 +141,26 @@ async def test_unreachable_api_is_a_connection_error() -> None:
         async with GateQueueClient(f"http://127.0.0.1:{port}") as client:
             with pytest.raises(GateQueueConnectionError, match="cannot reach"):
                 await client.list()
+
+
+@pytest.mark.parametrize("follow", ["watch", "watch_sweep", "logs"])
+async def test_following_gives_up_after_max_reconnect_attempts_in_a_row(follow: str) -> None:
+    """Each following stream (job, sweep, log) reconnects on the one schedule
+    (service.retry.Failures) and gives up after `max_reconnect_attempts` failures in a row."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, never listening: connections are refused
+        async with GateQueueClient(
+            f"http://127.0.0.1:{port}",
+            reconnect_delay_s=0.0,
+            max_reconnect_delay_s=0.0,
+            max_reconnect_attempts=3,
+        ) as client:
+            stream = {
+                "watch": lambda: client.watch("665f1c2e9b1e8a3d4c2b1a00"),
+                "watch_sweep": lambda: client.watch_sweep("665f1c2e9b1e8a3d4c2b1a00"),
+                "logs": lambda: client.logs("665f1c2e9b1e8a3d4c2b1a00"),
+            }[follow]()
+            with pytest.raises(GateQueueConnectionError, match="after 3 attempts"):
+                async for _ in stream:
+                    pass

@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from job_helpers import insert_job
-from live_helpers import LiveApi, MakeLiveApi, finish, running_job, write_lines
+from live_helpers import TINY_JOB, LiveApi, MakeLiveApi, finish, running_job, write_lines
 
-from service.api.ws import CLOSE_TOO_SLOW, LiveSettings
+from service import tokens
+from service.api.auth import AUTH
+from service.api.ws import CLOSE_REVOKED, CLOSE_TOO_SLOW, LiveSettings
 from service.client import GateQueueClient, LogLine
 from service.jobs.status import Status
+from service.tokens import Role
 
 
 async def read_tail(url: str, job_id: Any, from_seq: int = 0) -> tuple[list[dict], dict | None]:
@@ -129,7 +133,7 @@ async def test_one_change_stream_per_collection_for_many_clients(live_api: LiveA
     streams = live_api.live.fanout.streams
     assert {n: s.opens for n, s in streams.items()} == {"job_logs": 1, "jobs": 1}
     await live_api.live.wait_idle()
-    assert live_api.live.fanout.subscriber_count() == 0  # nobody left behind
+    assert live_api.live.subscriber_count() == 0  # nobody left behind
 
 
 async def test_stream_resumes_from_its_token_without_loss(
@@ -149,7 +153,7 @@ async def test_stream_resumes_from_its_token_without_loss(
     async def writer() -> None:
         seq = await write_lines(store, job, [f"b{i}" for i in range(100)], batch=10)
         await fanout.streams["job_logs"].stream.close()  # interrupts an awaiting getMore
-        await fanout.wait_opened("job_logs", 2)
+        await fanout.streams["job_logs"].wait_opened(2)
         await write_lines(store, job, [f"b{i}" for i in range(100, 200)], batch=10, seq=seq)
 
     writing = asyncio.create_task(writer())
@@ -308,3 +312,103 @@ async def test_handshake_carries_the_request_id(live_api: LiveApi) -> None:
         made = await http.ws_connect(f"{live_api.url}/ws/jobs")
         assert len(made._response.headers["X-Request-ID"]) == 32
         await made.close()
+
+
+async def _signed_in(
+    http: aiohttp.ClientSession, api: LiveApi, secret: str, how: str
+) -> dict[str, str]:
+    """The handshake headers of a client signed in with `secret`: the token itself, or the
+    session cookie it was traded for (as the web page is)."""
+    bearer = {"Authorization": f"Bearer {secret}"}
+    if how == "token":
+        return bearer
+    async with http.post(f"{api.url}/session", json={}, headers=bearer) as resp:
+        assert resp.status == 201
+        cookie = resp.cookies["gq_session"].value
+    http.cookie_jar.clear()
+    return {"Cookie": f"gq_session={cookie}"}
+
+
+@pytest.mark.parametrize("how", ["token", "session"])
+@pytest.mark.parametrize("route", ["feed", "tail"])
+async def test_an_open_socket_closes_when_its_token_goes(
+    make_live_api: MakeLiveApi, tmp_path: Path, how: str, route: str
+) -> None:
+    """bob's socket delivered other users' jobs (or a log) after `token rm bob` (issue 26,
+    defect 2): once the API has re-read the file, nothing more is sent and the socket is
+    closed with 1008."""
+    path = tmp_path / "tokens.json"
+    bob = tokens.add(path, "bob", Role.READ)
+    carol = tokens.add(path, "carol", Role.SUBMIT)
+    api = await make_live_api(tokens_file=path)
+    job = await running_job(api.store)
+    async with aiohttp.ClientSession() as http:
+        headers = await _signed_in(http, api, bob, how)
+
+        async def something_happens() -> str | None:
+            if route == "tail":
+                await write_lines(api.store, job, ["a line"], batch=1, seq=seq[0])
+                seq[0] += 1
+                return None
+            carols = {"Authorization": f"Bearer {carol}"}
+            async with http.post(f"{api.url}/jobs", json=TINY_JOB, headers=carols) as resp:
+                assert resp.status == 201
+                return str((await resp.json())["id"])
+
+        seq = [0]
+        url = f"{api.url}/jobs/{job.id}/logs/ws" if route == "tail" else f"{api.url}/ws/jobs"
+        async with http.ws_connect(url, headers=headers) as ws:
+            carols_job = await something_happens()
+            # The feed may still deliver the changes of the fixture's own job (made before the
+            # socket opened, seen by the change stream after): read up to carol's, so that
+            # everything sent before the token goes is out of the way.
+            while True:
+                seen = await ws.receive_json()
+                assert seen["type"] == ("lines" if route == "tail" else "job")
+                if route == "tail" or seen["job"]["id"] == carols_job:
+                    break
+            tokens.remove(path, "bob")
+            await api.app[AUTH].reload()  # what the watcher does within 2 s of the change
+            await something_happens()
+            msg = await ws.receive()
+            assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+            assert ws.close_code == CLOSE_REVOKED == 1008
+            assert "sign in again" in msg.extra
+
+
+@pytest.mark.timeout(60)
+async def test_a_socket_closes_when_its_session_ends_elsewhere(
+    make_live_api: MakeLiveApi, tmp_path: Path
+) -> None:
+    """Without a change of the tokens file (the session was ended through another replica,
+    or expired), the periodic re-check closes the socket."""
+    path = tmp_path / "tokens.json"
+    alice = tokens.add(path, "alice", Role.SUBMIT)
+    api = await make_live_api(tokens_file=path, live=LiveSettings(recheck_s=0.05))
+    async with aiohttp.ClientSession() as http:
+        cookie = await _signed_in(http, api, alice, "session")
+        async with http.ws_connect(f"{api.url}/ws/jobs", headers=cookie) as ws:
+            async with http.post(f"{api.url}/session/end", json={}, headers=cookie) as resp:
+                assert resp.status == 200
+            msg = await ws.receive()
+            assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+            assert ws.close_code == CLOSE_REVOKED
+
+
+@pytest.mark.timeout(60)
+async def test_the_tokens_watcher_closes_a_socket_of_a_removed_token(
+    make_live_api: MakeLiveApi, tmp_path: Path
+) -> None:
+    """Nobody calls reload here: the API's own watcher sees `gatequeue token rm` (it re-reads
+    the file every 2 s) and the socket is closed with 1008."""
+    path = tmp_path / "tokens.json"
+    bob = tokens.add(path, "bob", Role.READ)
+    api = await make_live_api(tokens_file=path)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{api.url}/ws/jobs", headers={"Authorization": f"Bearer {bob}"}) as ws,
+    ):
+        tokens.remove(path, "bob")
+        msg = await ws.receive()
+        assert msg.type is aiohttp.WSMsgType.CLOSE, msg
+        assert ws.close_code == CLOSE_REVOKED

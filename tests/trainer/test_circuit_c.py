@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.circuit import CircuitError, compile_network, find_compiler
+from trainer.circuit import CircuitError, compile_network, find_compiler, graph
 from trainer.circuit.build import COMPILERS
 from trainer.circuit.synthetic import random_network
 from trainer.export import load_network, save_network
@@ -225,3 +225,21 @@ def test_the_generic_c_without_avx2_agrees(tmp_path: Path) -> None:
         expected = load_network(path).scores(x)
         assert np.array_equal(Library(lib_path).scores(x), expected)
         assert np.array_equal(compiled.library.scores(x), expected)
+
+
+def test_the_c_runtime_is_package_data(tmp_path: Path) -> None:
+    """network.c ends with runtime.c, read with importlib.resources: an installed package
+    (the worker image's `pip install`) has it only if pyproject ships it."""
+    import fnmatch
+    import tomllib
+
+    from trainer.circuit import c_backend
+
+    root = Path(__file__).resolve().parents[2]
+    shipped = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["trainer"]
+    assert any(fnmatch.fnmatch(f"circuit/{c_backend.RUNTIME}", p) for p in shipped)
+    assert c_backend.runtime().startswith("/* Prefetching")
+    source = c_backend.source(graph.from_network(load_network(make(tmp_path, 5, [8], 2))))
+    assert source.endswith(c_backend.runtime().replace("@UNPACK@", c_backend._unpack_macros()))

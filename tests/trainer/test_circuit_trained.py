@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from trainer.circuit import RESULT_KEYS, build_circuit, compile_network
+from trainer.circuit import build_circuit, compile_network
 from trainer.circuit.ops import GATE_NAMES
 from trainer.circuit.synthetic import random_network
 from trainer.circuit.verilog import simulate, simulator
 from trainer.data import load_dataset
 from trainer.export import load_network, save_network
+from trainer.protocol import CIRCUIT_KEYS as RESULT_KEYS
 
 ROOT = Path(__file__).resolve().parents[2]
 needs_iverilog = pytest.mark.skipif(

@@ -124,6 +124,8 @@ def test_seed_entry_point_runs_as_a_script_from_anywhere(tmp_path: Path) -> None
         (["--gate-optimizer", "adam"], "--gate-optimizer"),
         (["--gate-optimizer", "gumbel_softmax", "--noise-temp", "0"], "--noise-temp"),
         (["--backend", "cpp", "--device", "cuda"], "--device cuda|CPU"),
+        # found only once the model is built (trainer.errors.RunConfigError): exit 2 as well
+        (["--backend", "difflogic", "--device", "cpu"], "'difflogic' needs a CUDA device"),
         (["--unknown-flag", "1"], "unrecognized"),
     ],
 )
@@ -199,7 +201,8 @@ def test_a_loss_that_is_no_longer_finite_fails_the_run_saying_so(
     options' bounds now refuse such a tau; the trainer guards the loss itself as well, for
     whatever else drives it to NaN (here the tau is set past the option checks)."""
     from trainer.cli import build_parser, validate
-    from trainer.loop import Diverged, run
+    from trainer.errors import Diverged
+    from trainer.loop import run
 
     parser = build_parser()
     out = tmp_path / "out"

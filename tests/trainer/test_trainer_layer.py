@@ -15,10 +15,12 @@ from trainer.kernels.cpu import load_kernel
 from trainer.layer import (
     PARALLEL_MIN_WORK,
     CppLogicFunction,
+    GroupSum,
     TorchLogicFunction,
     random_connections,
     resolve_backend,
 )
+from trainer.options import TRAINING_OPTIONS
 from trainer.reference import OPS, reference_layer, weighted_ops
 
 
@@ -191,3 +193,25 @@ def test_difflogic_binding_passes_probabilities_and_returns_their_gradient(
     torch.testing.assert_close(y.t(), ref[0])
     torch.testing.assert_close(gx.t(), ref[1])
     torch.testing.assert_close(gp, ref[2])
+
+
+def test_group_sum_at_the_smallest_tau_stays_finite_for_the_widest_layer() -> None:
+    """groupSumTau's lower bound (trainer/options.py) keeps the class scores, the loss and
+    the gradients finite in float32 for the largest group sum the options allow: a million
+    gates in two classes, one class all ones. The issue's 5e-324 is 0 in float32: inf
+    scores and a NaN loss (issue 26)."""
+    options = {o.name: o for o in TRAINING_OPTIONS}
+    tau, gates = options["groupSumTau"].ge, options["gates"].le
+    assert tau is not None and gates is not None
+    n = int(gates)
+    x = torch.zeros(n, 2)
+    x[: n // 2] = 1.0  # class 0's group all ones: a score of n / 2 / tau
+    target = torch.tensor([1, 1])  # the wrong class wins: the largest loss and gradient
+    for tau_, finite in ((tau, True), (5e-324, False)):
+        leaf = x.clone().requires_grad_()
+        scores = GroupSum(2, tau_)(leaf)
+        loss = torch.nn.functional.cross_entropy(scores, target)
+        loss.backward()
+        assert leaf.grad is not None
+        ok = bool(torch.isfinite(scores).all() and torch.isfinite(loss))
+        assert ok == finite and bool(torch.isfinite(leaf.grad).all()) == finite, (tau_, loss)

@@ -53,7 +53,8 @@ async def test_slots_from_configuration_and_environment() -> None:
 def test_slot_environment_and_device() -> None:
     gpu, cpu = Slot("3"), Slot("cpu")
     assert gpu.env({"A": "1", "CUDA_VISIBLE_DEVICES": "0,1,2,3"}) == {
-        "A": "1", "CUDA_VISIBLE_DEVICES": "3",
+        "A": "1", "CUDA_VISIBLE_DEVICES": "3", "CUDA_DEVICE_ORDER": "PCI_BUS_ID",
+        "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True",
     }  # fmt: skip
     assert gpu.device_args() == ["--device", "cuda"]
     assert cpu.env({})["CUDA_VISIBLE_DEVICES"] == ""

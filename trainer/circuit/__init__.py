@@ -12,20 +12,19 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from trainer.circuit.errors import CircuitError, SimulationError
+
 if TYPE_CHECKING:
     from trainer.circuit.api import build_circuit
-    from trainer.circuit.build import CircuitError, find_compiler
+    from trainer.circuit.build import find_compiler
     from trainer.circuit.bundle import CompiledCircuit, compile_network, open_circuit
-    from trainer.circuit.verilog import SimulationError
 
 _LAZY = {
     "build_circuit": "trainer.circuit.api",
-    "CircuitError": "trainer.circuit.build",
     "find_compiler": "trainer.circuit.build",
     "CompiledCircuit": "trainer.circuit.bundle",
     "compile_network": "trainer.circuit.bundle",
     "open_circuit": "trainer.circuit.bundle",
-    "SimulationError": "trainer.circuit.verilog",
 }
 
 __all__ = [

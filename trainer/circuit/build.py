@@ -21,15 +21,12 @@ from pathlib import Path
 import numpy as np
 
 from trainer import environment
+from trainer.circuit.errors import CircuitError
 from trainer.cpuinfo import cpu_flags
 
 COMPILERS: tuple[str, ...] = ("cc", "gcc", "clang")
 BASE_FLAGS: tuple[str, ...] = ("-std=gnu11", "-shared", "-fPIC", "-pthread")
 FLAG_SETS: tuple[tuple[str, ...], ...] = (("-O3", "-march=native"), ("-O3",))
-
-
-class CircuitError(RuntimeError):
-    """The circuit could not be built or run; the message says why."""
 
 
 def find_compiler() -> str:

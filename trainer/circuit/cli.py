@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from trainer.circuit import bundle
-from trainer.circuit.build import CircuitError, simd_level
+from trainer.circuit.build import simd_level
+from trainer.circuit.errors import CircuitError, SimulationError
 from trainer.circuit.measure import bench_inputs, images_per_s
 from trainer.circuit.verify import verify
-from trainer.circuit.verilog import SimulationError
 from trainer.data import DATASETS, DataError, load_dataset
 
 EXIT_DISAGREE = 1

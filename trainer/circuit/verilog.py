@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.circuit import ops
+from trainer.circuit.errors import SimulationError
 from trainer.circuit.graph import Circuit
 
 MODULE = "logic_network"
@@ -169,10 +170,6 @@ def simulator() -> str | None:
     """iverilog's path where it and vvp are installed, else None."""
     iverilog, vvp = shutil.which("iverilog"), shutil.which("vvp")
     return iverilog if iverilog and vvp else None
-
-
-class SimulationError(RuntimeError):
-    """iverilog or vvp failed; the message has their output."""
 
 
 def simulate(

@@ -40,12 +40,18 @@ def reverse_index(
     """For each input, the gates reading it: difflogic's CSR pair for its backward_x.
 
     Returns (start, gates): the gates reading input i are gates[start[i]:start[i + 1]].
+    A gate reading one input twice is listed twice, and difflogic's backward_x then takes
+    the derivative by its first input twice: trainer.layer keeps such layers (in_dim == 1,
+    the only ones trainer.layer.random_connections makes) on the torch path.
+    Every shape here follows from the arguments' shapes (index_add_, not bincount), so the
+    function also runs on fake tensors (tests/trainer/test_trainer_cuda_fake.py).
     """
     gate_ids = torch.arange(ia.numel(), device=ia.device, dtype=torch.int64)
     inputs = torch.cat([ia, ib])
     order = torch.sort(inputs, stable=True).indices
     gates = torch.cat([gate_ids, gate_ids])[order].contiguous()
-    counts = torch.bincount(inputs, minlength=in_dim)
+    counts = torch.zeros(in_dim, dtype=torch.int64, device=ia.device)
+    counts.index_add_(0, inputs, torch.ones_like(inputs))
     start = torch.zeros(in_dim + 1, dtype=torch.int64, device=ia.device)
     start[1:] = torch.cumsum(counts, 0)
     return start, gates

@@ -126,9 +126,12 @@ export function sweepBody() {
 }
 
 // Where a 422's field goes: a bad combination names job fields ("residualLayers"), shown on
-// the grid row of that option if there is one, else on the base field; the body's own
-// fields ("maxParallel", "random.n", "grid.gates") by their names.
+// the grid row of that option if there is one, else on the base field; a bad value names
+// where it is ("grid.gates.1" on the grid row, "base.gates" on the base field); the body's
+// own fields ("maxParallel", "random.n") by their names.
 function place(field) {
+  const value = /^(?:base\.([^.]+)|grid\.([^.]+)\.\d+)$/.exec(field);
+  if (value) return value[1] ?? `grid.${value[2]}`;
   const gridded = gridRows().some(([name]) => name === field);
   return gridded ? `grid.${field}` : field;
 }

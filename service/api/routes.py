@@ -1,0 +1,24 @@
+"""Every route module of the API, in order, and the routes they declare: a leaf that the app
+(its router) and the OpenAPI document both read, so neither imports the other.
+
+Order matters only for overlapping paths; later modules (WebSockets, the web page) append.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from service.api import (
+    routes_health,
+    routes_jobs,
+    routes_session,
+    routes_sweeps,
+    routes_web,
+    ws,
+)
+from service.api.routing import Route, all_routes
+
+ROUTE_MODULES: list[ModuleType] = [
+    routes_health, routes_jobs, routes_sweeps, routes_session, ws, routes_web,
+]  # fmt: skip
+ROUTES: tuple[Route, ...] = tuple(all_routes(ROUTE_MODULES))
