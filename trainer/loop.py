@@ -22,8 +22,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from trainer import checkpoint, environment, logs, protocol, supervision
-from trainer.checkpoint import Kept, Progress
+from trainer import checkpoint, environment, logs, protocol, run_state, supervision
 from trainer.data import Dataset, load_dataset
 from trainer.data.split import validation_split
 from trainer.device import gpu_model, gpu_peak_mib, make_optimizer
@@ -33,6 +32,7 @@ from trainer.layer import PARALLEL_MIN_WORK
 from trainer.memory import EVAL_BATCH
 from trainer.model import LogicNet, build_model, relaxed_evaluation
 from trainer.options import TRAINING_OPTIONS
+from trainer.run_state import Kept, Progress
 
 __all__ = ["EVAL_BATCH", "Diverged", "RunConfigError", "run"]
 
@@ -116,7 +116,7 @@ class Checkpointer:
             steps_per_epoch=self.steps_per_epoch,
         )
         progress.train_s = self.train_s()
-        payload = checkpoint.capture(self.model, self.opt, self.generator, progress, self.device)
+        payload = run_state.capture(self.model, self.opt, self.generator, progress, self.device)
         path, size = checkpoint.write_checkpoint(self.directory, header, payload)
         emit(protocol.Checkpoint(progress.epochs_done, progress.step, path, size))
         logs.get_logger().info(
@@ -365,7 +365,7 @@ def run(
     progress = Progress()
     if header is not None:
         payload = checkpoint.load_payload(header)
-        progress = checkpoint.restore(header.path, payload, model, opt, generator, device)
+        progress = run_state.restore(header.path, payload, model, opt, generator, device)
         del payload
         if progress.order is not None and (
             len(progress.order) != len(x_tr) or progress.step >= steps_per_epoch
@@ -431,7 +431,7 @@ def run(
             metrics["gpu_peak_mib"] = peak
         # Selection reads the validation split only; the first of equal epochs stays.
         if "val_acc_discrete" in metrics and metrics["val_acc_discrete"] > kept.value:
-            state = checkpoint.model_state_copy(model)
+            state = run_state.model_state_copy(model)
             kept = Kept(epoch, metrics["val_acc_discrete"], metrics, state)
         emit(protocol.Epoch(epoch, args.epochs, metrics))
         progress = Progress(epochs_done=epoch, kept=kept, metrics=metrics)
@@ -440,7 +440,7 @@ def run(
     total_s = saver.train_s()
     kept_epoch, kept_metrics = args.epochs, metrics
     if args.keep == "best" and kept.state is not None:
-        checkpoint.load_model_state(model, kept.state)
+        run_state.load_model_state(model, kept.state)
         kept_epoch, kept_metrics = kept.epoch, kept.metrics
         log.info("kept the best epoch's network", epoch=kept.epoch, val_acc_discrete=kept.value)
     document = network_document(
