@@ -30,7 +30,7 @@ from service.jobs.record import Checkpoint, Circuit, JobRecord, ResumedFrom
 from service.jobs.status import Status
 from service.retry import retry
 from service.store import Store
-from service.store.files import CHECKPOINTS_BUCKET
+from service.store.files import ARTIFACTS_BUCKET, CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
 from service.worker import artifacts, checkpoints
 from service.worker.ending import (
@@ -398,7 +398,7 @@ class JobRun:
         if done is None and uploaded and await self._owned_by_another():
             await artifacts.delete_artifacts(self.store.files, uploaded)
         if done is not None:
-            await self._delete_orphan_checkpoints(done)
+            await self._delete_orphan_files(done)
         self.outcome = Outcome(status.value) if done is not None else Outcome.LOST
         self.log.info("job finished", status=self.outcome.value, exit_code=rc)
 
@@ -441,17 +441,21 @@ class JobRun:
             self.log.error("files of the abandoned upload could not be deleted",
                            job_id=str(self.job_id))  # fmt: skip
 
-    async def _delete_orphan_checkpoints(self, job: JobRecord) -> None:
-        """Checkpoint files no attempt will name any more: a killed worker's last upload."""
-        try:
-            orphans = await self.store.files.delete_unlisted(
-                CHECKPOINTS_BUCKET, job.id, [c.fileId for c in job.checkpoints]
-            )
-        except PyMongoError as exc:
-            self.log.warning("could not look for orphan checkpoints", error=str(exc))
-            return
-        if orphans:
-            self.log.info("orphan checkpoints deleted", files=orphans)
+    async def _delete_orphan_files(self, job: JobRecord) -> None:
+        """Files no attempt will name any more: a killed worker's last checkpoint, or the
+        network it had saved before it died ahead of its final write."""
+        keep = {
+            CHECKPOINTS_BUCKET: [c.fileId for c in job.checkpoints],
+            ARTIFACTS_BUCKET: [a.fileId for a in job.artifacts],
+        }
+        for bucket, listed in keep.items():
+            try:
+                orphans = await self.store.files.delete_unlisted(bucket, job.id, listed)
+            except PyMongoError as exc:
+                self.log.warning("could not look for orphan files", bucket=bucket, error=str(exc))
+                continue
+            if orphans:
+                self.log.info("orphan files deleted", bucket=bucket, files=orphans)
 
     async def _owned_by_another(self) -> bool:
         """Files of a run whose final write did not land are deleted only when the job is
