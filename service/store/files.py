@@ -23,12 +23,18 @@ from pymongo.errors import PyMongoError
 ARTIFACTS_BUCKET = "artifacts"
 # A run's checkpoints, `metadata: {jobId, attemptId, epoch, step}`; the job keeps the last two.
 CHECKPOINTS_BUCKET = "checkpoints"
+BUCKETS = (ARTIFACTS_BUCKET, CHECKPOINTS_BUCKET)  # every bucket that holds a job's files
 _CHUNK = 4 << 20
 
 
 class FileStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self._db = db
+
+    async def ensure_indexes(self) -> None:
+        """A job's files are found by `metadata.jobId` (deletes, retention, orphans)."""
+        for bucket in BUCKETS:
+            await self._db[f"{bucket}.files"].create_index("metadata.jobId")
 
     def bucket(self, name: str) -> AsyncGridFSBucket:
         return AsyncGridFSBucket(self._db, bucket_name=name)
@@ -97,11 +103,20 @@ class FileStore:
             with contextlib.suppress(PyMongoError):
                 await grid.delete(file_id)
 
-    async def discard(self, bucket: str, file_id: ObjectId) -> None:
+    async def discard(self, bucket: str, file_id: ObjectId) -> bool:
         """Delete a file, complete or not: its chunks first (a file half written has chunks
-        and no `files` document), then its document. Raises if MongoDB cannot be reached."""
+        and no `files` document), then its document; whether this call removed the document.
+        Raises if MongoDB cannot be reached."""
         await self._db[f"{bucket}.chunks"].delete_many({"files_id": file_id})
-        await self._db[f"{bucket}.files"].delete_one({"_id": file_id})
+        result = await self._db[f"{bucket}.files"].delete_one({"_id": file_id})
+        return result.deleted_count == 1
+
+    async def delete_for(self, bucket: str, job_ids: list[ObjectId]) -> int:
+        """Every file of these jobs, chunks included; the number of files removed."""
+        files = self._db[f"{bucket}.files"]
+        cursor = files.find({"metadata.jobId": {"$in": job_ids}}, {"_id": 1})
+        found = [doc["_id"] async for doc in cursor]
+        return sum([await self.discard(bucket, file_id) for file_id in found])
 
     async def delete_unlisted(self, bucket: str, job_id: ObjectId, keep: Iterable[ObjectId]) -> int:
         """Delete a job's files other than `keep`: those an attempt uploaded and then died
