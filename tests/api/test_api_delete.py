@@ -183,6 +183,7 @@ async def test_retention_under_two_api_replicas_removes_each_item_once(
     for replica in replicas:
         replica.batch = 1  # a batch per job: the two replicas interleave if they can
     results = await asyncio.gather(*(r.run_once() for r in replicas))
+    assert sorted(r is None for r in results) == [False, True]  # one pass, the other waited
     done = [r for r in results if r is not None]
     total = (
         sum((r.to_json()["jobs"] for r in done), 0),
@@ -204,3 +205,19 @@ async def test_retention_under_two_api_replicas_removes_each_item_once(
 
     again = [await r.run_once() for r in replicas]
     assert all(r is not None and not r.anything for r in again)
+
+
+async def test_the_retention_lease_is_held_by_one_replica_at_a_time(store: Store) -> None:
+    leases = store.leases
+    assert await leases.acquire("retention", "a", 60)
+    assert not await leases.acquire("retention", "b", 60)
+    assert await leases.acquire("retention", "a", 60)  # its holder renews it
+    await leases.release("retention", "b")  # not b's to release
+    assert await leases.holder("retention") == "a"
+    await leases.release("retention", "a")
+    assert await leases.acquire("retention", "b", 60)
+    # a holder that died: its lease passes once expired (by the server's clock)
+    await store.db["leases"].update_one(
+        {"_id": "retention"}, {"$set": {"expiresAt": datetime(2000, 1, 1, tzinfo=UTC)}}
+    )
+    assert await leases.acquire("retention", "a", 60)
