@@ -36,11 +36,13 @@ async def run_worker(
     *,
     trainer_cmd: list[str] | None = None,
     worker_id: str | None = None,
+    ready: asyncio.Event | None = None,
     **options: Any,
 ) -> None:
     """Run one worker until cancelled; cancellation (the CLI's SIGTERM/SIGINT) is a graceful
     stop: no new claims, runs get their grace period, what is left is re-queued. A second
-    cancellation skips the grace period. `options` go to `Worker` (timings, hooks)."""
+    cancellation skips the grace period. `options` go to `Worker` (timings, hooks). `ready`
+    is set once the worker is started (its change stream open)."""
     if not settings.mongodb_uri:
         raise ValueError("the worker needs a MongoDB: set MONGODB_URI")
     slots = share_cpus(await with_memory(await resolve_slots(settings.gpus), settings.slot_memory))
@@ -58,6 +60,9 @@ async def run_worker(
             **options,
         )
         main = asyncio.create_task(worker.run(), name="worker")
+        if ready is not None:
+            relay = asyncio.create_task(_relay(worker.ready, ready))
+            main.add_done_callback(lambda _: relay.cancel())
         cancelled = False
         while True:
             try:
@@ -76,3 +81,8 @@ async def run_worker(
             raise asyncio.CancelledError
     finally:
         await client.close()
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()

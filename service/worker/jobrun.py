@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import functools
 import shutil
-import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -226,7 +225,7 @@ class JobRun:
         finally:
             await cancel_and_wait(renewer, metrics, sink_watch)
             if self.proc is not None and self.proc.running:
-                self.proc.signal_group(signal.SIGKILL)
+                await self.proc.kill()
 
     def _argv(self, workdir: Path, output_dir: Path, resume: Path | None) -> list[str]:
         job = self.lease.job
@@ -324,8 +323,8 @@ class JobRun:
         finally:
             stopper.cancel()
             if not waiter.done():  # we are being cancelled ourselves: leave no process
-                self.proc.signal_group(signal.SIGKILL)
                 waiter.cancel()
+                await self.proc.kill()
         self.log.info("trainer exited", exit_code=rc, stopped=stopped_by_us)
         return rc, stopped_by_us, ""
 
