@@ -22,7 +22,7 @@ from service.api.auth import principal_of, require_owner
 from service.api.body import parse_body
 from service.api.connections import read_body
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
-from service.api.keys import QUOTA, RETENTION, SETTINGS, SLOTS, STORE
+from service.api.keys import METRICS, QUOTA, RETENTION, SETTINGS, SLOTS, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_LOG_LIMIT,
@@ -487,7 +487,12 @@ ROUTES: tuple[Route, ...] = (
 def setup(app: web.Application) -> None:
     settings = app[SETTINGS]
     policy = Policy(logs_days=settings.retain_logs_days, failed_days=settings.retain_failed_days)
-    app[RETENTION] = Retention(app[STORE], policy)
+    metrics = app[METRICS]
+    app[RETENTION] = Retention(
+        app[STORE],
+        policy,
+        on_removed=lambda what, removed: metrics.note_removed(what, removed.to_json()),
+    )
     app.cleanup_ctx.append(_retention_ctx)
 
 

@@ -244,6 +244,15 @@ class JobStore:
             counts[Status(row["_id"])] = row["n"]
         return counts
 
+    async def count_by_status_and_priority(self) -> dict[tuple[Status, int], int]:
+        """Jobs per (status, priority): `/metrics`' queue gauges."""
+        counts: dict[tuple[Status, int], int] = {}
+        pipeline = [{"$group": {"_id": {"s": "$status", "p": "$priority"}, "n": {"$sum": 1}}}]
+        async for row in await self.collection.aggregate(pipeline):
+            key = (Status(row["_id"]["s"]), int(row["_id"].get("p") or 0))
+            counts[key] = counts.get(key, 0) + row["n"]
+        return counts
+
     async def pending(
         self,
         limit: int = 100,
@@ -677,7 +686,7 @@ class JobStore:
                 {
                     "$set": {**update, "error": error, "leaseExpiresAt": None},
                     "$currentDate": {"updatedAt": True, **({"finishedAt": True} if final else {})},
-                    "$inc": {"version": 1},
+                    "$inc": {"version": 1, "leaseExpiries": 1},
                 },
             )
             if done is not None:

@@ -5,6 +5,7 @@ anywhere, and nothing of another job goes with it."""
 from __future__ import annotations
 
 import asyncio
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -192,6 +193,13 @@ async def test_retention_under_two_api_replicas_removes_each_item_once(
     )
     # 2 jobs whole (2 log batches, 2 files each) and the ancient Succeeded run's 2 batches
     assert total == (2, 6, 4)
+
+    removed_jobs = 0.0  # /metrics: each replica counts what it removed; summed, each once
+    for a in apis:
+        text = await (await a.get("/metrics")).text()
+        found = re.search(r'gatequeue_retention_removed_total\{what="jobs"\} ([0-9.]+)', text)
+        removed_jobs += float(found[1]) if found else 0.0
+    assert removed_jobs == 2.0
 
     assert await _references(store, jobs["old failed"]) == {}
     assert await _references(store, jobs["old cancelled"]) == {}
