@@ -92,6 +92,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     worker.add_argument(
         "--id", dest="worker_id", help="worker id (default: $GATEQUEUE_WORKER_ID or host:slots)"
     )
+    worker.add_argument(
+        "--metrics-port", type=int,
+        help="serve this worker's Prometheus metrics at :PORT/metrics (default: none)",
+    )  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
 
@@ -142,7 +146,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     if args.worker_id:
         settings = dataclasses.replace(settings, worker_id=args.worker_id)
-    return run_until_signal(lambda: run_worker(settings))
+    return run_until_signal(lambda: run_worker(settings, metrics_port=args.metrics_port))
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
