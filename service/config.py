@@ -32,6 +32,10 @@ DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0
 DEFAULT_MAX_CONNECTIONS = 1000  # lowered where the descriptor limit leaves less
 DEFAULT_MAX_WEBSOCKETS = 500
 DEFAULT_MAX_WEBSOCKETS_PER_USER = 50
+# Retention (docs/design.md, "Deleting and retention"): logs of finished jobs, and whole
+# Failed or Cancelled jobs, older than this many days are removed.
+DEFAULT_RETAIN_LOGS_DAYS = 90.0
+DEFAULT_RETAIN_FAILED_DAYS = 30.0
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,8 @@ class Settings:
     max_connections: int | None = None
     max_websockets: int = DEFAULT_MAX_WEBSOCKETS
     max_websockets_per_user: int = DEFAULT_MAX_WEBSOCKETS_PER_USER
+    retain_logs_days: float = DEFAULT_RETAIN_LOGS_DAYS
+    retain_failed_days: float = DEFAULT_RETAIN_FAILED_DAYS
 
     @property
     def auth_configured(self) -> bool:
@@ -133,6 +139,14 @@ class Settings:
             max_websockets_per_user=_parse_count(
                 "GATEQUEUE_MAX_WEBSOCKETS_PER_USER", env.get("GATEQUEUE_MAX_WEBSOCKETS_PER_USER"),
                 DEFAULT_MAX_WEBSOCKETS_PER_USER,
+            ),
+            retain_logs_days=_parse_positive_float(
+                "GATEQUEUE_RETAIN_LOGS_DAYS", env.get("GATEQUEUE_RETAIN_LOGS_DAYS"),
+                DEFAULT_RETAIN_LOGS_DAYS, unit="days",
+            ),
+            retain_failed_days=_parse_positive_float(
+                "GATEQUEUE_RETAIN_FAILED_DAYS", env.get("GATEQUEUE_RETAIN_FAILED_DAYS"),
+                DEFAULT_RETAIN_FAILED_DAYS, unit="days",
             ),
         )  # fmt: skip
 
@@ -236,13 +250,15 @@ def _parse_count(name: str, raw: str | None, default: int | None) -> int | None:
     return int(raw)
 
 
-def _parse_positive_float(name: str, raw: str | None, default: float) -> float:
+def _parse_positive_float(
+    name: str, raw: str | None, default: float, *, unit: str = "seconds"
+) -> float:
     if raw is None or raw.strip() == "":
         return default
     try:
         value = float(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: expected a number of seconds") from exc
+        raise ConfigError(f"{name}={raw!r}: expected a number of {unit}") from exc
     if value <= 0:
         raise ConfigError(f"{name}={raw!r}: must be greater than 0")
     return value

@@ -56,9 +56,31 @@ def _json_renderer() -> structlog.types.Processor:
     return structlog.processors.JSONRenderer(serializer=dumps)
 
 
-def configure_logging(fmt: str = "auto", level: str = "info") -> None:
+# The API's access log: one line per request (service.api.middleware).
+ACCESS_LOGGER = "service.api.access"
+
+
+def _requests_at_debug(numeric: int) -> structlog.types.Processor:
+    """Request lines count as debug: dropped unless the level is debug (where they are
+    labelled so). A person at a terminal reads the start-up lines; a request per page load
+    would bury them."""
+
+    def demote(logger: Any, method: str, event: structlog.types.EventDict) -> Any:
+        if event.get("logger") == ACCESS_LOGGER and method == "info":
+            if numeric > logging.DEBUG:
+                raise structlog.DropEvent
+            event["level"] = "debug"
+        return event
+
+    return demote
+
+
+def configure_logging(
+    fmt: str = "auto", level: str = "info", *, request_lines_at_debug: bool = False
+) -> None:
     """`auto` picks the console renderer when stderr is a terminal, JSON otherwise, so
-    containers and CI get machine-readable lines without a flag."""
+    containers and CI get machine-readable lines without a flag. `request_lines_at_debug`:
+    `gatequeue up` on a terminal."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     numeric = LEVELS.get(level.lower(), logging.INFO)
@@ -68,6 +90,8 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    if request_lines_at_debug:
+        shared.insert(3, _requests_at_debug(numeric))
     renderer: structlog.types.Processor
     if fmt == "json":
         renderer = _json_renderer()

@@ -78,14 +78,16 @@ async def retry(
     retry_on: tuple[type[BaseException], ...] | None = None,
     retry_if: Callable[[BaseException], bool] | None = None,
     attempts: int | None = None,
-    deadline: float | None = None,
+    deadline: float | Callable[[], float] | None = None,
     on_error: Callable[[BaseException, float], None] | None = None,
 ) -> T:
     """`await op()` until it returns; after a `retry_on` error (default: any PyMongoError)
     for which `retry_if` holds (default: always), sleep and try again.
 
     Gives up (re-raising the last error) after `attempts` tries, or when the next try would
-    start after `deadline` (a `time.monotonic()` value: a lease's end, say). `on_error` sees
+    start after `deadline` (a `time.monotonic()` value: a lease's end, say; or a function
+    giving it, read after each error, for a deadline that moves: a lease renewed meanwhile,
+    so an outage that a renewal outlived is still retried). `on_error` sees
     each error that is retried and the delay before the next try.
     """
     if retry_on is None:
@@ -104,8 +106,10 @@ async def retry(
             delay = next(delays)
             if attempts is not None and tries >= attempts:
                 raise
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                raise
+            if deadline is not None:
+                end = deadline() if callable(deadline) else deadline
+                if time.monotonic() + delay >= end:
+                    raise
             if on_error is not None:
                 on_error(exc, delay)
             await asyncio.sleep(delay)

@@ -1,7 +1,8 @@
 """The fault soak (docs/reliability.md, "Soak"): workers in their own processes, each behind
 its own wire proxy (tests/wire_proxy.py), run short jobs while random faults are injected:
-replies lost after the write was applied, outages, connection resets, worker SIGKILL and
-SIGSTOP, trainer SIGKILL, change-log trims. At the end the invariants are checked:
+replies lost after the write was applied, outages (also one starting while a network is
+being saved), connection resets, worker SIGKILL and SIGSTOP, trainer SIGKILL, change-log
+trims. At the end the invariants are checked:
 
 - every job reached one final state;
 - no two attempts of a job ran at the same time (from the trainers' heartbeats);
@@ -9,6 +10,9 @@ SIGSTOP, trainer SIGKILL, change-log trims. At the end the invariants are checke
 - every job's log tiles its `seq` (no gap, no overlap);
 - no job was left Pending while the workers were idle (all final once faults stop);
 - no job used more attempts than its `maxAttempts`.
+
+The files left in the artifacts bucket that no job lists, and the chunks without a file, are
+counted (not violations: a worker SIGKILLed mid-upload leaves its chunks behind).
 
 Used by tests/test_soak.py (bounded, in CI) and bench/soak.py (longer).
 """
@@ -36,6 +40,7 @@ from wire_proxy import WireProxy
 from service.jobs.record import new_job
 from service.jobs.status import Status
 from service.store import Store
+from service.store.files import ARTIFACTS_BUCKET
 
 REPO = Path(__file__).resolve().parents[1]
 STEADY = REPO / "tests" / "worker" / "trainers" / "steady.py"
@@ -121,6 +126,8 @@ class SoakReport:
     faults: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     attempts: Counter[int] = field(default_factory=Counter)
+    orphan_files: int = 0
+    orphan_chunks: int = 0
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -132,6 +139,7 @@ class SoakReport:
             "faults injected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())),
             f"violations: {len(self.violations)}",
             *(f"  - {v}" for v in self.violations),
+            f"unlisted files: {self.orphan_files}, chunks without a file: {self.orphan_chunks}",
             f"wall time: {self.seconds:.0f} s",
         ]
 
@@ -206,8 +214,8 @@ async def _inject(
         await asyncio.sleep(rng.uniform(*config.fault_every_s))
         worker = rng.choice(workers)
         kind = rng.choice(
-            ["lost_reply", "lost_reply_then_election", "outage", "reset", "worker_sigkill",
-             "worker_sigstop", "trainer_sigkill", "trim"]
+            ["lost_reply", "lost_reply_then_election", "outage", "outage_during_upload", "reset",
+             "worker_sigkill", "worker_sigstop", "trainer_sigkill", "trim"]
         )  # fmt: skip
         if kind == "lost_reply":
             worker.proxy.lose_reply(rng.choice(WRITE_COMMANDS))
@@ -217,6 +225,10 @@ async def _inject(
             )
         elif kind == "outage":
             worker.proxy.refuse(rng.uniform(*config.outage_s))
+        elif kind == "outage_during_upload":  # armed until that worker next saves a network
+            worker.proxy.lose_reply(
+                "insert", where=_is_network_chunk, then_refuse=rng.uniform(*config.outage_s)
+            )
         elif kind == "reset":
             worker.proxy.reset_all()
         elif kind == "worker_sigkill":
@@ -244,6 +256,10 @@ async def _inject(
         elif kind == "trim":
             await store.client.admin.command({"gatequeueTrimChangeLog": 1, "keep": 0})
         report.faults[kind] += 1
+
+
+def _is_network_chunk(body: dict[str, Any]) -> bool:
+    return body.get("insert") == f"{ARTIFACTS_BUCKET}.chunks"
 
 
 async def _ids(store: Store) -> Any:
@@ -312,6 +328,12 @@ async def _check(
                 v.append(f"{oid}: log seq {batch['seq']} where {expected} was next")
                 break
             expected += len(batch["lines"])
+    listed = [a.fileId for oid in ids if (job := await store.jobs.get(oid)) for a in job.artifacts]
+    files = store.db[f"{ARTIFACTS_BUCKET}.files"]
+    report.orphan_files = await files.count_documents({"_id": {"$nin": listed}})
+    stored = [doc["_id"] async for doc in files.find({}, {"_id": 1})]
+    chunks = store.db[f"{ARTIFACTS_BUCKET}.chunks"]
+    report.orphan_chunks = await chunks.count_documents({"files_id": {"$nin": stored}})
 
 
 def summary(report: SoakReport) -> str:

@@ -139,6 +139,73 @@ async def test_up_on_a_port_another_server_holds_refuses_and_submits_nothing_the
     assert await store.jobs.list(limit=10) == []
 
 
+async def test_up_on_a_terminal_prints_its_url_last_and_stops_without_a_traceback(
+    mongo_uri: str, db_name: str, tmp_path: Path
+) -> None:
+    """On a terminal (a pty here): the worker's start-up lines come before the URL, request
+    lines are debug (none shown at info), and Ctrl-C with a run in progress ends with exit 0
+    and no traceback. Before: request lines buried the URL, and a trainer still running at
+    the stop was reaped after the event loop closed ("Event loop is closed" traceback)."""
+    import pty
+
+    import aiohttp
+
+    port = _free_port()
+    env = {**_env(mongo_uri, db_name, tmp_path), "GATEQUEUE_LOG_FORMAT": "console"}
+    controller, terminal = pty.openpty()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "service.cli", "up", "--port", str(port),
+        "--state-dir", str(tmp_path / "state"), cwd=REPO, env=env,
+        stdin=asyncio.subprocess.DEVNULL, stdout=terminal, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    text = ""
+    changed = asyncio.Event()
+
+    def readable() -> None:
+        nonlocal text
+        try:
+            text += os.read(controller, 65536).decode(errors="replace")
+        except OSError:  # the terminal's other end closed: the process has ended
+            asyncio.get_running_loop().remove_reader(controller)
+        changed.set()
+
+    async def until(needle: str) -> None:
+        while needle not in text:
+            changed.clear()
+            await changed.wait()
+
+    loop = asyncio.get_running_loop()
+    loop.add_reader(controller, readable)
+    try:
+        async with asyncio.timeout(120):
+            await until("gatequeue is up")
+            url = f"http://127.0.0.1:{port}/"
+            async with aiohttp.ClientSession() as http:
+                for path in ("", "healthz", "jobs"):
+                    async with http.get(url + path) as resp:
+                        assert resp.status == 200
+                body = {"gateOptimizer": "softmax", "gates": 40, "networkLayers": 2,
+                        "grouping": 10, "epochs": 200, "dataset": "digits"}  # fmt: skip
+                async with http.post(url + "jobs", json=body) as resp:
+                    assert resp.status == 201
+            await until("trainer started")
+            proc.send_signal(signal.SIGINT)
+            await proc.wait()
+            await until("worker stopped")
+    finally:
+        loop.remove_reader(controller)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        os.close(controller)
+    assert proc.returncode == 0, text
+    before = text.partition("gatequeue is up")[0]
+    assert "worker starting" in before and "api listening" in before
+    assert "service.api.access" not in text
+    assert "Traceback" not in text and "background task encountered an error" not in text, text
+
+
 def test_up_help_documents_the_port() -> None:
     import subprocess
 

@@ -82,6 +82,15 @@ async def test_retry_gives_up_when_the_next_try_would_start_after_the_deadline()
     assert op.calls == 1
 
 
+async def test_a_moving_deadline_is_read_after_each_error() -> None:
+    """A lease renewed while its run retries: the retry goes on to the new deadline."""
+    deadlines = [time.monotonic() + 3600, time.monotonic() + 3600, time.monotonic()]
+    op = Flaky(*(AutoReconnect("down") for _ in range(5)))
+    with pytest.raises(AutoReconnect):
+        await retry(op, policy=NOW, deadline=lambda: deadlines.pop(0))
+    assert op.calls == 3
+
+
 def test_failures_count_in_a_row_and_start_over_after_a_success() -> None:
     failures = Failures(Backoff(initial_s=1.0, max_s=8.0, jitter=0.0), attempts=3)
     assert [failures.failed() for _ in range(3)] == [1.0, 2.0, 4.0]

@@ -61,7 +61,9 @@ class Principal:
 OPEN = Principal(None, Role.ADMIN)
 
 
-def require_owner(principal: Principal, owner: str | None, what: str) -> None:
+def require_owner(
+    principal: Principal, owner: str | None, what: str, action: str = "cancelling"
+) -> None:
     """A submit token acts on its own jobs and sweeps only; another's needs admin (403)."""
     if principal.may(Role.ADMIN) or owner == principal.name:
         return
@@ -69,7 +71,7 @@ def require_owner(principal: Principal, owner: str | None, what: str) -> None:
     raise ApiError(
         403,
         "forbidden",
-        f"{what} was submitted by {owner or 'nobody named'}; cancelling another user's "
+        f"{what} was submitted by {owner or 'nobody named'}; {action} another user's "
         f"{kind} needs an admin token",
     )
 

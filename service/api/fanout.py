@@ -220,6 +220,8 @@ class Fanout:
         self._log_subs: dict[ObjectId, set[Subscription]] = {}
         self._job_subs: set[Subscription] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Called with every job change event, watched or not (the API's queue metrics).
+        self.job_observers: list[Callable[[Mapping[str, Any]], None]] = []
 
         async def open_logs(token: Any | None) -> Any:
             return await store.logs.watch(resume_after=token)
@@ -308,6 +310,11 @@ class Fanout:
             self._offer(sub, batch)
 
     def _on_job_change(self, change: Mapping[str, Any]) -> None:
+        for observe in self.job_observers:
+            try:
+                observe(change)
+            except Exception:  # a metric must never cost a subscriber its event
+                log.exception("job change observer failed")
         doc = change.get("fullDocument")
         if not doc or doc.get("held"):  # deleted since; or a sweep's job not yet let go
             return

@@ -18,6 +18,7 @@ from service.store import Store
 if TYPE_CHECKING:  # the quota's module reports errors through service.api.errors
     from service.api.capacity import SlotCache
     from service.api.quota import SubmissionQuota
+    from service.jobs.retention import Retention
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
@@ -29,6 +30,8 @@ READY_TIMEOUT_S: web.AppKey[float] = web.AppKey("ready_timeout_s", float)
 # Submissions per token (jobs and sweeps) and the live workers' slots (memory admission).
 QUOTA: web.AppKey[SubmissionQuota] = web.AppKey("quota")
 SLOTS: web.AppKey[SlotCache] = web.AppKey("slots")
+# This replica's retention passes (service.jobs.retention), started by routes_jobs.setup.
+RETENTION: web.AppKey[Retention] = web.AppKey("retention")
 
 # Per-request: the request id the middleware picked. `web.RequestKey` exists from aiohttp
 # 3.14 on (which warns about plain string keys); older versions take the string.

@@ -20,11 +20,12 @@ from aiohttp.typedefs import Handler
 from service.api.errors import CLIENT_CLOSED
 from service.api.keys import METRICS, REQUEST_ID
 from service.api.routing import note_status
+from service.logconfig import ACCESS_LOGGER
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SANE_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
-access_log = structlog.get_logger("service.api.access")
+access_log = structlog.get_logger(ACCESS_LOGGER)
 
 
 def request_id_of(request: web.Request) -> str:

@@ -38,12 +38,12 @@ async def metrics(request: web.Request) -> web.Response:
     app_metrics = request.app[METRICS]
     try:
         counts = await asyncio.wait_for(
-            request.app[STORE].jobs.count_by_status(), request.app[READY_TIMEOUT_S]
+            request.app[STORE].jobs.count_by_status_and_priority(), request.app[READY_TIMEOUT_S]
         )
     except (TimeoutError, PyMongoError) as exc:
         log.warning("metrics: cannot count jobs", error=repr(exc))
         counts = None
-    app_metrics.set_jobs(counts)
+    app_metrics.set_queue(counts)
     # Prometheus' text format, declared as the classic 0.0.4 version every scraper reads.
     return web.Response(
         body=app_metrics.render(),

@@ -8,9 +8,12 @@ for the router and the OpenAPI document.
 
 from __future__ import annotations
 
+import asyncio
 import re
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
+import structlog
 from aiohttp import web
 from bson import ObjectId
 from pydantic import Field
@@ -19,7 +22,7 @@ from service.api.auth import principal_of, require_owner
 from service.api.body import parse_body
 from service.api.connections import read_body
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
-from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
+from service.api.keys import METRICS, QUOTA, RETENTION, SETTINGS, SLOTS, STORE
 from service.api.limits import (
     DEFAULT_LIST_LIMIT,
     DEFAULT_LOG_LIMIT,
@@ -39,16 +42,20 @@ from service.api.routing import (
     not_found,
     path_id,
 )
-from service.api.schemas import JobList, Logs, Metrics
+from service.api.schemas import Deleted, JobList, Logs, Metrics
+from service.cancellation import cancel_and_wait
 from service.jobs import memory
 from service.jobs.record import Job, JobRecord, MemoryEstimate, new_job
 from service.jobs.request import SEED_BODY, JobRequest, describe_options
+from service.jobs.retention import Policy, Retention
 from service.jobs.status import Status
 from service.store.files import CHECKPOINTS_BUCKET
 from service.store.jobs import CancelOutcome, IdempotencyKeyReused, request_hash
 from service.store.logs import batch_json
 from service.store.metrics import metrics_json
 from service.tokens import Role
+
+log = structlog.get_logger(__name__)
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 _KEY_RE = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
@@ -190,6 +197,26 @@ async def cancel_job(request: web.Request) -> web.Response:
         )
     status = 200 if result.outcome is CancelOutcome.CANCELLED else 202
     return json_response(result.job.to_json(), status=status)
+
+
+async def delete_job(request: web.Request) -> web.Response:
+    """The owner or an admin. A job not finished is cancelled first: a Pending one at once;
+    a Running one's worker is asked to stop, and once the record is gone its renewals and
+    writes are refused, so it stops without writing and deletes what it was uploading."""
+    oid = job_id_of(request)
+    principal = principal_of(request)
+    store = request.app[STORE]
+    job = await store.jobs.get(oid)
+    if job is None:
+        raise not_found("job", oid)
+    require_owner(principal, job.submittedBy, f"job {oid}", "deleting")
+    if not job.finished:
+        await store.jobs.request_cancel(oid)
+    removed = await store.removal.jobs([oid])
+    if removed.jobs == 0:  # deleted meanwhile by another request
+        raise not_found("job", oid)
+    log.info("job deleted", job_id=str(oid), by=principal.name, **removed.to_json())
+    return json_response({"id": str(oid), "removed": removed.to_json()})
 
 
 async def job_logs(request: web.Request, query: LogsQuery) -> web.Response:
@@ -411,6 +438,16 @@ ROUTES: tuple[Route, ...] = (
         ),
     ),
     Route(
+        "DELETE", "/jobs/{id}", delete_job, "deleteJob",
+        "Delete a job and everything stored for it", params=(JOB_ID,), role=Role.SUBMIT,
+        description=(
+            "Removes the job, its logs, metrics, checkpoints and files. A Pending or Running "
+            "job is cancelled first. The submit role deletes its own jobs; another's needs "
+            "admin."
+        ),
+        replies=(Reply(200, "Deleted; what was removed.", Deleted), ERR_404_JOB),
+    ),
+    Route(
         "GET", "/jobs/{id}/logs", job_logs, "getJobLogs", "Stored log lines", params=(JOB_ID,),
         query=LogsQuery,
         replies=(Reply(200, "Batches of lines from `from`, in order.", Logs), ERR_404_JOB,
@@ -442,3 +479,25 @@ ROUTES: tuple[Route, ...] = (
         replies=(Reply(200, "Training and run options, as the web form shows them."),),
     ),
 )  # fmt: skip
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+def setup(app: web.Application) -> None:
+    settings = app[SETTINGS]
+    policy = Policy(logs_days=settings.retain_logs_days, failed_days=settings.retain_failed_days)
+    metrics = app[METRICS]
+    app[RETENTION] = Retention(
+        app[STORE],
+        policy,
+        on_removed=lambda what, removed: metrics.note_removed(what, removed.to_json()),
+    )
+    app.cleanup_ctx.append(_retention_ctx)
+
+
+async def _retention_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Passes on a schedule while the app serves (service.jobs.retention)."""
+    task = asyncio.create_task(app[RETENTION].forever(), name="retention")
+    yield
+    await cancel_and_wait(task)

@@ -24,12 +24,13 @@ from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from service.api.routes_jobs import ERR_408_BODY, ERR_422_QUERY, IDEMPOTENCY_PARAM, idempotency_key
 from service.api.routing import ID_PATTERN, Param, Query, Reply, Route, not_found, path_id
+from service.api.schemas import Deleted
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
 from service.retry import DATABASE, Backoff, retry
 from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.jobs import request_hash
-from service.sweeps.lifecycle import cancel_sweep, create_sweep, tidy
+from service.sweeps.lifecycle import cancel_sweep, create_sweep, delete_sweep, tidy
 from service.sweeps.record import (
     SweepCancelled,
     SweepDetail,
@@ -187,6 +188,16 @@ async def cancel(request: web.Request) -> web.Response:
     return json_response({"sweep": summary, "cancelled": cancelled, "stopping": stopping})
 
 
+async def delete(request: web.Request) -> web.Response:
+    """The owner or an admin: the sweep is cancelled, then it and every run are removed."""
+    sweep = await _existing(request)
+    principal = principal_of(request)
+    require_owner(principal, sweep.submittedBy, f"sweep {sweep.id}", "deleting")
+    removed = await delete_sweep(request.app[STORE], sweep.id)
+    log.info("sweep deleted", sweep_id=str(sweep.id), by=principal.name, **removed.to_json())
+    return json_response({"id": str(sweep.id), "removed": removed.to_json()})
+
+
 # -- tidying creations that died ---------------------------------------------------------
 
 
@@ -272,5 +283,13 @@ ROUTES: tuple[Route, ...] = (
         description="Pending jobs are Cancelled at once; Running ones are stopped by their "
         "workers. The submit role cancels its own sweeps; another's needs admin.",
         replies=(Reply(200, "Cancelled.", SweepCancelled), ERR_404_SWEEP),
+    ),
+    Route(
+        "DELETE", "/sweeps/{id}", delete, "deleteSweep",
+        "Delete a sweep and every run with all it stored", params=(SWEEP_ID,), role=Role.SUBMIT,
+        description="The sweep is cancelled first (Running jobs are stopped by their workers); "
+        "then every run's job, logs, metrics, checkpoints and files, and the sweep, are "
+        "removed. The submit role deletes its own sweeps; another's needs admin.",
+        replies=(Reply(200, "Deleted; what was removed.", Deleted), ERR_404_SWEEP),
     ),
 )  # fmt: skip

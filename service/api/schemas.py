@@ -90,6 +90,20 @@ class Metrics(BaseModel):
     )
 
 
+class RemovedCounts(BaseModel):
+    jobs: int = Field(ge=0, description="Job records removed.")
+    logBatches: int = Field(ge=0, description="Stored log batches removed.")
+    metrics: int = Field(ge=0, description="Per-epoch metrics documents removed.")
+    files: int = Field(ge=0, description="Files (networks, checkpoints) removed, chunks included.")
+
+
+class Deleted(BaseModel):
+    """`DELETE /jobs/{id}` and `DELETE /sweeps/{id}`: what was removed."""
+
+    id: str = Field(description="The job's or sweep's id.")
+    removed: RemovedCounts
+
+
 class Whoami(BaseModel):
     name: str | None = Field(description="The token's name (null: open API or not signed in).")
     role: Literal["read", "submit", "admin"] | None

@@ -47,7 +47,7 @@ from service.api.fanout import (
     job_message,
     lines_message,
 )
-from service.api.keys import SETTINGS, STORE
+from service.api.keys import METRICS, SETTINGS, STORE
 from service.api.routes_jobs import ERR_404_JOB, ERR_422_QUERY, JOB_ID, FromQuery, existing_job_id
 from service.api.routing import Query, Reply, Route, not_found
 from service.cancellation import cancel_and_wait
@@ -522,6 +522,7 @@ def setup(app: web.Application) -> None:
                 max_sockets_per_user=settings.max_websockets_per_user,
             ),
         )
+    app[LIVE].fanout.job_observers.append(app[METRICS].observe_job_change)
     app.cleanup_ctx.append(_fanout_ctx)
     app.on_shutdown.append(_on_shutdown)
 

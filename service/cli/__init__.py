@@ -30,7 +30,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if getattr(args, "mongodb_uri", None):
         settings = dataclasses.replace(settings, mongodb_uri=args.mongodb_uri)
-    configure_logging(settings.log_format, settings.log_level)
+    configure_logging(
+        settings.log_format,
+        settings.log_level,
+        request_lines_at_debug=getattr(args, "request_lines_at_debug", False)
+        and sys.stderr.isatty(),
+    )
     try:
         return int(args.func(args, settings) or 0)
     except KeyboardInterrupt:

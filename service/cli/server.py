@@ -61,7 +61,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         action="store_true",
         help="submit one small training run on the digits data set once everything is up",
     )
-    up.set_defaults(func=cmd_up)
+    # On a terminal a request line per page load would bury the URL (docs/deploy.md).
+    up.set_defaults(func=cmd_up, request_lines_at_debug=True)
 
     mongo = sub.add_parser("mongo", help="the embedded MongoDB-compatible server")
     mongo.add_argument("--port", type=int, default=27017, help="0 picks a free port")
@@ -83,6 +84,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     worker.add_argument(
         "--id", dest="worker_id", help="worker id (default: $GATEQUEUE_WORKER_ID or host:slots)"
     )
+    worker.add_argument(
+        "--metrics-port", type=int,
+        help="serve this worker's Prometheus metrics at :PORT/metrics (default: none)",
+    )  # fmt: skip
     worker.set_defaults(func=cmd_worker)
 
 
@@ -134,7 +139,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
             return 2
     if args.worker_id:
         settings = dataclasses.replace(settings, worker_id=args.worker_id)
-    return run_until_signal(lambda: run_worker(settings))
+    return run_until_signal(lambda: run_worker(settings, metrics_port=args.metrics_port))
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
@@ -192,12 +197,14 @@ async def _up(settings: Settings, args: argparse.Namespace, mongo_description: s
               insecure_open=args.insecure_open),
         name="api",
     )  # fmt: skip
-    tasks = [api, asyncio.create_task(run_worker(settings), name="worker")]
+    worker_ready = asyncio.Event()
+    tasks = [api, asyncio.create_task(run_worker(settings, ready=worker_ready), name="worker")]
     try:
         # Readiness is asked of the server this process started, at the address its own
         # socket listens on: never of whatever else answers on the port.
         url = await _wait_until_listening(listening, tasks)
         await _wait_until_ready(url, tasks)
+        await _wait_for_worker(worker_ready, tasks)  # its start-up lines come before the URL
         print(f"gatequeue is up: {url}  (MongoDB: {mongo_description}; Ctrl-C stops)", flush=True)
         if args.demo:
             tasks.append(asyncio.create_task(_submit_demo(url, settings), name="demo"))
@@ -229,6 +236,18 @@ async def _wait_until_listening(
             task.result()
             raise RuntimeError(f"{task.get_name()} stopped during start-up")
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _wait_for_worker(ready: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    waiter = asyncio.create_task(ready.wait())
+    try:
+        await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    for task in tasks:
+        if task.done():
+            task.result()
+            raise RuntimeError(f"{task.get_name()} stopped during start-up")
 
 
 async def _wait_until_ready(url: str, tasks: list[asyncio.Task[None]]) -> None:

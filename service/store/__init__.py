@@ -12,10 +12,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from service.store.files import FileStore
 from service.store.jobs import JobStore
+from service.store.leases import LeaseStore
 from service.store.logs import LogStore
 from service.store.metrics import MetricStore
 from service.store.offsets import OffsetStore
 from service.store.queue import QueueView
+from service.store.removal import Removal
 from service.store.sessions import SessionStore
 from service.store.sweeps import SweepStore
 from service.store.workers import WorkerStore
@@ -38,6 +40,8 @@ class Store:
         self.sweeps = SweepStore(self.db["sweeps"])
         self.workers = WorkerStore(self.db["workers"])
         self.queue = QueueView(self.jobs, self.sweeps, self.workers)
+        self.leases = LeaseStore(self.db["leases"])
+        self.removal = Removal(self.jobs, self.logs, self.metrics, self.files)
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process calls it at start so no deploy step is needed."""
@@ -46,6 +50,8 @@ class Store:
         await self.metrics.ensure_indexes()
         await self.sessions.ensure_indexes()
         await self.sweeps.ensure_indexes()
+        await self.files.ensure_indexes()
+        await self.leases.ensure_indexes()
 
     async def ping(self) -> None:
         await self.db.command("ping")

@@ -23,6 +23,7 @@ from pymongo.errors import PyMongoError
 ARTIFACTS_BUCKET = "artifacts"
 # A run's checkpoints, `metadata: {jobId, attemptId, epoch, step}`; the job keeps the last two.
 CHECKPOINTS_BUCKET = "checkpoints"
+BUCKETS = (ARTIFACTS_BUCKET, CHECKPOINTS_BUCKET)  # every bucket that holds a job's files
 _CHUNK = 4 << 20
 
 
@@ -30,14 +31,35 @@ class FileStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self._db = db
 
+    async def ensure_indexes(self) -> None:
+        """A job's files are found by `metadata.jobId` (deletes, retention, orphans)."""
+        for bucket in BUCKETS:
+            await self._db[f"{bucket}.files"].create_index("metadata.jobId")
+
     def bucket(self, name: str) -> AsyncGridFSBucket:
         return AsyncGridFSBucket(self._db, bucket_name=name)
 
     async def upload(
-        self, bucket: str, path: Path, filename: str, metadata: dict[str, Any]
+        self,
+        bucket: str,
+        path: Path,
+        filename: str,
+        metadata: dict[str, Any],
+        *,
+        file_id: ObjectId | None = None,
     ) -> tuple[ObjectId, int]:
-        """Store a local file; (its GridFS id, its length). Nothing is left on failure."""
-        stream = self.bucket(bucket).open_upload_stream(filename, metadata=metadata)
+        """Store a local file; (its GridFS id, its length). Nothing is left on failure, as far
+        as MongoDB can be reached to remove it.
+
+        With `file_id`, a try that can be repeated: whatever an earlier try left under that id
+        (chunks written before an outage, or a whole file whose reply was lost) is deleted
+        first, so the file is replaced, never stored twice, and no chunk of it is orphaned."""
+        grid = self.bucket(bucket)
+        if file_id is None:
+            stream = grid.open_upload_stream(filename, metadata=metadata)
+        else:
+            await self.discard(bucket, file_id)
+            stream = grid.open_upload_stream_with_id(file_id, filename, metadata=metadata)
         length = 0
         try:
             with open(path, "rb") as fh:  # noqa: ASYNC230 -- reads below happen in a thread
@@ -80,6 +102,21 @@ class FileStore:
         for file_id in file_ids:
             with contextlib.suppress(PyMongoError):
                 await grid.delete(file_id)
+
+    async def discard(self, bucket: str, file_id: ObjectId) -> bool:
+        """Delete a file, complete or not: its chunks first (a file half written has chunks
+        and no `files` document), then its document; whether this call removed the document.
+        Raises if MongoDB cannot be reached."""
+        await self._db[f"{bucket}.chunks"].delete_many({"files_id": file_id})
+        result = await self._db[f"{bucket}.files"].delete_one({"_id": file_id})
+        return result.deleted_count == 1
+
+    async def delete_for(self, bucket: str, job_ids: list[ObjectId]) -> int:
+        """Every file of these jobs, chunks included; the number of files removed."""
+        files = self._db[f"{bucket}.files"]
+        cursor = files.find({"metadata.jobId": {"$in": job_ids}}, {"_id": 1})
+        found = [doc["_id"] async for doc in cursor]
+        return sum([await self.discard(bucket, file_id) for file_id in found])
 
     async def delete_unlisted(self, bucket: str, job_id: ObjectId, keep: Iterable[ObjectId]) -> int:
         """Delete a job's files other than `keep`: those an attempt uploaded and then died

@@ -18,6 +18,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -149,6 +150,7 @@ class JobStore:
         await self.collection.create_index([("status", ASCENDING), ("_id", ASCENDING)])
         await self.collection.create_index([("status", ASCENDING), ("leaseExpiresAt", ASCENDING)])
         await self.collection.create_index([("submittedBy", ASCENDING), ("status", ASCENDING)])
+        await self.collection.create_index([("status", ASCENDING), ("finishedAt", ASCENDING)])
         # Sparse: only jobs submitted with an Idempotency-Key carry the field, and only while
         # the key is remembered; its value names the submitter (service.store.idempotency).
         await self.collection.create_index("idempotencyKey", unique=True, sparse=True)
@@ -244,6 +246,15 @@ class JobStore:
             counts[Status(row["_id"])] = row["n"]
         return counts
 
+    async def count_by_status_and_priority(self) -> dict[tuple[Status, int], int]:
+        """Jobs per (status, priority): `/metrics`' queue gauges."""
+        counts: dict[tuple[Status, int], int] = {}
+        pipeline = [{"$group": {"_id": {"s": "$status", "p": "$priority"}, "n": {"$sum": 1}}}]
+        async for row in await self.collection.aggregate(pipeline):
+            key = (Status(row["_id"]["s"]), int(row["_id"].get("p") or 0))
+            counts[key] = counts.get(key, 0) + row["n"]
+        return counts
+
     async def pending(
         self,
         limit: int = 100,
@@ -314,6 +325,37 @@ class JobStore:
     async def held_sweeps(self) -> builtins.list[ObjectId]:
         """Sweeps with jobs still held (a creation that stopped half-way)."""
         return [s for s in await self.collection.distinct("sweepId", {"held": True}) if s]
+
+    async def ids_of_sweep(self, sweep_id: ObjectId) -> builtins.list[ObjectId]:
+        return await self.collection.distinct("_id", {"sweepId": sweep_id})
+
+    async def delete_ids(self, job_ids: builtins.list[ObjectId]) -> int:
+        """Remove job records (service.store.removal removes what is stored for them)."""
+        return (await self.collection.delete_many({"_id": {"$in": job_ids}})).deleted_count
+
+    async def finished_before(
+        self,
+        statuses: Iterable[Status],
+        cutoff: datetime,
+        limit: int,
+        *,
+        logs_kept: bool = False,
+    ) -> builtins.list[ObjectId]:
+        """Up to `limit` ids of jobs in `statuses` that finished before `cutoff`, oldest
+        first; `logs_kept`: only those whose logs retention has not removed yet."""
+        query: dict[str, Any] = {
+            "status": {"$in": [s.value for s in statuses]},
+            "finishedAt": {"$lt": cutoff},
+        }
+        if logs_kept:
+            query["logsRemovedAt"] = None
+        cursor = self.collection.find(query, {"_id": 1}).sort("finishedAt", ASCENDING)
+        return [doc["_id"] async for doc in cursor.limit(limit)]
+
+    async def mark_logs_removed(self, job_ids: builtins.list[ObjectId]) -> None:
+        await self.collection.update_many(
+            {"_id": {"$in": job_ids}}, {"$currentDate": {"logsRemovedAt": True}}
+        )
 
     async def delete_sweep_jobs(self, sweep_id: ObjectId) -> int:
         return (await self.collection.delete_many({"sweepId": sweep_id})).deleted_count
@@ -613,7 +655,7 @@ class JobStore:
                 {
                     "$set": {**update, "error": error, "leaseExpiresAt": None, "etaS": None},
                     "$currentDate": {"updatedAt": True, **({"finishedAt": True} if final else {})},
-                    "$inc": {"version": 1},
+                    "$inc": {"version": 1, "leaseExpiries": 1},
                 },
             )
             if done is not None:

@@ -61,6 +61,10 @@ class LogStore:
     async def ensure_indexes(self) -> None:
         await self.collection.create_index([("jobId", ASCENDING), ("seq", ASCENDING)], unique=True)
 
+    async def delete_for(self, job_ids: list[ObjectId]) -> int:
+        """Every batch of these jobs (deleted jobs, or retention); the number removed."""
+        return (await self.collection.delete_many({"jobId": {"$in": job_ids}})).deleted_count
+
     async def next_seq(self, job_id: ObjectId) -> int:
         last = await self.collection.find_one(
             {"jobId": job_id}, sort=[("seq", DESCENDING)], projection={"seq": 1, "lines": 1}

@@ -39,6 +39,9 @@ class MetricStore:
             upsert=True,
         )
 
+    async def delete_for(self, job_ids: list[ObjectId]) -> int:
+        return (await self.collection.delete_many({"jobId": {"$in": job_ids}})).deleted_count
+
     async def list(self, job_id: ObjectId) -> list[dict[str, Any]]:
         cursor = self.collection.find({"jobId": job_id}, {"_id": 0}).sort("epoch", ASCENDING)
         return await cursor.to_list(length=None)

@@ -1,4 +1,5 @@
-"""Creating a sweep all or nothing, cancelling it, and tidying up creations that died.
+"""Creating a sweep all or nothing, cancelling it, deleting it, and tidying up creations
+that died.
 
 Creation writes the sweep record (`state: creating`), then its jobs in bounded batches with
 `held: true`, so no worker claims any of them yet; then marks the sweep `ready` and lets the
@@ -21,6 +22,7 @@ from bson import ObjectId
 from service.config import DEFAULT_IDEMPOTENCY_TTL_S
 from service.jobs.record import new_job
 from service.store import Store
+from service.store.removal import Removed
 from service.sweeps.record import SweepRecord, SweepState, new_sweep
 from service.sweeps.spec import SweepPlan
 
@@ -29,6 +31,8 @@ log = structlog.get_logger(__name__)
 # How long a creation may take before `tidy` takes it for dead. A 1,000-job sweep is
 # stored in well under a second; this is for a database that stalls, not for the work.
 CREATING_FOR_S = 600.0
+# Jobs removed per step when a sweep is deleted.
+DELETE_SLICE = 200
 
 
 def sweep_docs(sweep_plan: SweepPlan, sweep: SweepRecord) -> list[dict[str, Any]]:
@@ -146,3 +150,16 @@ async def cancel_sweep(store: Store, sweep_id: ObjectId) -> tuple[SweepRecord, i
         return None
     cancelled, stopping = await store.jobs.cancel_sweep(sweep_id)
     return sweep, cancelled, stopping
+
+
+async def delete_sweep(store: Store, sweep_id: ObjectId) -> Removed:
+    """Cancel the sweep (its Running jobs' workers stop them), then remove every run with all
+    it stored, a slice at a time, and the sweep last: a removal cut short leaves the sweep,
+    and deleting it again finishes it."""
+    await cancel_sweep(store, sweep_id)
+    removed = Removed()
+    ids = await store.jobs.ids_of_sweep(sweep_id)
+    for start in range(0, len(ids), DELETE_SLICE):
+        removed += await store.removal.jobs(ids[start : start + DELETE_SLICE])
+    await store.sweeps.delete(sweep_id)
+    return removed

@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cancel-grace-s", type=float)
     p.add_argument("--shutdown-grace-s", type=float)
     p.add_argument("--stop-grace-s", type=float)
+    p.add_argument("--metrics-port", type=int, help="serve /metrics on this port")
     args = p.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -43,7 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     trainer_cmd = shlex.split(args.trainer) if args.trainer else None
 
     return run_until_signal(
-        lambda: run_worker(settings, trainer_cmd=trainer_cmd, worker_id=args.worker_id, **options)
+        lambda: run_worker(
+            settings,
+            trainer_cmd=trainer_cmd,
+            worker_id=args.worker_id,
+            metrics_port=args.metrics_port,
+            **options,
+        )
     )
 
 

@@ -247,6 +247,10 @@ async def run_quietly(argv: list[str]) -> str | None:
         await proc.wait()
         log.warning("device detection timed out", command=argv[0])
         return None
+    except asyncio.CancelledError:  # stopped during start-up: reaped before the loop closes
+        proc.kill()
+        await proc.wait()
+        raise
     if proc.returncode != 0:
         return None
     return out.decode(errors="replace")

@@ -12,14 +12,13 @@ import asyncio
 import contextlib
 import functools
 import shutil
-import signal
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from pymongo.errors import PyMongoError
@@ -31,7 +30,7 @@ from service.jobs.status import Status
 from service.jobs.warnings import job_warnings
 from service.retry import retry
 from service.store import Store
-from service.store.files import CHECKPOINTS_BUCKET
+from service.store.files import ARTIFACTS_BUCKET, CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
 from service.worker import artifacts, checkpoints
 from service.worker.ending import (
@@ -50,6 +49,13 @@ from trainer import protocol
 from trainer.options import run_control_args, trainer_args
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# How long a run whose lease lapsed during its upload keeps trying to delete what it wrote
+# (MongoDB is unreachable meanwhile, so its slot could not be given another job anyway).
+DISCARD_WITHIN_S = 300.0
+
 
 class Outcome(StrEnum):
     """How a run ended for this worker (the job's status is what the store says)."""
@@ -223,7 +229,7 @@ class JobRun:
         finally:
             await cancel_and_wait(renewer, metrics, sink_watch)
             if self.proc is not None and self.proc.running:
-                self.proc.signal_group(signal.SIGKILL)
+                await self.proc.kill()
 
     def _argv(self, workdir: Path, output_dir: Path, resume: Path | None) -> list[str]:
         job = self.lease.job
@@ -321,8 +327,8 @@ class JobRun:
         finally:
             stopper.cancel()
             if not waiter.done():  # we are being cancelled ourselves: leave no process
-                self.proc.signal_group(signal.SIGKILL)
                 waiter.cancel()
+                await self.proc.kill()
         self.log.info("trainer exited", exit_code=rc, stopped=stopped_by_us)
         return rc, stopped_by_us, ""
 
@@ -371,10 +377,16 @@ class JobRun:
         extra: dict[str, Any] = {}
         uploaded: list[artifacts.Artifact] = []
         if status is Status.SUCCEEDED:
+            upload = artifacts.OutputUpload(self.store.files, self.job_id, self.attempt, output_dir)
             try:
-                uploaded = await artifacts.upload_outputs(
-                    self.store.files, self.job_id, self.attempt, output_dir
-                )
+                uploaded = await self._while_lease_holds(upload.run)
+            except OSError as exc:  # the output could not be read: no retry will help
+                status, error = Status.FAILED, f"the trained network could not be saved: {exc}"
+                await sink.system(error)
+            except PyMongoError as exc:  # only once the lease lapsed: the job is re-run
+                await self._abandon_upload(sink, upload, exc)
+                return
+            else:
                 extra["artifacts"] = [a.model_dump() for a in uploaded]
                 names = ", ".join(a.name for a in uploaded) or "none"
                 await sink.system(f"finished; saved files: {names}")
@@ -388,9 +400,6 @@ class JobRun:
                 extra["warnings"] = [w.model_dump() for w in warnings]
                 for warning in warnings:
                     await sink.system(f"warning ({warning.code}): {warning.message}")
-            except (OSError, PyMongoError) as exc:
-                status, error = Status.FAILED, f"the trained network could not be saved: {exc}"
-                await sink.system(error)
         if not await self._close_sink(sink):
             return
         done = await self.lease.final_write(
@@ -399,21 +408,64 @@ class JobRun:
         if done is None and uploaded and await self._owned_by_another():
             await artifacts.delete_artifacts(self.store.files, uploaded)
         if done is not None:
-            await self._delete_orphan_checkpoints(done)
+            await self._delete_orphan_files(done)
         self.outcome = Outcome(status.value) if done is not None else Outcome.LOST
         self.log.info("job finished", status=self.outcome.value, exit_code=rc)
 
-    async def _delete_orphan_checkpoints(self, job: JobRecord) -> None:
-        """Checkpoint files no attempt will name any more: a killed worker's last upload."""
-        try:
-            orphans = await self.store.files.delete_unlisted(
-                CHECKPOINTS_BUCKET, job.id, [c.fileId for c in job.checkpoints]
-            )
-        except PyMongoError as exc:
-            self.log.warning("could not look for orphan checkpoints", error=str(exc))
-            return
-        if orphans:
-            self.log.info("orphan checkpoints deleted", files=orphans)
+    async def _while_lease_holds(self, op: Callable[[Callable[[], float]], Awaitable[T]]) -> T:
+        """`op(deadline)` (which retries MongoDB errors until `deadline()`, the lease's end)
+        until the lease really lapsed: `op` gives up a little early, when its next try would
+        start past the deadline, and a renewal may still move the deadline, so the lease is
+        waited out before the error counts. Re-raises once the lease lapsed or was lost."""
+
+        def deadline() -> float:
+            return self.lease.deadline
+
+        while True:
+            try:
+                return await op(deadline)
+            except PyMongoError:
+                if self.lease.lost:
+                    raise
+                remaining = self.lease.deadline - time.monotonic()
+                if remaining > 0:
+                    await asyncio.sleep(remaining)  # a renewal would move the deadline
+                if self.lease.lost or time.monotonic() >= self.lease.deadline:
+                    raise
+
+    async def _abandon_upload(
+        self, sink: LogSink, upload: artifacts.OutputUpload, exc: PyMongoError
+    ) -> None:
+        """The lease lapsed while the network was being saved: nothing more is written for this
+        attempt (the job's lease expires and it is re-run), except that what it uploaded is
+        deleted once MongoDB is back, so no half-written file is left behind."""
+        await sink.discard()
+        self.outcome = Outcome.UNREACHABLE
+        self.log.error(
+            "the trained network could not be saved before the lease lapsed; "
+            "the job will be re-run", error=str(exc),
+        )  # fmt: skip
+        if await upload.discard(within_s=DISCARD_WITHIN_S):
+            self.log.info("files of the abandoned upload deleted")
+        else:
+            self.log.error("files of the abandoned upload could not be deleted",
+                           job_id=str(self.job_id))  # fmt: skip
+
+    async def _delete_orphan_files(self, job: JobRecord) -> None:
+        """Files no attempt will name any more: a killed worker's last checkpoint, or the
+        network it had saved before it died ahead of its final write."""
+        keep = {
+            CHECKPOINTS_BUCKET: [c.fileId for c in job.checkpoints],
+            ARTIFACTS_BUCKET: [a.fileId for a in job.artifacts],
+        }
+        for bucket, listed in keep.items():
+            try:
+                orphans = await self.store.files.delete_unlisted(bucket, job.id, listed)
+            except PyMongoError as exc:
+                self.log.warning("could not look for orphan files", bucket=bucket, error=str(exc))
+                continue
+            if orphans:
+                self.log.info("orphan files deleted", bucket=bucket, files=orphans)
 
     async def _owned_by_another(self) -> bool:
         """Files of a run whose final write did not land are deleted only when the job is

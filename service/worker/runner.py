@@ -199,6 +199,16 @@ class TrainerProcess:
             await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout=grace_s)
         self.signal_group(signal.SIGKILL)
 
+    async def kill(self, reap_within_s: float = 5.0) -> None:
+        """SIGKILL the group and wait for the trainer's exit: a run being cancelled (the
+        worker stopping) leaves no process whose exit the event loop would be told of after
+        it closed ("Event loop is closed" from a pipe transport's `__del__` at exit)."""
+        self.signal_group(signal.SIGKILL)
+        if self._proc is None or self._proc.returncode is not None:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._proc.wait()), timeout=reap_within_s)
+
     def send(self, line: str) -> None:
         """One line to the trainer's stdin (trainer.supervision); never blocks, and a trainer
         that has exited or closed its stdin simply does not hear it."""

@@ -36,6 +36,7 @@ from service.worker.dispatch import job_feed
 from service.worker.gpus import Slot
 from service.worker.heartbeat import DEFAULT_INTERVAL_S, run_heartbeat
 from service.worker.jobrun import JobRun, RunSettings
+from service.worker.prom import WorkerMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -131,6 +132,8 @@ class Worker:
         self._sweep_wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
+        self.metrics = WorkerMetrics()  # served by `--metrics-port` (service.worker.prom)
+        self.metrics.count_slots(lambda: (len(self._busy), len(self.slots)))
         self.ready = asyncio.Event()  # the stream is open and the first catch-up is done
         self.stopped = asyncio.Event()  # run() has returned: runs handed back, token stored
 
@@ -395,9 +398,12 @@ class Worker:
                 await asyncio.shield(self._give_back_slot(job.sweepId, attempt_id))
             raise
         if claimed is None:
+            self.metrics.claims.labels("lost").inc()
             if capped:
                 await self._give_back_slot(job.sweepId, attempt_id)
             return False
+        self.metrics.claims.labels("won").inc()
+        self.metrics.runs_started.inc()
         if self.on_claim is not None:
             self.on_claim(claimed)
         self._start_run(slot, claimed)
@@ -453,6 +459,9 @@ class Worker:
         self._busy.pop(slot.gpu, None)
         if not task.cancelled() and task.exception() is not None:
             run.log.error("run ended with an error", error=repr(task.exception()))
+        if run.proc is not None and run.proc.returncode is not None:
+            self.metrics.exit_codes.labels(str(run.proc.returncode)).inc()
+        self.metrics.runs_ended.labels(run.outcome.value if run.outcome else "unfinished").inc()
         self._backlog = True
         self._wake.set()
 
@@ -465,6 +474,7 @@ class Worker:
             delay = self.sweep_max_interval_s
             try:
                 for expired in await self.store.jobs.expire_leases():
+                    self.metrics.leases_expired.labels(expired.action.value).inc()
                     self.log.warning(
                         "lease expired", job_id=str(expired.job_id), action=expired.action.value
                     )

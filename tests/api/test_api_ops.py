@@ -3,6 +3,7 @@ own errors and for crashes."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from types import ModuleType
 
@@ -13,6 +14,9 @@ from pymongo import AsyncMongoClient
 
 from service.api import routes_health, routes_jobs
 from service.api.routing import UNDOCUMENTED, Route
+from service.api.ws import LIVE
+from service.jobs.record import WorkerRef
+from service.jobs.status import Status
 from service.mongo.connect import connect
 from service.store import Store
 
@@ -123,3 +127,49 @@ async def test_an_undocumented_status_is_noticed(make_api: MakeApi) -> None:
     assert (await api.get("/brew")).status == 418
     assert api.app[UNDOCUMENTED] == [("GET", "/brew", 418)]  # type: ignore[index]
     api.app[UNDOCUMENTED].clear()  # type: ignore[index]  (the fixture checks it is empty)
+
+
+async def test_queue_metrics_exist_and_move_when_jobs_run(api: TestClient, store: Store) -> None:
+    """The queue's histograms are there before anything ran; a run started and finished (as
+    a worker's claim and final write make them) moves them, read off the change stream."""
+    text = await (await api.get("/metrics")).text()
+    assert "gatequeue_queue_wait_seconds_count 0.0" in text
+    assert 'gatequeue_run_duration_seconds_count{status="Succeeded"} 0.0' in text
+    assert 'gatequeue_lease_expiries_total{action="requeued"} 0.0' in text
+    assert "gatequeue_runs_started_total 0.0" in text
+    job = await (await api.post("/jobs", json={**SEED_BODY, "priority": 5})).json()
+    text = await (await api.get("/metrics")).text()
+    assert 'gatequeue_jobs_by_priority{priority="5",status="Pending"} 1.0' in text
+
+    pending = await store.jobs.get(job["id"])
+    assert pending is not None
+    running = await store.jobs.claim(pending, WorkerRef(id="w1", host="h", gpu="0"), 30)
+    assert running is not None
+    await _scrape_until(api, "gatequeue_queue_wait_seconds_count 1.0")
+    assert await store.jobs.finish(running, Status.SUCCEEDED, exit_code=0) is not None
+    text = await _scrape_until(api, 'gatequeue_run_duration_seconds_count{status="Succeeded"} 1.0')
+    assert "gatequeue_runs_started_total 1.0" in text
+    assert 'gatequeue_jobs_by_priority{priority="5",status="Succeeded"} 1.0' in text
+
+    # a lease that expires re-queues its job: counted once
+    other = await (await api.post("/jobs", json=SEED_BODY)).json()
+    claimed = await store.jobs.claim(
+        await store.jobs.get(other["id"]), WorkerRef(id="w2", host="h", gpu="0"), 30
+    )
+    assert claimed is not None
+    assert len(await store.jobs.expire_leases(ahead_s=60)) == 1
+    await _scrape_until(api, 'gatequeue_lease_expiries_total{action="requeued"} 1.0')
+
+
+async def _scrape_until(api: TestClient, needle: str) -> str:
+    """/metrics once it shows `needle`: re-read after each job change the app's change stream
+    delivers (this observer runs after the metrics' own)."""
+    changed = asyncio.Event()
+    api.app[LIVE].fanout.job_observers.append(lambda _change: changed.set())  # type: ignore[index]
+    async with asyncio.timeout(15):
+        while True:
+            changed.clear()
+            text = await (await api.get("/metrics")).text()
+            if needle in text:
+                return text
+            await changed.wait()
