@@ -30,6 +30,9 @@ DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0
 DEFAULT_MAX_CONNECTIONS = 1000  # lowered where the descriptor limit leaves less
 DEFAULT_MAX_WEBSOCKETS = 500
 DEFAULT_MAX_WEBSOCKETS_PER_USER = 50
+# Data sets (docs/datasets.md): the largest upload, and what a worker's cache keeps.
+DEFAULT_MAX_DATASET = 2 << 30
+DEFAULT_DATA_CACHE = 20 << 30
 
 
 class ConfigError(ValueError):
@@ -65,6 +68,8 @@ class Settings:
     max_connections: int | None = None
     max_websockets: int = DEFAULT_MAX_WEBSOCKETS
     max_websockets_per_user: int = DEFAULT_MAX_WEBSOCKETS_PER_USER
+    max_dataset: int = DEFAULT_MAX_DATASET
+    data_cache: int = DEFAULT_DATA_CACHE
 
     @property
     def auth_configured(self) -> bool:
@@ -136,6 +141,10 @@ class Settings:
                 "GATEQUEUE_MAX_WEBSOCKETS_PER_USER", env.get("GATEQUEUE_MAX_WEBSOCKETS_PER_USER"),
                 DEFAULT_MAX_WEBSOCKETS_PER_USER,
             ),
+            max_dataset=parse_bytes("GATEQUEUE_MAX_DATASET", env.get("GATEQUEUE_MAX_DATASET"))
+            or DEFAULT_MAX_DATASET,
+            data_cache=parse_bytes("GATEQUEUE_DATA_CACHE", env.get("GATEQUEUE_DATA_CACHE"))
+            or DEFAULT_DATA_CACHE,
         )  # fmt: skip
 
 
