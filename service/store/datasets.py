@@ -87,6 +87,10 @@ class DatasetStore:
                     return twin, False
                 # Another upload took this version number: take the next.
 
+    async def download(self, file_id: ObjectId, path: Path) -> int:
+        """A data set's file to `path` (written beside it and renamed); its length."""
+        return await self.files.download(DATASETS_BUCKET, file_id, path)
+
     async def delete_files(self, *file_ids: ObjectId) -> None:
         await self.files.delete(DATASETS_BUCKET, file_ids)
 
