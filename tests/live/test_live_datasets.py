@@ -53,6 +53,10 @@ def tabular_csv(path: Path) -> bytes:
     return data
 
 
+def read(path: str) -> bytes:
+    return Path(path).read_bytes()
+
+
 async def logs_of(client: GateQueueClient, job_id: str) -> list[str]:
     return [entry.line async for entry in client.logs(job_id, follow=False)]
 
@@ -97,9 +101,9 @@ async def test_npz_and_csv_trained_through_the_queue(
     out_dir.mkdir()
     rc, out, err = await gatequeue(live_api.url, "data", "download", "blobs", "-o", str(out_dir))
     assert rc == 0, err
-    assert Path(out.strip()).read_bytes() == npz_bytes
+    assert read(out.strip()) == npz_bytes
     rc, out, err = await gatequeue(live_api.url, "data", "download", "adult", "-o", str(out_dir))
-    assert Path(out.strip()).read_bytes() == csv_bytes
+    assert read(out.strip()) == csv_bytes
 
 
 async def test_a_job_pinned_to_version_1_keeps_it(
