@@ -295,3 +295,28 @@ async def test_delete_refused_while_a_job_uses_it(
     assert resp.status == 200, await resp.text()
     assert await stored(store) == (0, 0, 0)
     await error_of(await api.get(f"/datasets/{record['id']}", headers=alice), 404)
+
+
+async def test_sweeps_over_registered_data_sets(api: TestClient, store: Store) -> None:
+    record = await _register(api)
+    base = {"gateOptimizer": "softmax", "gates": 30, "networkLayers": 2, "grouping": 3}
+    resp = await api.post(
+        "/sweeps", json={"base": {**base, "dataset": "blobs"}, "grid": {"gates": [30, 60]}}
+    )
+    assert resp.status == 201, await resp.text()
+    jobs = [job async for job in store.jobs.collection.find({})]
+    assert len(jobs) == 2
+    assert {str(j["datasetRef"]["id"]) for j in jobs} == {record["id"]}
+
+    unknown = await api.post("/sweeps", json={"base": base, "grid": {"dataset": ["blobs", "nope"]}})
+    error = await error_of(unknown, 422, "validation_error")
+    assert error["fields"][0]["field"] == "grid.dataset.1"
+    mixed = await api.post("/sweeps", json={"base": base, "grid": {"dataset": ["blobs", "digits"]}})
+    error = await error_of(mixed, 422, "invalid_combination")
+    assert error["combination"]["values"] == {"dataset": "digits"}
+    ten = await api.post(
+        "/sweeps", json={"base": {**base, "grouping": 10}, "grid": {"dataset": ["blobs"]}}
+    )
+    error = await error_of(ten, 422, "invalid_combination")
+    assert "classes of blobs@1 (3)" in error["fields"][0]["message"]
+    assert await store.jobs.collection.count_documents({}) == 2
