@@ -256,7 +256,7 @@ def _integer_labels(y: np.ndarray, name: str) -> np.ndarray:
     if y.dtype.kind in "biu":
         return y.astype(np.int64)
     if not np.isfinite(y).all() or not (y == np.round(y)).all():
-        bad = y[~np.isfinite(y) | (y != np.round(y))][0]
+        bad = y[~np.isfinite(y) | (y != np.round(y))][0].item()
         raise BadData(f"{name} holds labels that are not integers (e.g. {bad!r})")
     return y.astype(np.int64)
 
@@ -268,7 +268,8 @@ def _map_labels(y: np.ndarray, labels: np.ndarray, split: str) -> np.ndarray:
     unseen = labels[index] != y
     if unseen.any():
         raise BadData(
-            f"the {split} split has label {y[unseen][0]!r}, which the training split does not"
+            f"the {split} split has label {y[unseen][0].item()!r}, which the training split "
+            "does not"
         )
     return index.astype(np.int64)
 
