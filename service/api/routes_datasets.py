@@ -43,6 +43,10 @@ from trainer.data.catalog import CLASSES, DATASET_NAME_MAX, NAME_PATTERN
 log = structlog.get_logger(__name__)
 
 UPLOAD_TYPES = ("application/octet-stream", "application/zip", "text/csv")
+# Uploads validated and encoded at once by one API process: each is CPU work in a thread
+# with about trainer.data.encode.WORK_BYTES of temporaries; more wait their turn.
+ENCODING_AT_ONCE = 2
+_ENCODING = asyncio.Semaphore(ENCODING_AT_ONCE)
 _HASH_CHUNK = 4 << 20
 
 
@@ -98,9 +102,12 @@ async def _receive(request: web.Request, path: Path, limit: int) -> tuple[str, i
     digest = hashlib.sha256()
     fh = await asyncio.to_thread(open, path, "wb")
 
-    async def write(data: bytes) -> None:
-        await asyncio.to_thread(fh.write, data)
+    def write_and_hash(data: bytes) -> None:
+        fh.write(data)
         digest.update(data)
+
+    async def write(data: bytes) -> None:
+        await asyncio.to_thread(write_and_hash, data)
 
     try:
         size = await stream_body(request, write, limit)
@@ -143,7 +150,8 @@ async def upload_dataset(request: web.Request, query: UploadQuery) -> web.Respon
         if existing is not None:
             return _answer(existing, 200)
         encoded = tmp / "encoded.npz"
-        summary = await asyncio.to_thread(_encode, source, encoded, options, limit)
+        async with _ENCODING:
+            summary = await asyncio.to_thread(_encode, source, encoded, options, limit)
         if query.name in CLASSES and summary.classes != CLASSES[query.name]:
             raise ApiError(
                 422, "invalid_dataset",

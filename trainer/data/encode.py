@@ -25,8 +25,8 @@ bomb stops at its header, not after filling memory).
 from __future__ import annotations
 
 import csv
-import io
 import math
+import shutil
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +45,10 @@ DEFAULT_BITS = 8
 MAX_BITS = 255
 TEST_FRACTION = 0.2
 MAX_CLASSES = 1000  # the most a network's GroupSum takes (trainer.options `grouping`)
-ROW_CHUNK = 4096  # rows encoded at once: bounds the temporaries (rows x features x bits)
+# Bytes of temporaries at once (a block of columns as floats, a chunk of rows' bits): an
+# upload's arrays are memory-mapped, so encoding one of any size needs about this much.
+WORK_BYTES = 16 << 20
+MAX_CSV_BYTES = 256 << 20
 MAX_INPUTS = 1 << 22  # input bits per sample: a network's first layer must address them
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP = b"PK\x05\x06"
@@ -122,12 +125,23 @@ def encode_file(source: Path, target: Path, options: EncodeOptions, limit: int) 
     """Read `source` (npz or CSV), validate it, write the encoded file to `target`."""
     _check_options(options)
     kind = sniff(source)
-    if kind == "npz":
-        if options.label_column is not None or options.categorical:
-            raise BadData("labelColumn and categorical are for CSV files; this is an npz")
-        splits = read_npz(source, limit)
-        return _encode_arrays(splits, options, target)
-    return _encode_csv(source, options, target)
+    if kind == "csv":
+        if source.stat().st_size > MAX_CSV_BYTES:
+            raise BadData(
+                f"a CSV is read whole into memory, so at most {MAX_CSV_BYTES >> 20} MiB; "
+                "upload a larger data set as an npz",
+                413,
+            )
+        return _encode_csv(source, options, target)
+    if options.label_column is not None or options.categorical:
+        raise BadData("labelColumn and categorical are for CSV files; this is an npz")
+    work = target.with_name(target.name + ".members")
+    work.mkdir()
+    try:
+        splits = read_npz(source, limit, work)
+        return _encode_arrays(splits, options, target, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _check_options(options: EncodeOptions) -> None:
@@ -140,9 +154,10 @@ def _check_options(options: EncodeOptions) -> None:
 # -- npz -----------------------------------------------------------------------------------
 
 
-def read_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
-    """The arrays of an npz, each read only after its header says it fits what is left of
-    `limit` (the sum of all members' sizes)."""
+def read_npz(path: Path, limit: int, work: Path) -> dict[str, np.ndarray]:
+    """The arrays of an npz, memory-mapped from `.npy` files extracted into `work`; each
+    member is extracted only after its header says it fits what is left of `limit` (the sum
+    of all members' sizes), and never more than its header says."""
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -165,7 +180,7 @@ def read_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
                 )
             try:
                 with archive.open(info) as fh:
-                    array, nbytes = _read_npy(fh, budget, info.filename, limit)
+                    array, nbytes = _read_npy(fh, budget, info.filename, limit, work / name)
             except BadData:
                 raise
             except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
@@ -185,7 +200,7 @@ def read_npz(path: Path, limit: int) -> dict[str, np.ndarray]:
     return out
 
 
-def _read_npy(fh: Any, budget: int, name: str, limit: int) -> tuple[np.ndarray, int]:
+def _read_npy(fh: Any, budget: int, name: str, limit: int, out: Path) -> tuple[np.ndarray, int]:
     version = np.lib.format.read_magic(fh)
     if version == (1, 0):
         shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh)
@@ -202,16 +217,61 @@ def _read_npy(fh: Any, budget: int, name: str, limit: int) -> tuple[np.ndarray, 
     nbytes = count * dtype.itemsize
     if nbytes > budget:
         raise BadData(f"{name} holds {nbytes} bytes: past the upload limit of {limit} bytes", 413)
-    raw = fh.read(nbytes)
-    if len(raw) != nbytes:
-        raise BadData(f"{name} is truncated: {len(raw)} of {nbytes} bytes")
-    array = np.frombuffer(raw, dtype=dtype)
-    array = array.reshape(shape, order="F" if fortran else "C")
-    return array, nbytes
+    if count == 0:
+        return np.zeros(shape, dtype=dtype), 0
+    path = out.with_suffix(".npy")
+    header = {
+        "descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": shape
+    }  # fmt: skip
+    copied = 0
+    with open(path, "wb") as dst:
+        np.lib.format.write_array_header_2_0(dst, header)
+        while copied < nbytes and (chunk := fh.read(min(1 << 20, nbytes - copied))):
+            dst.write(chunk)
+            copied += len(chunk)
+    if copied != nbytes:
+        raise BadData(f"{name} is truncated: {copied} of {nbytes} bytes")
+    return np.load(path, mmap_mode="r", allow_pickle=False), nbytes
 
 
-def _encode_arrays(arrays: dict[str, np.ndarray], options: EncodeOptions, target: Path) -> Summary:
-    xs: dict[str, np.ndarray] = {}
+@dataclass(frozen=True)
+class Rows:
+    """A split's rows: an array (memory-mapped for an npz) and which of its rows belong to
+    the split (None: all). Read a block of columns or a chunk of rows at a time, never
+    copied whole."""
+
+    x: np.ndarray
+    index: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.x) if self.index is None else len(self.index)
+
+    @property
+    def features(self) -> int:
+        return int(self.x.shape[1])
+
+    def columns(self, start: int, stop: int) -> np.ndarray:
+        block = self.x[:, start:stop]
+        return np.asarray(block if self.index is None else block[self.index])
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        if self.index is None:
+            return np.asarray(self.x[start:stop])
+        return np.asarray(self.x[self.index[start:stop]])
+
+    def take(self, index: np.ndarray) -> Rows:
+        return Rows(self.x, index if self.index is None else self.index[index])
+
+
+def _column_block(rows: int) -> int:
+    """Columns per block so that one block as float64 fits WORK_BYTES."""
+    return max(1, WORK_BYTES // (8 * max(1, rows)))
+
+
+def _encode_arrays(
+    arrays: dict[str, np.ndarray], options: EncodeOptions, target: Path, work: Path
+) -> Summary:
+    xs: dict[str, Rows] = {}
     ys: dict[str, np.ndarray] = {}
     for split in SPLITS:
         if f"x_{split}" not in arrays:
@@ -228,10 +288,10 @@ def _encode_arrays(arrays: dict[str, np.ndarray], options: EncodeOptions, target
             raise BadData(f"x_{split} has {len(x)} rows and y_{split} {len(y)} labels")
         if len(x) == 0:
             raise BadData(f"x_{split} has no rows")
-        x = x.reshape(len(x), -1)
-        _check_finite(x, f"x_{split}")
-        xs[split], ys[split] = x, _integer_labels(y, f"y_{split}")
-    widths = {split: x.shape[1] for split, x in xs.items()}
+        rows = Rows(x.reshape(len(x), -1))
+        _check_finite(rows, f"x_{split}")
+        xs[split], ys[split] = rows, _integer_labels(np.asarray(y), f"y_{split}")
+    widths = {split: x.features for split, x in xs.items()}
     if len(set(widths.values())) != 1:
         raise BadData(f"the splits have different numbers of features: {widths}")
     labels = np.unique(ys["train"])
@@ -240,16 +300,23 @@ def _encode_arrays(arrays: dict[str, np.ndarray], options: EncodeOptions, target
     return _finish(xs, mapped, names, {}, options, target, "npz")
 
 
-def _check_finite(x: np.ndarray, name: str) -> None:
-    if x.dtype.kind == "f":
-        for start in range(0, len(x), ROW_CHUNK):
-            bad = ~np.isfinite(x[start : start + ROW_CHUNK])
-            if bad.any():
-                row, col = np.argwhere(bad)[0]
-                raise BadData(
-                    f"{name} has NaN or infinite values (first at row {start + row}, "
-                    f"column {col}); fill or drop them before uploading"
-                )
+def _check_finite(x: Rows, name: str) -> None:
+    if x.x.dtype.kind != "f":
+        return
+    step = _row_chunk(x.features)
+    for start in range(0, len(x), step):
+        bad = ~np.isfinite(x.rows(start, start + step))
+        if bad.any():
+            row, col = np.argwhere(bad)[0]
+            raise BadData(
+                f"{name} has NaN or infinite values (first at row {start + row}, "
+                f"column {col}); fill or drop them before uploading"
+            )
+
+
+def _row_chunk(width: int) -> int:
+    """Rows per chunk so that a chunk's temporaries (width bytes a row) fit WORK_BYTES."""
+    return max(1, WORK_BYTES // max(1, width))
 
 
 def _integer_labels(y: np.ndarray, name: str) -> np.ndarray:
@@ -351,7 +418,7 @@ def _encode_csv(path: Path, options: EncodeOptions, target: Path) -> Summary:
         codes = np.asarray([lookup.get(v, -1) for v in values])
         onehot_parts.append((codes[:, None] == np.arange(len(seen))[None, :]).astype(np.uint8))
     onehot = np.concatenate(onehot_parts, axis=1) if onehot_parts else np.zeros((n, 0), np.uint8)
-    xs = {s: x_num[r] for s, r in split_rows.items()}
+    xs = {s: Rows(x_num, r) for s, r in split_rows.items()}
     extra = {s: onehot[r] for s, r in split_rows.items()}
     ys = {s: y_all[r] for s, r in split_rows.items()}
     return _finish(xs, ys, label_names, cats, options, target, "csv", extra=extra, made=True)
@@ -390,7 +457,7 @@ def _stratified_test(y: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _finish(
-    xs: dict[str, np.ndarray],
+    xs: dict[str, Rows],
     ys: dict[str, np.ndarray],
     labels: list[str],
     categories: dict[str, list[str]],
@@ -409,7 +476,7 @@ def _finish(
     if "test" not in xs:
         test = _stratified_test(ys["train"], options.split_seed)
         train = np.setdiff1d(np.arange(len(ys["train"])), test)
-        xs = {**xs, "test": xs["train"][test], "train": xs["train"][train]}
+        xs = {**xs, "test": xs["train"].take(test), "train": xs["train"].take(train)}
         ys = {**ys, "test": ys["train"][test], "train": ys["train"][train]}
         made = True
     if len(ys["test"]) == 0 or len(ys["train"]) == 0:
@@ -425,11 +492,21 @@ def _finish(
     if inputs > MAX_INPUTS:
         raise BadData(f"the encoding makes {inputs} input bits per sample; at most {MAX_INPUTS}")
     bits = {
-        split: _encode(x, thresholds, mask, None if extra is None else extra[split])
+        split: _encode(
+            x,
+            thresholds,
+            mask,
+            None if extra is None else extra[split],
+            target.with_name(f"{target.name}.{split}.bits"),
+        )
         for split, x in xs.items()
     }
-    write_encoded(target, bits, ys, inputs=inputs, classes=classes, thresholds=thresholds)
-    features = xs["train"].shape[1]
+    try:
+        write_encoded(target, bits, ys, inputs=inputs, classes=classes, thresholds=thresholds)
+    finally:
+        for split in bits:
+            target.with_name(f"{target.name}.{split}.bits").unlink(missing_ok=True)
+    features = xs["train"].features
     return Summary(
         format=fmt,
         classes=classes,
@@ -446,53 +523,51 @@ def _finish(
     )
 
 
-def _binary_columns(x: np.ndarray) -> np.ndarray:
-    out = np.zeros(x.shape[1], dtype=bool)
-    for start in range(0, x.shape[1], 256):
-        block = x[:, start : start + 256]
-        out[start : start + 256] = ((block == 0) | (block == 1)).all(axis=0)
+def _binary_columns(x: Rows) -> np.ndarray:
+    out = np.zeros(x.features, dtype=bool)
+    step = _column_block(len(x))
+    for start in range(0, x.features, step):
+        block = x.columns(start, start + step)
+        out[start : start + step] = ((block == 0) | (block == 1)).all(axis=0)
     return out
 
 
-def _thresholds(x: np.ndarray, binary: np.ndarray, options: EncodeOptions) -> np.ndarray:
+def _thresholds(x: Rows, binary: np.ndarray, options: EncodeOptions) -> np.ndarray:
     """(features, bits) thresholds from the training rows; a 0/1 feature gets one threshold
     (0.5) and NaN for the rest, so it stays one bit."""
     k = options.bits
-    out = np.full((x.shape[1], k), np.nan)
+    out = np.full((x.features, k), np.nan)
     q = np.arange(1, k + 1) / (k + 1)
-    for start in range(0, x.shape[1], 256):
-        block = x[:, start : start + 256].astype(np.float64)
+    step = max(1, _column_block(len(x)) // 2)  # np.quantile sorts a copy of the block
+    for start in range(0, x.features, step):
+        block = x.columns(start, start + step).astype(np.float64)
         if options.method == "quantile":
             th = np.quantile(block, q, axis=0).T
         else:
             lo, hi = block.min(axis=0), block.max(axis=0)
             th = lo[:, None] + (hi - lo)[:, None] * q[None, :]
-        out[start : start + 256] = th
+        out[start : start + step] = th
     out[binary] = np.nan
     out[binary, 0] = 0.5
     return out
 
 
 def _encode(
-    x: np.ndarray, thresholds: np.ndarray, mask: np.ndarray, extra: np.ndarray | None
+    x: Rows, thresholds: np.ndarray, mask: np.ndarray, extra: np.ndarray | None, spill: Path
 ) -> np.ndarray:
     """(n, inputs) bits, packed along each row (np.packbits): thermometer bits feature-major,
-    then the one-hot columns."""
+    then the one-hot columns. Written to a memory-mapped file at `spill`, chunk by chunk."""
     n = len(x)
     inputs = int(mask.sum()) + (0 if extra is None else extra.shape[1])
-    packed = np.zeros((n, (inputs + 7) // 8), dtype=np.uint8)
+    packed = np.lib.format.open_memmap(spill, mode="w+", dtype=np.uint8,
+                                       shape=(n, (inputs + 7) // 8))  # fmt: skip
     th = np.where(mask, thresholds, np.inf)
-    for start in range(0, n, ROW_CHUNK):
-        rows = x[start : start + ROW_CHUNK]
+    step = _row_chunk(thresholds.size + (0 if extra is None else extra.shape[1]))
+    for start in range(0, n, step):
+        rows = x.rows(start, start + step)
         bits = (rows[:, :, None] > th[None, :, :])[:, mask]
         if extra is not None:
-            bits = np.concatenate([bits, extra[start : start + ROW_CHUNK].astype(bool)], axis=1)
-        packed[start : start + ROW_CHUNK] = np.packbits(bits, axis=1)
+            bits = np.concatenate([bits, extra[start : start + step].astype(bool)], axis=1)
+        packed[start : start + step] = np.packbits(bits, axis=1)
+    packed.flush()
     return packed
-
-
-def arrays_npz(arrays: dict[str, np.ndarray]) -> bytes:
-    """An npz of `arrays`, uncompressed: what `gatequeue data add mnist` uploads."""
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]
-    return buf.getvalue()
