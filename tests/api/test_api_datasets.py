@@ -320,3 +320,14 @@ async def test_sweeps_over_registered_data_sets(api: TestClient, store: Store) -
     error = await error_of(ten, 422, "invalid_combination")
     assert "classes of blobs@1 (3)" in error["fields"][0]["message"]
     assert await store.jobs.collection.count_documents({}) == 2
+
+
+async def test_an_upload_streams_past_the_json_body_limit(api: TestClient) -> None:
+    """The app's client_max_size (MAX_BODY_BYTES) bounds JSON bodies, not uploads."""
+    from service.api.errors import MAX_BODY_BYTES
+
+    body = npz(**blobs(n=4000, features=12))
+    assert len(body) > 3 * MAX_BODY_BYTES
+    resp = await upload(api, body, name="larger")
+    assert resp.status == 201, await resp.text()
+    assert (await resp.json())["bytes"] == len(body)
