@@ -3,6 +3,7 @@
  * step, no CDN: it must work offline in Chromium and Firefox. */
 
 import { CompareView } from "./js/compare.js";
+import { refreshDatasetNames } from "./js/datasets.js";
 import { $, showView } from "./js/dom.js";
 import { initJobForm } from "./js/jobform.js";
 import { initJobList, setCurrentJob } from "./js/joblist.js";
@@ -47,6 +48,7 @@ function route() {
     view = null;
   }
   showView(section);
+  if (section === "view-new" || section === "view-sweep-new") refreshDatasetNames();
   if (Kind && !view) {
     view = new Kind(arg);
     view.key = key;
