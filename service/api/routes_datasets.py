@@ -43,9 +43,11 @@ from trainer.data.catalog import CLASSES, DATASET_NAME_MAX, NAME_PATTERN
 log = structlog.get_logger(__name__)
 
 UPLOAD_TYPES = ("application/octet-stream", "application/zip", "text/csv")
-# Uploads validated and encoded at once by one API process: each is CPU work in a thread
-# with about trainer.data.encode.WORK_BYTES of temporaries; more wait their turn.
-ENCODING_AT_ONCE = 2
+# Uploads validated, encoded and stored at once by one API process: each is CPU work in a
+# thread with about 3 x trainer.data.encode.WORK_BYTES of temporaries, then GridFS writes
+# that buffer up to 32 MB of chunks (PyMongo's GridIn; about 150-200 MB resident while it
+# sends them): more wait their turn, so an API stays within its memory limit.
+ENCODING_AT_ONCE = 1
 _ENCODING = asyncio.Semaphore(ENCODING_AT_ONCE)
 _HASH_CHUNK = 4 << 20
 
@@ -135,7 +137,6 @@ def _encode(source: Path, target: Path, options: Any, limit: int) -> Any:
 
 
 async def upload_dataset(request: web.Request, query: UploadQuery) -> web.Response:
-    principal = principal_of(request)
     limit = request.app[SETTINGS].max_dataset
     store = request.app[STORE]
     options = _options(query)
@@ -149,46 +150,65 @@ async def upload_dataset(request: web.Request, query: UploadQuery) -> web.Respon
         existing = await store.datasets.by_key(key)
         if existing is not None:
             return _answer(existing, 200)
-        encoded = tmp / "encoded.npz"
         async with _ENCODING:
-            summary = await asyncio.to_thread(_encode, source, encoded, options, limit)
-        if query.name in CLASSES and summary.classes != CLASSES[query.name]:
-            raise ApiError(
-                422, "invalid_dataset",
-                f"{query.name} is a built-in with {CLASSES[query.name]} classes; this file has "
-                f"{summary.classes}: register it under another name",
-            )  # fmt: skip
-        encoded_sha = await asyncio.to_thread(_sha256, encoded)
-        filename = query.filename or f"{query.name}.{summary.format}"
-        file_id, _ = await store.datasets.store_file(source, filename, key, "upload")
-        stored = [file_id]
-        try:
-            enc_id, enc_size = await store.datasets.store_file(
-                encoded, f"{query.name}.encoded.npz", key, "encoded"
-            )
-            stored.append(enc_id)
-            record = new_dataset(
-                name=query.name, sha256=sha256, size=size, classes=summary.classes,
-                shape=Shape(inputs=summary.inputs, train=summary.train, valid=summary.valid,
-                            test=summary.test),
-                encoding=summary.encoding(options),
-                source=Source(format=summary.format, filename=query.filename),
-                created_by=principal.name, file_id=file_id,
-                encoded=EncodedFile(fileId=enc_id, sha256=encoded_sha, bytes=enc_size),
-                key=key,
-            )  # fmt: skip
-            record, created = await store.datasets.insert(record)
-        except BaseException:
-            await store.datasets.delete_files(*stored)
-            raise
-        if not created:  # the same data set, stored by a concurrent upload
-            await store.datasets.delete_files(*stored)
-            return _answer(record, 200)
-        log.info("data set registered", name=record.name, version=record.version,
-                 bytes=size, inputs=summary.inputs, classes=summary.classes)  # fmt: skip
-        return _answer(record, 201)
+            return await _register(request, query, options, source, sha256, size, key)
     finally:
         await _discard(tmp)
+
+
+async def _register(
+    request: web.Request,
+    query: UploadQuery,
+    options: Any,
+    source: Path,
+    sha256: str,
+    size: int,
+    key: str,
+) -> web.Response:
+    """Validate and encode the received upload, then store its files and record."""
+    principal = principal_of(request)
+    limit = request.app[SETTINGS].max_dataset
+    store = request.app[STORE]
+    existing = await store.datasets.by_key(key)  # registered while this one waited its turn
+    if existing is not None:
+        return _answer(existing, 200)
+    encoded = source.with_name("encoded.npz")
+    summary = await asyncio.to_thread(_encode, source, encoded, options, limit)
+    if query.name in CLASSES and summary.classes != CLASSES[query.name]:
+        raise ApiError(
+            422, "invalid_dataset",
+            f"{query.name} is a built-in with {CLASSES[query.name]} classes; this file has "
+            f"{summary.classes}: register it under another name",
+        )  # fmt: skip
+    encoded_sha = await asyncio.to_thread(_sha256, encoded)
+    filename = query.filename or f"{query.name}.{summary.format}"
+    file_id, _ = await store.datasets.store_file(source, filename, key, "upload")
+    stored = [file_id]
+    try:
+        enc_id, enc_size = await store.datasets.store_file(
+            encoded, f"{query.name}.encoded.npz", key, "encoded"
+        )
+        stored.append(enc_id)
+        record = new_dataset(
+            name=query.name, sha256=sha256, size=size, classes=summary.classes,
+            shape=Shape(inputs=summary.inputs, train=summary.train, valid=summary.valid,
+                        test=summary.test),
+            encoding=summary.encoding(options),
+            source=Source(format=summary.format, filename=query.filename),
+            created_by=principal.name, file_id=file_id,
+            encoded=EncodedFile(fileId=enc_id, sha256=encoded_sha, bytes=enc_size),
+            key=key,
+        )  # fmt: skip
+        record, created = await store.datasets.insert(record)
+    except BaseException:
+        await store.datasets.delete_files(*stored)
+        raise
+    if not created:  # the same data set, stored by a concurrent upload
+        await store.datasets.delete_files(*stored)
+        return _answer(record, 200)
+    log.info("data set registered", name=record.name, version=record.version,
+             bytes=size, inputs=summary.inputs, classes=summary.classes)  # fmt: skip
+    return _answer(record, 201)
 
 
 async def _discard(tmp: Path) -> None:
