@@ -38,7 +38,7 @@ import structlog
 from aiohttp import ClientError, web
 from aiohttp.web_protocol import RequestHandler
 
-from service.api.errors import ApiError
+from service.api.errors import ApiError, BodyCutOff, BodyTooLarge
 from service.api.keys import SETTINGS
 from service.config import DEFAULT_MAX_CONNECTIONS
 
@@ -316,14 +316,6 @@ async def read_body(request: web.Request) -> bytes:
             "body_timeout",
             f"the request body did not arrive within {timeout_s:g} s",
         ) from None
-
-
-class BodyTooLarge(Exception):
-    """The body passed its limit (or its Content-Length says it will)."""
-
-
-class BodyCutOff(Exception):
-    """The client went away (or sent less than its Content-Length) mid-body."""
 
 
 async def stream_body(

@@ -200,3 +200,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             500, "internal_error", f"internal server error; request id {rid}".strip()
         )
+
+
+class BodyTooLarge(Exception):
+    """A streamed body passed its limit (or its Content-Length says it will)."""
+
+
+class BodyCutOff(Exception):
+    """The client went away (or sent less than its Content-Length) mid-body."""

@@ -22,8 +22,8 @@ from aiohttp import web
 from pydantic import Field
 
 from service.api.auth import principal_of
-from service.api.connections import BodyCutOff, BodyTooLarge, stream_body
-from service.api.errors import ApiError, json_response
+from service.api.connections import stream_body
+from service.api.errors import ApiError, BodyCutOff, BodyTooLarge, json_response
 from service.api.keys import SETTINGS, STORE
 from service.api.routes_jobs import ERR_408_BODY, _downloads, _stream_file
 from service.api.routing import Param, Query, Reply, Route, not_found, path_id
@@ -127,7 +127,8 @@ async def _receive(request: web.Request, path: Path, limit: int) -> tuple[str, i
 
 
 def _encode(source: Path, target: Path, options: Any, limit: int) -> Any:
-    from trainer.data.encode import BadData, encode_file
+    from trainer.data.encode import encode_file
+    from trainer.data.errors import BadData
 
     try:
         return encode_file(source, target, options, limit)

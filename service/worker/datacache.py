@@ -22,15 +22,12 @@ from bson import ObjectId
 
 from service.jobs.record import DatasetRef
 from service.store import Store
+from service.worker.errors import DatasetUnavailable
 
 log = structlog.get_logger(__name__)
 
 _HASH_CHUNK = 4 << 20
 SUFFIX = ".npz"
-
-
-class DatasetUnavailable(Exception):
-    """The job's data set cannot be had: deleted, or its stored file is not what it was."""
 
 
 def file_sha256(path: Path) -> str | None:

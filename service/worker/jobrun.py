@@ -33,7 +33,7 @@ from service.store import Store
 from service.store.files import CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
 from service.worker import artifacts, checkpoints
-from service.worker.datacache import DataCache, DatasetUnavailable
+from service.worker.datacache import DataCache
 from service.worker.ending import (
     Memory,
     Observed,
@@ -42,9 +42,10 @@ from service.worker.ending import (
     describe_circuit,
     oom_kill_count,
 )
+from service.worker.errors import DatasetUnavailable, LeaseLapsed
 from service.worker.gpus import Slot
 from service.worker.lease import Lease
-from service.worker.logsink import LeaseLapsed, LogSink
+from service.worker.logsink import LogSink
 from service.worker.runner import TrainerProcess
 from trainer import protocol
 from trainer.options import run_control_args, trainer_args

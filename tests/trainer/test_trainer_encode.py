@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from trainer.data import load_dataset
-from trainer.data.encode import BadData, EncodeOptions, encode_file
+from trainer.data.encode import EncodeOptions, encode_file
+from trainer.data.errors import BadData
 
 LIMIT = 1 << 30
 

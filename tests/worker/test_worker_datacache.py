@@ -13,7 +13,8 @@ import pytest
 from service.datasets.record import EncodedFile, Shape, Source, new_dataset
 from service.jobs.record import DatasetRef
 from service.store import Store
-from service.worker.datacache import DataCache, DatasetUnavailable
+from service.worker.datacache import DataCache
+from service.worker.errors import DatasetUnavailable
 
 
 async def register(store: Store, tmp_path: Path, content: bytes, name: str = "d") -> DatasetRef:

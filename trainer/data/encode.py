@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from trainer.data.encoded import write_encoded
-from trainer.data.errors import DataError
+from trainer.data.errors import BadData
 
 SPLITS = ("train", "valid", "test")
 MEMBERS = tuple(f"{axis}_{split}" for split in SPLITS for axis in ("x", "y"))
@@ -52,15 +52,6 @@ MAX_CSV_BYTES = 256 << 20
 MAX_INPUTS = 1 << 22  # input bits per sample: a network's first layer must address them
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP = b"PK\x05\x06"
-
-
-class BadData(DataError):
-    """The file cannot become a data set. `status` is the HTTP status an upload gets: 413 for
-    one that is (or expands to) more than the limit, 422 for everything else."""
-
-    def __init__(self, message: str, status: int = 422) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 @dataclass(frozen=True)
