@@ -294,7 +294,7 @@ def _encode_arrays(
 def _check_finite(x: Rows, name: str) -> None:
     if x.x.dtype.kind != "f":
         return
-    step = _row_chunk(x.features)
+    step = _row_chunk(x.features * (x.x.dtype.itemsize + 1))
     for start in range(0, len(x), step):
         bad = ~np.isfinite(x.rows(start, start + step))
         if bad.any():
@@ -553,7 +553,9 @@ def _encode(
     packed = np.lib.format.open_memmap(spill, mode="w+", dtype=np.uint8,
                                        shape=(n, (inputs + 7) // 8))  # fmt: skip
     th = np.where(mask, thresholds, np.inf)
-    step = _row_chunk(thresholds.size + (0 if extra is None else extra.shape[1]))
+    # A chunk's rows as read, their comparison with every threshold, the bits kept.
+    width = x.features * x.x.dtype.itemsize + 2 * thresholds.size
+    step = _row_chunk(width + (0 if extra is None else 2 * extra.shape[1]))
     for start in range(0, n, step):
         rows = x.rows(start, start + step)
         bits = (rows[:, :, None] > th[None, :, :])[:, mask]
