@@ -38,16 +38,12 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from api_submit import _free_port, machine, mongodb  # noqa: E402
+from sweep_submit import BASE  # noqa: E402  (the same sweep body as the submit bench)
 
 from service.api.app import create_app  # noqa: E402
 from service.config import Settings  # noqa: E402
 from service.mongo.connect import connect  # noqa: E402
 from service.store import Store  # noqa: E402
-
-BASE: dict[str, Any] = {
-    "gateOptimizer": "softmax", "gates": 1000, "networkLayers": 4, "grouping": 10,
-    "groupSumTau": 30, "residualLayers": 0, "epochs": 5,
-}  # fmt: skip
 
 
 def sweep_body(runs: int, last: dict[str, Any] | None) -> bytes:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import overload
 
+from service.errors import ConfigError
+
 DEFAULT_DB = "gatequeue"
 DEFAULT_LEASE_S = 30.0
 DEFAULT_API_PORT = 8080
@@ -33,10 +35,6 @@ DEFAULT_MAX_WEBSOCKETS_PER_USER = 50
 # Data sets (docs/datasets.md): the largest upload, and what a worker's cache keeps.
 DEFAULT_MAX_DATASET = 2 << 30
 DEFAULT_DATA_CACHE = 20 << 30
-
-
-class ConfigError(ValueError):
-    """A configuration value a user set cannot be used; the message names the variable."""
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from pathlib import Path
 
+from service.errors import TokenFileError
+
 TOKEN_PREFIX = "gq_"
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,63}")
 FILE_VERSION = 1
@@ -48,10 +50,6 @@ class Role(IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
-
-
-class TokenFileError(ValueError):
-    """The tokens file cannot be used; the message says why (never with a token in it)."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from service.config import ConfigError, Settings, parse_gpus
+from service.config import Settings, parse_gpus
+from service.errors import ConfigError
 
 
 def test_defaults() -> None:

@@ -45,7 +45,7 @@ def exception_classes() -> dict[str, list[str]]:
 
 def test_the_scan_finds_the_exceptions() -> None:
     found = exception_classes()
-    assert found["ConfigError"] == ["service.config"]
+    assert found["ConfigError"] == ["service.errors"]
     assert found["RunConfigError"] == ["trainer.errors"]
     assert "GateQueueConnectionError" in found  # a subclass of one of ours
 
@@ -53,3 +53,17 @@ def test_the_scan_finds_the_exceptions() -> None:
 def test_no_two_exception_classes_share_a_name() -> None:
     shared = {name: modules for name, modules in exception_classes().items() if len(modules) > 1}
     assert not shared, shared
+
+
+def test_each_package_keeps_its_exceptions_in_one_module() -> None:
+    """Where a package has several exceptions, one module holds them (its `errors.py`): a
+    reader finds what a package may raise in one place. Private control-flow exceptions
+    (`_Name`) stay where they are used."""
+    by_package: dict[str, set[str]] = defaultdict(set)
+    for name, modules in exception_classes().items():
+        if name.startswith("_"):
+            continue
+        for module in modules:
+            by_package[module.rpartition(".")[0]].add(module)
+    spread = {package: sorted(m) for package, m in by_package.items() if len(m) > 1}
+    assert not spread, spread

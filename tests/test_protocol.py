@@ -39,6 +39,14 @@ EXAMPLES: list[protocol.Record] = [
         Path("runs/digits x/network.json"),
     ),
     protocol.Summary(1, {}, 8, Path("n.json")),
+    protocol.Summary(
+        5,
+        {"live_fraction": 0.5415, "total_s": 1.5276},
+        2000,
+        Path("runs/x/network.json"),
+        protocol.Result(3, 0.9444, 0.95, 0.0056, val_acc_discrete=0.9375),
+    ),
+    protocol.Summary(2, {}, 8, Path("n.json"), protocol.Result(2, 0.5, 0.625, 0.125)),
 ]
 
 
@@ -82,6 +90,25 @@ def test_supervision_takes_leases_and_keeps_requests() -> None:
     assert not stop.requested() and stop.ignored == ["something new"]
     supervision.heard(protocol.CheckpointAndStop().format())
     assert stop.requested() and stop.source == "stdin"
+
+
+def test_the_summary_carries_the_kept_networks_result() -> None:
+    line = (
+        "SUMMARY epochs=5 kept_epoch=3 val_acc_discrete=0.9375 test_acc_discrete=0.9444 "
+        "test_acc=0.9500 discretization_gap=0.0056 total_s=1.5 gates=2000 network=n.json"
+    )
+    parsed = protocol.Summary.parse(line)
+    assert parsed is not None and parsed.result is not None
+    assert parsed.values == {"total_s": 1.5}
+    assert parsed.result.as_json() == {
+        "epoch": 3, "val_acc_discrete": 0.9375, "test_acc_discrete": 0.9444,
+        "test_acc": 0.95, "discretization_gap": 0.0056,
+    }  # fmt: skip
+    # A trainer that keeps no epoch (an older one, a lab's own) has no result.
+    older = protocol.Summary.parse("SUMMARY epochs=5 test_acc=0.95 gates=8 network=n.json")
+    assert older is not None and older.result is None and older.values == {"test_acc": 0.95}
+    with pytest.raises(ValueError):
+        protocol.Summary(1, {"test_acc": 0.5}, 8, Path("n"), protocol.Result(1, 1, 1, 0)).format()
 
 
 def test_epoch_line_of_the_contract() -> None:

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from trainer import environment
+from trainer.errors import BadCheckpoint, CheckpointedStop
 from trainer.options import hyperparameters_hash
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ __all__ = [
     "BadCheckpoint",
     "CheckpointedStop",
     "Header",
+    "Kept",
     "Progress",
     "capture",
     "check_hyperparameters",
@@ -77,31 +79,26 @@ __all__ = [
 ]
 
 
-class BadCheckpoint(Exception):
-    """A file that cannot be resumed from; `reason` says why in a few words."""
-
-    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
-        super().__init__(f"cannot resume from {path}: {reason}")
-        self.path = str(path)
-        self.reason = reason
-
-
-class CheckpointedStop(Exception):
-    """Raised out of the training loop once a requested checkpoint is written (or could not
-    be: `path` is None); `python -m trainer` exits with protocol.EXIT_CHECKPOINTED."""
-
-    def __init__(self, path: Path | None) -> None:
-        super().__init__(f"stopped on request, checkpoint {path}")
-        self.path = path
-
-
 # -- what a run is at a checkpoint ----------------------------------------------------------
+
+
+@dataclass
+class Kept:
+    """The best network so far by `val_acc_discrete` (docs/trainer.md, "Validation and the
+    kept network"): its epoch (0: none yet), that value, its EPOCH metrics and a CPU copy
+    of its parameters and buffers. A checkpoint carries it, so a resumed run keeps the same
+    network as an uninterrupted one."""
+
+    epoch: int = 0
+    value: float = -1.0
+    metrics: dict[str, float] = field(default_factory=dict)
+    state: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
 class Progress:
     """How far a run got. `epochs_done` = K; mid-epoch (`order` set) the run stopped after
-    `step` steps of epoch K + 1, whose data order and partial sums are kept. `best` and
+    `step` steps of epoch K + 1, whose data order and partial sums are kept. `kept` and
     `metrics` (the last EPOCH line's) feed the SUMMARY and network.json; `train_s` is the
     training time up to the checkpoint, earlier processes included, so that total_s counts
     every attempt."""
@@ -112,7 +109,7 @@ class Progress:
     loss_sum: torch.Tensor | None = None
     correct: torch.Tensor | None = None
     seen: int = 0
-    best: float = 0.0
+    kept: Kept = field(default_factory=Kept)
     metrics: dict[str, float] = field(default_factory=dict)
     train_s: float = 0.0
 
@@ -160,7 +157,15 @@ def capture(
             "loss_sum": None if progress.loss_sum is None else progress.loss_sum.cpu(),
             "correct": None if progress.correct is None else progress.correct.cpu(),
             "seen": progress.seen,
-            "best": progress.best,
+            "kept": {
+                "epoch": progress.kept.epoch,
+                "value": progress.kept.value,
+                "metrics": dict(progress.kept.metrics),
+                # The network at an epoch's end is the kept one when that epoch is: saved once.
+                "state": None
+                if progress.kept.epoch == progress.epochs_done and not progress.mid_epoch
+                else progress.kept.state,
+            },
             "metrics": dict(progress.metrics),
             "train_s": progress.train_s,
         },
@@ -183,14 +188,7 @@ def restore(
     import torch
 
     try:
-        model.load_state_dict(payload["model"])
-        # LogicLayer's int32 copies of the connections are derived, non-persistent buffers:
-        # bring them in line with the loaded connections.
-        for layer in getattr(model, "layers", ()):
-            if hasattr(layer, "idx_a32"):
-                layer.idx_a32.copy_(layer.idx_a.to(torch.int32))
-                layer.idx_b32.copy_(layer.idx_b.to(torch.int32))
-                layer._reverse = None
+        load_model_state(model, payload["model"])
         optimizer.load_state_dict(payload["optimizer"])
         rng = payload["rng"]
         state = rng["numpy"]
@@ -209,6 +207,7 @@ def restore(
             torch.cuda.set_rng_state(rng["cuda"], device)
         generator.set_state(rng["data_order"])
         p = payload["progress"]
+        kept = _restore_kept(p.get("kept"), int(p["epochs_done"]), model)
         return Progress(
             epochs_done=int(p["epochs_done"]),
             step=int(p["step"]),
@@ -216,7 +215,7 @@ def restore(
             loss_sum=None if p["loss_sum"] is None else p["loss_sum"].to(device),
             correct=None if p["correct"] is None else p["correct"].to(device),
             seen=int(p["seen"]),
-            best=float(p["best"]),
+            kept=kept,
             metrics={str(k): float(v) for k, v in p["metrics"].items()},
             train_s=float(p["train_s"]),
         )
@@ -225,6 +224,44 @@ def restore(
     except (RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BadCheckpoint(path, f"does not fit this network ({first})") from exc
+
+
+def model_state_copy(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A CPU copy of the model's parameters and buffers that later steps do not change."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def load_model_state(model: torch.nn.Module, state: Mapping[str, Any]) -> None:
+    """Load parameters and buffers, then the derived ones that are not saved."""
+    import torch
+
+    model.load_state_dict(state)
+    # LogicLayer's int32 copies of the connections are derived, non-persistent buffers:
+    # bring them in line with the loaded connections.
+    for layer in getattr(model, "layers", ()):
+        if hasattr(layer, "idx_a32"):
+            layer.idx_a32.copy_(layer.idx_a.to(torch.int32))
+            layer.idx_b32.copy_(layer.idx_b.to(torch.int32))
+            layer._reverse = None
+
+
+def _restore_kept(saved: Any, epochs_done: int, model: torch.nn.Module) -> Kept:
+    """The kept network of a payload; a checkpoint from before `kept` existed keeps none
+    yet (the next epoch becomes the kept one)."""
+    if saved is None:
+        return Kept()
+    state = saved["state"]
+    epoch = int(saved["epoch"])
+    if state is None and epoch > 0:
+        if epoch != epochs_done:
+            raise KeyError("kept.state")
+        state = model_state_copy(model)  # the loaded network is the kept one
+    return Kept(
+        epoch=epoch,
+        value=float(saved["value"]),
+        metrics={str(k): float(v) for k, v in saved["metrics"].items()},
+        state=state,
+    )
 
 
 # -- the file -----------------------------------------------------------------------------

@@ -21,10 +21,9 @@ import torch
 from pydantic import ValidationError
 
 from trainer import protocol, supervision
-from trainer.checkpoint import BadCheckpoint, CheckpointedStop
 from trainer.data import DataError
 from trainer.device import out_of_memory_errors
-from trainer.errors import Diverged, RunConfigError
+from trainer.errors import BadCheckpoint, CheckpointedStop, Diverged, RunConfigError
 from trainer.flags import add_option_flag, number
 from trainer.layer import BACKENDS
 from trainer.options import RUN_CONTROL_OPTIONS, TRAINING_OPTIONS, TrainingOptions, flag_of
@@ -120,12 +119,6 @@ def build_parser() -> argparse.ArgumentParser:
         "exits 65 if it is unusable",
     )
     return p
-
-
-def _flag_message(error: Any) -> str:
-    if error["type"] == "cross_field":  # already spelled with flags
-        return str(error["msg"])
-    return f"{flag_of(str(error['loc'][0]))}: {error['msg']} (got {error['input']!r})"
 
 
 def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:

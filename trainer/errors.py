@@ -5,6 +5,9 @@ packages."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class RunConfigError(ValueError):
     """An argument combination found invalid only once the model or device is known: exit 2,
@@ -21,3 +24,21 @@ class Diverged(ArithmeticError):
             f"the training loss became {loss} in epoch {epoch}; nothing was saved from this "
             "epoch (a smaller learningRate or a larger groupSumTau keeps it finite)"
         )
+
+
+class BadCheckpoint(Exception):
+    """A file that cannot be resumed from; `reason` says why in a few words."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"cannot resume from {path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+class CheckpointedStop(Exception):
+    """Raised out of the training loop once a requested checkpoint is written (or could not
+    be: `path` is None); `python -m trainer` exits with protocol.EXIT_CHECKPOINTED."""
+
+    def __init__(self, path: Path | None) -> None:
+        super().__init__(f"stopped on request, checkpoint {path}")
+        self.path = path

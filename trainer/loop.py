@@ -23,10 +23,11 @@ from typing import Any, NoReturn
 import torch
 
 from trainer import checkpoint, environment, logs, protocol, supervision
-from trainer.checkpoint import CheckpointedStop, Progress
+from trainer.checkpoint import Kept, Progress
 from trainer.data import Dataset, load_dataset
+from trainer.data.split import validation_split
 from trainer.device import gpu_model, gpu_peak_mib, make_optimizer
-from trainer.errors import Diverged, RunConfigError
+from trainer.errors import CheckpointedStop, Diverged, RunConfigError
 from trainer.export import network_document, save_network
 from trainer.layer import PARALLEL_MIN_WORK
 from trainer.memory import EVAL_BATCH
@@ -210,7 +211,7 @@ def train_epoch(
                     loss_sum=loss_sum,
                     correct=correct,
                     seen=seen,
-                    best=start.best if start is not None else 0.0,
+                    kept=start.kept if start is not None else Kept(),
                     metrics=start.metrics if start is not None else {},
                 )
             )
@@ -355,8 +356,13 @@ def run(
         torch=torch.__version__,
     )
 
-    x_tr = torch.from_numpy(data.x_train).to(device)
-    y_tr = torch.from_numpy(data.y_train).to(device)
+    train_idx, valid_idx = validation_split(data.y_train, args.valid_fraction, args.seed)
+    x_tr = torch.from_numpy(data.x_train[train_idx]).to(device)
+    y_tr = torch.from_numpy(data.y_train[train_idx]).to(device)
+    x_va = torch.from_numpy(data.x_train[valid_idx]).to(device)
+    y_va = torch.from_numpy(data.y_train[valid_idx]).to(device)
+    if len(valid_idx):
+        log.info("validation split", train=len(train_idx), validation=len(valid_idx))
     x_te = torch.from_numpy(data.x_test).to(device)
     y_te = torch.from_numpy(data.y_test).to(device)
     opt = make_optimizer(model.parameters(), args.learning_rate, device)
@@ -403,58 +409,73 @@ def run(
             log.warning("ignored an unknown request from the worker", request=stop.ignored.pop())
 
     metrics: dict[str, float] = dict(progress.metrics)
-    best = progress.best
+    kept = progress.kept
     for epoch in range(progress.epochs_done + 1, args.epochs + 1):
         maybe_stop(progress)
         e0 = time.perf_counter()
         stats = train_epoch(model, opt, (x_tr, y_tr), args, epoch, generator, progress, maybe_stop)
         if not math.isfinite(stats.loss_sum):
             raise Diverged(epoch, stats.loss_sum)
-        with relaxed_evaluation(model):
-            test_acc = accuracy(model, x_te, y_te)
-        model.eval()
-        test_acc_discrete = accuracy(model, x_te, y_te)
         metrics = {
             "train_loss": stats.loss_sum / max(1, stats.seen),
             "train_acc": stats.correct / max(1, stats.seen),
+        }
+        with relaxed_evaluation(model):
+            if len(y_va):
+                metrics["val_acc"] = accuracy(model, x_va, y_va)
+            test_acc = accuracy(model, x_te, y_te)
+        model.eval()
+        if len(y_va):
+            metrics["val_acc_discrete"] = accuracy(model, x_va, y_va)
+        metrics |= {
             "test_acc": test_acc,
-            "test_acc_discrete": test_acc_discrete,
+            "test_acc_discrete": accuracy(model, x_te, y_te),
             "epoch_s": time.perf_counter() - e0,
             "step_ms": 1e3 * stats.seconds / max(1, stats.steps),
         }
         peak = gpu_peak_mib(device)
         if peak is not None:  # what the memory estimate is checked against (docs/worker.md)
             metrics["gpu_peak_mib"] = peak
-        best = max(best, test_acc_discrete)
+        # Selection reads the validation split only; the first of equal epochs stays.
+        if "val_acc_discrete" in metrics and metrics["val_acc_discrete"] > kept.value:
+            state = checkpoint.model_state_copy(model)
+            kept = Kept(epoch, metrics["val_acc_discrete"], metrics, state)
         emit(protocol.Epoch(epoch, args.epochs, metrics))
-        progress = Progress(epochs_done=epoch, best=best, metrics=metrics)
+        progress = Progress(epochs_done=epoch, kept=kept, metrics=metrics)
         saver.at_epoch_end(progress)
 
     total_s = saver.train_s()
+    kept_epoch, kept_metrics = args.epochs, metrics
+    if args.keep == "best" and kept.state is not None:
+        checkpoint.load_model_state(model, kept.state)
+        kept_epoch, kept_metrics = kept.epoch, kept.metrics
+        log.info("kept the best epoch's network", epoch=kept.epoch, val_acc_discrete=kept.value)
     document = network_document(
         model,
         dataset={"name": data.name, "encoding": data.encoding},
         hyperparameters=hyperparameters(args),
-        metrics={**metrics, "best_test_acc_discrete": best, "total_s": total_s},
+        metrics={**kept_metrics, "kept_epoch": kept_epoch, "total_s": total_s},
     )
     path = save_network(document, args.output_dir)
     log.info("network saved", path=str(path))
     circuit = (
         None if getattr(args, "no_circuit", False) else run_circuit(path, data, sum(model.widths))
     )
-    summary: dict[str, float | int] = {
-        "test_acc": metrics["test_acc"],
-        "test_acc_discrete": metrics["test_acc_discrete"],
-        "best_test_acc_discrete": best,
-        "discretization_gap": metrics["test_acc"] - metrics["test_acc_discrete"],
-    }
+    result = protocol.Result(
+        epoch=kept_epoch,
+        test_acc_discrete=kept_metrics["test_acc_discrete"],
+        test_acc=kept_metrics["test_acc"],
+        discretization_gap=kept_metrics["test_acc"] - kept_metrics["test_acc_discrete"],
+        val_acc_discrete=kept_metrics.get("val_acc_discrete"),
+    )
+    summary: dict[str, float | int] = {}
     if circuit is not None:
         summary["live_fraction"] = circuit["gatesLive"] / max(1, circuit["gates"])
     peak = gpu_peak_mib(device)
     if peak is not None:
         summary["gpu_peak_mib"] = peak
     summary["total_s"] = total_s
-    emit(protocol.Summary(args.epochs, summary, sum(model.widths), path))
+    emit(protocol.Summary(args.epochs, summary, sum(model.widths), path, result))
     return metrics
 
 

@@ -176,12 +176,21 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
         advanced=True,
     ),
     Option(
-        "seed", int, 0, "seeds connections, initial logits, batch order and noise", "Seed",
-        ge=0, le=2**31 - 1, advanced=True,
+        "seed", int, 0,
+        "seeds connections, initial logits, batch order, noise and the validation split",
+        "Seed", ge=0, le=2**31 - 1, advanced=True,
+    ),
+    Option(
+        "validFraction", float, 0.1,
+        "share of the training set held out, stratified and fixed by seed, to select the "
+        "kept epoch on (never trained on); 0: none, the last epoch is kept",
+        "Validation fraction", ge=0, le=0.5, advanced=True,
     ),
 )  # fmt: skip
 
 TRAINING_NAMES: tuple[str, ...] = tuple(o.name for o in TRAINING_OPTIONS)
+
+KEEP_CHOICES: tuple[str, ...] = ("best", "last")
 
 # Run options the trainer reads: how a run goes, not what it trains (they are not part of
 # `hyperparameters_hash`, so a checkpoint resumes under another interval). They are job run
@@ -191,6 +200,11 @@ RUN_CONTROL_OPTIONS: tuple[Option, ...] = (
         "checkpointIntervalS", float, 300.0,
         "seconds between checkpoints, written at the end of an epoch (0: every epoch)",
         "Checkpoint every (s)", ge=0, le=7 * 24 * 3600, advanced=True,
+    ),
+    Option(
+        "keep", str, "best",
+        "which epoch's network is saved: best (highest val_acc_discrete) or last",
+        "Keep", choices=KEEP_CHOICES, advanced=True,
     ),
 )  # fmt: skip
 

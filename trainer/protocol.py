@@ -266,13 +266,72 @@ class Circuit:
 
 
 @dataclass(frozen=True)
+class Result:
+    """The kept network's numbers (the job's `result`, docs/design.md "Job fields"): the
+    epoch it is from, its validation accuracy (None without a validation split) and its
+    test accuracies. On the SUMMARY line they are the pairs `kept_epoch`,
+    `val_acc_discrete`, `test_acc_discrete`, `test_acc` and `discretization_gap`."""
+
+    epoch: int
+    test_acc_discrete: float
+    test_acc: float
+    discretization_gap: float
+    val_acc_discrete: float | None = None
+
+    EPOCH_KEY: ClassVar[str] = "kept_epoch"
+    KEYS: ClassVar[tuple[str, ...]] = (
+        "kept_epoch", "val_acc_discrete", "test_acc_discrete", "test_acc", "discretization_gap",
+    )  # fmt: skip
+
+    def pairs(self) -> dict[str, Number]:
+        out: dict[str, Number] = {self.EPOCH_KEY: self.epoch}
+        if self.val_acc_discrete is not None:
+            out["val_acc_discrete"] = self.val_acc_discrete
+        out |= {
+            "test_acc_discrete": self.test_acc_discrete,
+            "test_acc": self.test_acc,
+            "discretization_gap": self.discretization_gap,
+        }
+        return out
+
+    @classmethod
+    def from_pairs(cls, values: dict[str, Number]) -> Self | None:
+        """The result in a SUMMARY's pairs; None where the trainer printed no kept epoch."""
+        epoch = values.get(cls.EPOCH_KEY)
+        needed = ("test_acc_discrete", "test_acc", "discretization_gap")
+        if not isinstance(epoch, int) or epoch < 0 or any(k not in values for k in needed):
+            return None
+        val = values.get("val_acc_discrete")
+        return cls(
+            epoch,
+            float(values["test_acc_discrete"]),
+            float(values["test_acc"]),
+            float(values["discretization_gap"]),
+            None if val is None else float(val),
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        """The job's `result` object."""
+        return {
+            "epoch": self.epoch,
+            "val_acc_discrete": self.val_acc_discrete,
+            "test_acc_discrete": self.test_acc_discrete,
+            "test_acc": self.test_acc,
+            "discretization_gap": self.discretization_gap,
+        }
+
+
+@dataclass(frozen=True)
 class Summary:
-    """`SUMMARY epochs=N key=value ... gates=G network=PATH`: the run's last line."""
+    """`SUMMARY epochs=N key=value ... gates=G network=PATH`: the run's last line. With a
+    `result` (the kept network's numbers) its pairs come first, and `values` must then
+    not repeat them."""
 
     epochs: int
     values: dict[str, Number]
     gates: int
     network: Path
+    result: Result | None = None
 
     PREFIX: ClassVar[str] = "SUMMARY "
     _LINE: ClassVar[re.Pattern[str]] = re.compile(
@@ -280,7 +339,13 @@ class Summary:
     )
 
     def format(self) -> str:
-        pairs = format_pairs(self.values)
+        values = dict(self.values)
+        if self.result is not None:
+            repeated = set(values) & set(Result.KEYS)
+            if repeated:
+                raise ValueError(f"values repeat the result's keys {sorted(repeated)}")
+            values = {**self.result.pairs(), **values}
+        pairs = format_pairs(values)
         middle = f" {pairs}" if pairs else ""
         return f"SUMMARY epochs={self.epochs}{middle} gates={self.gates} network={self.network}"
 
@@ -289,7 +354,11 @@ class Summary:
         match = cls._LINE.match(_strip(line))
         if match is None:
             return None
-        return cls(int(match[1]), parse_pairs(match[2]), int(match[3]), Path(match[4]))
+        values = parse_pairs(match[2])
+        result = Result.from_pairs(values)
+        if result is not None:
+            values = {k: v for k, v in values.items() if k not in Result.KEYS}
+        return cls(int(match[1]), values, int(match[3]), Path(match[4]), result)
 
 
 Record = Epoch | Checkpoint | Resumed | Circuit | Summary

@@ -29,7 +29,7 @@ from service.api.connections import (
     raise_descriptor_limit,
     throttle_accept_errors,
 )
-from service.api.errors import MAX_BODY_BYTES, error_middleware
+from service.api.errors import MAX_BODY_BYTES, OpenApiRefused, error_middleware
 from service.api.keys import (
     METRICS,
     OPENAPI_BODY,
@@ -61,10 +61,6 @@ MAX_FIELD_BYTES = 8190
 # aiohttp reads (and drops) an unread request body for up to this long before it closes
 # the connection (its default); never longer than the body timeout.
 LINGERING_S = 10.0
-
-
-class OpenApiRefused(RuntimeError):
-    """An API without tokens would listen beyond loopback; the message says what to do."""
 
 
 def refuse_open(settings: Settings, host: str, *, insecure_open: bool) -> None:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from service.api.errors import ApiError, validation_error
+from service.api.errors import ApiError, DuplicateKey, validation_error
 from service.jobs.request import field_errors
 
 M = TypeVar("M", bound=BaseModel)
@@ -65,12 +65,6 @@ def parse_body(model: type[M], body: bytes) -> M:
         return model.model_validate(data)
     except ValidationError as exc:
         raise body_error(exc) from None
-
-
-class DuplicateKey(ValueError):
-    def __init__(self, key: str) -> None:
-        super().__init__(key)
-        self.key = key[:100]
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

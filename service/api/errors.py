@@ -45,7 +45,7 @@ STATUS_CODES: dict[int, str] = {
 
 
 class ApiError(Exception):
-    """Raised by handlers (and helpers like `check_token`) to answer with an error."""
+    """Raised by handlers (and helpers like `auth.require_owner`) to answer with an error."""
 
     def __init__(
         self,
@@ -200,6 +200,32 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(
             500, "internal_error", f"internal server error; request id {rid}".strip()
         )
+
+
+class SubscriptionDropped(Exception):
+    """The subscriber fell too far behind; `reason` says by how much."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class OpenApiRefused(RuntimeError):
+    """An API without tokens would listen beyond loopback; the message says what to do."""
+
+
+class Revoked(Exception):
+    """The socket's token or session is gone (or no longer may read)."""
+
+
+class Unsatisfiable(Exception):
+    """The range asks for no byte of the file (416)."""
+
+
+class DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key[:100]
 
 
 class BodyTooLarge(Exception):

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 from bson import ObjectId
 
+from service.api.errors import SubscriptionDropped
 from service.cancellation import cancel_and_wait
 from service.jobs.record import Job, JobRecord
 from service.mongo.changestream import MemoryTokens, ResumableChangeStream
@@ -105,14 +106,6 @@ def lines_message(seq: int, stream: str, lines: list[str]) -> str:
         separators=(",", ":"),
         ensure_ascii=False,
     )
-
-
-class SubscriptionDropped(Exception):
-    """The subscriber fell too far behind; `reason` says by how much."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(eq=False)  # compared and hashed by identity: subscribers live in sets

@@ -1,6 +1,6 @@
 """Typed keys for the objects the whole application shares.
 
-Route modules (and the WebSocket module that comes later) read what they need from the app
+Route modules (the WebSocket module among them) read what they need from the app
 through these keys instead of importing globals, so many apps can live in one process (the
 tests build one per test) without sharing state.
 """

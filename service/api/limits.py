@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-MAX_LIST_LIMIT = 200  # GET /jobs?limit=
+# GET /jobs?limit=: enforced by the store, where the query is made.
+from service.store.jobs import MAX_LIST_LIMIT as MAX_LIST_LIMIT
+
 DEFAULT_LIST_LIMIT = 50
 MAX_LOG_LIMIT = 10_000  # GET /jobs/{id}/logs?limit= (lines)
 DEFAULT_LOG_LIMIT = 1_000

@@ -7,13 +7,11 @@ from __future__ import annotations
 
 import re
 
+from service.api.errors import Unsatisfiable
+
 # Twenty digits is past any file's length; longer is malformed (and int() of thousands of
 # digits would cost time).
 _RANGE = re.compile(r"bytes=(\d{0,20})-(\d{0,20})")
-
-
-class Unsatisfiable(Exception):
-    """The range asks for no byte of the file (416)."""
 
 
 def requested_range(header: str | None, length: int) -> tuple[int, int] | None:

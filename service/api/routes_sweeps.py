@@ -65,7 +65,8 @@ _EXAMPLE = {
              "groupSumTau": 30, "residualLayers": 0, "epochs": 5},
     "grid": {"gates": [1000, 4000], "gateOptimizer": ["softmax", "entmax"]},
     "maxParallel": 2,
-    "metric": "test_acc_discrete",
+    "metric": "val_acc_discrete",
+    "seeds": 3,
 }  # fmt: skip
 
 
@@ -147,7 +148,7 @@ async def submit_sweep(request: web.Request) -> web.Response:
         ) from None
     sweep = made.sweep
     if made.jobs is not None:  # what was just stored: no need to read it back
-        body = shown(sweep, stats_of(made.jobs, sweep.metric), made.jobs)
+        body = shown(sweep, stats_of(made.jobs), detail=True)
     else:
         body = await sweep_detail(store, sweep)
     return json_response(
@@ -242,7 +243,8 @@ ROUTES: tuple[Route, ...] = (
         role=Role.SUBMIT,
         description=(
             "`grid` (every combination of its values) crossed with `runs` (explicit "
-            "overrides), plus `random.n` samples from `random.space`; each on top of `base`. "
+            "overrides), plus `random.n` samples from `random.space`; each on top of `base`, "
+            "run `seeds` times (seed 0..seeds-1). "
             "Every combination is validated before anything is stored: a bad one is a 422 "
             "naming its index, values and field (`error.combination`), and no job is made. "
             "With an `Idempotency-Key` header, retries return the same sweep."

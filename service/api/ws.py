@@ -36,7 +36,7 @@ from bson import ObjectId
 from pydantic import Field
 
 from service.api.auth import AUTH, principal_of
-from service.api.errors import ApiError
+from service.api.errors import ApiError, Revoked
 from service.api.fanout import (
     Fanout,
     JobChange,
@@ -156,10 +156,6 @@ class Live:
 
 
 LIVE: web.AppKey[Live] = web.AppKey("live", Live)
-
-
-class Revoked(Exception):
-    """The socket's token or session is gone (or no longer may read)."""
 
 
 class Connection:

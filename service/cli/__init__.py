@@ -13,7 +13,8 @@ import argparse
 import dataclasses
 import sys
 
-from service.config import ConfigError, Settings
+from service.config import Settings
+from service.errors import ConfigError
 from service.logconfig import configure_logging
 
 

@@ -29,7 +29,10 @@ STATUS_STYLE: dict[str, str] = {
     Status.CANCELLED: "magenta",
 }
 # Metrics shown first (when present) in progress lines and tables.
-METRIC_ORDER = ("train_loss", "train_acc", "test_acc", "test_acc_discrete", "epoch_s")
+METRIC_ORDER = (
+    "train_loss", "train_acc", "val_acc", "val_acc_discrete", "test_acc", "test_acc_discrete",
+    "epoch_s",
+)  # fmt: skip
 
 Command = Callable[[argparse.Namespace, Settings], int]
 
@@ -100,3 +103,23 @@ def num(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def duration(seconds: float | None) -> str:
+    """`45s`, `3m05s`, `2h07m`: an ETA as people read it ("" when unknown)."""
+    if seconds is None:
+        return ""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def warning_lines(item: dict[str, Any]) -> list[str]:
+    """A job's (or sweep's) warnings, one printable line each, in yellow."""
+    return [
+        f"[yellow]warning ({escape(str(w.get('code')))}): {escape(str(w.get('message')))}[/]"
+        for w in item.get("warnings") or []
+    ]

@@ -22,7 +22,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 
 from service.cli.common import (
     EXIT_JOB_FAILED,
@@ -32,9 +32,11 @@ from service.cli.common import (
     STATUS_STYLE,
     api_parent,
     client_command,
+    duration,
     escape,
     num,
     status_markup,
+    warning_lines,
 )
 from service.cli.terminal import markup_safe, printable
 from service.client import (
@@ -125,6 +127,32 @@ def _metrics_text(metrics: dict[str, Any] | None) -> str:
     return "  ".join(f"{k}={num(metrics[k])}" for k in keys)
 
 
+def result_text(result: dict[str, Any]) -> str:
+    """The kept network's numbers (docs/trainer.md, "Validation and the kept network")."""
+    val = result.get("val_acc_discrete")
+    return (
+        f"kept epoch {result.get('epoch')}: "
+        + (f"val_acc_discrete={num(val)}  " if val is not None else "")
+        + f"test_acc_discrete={num(result.get('test_acc_discrete'))}  "
+        f"test_acc={num(result.get('test_acc'))}  "
+        f"discretization_gap={num(result.get('discretization_gap'))}"
+    )
+
+
+def _headline(job: Job) -> str:
+    """What the bar shows of a run's accuracy: the validation one where there is one."""
+    metrics = job.get("latestMetrics") or {}
+    for key, label in (("val_acc_discrete", "val"), ("test_acc_discrete", "test")):
+        if isinstance(metrics.get(key), int | float):
+            return f"{label} {metrics[key]:.4f}"
+    return ""
+
+
+def _eta(job: Job) -> str:
+    eta = job.get("etaS") if job.get("status") == Status.RUNNING else None
+    return f"eta {duration(eta)}" if eta is not None else ""
+
+
 def _epochs(job: Job) -> tuple[int, int]:
     metrics = job.get("latestMetrics") or {}
     total = metrics.get("epochs") or (job.get("hyperparameters") or {}).get("epochs") or 1
@@ -149,8 +177,12 @@ async def cmd_submit(args: argparse.Namespace, settings: Settings, client: GateQ
     if final.get("exitCode") is not None:
         line += f" (exit {final['exitCode']})"
     out.print(line)
-    if final.get("latestMetrics"):
+    if final.get("result"):
+        out.print("  " + result_text(final["result"]))
+    elif final.get("latestMetrics"):
         out.print("  " + _metrics_text(final["latestMetrics"]))
+    for warning in warning_lines(final):
+        out.print("  " + warning)
     if final.get("error"):
         out.print(f"  error: {escape(str(final['error']))}")
     return EXIT_OK if status == Status.SUCCEEDED else EXIT_JOB_FAILED
@@ -161,18 +193,24 @@ def _page_url(api: str, job_id: str) -> str:
 
 
 async def follow_progress(client: GateQueueClient, job: Job) -> Job:
-    """A progress bar over epochs, fed by /ws/jobs pushes (no polling); the final job."""
+    """A progress bar over epochs, fed by /ws/jobs pushes (no polling); the final job.
+
+    One short line, so the bar stays visible at 80 columns: status, bar, epoch, percent,
+    elapsed, ETA and the headline accuracy (the metrics in full are in `gatequeue show`)."""
     done, total = _epochs(job)
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     if not console.is_terminal:
         return await _follow_plain(client, job, console)
     with Progress(
         TextColumn("{task.fields[status]}"),
-        BarColumn(),
+        BarColumn(bar_width=20),
         TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
         TaskProgressColumn(),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[metrics]}"),
+        TextColumn("{task.fields[eta]}"),
+        TextColumn(
+            "{task.fields[metrics]}", table_column=Column(no_wrap=True, overflow="ellipsis")
+        ),
         console=console,
         transient=False,
     ) as progress:
@@ -181,6 +219,7 @@ async def follow_progress(client: GateQueueClient, job: Job) -> Job:
             total=total,
             completed=done,
             status=status_markup(job.get("status")),
+            eta=_eta(job),
             metrics="",
         )
         final = job
@@ -192,7 +231,8 @@ async def follow_progress(client: GateQueueClient, job: Job) -> Job:
                 total=total,
                 completed=done,
                 status=status_markup(update.get("status")),
-                metrics=escape(_metrics_text(update.get("latestMetrics"))),
+                eta=_eta(update),
+                metrics=_headline(update),
             )
     return final
 
@@ -207,7 +247,9 @@ async def _follow_plain(client: GateQueueClient, job: Job, console: Console) -> 
         if key != shown:
             shown = key
             metrics = escape(_metrics_text(update.get("latestMetrics")))
-            console.print(f"{update.get('status')}  epoch {done}/{total}  {metrics}".rstrip())
+            eta = _eta(update)
+            eta = f"{eta}  " if eta else ""
+            console.print(f"{update.get('status')}  epoch {done}/{total}  {eta}{metrics}".rstrip())
     return final
 
 
@@ -234,7 +276,7 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
         return EXIT_OK
     table = Table(box=None, pad_edge=False, header_style="bold")
     # The headline is the discrete network's accuracy: that network is what a run saves.
-    for col in ("ID", "STATUS", "NAME", "BY", "OPTIMIZER", "EPOCH", "ACC", "CREATED"):
+    for col in ("ID", "STATUS", "NAME", "BY", "OPTIMIZER", "EPOCH", "ACC", "ETA", "CREATED"):
         if col == "NAME":
             table.add_column(col, overflow="ellipsis", max_width=40)
         else:
@@ -242,7 +284,8 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
     for job in jobs:
         done, total = _epochs(job)
         metrics = job.get("latestMetrics") or {}
-        acc = metrics.get("test_acc_discrete")
+        acc = (job.get("result") or metrics).get("test_acc_discrete")
+        mark = " [yellow]![/]" if job.get("warnings") else ""
         table.add_row(
             job["id"],
             status_markup(job.get("status")),
@@ -250,13 +293,17 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
             markup_safe(job.get("submittedBy") or ""),
             (job.get("hyperparameters") or {}).get("gateOptimizer", ""),
             f"{done}/{total}",
-            f"{acc:.4f}" if isinstance(acc, int | float) else "",
+            (f"{acc:.4f}" if isinstance(acc, int | float) else "") + mark,
+            _eta(job).removeprefix("eta "),
             (job.get("createdAt") or "")[:19].replace("T", " "),
         )
     console.print(table)
     if jobs.next:
         console.print(f"[dim]more: gatequeue ls --limit {args.limit * 2}[/]")
-    console.print("[dim]ACC: test accuracy of the discrete network (test_acc_discrete)[/]")
+    console.print(
+        "[dim]ACC: test accuracy of the kept discrete network (test_acc_discrete); "
+        "! : the run has warnings (gatequeue show)[/]"
+    )
     return EXIT_OK
 
 
@@ -296,6 +343,12 @@ async def cmd_show(args: argparse.Namespace, settings: Settings, client: GateQue
         rows.append(("cancel", "requested"))
     if job.get("error"):
         rows.append(("error", escape(str(job["error"]))))
+    if job.get("status") == Status.RUNNING and job.get("etaS") is not None:
+        rows.append(("eta", f"{duration(job['etaS'])} (estimated)"))
+    if job.get("result"):
+        rows.append(("result", result_text(job["result"])))
+    for warning in warning_lines(job):
+        rows.append(("warning", warning))
     resumed = job.get("resumedFrom")
     if resumed:
         rows.append(("resumed from", f"epoch {resumed['epoch']} (checkpoint of attempt "

@@ -12,7 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.config import DEFAULT_API_PORT, DEFAULT_DATA_DIR, ConfigError, Settings
+from service.cli.errors import PortInUse
+from service.config import DEFAULT_API_PORT, DEFAULT_DATA_DIR, Settings
+from service.errors import ConfigError
 from service.runloop import run_until_signal
 
 STATE_DIR = Path(".gatequeue")
@@ -20,16 +22,6 @@ INSECURE_OPEN_HELP = (
     "serve a non-loopback address without any token (anyone who reaches it may use it)"
 )
 PORT_HELP = "the API's port (default: %(default)s); it must be free"
-
-
-class PortInUse(Exception):
-    """The API's address is taken, most often by another gatequeue: nothing is started."""
-
-    def __init__(self, host: str, port: int) -> None:
-        super().__init__(
-            f"port {port} on {host} is in use (another gatequeue?): stop that server or "
-            f"choose another port with --port (make run PORT=N)"
-        )
 
 
 def check_port_free(host: str, port: int) -> None:
@@ -114,7 +106,8 @@ def cmd_mongo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from service.api.app import OpenApiRefused, refuse_open, serve
+    from service.api.app import refuse_open, serve
+    from service.api.errors import OpenApiRefused
 
     _need_uri(settings)
     try:
@@ -145,7 +138,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from service.api.app import OpenApiRefused, refuse_open
+    from service.api.app import refuse_open
+    from service.api.errors import OpenApiRefused
     from service.mongo import discovery as mongo_discovery
     from service.mongo.embedded import EmbeddedMongoUnavailable
 

@@ -28,16 +28,20 @@ from service.cli.common import (
     EXIT_OK,
     api_parent,
     client_command,
+    duration,
     escape,
     num,
     status_markup,
+    warning_lines,
 )
+from service.cli.errors import SweepFlagError
 from service.cli.terminal import markup_safe
 from service.client import GateQueueClient, GateQueueError, Sweep
 from service.config import Settings
 from service.jobs.request import REQUEST_OPTIONS
 from service.jobs.status import Status
 from service.sweeps.record import SweepStatus
+from service.sweeps.spec import DEFAULT_METRIC, MAX_SEEDS
 from trainer.flags import add_option_flag, given
 from trainer.options import Option
 
@@ -76,8 +80,13 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     sweep.add_argument("--max-parallel", type=int, metavar="M", help="at most M Running at once")
     sweep.add_argument("--priority", type=int, help="of every job of the sweep (-100..100)")
     sweep.add_argument(
-        "--metric", default="test_acc_discrete", help="ranks the runs (default %(default)s)"
-    )
+        "--metric", default=DEFAULT_METRIC,
+        help="ranks the runs (default %(default)s; a test metric selects on the test set)",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--seeds", type=int, default=1, metavar="N",
+        help=f"runs per combination, seeds 0..N-1 (1..{MAX_SEEDS}); tables show mean ± std",
+    )  # fmt: skip
     sweep.add_argument("--name", help="a label for the sweep")
     sweep.add_argument("--idempotency-key", help="retrying with the same key returns the sweep")
     sweep.add_argument(
@@ -103,10 +112,6 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 # -- parsing the sweep flags -------------------------------------------------------------
-
-
-class SweepFlagError(ValueError):
-    """A --grid, --run or --space that cannot be read; the message says which and why."""
 
 
 def _option(name: str) -> Option:
@@ -186,6 +191,8 @@ def sweep_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST /sweeps body from the flags (raises SweepFlagError)."""
     base = given(args, (o for o in REQUEST_OPTIONS if o.name not in _SWEEP_OWN))
     body: dict[str, Any] = {"base": base, "metric": args.metric}
+    if args.seeds != 1:
+        body["seeds"] = args.seeds
     if args.grid:
         body["grid"] = parse_grid(args.grid)
     if args.run:
@@ -217,8 +224,8 @@ async def cmd_sweep(args: argparse.Namespace, settings: Settings, client: GateQu
     sweep = await client.submit_sweep(
         base=body["base"], grid=body.get("grid"), random=body.get("random"),
         runs=body.get("runs"), max_parallel=body.get("maxParallel"),
-        priority=body.get("priority"), metric=body.get("metric"), name=body.get("name"),
-        idempotency_key=args.idempotency_key,
+        priority=body.get("priority"), metric=body.get("metric"), seeds=body.get("seeds"),
+        name=body.get("name"), idempotency_key=args.idempotency_key,
     )  # fmt: skip
     if not args.wait:
         print(sweep["id"])
@@ -250,8 +257,7 @@ async def cmd_sweeps(args: argparse.Namespace, settings: Settings, client: GateQ
     if args.json:
         print(_json(sweep))
         return EXIT_OK
-    out.print(_headline(sweep))
-    out.print(runs_table(sweep))
+    _print_sweep(out, sweep)
     return EXIT_OK
 
 
@@ -265,7 +271,8 @@ async def _list(client: GateQueueClient, args: argparse.Namespace, out: Console)
         out.print("no sweeps")
         return EXIT_OK
     table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("ID", "STATUS", "NAME", "BY", "DONE", "RUNNING", "VARYING", "BEST", "CREATED"):
+    cols = ("ID", "STATUS", "NAME", "BY", "DONE", "RUNNING", "VARYING", "BEST", "ETA", "CREATED")
+    for col in cols:
         table.add_column(col, no_wrap=col != "NAME", min_width=24 if col == "ID" else None)
     for sweep in page:
         best = sweep.get("best")
@@ -274,7 +281,8 @@ async def _list(client: GateQueueClient, args: argparse.Namespace, out: Console)
             markup_safe(sweep.get("submittedBy") or ""),
             f"{sweep['total'] - sweep['remaining']}/{sweep['total']}", str(sweep["running"]),
             markup_safe(", ".join(sweep.get("varying") or [])),
-            f"{sweep['metric']}={num(best['value'])}" if best else "",
+            f"{sweep['metric']}={_mean_text(best)}" if best else "",
+            duration(sweep.get("etaS")),
             (sweep.get("createdAt") or "")[:19].replace("T", " "),
         )  # fmt: skip
     out.print(table)
@@ -291,13 +299,34 @@ def _sweep_status(sweep: Sweep) -> str:
     return f"[{style.get(sweep['status'], 'white')}]{sweep['status']}[/]"
 
 
+def _mean_text(item: dict[str, Any]) -> str:
+    """`0.9012` for one run, `0.9012±0.0031 (n=3)` for a combination of several."""
+    value = item.get("value", item.get("mean"))
+    if value is None:
+        return ""
+    n, std = item.get("n", 1), item.get("std")
+    if n > 1 and std is not None:
+        return f"{value:.4f}±{std:.4f} (n={n})"
+    return num(value)
+
+
 def _progress_text(sweep: Sweep) -> str:
     counts = sweep.get("counts") or {}
     parts = [f"{n} {s.lower()}" for s, n in counts.items() if n]
     best = sweep.get("best")
     if best:
-        parts.append(f"best {sweep['metric']}={num(best['value'])}")
+        parts.append(f"best {sweep['metric']}={_mean_text(best)}")
+    if sweep.get("etaS") is not None:
+        parts.append(f"eta {duration(sweep['etaS'])}")
     return ", ".join(parts)
+
+
+def _print_sweep(out: Console, sweep: Sweep) -> None:
+    """The headline, the sweep's warnings and its table."""
+    out.print(_headline(sweep))
+    for line in warning_lines(sweep):
+        out.print(line)
+    out.print(runs_table(sweep))
 
 
 def _headline(sweep: Sweep) -> str:
@@ -309,8 +338,16 @@ def _headline(sweep: Sweep) -> str:
     )
 
 
+def _kept_test_acc(run: dict[str, Any]) -> Any:
+    """The kept network's test accuracy (its `result`), else the latest epoch's."""
+    return (run.get("result") or run.get("latestMetrics") or {}).get("test_acc_discrete")
+
+
 def runs_table(sweep: Sweep) -> Table:
-    """Every run, best first (by the sweep's metric, its direction), then the rest."""
+    """Every run, best first (by the sweep's metric, its direction), then the rest; with
+    seeds, every combination with the mean ± std and n of its runs, best mean first."""
+    if (sweep.get("seeds") or 1) > 1:
+        return combinations_table(sweep)
     metric = sweep["metric"]
     lowest = sweep.get("goal") == "min"
     runs = list(sweep.get("jobs") or [])
@@ -326,8 +363,12 @@ def runs_table(sweep: Sweep) -> Table:
         table.add_column(option)
     table.add_column("STATUS")
     table.add_column(metric, justify="right")
-    if metric != "test_acc_discrete":
+    if metric != "test_acc_discrete":  # the kept network's, beside the metric it was kept by
         table.add_column("test_acc_discrete", justify="right")
+    results = any(run.get("result") for run in runs)
+    if results:  # the rest of the kept network's result: its epoch and discretization gap
+        table.add_column("KEPT", justify="right")
+        table.add_column("GAP", justify="right")
     circuits = any(run.get("circuit") for run in runs)
     if circuits:  # what each run compiled to (docs/circuits.md)
         table.add_column("LIVE GATES", justify="right")
@@ -340,13 +381,58 @@ def runs_table(sweep: Sweep) -> Table:
         cells.append(status_markup(run.get("status")))
         cells.append(num(run["value"]) if run.get("value") is not None else "")
         if metric != "test_acc_discrete":
-            acc = (run.get("latestMetrics") or {}).get("test_acc_discrete")
+            acc = _kept_test_acc(run)
             cells.append(num(acc) if acc is not None else "")
+        if results:
+            result = run.get("result") or {}
+            cells.append(str(result["epoch"]) if result else "")
+            cells.append(num(result["discretization_gap"]) if result else "")
         if circuits:
             circuit = run.get("circuit") or {}
             cells.append(f"{circuit['gatesLive']:,}" if circuit else "")
             cells.append(f"{circuit['imagesPerS']:,.0f}" if circuit else "")
-        cells.append(run["id"] + ("  [bold green]best[/]" if run["id"] == best_id else ""))
+        marks = "  [bold green]best[/]" if run["id"] == best_id else ""
+        if run.get("warnings"):
+            codes = ",".join(str(w.get("code")) for w in run["warnings"])
+            marks += f"  [yellow]! {escape(codes)}[/]"
+        cells.append(run["id"] + marks)
+        table.add_row(*cells)
+    return table
+
+
+def combinations_table(sweep: Sweep) -> Table:
+    """One row per combination: mean ± std and n of the metric over its seeds, the mean
+    kept test accuracy, runs done, runs with warnings; best mean first."""
+    metric = sweep["metric"]
+    lowest = sweep.get("goal") == "min"
+    groups = list(sweep.get("combinations") or [])
+    scored = sorted(
+        (g for g in groups if g.get("mean") is not None),
+        key=lambda g: g["mean"] if lowest else -g["mean"],
+    )
+    groups = scored + [g for g in groups if g.get("mean") is None]
+    best = (sweep.get("best") or {}).get("combination")
+    options = [o for o in sweep.get("varying") or [] if o != "seed"]
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("#", justify="right")
+    for option in options:
+        table.add_column(option)
+    table.add_column(f"{metric} (mean±std)", justify="right")
+    table.add_column("N", justify="right")
+    if metric != "test_acc_discrete":
+        table.add_column("test_acc_discrete", justify="right")
+    table.add_column("WARN", justify="right")
+    for group in groups:
+        cells = [str(group["index"])]
+        cells += [markup_safe(num((group.get("options") or {}).get(o))) for o in options]
+        mean, std = group.get("mean"), group.get("std")
+        text = "" if mean is None else f"{mean:.4f}" + (f"±{std:.4f}" if std is not None else "")
+        cells.append(text + ("  [bold green]best[/]" if group["index"] == best else ""))
+        cells.append(f"{group.get('n', 0)}/{len(group.get('jobs') or [])}")
+        if metric != "test_acc_discrete":
+            acc = group.get("testAccDiscrete")
+            cells.append(f"{acc:.4f}" if acc is not None else "")
+        cells.append(f"[yellow]{group['warnings']}[/]" if group.get("warnings") else "")
         table.add_row(*cells)
     return table
 
@@ -383,7 +469,6 @@ async def _follow_to_end(client: GateQueueClient, sweep: Sweep, out: Console) ->
                 shown = text
                 done = update["total"] - update["remaining"]
                 err.print(f"{done}/{update['total']} done: {escape(text)}")
-    out.print(_headline(final))
-    out.print(runs_table(final))
+    _print_sweep(out, final)
     succeeded = (final.get("counts") or {}).get(Status.SUCCEEDED.value, 0)
     return EXIT_OK if succeeded == final["total"] else EXIT_JOB_FAILED

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from service import tokens
 from service.config import Settings
-from service.tokens import Role, TokenFileError
+from service.errors import TokenFileError
+from service.tokens import Role
 
 
 def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

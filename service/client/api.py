@@ -501,18 +501,21 @@ class GateQueueClient:
         max_parallel: int | None = None,
         priority: int | None = None,
         metric: str | None = None,
+        seeds: int | None = None,
         name: str | None = None,
         idempotency_key: str | None = None,
     ) -> Sweep:
         """Many jobs in one request (docs/sweeps.md): `grid` (every combination) crossed with
         `runs` (explicit overrides), plus `random` (`{"n", "seed", "space"}`), each on top of
-        `base`. All or nothing: a value no option accepts is a GateQueueError 422 whose
-        `fields` say where it is (`grid.seed.1`), a combination that is no valid job one whose
-        `body["error"]["combination"]` names it, and no job is made."""
+        `base`, `seeds` times each (seed 0..seeds-1). All or nothing: a value no option accepts
+        is a GateQueueError 422 whose `fields` say where it is (`grid.seed.1`), a combination
+        that is no valid job one whose `body["error"]["combination"]` names it, and no job is
+        made."""
         body: dict[str, Any] = {"base": dict(base)}
         for key, value in (
             ("name", name), ("grid", grid), ("random", random), ("runs", runs),
             ("maxParallel", max_parallel), ("priority", priority), ("metric", metric),
+            ("seeds", seeds),
         ):  # fmt: skip
             if value is not None:
                 body[key] = value

@@ -21,7 +21,6 @@ BATCH_ITEMS = frozenset({"activations", "backward_buffers", "batch_inputs", "dat
 MODEL_ITEMS = frozenset(
     {"parameters", "gradients", "adam_state", "connections", "gate_probabilities"}
 )
-DEVICES = ("cpu", "cuda")
 
 
 def estimate(

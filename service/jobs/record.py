@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, Literal, Self
 
 from bson import ObjectId
 from pydantic import (
@@ -161,6 +161,27 @@ class Circuit(Record):
     gateHistogram: dict[str, int] = Field(description="{gate name: count}, 16 gate kinds.")
 
 
+class Result(Record):
+    """The kept network's numbers (the SUMMARY's, trainer.protocol.Result): what the job's
+    headline, its network.json and its circuit are (docs/trainer.md, "Validation and the
+    kept network")."""
+
+    epoch: int = Field(ge=0, description="The epoch whose network was kept.")
+    val_acc_discrete: float | None = Field(
+        None, description="Its discrete validation accuracy (null: no validation split)."
+    )
+    test_acc_discrete: float = Field(description="Its discrete test accuracy.")
+    test_acc: float = Field(description="Its relaxed test accuracy.")
+    discretization_gap: float = Field(description="test_acc - test_acc_discrete.")
+
+
+class JobWarning(Record):
+    """Something a researcher must know about a Succeeded run (service.jobs.warnings)."""
+
+    code: str = Field(description="`discretization_gap` or `collapsed`.")
+    message: str
+
+
 class JobRecord(Record):
     """The fields every job has; `Job` adds the run options."""
 
@@ -220,6 +241,16 @@ class JobRecord(Record):
     circuit: Circuit | None = Field(
         None, description="The circuit a Succeeded run compiled to (docs/circuits.md)."
     )
+    result: Result | None = Field(
+        None, description="A Succeeded run's kept network: epoch, val and test accuracies."
+    )
+    warnings: list[JobWarning] = Field(
+        default_factory=list,
+        description="A Succeeded run's warnings (`discretization_gap`, `collapsed`).",
+    )
+    etaS: float | None = Field(
+        None, ge=0, description="A Running job's estimated seconds to finish (null otherwise)."
+    )
     queuePosition: int | None = Field(
         None,
         ge=0,
@@ -267,6 +298,7 @@ class Job(JobRecord):
     maxAttempts: int = _run_option("maxAttempts")
     priority: int = _run_option("priority")
     checkpointIntervalS: float = _run_option("checkpointIntervalS")
+    keep: Literal["best", "last"] = _run_option("keep")
 
 
 def new_job(

@@ -45,13 +45,15 @@ from service.store.errors import IdempotencyKeyReused
 from service.store.inserter import JobInserter
 from service.store.outcome import outcome_unknown
 
-MAX_LIST_LIMIT = 500
 # The claim order of docs/design.md: highest priority first, then the oldest.
 CLAIM_ORDER: builtins.list[tuple[str, int]] = [("priority", DESCENDING), ("_id", ASCENDING)]
 # Jobs of a sweep still being inserted carry `held: true` (server-only, like
 # `idempotencyKey`): no worker may see them until the whole sweep is stored.
 NOT_HELD: dict[str, Any] = {"held": {"$exists": False}}
 SWEEP_BATCH = 500  # jobs per insert_many of a sweep
+# A page of jobs at most (GET /jobs?limit=): one definition, enforced where the query is
+# made; service.api.limits declares it to the API.
+MAX_LIST_LIMIT = 200
 
 
 def parse_job_id(job_id: str | ObjectId) -> ObjectId | None:
@@ -333,45 +335,10 @@ class JobStore:
         cursor = self.collection.find(
             {"sweepId": sweep_id},
             {"status": 1, "name": 1, "sweepIndex": 1, "hyperparameters": 1, "latestMetrics": 1,
-             "startedAt": 1, "finishedAt": 1, "circuit": 1, **{o: 1 for o in RUN_NAMES}},
+             "startedAt": 1, "finishedAt": 1, "circuit": 1, "result": 1, "warnings": 1,
+             "etaS": 1, **{o: 1 for o in RUN_NAMES}},
         ).sort("sweepIndex", ASCENDING)  # fmt: skip
         return await cursor.to_list(length=None)
-
-    async def sweep_counts(
-        self, sweep_ids: builtins.list[ObjectId]
-    ) -> dict[ObjectId, tuple[dict[str, int], Any]]:
-        """Per sweep: jobs per status and the last finish time."""
-        out: dict[ObjectId, tuple[dict[str, int], Any]] = {}
-        cursor = await self.collection.aggregate(
-            [
-                {"$match": {"sweepId": {"$in": sweep_ids}}},
-                {"$group": {"_id": {"sweep": "$sweepId", "status": "$status"},
-                            "n": {"$sum": 1}, "last": {"$max": "$finishedAt"}}},
-            ]
-        )  # fmt: skip
-        async for row in cursor:
-            sweep = row["_id"]["sweep"]
-            counts, last = out.get(sweep, ({s.value: 0 for s in Status}, None))
-            counts[row["_id"]["status"]] = row["n"]
-            if row["last"] is not None and (last is None or row["last"] > last):
-                last = row["last"]
-            out[sweep] = (counts, last)
-        return out
-
-    async def sweep_best(
-        self, sweep_id: ObjectId, metric: str, *, lowest: bool
-    ) -> dict[str, Any] | None:
-        """The job of the sweep with the best value of `metric` so far."""
-        field = f"latestMetrics.{metric}"
-        projection = {"hyperparameters": 1, "latestMetrics": 1, "status": 1}
-        projection |= {o: 1 for o in RUN_NAMES}
-        cursor = (
-            self.collection.find({"sweepId": sweep_id, field: {"$type": "number"}}, projection)
-            .sort([(field, ASCENDING if lowest else DESCENDING), ("_id", ASCENDING)])
-            .limit(1)
-        )
-        rows = await cursor.to_list(length=1)
-        return rows[0] if rows else None
 
     async def cancel_sweep(self, sweep_id: ObjectId) -> tuple[int, int]:
         """Every Pending job of the sweep Cancelled, every Running one flagged for its
@@ -482,6 +449,7 @@ class JobStore:
                         "attemptId": attempt_id,
                         "exitCode": None,
                         "error": None,
+                        "etaS": None,
                     },
                     now=("startedAt", "updatedAt"),
                     lease_s=lease_s,
@@ -533,6 +501,7 @@ class JobStore:
                     "leaseExpiresAt": None,
                     "exitCode": exit_code,
                     "error": error,
+                    "etaS": None,
                     **(extra or {}),
                 },
                 now=("finishedAt", "updatedAt"),
@@ -548,7 +517,7 @@ class JobStore:
             self._mine(job),
             _pipeline(
                 {"status": Status.PENDING.value, "worker": None, "leaseExpiresAt": None,
-                 "error": reason},
+                 "error": reason, "etaS": None},
                 now=("updatedAt",),
                 add={"version": 1, "attempt": -1},
             ),
@@ -654,7 +623,7 @@ class JobStore:
             done = await self.collection.find_one_and_update(
                 self._cas(job),
                 {
-                    "$set": {**update, "error": error, "leaseExpiresAt": None},
+                    "$set": {**update, "error": error, "leaseExpiresAt": None, "etaS": None},
                     "$currentDate": {"updatedAt": True, **({"finishedAt": True} if final else {})},
                     "$inc": {"version": 1},
                 },
@@ -721,10 +690,14 @@ class JobStore:
         )
         return result.matched_count == 1
 
-    async def set_latest_metrics(self, job: JobRecord, metrics: dict[str, Any]) -> bool:
-        """Guarded by the attempt id, so an attempt that lost the job writes nothing more."""
+    async def set_latest_metrics(
+        self, job: JobRecord, metrics: dict[str, Any], *, eta_s: float | None = None
+    ) -> bool:
+        """Guarded by the attempt id, so an attempt that lost the job writes nothing more.
+        `eta_s`: the run's estimated seconds to finish (service.jobs.eta), stored with them."""
         result = await self.collection.update_one(
             self._mine(job),
-            {"$set": {"latestMetrics": metrics}, "$currentDate": {"updatedAt": True}},
-        )
+            {"$set": {"latestMetrics": metrics, "etaS": eta_s},
+             "$currentDate": {"updatedAt": True}},
+        )  # fmt: skip
         return result.matched_count == 1

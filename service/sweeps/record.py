@@ -8,6 +8,7 @@ every time, so it cannot disagree with them.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -16,7 +17,8 @@ from typing import Any, Literal
 from bson import ObjectId
 from pydantic import AliasChoices, Field
 
-from service.jobs.record import Circuit, Id, Record, Time, utcnow
+from service.jobs.eta import sweep_eta_s
+from service.jobs.record import Circuit, Id, JobWarning, Record, Result, Time, utcnow
 from service.jobs.status import Status
 from service.sweeps.spec import SweepPlan
 
@@ -50,6 +52,7 @@ class SweepRecord(Record):
     maxParallel: int | None = None
     priority: int = 0
     metric: str
+    seeds: int = Field(1, ge=1, description="Runs per combination (docs/sweeps.md).")
     total: int = Field(ge=0, description="Jobs in the sweep.")
     varying: list[str] = Field(description="The options whose value differs between runs.")
     submittedBy: str | None = None
@@ -85,6 +88,7 @@ def new_sweep(
         maxParallel=spec.maxParallel,
         priority=sweep_plan.priority,
         metric=spec.metric,
+        seeds=spec.seeds,
         total=len(sweep_plan.runs),
         varying=sweep_plan.varying,
         submittedBy=submitted_by,
@@ -98,13 +102,56 @@ def lower_is_better(metric: str) -> bool:
     return metric.endswith("loss")
 
 
+TEST_SELECTION = "test_selection"
+
+
+def metric_warnings(metric: str) -> list[dict[str, str]]:
+    """A sweep that ranks by a test metric tunes its choice to the test set: allowed, said."""
+    if not metric.startswith("test_"):
+        return []
+    return [
+        {
+            "code": TEST_SELECTION,
+            "message": f"the sweep selects by {metric}, a test-set metric: the best run's "
+            "test accuracy is then biased upwards (select by val_acc_discrete and read the "
+            "test accuracy of the run it picks)",
+        }
+    ]
+
+
 # -- what the API shows ------------------------------------------------------------------
 
 
 class Best(Record):
-    id: Id = Field(description="The best job's id.")
-    value: float = Field(description="Its metric.")
-    options: dict[str, Any] = Field(description="Its values of the varying options.")
+    id: Id = Field(description="The best combination's best job's id.")
+    value: float = Field(description="The best combination's mean of the metric.")
+    options: dict[str, Any] = Field(
+        description="Its values of the varying options (without `seed` when seeds > 1)."
+    )
+    std: float | None = Field(None, description="Standard deviation over its runs (n > 1).")
+    n: int = Field(1, ge=1, description="Its runs with a value of the metric.")
+    combination: int = Field(0, ge=0, description="Its index among the combinations.")
+
+
+class SweepWarning(Record):
+    code: str = Field(description="`test_selection`: the metric is a test-set metric.")
+    message: str
+
+
+class Combination(Record):
+    """One combination of a sweep over its seeds: the mean, standard deviation and n of the
+    metric over its runs that have a value, and of the kept networks' test accuracy."""
+
+    index: int = Field(ge=0, description="Its index among the combinations.")
+    options: dict[str, Any] = Field(description="Its values of the varying options but seed.")
+    jobs: list[Id] = Field(description="Its runs, in seed order.")
+    n: int = Field(ge=0, description="Runs with a value of the metric.")
+    mean: float | None = Field(description="Mean of the metric over those runs.")
+    std: float | None = Field(description="Sample standard deviation (n - 1), null for n < 2.")
+    testAccDiscrete: float | None = Field(
+        description="Mean test_acc_discrete of its runs' kept networks (`result`)."
+    )
+    warnings: int = Field(ge=0, description="Runs with warnings.")
 
 
 class SweepRun(Record):
@@ -113,8 +160,15 @@ class SweepRun(Record):
     name: str | None = None
     status: Status
     options: dict[str, Any] = Field(description="Its values of the varying options.")
-    value: float | None = Field(description="Its latest value of the sweep's metric.")
+    combination: int = Field(0, ge=0, description="Its combination's index (index // seeds).")
+    value: float | None = Field(
+        description="Its value of the sweep's metric: its kept network's once it has a "
+        "`result` with it, else its latest epoch's."
+    )
     latestMetrics: dict[str, Any] | None = None
+    result: Result | None = None
+    warnings: list[JobWarning] = Field(default_factory=list)
+    etaS: float | None = None
     startedAt: Time | None = None
     finishedAt: Time | None = None
     circuit: Circuit | None = Field(
@@ -135,12 +189,21 @@ class Sweep(Record):
     priority: int
     metric: str
     goal: Literal["max", "min"] = Field(description="`min` for a metric named `*loss`.")
+    seeds: int = Field(description="Runs per combination.")
+    warnings: list[SweepWarning] = Field(
+        description="About the sweep itself: `test_selection` when its metric is a test one."
+    )
+    etaS: float | None = Field(
+        description="Estimated seconds until its last run ends (null: not known yet)."
+    )
     total: int
     varying: list[str]
     counts: dict[str, int] = Field(description="Jobs per status.")
     remaining: int = Field(description="Jobs still to finish (Pending or Running).")
     running: int = Field(description="Jobs Running now.")
-    best: Best | None = Field(description="The job with the best metric so far.")
+    best: Best | None = Field(
+        description="The combination with the best mean of the metric so far, and its best run."
+    )
     base: dict[str, Any]
     grid: dict[str, list[Any]]
     random: dict[str, Any] | None
@@ -149,6 +212,9 @@ class Sweep(Record):
 
 class SweepDetail(Sweep):
     jobs: list[SweepRun] = Field(description="Every run, in combination order.")
+    combinations: list[Combination] = Field(
+        description="Every combination with its runs' mean, std and n, in order."
+    )
 
 
 class SweepList(Record):
@@ -169,36 +235,104 @@ def run_options(doc: dict[str, Any], varying: list[str]) -> dict[str, Any]:
 
 
 def metric_value(doc: dict[str, Any], metric: str) -> float | None:
+    """A run's value of `metric`: its kept network's once its `result` has it (a finished
+    run), else its latest epoch's."""
+    kept = (doc.get("result") or {}).get(metric)
+    if isinstance(kept, int | float) and not isinstance(kept, bool):
+        return float(kept)
     value = (doc.get("latestMetrics") or {}).get(metric)
     return float(value) if isinstance(value, int | float) else None
 
 
 @dataclass
 class SweepStats:
-    """What a sweep's jobs say about it: from all its rows (one sweep) or from an
-    aggregation (a page of sweeps)."""
+    """What a sweep's jobs say about it, read from their documents (`JobStore.sweep_rows`)."""
 
     counts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Status})
-    best: dict[str, Any] | None = None  # the best job's document (with latestMetrics)
     last_finish: datetime | None = None
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, doc: dict[str, Any], metric: str) -> None:
+    def add(self, doc: dict[str, Any]) -> None:
         self.counts[doc["status"]] = self.counts.get(doc["status"], 0) + 1
-        value = metric_value(doc, metric)
-        if value is not None:
-            best = None if self.best is None else metric_value(self.best, metric)
-            if best is None or (value < best if lower_is_better(metric) else value > best):
-                self.best = doc
         finished = doc.get("finishedAt")
         if finished is not None and (self.last_finish is None or finished > self.last_finish):
             self.last_finish = finished
+        self.rows.append(doc)
 
 
-def summarize(
-    sweep: SweepRecord, stats: SweepStats, rows: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
-    """The API's JSON of a sweep; with `rows` (its jobs' documents as
-    `JobStore.sweep_rows` projects them) the detail view, with every run."""
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def combinations(sweep: SweepRecord, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs grouped by combination (runs i*seeds .. i*seeds+seeds-1), with the mean,
+    standard deviation and n of the metric, in order."""
+    options = [k for k in sweep.varying if not (sweep.seeds > 1 and k == "seed")]
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for doc in sorted(rows, key=lambda d: d.get("sweepIndex", 0)):
+        groups.setdefault(doc.get("sweepIndex", 0) // sweep.seeds, []).append(doc)
+    out = []
+    for index, docs in groups.items():
+        values = [v for d in docs if (v := metric_value(d, sweep.metric)) is not None]
+        tests = [v for d in docs if (v := metric_value(d, "test_acc_discrete")) is not None]
+        mean, std = _mean_std(values)
+        out.append(
+            {
+                "index": index,
+                "options": run_options(docs[0], options),
+                "jobs": [d["_id"] for d in docs],
+                "n": len(values),
+                "mean": mean,
+                "std": std,
+                "testAccDiscrete": _mean_std(tests)[0],
+                "warnings": sum(1 for d in docs if d.get("warnings")),
+            }
+        )
+    return out
+
+
+def best_of(
+    sweep: SweepRecord, groups: list[dict[str, Any]], rows: list[dict[str, Any]]
+) -> dict[str, Any] | None:
+    """The combination with the best mean (the first of equal ones), with its best run."""
+    lowest = lower_is_better(sweep.metric)
+    ranked = [g for g in groups if g["mean"] is not None]
+    if not ranked:
+        return None
+    best = min(ranked, key=lambda g: g["mean"]) if lowest else max(ranked, key=lambda g: g["mean"])
+    by_id = {d["_id"]: d for d in rows}
+    valued = [(metric_value(by_id[j], sweep.metric), j) for j in best["jobs"]]
+    runs = [(v, j) for v, j in valued if v is not None]
+    top = (min if lowest else max)(runs, key=lambda vj: vj[0])[1]
+    return {
+        "id": top,
+        "value": best["mean"],
+        "options": best["options"],
+        "std": best["std"],
+        "n": best["n"],
+        "combination": best["index"],
+    }
+
+
+def sweep_eta(sweep: SweepRecord, stats: SweepStats) -> float | None:
+    """Its runs' own estimates, then the runs not started in waves of its parallelism."""
+    running = [d for d in stats.rows if d["status"] == Status.RUNNING.value]
+    took = [
+        (d["finishedAt"] - d["startedAt"]).total_seconds()
+        for d in stats.rows
+        if d["status"] == Status.SUCCEEDED.value and d.get("startedAt") and d.get("finishedAt")
+    ]
+    parallel = sweep.maxParallel or max(1, len(running))
+    return sweep_eta_s(
+        [d.get("etaS") for d in running], stats.counts[Status.PENDING.value], took, parallel
+    )
+
+
+def summarize(sweep: SweepRecord, stats: SweepStats, *, detail: bool = False) -> dict[str, Any]:
+    """The API's JSON of a sweep from its jobs' documents (as `JobStore.sweep_rows`
+    projects them); with `detail` the detail view, with every run and combination."""
     counts = stats.counts
     remaining = counts[Status.PENDING.value] + counts[Status.RUNNING.value]
     if sweep.cancelRequested:
@@ -207,8 +341,7 @@ def summarize(
         status = SweepStatus.FINISHED
     else:
         status = SweepStatus.ACTIVE
-    best = stats.best
-    best_value = None if best is None else metric_value(best, sweep.metric)
+    groups = combinations(sweep, stats.rows)
     view: dict[str, Any] = {
         "id": sweep.id,
         "name": sweep.name,
@@ -220,44 +353,50 @@ def summarize(
         "priority": sweep.priority,
         "metric": sweep.metric,
         "goal": "min" if lower_is_better(sweep.metric) else "max",
+        "seeds": sweep.seeds,
+        "warnings": metric_warnings(sweep.metric),
+        "etaS": None if status is not SweepStatus.ACTIVE else sweep_eta(sweep, stats),
         "total": sweep.total,
         "varying": sweep.varying,
         "counts": counts,
         "remaining": remaining,
         "running": counts[Status.RUNNING.value],
-        "best": None
-        if best is None or best_value is None
-        else {"id": best["_id"], "value": best_value, "options": run_options(best, sweep.varying)},
+        "best": best_of(sweep, groups, stats.rows),
         "base": sweep.base,
         "grid": sweep.grid,
         "random": sweep.random,
         "runs": sweep.runs,
     }
-    if rows is None:
+    if not detail:
         return Sweep.model_validate(view).model_dump(mode="json")
     view["jobs"] = sorted(
         (
             {
                 "id": doc["_id"],
                 "index": doc.get("sweepIndex", 0),
+                "combination": doc.get("sweepIndex", 0) // sweep.seeds,
                 "name": doc.get("name"),
                 "status": doc["status"],
                 "options": run_options(doc, sweep.varying),
                 "value": metric_value(doc, sweep.metric),
                 "latestMetrics": doc.get("latestMetrics"),
+                "result": doc.get("result"),
+                "warnings": doc.get("warnings") or [],
+                "etaS": doc.get("etaS"),
                 "startedAt": doc.get("startedAt"),
                 "finishedAt": doc.get("finishedAt"),
                 "circuit": doc.get("circuit"),
             }
-            for doc in rows
+            for doc in stats.rows
         ),
         key=lambda r: r["index"],
     )
+    view["combinations"] = groups
     return SweepDetail.model_validate(view).model_dump(mode="json")
 
 
-def stats_of(rows: list[dict[str, Any]], metric: str) -> SweepStats:
+def stats_of(rows: list[dict[str, Any]]) -> SweepStats:
     stats = SweepStats()
     for doc in rows:
-        stats.add(doc, metric)
+        stats.add(doc)
     return stats

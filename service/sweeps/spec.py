@@ -44,8 +44,9 @@ from service.jobs.request import (
 )
 from trainer.options import TRAINING_NAMES
 
-DEFAULT_METRIC = "test_acc_discrete"
+DEFAULT_METRIC = "val_acc_discrete"  # selection on the validation split (docs/sweeps.md)
 MAX_REPORTED = 10  # bad combinations listed in one 422
+MAX_SEEDS = 20
 MAX_FIELDS = 50  # bad values listed in one 422
 SLICE_S = 0.005  # the longest the event loop waits on planning at a time
 
@@ -120,7 +121,16 @@ class SweepRequest(_Strict):
     metric: str = Field(
         DEFAULT_METRIC,
         pattern="^[A-Za-z_][A-Za-z0-9_]{0,63}$",
-        description="The EPOCH metric that ranks runs; names ending in `loss` rank lower first.",
+        description="The EPOCH metric that ranks runs (a finished run's kept network's value "
+        "where its `result` has it); names ending in `loss` rank lower first. A test metric "
+        "is allowed, with a warning: selecting on the test set biases it.",
+    )
+    seeds: int = Field(
+        1,
+        ge=1,
+        le=MAX_SEEDS,
+        description="Runs per combination, with `seed` 0..seeds-1; tables show each "
+        "combination's mean, standard deviation and n.",
     )
 
     @model_validator(mode="after")
@@ -137,6 +147,12 @@ class SweepRequest(_Strict):
                     problems.append(f"{where}.{key}: unknown option")
                 elif key in _NOT_SWEPT:
                     problems.append(f"{where}.{key}: set the sweep's own `priority` instead")
+        if self.seeds > 1:
+            problems += [
+                f"{where}.seed: set either `seeds` or seed values, not both"
+                for where, names in [("base", self.base), *named]
+                if "seed" in names
+            ]
         if problems:
             raise ValueError("; ".join(problems))
         if self.random is not None:
@@ -151,7 +167,7 @@ class SweepRequest(_Strict):
         explicit = 0
         if self.grid or self.runs:
             explicit = math.prod(len(v) for v in self.grid.values()) * max(1, len(self.runs))
-        return explicit + (self.random.n if self.random else 0)
+        return (explicit + (self.random.n if self.random else 0)) * self.seeds
 
 
 def _space_problem(key: str, space: Space) -> str | None:
@@ -188,7 +204,18 @@ def _sample(rng: random.Random, space: Space) -> Any:
 
 
 def combinations(spec: SweepRequest) -> Iterator[dict[str, Any]]:
-    """The overrides of each run, in order: grid x runs, then the random samples."""
+    """The overrides of each run, in order: grid x runs, then the random samples; with
+    `seeds` N > 1 each of them N times in a row, with `seed` 0..N-1 (so combination i is
+    runs i*N .. i*N+N-1)."""
+    for overrides in _points(spec):
+        if spec.seeds == 1:
+            yield overrides
+        else:
+            for seed in range(spec.seeds):
+                yield {**overrides, "seed": seed}
+
+
+def _points(spec: SweepRequest) -> Iterator[dict[str, Any]]:
     if spec.grid or spec.runs:
         keys = list(spec.grid)
         for point in itertools.product(*(spec.grid[k] for k in keys)):
@@ -422,6 +449,8 @@ def _varying(spec: SweepRequest, runs: list[PlannedRun]) -> list[str]:
     for run in spec.runs:
         named |= dict.fromkeys(run)
     named.pop("name", None)
+    if spec.seeds > 1:
+        named["seed"] = None
     return [k for k in named if len({_key(r.values[k]) for r in runs}) > 1]
 
 

@@ -1,5 +1,9 @@
 """Reading sweeps for the API: a sweep with every run, or a page of sweeps in brief.
 
+Both read the sweep's jobs (`JobStore.sweep_rows`): its best combination is the best mean
+over seeds, and its ETA comes from its runs' times, neither of which one indexed query of
+the best job can give.
+
 A stored sweep this version cannot show (issue 26: a value nested 400 deep made its summary
 fail to serialize, and with it `GET /sweeps` for everyone) never takes a view down: a page
 leaves it out, and its own page and its cancel show it with what cannot be shown cut
@@ -15,7 +19,7 @@ import structlog
 
 from service.api.errors import echo
 from service.store import Store
-from service.sweeps.record import SweepRecord, SweepStats, lower_is_better, stats_of, summarize
+from service.sweeps.record import SweepRecord, SweepStats, stats_of, summarize
 
 log = structlog.get_logger(__name__)
 
@@ -24,36 +28,23 @@ _ECHOED = ("base", "grid", "random", "runs")  # what a sweep shows of its reques
 
 async def sweep_detail(store: Store, sweep: SweepRecord) -> dict[str, Any]:
     rows = await store.jobs.sweep_rows(sweep.id)
-    return shown(sweep, stats_of(rows, sweep.metric), rows)
+    return shown(sweep, stats_of(rows), detail=True)
 
 
-def shown(
-    sweep: SweepRecord, stats: SweepStats, rows: list[dict[str, Any]] | None = None
-) -> dict[str, Any]:
+def shown(sweep: SweepRecord, stats: SweepStats, *, detail: bool = False) -> dict[str, Any]:
     """`summarize`, or for a record that cannot be shown, its request cut to what can."""
     try:
-        return summarize(sweep, stats, rows)
+        return summarize(sweep, stats, detail=detail)
     except ValueError as exc:
         log.error("sweep record cannot be shown; its request is cut", sweep=str(sweep.id),
                   error=str(exc)[:500])  # fmt: skip
     cut = sweep.model_copy(update={k: echo(getattr(sweep, k)) for k in _ECHOED})
-    return summarize(cut, stats, rows)
+    return summarize(cut, stats, detail=detail)
 
 
 async def _stats(store: Store, sweeps: list[SweepRecord]) -> list[SweepStats]:
-    """One aggregation for the counts of them all, one small query per best run."""
-    counts = await store.jobs.sweep_counts([s.id for s in sweeps])
-    bests = await asyncio.gather(
-        *(store.jobs.sweep_best(s.id, s.metric, lowest=lower_is_better(s.metric)) for s in sweeps)
-    )
-    out = []
-    for sweep, best in zip(sweeps, bests, strict=True):
-        stats = SweepStats()
-        if sweep.id in counts:
-            stats.counts, stats.last_finish = counts[sweep.id]
-        stats.best = best
-        out.append(stats)
-    return out
+    rows = await asyncio.gather(*(store.jobs.sweep_rows(s.id) for s in sweeps))
+    return [stats_of(r) for r in rows]
 
 
 async def sweep_summaries(store: Store, sweeps: list[SweepRecord]) -> list[dict[str, Any]]:

@@ -8,7 +8,8 @@ import dataclasses
 import shlex
 import sys
 
-from service.config import ConfigError, Settings, parse_gpus
+from service.config import Settings, parse_gpus
+from service.errors import ConfigError
 from service.logconfig import configure_logging
 from service.runloop import run_until_signal
 from service.worker import run_worker

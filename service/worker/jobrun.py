@@ -25,9 +25,10 @@ import structlog
 from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
-from service.jobs import memory
-from service.jobs.record import Checkpoint, Circuit, JobRecord, ResumedFrom
+from service.jobs import eta, memory
+from service.jobs.record import Checkpoint, Circuit, JobRecord, Result, ResumedFrom
 from service.jobs.status import Status
+from service.jobs.warnings import job_warnings
 from service.retry import retry
 from service.store import Store
 from service.store.files import CHECKPOINTS_BUCKET
@@ -142,6 +143,9 @@ class JobRun:
         self.uploader: checkpoints.CheckpointUploader | None = None
         self._resuming: Checkpoint | None = None  # the checkpoint the trainer was given
         self._circuit: Circuit | None = None  # from the trainer's CIRCUIT line
+        self._result: Result | None = None  # the kept network's, from the SUMMARY line
+        self._epoch_s: dict[int, float] = {}  # this attempt's epoch times, for `etaS`
+        self._epoch_seen_at: float | None = None
         self.outcome: Outcome | None = None
         self.started = asyncio.Event()  # the trainer process exists (tests read its pid)
 
@@ -399,6 +403,13 @@ class JobRun:
                 if self._circuit is not None:  # stored with the files it describes
                     extra["circuit"] = self._circuit.model_dump()
                     await sink.system(describe_circuit(self._circuit))
+                if self._result is not None:
+                    extra["result"] = self._result.model_dump()
+                layers = int(self.lease.job.hyperparameters.get("networkLayers", 2))
+                warnings = job_warnings(self._result, self._circuit, layers)
+                extra["warnings"] = [w.model_dump() for w in warnings]
+                for warning in warnings:
+                    await sink.system(f"warning ({warning.code}): {warning.message}")
             except (OSError, PyMongoError) as exc:
                 status, error = Status.FAILED, f"the trained network could not be saved: {exc}"
                 await sink.system(error)
@@ -471,7 +482,10 @@ class JobRun:
             return
         record = protocol.parse_line(line)
         if isinstance(record, protocol.Epoch):
+            self._time_epoch(record)
             self._metrics.put_nowait(record)
+        elif isinstance(record, protocol.Summary) and record.result is not None:
+            self._result = Result.model_validate(record.result.as_json())
         elif isinstance(record, protocol.Checkpoint):
             assert self.uploader is not None
             self.uploader.offer(record)
@@ -499,8 +513,26 @@ class JobRun:
             except PyMongoError as exc:
                 self.log.error("metrics write failed; dropped", epoch=epoch.epoch, error=str(exc))
 
+    def _time_epoch(self, epoch: protocol.Epoch) -> None:
+        """The epoch's seconds: its `epoch_s`, else the time since the last EPOCH line."""
+        now = time.monotonic()
+        since = None if self._epoch_seen_at is None else now - self._epoch_seen_at
+        self._epoch_seen_at = now
+        seconds = epoch.metrics.get("epoch_s", since)
+        if seconds is not None and seconds >= 0:
+            self._epoch_s[epoch.epoch] = float(seconds)
+
+    def _eta_s(self, epoch: protocol.Epoch) -> float:
+        hp = self.lease.job.hyperparameters
+        gates = int(hp.get("gates", 0)) * int(hp.get("networkLayers", 1))
+        seen = [s for e, s in self._epoch_s.items() if e <= epoch.epoch]
+        return eta.job_eta_s(seen, epoch.epoch, epoch.epochs, gates)
+
     async def _store_epoch(self, epoch: protocol.Epoch) -> None:
-        if not await self.store.jobs.set_latest_metrics(self.lease.job, epoch.as_latest()):
+        stored = await self.store.jobs.set_latest_metrics(
+            self.lease.job, epoch.as_latest(), eta_s=self._eta_s(epoch)
+        )
+        if not stored:
             self.lease.lose("the job is no longer ours (metrics write refused)")
             return
         await self.store.metrics.write(self.job_id, epoch.epoch, epoch.epochs, epoch.metrics)

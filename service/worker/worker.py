@@ -31,7 +31,6 @@ from service.jobs.status import Status
 from service.mongo.changestream import StoredTokens
 from service.retry import DATABASE, Failures
 from service.store import Store
-from service.store.jobs import ExpiryAction
 from service.store.workers import HEARTBEAT_S
 from service.worker.datacache import DataCache
 from service.worker.dispatch import job_feed
@@ -474,7 +473,7 @@ class Worker:
                     self.log.warning(
                         "lease expired", job_id=str(expired.job_id), action=expired.action.value
                     )
-                    await self._note_expiry(expired.job_id, expired.action, expired.error)
+                    await self._note_expiry(expired.job_id, expired.error)
                     await self._give_back_slot(expired.sweep_id, expired.attempt_id)
                     self._backlog = True
                     self._wake.set()
@@ -503,7 +502,7 @@ class Worker:
                                  job_id=str(job_id))  # fmt: skip
                 await self._give_back_slot(sweep_id, attempt_id)
 
-    async def _note_expiry(self, job_id: ObjectId, action: ExpiryAction, error: str) -> None:
+    async def _note_expiry(self, job_id: ObjectId, error: str) -> None:
         """Say in the job's own log why its attempt ended, for whoever reads it later."""
         try:
             await self.store.logs.append(job_id, "system", [f"{error} (seen by {self.id})"])

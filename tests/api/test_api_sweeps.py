@@ -3,8 +3,11 @@ stored, all-or-nothing creation, idempotent retries, listing, best run, cancel."
 
 from __future__ import annotations
 
+import statistics
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 from api_helpers import JSON, SEED_BODY, MakeApi, error_of, job_count
 from bson import ObjectId
@@ -165,7 +168,7 @@ async def finish(store: Store, job_id: str, status: Status, metrics: dict[str, f
 
 
 async def test_best_is_the_job_with_the_highest_metric(api: TestClient, store: Store) -> None:
-    sweep = await (await post(api, grid_body())).json()
+    sweep = await (await post(api, grid_body(metric="test_acc_discrete"))).json()
     jobs = sweep["jobs"]
     await finish(store, jobs[0]["id"], Status.SUCCEEDED, {"test_acc_discrete": 0.61})
     await finish(store, jobs[4]["id"], Status.SUCCEEDED, {"test_acc_discrete": 0.83})
@@ -176,6 +179,8 @@ async def test_best_is_the_job_with_the_highest_metric(api: TestClient, store: S
     assert view["best"]["options"] == {"gates": 4000, "gateOptimizer": "softmax"}
     assert view["counts"]["Succeeded"] == 2 and view["remaining"] == 3
     assert [r["value"] for r in view["jobs"]][:5] == [0.61, None, 0.12, None, 0.83]
+    assert [w["code"] for w in view["warnings"]] == ["test_selection"]  # allowed, but said
+    assert "biased" in view["warnings"][0]["message"]
     listed = await (await api.get("/sweeps")).json()
     assert listed["sweeps"][0]["best"]["id"] == jobs[4]["id"]
     assert listed["sweeps"][0]["counts"] == view["counts"]
@@ -256,3 +261,91 @@ async def test_the_seed_body_as_base(api: TestClient, store: Store) -> None:
     assert sweep["total"] == 2 and sweep["varying"] == ["noiseTemp"]
     record = await store.sweeps.get(ObjectId(sweep["id"]))
     assert isinstance(record, SweepRecord) and record.base == SEED_BODY
+
+
+def _result(val: float, test: float) -> dict[str, Any]:
+    return {"epoch": 3, "val_acc_discrete": val, "test_acc_discrete": test,
+            "test_acc": test + 0.01, "discretization_gap": 0.01}  # fmt: skip
+
+
+async def test_seeds_group_runs_by_combination_and_best_is_the_best_mean(
+    api: TestClient, store: Store
+) -> None:
+    """2 x 2 with seeds 3: twelve runs, seed 0..2 within each combination; each
+    combination's mean, std and n are its runs' kept results'; best is the best mean by
+    val_acc_discrete (the default metric), not the best single run."""
+    body = {"base": BASE, "grid": {"gates": [1000, 2000], "learningRate": [0.01, 0.03]},
+            "seeds": 3}  # fmt: skip
+    resp = await post(api, body)
+    assert resp.status == 201, await resp.text()
+    sweep = await resp.json()
+    assert (sweep["total"], sweep["seeds"], sweep["metric"]) == (12, 3, "val_acc_discrete")
+    assert sweep["warnings"] == [] and sweep["varying"] == ["gates", "learningRate", "seed"]
+    assert [r["options"]["seed"] for r in sweep["jobs"]] == [0, 1, 2] * 4
+    assert [r["combination"] for r in sweep["jobs"]] == [i // 3 for i in range(12)]
+    # combination 1 has the single best run (0.95), combination 2 the best mean
+    vals = [0.80, 0.82, 0.84, 0.95, 0.60, 0.62, 0.90, 0.91, 0.89, 0.70, 0.71, 0.72]
+    for job, val in zip(sweep["jobs"], vals, strict=True):
+        await finish_with(store, job["id"], _result(val, val - 0.02))
+    view = await (await api.get(f"/sweeps/{sweep['id']}")).json()
+    rows = view["combinations"]
+    assert [r["options"] for r in rows] == [
+        {"gates": g, "learningRate": lr} for g in (1000, 2000) for lr in (0.01, 0.03)
+    ]
+    for row, start in zip(rows, range(0, 12, 3), strict=True):
+        mine = vals[start : start + 3]
+        assert row["n"] == 3 and row["jobs"] == [j["id"] for j in sweep["jobs"][start : start + 3]]
+        assert row["mean"] == pytest.approx(statistics.fmean(mine))
+        assert row["std"] == pytest.approx(statistics.stdev(mine))
+        assert row["testAccDiscrete"] == pytest.approx(statistics.fmean(mine) - 0.02)
+    best = view["best"]
+    assert best["combination"] == 2 and best["options"] == {"gates": 2000, "learningRate": 0.01}
+    assert best["value"] == pytest.approx(0.90) and best["n"] == 3
+    assert best["id"] == sweep["jobs"][7]["id"]  # the combination's best run
+    listed = await (await api.get("/sweeps")).json()
+    assert listed["sweeps"][0]["best"]["combination"] == 2
+    assert listed["sweeps"][0]["etaS"] is None  # finished
+
+
+async def finish_with(store: Store, job_id: str, result: dict[str, Any]) -> None:
+    """A Succeeded run whose last epoch differs from its kept network's."""
+    await store.jobs.collection.update_one(
+        {"_id": ObjectId(job_id)},
+        {"$set": {"status": Status.SUCCEEDED.value, "result": result,
+                  "latestMetrics": {"val_acc_discrete": 0.0, "test_acc_discrete": 0.0}},
+         "$currentDate": {"startedAt": True, "finishedAt": True}},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [({"seeds": 21}, "seeds"), ({"seeds": 0}, "seeds"),
+     ({"seeds": 2, "grid": {"seed": [1, 2]}}, "grid.seed"),
+     ({"seeds": 2, "base": {**BASE, "seed": 4}}, "base.seed")],
+)  # fmt: skip
+async def test_seeds_is_bounded_and_not_set_twice(
+    api: TestClient, extra: dict[str, Any], field: str
+) -> None:
+    body = {"base": BASE, "grid": {"gates": [1000]}, **extra}
+    resp = await post(api, body)
+    assert resp.status == 422
+    assert field in await resp.text()
+
+
+async def test_a_sweeps_eta_comes_from_its_runs(api: TestClient, store: Store) -> None:
+    sweep = await (await post(api, grid_body(maxParallel=2))).json()
+    jobs = sweep["jobs"]
+    assert sweep["etaS"] is None  # nothing known yet
+    now = datetime.now(UTC)
+    await store.jobs.collection.update_one(
+        {"_id": ObjectId(jobs[0]["id"])},
+        {"$set": {"status": Status.SUCCEEDED.value, "finishedAt": now,
+                  "startedAt": now - timedelta(seconds=10)}},
+    )  # fmt: skip
+    await store.jobs.collection.update_one(
+        {"_id": ObjectId(jobs[1]["id"])}, {"$set": {"status": Status.RUNNING.value, "etaS": 4.0}}
+    )
+    view = await (await api.get(f"/sweeps/{sweep['id']}")).json()
+    # 4 Pending, 2 at a time (one slot is free now), 10 s each: 2 waves
+    assert view["etaS"] == pytest.approx(20.0)
+    assert view["jobs"][1]["etaS"] == 4.0

@@ -109,9 +109,9 @@ async def test_submit_follow_and_cancel_in_the_browser(
     await expect(page.locator("#job-status")).to_have_text("Succeeded")
     await expect(page.locator("#chart")).to_have_attribute("data-points", "4")
     await expect(page.locator("#log .end")).to_contain_text("Succeeded")
-    # 1 system line + 2 start lines + 4 epochs x (8 steps + EPOCH) + CIRCUIT + "done",
-    # then the system lines of the saved files and of the circuit
-    await expect(page.locator("#log .ln")).to_have_count(1 + 2 + 4 * 9 + 1 + 1 + 2)
+    # 1 system line + 2 start lines + 4 epochs x (8 steps + EPOCH) + CIRCUIT + "done" +
+    # SUMMARY, then the system lines of the saved files and of the circuit
+    await expect(page.locator("#log .ln")).to_have_count(1 + 2 + 4 * 9 + 1 + 1 + 1 + 2)
     await expect(page.locator("#log")).to_contain_text("circuit: 399 of 800 gates live, depth 4")
     await expect(page.locator("#cancel-btn")).to_be_disabled()
     # The run's file is offered and downloads with its bytes.

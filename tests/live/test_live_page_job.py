@@ -177,3 +177,45 @@ async def test_compare_from_the_job_list(live_api: LiveApi) -> None:
         results = page.locator('#compare-results tr[data-result="test_acc_discrete"] td')
         final_a = metric_rows(5, 0.8)[-1]["test_acc_discrete"]
         await expect(results.first).to_have_text(f"{final_a * 100:.1f}%")
+
+
+async def test_warnings_banner_kept_headline_and_list_mark(live_api: LiveApi) -> None:
+    """A Succeeded run that collapsed: the job page shows its warnings in a banner and the
+    kept epoch's accuracy as the headline (not the last epoch's); the job list marks it."""
+    from playwright.async_api import expect
+
+    store = live_api.store
+    result = {"epoch": 2, "val_acc_discrete": 0.2, "test_acc_discrete": 0.197, "test_acc": 0.858,
+              "discretization_gap": 0.661}  # fmt: skip
+    warnings = [
+        {"code": "discretization_gap", "message": "the discrete network scores 0.197"},
+        {"code": "collapsed", "message": "the network collapsed: only 13 of 13,336 gates"},
+    ]
+    bad = await finish_job(
+        store, name="collapsed run", epochs=4, quality=0.9,
+        extra={"result": result, "warnings": warnings},
+    )  # fmt: skip
+    good = await finish_job(store, name="healthy run", epochs=4, quality=0.9)
+
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{live_api.url}/#/jobs/{bad.id}")
+        await expect(page.locator("#job-title")).to_have_text("collapsed run")
+        banner = page.locator("#job-warnings")
+        await expect(banner).to_be_visible()
+        await expect(banner.locator("p")).to_have_count(2)
+        await expect(banner.locator('p[data-code="collapsed"]')).to_contain_text(
+            "only 13 of 13,336 gates"
+        )
+        await expect(page.locator("#job-acc-value")).to_have_text("19.7%")
+        await expect(page.locator("#job-acc-what")).to_have_text(
+            "test acc (discrete), kept epoch 2"
+        )
+        await expect(page.locator("#job-acc-relaxed")).to_have_text("relaxed 85.8%")
+        await expect(page.locator(f'#job-list li[data-id="{bad.id}"] .warnmark')).to_have_count(1)
+        await expect(page.locator(f'#job-list li[data-id="{good.id}"] .warnmark')).to_have_count(0)
+        await page.screenshot(path=SHOTS / "job-warnings.png")
+
+        await page.goto(f"{live_api.url}/#/jobs/{good.id}")
+        await expect(page.locator("#job-title")).to_have_text("healthy run")
+        await expect(page.locator("#job-warnings")).to_be_hidden()

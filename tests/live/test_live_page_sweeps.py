@@ -75,9 +75,10 @@ async def test_sweep_from_the_form_to_compare(
         table = page.locator("#sweep-body tr")
         await expect(table).to_have_count(6)
         heads = await page.locator("#sweep-head th").all_text_contents()
+        # Ranked by the validation metric (the form's default), the kept test accuracy beside.
         assert heads[1:] == [
-            "#", "gates", "learningRate", "status", "epoch", "test_acc_discrete", "live gates",
-            "images/s",
+            "#", "gates", "learningRate", "status", "epoch", "val_acc_discrete",
+            "test_acc_discrete", "live gates", "images/s",
         ]  # fmt: skip
         # The table fills live over /ws/jobs?sweep=ID.
         await expect(page.locator('#sweep-body tr[data-status="Running"]').first).to_be_visible()
@@ -223,3 +224,45 @@ async def test_random_sweep_from_the_form(live_api: LiveApi) -> None:
         await expect(page.locator('#job-meta [data-key="priority"] dd')).to_have_text("7")
         await page.locator('#job-meta [data-key="sweep"] a').click()
         await expect(page).to_have_url(f"{live_api.url}/#/sweeps/{sweep_id}")
+
+
+async def test_a_sweep_over_seeds_and_a_test_metric_on_its_page(
+    live_api: LiveApi, start_worker: Callable[..., Awaitable[Worker]]
+) -> None:
+    """2 x 1 combinations x 3 seeds ranked by a test metric: the page's banner says the
+    selection is biased, the combinations table has the two means ± std with n 3/3 and
+    the best starred, and the chart draws each combination's mean with a band."""
+    from playwright.async_api import expect
+
+    from service.client import GateQueueClient
+
+    for _ in range(2):
+        await start_worker(env={**os.environ, "GQ_EPOCH_S": "0.05"})
+    async with GateQueueClient(live_api.url) as client:
+        sweep = await client.submit_sweep(
+            base={**TINY_JOB, "epochs": 3}, grid={"gates": [40, 160]}, seeds=3,
+            metric="test_acc_discrete", name="seeds on the page",
+        )  # fmt: skip
+        final = await client.wait_sweep(sweep["id"], timeout_s=60)
+    assert final["counts"]["Succeeded"] == 6
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{live_api.url}/#/sweeps/{sweep['id']}")
+        await expect(page.locator("#sweep-title")).to_have_text("seeds on the page")
+        await expect(page.locator('#sweep-warnings p[data-code="test_selection"]')).to_contain_text(
+            "biased"
+        )
+        rows = page.locator("#sweep-combos-body tr")
+        await expect(rows).to_have_count(2)
+        best = page.locator("#sweep-combos-body tr.best")
+        await expect(best).to_have_attribute("data-combination", "1")  # 160 gates
+        cells = await best.locator("td").all_text_contents()
+        assert cells[1] == "160" and "±" in cells[2] and cells[2].endswith("★")
+        assert cells[3] == "3/3"
+        chart = page.locator("#sweep-chart")
+        await expect(chart).to_have_attribute("data-series", "2")  # one mean per combination
+        bands = await page.evaluate(
+            "() => document.getElementById('sweep-chart').uplot.bands.length"
+        )
+        assert bands == 2
+        await expect(page.locator("#sweep-best")).to_contain_text("(n=3)")

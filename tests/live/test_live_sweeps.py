@@ -118,14 +118,17 @@ async def test_sweep_wait_in_a_terminal_shows_one_progress_bar_and_the_table(
     assert len(bars) == 1, "\n".join(lines)  # redrawn in place, not printed per change
     assert "6/6" in bars[0] and "6 succeeded" in bars[0]
     header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("#"))
+    # Ranked by the validation metric (the default), the kept network's test accuracy, epoch
+    # and gap beside.
     assert lines[header].split() == ["#", "gates", "learningRate", "STATUS",
-                                     "test_acc_discrete", "LIVE", "GATES", "IMAGES/S",
-                                     "ID"]  # fmt: skip
+                                     "val_acc_discrete", "test_acc_discrete", "KEPT", "GAP",
+                                     "LIVE", "GATES", "IMAGES/S", "ID"]  # fmt: skip
     rows = lines[header + 1 : header + 7]
     assert len(rows) == 6 and all("Succeeded" in r for r in rows)
     assert rows[0].split()[1:3] == ["160", "0.03"] and rows[0].endswith("best")
     # Its circuit (the stand-in's: 160 gates, live = 80 - 100 x 0.03), and its speed.
-    assert rows[0].split()[5:7] == ["77", f"{1e9 / 77:,.0f}"]
+    assert rows[0].split()[6:8] == ["2", "0.02"]  # the stand-in keeps its last epoch
+    assert rows[0].split()[8:10] == ["77", f"{1e9 / 77:,.0f}"]
     values = [float(r.split()[4]) for r in rows]
     assert values == sorted(values, reverse=True)  # best first
 

@@ -18,8 +18,8 @@ import torch
 from trainer_helpers import run_without_torch
 
 from trainer import checkpoint, protocol, supervision
-from trainer.checkpoint import BadCheckpoint, CheckpointedStop
 from trainer.cli import build_parser, main, validate
+from trainer.errors import BadCheckpoint, CheckpointedStop
 from trainer.loop import hyperparameters, run
 from trainer.options import hyperparameters_hash
 from trainer.supervision import StopRequest

@@ -161,9 +161,10 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         Trainer(
             tmp / "reference", [*RUN, "--checkpoint-dir", str(ck), "--checkpoint-interval-s", "0"]
         ),
-        # asked once before epoch 1, after its 22 first steps, before epoch 2, after step 1
-        # of epoch 2...: the 30th time is after step 6 of epoch 2
-        Trainer(tmp / "signalled", [*RUN, "--checkpoint-dir", str(tmp / "ck-sig")], stop_at=30),
+        # 1295 training samples (the rest is the validation split) are 21 steps: asked once
+        # before epoch 1, after its 20 first steps, before epoch 2, after step 1 of epoch
+        # 2...: the 28th time is after step 6 of epoch 2
+        Trainer(tmp / "signalled", [*RUN, "--checkpoint-dir", str(tmp / "ck-sig")], stop_at=28),
         Trainer(
             tmp / "stdin",
             [*RUN, "--checkpoint-dir", str(tmp / "ck-stdin")],

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from trainer import protocol
 from trainer.cli import main
 from trainer.evaluate import evaluate
 from trainer.export import load_network
@@ -79,11 +80,14 @@ def test_module_run_prints_one_epoch_line_per_epoch_and_saves_the_network(
     assert [len(layer.op) for layer in network.layers] == [120, 120]
     accuracy, samples = evaluate(network)
     assert samples == 360
-    assert accuracy == pytest.approx(rows[-1]["test_acc_discrete"], abs=1e-4)
+    summary = protocol.Summary.parse(proc.stdout.rstrip().splitlines()[-1])
+    assert summary is not None and summary.result is not None  # the kept epoch's network
+    kept = rows[summary.result.epoch - 1]["test_acc_discrete"]
+    assert accuracy == pytest.approx(kept, abs=1e-4)
 
     again = run_cli(["-m", "trainer.evaluate", str(out)])
     assert again.returncode == 0, again.stderr
-    assert f"test_acc_discrete={rows[-1]['test_acc_discrete']:.4f}" in again.stdout
+    assert f"test_acc_discrete={kept:.4f}" in again.stdout
 
 
 def test_seed_entry_point_runs_as_a_script_from_anywhere(tmp_path: Path) -> None:

@@ -104,5 +104,8 @@ async def test_sigkill_after_epoch_5_resumes_to_the_same_network(
     grid_out = await store.files.open(artifact.bucket, artifact.fileId)
     network = (await grid_out.read()).decode()
     assert TIMING_IN_JSON.sub("T", network) == ref_network
-    headline = json.loads(network)["metrics"]["test_acc_discrete"]
-    assert round(headline, 4) == ref_rows[-1]["test_acc_discrete"]  # EPOCH lines have 4 places
+    metrics = json.loads(network)["metrics"]  # the kept epoch's (docs/trainer.md)
+    kept = ref_rows[metrics["kept_epoch"] - 1]
+    assert round(metrics["test_acc_discrete"], 4) == kept["test_acc_discrete"]  # 4 places
+    assert done.result is not None and done.result.epoch == metrics["kept_epoch"]
+    assert done.result.test_acc_discrete == kept["test_acc_discrete"]

@@ -22,7 +22,6 @@ import numpy as np
 from trainer.circuit import ops
 from trainer.export import DiscreteNetwork
 
-CONST_NODE = 0
 FALSE_LIT = 0
 TRUE_LIT = 1
 

@@ -141,9 +141,3 @@ def load_kernel() -> CpuKernel:
         return _loaded
 
 
-def kernel_available() -> bool:
-    try:
-        load_kernel()
-    except KernelUnavailable:
-        return False
-    return True

@@ -108,17 +108,24 @@ export class OverlayChart {
     this.key = "";
   }
 
+  // `runs`: {label, rows, highlight} each; a run with `spread` (epoch -> standard deviation:
+  // a sweep combination's mean over its seeds) gets a shaded band of ± one deviation.
   draw(metric, runs) {
     const xs = [...new Set(runs.flatMap((r) => r.rows.map((row) => row.epoch)))].sort((a, b) => a - b);
     const ys = runs.map((r) => {
       const at = new Map(r.rows.map((row) => [row.epoch, row[metric]]));
       return xs.map((x) => (typeof at.get(x) === "number" ? at.get(x) : null));
     });
-    const data = [xs, ...ys];
+    const banded = runs.map((r, i) => [r, i]).filter(([r]) => r.spread);
+    const edges = banded.flatMap(([r, i]) => [1, -1].map((sign) => xs.map((x, k) => {
+      const sd = r.spread.get(x);
+      return ys[i][k] === null || typeof sd !== "number" ? null : ys[i][k] + sign * sd;
+    })));
+    const data = [xs, ...ys, ...edges];
     this.box.dataset.series = String(runs.length);
     this.box.dataset.metric = metric;
     this.box.dataset.points = String(ys.reduce((n, y) => n + y.filter((v) => v !== null).length, 0));
-    const key = [metric, ...runs.map((r) => `${r.label}|${r.highlight ? 1 : 0}`)].join("\n");
+    const key = [metric, ...runs.map((r) => `${r.label}|${r.highlight ? 1 : 0}|${r.spread ? 1 : 0}`)].join("\n");
     if (this.chart && this.key === key) {
       this.chart.setData(data);
       return;
@@ -150,7 +157,14 @@ export class OverlayChart {
           points: { show: true, size: r.highlight ? 7 : 4, fill: colour(i) },
           value: (u, v, si) => metricValue(metric, v ?? lastOf(u, si)),
         })),
+        ...banded.flatMap(([r, i]) => ["+1σ", "−1σ"].map((side) => ({
+          label: `${r.label} ${side}`, stroke: `${colour(i)}55`, width: 0.5, points: { show: false },
+          value: (u, v) => metricValue(metric, v),
+        }))),
       ],
+      bands: banded.map(([, i], b) => ({
+        series: [runs.length + 1 + 2 * b, runs.length + 2 + 2 * b], fill: `${colour(i)}22`,
+      })),
       legend: { live: true },
     }, data, this.box);
     // The highlighted run's legend entry is marked too; tests read the chart itself from

@@ -80,3 +80,23 @@ export function epochs(job) {
 
 // A metric whose name ends in "loss" is better lower; any other higher (docs/sweeps.md).
 export const lowerIsBetter = (metric) => /loss$/.test(metric);
+
+// An ETA in seconds -> "45 s", "3 min 05 s", "2 h 07 min"; "" when unknown.
+export function eta(seconds) {
+  if (typeof seconds !== "number") return "";
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, "0")} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, "0")} min`;
+}
+
+// The accuracy a job's headline shows: its kept network's (result) once it has one.
+export function keptAcc(job) {
+  const r = job.result;
+  if (r && typeof r.test_acc_discrete === "number") {
+    return { discrete: r.test_acc_discrete, relaxed: r.test_acc, epoch: r.epoch, kept: true };
+  }
+  const m = job.latestMetrics || {};
+  if (typeof m.test_acc_discrete !== "number") return null;
+  return { discrete: m.test_acc_discrete, relaxed: m.test_acc, epoch: m.epoch, kept: false };
+}

@@ -3,7 +3,7 @@
  * saved), `test_acc_discrete`; the relaxed `test_acc` is only in the row's tooltip. */
 
 import { $, el } from "./dom.js";
-import { ago, epochs, jobName, pct, shortId } from "./format.js";
+import { ago, epochs, eta, jobName, keptAcc, pct, shortId } from "./format.js";
 import { jobs, onJobChange } from "./jobs.js";
 import { meta } from "./options.js";
 import { isSelected, onSelection, select } from "./selection.js";
@@ -22,12 +22,23 @@ function scheduleRender() {
 }
 
 function accuracy(job) {
-  const m = job.latestMetrics || {};
-  if (typeof m.test_acc_discrete !== "number") return null;
-  const relaxed = typeof m.test_acc === "number" ? `; relaxed test_acc ${pct(m.test_acc)}` : "";
+  const acc = keptAcc(job);
+  if (!acc) return null;
+  const relaxed = typeof acc.relaxed === "number" ? `; relaxed test_acc ${pct(acc.relaxed)}` : "";
+  const kept = acc.kept ? ` of the kept epoch ${acc.epoch}` : "";
   return el("span", {
-    class: "acc", text: `acc ${pct(m.test_acc_discrete)}`,
-    title: `test accuracy of the discrete network (test_acc_discrete)${relaxed}`,
+    class: "acc", text: `acc ${pct(acc.discrete)}`,
+    title: `test accuracy of the discrete network${kept} (test_acc_discrete)${relaxed}`,
+  });
+}
+
+// A mark for a run with warnings (the job page says what they are).
+function warningMark(job) {
+  const warnings = job.warnings || [];
+  if (!warnings.length) return null;
+  return el("span", {
+    class: "warnmark", text: "⚠", title: warnings.map((w) => w.message).join("\n"),
+    "aria-label": `warnings: ${warnings.map((w) => w.code).join(", ")}`,
   });
 }
 
@@ -50,6 +61,8 @@ function row(job) {
         el("code", { text: shortId(job.id) }),
         total ? el("span", { text: `epoch ${done}/${total}` }) : null,
         accuracy(job),
+        warningMark(job),
+        job.status === "Running" && eta(job.etaS) ? el("span", { class: "eta", text: `${eta(job.etaS)} left` }) : null,
         job.submittedBy ? el("span", { class: "by", text: `by ${job.submittedBy}` }) : null,
         el("span", { class: "when", text: ago(job.createdAt) })),
       el("span", { class: `minibar${job.status === "Succeeded" ? " done" : ""}` }, bar)));

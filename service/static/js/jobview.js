@@ -6,7 +6,9 @@ import { api, artifactHref } from "./api.js";
 import { JobChart } from "./chart.js";
 import { renderCircuit } from "./circuit.js";
 import { $, el } from "./dom.js";
-import { ago, bytes, duration, epochs, fmtTime, jobName, num, ordinal, pct, shortId } from "./format.js";
+import {
+  ago, bytes, duration, epochs, eta, fmtTime, jobName, keptAcc, num, ordinal, pct, shortId,
+} from "./format.js";
 import { onJobChange, upsert } from "./jobs.js";
 import { LogView } from "./log.js";
 import { isFinal, meta } from "./options.js";
@@ -128,7 +130,11 @@ export class JobView {
     $("job-progress").textContent = total ? `epoch ${done}/${total}` : "";
     $("job-queue").textContent = queueText(shown);
     $("job-queue").hidden = !queueText(shown);
+    const left = job.status === "Running" ? eta(job.etaS) : "";
+    $("job-eta").textContent = left ? `about ${left} left` : "";
+    $("job-eta").hidden = !left;
     this.renderHeadline(job);
+    this.renderWarnings(job);
     this.renderCancel(job);
     this.showError(job.error && job.status !== "Succeeded" ? job.error : "", job.status);
     this.tickDuration(job);
@@ -144,12 +150,24 @@ export class JobView {
     if (m && typeof m.epoch === "number" && m.epoch > this.metricsEpoch) this.loadMetrics();
   }
 
+  // The kept network's test accuracy once the run has a result; the latest epoch's before.
   renderHeadline(job) {
-    const m = job.latestMetrics || {};
+    const acc = keptAcc(job);
     const box = $("job-acc");
-    box.hidden = typeof m.test_acc_discrete !== "number";
-    $("job-acc-value").textContent = pct(m.test_acc_discrete);
-    $("job-acc-relaxed").textContent = typeof m.test_acc === "number" ? `relaxed ${pct(m.test_acc)}` : "";
+    box.hidden = !acc;
+    if (!acc) return;
+    $("job-acc-value").textContent = pct(acc.discrete);
+    $("job-acc-what").textContent = acc.kept ? `test acc (discrete), kept epoch ${acc.epoch}` : "test acc (discrete)";
+    $("job-acc-relaxed").textContent = typeof acc.relaxed === "number" ? `relaxed ${pct(acc.relaxed)}` : "";
+  }
+
+  // A Succeeded run can still hand back a network nobody should use: said in a banner.
+  renderWarnings(job) {
+    const warnings = job.warnings || [];
+    const box = $("job-warnings");
+    box.hidden = warnings.length === 0;
+    box.replaceChildren(...warnings.map((w) =>
+      el("p", { "data-code": w.code }, el("b", { text: `⚠ ${w.code.replace(/_/g, " ")}: ` }), w.message)));
   }
 
   renderCancel(job) {

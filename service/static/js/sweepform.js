@@ -17,7 +17,8 @@ const DISTRIBUTIONS = [
   ["logUniform", "log-uniform in"],
   ["intUniform", "integer in"],
 ];
-export const METRICS = ["test_acc_discrete", "test_acc", "train_acc", "train_loss"];
+// Ranked by the validation split by default: a test metric tunes the choice to the test set.
+export const METRICS = ["val_acc_discrete", "val_acc", "test_acc_discrete", "test_acc", "train_acc", "train_loss"];
 
 const kindOf = (opt) => (opt.type === "integer" ? "int" : opt.type === "number" ? "float" : "str");
 const sweepable = () => allOptions().filter((o) => !SWEEP_LEVEL.has(o.name));
@@ -80,7 +81,9 @@ function gridRows() {
 function updateCount() {
   const rows = gridRows().filter(([, vs]) => vs.length);
   const n = rows.reduce((p, [, vs]) => p * vs.length, 1);
-  $("grid-count").textContent = rows.length ? `${n} combination${n === 1 ? "" : "s"}` : "";
+  const seeds = Number($("sweep-seeds").value) > 1 ? Number($("sweep-seeds").value) : 1;
+  const times = seeds > 1 ? ` × ${seeds} seeds` : "";
+  $("grid-count").textContent = rows.length ? `${n} combination${n === 1 ? "" : "s"}${times}` : "";
   const varied = new Set([...$("sweep-form").querySelectorAll(".sweep-row select.opt")].map((s) => s.value));
   for (const input of $("sweep-base").querySelectorAll("[data-kind][name]")) {
     const on = varied.has(input.name);
@@ -113,6 +116,7 @@ export function sweepBody() {
     maxParallel: nullableInt("sweep-max-parallel"),
     priority: nullableInt("sweep-priority") ?? 0,
     metric: $("sweep-metric").value,
+    seeds: nullableInt("sweep-seeds") ?? 1,
   };
   const n = nullableInt("random-n");
   if (Object.keys(space).length && n) {
@@ -142,6 +146,7 @@ export function initSweepForm() {
   $("grid-rows").replaceChildren(gridRow("gates", ""));
   $("add-grid-row").addEventListener("click", () => { $("grid-rows").append(gridRow(sweepable()[0].name)); updateCount(); });
   $("add-random-row").addEventListener("click", () => { $("random-rows").append(randomRow()); updateCount(); });
+  $("sweep-seeds").addEventListener("input", updateCount);
   updateCount();
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();

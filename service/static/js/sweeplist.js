@@ -3,7 +3,7 @@
 
 import { api, serial } from "./api.js";
 import { $, el } from "./dom.js";
-import { ago, metricValue, num } from "./format.js";
+import { ago, eta, metricValue, num } from "./format.js";
 import { onJobChange } from "./jobs.js";
 
 export function progressText(s) {
@@ -13,13 +13,16 @@ export function progressText(s) {
   if (c.Running) parts.push(`${c.Running} running`);
   if (c.Failed) parts.push(`${c.Failed} failed`);
   if (c.Cancelled) parts.push(`${c.Cancelled} cancelled`);
+  if (s.status === "Active" && eta(s.etaS)) parts.push(`about ${eta(s.etaS)} left`);
   return parts.join(" · ");
 }
 
 export function bestText(s) {
   if (!s.best) return "—";
   const opts = Object.entries(s.best.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ");
-  return `${metricValue(s.metric, s.best.value)}${opts ? ` (${opts})` : ""}`;
+  const b = s.best;
+  const spread = b.n > 1 && typeof b.std === "number" ? ` ± ${metricValue(s.metric, b.std)} (n=${b.n})` : "";
+  return `${metricValue(s.metric, b.value)}${spread}${opts ? ` (${opts})` : ""}`;
 }
 
 export class SweepList {

@@ -1,5 +1,7 @@
 /* One sweep (#/sweeps/<id>): a sortable table with a row per run (its varying options,
- * status, the final metric and test_acc_discrete; the best row highlighted), kept live by
+ * status, the final metric and test_acc_discrete of its kept network, a mark for a run with
+ * warnings; the best row highlighted), with seeds a table per combination (mean ± std and n
+ * of the metric, the best mean starred), the sweep's warnings as a banner, kept live by
  * `/ws/jobs?sweep=ID`; one chart overlaying the chosen metric per epoch for every run (the
  * best thicker); a scatter of the final metric against a chosen varying option; Cancel
  * sweep; ticked rows go to Compare. */
@@ -7,7 +9,7 @@
 import { api, serial, Socket, wsUrl } from "./api.js";
 import { OverlayChart } from "./chart.js";
 import { $, el } from "./dom.js";
-import { epochs, fmtTime, lowerIsBetter, metricValue, num, rate, shortId } from "./format.js";
+import { epochs, eta, fmtTime, lowerIsBetter, metricValue, num, rate, shortId } from "./format.js";
 import { upsert } from "./jobs.js";
 import { scatter } from "./plots.js";
 import { compareHref, isSelected, onSelection, select, selected } from "./selection.js";
@@ -15,8 +17,11 @@ import { me, maySubmit } from "./session.js";
 import { bestText, progressText } from "./sweeplist.js";
 
 const HEADLINE = "test_acc_discrete";
-// A run's value is its latest value of the sweep's metric (final once it has finished).
+// A run's value of a metric: its kept network's once it has a result with it (a finished
+// run), else its latest epoch's (as the API's `value`).
 const valueOf = (run, metric) => {
+  const kept = (run.result || {})[metric];
+  if (typeof kept === "number") return kept;
   const v = (run.latestMetrics || {})[metric];
   return typeof v === "number" ? v : null;
 };
@@ -88,7 +93,7 @@ export class SweepView {
     if (!run) { this.reload(); return; }
     Object.assign(run, {
       status: job.status, latestMetrics: job.latestMetrics, startedAt: job.startedAt,
-      finishedAt: job.finishedAt,
+      finishedAt: job.finishedAt, result: job.result, warnings: job.warnings || [], etaS: job.etaS,
     });
     run.value = valueOf(run, this.sweep.metric);
     this.render();
@@ -127,6 +132,10 @@ export class SweepView {
     $("sweep-id").textContent = s.id;
     $("sweep-progress").textContent = progressText(s);
     $("sweep-best").textContent = bestText(s);
+    const warnings = s.warnings || [];
+    $("sweep-warnings").hidden = warnings.length === 0;
+    $("sweep-warnings").replaceChildren(...warnings.map((w) =>
+      el("p", { "data-code": w.code }, el("b", { text: "⚠ " }), w.message)));
     const meta = [
       ["submitted by", s.submittedBy || "—"],
       ["created", fmtTime(s.createdAt)],
@@ -135,7 +144,9 @@ export class SweepView {
       ["max parallel", s.maxParallel === null || s.maxParallel === undefined ? "no limit" : String(s.maxParallel)],
       ["priority", String(s.priority ?? 0)],
       ["metric", `${s.metric} (${lowerFor(s) ? "lower" : "higher"} is better)`],
+      ["seeds", String(s.seeds ?? 1)],
     ];
+    if (s.status === "Active" && eta(s.etaS)) meta.push(["time left", `about ${eta(s.etaS)}`]);
     $("sweep-meta").replaceChildren(...meta.map(([k, v]) =>
       el("div", { "data-key": k }, el("dt", { text: k }), el("dd", { text: v, title: v }))));
     const cancel = $("sweep-cancel");
@@ -143,7 +154,41 @@ export class SweepView {
     cancel.disabled = s.status !== "Active";
     this.renderPickers();
     this.renderTable();
+    this.renderCombinations();
     this.renderCharts();
+  }
+
+  // With seeds: one row per combination, its mean ± std and n, best mean first.
+  renderCombinations() {
+    const s = this.sweep;
+    const groups = s.combinations || [];
+    $("sweep-combos-panel").hidden = (s.seeds || 1) < 2;
+    if ((s.seeds || 1) < 2) return;
+    const lower = lowerFor(s);
+    const order = [...groups].sort((a, b) => {
+      if (a.mean === b.mean) return a.index - b.index;
+      if (a.mean === null) return 1;
+      if (b.mean === null) return -1;
+      return lower ? a.mean - b.mean : b.mean - a.mean;
+    });
+    const options = (s.varying || []).filter((v) => v !== "seed");
+    const bestIndex = s.best ? s.best.combination : null;
+    $("sweep-combos-head").replaceChildren(el("tr", {},
+      el("th", { class: "num", text: "#" }), ...options.map((o) => el("th", { text: o })),
+      el("th", { class: "num", text: `${s.metric} mean ± std` }), el("th", { class: "num", text: "n" }),
+      el("th", { class: "num", text: `${HEADLINE} (mean)` }), el("th", { text: "warnings" })));
+    $("sweep-combos-body").replaceChildren(...order.map((g) => {
+      const best = g.index === bestIndex;
+      const spread = typeof g.std === "number" ? ` ± ${metricValue(s.metric, g.std)}` : "";
+      const mean = typeof g.mean === "number" ? `${metricValue(s.metric, g.mean)}${spread}` : "—";
+      return el("tr", { "data-combination": g.index, class: best ? "best" : null },
+        el("td", { class: "num", text: String(g.index) }),
+        ...options.map((o) => el("td", { text: num((g.options || {})[o]) })),
+        el("td", { class: "num", text: best ? `${mean} ★` : mean }),
+        el("td", { class: "num", text: `${g.n}/${(g.jobs || []).length}` }),
+        el("td", { class: "num", text: metricValue(HEADLINE, g.testAccDiscrete) }),
+        el("td", { class: "warnmark", text: g.warnings ? `⚠ ${g.warnings}` : "" }));
+    }));
   }
 
   columns() {
@@ -155,8 +200,8 @@ export class SweepView {
     cols.push({ key: "epoch", label: "epoch", get: (r) => epochs(r)[0], num: true,
       show: (r) => { const [d, t] = epochs(r); return t ? `${d}/${t}` : "—"; } });
     cols.push({ key: "value", label: s.metric, get: (r) => r.value, num: true, metric: s.metric });
-    if (s.metric !== HEADLINE) {
-      cols.push({ key: HEADLINE, label: HEADLINE, get: (r) => (r.latestMetrics || {})[HEADLINE], num: true, metric: HEADLINE });
+    if (s.metric !== HEADLINE) { // the kept network's test accuracy, beside the metric it was kept by
+      cols.push({ key: HEADLINE, label: HEADLINE, get: (r) => valueOf(r, HEADLINE), num: true, metric: HEADLINE });
     }
     // The circuit of a Succeeded run: fewer live gates first, the fastest first.
     cols.push({ key: "gatesLive", label: "live gates", get: (r) => (r.circuit || {}).gatesLive, num: true });
@@ -198,7 +243,12 @@ export class SweepView {
         el("td", { class: "pick" }, box),
         ...cols.map((c) => {
           if (c.key === "index") return el("td", { class: "num" }, el("a", { href: `#/jobs/${r.id}`, text: String(r.index) }));
-          if (c.key === "status") return el("td", {}, el("span", { class: `pill ${r.status}`, text: r.status }));
+          if (c.key === "status") {
+            const warnings = r.warnings || [];
+            return el("td", {}, el("span", { class: `pill ${r.status}`, text: r.status }),
+              warnings.length ? el("span", { class: "warnmark", text: " ⚠", title: warnings.map((w) => w.message).join("\n"),
+                "data-warnings": warnings.map((w) => w.code).join(",") }) : null);
+          }
           const v = c.get(r);
           const text = c.show ? c.show(r) : c.metric ? metricValue(c.metric, v) : num(v);
           return el("td", { class: c.num ? "num" : null, text: best && c.key === "value" ? `${text} ★` : text });
@@ -211,7 +261,7 @@ export class SweepView {
 
   renderPickers() {
     const s = this.sweep;
-    const metrics = [...new Set([s.metric, HEADLINE, "test_acc", "train_loss", "train_acc"])];
+    const metrics = [...new Set([s.metric, "val_acc_discrete", HEADLINE, "test_acc", "train_loss", "train_acc"])];
     const ms = $("sweep-chart-metric");
     if (ms.options.length !== metrics.length) {
       ms.replaceChildren(...metrics.map((m) => el("option", { value: m, text: m })));
@@ -228,14 +278,45 @@ export class SweepView {
     $("sweep-scatter-panel").hidden = varying.length === 0;
   }
 
+  // With seeds: each combination's mean per epoch over its runs, with a band of ± one
+  // standard deviation; else every run.
+  chartSeries(metric) {
+    const s = this.sweep;
+    if ((s.seeds || 1) < 2) {
+      return [...this.runs].sort((a, b) => a.index - b.index).map((r) => ({
+        label: `#${r.index} ${Object.entries(r.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ")}`,
+        rows: this.rows.get(r.id) || [],
+        highlight: Boolean(this.best && this.best.id === r.id),
+      }));
+    }
+    return (s.combinations || []).map((g) => {
+      const byEpoch = new Map();
+      for (const id of g.jobs || []) {
+        for (const row of this.rows.get(id) || []) {
+          if (typeof row[metric] !== "number") continue;
+          if (!byEpoch.has(row.epoch)) byEpoch.set(row.epoch, []);
+          byEpoch.get(row.epoch).push(row[metric]);
+        }
+      }
+      const rows = [];
+      const spread = new Map();
+      for (const [epoch, vs] of [...byEpoch].sort((a, b) => a[0] - b[0])) {
+        const mean = vs.reduce((a, b) => a + b, 0) / vs.length;
+        const sd = vs.length > 1 ? Math.sqrt(vs.reduce((a, v) => a + (v - mean) ** 2, 0) / (vs.length - 1)) : 0;
+        rows.push({ epoch, [metric]: mean });
+        spread.set(epoch, sd);
+      }
+      return {
+        label: `#${g.index} ${Object.entries(g.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ")} (mean of ${(g.jobs || []).length})`,
+        rows, spread, highlight: Boolean(s.best && s.best.combination === g.index),
+      };
+    });
+  }
+
   renderCharts() {
     if (!this.sweep) return;
     const metric = this.chartMetric;
-    const runs = [...this.runs].sort((a, b) => a.index - b.index).map((r) => ({
-      label: `#${r.index} ${Object.entries(r.options || {}).map(([k, v]) => `${k}=${num(v)}`).join(" ")}`,
-      rows: this.rows.get(r.id) || [],
-      highlight: Boolean(this.best && this.best.id === r.id),
-    }));
+    const runs = this.chartSeries(metric);
     $("sweep-chart-empty").hidden = runs.some((r) => r.rows.length);
     if (runs.some((r) => r.rows.length)) this.chart.draw(metric, runs);
     if (this.scatterX) {
