@@ -175,3 +175,28 @@ async def test_offline_mnist_from_idx_files(
     lines = await logs_of(client, job["id"])
     assert done["status"] == "Succeeded", lines
     assert done["latestMetrics"]["test_acc_discrete"] > 0.3, lines
+
+
+async def test_data_commands_show_and_remove(live_api: LiveApi, tmp_path: Path) -> None:
+    blobs_npz(tmp_path / "v1.npz")
+    blobs_npz(tmp_path / "v2.npz", seed=1)
+    for name in ("v1.npz", "v2.npz"):
+        rc, _, err = await gatequeue(live_api.url, "data", "add", str(tmp_path / name),
+                                     "--name", "blobs")  # fmt: skip
+        assert rc == 0, err
+    rc, out, err = await gatequeue(live_api.url, "data", "show", "blobs@1")
+    assert rc == 0, err
+    shown = json.loads(out)
+    assert (shown["name"], shown["version"], shown["classes"]) == ("blobs", 1, 3)
+    rc, out, _ = await gatequeue(live_api.url, "data", "ls")
+    assert "blobs" in out and "built-in" in out and "digits" in out
+
+    rc, _, err = await gatequeue(live_api.url, "data", "rm", "blobs")
+    assert rc == 2 and "several versions (blobs@2, blobs@1)" in err
+    rc, out, err = await gatequeue(live_api.url, "data", "rm", "blobs@1")
+    assert rc == 0 and f"deleted blobs@1 ({shown['id']})" in out, err
+    rc, _, err = await gatequeue(live_api.url, "data", "show", "blobs@1")
+    assert rc == 2 and "no registered data set 'blobs@1'" in err
+
+    rc, _, err = await gatequeue(live_api.url, "data", "add", "mnist", "--from", str(tmp_path))
+    assert rc == 2 and "has no train-images-idx3-ubyte" in err
