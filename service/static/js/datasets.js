@@ -1,9 +1,12 @@
-/* The data sets a form's `dataset` field suggests (docs/datasets.md): the built-ins and
- * every registered one, as `name` (its latest version) and `name@version`, with its shape
- * and who registered it in the suggestion's label. Read from GET /datasets when the page
- * starts and whenever a form opens, so a data set registered meanwhile is offered. */
+/* Data sets on the page (docs/datasets.md): what a form's `dataset` field suggests (the
+ * built-ins and every registered one, as `name`, its latest version, and `name@version`,
+ * each labelled with its classes, shape, uploader and date; read from GET /datasets
+ * whenever a form opens, so a data set registered meanwhile is offered), and the "Data
+ * sets" view. */
 
 import { api } from "./api.js";
+import { $, el } from "./dom.js";
+import { ago } from "./format.js";
 
 export const DATALIST_ID = "dataset-names";
 
@@ -42,4 +45,37 @@ export async function refreshDatasetNames() {
     o.label = text;
     return o;
   }));
+}
+
+/* The "Data sets" view: every registered data set (name, version, classes, input bits,
+ * train/test rows, who registered it, when) and the built-ins, with how to add one. */
+export class DatasetList {
+  constructor() {
+    this.disposed = false;
+    this.load().catch((e) => {
+      $("datasets-error").textContent = e.message;
+      $("datasets-error").hidden = false;
+    });
+  }
+
+  async load() {
+    const found = (await api("datasets")).datasets;
+    if (this.disposed) return;
+    $("datasets-error").hidden = true;
+    $("datasets-body").replaceChildren(...found.map((d) => {
+      const shape = d.shape || {};
+      return el("tr", { "data-name": d.name },
+        el("td", { text: d.name }),
+        el("td", { text: d.builtin ? "built-in" : String(d.version) }),
+        el("td", { class: "num", text: String(d.classes) }),
+        el("td", { class: "num", text: String(shape.inputs ?? "") }),
+        el("td", { class: "num", text: `${shape.train ?? ""} / ${shape.test ?? ""}` }),
+        el("td", { text: d.builtin ? "—" : d.createdBy || "—" }),
+        el("td", { text: d.builtin ? "—" : ago(d.createdAt), title: d.createdAt || "" }));
+    }));
+  }
+
+  dispose() {
+    this.disposed = true;
+  }
 }
