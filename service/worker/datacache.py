@@ -37,7 +37,7 @@ def file_sha256(path: Path) -> str | None:
         with open(path, "rb") as fh:
             while chunk := fh.read(_HASH_CHUNK):
                 digest.update(chunk)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     return digest.hexdigest()
 
@@ -84,9 +84,9 @@ class DataCache:
         if found is not None:
             log.warning("cached data set damaged; fetching it again", path=str(path),
                         sha256=found, expected=sha)  # fmt: skip
-        await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
         part = path.with_name(f"{path.name}.fetch")
         try:
+            await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)
             size = await self.store.datasets.download(file_id, part)
             got = await asyncio.to_thread(file_sha256, part)
             if got != sha:
@@ -94,8 +94,13 @@ class DataCache:
                     f"the stored data set file {file_id} has SHA-256 {got}, its record says {sha}"
                 )
             await asyncio.to_thread(part.replace, path)
+        except OSError as exc:  # a full or unwritable disk: the run fails saying so
+            raise DatasetUnavailable(
+                f"the data set could not be fetched into {self.folder}: {exc}"
+            ) from exc
         finally:
-            await asyncio.to_thread(part.unlink, True)
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(part.unlink, True)
         self.downloads += 1
         log.info("data set fetched", sha256=sha, bytes=size)
         await asyncio.to_thread(self._evict, sha)

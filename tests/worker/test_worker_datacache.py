@@ -104,3 +104,15 @@ async def test_a_deleted_data_set_is_unavailable(store: Store, tmp_path: Path) -
     with pytest.raises(DatasetUnavailable, match="was deleted"):
         async with cache.use(ref):
             pass
+
+
+async def test_a_cache_that_cannot_be_written_fails_the_fetch(store: Store, tmp_path: Path) -> None:
+    ref = await register(store, tmp_path, b"y" * 100)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    cache = DataCache(store, blocker / "cache", 1 << 30)
+    with pytest.raises(DatasetUnavailable, match="could not be fetched into"):
+        async with cache.use(ref):
+            pass
+    async with DataCache(store, tmp_path / "cache", 1 << 30).use(ref) as path:
+        assert path.read_bytes() == b"y" * 100
