@@ -331,3 +331,22 @@ async def test_an_upload_streams_past_the_json_body_limit(api: TestClient) -> No
     resp = await upload(api, body, name="larger")
     assert resp.status == 201, await resp.text()
     assert (await resp.json())["bytes"] == len(body)
+
+
+async def test_a_stalled_upload_is_answered_408_with_nothing_stored(
+    make_api: MakeApi, store: Store
+) -> None:
+    """Each part of an upload must come within the body timeout of the one before."""
+    api = await make_api(body_timeout_s=0.5)
+    host, port = api.server.host, api.server.port
+    reader, writer = await asyncio.open_connection(host, port)
+    head = (
+        f"POST /datasets?name=slow HTTP/1.1\r\nHost: {host}:{port}\r\n"
+        "Content-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n"
+    ).encode()
+    writer.write(head + npz(**GOOD)[:1000])
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 30)
+    writer.close()
+    assert status.startswith(b"HTTP/1.1 408"), status
+    assert await stored(store) == (0, 0, 0)
