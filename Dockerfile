@@ -34,7 +34,8 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # The API process imports only the `service` package. pyproject.toml lists torch, entmax,
 # numpy and scikit-learn for the trainer, so the package is installed with --no-deps and the
-# service's own dependencies are spelled out here. tests/test_deploy_manifests.py fails when
+# service's own dependencies are spelled out here (numpy: data set uploads are validated and
+# encoded by the API, docs/datasets.md). tests/test_deploy_manifests.py fails when
 # this list and pyproject.toml drift apart.
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install \
@@ -44,7 +45,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         "pydantic>=2.7" \
         "prometheus-client>=0.20" \
         "rich>=13.7" \
-        "orjson>=3.9"
+        "orjson>=3.9" \
+        "numpy>=1.26"
 COPY pyproject.toml README.md /src/
 COPY service /src/service
 COPY trainer /src/trainer

@@ -36,6 +36,9 @@ DEFAULT_MAX_WEBSOCKETS_PER_USER = 50
 # Failed or Cancelled jobs, older than this many days are removed.
 DEFAULT_RETAIN_LOGS_DAYS = 90.0
 DEFAULT_RETAIN_FAILED_DAYS = 30.0
+# Data sets (docs/datasets.md): the largest upload, and what a worker's cache keeps.
+DEFAULT_MAX_DATASET = 2 << 30
+DEFAULT_DATA_CACHE = 20 << 30
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,8 @@ class Settings:
     max_websockets_per_user: int = DEFAULT_MAX_WEBSOCKETS_PER_USER
     retain_logs_days: float = DEFAULT_RETAIN_LOGS_DAYS
     retain_failed_days: float = DEFAULT_RETAIN_FAILED_DAYS
+    max_dataset: int = DEFAULT_MAX_DATASET
+    data_cache: int = DEFAULT_DATA_CACHE
 
     @property
     def auth_configured(self) -> bool:
@@ -148,6 +153,10 @@ class Settings:
                 "GATEQUEUE_RETAIN_FAILED_DAYS", env.get("GATEQUEUE_RETAIN_FAILED_DAYS"),
                 DEFAULT_RETAIN_FAILED_DAYS, unit="days",
             ),
+            max_dataset=parse_bytes("GATEQUEUE_MAX_DATASET", env.get("GATEQUEUE_MAX_DATASET"))
+            or DEFAULT_MAX_DATASET,
+            data_cache=parse_bytes("GATEQUEUE_DATA_CACHE", env.get("GATEQUEUE_DATA_CACHE"))
+            or DEFAULT_DATA_CACHE,
         )  # fmt: skip
 
 

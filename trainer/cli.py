@@ -60,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="where mnist and cifar10 files are (mnist is downloaded there)",
     )
     run.add_argument(
+        "--dataset-file",
+        type=Path,
+        default=None,
+        help="the encoded file of a registered data set (trainer/data/encoded.py; a worker "
+        "passes its cached copy): --dataset then only names it",
+    )
+    run.add_argument(
         "--output-dir",
         type=Path,
         default=None,

@@ -294,7 +294,14 @@ def run(
     torch.manual_seed(args.seed)
 
     t0 = time.perf_counter()
-    data: Dataset = load_dataset(args.dataset, args.data_dir)
+    data: Dataset = load_dataset(
+        args.dataset, args.data_dir, getattr(args, "dataset_file", None)
+    )
+    if data.classes != args.grouping:
+        raise RunConfigError(
+            f"--grouping ({args.grouping}) must equal the number of classes of {data.name} "
+            f"({data.classes})"
+        )
     log.info(
         "data loaded",
         dataset=data.name,

@@ -168,6 +168,7 @@ def estimate_memory(
     *,
     backend: str = "auto",
     threads: int = 1,
+    shape: DataShape | None = None,
 ) -> MemoryEstimate:
     """The expected peak memory of a run with these training options on `device`.
 
@@ -175,7 +176,8 @@ def estimate_memory(
     ones take their defaults. `device`: "cpu" (peak resident set of the process) or
     "cuda" (memory of the GPU, as nvidia-smi shows it for the process). `backend`: the
     trainer's `--backend` (see resolve_backend for `auto`); `threads`: CPU threads, which
-    only size the C++ kernel's per-thread partial sums. Raises ValueError for an unknown
+    only size the C++ kernel's per-thread partial sums; `shape`: a registered data set's
+    (its record's), where `dataset` names no built-in. Raises ValueError for an unknown
     device, backend or data set.
     """
     if device not in ("cpu", "cuda"):
@@ -186,7 +188,7 @@ def estimate_memory(
         raise ValueError(f"unknown backend {backend!r}")
     if (kind == "cpp" and device != "cpu") or (kind == "difflogic" and device != "cuda"):
         raise ValueError(f"backend {kind!r} does not run on {device}")
-    shape = SHAPES.get(hp["dataset"])
+    shape = shape if shape is not None else SHAPES.get(hp["dataset"])
     if shape is None:
         raise ValueError(f"unknown dataset {hp['dataset']!r}")
     cuda = device == "cuda"

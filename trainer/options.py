@@ -29,7 +29,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from trainer.data.catalog import CLASSES, DATASETS
+from trainer.data.catalog import CLASSES, DATASET_NAME_MAX, DATASET_PATTERN, DATASETS
 from trainer.parametrizations import GATE_OPTIMIZERS, REGISTRY
 
 Kind = type[int] | type[float] | type[str]
@@ -163,8 +163,12 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     ),
     Option("epochs", int, 5, "passes over the data", "Epochs", ge=1, le=10_000),
     Option(
-        "dataset", str, "digits", "the data set: " + ", ".join(DATASETS), "Data set",
-        choices=DATASETS, advanced=True,
+        "dataset", str, "digits",
+        "the data set: a built-in (" + ", ".join(DATASETS) + ") or a registered one, "
+        "`name` (its latest version) or `name@version` (docs/datasets.md)",
+        "Data set", advanced=True, max_length=DATASET_NAME_MAX + 10, pattern=DATASET_PATTERN,
+        pattern_help="a data set name (letters, digits, `.`, `_`, `-`), optionally "
+        "`@version`",
     ),
     Option("batchSize", int, 128, "samples per step", "Batch size", ge=1, le=65_536, advanced=True),
     Option(
@@ -222,8 +226,10 @@ def _residual_within_layers(v: Mapping[str, Any], spell: Spell) -> Iterator[Prob
 
 
 def _grouping_fits_data(v: Mapping[str, Any], spell: Spell) -> Iterator[Problem]:
-    classes = CLASSES[v["dataset"]]
-    if v["grouping"] != classes:
+    # A registered data set's classes are its record's: the API checks them against the
+    # store (service/api/datasets.py), the trainer against the file it loads.
+    classes = CLASSES.get(v["dataset"])
+    if classes is not None and v["grouping"] != classes:
         yield (
             "grouping",
             (

@@ -30,15 +30,15 @@ from __future__ import annotations
 import asyncio
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 import structlog
-from aiohttp import web
+from aiohttp import ClientError, web
 from aiohttp.web_protocol import RequestHandler
 
-from service.api.errors import ApiError
+from service.api.errors import ApiError, BodyCutOff, BodyTooLarge
 from service.api.keys import SETTINGS
 from service.config import DEFAULT_MAX_CONNECTIONS
 
@@ -316,3 +316,39 @@ async def read_body(request: web.Request) -> bytes:
             "body_timeout",
             f"the request body did not arrive within {timeout_s:g} s",
         ) from None
+
+
+async def stream_body(
+    request: web.Request,
+    write: Callable[[bytes], Awaitable[Any]],
+    limit: int,
+    chunk: int = 1 << 20,
+) -> int:
+    """Hand the body to `write` chunk by chunk (never whole in memory, past the app's
+    `client_max_size`, which only `read()` applies); its length. Each chunk must arrive
+    within the body timeout of the one before: an upload of gigabytes takes as long as it
+    needs, a stalled one is answered 408."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise BodyTooLarge(declared)
+    timeout_s = request.app[SETTINGS].body_timeout_s
+    total = 0
+    try:
+        while True:
+            async with asyncio.timeout(timeout_s):
+                data = await request.content.read(chunk)
+            if not data:
+                break
+            total += len(data)
+            if total > limit:
+                raise BodyTooLarge(total)
+            await write(data)
+    except TimeoutError:
+        raise ApiError(
+            408, "body_timeout", f"no part of the request body came for {timeout_s:g} s"
+        ) from None
+    except (ConnectionError, ClientError) as exc:
+        raise BodyCutOff(str(exc) or type(exc).__name__) from None
+    if declared is not None and total != declared:
+        raise BodyCutOff(f"{total} of {declared} bytes")
+    return total

@@ -226,3 +226,11 @@ class DuplicateKey(ValueError):
     def __init__(self, key: str) -> None:
         super().__init__(key)
         self.key = key[:100]
+
+
+class BodyTooLarge(Exception):
+    """A streamed body passed its limit (or its Content-Length says it will)."""
+
+
+class BodyCutOff(Exception):
+    """The client went away (or sent less than its Content-Length) mid-body."""

@@ -148,6 +148,14 @@ def _operation(route: Route) -> dict[str, Any]:
         if route.body_examples:
             content["examples"] = route.body_examples
         op["requestBody"] = {"required": True, "content": {JSON: content}}
+    elif route.content_types:
+        op["requestBody"] = {
+            "required": True,
+            "content": {
+                mime: {"schema": {"type": "string", "format": "binary"}}
+                for mime in route.content_types
+            },
+        }
     responses = {str(s): _reply(replies[s]) for s in sorted(replies)}
     if route.method == "HEAD":  # the headers of the GET, never a body
         for response in responses.values():

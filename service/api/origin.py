@@ -106,3 +106,14 @@ def require_json(request: web.Request) -> None:
             415, "unsupported_media_type",
             f"Content-Type {mime!r} is not JSON; send 'Content-Type: application/json'",
         )  # fmt: skip
+
+
+def require_media(request: web.Request, accepted: tuple[str, ...]) -> None:
+    """A non-JSON write (a file upload) takes only `accepted` types, none of which a
+    cross-site form can send without asking first (never `text/plain`, a form's types)."""
+    mime = request.content_type if "Content-Type" in request.headers else None
+    if mime not in accepted:
+        raise ApiError(
+            415, "unsupported_media_type",
+            f"Content-Type {mime!r} is not accepted here; send one of {', '.join(accepted)}",
+        )  # fmt: skip

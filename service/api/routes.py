@@ -9,6 +9,7 @@ from __future__ import annotations
 from types import ModuleType
 
 from service.api import (
+    routes_datasets,
     routes_health,
     routes_jobs,
     routes_session,
@@ -19,6 +20,6 @@ from service.api import (
 from service.api.routing import Route, all_routes
 
 ROUTE_MODULES: list[ModuleType] = [
-    routes_health, routes_jobs, routes_sweeps, routes_session, ws, routes_web,
+    routes_health, routes_jobs, routes_sweeps, routes_datasets, routes_session, ws, routes_web,
 ]  # fmt: skip
 ROUTES: tuple[Route, ...] = tuple(all_routes(ROUTE_MODULES))

@@ -21,6 +21,7 @@ from pydantic import Field
 from service.api.auth import principal_of, require_owner
 from service.api.body import parse_body
 from service.api.connections import read_body
+from service.api.datasets import resolve_dataset
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
 from service.api.keys import METRICS, QUOTA, RETENTION, SETTINGS, SLOTS, STORE
 from service.api.limits import (
@@ -54,6 +55,7 @@ from service.store.jobs import CancelOutcome, IdempotencyKeyReused, request_hash
 from service.store.logs import batch_json
 from service.store.metrics import metrics_json
 from service.tokens import Role
+from trainer.data.catalog import DataShape
 
 log = structlog.get_logger(__name__)
 
@@ -120,11 +122,13 @@ async def submit_job(request: web.Request) -> web.Response:
     body = await read_body(request)
     job_request = parse_body(JobRequest, body)
     hyperparameters, run_options = job_request.split()
-    estimate = await admit_memory(request, hyperparameters)
+    dataset_ref, shape = await resolve_dataset(request.app[STORE], hyperparameters)
+    estimate = await admit_memory(request, hyperparameters, shape)
     await quota.admit(principal.name)
     job = new_job(
-        hyperparameters, run_options, submitted_by=principal.name, memory_estimate=estimate
-    )
+        hyperparameters, run_options, submitted_by=principal.name, memory_estimate=estimate,
+        dataset_ref=dataset_ref,
+    )  # fmt: skip
     body_hash = None if key is None else request_hash(job_request.model_dump())
     try:
         job, created = await request.app[STORE].jobs.insert(
@@ -140,10 +144,12 @@ async def submit_job(request: web.Request) -> web.Response:
     return _created(job, 201 if created else 200)
 
 
-async def admit_memory(request: web.Request, hyperparameters: dict[str, Any]) -> MemoryEstimate:
+async def admit_memory(
+    request: web.Request, hyperparameters: dict[str, Any], shape: DataShape | None = None
+) -> MemoryEstimate:
     """The job's estimated peak memory; a 422 if no live worker's slot could hold it."""
     try:
-        return memory.admit(hyperparameters, await request.app[SLOTS].slots())
+        return memory.admit(hyperparameters, await request.app[SLOTS].slots(), shape)
     except memory.TooBig as exc:
         raise ApiError(422, "too_big_for_workers", str(exc), fields=exc.fields) from None
 

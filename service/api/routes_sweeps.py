@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -19,6 +21,7 @@ from pydantic import Field
 from service.api.auth import principal_of, require_owner
 from service.api.body import parse_body
 from service.api.connections import read_body
+from service.api.datasets import grouping_problem, sweep_datasets
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
 from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
@@ -27,6 +30,7 @@ from service.api.routing import ID_PATTERN, Param, Query, Reply, Route, not_foun
 from service.api.schemas import Deleted
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
+from service.jobs.record import MemoryEstimate
 from service.retry import DATABASE, Backoff, retry
 from service.store.errors import SweepInProgress, SweepKeyReused
 from service.store.jobs import request_hash
@@ -97,8 +101,20 @@ async def submit_sweep(request: web.Request) -> web.Response:
     try:
         check_size(spec, max_jobs=max_jobs)
         slots = await request.app[SLOTS].slots()
-        sweep_plan = await plan_in_slices(
-            spec, max_jobs=max_jobs, admit=lambda hp: memory.admit(hp, slots)
+        registered = await sweep_datasets(request.app[STORE], spec)
+
+        def admit(hp: dict[str, Any]) -> MemoryEstimate:
+            record = registered.get(hp["dataset"])
+            if record is None:
+                return memory.admit(hp, slots)
+            problem = grouping_problem(record, hp["grouping"])
+            if problem is not None:
+                raise memory.TooBig(problem["message"], [problem])
+            return memory.admit(hp, slots, record.shape.data_shape())
+
+        sweep_plan = await plan_in_slices(spec, max_jobs=max_jobs, admit=admit)
+        sweep_plan = replace(
+            sweep_plan, datasets={value: r.ref() for value, r in registered.items()}
         )
     except SweepValuesInvalid as exc:
         raise ApiError(422, "validation_error", str(exc), fields=exc.fields) from None

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service.api.auth import AUTH, PRINCIPAL
 from service.api.errors import ApiError, validation_error
-from service.api.origin import check_host, check_origin, require_json
+from service.api.origin import check_host, check_origin, require_json, require_media
 from service.jobs.request import field_errors
 from service.store.jobs import parse_job_id
 from service.tokens import Role
@@ -70,6 +70,8 @@ class Route:
     # The role a caller needs (service.api.auth); None: public (no token, no database).
     role: Role | None = Role.READ
     websocket: bool = False
+    # A POST whose body is not JSON (a file upload): the media types it takes. None: JSON.
+    content_types: tuple[str, ...] | None = None
 
     @property
     def protected(self) -> bool:
@@ -149,7 +151,10 @@ def _bind(route: Route) -> Handler:
         if route.role is not None:
             request[PRINCIPAL] = await request.app[AUTH].authorize(request, route.role)
         if route.method == "POST":
-            require_json(request)
+            if route.content_types is None:
+                require_json(request)
+            else:
+                require_media(request, route.content_types)
         if query_model is None:
             return await route.handler(request)
         return await route.handler(request, parse_query(query_model, request))

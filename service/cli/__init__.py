@@ -1,5 +1,6 @@
 """The `gatequeue` command: `service.cli.server` has the server-side commands,
-`service.cli.jobs` and `service.cli.sweeps` the client ones (sharing `service.cli.common`),
+`service.cli.jobs`, `service.cli.sweeps` and `service.cli.data` the client ones (sharing
+`service.cli.common`),
 `service.cli.tokens` the token file's.
 
 Every command reads the environment variables of docs/design.md ("Configuration") through
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.cli import jobs, server, sweeps, tokens
+    from service.cli import data, jobs, server, sweeps, tokens
 
     parser = argparse.ArgumentParser(
         prog="gatequeue",
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     jobs.add_commands(sub)
     sweeps.add_commands(sub)
     tokens.add_commands(sub)
+    data.add_commands(sub)
     return parser
 
 

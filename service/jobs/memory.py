@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from service.jobs.record import MemoryEstimate
+from trainer.data.catalog import DataShape
 from trainer.memory import SIZE_OPTIONS, estimate_memory, size_key
 
 # What each of the estimate's items grows with: the batch, or the network's size.
@@ -22,18 +23,21 @@ MODEL_ITEMS = frozenset(
 )
 
 
-def estimate(hyperparameters: Mapping[str, Any]) -> MemoryEstimate:
-    """The job's peaks on both devices. Every submission needs one, and a counted estimate
-    costs about 0.2 ms: shared between jobs of the same size (trainer.memory.size_key)."""
-    return _estimate(size_key(hyperparameters)).model_copy()
+def estimate(
+    hyperparameters: Mapping[str, Any], shape: DataShape | None = None
+) -> MemoryEstimate:
+    """The job's peaks on both devices (`shape`: a registered data set's). Every submission
+    needs one, and a counted estimate costs about 0.2 ms: shared between jobs of the same
+    size (trainer.memory.size_key)."""
+    return _estimate(size_key(hyperparameters), shape).model_copy()
 
 
 @functools.lru_cache(maxsize=4096)
-def _estimate(key: tuple[Any, ...]) -> MemoryEstimate:
+def _estimate(key: tuple[Any, ...], shape: DataShape | None) -> MemoryEstimate:
     hyperparameters = dict(zip(SIZE_OPTIONS, key, strict=True))
     return MemoryEstimate(
-        cpu=estimate_memory(hyperparameters, "cpu").total_bytes,
-        cuda=estimate_memory(hyperparameters, "cuda").total_bytes,
+        cpu=estimate_memory(hyperparameters, "cpu", shape=shape).total_bytes,
+        cuda=estimate_memory(hyperparameters, "cuda", shape=shape).total_bytes,
     )
 
 
@@ -63,12 +67,14 @@ class TooBig(Exception):
 
 
 def admit(
-    hyperparameters: Mapping[str, Any], slots: Iterable[tuple[str, int | None]]
+    hyperparameters: Mapping[str, Any],
+    slots: Iterable[tuple[str, int | None]],
+    shape: DataShape | None = None,
 ) -> MemoryEstimate:
     """The job's estimate, once check_fits has let it in (TooBig otherwise): what a
     submission, alone or in a sweep, stores with the job."""
-    est = estimate(hyperparameters)
-    check_fits(hyperparameters, est, slots)
+    est = estimate(hyperparameters, shape)
+    check_fits(hyperparameters, est, slots, shape)
     return est
 
 
@@ -76,6 +82,7 @@ def check_fits(
     hyperparameters: Mapping[str, Any],
     est: MemoryEstimate,
     slots: Iterable[tuple[str, int | None]],
+    shape: DataShape | None = None,
 ) -> None:
     """Raise TooBig unless some slot (device, capacity) could hold the job. No slots at all
     (no worker has ever started) refuses nothing: the job waits for one."""
@@ -85,7 +92,7 @@ def check_fits(
     # The slot closest to fitting says what to change.
     device, capacity = min(slots, key=lambda s: needed(est, s[0]) / max(1, s[1] or 1))
     assert capacity is not None
-    detail = estimate_memory(hyperparameters, device)
+    detail = estimate_memory(hyperparameters, device, shape=shape)
     batch = sum(n for k, n in detail.breakdown.items() if k in BATCH_ITEMS)
     model = sum(n for k, n in detail.breakdown.items() if k in MODEL_ITEMS)
     total = detail.total_bytes

@@ -132,6 +132,16 @@ class ResumedFrom(Record):
     attemptId: str
 
 
+class DatasetRef(Record):
+    """The registered data set a job trains on, resolved when it was submitted: a later
+    upload under the same name never changes it (docs/datasets.md)."""
+
+    id: Id = Field(description="The data set's id (`GET /datasets/{id}`).")
+    name: str
+    version: int = Field(ge=1)
+    sha256: str = Field(description="SHA-256 of the uploaded file: the data set's content.")
+
+
 class MemoryEstimate(Record):
     """Peak memory the run needs (trainer.memory), by device kind, in bytes."""
 
@@ -218,6 +228,11 @@ class JobRecord(Record):
     memoryEstimate: MemoryEstimate | None = Field(
         None, description="The estimated peak memory of a run (trainer.memory)."
     )
+    datasetRef: DatasetRef | None = Field(
+        None,
+        description="The registered data set `hyperparameters.dataset` resolved to (null: a "
+        "built-in).",
+    )
     sweepId: Id | None = Field(None, description="The sweep the job belongs to (docs/sweeps.md).")
     sweepIndex: int | None = Field(None, ge=0, description="Its combination's index in the sweep.")
     sweepMaxParallel: int | None = Field(
@@ -292,6 +307,7 @@ def new_job(
     *,
     submitted_by: str | None = None,
     memory_estimate: MemoryEstimate | None = None,
+    dataset_ref: DatasetRef | None = None,
 ) -> Job:
     """A Pending job with every field set, so readers never meet a missing key."""
     now = utcnow()
@@ -303,6 +319,7 @@ def new_job(
         createdAt=now,
         updatedAt=now,
         memoryEstimate=memory_estimate,
+        datasetRef=dataset_ref,
         **run_options,
     )
 

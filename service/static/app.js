@@ -3,6 +3,7 @@
  * step, no CDN: it must work offline in Chromium and Firefox. */
 
 import { CompareView } from "./js/compare.js";
+import { DatasetList, refreshDatasetNames } from "./js/datasets.js";
 import { $, showView } from "./js/dom.js";
 import { initJobForm } from "./js/jobform.js";
 import { initJobList, setCurrentJob } from "./js/joblist.js";
@@ -34,6 +35,7 @@ function match(hash) {
   }
   if (hash === "#/compare") return ["view-compare", CompareView, selected(), "compare"];
   if (hash === "#/sweeps") return ["view-sweeps", SweepList, null, "sweeps"];
+  if (hash === "#/datasets") return ["view-datasets", DatasetList, null, "data sets"];
   if (hash === "#/sweeps/new") return ["view-sweep-new", null, null, "new sweep"];
   if ((m = hash.match(new RegExp(`^#/sweeps/(${ID})$`)))) return ["view-sweep", SweepView, m[1], `sweep ${m[1].slice(-8)}`];
   return ["view-new", null, null, "new job"];
@@ -47,11 +49,12 @@ function route() {
     view = null;
   }
   showView(section);
+  if (section === "view-new" || section === "view-sweep-new") refreshDatasetNames();
   if (Kind && !view) {
     view = new Kind(arg);
     view.key = key;
   }
-  const area = section.includes("sweep") ? "sweeps" : "jobs";
+  const area = section.includes("sweep") ? "sweeps" : section.includes("dataset") ? "datasets" : "jobs";
   for (const a of document.querySelectorAll(".nav a")) {
     if (a.dataset.area === area) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");

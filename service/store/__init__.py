@@ -10,6 +10,7 @@ from __future__ import annotations
 from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
+from service.store.datasets import DatasetStore
 from service.store.files import FileStore
 from service.store.jobs import JobStore
 from service.store.leases import LeaseStore
@@ -36,6 +37,7 @@ class Store:
         self.metrics = MetricStore(self.db["job_metrics"])
         self.offsets = OffsetStore(self.db["stream_offsets"])
         self.files = FileStore(self.db)
+        self.datasets = DatasetStore(self.db["datasets"], self.files)
         self.sessions = SessionStore(self.db["sessions"])
         self.sweeps = SweepStore(self.db["sweeps"])
         self.workers = WorkerStore(self.db["workers"])
@@ -52,6 +54,7 @@ class Store:
         await self.sweeps.ensure_indexes()
         await self.files.ensure_indexes()
         await self.leases.ensure_indexes()
+        await self.datasets.ensure_indexes()
 
     async def ping(self) -> None:
         await self.db.command("ping")

@@ -201,6 +201,18 @@ class JobStore:
             return None
         return _job(await self.collection.find_one({"_id": oid}))
 
+    async def uses_dataset(self, dataset_id: ObjectId) -> Job | None:
+        """A Pending or Running job training on the data set, if any (it may not be
+        deleted meanwhile)."""
+        return _job(
+            await self.collection.find_one(
+                {
+                    "datasetRef.id": dataset_id,
+                    "status": {"$in": [Status.PENDING.value, Status.RUNNING.value]},
+                }
+            )
+        )
+
     async def exists(self, job_id: ObjectId) -> bool:
         return await self.collection.find_one({"_id": job_id}, {"_id": 1}) is not None
 

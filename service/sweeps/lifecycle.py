@@ -56,6 +56,8 @@ def sweep_docs(sweep_plan: SweepPlan, sweep: SweepRecord) -> list[dict[str, Any]
             "sweepMaxParallel": sweep.maxParallel,
         }
         own["memoryEstimate"] = None if run.estimate is None else run.estimate.model_dump()
+        ref = sweep_plan.datasets.get(hyperparameters.get("dataset", ""))
+        own["datasetRef"] = None if ref is None else ref.model_dump()
         if template is None:
             job = new_job(hyperparameters, run_options, submitted_by=sweep.submittedBy)
             template = {**job.to_doc(), **own}

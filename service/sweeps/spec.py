@@ -27,14 +27,14 @@ import math
 import random
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.jobs.memory import TooBig
 from service.jobs.options import PRINTABLE, RUN_NAMES
-from service.jobs.record import MemoryEstimate
+from service.jobs.record import DatasetRef, MemoryEstimate
 from service.jobs.request import (
     REQUEST_OPTIONS,
     JobRequest,
@@ -331,6 +331,9 @@ class SweepPlan:
     runs: list[PlannedRun]
     varying: list[str]
     priority: int
+    # `dataset` values that name registered data sets, and what each resolved to
+    # (service/api/datasets.py): every job of the sweep stores its own `datasetRef`.
+    datasets: dict[str, DatasetRef] = field(default_factory=dict)
 
     def options_of(self, run: PlannedRun) -> dict[str, Any]:
         """The values of the options that vary across the sweep, for this run."""

@@ -63,6 +63,7 @@ async def run_worker(
             trainer_cmd=trainer_cmd,
             lease_s=settings.lease_s,
             heartbeat_file=settings.heartbeat_file,
+            data_cache_bytes=settings.data_cache,
             **options,
         )
         if metrics_port is not None:

@@ -33,6 +33,7 @@ from service.store import Store
 from service.store.files import ARTIFACTS_BUCKET, CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
 from service.worker import artifacts, checkpoints
+from service.worker.datacache import DataCache
 from service.worker.ending import (
     Memory,
     Observed,
@@ -41,9 +42,10 @@ from service.worker.ending import (
     describe_circuit,
     oom_kill_count,
 )
+from service.worker.errors import DatasetUnavailable, LeaseLapsed
 from service.worker.gpus import Slot
 from service.worker.lease import Lease
-from service.worker.logsink import LeaseLapsed, LogSink
+from service.worker.logsink import LogSink
 from service.worker.runner import TrainerProcess
 from trainer import protocol
 from trainer.options import run_control_args, trainer_args
@@ -110,8 +112,10 @@ class JobRun:
         job: JobRecord,
         *,
         claimed_at: float | None = None,
+        data_cache: DataCache | None = None,
     ) -> None:
         self.store = store
+        self.data_cache = data_cache
         self.s = settings
         self.slot = slot
         self.job_id = job.id
@@ -231,13 +235,16 @@ class JobRun:
             if self.proc is not None and self.proc.running:
                 await self.proc.kill()
 
-    def _argv(self, workdir: Path, output_dir: Path, resume: Path | None) -> list[str]:
+    def _argv(
+        self, workdir: Path, output_dir: Path, resume: Path | None, dataset: Path | None = None
+    ) -> list[str]:
         job = self.lease.job
         return [
             *self.s.trainer_cmd,
             *trainer_args(job.hyperparameters),
             *run_control_args(job),
             "--data-dir", str(self.s.datasets_dir),
+            *(["--dataset-file", str(dataset)] if dataset is not None else []),
             "--output-dir", str(output_dir),
             "--checkpoint-dir", str(workdir / "checkpoints"),
             *(["--resume-from", str(resume)] if resume is not None else []),
@@ -278,8 +285,23 @@ class JobRun:
     async def _run_trainer(
         self, workdir: Path, output_dir: Path, resume: Path | None
     ) -> tuple[int | None, bool, str]:
+        """The trainer, with the job's registered data set fetched into the worker's cache
+        (and kept there while it runs) where it names one."""
+        ref = self.lease.job.datasetRef
+        if ref is None:
+            return await self._start_trainer(workdir, output_dir, resume, None)
+        cache = self.data_cache or DataCache(self.store, self.s.datasets_dir / "registered", 0)
         try:
-            argv = self._argv(workdir, output_dir, resume)
+            async with cache.use(ref) as dataset:
+                return await self._start_trainer(workdir, output_dir, resume, dataset)
+        except DatasetUnavailable as exc:
+            return None, False, str(exc)
+
+    async def _start_trainer(
+        self, workdir: Path, output_dir: Path, resume: Path | None, dataset: Path | None
+    ) -> tuple[int | None, bool, str]:
+        try:
+            argv = self._argv(workdir, output_dir, resume, dataset)
         except (KeyError, TypeError, AttributeError) as exc:
             return None, False, f"the job's hyperparameters cannot be passed on: {exc}"
         env = self.slot.env(self.s.env)

@@ -22,6 +22,7 @@ from service.cancellation import cancel_and_wait
 from service.retry import DATABASE
 from service.store.errors import StaleAttempt
 from service.store.logs import LogStore
+from service.worker.errors import LeaseLapsed
 
 log = structlog.get_logger(__name__)
 
@@ -34,10 +35,6 @@ HIGH_WATER_LINES = 4 * MAX_LINES
 # Tries of one batch before a sink that holds no lease gives up (about 6 s of outage); a
 # run's sink tries for as long as its lease surely holds.
 APPEND_ATTEMPTS = 6
-
-
-class LeaseLapsed(Exception):
-    """The attempt's lease may have expired: it must not write until it is confirmed."""
 
 
 class LogSink:

@@ -32,6 +32,7 @@ from service.mongo.changestream import StoredTokens
 from service.retry import DATABASE, Failures
 from service.store import Store
 from service.store.workers import HEARTBEAT_S
+from service.worker.datacache import DataCache
 from service.worker.dispatch import job_feed
 from service.worker.gpus import Slot
 from service.worker.heartbeat import DEFAULT_INTERVAL_S, run_heartbeat
@@ -81,6 +82,7 @@ class Worker:
         memory_limit_factor: float | None = memory.LIMIT_FACTOR,
         memory_limit_headroom: int = memory.LIMIT_HEADROOM,
         register_every_s: float = HEARTBEAT_S,
+        data_cache_bytes: int = config.DEFAULT_DATA_CACHE,
     ) -> None:
         if not slots:
             raise ValueError("a worker needs at least one slot")
@@ -119,6 +121,9 @@ class Worker:
             memory_limit_headroom=memory_limit_headroom,
         )
         self.register_every_s = register_every_s
+        self.data_cache = DataCache(
+            store, self.run_settings.datasets_dir / "registered", data_cache_bytes
+        )
         self.log = log.bind(worker_id=worker_id)
         self.feed = job_feed(store, worker_id)
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
@@ -410,7 +415,7 @@ class Worker:
         return True
 
     def _start_run(self, slot: Slot, job: JobRecord) -> None:
-        run = JobRun(self.store, self.run_settings, slot, job)
+        run = JobRun(self.store, self.run_settings, slot, job, data_cache=self.data_cache)
         run.log.info("job claimed", attempt=job.attempt)
         self.runs[job.id] = run
         if job.id in self._early_cancels:

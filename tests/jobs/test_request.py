@@ -72,7 +72,7 @@ def _errors(body: dict[str, object]) -> dict[str, str]:
         ({"gateOptimizer": "adam"}, "gateOptimizer"),
         ({"noiseTemp": -0.1}, "noiseTemp"),
         ({"groupSumTau": 0}, "groupSumTau"),
-        ({"dataset": "imagenet"}, "dataset"),
+        ({"dataset": "image net"}, "dataset"),
         ({"maxAttempts": 0}, "maxAttempts"),
         ({"learningRate": "fast"}, "learningRate"),
     ],

@@ -10,6 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# A data set's name (registered ones too: docs/datasets.md), and how a job names one:
+# `name` (the latest version) or `name@version`.
+DATASET_NAME_MAX = 64
+NAME_PATTERN = rf"[A-Za-z0-9][A-Za-z0-9._-]{{0,{DATASET_NAME_MAX - 1}}}"
+DATASET_PATTERN = rf"^{NAME_PATTERN}(@[1-9][0-9]{{0,8}})?$"
+
 CLASSES: dict[str, int] = {"digits": 10, "breast_cancer": 2, "mnist": 10, "cifar10": 10}
 DATASETS: tuple[str, ...] = tuple(CLASSES)
 

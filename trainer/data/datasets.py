@@ -14,6 +14,7 @@ import numpy as np
 
 from trainer.data.catalog import CLASSES, DATASETS
 from trainer.data.cifar import load_cifar10
+from trainer.data.encoded import load_encoded
 from trainer.data.errors import DataError
 from trainer.data.mnist import load_mnist
 
@@ -129,8 +130,19 @@ def _cifar10(data_dir: Path) -> Dataset:
     )
 
 
-def load_dataset(name: str, data_dir: str | Path = "data") -> Dataset:
-    """The named data set, binarized. Raises DataError naming any file that is missing."""
+def _registered(name: str, file: Path) -> Dataset:
+    x_tr, y_tr, x_te, y_te, classes = load_encoded(file)
+    return Dataset(name, x_tr, y_tr, x_te, y_te, classes, f"registered data set ({file.name})")
+
+
+def load_dataset(
+    name: str, data_dir: str | Path = "data", file: str | Path | None = None
+) -> Dataset:
+    """The named data set, binarized: from `file` (a registered data set's encoded file,
+    trainer.data.encoded) when given, else a built-in. Raises DataError naming any file that
+    is missing."""
+    if file is not None:
+        return _registered(name, Path(file))
     data_dir = Path(data_dir)
     match name:
         case "digits":
@@ -141,4 +153,7 @@ def load_dataset(name: str, data_dir: str | Path = "data") -> Dataset:
             return _mnist(data_dir)
         case "cifar10":
             return _cifar10(data_dir)
-    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    raise DataError(
+        f"unknown dataset {name!r}: not a built-in ({', '.join(DATASETS)}), and no "
+        "--dataset-file was given (a worker passes one for a registered data set)"
+    )

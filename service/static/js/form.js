@@ -2,6 +2,7 @@
  * bounds, help and starting value (the seed's where it sets one, else the default). Used
  * by the job form and, for the base options, by the sweep form. */
 
+import { DATALIST_ID } from "./datasets.js";
 import { el } from "./dom.js";
 
 export function optionField(opt) {
@@ -20,6 +21,7 @@ export function optionField(opt) {
       min: opt.minimum ?? opt.exclusiveMinimum ?? null,
       max: opt.maximum ?? null,
       maxlength: opt.maxLength ?? null,
+      list: opt.name === "dataset" ? DATALIST_ID : null,
       placeholder: opt.nullable ? "optional" : null,
       required: !opt.nullable && !opt.advanced ? true : null,
       value: start === null || start === undefined ? null : String(start),
