@@ -24,10 +24,30 @@ from typing import Any
 
 import torch
 
-from trainer.convspec import BlockShape, ConvSpec, block_shapes, discrete_widths
+from trainer.convspec import BlockShape, ConvSpec, block_shapes, discrete_widths, parse_channels
 from trainer.data.catalog import ImageShape
+from trainer.errors import RunConfigError
 from trainer.layer import GroupSum, LogicLayer, resolve_backend
 from trainer.parametrizations import Parametrization
+
+
+def conv_arguments(args: Any, data: Any) -> dict[str, Any]:
+    """build_model's architecture arguments from the trainer's parsed flags and its data
+    set; raises RunConfigError where a conv run's data set has no image shape."""
+    if getattr(args, "architecture", "dense") != "conv":
+        return {}
+    if data.image is None:
+        raise RunConfigError(f"--architecture conv needs an image data set; {data.name} is not one")
+    spec = ConvSpec(
+        parse_channels(args.conv_channels),
+        kernel=args.kernel_size,
+        stride=args.conv_stride,
+        padding=args.conv_padding,
+        depth=args.tree_depth,
+        pool=args.pool_size,
+    )
+    return {"architecture": "conv", "image": data.image, "conv": spec}
+
 
 OR_GATE = 7  # "A OR B" (trainer.gates)
 PASS_A = 3  # "A"
@@ -259,7 +279,9 @@ def _bit(op: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return (op >> (3 - (2 * a + b))) & 1
 
 
-def _gate(b00: torch.Tensor, b01: torch.Tensor, b10: torch.Tensor, b11: torch.Tensor) -> torch.Tensor:
+def _gate(
+    b00: torch.Tensor, b01: torch.Tensor, b10: torch.Tensor, b11: torch.Tensor
+) -> torch.Tensor:
     return (b00 << 3) | (b01 << 2) | (b10 << 1) | b11
 
 

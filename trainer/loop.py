@@ -24,6 +24,7 @@ import torch
 
 from trainer import checkpoint, environment, logs, protocol, supervision
 from trainer.checkpoint import CheckpointedStop, Progress
+from trainer.conv import conv_arguments
 from trainer.data import Dataset, load_dataset
 from trainer.device import gpu_model, gpu_peak_mib, make_optimizer
 from trainer.errors import Diverged, RunConfigError
@@ -315,6 +316,7 @@ def run(
             residual_layers=args.residual_layers,
             noise_temp=args.noise_temp,
             backend=args.backend,
+            **conv_arguments(args, data),
         ).to(device)
         backend = model.backend_on(device)
     except ValueError as exc:

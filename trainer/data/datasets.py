@@ -123,7 +123,9 @@ def _cifar10(data_dir: Path) -> Dataset:
     x_tr, y_tr, x_te, y_te = load_cifar10(data_dir)
     # Rows are colour-major (3, 32, 32); encode pixel-major so each pixel's 3 colours x 3
     # thresholds are its 9 channels (HWC, trainer.data.catalog.IMAGE_SHAPES).
-    x_tr, x_te = (x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(-1, 3072) for x in (x_tr, x_te))
+    x_tr, x_te = (
+        x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(-1, 3072) for x in (x_tr, x_te)
+    )
     n = CIFAR10_THRESHOLDS
     th = np.asarray([255 * (i + 1) / (n + 1) for i in range(n)])
     return Dataset(
