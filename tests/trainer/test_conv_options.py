@@ -85,3 +85,10 @@ def test_the_trainer_refuses_a_conv_run_on_tabular_data() -> None:
     with pytest.raises(SystemExit) as info:
         validate(parser, args)
     assert info.value.code == 2
+
+
+def test_image_shapes_hold_every_input_of_their_data_sets() -> None:
+    from trainer.data.catalog import IMAGE_SHAPES, SHAPES
+
+    for name, image in IMAGE_SHAPES.items():
+        assert image.inputs == SHAPES[name].inputs
