@@ -92,3 +92,36 @@ def test_image_shapes_hold_every_input_of_their_data_sets() -> None:
 
     for name, image in IMAGE_SHAPES.items():
         assert image.inputs == SHAPES[name].inputs
+
+
+def test_every_preset_is_valid_and_counts_the_gates_the_model_has() -> None:
+    from trainer.presets import PRESETS
+
+    for preset in PRESETS.values():
+        TrainingOptions.model_validate(dict(preset.options))
+    import torch
+
+    from trainer.conv import conv_arguments
+    from trainer.model import build_model
+
+    parser = build_parser()
+    argv = ["--preset", "digits-large", "--epochs", "1"]
+    from trainer.presets import apply
+
+    apply(parser, argv)
+    args = parser.parse_args(argv)
+    assert (args.conv_channels, args.epochs, args.architecture) == ("64,128", 1, "conv")
+
+    class Data:
+        from trainer.data.catalog import IMAGE_SHAPES
+
+        image = IMAGE_SHAPES["digits"]
+        name = "digits"
+
+    torch.manual_seed(0)
+    model = build_model(
+        256, gates=args.gates, network_layers=args.network_layers, grouping=10,
+        group_sum_tau=args.group_sum_tau, gate_optimizer=args.gate_optimizer,
+        residual_layers=args.residual_layers, **conv_arguments(args, Data()),
+    )  # fmt: skip
+    assert sum(model.widths) == PRESETS["digits-large"].gates()
