@@ -223,3 +223,26 @@ def test_residual_initialisation_passes_the_first_leaf_through() -> None:
     x = (torch.rand(4, image.inputs) > 0.5).float().t().contiguous()
     first_leaf = layer.patches(x).view(3, 4, -1)[:, 0]
     assert torch.equal(layer(x).view(3, -1), first_leaf)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_whole_network_matches_the_plain_torch_reference(backend: str) -> None:
+    """The benchmark's baseline (F.unfold, 16-op sums, F.max_pool2d) computes the same
+    scores and gradients as the network, for softmax gates."""
+    from trainer.reference import ReferenceConvNet
+
+    torch.manual_seed(7)
+    model = build_model(
+        256, gates=40, network_layers=2, grouping=10, group_sum_tau=3.0,
+        gate_optimizer="softmax", architecture="conv", image=ImageShape(8, 8, 4),
+        conv=ConvSpec((6, 8), stride=1, padding=1, depth=2, pool=2), backend=backend,
+    ).train()  # fmt: skip
+    reference = ReferenceConvNet(model)
+    x = torch.rand(9, 256)
+    ours, theirs = model(x), reference(x)
+    torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
+    ours.square().sum().backward()
+    theirs.square().sum().backward()
+    got = [lv.logits.grad for c in model.convs for lv in c.levels]
+    for g, z in zip(got, reference.tree_logits, strict=True):
+        torch.testing.assert_close(g, z.grad, atol=1e-5, rtol=1e-4)
