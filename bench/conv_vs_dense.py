@@ -124,8 +124,17 @@ def evaluate(model: Any, task: Task, seconds: float, out: Path) -> dict[str, Any
     }
 
 
+# Conv blocks and OR pooling per task (--channels and --pool override): digits' 8x8 images
+# are too small to pool twice, the translation task pools to gain its invariance.
+TASK_CONV = {"digits": ("32", 1), "translation": ("16,32", 2)}
+
+
 def run_task(task: Task, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
-    spec = ConvSpec(tuple(int(c) for c in args.channels.split(",")), pool=2)
+    channels, pool = TASK_CONV[task.name]
+    channels = args.channels or channels
+    pool = args.pool or pool
+    spec = ConvSpec(tuple(int(c) for c in channels.split(",")), pool=pool)
+    print(f"# {task.name}: conv blocks {channels}, OR pooling {pool}x{pool}", flush=True)
     common = dict(
         grouping=task.classes, gate_optimizer=args.gate_optimizer, backend="auto",
         noise_temp=0.2,
@@ -155,12 +164,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tasks", default="digits,translation")
     p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--channels", default="8,16")
-    p.add_argument("--dense-gates", type=int, default=400, help="the conv net's dense layers")
+    p.add_argument("--channels", default=None, help="conv blocks (default: per task)")
+    p.add_argument("--pool", type=int, default=None, help="OR pooling (default: per task)")
+    p.add_argument("--dense-gates", type=int, default=1000, help="the conv net's dense layers")
     p.add_argument("--gate-optimizer", default="softmax")
     p.add_argument("--learning-rate", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--tau", type=float, default=10.0)
+    p.add_argument("--tau", type=float, default=3.0, help="the conv net's; dense: x sqrt(width)")
     p.add_argument("--classes", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -169,9 +179,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"# {cpu_model()} ({platform.machine()}), torch {torch.__version__}, "
           f"{args.threads} thread(s), {args.epochs} epochs, {args.gate_optimizer}")  # fmt: skip
+    print(flush=True)
     print("| task | network | test acc (discrete) | gates | live gates | s/epoch | images/s |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
-    tasks = {"digits": digits_task, "translation": lambda: translation_task(args.classes, 3000, 1000)}
+    tasks = {
+        "digits": digits_task,
+        "translation": lambda: translation_task(args.classes, 3000, 1000),
+    }
     for name in args.tasks.split(","):
         task = tasks[name]()
         rows = run_task(task, args)
