@@ -9,6 +9,7 @@ a `(batch, gates)` temporary, forward and backward.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -84,26 +85,26 @@ class ReferenceConvNet(torch.nn.Module):
     `F.unfold`, each tree level as the 16-op weighted sum over (batch, channel, gate,
     position), OR pooling by `F.max_pool2d`, then the dense layers as ReferenceNet's."""
 
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: Any) -> None:
         super().__init__()
-        self.model_spec, self.image = model.spec, model.image  # type: ignore[union-attr]
+        self.model_spec, self.image = model.spec, model.image
         self.fields = [
             (c.leaves[..., 0] * c.spec.kernel + c.leaves[..., 1]) * c.spec.kernel + c.leaves[..., 2]
-            for c in model.convs  # type: ignore[union-attr]
+            for c in model.convs
         ]
-        self.blocks = [c.block for c in model.convs]  # type: ignore[union-attr]
+        self.blocks = [c.block for c in model.convs]
         self.tree_logits = torch.nn.ParameterList(
             [
                 torch.nn.Parameter(level.logits.detach().clone())
-                for c in model.convs  # type: ignore[union-attr]
+                for c in model.convs
                 for level in c.levels
             ]
         )
         self.dense = ReferenceNet(
-            [(layer.idx_a, layer.idx_b) for layer in model.layers],  # type: ignore[union-attr]
-            [layer.logits for layer in model.layers],  # type: ignore[union-attr]
-            model.group_sum.k,  # type: ignore[union-attr]
-            model.group_sum.tau,  # type: ignore[union-attr]
+            [(layer.idx_a, layer.idx_b) for layer in model.layers],
+            [layer.logits for layer in model.layers],
+            model.group_sum.k,
+            model.group_sum.tau,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
