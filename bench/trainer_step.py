@@ -20,6 +20,7 @@ level, F.max_pool2d.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -92,6 +93,8 @@ def main() -> int:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.conv:
+        args.in_dim = math.prod(int(v) for v in args.image.split(","))
     device = torch.device(args.device)
 
     print(
