@@ -86,3 +86,35 @@ def test_verilog_agrees_with_the_numpy_evaluator(
     assert np.array_equal(scores, network.scores(x))
     assert np.array_equal(compiled.library.predict(load_dataset("digits").x_test),
                           network.predict(load_dataset("digits").x_test))  # fmt: skip
+
+
+def test_a_conv_run_resumed_from_a_checkpoint_repeats_the_run(tmp_path: Path) -> None:
+    """A conv run resumed after its second epoch prints the same metrics and saves the same
+    network as the run that never stopped (gumbel noise and data order in play): the tree
+    levels' logits and their optimizer state resume exactly, as the dense layers' do."""
+    run = [
+        sys.executable, "-m", "trainer", "--gate-optimizer", "gumbel_softmax",
+        "--noise-temp", "1.0", "--architecture", "conv", "--conv-channels", "4,8",
+        "--gates", "200", "--network-layers", "1", "--group-sum-tau", "10",
+        "--learning-rate", "0.05", "--epochs", "3", "--seed", "3", "--no-circuit",
+        "--checkpoint-interval-s", "0",
+    ]  # fmt: skip
+
+    def train(name: str, *more: str) -> tuple[list[str], list[object]]:
+        proc = subprocess.run(
+            [*run, "--output-dir", str(tmp_path / name), "--checkpoint-dir",
+             str(tmp_path / f"{name}-ck"), *more],
+            cwd=ROOT, capture_output=True, text=True, timeout=600, check=True,
+        )  # fmt: skip
+        epochs = [
+            " ".join(p for p in ln.split() if p.split("=")[0] not in ("epoch_s", "step_ms"))
+            for ln in proc.stdout.splitlines()
+            if ln.startswith("EPOCH ")
+        ]
+        return epochs, json.loads((tmp_path / name / "network.json").read_text())["layers"]
+
+    full_epochs, full_layers = train("full")
+    first = tmp_path / "full-ck" / "checkpoint-e000002-s00000000.gqckpt"
+    resumed_epochs, resumed_layers = train("resumed", "--resume-from", str(first))
+    assert resumed_epochs == full_epochs[2:]
+    assert resumed_layers == full_layers
