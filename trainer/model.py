@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
@@ -12,6 +12,9 @@ from trainer.convspec import ConvSpec, block_shapes
 from trainer.data.catalog import ImageShape
 from trainer.layer import BACKENDS, GroupSum, LogicLayer, resolve_backend
 from trainer.parametrizations import GATE_OPTIMIZERS, Parametrization
+
+if TYPE_CHECKING:
+    from trainer.conv import ConvLogicNet
 
 
 def layer_widths(gates: int, network_layers: int, grouping: int) -> list[int]:
@@ -98,6 +101,42 @@ def relaxed_evaluation(model: Any) -> Iterator[Any]:
         model.train(was_training)
 
 
+@overload
+def build_model(
+    in_dim: int,
+    *,
+    gates: int,
+    network_layers: int,
+    grouping: int,
+    group_sum_tau: float,
+    gate_optimizer: str,
+    residual_layers: int = 0,
+    noise_temp: float = 0.2,
+    backend: str = "auto",
+    architecture: Literal["dense"] = "dense",
+    image: ImageShape | None = None,
+    conv: ConvSpec | None = None,
+) -> LogicNet: ...
+
+
+@overload
+def build_model(
+    in_dim: int,
+    *,
+    gates: int,
+    network_layers: int,
+    grouping: int,
+    group_sum_tau: float,
+    gate_optimizer: str,
+    residual_layers: int = 0,
+    noise_temp: float = 0.2,
+    backend: str = "auto",
+    architecture: str,
+    image: ImageShape | None = None,
+    conv: ConvSpec | None = None,
+) -> LogicNet | ConvLogicNet: ...
+
+
 def build_model(
     in_dim: int,
     *,
@@ -112,7 +151,7 @@ def build_model(
     architecture: str = "dense",
     image: ImageShape | None = None,
     conv: ConvSpec | None = None,
-) -> Any:
+) -> LogicNet | ConvLogicNet:
     """A logic gate network; `.train()` relaxed, `.eval()` discrete (docs/design.md,
     "Trainer output").
 
