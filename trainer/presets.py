@@ -92,6 +92,20 @@ def apply(parser: argparse.ArgumentParser, argv: list[str] | None) -> None:
         parser.set_defaults(**{dest_of(k): v for k, v in PRESETS[known.preset].options.items()})
 
 
+def describe() -> list[dict[str, Any]]:
+    """The presets as the web form reads them (`GET /options`'s `presets`)."""
+    return [
+        {
+            "name": p.name,
+            "note": p.note,
+            "gates": p.gates(),
+            "paperGates": p.paper_gates,
+            "options": dict(p.options),
+        }
+        for p in PRESETS.values()
+    ]
+
+
 def table() -> list[str]:
     lines = [
         "| preset | data set | gates | paper's gates | note |",
