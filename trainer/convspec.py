@@ -153,7 +153,10 @@ def problems(image: ImageShape | None, dataset: str, spec: ConvSpec) -> list[tup
 
 def tree_widths(block: BlockShape, spec: ConvSpec) -> list[int]:
     """Gates of each tree level, unrolled over positions: leaves / 2, / 4, ..., 1 per channel."""
-    return [block.channels * (spec.leaves >> level) * block.positions for level in range(1, spec.depth + 1)]
+    return [
+        block.channels * (spec.leaves >> level) * block.positions
+        for level in range(1, spec.depth + 1)
+    ]
 
 
 def pool_widths(block: BlockShape, spec: ConvSpec) -> list[int]:
