@@ -193,7 +193,7 @@ def estimate_memory(
     if shape is None:
         raise ValueError(f"unknown dataset {hp['dataset']!r}")
     cuda = device == "cuda"
-    dims, widths = _network(hp, shape)
+    dims, widths, layer_inputs, gather_index = _network(hp, shape)
     batch = min(int(hp["batchSize"]), shape.train)
     eval_batch = min(EVAL_BATCH, shape.test)
 
@@ -210,7 +210,9 @@ def estimate_memory(
         # idx_a, idx_b (int64) and their int32 copies for the C++ kernel
         always.add("connections", w * INT64, w * INT64, w * INT32, w * INT32)
         if kind == "difflogic":  # the reverse index of backward_x (trainer.kernels)
-            always.add("connections", (dims[i] + 1) * INT64, 2 * w * INT64)
+            always.add("connections", (layer_inputs[i] + 1) * INT64, 2 * w * INT64)
+    if gather_index:  # the conv blocks' patch indices (trainer.conv.TreeConv.index)
+        always.add("connections", gather_index)
     always.add("dataset", *_dataset_tensors(shape))
 
     train = _training_step(cuda, kind, dims, batch, shape, threads, widths)
@@ -250,8 +252,12 @@ def estimate_memory(
     )
 
 
-def _network(hp: Mapping[str, Any], shape: DataShape) -> tuple[list[int], list[int]]:
-    """(activation rows per sample, the inputs first; gates with parameters per layer).
+def _network(
+    hp: Mapping[str, Any], shape: DataShape
+) -> tuple[list[int], list[int], list[int], int]:
+    """(activation rows per sample, the inputs first; gates with parameters per layer;
+    each such layer's input rows; the conv blocks' gather indices, one int64 per leaf and
+    position).
 
     Dense: the layer widths, both. Conv (trainer.conv): per block the gathered patches
     (channels x leaves rows at every position), each tree level's outputs at every position
@@ -259,20 +265,23 @@ def _network(hp: Mapping[str, Any], shape: DataShape) -> tuple[list[int], list[i
     dense layers. Raises ValueError where the conv options do not fit the data set."""
     dense = layer_widths(int(hp["gates"]), int(hp["networkLayers"]), int(hp["grouping"]))
     if hp["architecture"] != "conv":
-        return [shape.inputs, *dense], dense
+        dims = [shape.inputs, *dense]
+        return dims, dense, dims[:-1], 0
     image = IMAGE_SHAPES.get(hp["dataset"])
     if image is None:
         raise ValueError(f"dataset {hp['dataset']!r} has no image shape for a conv network")
     spec = ConvSpec.from_options(hp)
-    acts, params = [shape.inputs], []
+    acts, params, index = [shape.inputs], [], 0
     for block in block_shapes(image, spec):
         acts.append(block.channels * spec.leaves * block.positions)
+        index += acts[-1] * INT64
         for level in range(1, spec.depth + 1):
             params.append(block.channels * (spec.leaves >> level))
             acts.append(params[-1] * block.positions)
         if spec.pool > 1:
             acts.append(block.outputs)
-    return acts + dense, params + dense
+    ins = [2 * p for p in params] + [block.outputs, *dense[:-1]]
+    return acts + dense, params + dense, ins, index
 
 
 def _dataset_tensors(shape: DataShape) -> list[int]:
