@@ -44,15 +44,45 @@ def _conv(
         "dataset": dataset, "architecture": "conv", "convChannels": channels,
         "treeDepth": depth, "gates": gates, "networkLayers": 2, "residualLayers": blocks,
         "gateOptimizer": "softmax", "groupSumTau": 10.0 if gates < 10_000 else 30.0,
-        "learningRate": 0.02, "epochs": epochs, **more,
-    }  # fmt: skip
+        "learningRate": 0.02, "epochs": epochs,
+    } | more  # fmt: skip
 
 
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("digits-small", _conv("digits", "16,32", 2, 1000, 30), "seconds on a CPU core"),
-        Preset("digits-large", _conv("digits", "64,128", 2, 4000, 30), "a minute on a CPU core"),
+        # 8x8 digits lose to pooling and train faster from a random start
+        # (bench/conv_vs_dense.py, docs/trainer.md): one or two blocks at full size.
+        Preset(
+            "digits-small",
+            _conv(
+                "digits",
+                "32",
+                2,
+                1000,
+                30,
+                poolSize=1,
+                residualLayers=0,
+                groupSumTau=3.0,
+                learningRate=0.05,
+            ),
+            "seconds on a CPU core",
+        ),
+        Preset(
+            "digits-large",
+            _conv(
+                "digits",
+                "64,64",
+                2,
+                2000,
+                30,
+                poolSize=1,
+                residualLayers=0,
+                groupSumTau=3.0,
+                learningRate=0.05,
+            ),
+            "a minute on a CPU core",
+        ),
         Preset("mnist-small", _conv("mnist", "16,32", 2, 4000, 10), "two blocks"),
         Preset("mnist-medium", _conv("mnist", "32,64,128", 2, 8000, 20), "three blocks"),
         Preset("mnist-large", _conv("mnist", "64,128,256", 3, 16000, 30), "depth-3 trees"),

@@ -81,7 +81,7 @@ def test_a_client_sends_only_the_flags_given() -> None:
         ["--preset", "digits-small", "--gate-optimizer", "sparsemax", "--epochs", "3"]
     )
     body = request_body(preset)
-    assert (body["convChannels"], body["architecture"]) == ("16,32", "conv")
+    assert (body["convChannels"], body["architecture"]) == ("32", "conv")
     assert (body["gateOptimizer"], body["epochs"]) == ("sparsemax", 3)  # the flags win
     sweep = _command("sweep").parse_args(["--learning-rate", "0.5", "--grid", "gates=10,20"])
     assert sweep_body(sweep)["base"] == {"learningRate": 0.5}

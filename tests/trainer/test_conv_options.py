@@ -110,7 +110,7 @@ def test_every_preset_is_valid_and_counts_the_gates_the_model_has() -> None:
 
     apply(parser, argv)
     args = parser.parse_args(argv)
-    assert (args.conv_channels, args.epochs, args.architecture) == ("64,128", 1, "conv")
+    assert (args.conv_channels, args.epochs, args.architecture) == ("64,64", 1, "conv")
 
     class Data:
         from trainer.data.catalog import IMAGE_SHAPES
