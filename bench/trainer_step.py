@@ -9,11 +9,18 @@ is of medians. Prints the machine, the timings and the ratios.
     python bench/trainer_step.py                      # 784 inputs, 32000 gates x 4, batch 128
     python bench/trainer_step.py --gates 4000 --rounds 5
     python bench/trainer_step.py --device cuda --backends difflogic,torch
+    python bench/trainer_step.py --conv 16,32 --image 28,28,1 --gates 4000 --layers 2
+
+With `--conv`, the network is convolutional (trainer.conv: tree convolutions over gathered
+patches through the same layer backends, OR pooling, then `--layers` dense layers) and the
+baseline is trainer.reference.ReferenceConvNet: F.unfold patches, the 16-op sum per tree
+level, F.max_pool2d.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -31,9 +38,11 @@ prepare_process()  # for every model alike: see trainer/runtime.py
 import torch  # noqa: E402
 
 from trainer import build_model  # noqa: E402
+from trainer.convspec import ConvSpec, parse_channels  # noqa: E402
 from trainer.cpuinfo import cpu_model  # noqa: E402
+from trainer.data.catalog import ImageShape  # noqa: E402
 from trainer.layer import resolve_backend  # noqa: E402
-from trainer.reference import ReferenceNet  # noqa: E402
+from trainer.reference import ReferenceConvNet, ReferenceNet  # noqa: E402
 
 REFERENCE = "reference"
 
@@ -78,9 +87,14 @@ def main() -> int:
     parser.add_argument("--backends", default="cpp,torch", help="ours to time, comma-separated")
     parser.add_argument("--no-reference", action="store_true")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--conv", default=None, help="conv channels per block, e.g. 16,32")
+    parser.add_argument("--image", default="28,28,1", help="H,W,C of the conv input")
+    parser.add_argument("--tree-depth", type=int, default=2)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.conv:
+        args.in_dim = math.prod(int(v) for v in args.image.split(","))
     device = torch.device(args.device)
 
     print(
@@ -107,6 +121,17 @@ def main() -> int:
         group_sum_tau=args.tau,
         gate_optimizer="softmax",
     )
+    if args.conv:
+        h, w, c = (int(v) for v in args.image.split(","))
+        args.in_dim = h * w * c
+        x = (torch.rand(args.batch, args.in_dim) > 0.5).float().to(device)
+        common.update(
+            architecture="conv",
+            image=ImageShape(h, w, c),
+            conv=ConvSpec(parse_channels(args.conv), depth=args.tree_depth),
+        )
+        print(f"conv: blocks {args.conv} over {h}x{w}x{c}, 3x3 trees of depth "
+              f"{args.tree_depth}, 2x2 OR pooling", flush=True)  # fmt: skip
 
     models: dict[str, torch.nn.Module] = {}
     for backend in [b for b in args.backends.split(",") if b]:
@@ -120,12 +145,15 @@ def main() -> int:
     if not args.no_reference:
         torch.manual_seed(1)
         template = build_model(args.in_dim, backend="torch", **common).to(device)
-        models[REFERENCE] = ReferenceNet(
-            [(layer.idx_a, layer.idx_b) for layer in template.layers],
-            [layer.logits for layer in template.layers],
-            args.grouping,
-            args.tau,
-        )
+        if args.conv:
+            models[REFERENCE] = ReferenceConvNet(template)
+        else:
+            models[REFERENCE] = ReferenceNet(
+                [(layer.idx_a, layer.idx_b) for layer in template.layers],
+                [layer.logits for layer in template.layers],
+                args.grouping,
+                args.tau,
+            )
         del template
 
     losses = {name: first_loss(model, x, y) for name, model in models.items()}

@@ -27,6 +27,8 @@ from trainer.errors import BadCheckpoint, CheckpointedStop, Diverged, RunConfigE
 from trainer.flags import add_option_flag, number
 from trainer.layer import BACKENDS
 from trainer.options import RUN_CONTROL_OPTIONS, TRAINING_OPTIONS, TrainingOptions, flag_of
+from trainer.presets import PRESETS
+from trainer.presets import apply as apply_preset
 
 
 def _positive(kind: type) -> Callable[[str], Any]:
@@ -53,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     for option in TRAINING_OPTIONS:
         add_option_flag(training, option)
     run = p.add_argument_group("this run")
+    run.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="start from a named conv configuration (python -m trainer.presets lists them); "
+        "training flags given beside it win",
+    )
     run.add_argument(
         "--data-dir",
         type=Path,
@@ -168,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     restore_signal = stop.install_signal()
     try:
         parser = build_parser()
+        apply_preset(parser, argv)
         args = parser.parse_args(argv)
         validate(parser, args)
         from trainer.loop import run  # torch-heavy imports after argument checks

@@ -11,6 +11,8 @@ Format (version 1), one JSON object:
                    "op": [...]}: gate j of a layer reads inputs a[j] and b[j] of the layer
                    before (the data for the first layer) and applies Boolean function op[j]
     hyperparameters, metrics: what the run was given and what it measured
+    architecture   (conv networks only) their shape; the layers are the network unrolled
+                   into gates (trainer.conv), so readers evaluate them as any other
 
 Gate ids are difflogic's: gate g outputs bit (3 - (2a + b)) of g, so 1 = AND, 6 = XOR,
 3 = pass A. Class c's score is the number of ones among the last layer's outputs
@@ -72,17 +74,11 @@ def network_document(
     hyperparameters: dict[str, Any],
     metrics: dict[str, float],
 ) -> dict[str, Any]:
-    """The JSON document of a trained `trainer.model.LogicNet`'s discrete network."""
-    layers = [
-        {
-            "in_dim": layer.in_dim,
-            "gates": layer.out_dim,
-            "a": layer.idx_a.cpu().tolist(),
-            "b": layer.idx_b.cpu().tolist(),
-            "op": layer.gates().cpu().tolist(),
-        }
-        for layer in model.layers
-    ]
+    """The JSON document of a trained network's discrete form: a `trainer.model.LogicNet`'s
+    layers, or a `trainer.conv.ConvLogicNet` unrolled into layers (its `architecture` is
+    recorded beside them for information; no reader needs it)."""
+    layers = model.discrete_layers()
+    extra = {"architecture": model.architecture()} if hasattr(model, "architecture") else {}
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -93,6 +89,7 @@ def network_document(
         "layers": layers,
         "hyperparameters": hyperparameters,
         "metrics": metrics,
+        **extra,
     }
 
 

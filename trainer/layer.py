@@ -213,7 +213,10 @@ class LogicLayer(torch.nn.Module):
         *,
         residual: bool = False,
         backend: str = "auto",
+        connections: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
+        """`connections`: fixed (idx_a, idx_b) instead of random ones (the levels of a
+        convolutional tree, trainer.conv)."""
         super().__init__()
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -222,7 +225,7 @@ class LogicLayer(torch.nn.Module):
         self.backend = backend
         self.residual = residual
         self.relaxed_eval = False
-        ia, ib = random_connections(in_dim, out_dim)
+        ia, ib = random_connections(in_dim, out_dim) if connections is None else connections
         self.logits = torch.nn.Parameter(parametrization.init_logits(out_dim, residual=residual))
         self.register_buffer("idx_a", ia)
         self.register_buffer("idx_b", ib)

@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import torch
 
 from trainer import checkpoint, environment, logs, protocol, run_state, supervision
+from trainer.conv import conv_arguments
 from trainer.data import Dataset, load_dataset
 from trainer.data.split import validation_split
 from trainer.device import gpu_model, gpu_peak_mib, make_optimizer
@@ -323,6 +324,7 @@ def run(
             residual_layers=args.residual_layers,
             noise_temp=args.noise_temp,
             backend=args.backend,
+            **conv_arguments(args, data),
         ).to(device)
         backend = model.backend_on(device)
     except ValueError as exc:

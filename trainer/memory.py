@@ -29,8 +29,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainer.data.catalog import SHAPES, DataShape
-from trainer.options import TRAINING_OPTIONS
+from trainer.convspec import ConvSpec, block_shapes
+from trainer.data.catalog import IMAGE_SHAPES, SHAPES, DataShape
+from trainer.options import CONV_NAMES, TRAINING_OPTIONS
 
 # Samples per evaluation batch. Defined here, torch-free, and used by trainer.loop, so the
 # loop and the estimate cannot disagree.
@@ -153,7 +154,9 @@ class _Tally:
 
 # The training options the estimate reads: the rest (the parametrization, the learning
 # rate, the seed...) do not change a run's memory, so estimates can be shared by key.
-SIZE_OPTIONS: tuple[str, ...] = ("dataset", "gates", "networkLayers", "grouping", "batchSize")
+SIZE_OPTIONS: tuple[str, ...] = (
+    "dataset", "gates", "networkLayers", "grouping", "batchSize", *CONV_NAMES,
+)  # fmt: skip
 _DEFAULTS = {o.name: o.default for o in TRAINING_OPTIONS}
 
 
@@ -192,8 +195,7 @@ def estimate_memory(
     if shape is None:
         raise ValueError(f"unknown dataset {hp['dataset']!r}")
     cuda = device == "cuda"
-    widths = layer_widths(int(hp["gates"]), int(hp["networkLayers"]), int(hp["grouping"]))
-    dims = [shape.inputs, *widths]
+    dims, widths, layer_inputs, gather_index = _network(hp, shape)
     batch = min(int(hp["batchSize"]), shape.train)
     eval_batch = min(EVAL_BATCH, shape.test)
 
@@ -210,10 +212,12 @@ def estimate_memory(
         # idx_a, idx_b (int64) and their int32 copies for the C++ kernel
         always.add("connections", w * INT64, w * INT64, w * INT32, w * INT32)
         if kind == "difflogic":  # the reverse index of backward_x (trainer.kernels)
-            always.add("connections", (dims[i] + 1) * INT64, 2 * w * INT64)
+            always.add("connections", (layer_inputs[i] + 1) * INT64, 2 * w * INT64)
+    if gather_index:  # the conv blocks' patch indices (trainer.conv.TreeConv.index)
+        always.add("connections", gather_index)
     always.add("dataset", *_dataset_tensors(shape))
 
-    train = _training_step(cuda, kind, dims, batch, shape, threads)
+    train = _training_step(cuda, kind, dims, batch, shape, threads, widths)
     evaluation = _evaluation(cuda, kind, dims, eval_batch, shape)
     phases = {"training step": train, "evaluation": evaluation}
     base = always.total()
@@ -250,6 +254,38 @@ def estimate_memory(
     )
 
 
+def _network(
+    hp: Mapping[str, Any], shape: DataShape
+) -> tuple[list[int], list[int], list[int], int]:
+    """(activation rows per sample, the inputs first; gates with parameters per layer;
+    each such layer's input rows; the conv blocks' gather indices, one int64 per leaf and
+    position).
+
+    Dense: the layer widths, both. Conv (trainer.conv): per block the gathered patches
+    (channels x leaves rows at every position), each tree level's outputs at every position
+    (a level's parameters are its gates of one position) and the pooled output, then the
+    dense layers. Raises ValueError where the conv options do not fit the data set."""
+    dense = layer_widths(int(hp["gates"]), int(hp["networkLayers"]), int(hp["grouping"]))
+    if hp["architecture"] != "conv":
+        dims = [shape.inputs, *dense]
+        return dims, dense, dims[:-1], 0
+    image = IMAGE_SHAPES.get(hp["dataset"])
+    if image is None:
+        raise ValueError(f"dataset {hp['dataset']!r} has no image shape for a conv network")
+    spec = ConvSpec.from_options(hp)
+    acts, params, index = [shape.inputs], [], 0
+    for block in block_shapes(image, spec):
+        acts.append(block.channels * spec.leaves * block.positions)
+        index += acts[-1] * INT64
+        for level in range(1, spec.depth + 1):
+            params.append(block.channels * (spec.leaves >> level))
+            acts.append(params[-1] * block.positions)
+        if spec.pool > 1:
+            acts.append(block.outputs)
+    ins = [2 * p for p in params] + [block.outputs, *dense[:-1]]
+    return acts + dense, params + dense, ins, index
+
+
 def _dataset_tensors(shape: DataShape) -> list[int]:
     """x_train, y_train, x_test, y_test: uint8 bits and int64 labels (on the CPU the
     tensors share the loader's numpy arrays; on CUDA they are copies on the device)."""
@@ -271,18 +307,26 @@ def _loading_peak(shape: DataShape) -> int:
 
 
 def _training_step(
-    cuda: bool, kind: str, dims: list[int], batch: int, shape: DataShape, threads: int
+    cuda: bool,
+    kind: str,
+    dims: list[int],
+    batch: int,
+    shape: DataShape,
+    threads: int,
+    gates: list[int],
 ) -> _Tally:
     """What one step holds at its peak, the start of backward: the saved activations of
-    every layer and the gradient buffers of the last one."""
+    every layer and the gradient buffers of the last one. `dims`: activation rows per
+    sample, inputs first; `gates`: gates with parameters per layer (fewer than the
+    activations' rows for a conv network's trees, shared by positions)."""
     t = _Tally(cuda)
     in_dim, widths = dims[0], dims[1:]
     t.add("data_order", shape.train * INT64)
     # x[idx] (uint8), its float copy (B, in) and the model's feature-major copy (in, B)
     t.add("batch_inputs", batch * in_dim, batch * in_dim * FLOAT, in_dim * batch * FLOAT)
-    for w in widths:
+    for w in gates:
         t.add("gate_probabilities", w * PARAMETRIZATION_SAVED, w * COEFFS * FLOAT)
-    t.add("gate_probabilities", max(widths) * PARAMETRIZATION_TEMPS)
+    t.add("gate_probabilities", max(gates) * PARAMETRIZATION_TEMPS)
     last, before = widths[-1], dims[-2]
     if kind == "torch":
         # TorchLogicFunction keeps a, b and the slope per layer; the last output lives

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import torch
 
+from trainer.convspec import ConvSpec, block_shapes
+from trainer.data.catalog import ImageShape
 from trainer.layer import BACKENDS, GroupSum, LogicLayer, resolve_backend
 from trainer.parametrizations import GATE_OPTIMIZERS, Parametrization
+
+if TYPE_CHECKING:
+    from trainer.conv import ConvLogicNet
 
 
 def layer_widths(gates: int, network_layers: int, grouping: int) -> list[int]:
@@ -67,9 +73,23 @@ class LogicNet(torch.nn.Module):
             assert isinstance(layer, LogicLayer)
             layer.relaxed_eval = relaxed
 
+    def discrete_layers(self) -> list[dict[str, Any]]:
+        """The argmax network's layers as network.json holds them (trainer.export)."""
+        return [
+            {
+                "in_dim": layer.in_dim,
+                "gates": layer.out_dim,
+                "a": layer.idx_a.cpu().tolist(),
+                "b": layer.idx_b.cpu().tolist(),
+                "op": layer.gates().cpu().tolist(),
+            }
+            for layer in self.layers
+            if isinstance(layer, LogicLayer)
+        ]
+
 
 @contextmanager
-def relaxed_evaluation(model: LogicNet) -> Iterator[LogicNet]:
+def relaxed_evaluation(model: Any) -> Iterator[Any]:
     """Eval mode with the noise-free relaxed gates instead of the argmax ones."""
     was_training = model.training
     model.eval()
@@ -79,6 +99,42 @@ def relaxed_evaluation(model: LogicNet) -> Iterator[LogicNet]:
     finally:
         model.set_relaxed_eval(False)
         model.train(was_training)
+
+
+@overload
+def build_model(
+    in_dim: int,
+    *,
+    gates: int,
+    network_layers: int,
+    grouping: int,
+    group_sum_tau: float,
+    gate_optimizer: str,
+    residual_layers: int = 0,
+    noise_temp: float = 0.2,
+    backend: str = "auto",
+    architecture: Literal["dense"] = "dense",
+    image: ImageShape | None = None,
+    conv: ConvSpec | None = None,
+) -> LogicNet: ...
+
+
+@overload
+def build_model(
+    in_dim: int,
+    *,
+    gates: int,
+    network_layers: int,
+    grouping: int,
+    group_sum_tau: float,
+    gate_optimizer: str,
+    residual_layers: int = 0,
+    noise_temp: float = 0.2,
+    backend: str = "auto",
+    architecture: str,
+    image: ImageShape | None = None,
+    conv: ConvSpec | None = None,
+) -> LogicNet | ConvLogicNet: ...
 
 
 def build_model(
@@ -92,13 +148,31 @@ def build_model(
     residual_layers: int = 0,
     noise_temp: float = 0.2,
     backend: str = "auto",
-) -> LogicNet:
+    architecture: str = "dense",
+    image: ImageShape | None = None,
+    conv: ConvSpec | None = None,
+) -> LogicNet | ConvLogicNet:
     """A logic gate network; `.train()` relaxed, `.eval()` discrete (docs/design.md,
     "Trainer output").
+
+    `architecture` "dense" (the default) gives a LogicNet of `network_layers` layers;
+    "conv" a trainer.conv.ConvLogicNet: the blocks of `conv` over inputs of shape `image`
+    (in_dim must be its size), then `network_layers` dense layers. `residual_layers` counts
+    conv blocks first, then dense layers.
 
     Connections and initial logits come from torch's global generator: seed it first for a
     reproducible network. Raises ValueError naming the bad argument.
     """
+    blocks = 0
+    if architecture == "conv":
+        if image is None or conv is None:
+            raise ValueError("architecture conv needs an image shape and a ConvSpec")
+        if in_dim != image.inputs:
+            raise ValueError(f"in_dim {in_dim} is not the image's {image.inputs} inputs")
+        block_shapes(image, conv)  # ValueError where a block does not fit
+        blocks = len(conv.channels)
+    elif architecture != "dense":
+        raise ValueError(f"unknown architecture {architecture!r}; choose dense or conv")
     checks = [
         (in_dim >= 1, f"in_dim must be >= 1, got {in_dim}"),
         (gates >= 1, f"gates must be >= 1, got {gates}"),
@@ -107,9 +181,10 @@ def build_model(
         (group_sum_tau > 0, f"group_sum_tau must be > 0, got {group_sum_tau}"),
         (residual_layers >= 0, f"residual_layers must be >= 0, got {residual_layers}"),
         (
-            residual_layers <= network_layers,
+            residual_layers <= network_layers + blocks,
             f"residual_layers ({residual_layers}) must not exceed "
-            f"network_layers ({network_layers})",
+            f"network_layers ({network_layers})"
+            + (f" plus conv blocks ({blocks})" if blocks else ""),
         ),
         (
             gate_optimizer in GATE_OPTIMIZERS,
@@ -121,6 +196,20 @@ def build_model(
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    if architecture == "conv":
+        from trainer.conv import ConvLogicNet
+
+        assert image is not None and conv is not None
+        return ConvLogicNet(
+            image,
+            conv,
+            layer_widths(gates, network_layers, grouping),
+            grouping=grouping,
+            group_sum_tau=group_sum_tau,
+            parametrization=Parametrization(gate_optimizer, noise_temp),
+            residual_layers=residual_layers,
+            backend=backend,
+        )
     return LogicNet(
         in_dim,
         layer_widths(gates, network_layers, grouping),

@@ -29,10 +29,12 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from trainer.data.catalog import CLASSES, DATASET_NAME_MAX, DATASET_PATTERN, DATASETS
+from trainer import convspec
+from trainer.data.catalog import CLASSES, DATASET_NAME_MAX, DATASET_PATTERN, DATASETS, IMAGE_SHAPES
 from trainer.parametrizations import GATE_OPTIMIZERS, REGISTRY
 
 Kind = type[int] | type[float] | type[str]
+ARCHITECTURES: tuple[str, ...] = ("dense", "conv")
 Spell = Callable[[str], str]
 _REQUIRED: Any = ...
 
@@ -186,9 +188,51 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
         "kept epoch on (never trained on); 0: none, the last epoch is kept",
         "Validation fraction", ge=0, le=0.5, advanced=True,
     ),
+    # The convolutional network (trainer.conv, docs/trainer.md "Convolutional networks"):
+    # conv blocks, then `networkLayers` dense layers of `gates`. Ignored by dense runs.
+    Option(
+        "architecture", str, "dense",
+        "network family: dense (logic layers) or conv (tree convolutions and OR pooling, "
+        "then the dense layers; image data sets only)",
+        "Architecture", choices=ARCHITECTURES,
+    ),
+    Option(
+        "convChannels", str, "16,32",
+        "conv: output channels of each block, comma-separated (one block each)",
+        "Conv channels", advanced=True, max_length=64, pattern=convspec.CHANNELS_PATTERN,
+        pattern_help="a comma-separated list of 1 to 8 channel counts, each 1..9999",
+    ),
+    Option(
+        "kernelSize", int, 3, "conv: receptive field of each tree, kernel x kernel pixels",
+        "Kernel size", ge=1, le=15, advanced=True,
+    ),
+    Option(
+        "convStride", int, 1, "conv: stride of the tree convolutions", "Conv stride",
+        ge=1, le=8, advanced=True,
+    ),
+    Option(
+        "convPadding", int, 1, "conv: zero padding on each side of a block's input",
+        "Conv padding", ge=0, le=7, advanced=True,
+    ),
+    Option(
+        "treeDepth", int, 2,
+        "conv: depth of each channel's gate tree (2: four inputs, three gates)",
+        "Tree depth", ge=1, le=6, advanced=True,
+    ),
+    Option(
+        "poolSize", int, 2,
+        "conv: logical-OR pooling window and stride after each block (1: no pooling)",
+        "OR pooling", ge=1, le=8, advanced=True,
+    ),
 )  # fmt: skip
 
 TRAINING_NAMES: tuple[str, ...] = tuple(o.name for o in TRAINING_OPTIONS)
+# The options only a conv network reads; a dense run's hash leaves them out
+# (`hyperparameters_hash`), so checkpoints of dense runs from before they existed resume.
+CONV_NAMES: tuple[str, ...] = (
+    "architecture", "convChannels", "kernelSize", "convStride", "convPadding", "treeDepth",
+    "poolSize",
+)  # fmt: skip
 
 KEEP_CHOICES: tuple[str, ...] = ("best", "last")
 
@@ -215,12 +259,16 @@ Problem = tuple[str, str]  # (the field a user should change, the message)
 
 
 def _residual_within_layers(v: Mapping[str, Any], spell: Spell) -> Iterator[Problem]:
-    if v["residualLayers"] > v["networkLayers"]:
+    # A conv network's residual layers count its blocks first, then its dense layers.
+    conv = v["architecture"] == "conv"
+    blocks = len(str(v["convChannels"]).split(",")) if conv else 0
+    if v["residualLayers"] > v["networkLayers"] + blocks:
         yield (
             "residualLayers",
             (
                 f"{spell('residualLayers')} ({v['residualLayers']}) must not exceed "
                 f"{spell('networkLayers')} ({v['networkLayers']})"
+                + (f" plus the conv blocks of {spell('convChannels')} ({blocks})" if conv else "")
             ),
         )
 
@@ -258,10 +306,19 @@ def _temperature_divides(v: Mapping[str, Any], spell: Spell) -> Iterator[Problem
         )
 
 
+def _conv_fits_data(v: Mapping[str, Any], spell: Spell) -> Iterator[Problem]:
+    if v["architecture"] != "conv":
+        return
+    spec = convspec.ConvSpec.from_options(v)
+    for field, message in convspec.problems(IMAGE_SHAPES.get(v["dataset"]), v["dataset"], spec):
+        yield field, f"{spell(field)}: {message}"
+
+
 RULES: tuple[Callable[[Mapping[str, Any], Spell], Iterator[Problem]], ...] = (
     _residual_within_layers,
     _grouping_fits_data,
     _temperature_divides,
+    _conv_fits_data,
 )
 
 
@@ -331,7 +388,12 @@ TrainingOptions = options_model(
 def hyperparameters_hash(hyperparameters: Mapping[str, Any]) -> str:
     """A stable digest of what a run trains: a checkpoint is only resumed by a run whose
     training options have the same digest."""
-    values = {name: hyperparameters[name] for name in TRAINING_NAMES if name in hyperparameters}
+    dense = hyperparameters.get("architecture", "dense") == "dense"
+    values = {
+        name: hyperparameters[name]
+        for name in TRAINING_NAMES
+        if name in hyperparameters and not (dense and name in CONV_NAMES)
+    }
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 

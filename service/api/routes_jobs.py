@@ -56,6 +56,7 @@ from service.store.logs import batch_json
 from service.store.metrics import metrics_json
 from service.tokens import Role
 from trainer.data.catalog import DataShape
+from trainer.presets import describe as describe_presets
 
 log = structlog.get_logger(__name__)
 
@@ -318,11 +319,17 @@ async def _stream_file(
     return response
 
 
+# The named conv configurations (trainer.presets) the form offers; their gate counts are
+# computed once.
+PRESETS_FORM = describe_presets()
+
+
 async def options(request: web.Request) -> web.Response:
     """What a job request may carry (the web form is built from it) and the status names."""
     return json_response(
         {
             **describe_options(),
+            "presets": PRESETS_FORM,
             "statuses": [s.value for s in Status],
             "finished": [s.value for s in Status if s.finished],
         }

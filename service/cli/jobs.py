@@ -48,6 +48,7 @@ from service.config import Settings
 from service.jobs.request import REQUEST_OPTIONS
 from service.jobs.status import Status
 from trainer.flags import add_option_flag, given
+from trainer.presets import PRESETS
 
 
 def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -65,6 +66,12 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="follow the job to its end with a progress bar; exit 0 only if it Succeeded",
     )
     submit.add_argument("--idempotency-key", help="retrying with the same key returns the same job")
+    submit.add_argument(
+        "--preset",
+        choices=list(PRESETS),
+        help="a named conv configuration (python -m trainer.presets lists them); the "
+        "flags given beside it win",
+    )
     hp = submit.add_argument_group("job request (flags mirror the JSON fields)")
     for option in REQUEST_OPTIONS:  # omitted flags are left out: the API's defaults apply
         add_option_flag(hp, option, request=True, required=option.request_required)
@@ -115,8 +122,9 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
 
 
 def request_body(args: argparse.Namespace) -> dict[str, Any]:
-    """The POST /jobs body: only the fields given on the command line."""
-    return given(args, REQUEST_OPTIONS)
+    """The POST /jobs body: only the fields given on the command line, over the preset's."""
+    preset = getattr(args, "preset", None)
+    return {**(PRESETS[preset].options if preset else {}), **given(args, REQUEST_OPTIONS)}
 
 
 def _metrics_text(metrics: dict[str, Any] | None) -> str:

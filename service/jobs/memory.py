@@ -118,6 +118,19 @@ def check_fits(
         for name in ("gates", "networkLayers")
     ]
     fields = [batch_field, *model_fields] if batch >= model else [*model_fields, batch_field]
+    if hyperparameters.get("architecture") == "conv":
+        # A conv network's activations are its blocks' at every position (trainer.memory).
+        message = message.replace("or networkLayers", "networkLayers or convChannels")
+        fields.insert(
+            1 if batch >= model else len(fields),
+            {
+                "field": "convChannels",
+                "message": f"the conv blocks' patches and tree outputs at every position "
+                f"grow with convChannels x batchSize: of the {human(batch)} of activations "
+                f"({human(capacity)} fit a slot)",
+                "type": "memory",
+            },
+        )
     raise TooBig(message, fields)
 
 

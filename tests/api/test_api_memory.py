@@ -62,6 +62,22 @@ async def test_a_job_no_slot_can_hold_is_a_422_naming_its_fields(
     assert resp.status == 201, await resp.text()
 
 
+async def test_a_conv_job_no_slot_can_hold_names_its_channels(
+    make_api: MakeApi, store: Store
+) -> None:
+    await register(store, "small", ("cpu", 4 * GiB))
+    api = await make_api()
+    conv = {**SMALL, "architecture": "conv", "dataset": "cifar10", "convChannels": "512,1024",
+            "batchSize": 4096}  # fmt: skip
+    err = await error_of(await api.post("/jobs", json=conv, headers=JSON), 422)
+    assert err["code"] == "too_big_for_workers"
+    assert "convChannels" in err["message"]
+    assert [f["field"] for f in err["fields"]] == [
+        "batchSize", "convChannels", "gates", "networkLayers"
+    ]  # fmt: skip
+    assert await job_count(store) == 0
+
+
 async def test_the_model_s_size_is_named_first_when_it_dominates(
     make_api: MakeApi, store: Store
 ) -> None:

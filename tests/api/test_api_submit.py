@@ -90,6 +90,25 @@ INVALID_BODIES: list[tuple[str, dict[str, Any], str]] = [
     ("noiseTemp negative", _with(noiseTemp=-0.1), "noiseTemp"),
     ("maxAttempts zero", _with(maxAttempts=0), "maxAttempts"),
     ("name too long", _with(name="x" * 201), "name"),
+    # conv networks (trainer.convspec): every misfit named on the option to change
+    (
+        "conv on tabular data",
+        _with(architecture="conv", dataset="breast_cancer", grouping=2),
+        "architecture",
+    ),
+    ("conv kernel > image", _with(architecture="conv", kernelSize=11), "kernelSize"),
+    ("conv pools below 1x1", _with(architecture="conv", convChannels="4,4,4,4"), "poolSize"),
+    ("conv channels malformed", _with(architecture="conv", convChannels="16,,32"), "convChannels"),
+    (
+        "conv tree too deep",
+        _with(architecture="conv", kernelSize=1, convPadding=0, treeDepth=3),
+        "treeDepth",
+    ),
+    (
+        "conv channels too many",
+        _with(architecture="conv", convChannels="9999,9999", dataset="mnist"),
+        "convChannels",
+    ),
 ]
 
 

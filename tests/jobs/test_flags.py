@@ -77,6 +77,12 @@ def test_a_client_sends_only_the_flags_given() -> None:
         ["--gate-optimizer", "softmax", "--gates", "40", "--max-attempts", "2"]
     )
     assert request_body(submit) == {"gateOptimizer": "softmax", "gates": 40, "maxAttempts": 2}
+    preset = _command("submit").parse_args(
+        ["--preset", "digits-small", "--gate-optimizer", "sparsemax", "--epochs", "3"]
+    )
+    body = request_body(preset)
+    assert (body["convChannels"], body["architecture"]) == ("32", "conv")
+    assert (body["gateOptimizer"], body["epochs"]) == ("sparsemax", 3)  # the flags win
     sweep = _command("sweep").parse_args(["--learning-rate", "0.5", "--grid", "gates=10,20"])
     assert sweep_body(sweep)["base"] == {"learningRate": 0.5}
 

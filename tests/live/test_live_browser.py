@@ -152,3 +152,23 @@ async def test_submit_follow_and_cancel_in_the_browser(
     final = await live_api.store.jobs.get(first_id)
     assert final is not None
     assert final.status == "Succeeded"
+
+
+async def test_a_preset_fills_the_form(live_api: LiveApi, page: Any) -> None:
+    """Picking a named conv configuration (trainer/presets.py) fills the fields it sets and
+    shows its gate count; the fields stay editable and the preset itself is not sent."""
+    from playwright.async_api import expect
+
+    from trainer.presets import PRESETS
+
+    await page.goto(live_api.url + "/")
+    form = page.locator("#submit-form")
+    await expect(form).to_be_visible()
+    preset = form.locator("select[aria-label=Preset]")
+    assert (await preset.locator("option").all_text_contents())[1:] == list(PRESETS)
+    await preset.select_option("cifar10-large")
+    await expect(form.locator("select[name=architecture]")).to_have_value("conv")
+    await expect(form.locator("input[name=convChannels]")).to_have_value("2048,4096,8192,8192")
+    await expect(form.locator("select[name=dataset]")).to_have_value("cifar10")
+    gates = f"{PRESETS['cifar10-large'].gates():,}"
+    await expect(form).to_contain_text(f"{gates} gates (paper: 61,000,000)")

@@ -163,9 +163,11 @@ def test_cifar10_loads_python_batches_and_thresholds_per_channel(tmp_path: Path)
     data = load_dataset("cifar10", tmp_path)
     assert data.x_train.shape == (20, 3072 * 3) and data.x_test.shape == (4, 3072 * 3)
     first = np.asarray(batches["data_batch_1"][b"data"])[0]
-    bits = data.x_train[0].reshape(3072, 3)  # each channel value -> 3 thermometer bits
+    # encoded HWC (trainer.data.catalog.IMAGE_SHAPES): pixel (y, x), colour c, threshold i
+    bits = data.x_train[0].reshape(32, 32, 3, 3)
+    pixels = first.reshape(3, 32, 32).transpose(1, 2, 0)
     for i, th in enumerate((0.25, 0.5, 0.75)):
-        assert np.array_equal(bits[:, i], (first > 255 * th).astype(np.uint8))
+        assert np.array_equal(bits[..., i], (pixels > 255 * th).astype(np.uint8))
     assert data.y_test.tolist() == batches[TEST_BATCH][b"labels"]
 
 

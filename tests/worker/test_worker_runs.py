@@ -26,6 +26,7 @@ from worker_helpers import (
 from service.jobs.status import Status
 from service.store import Store
 from service.store.files import ARTIFACTS_BUCKET
+from trainer.options import TrainingOptions
 
 
 async def test_real_trainer_on_cpu_succeeds(store: Store, make_worker: MakeWorker) -> None:
@@ -53,6 +54,26 @@ async def test_real_trainer_on_cpu_succeeds(store: Store, make_worker: MakeWorke
     data = await stream.read()
     assert len(data) == art.length > 0
     assert data.startswith(b"{")
+
+
+async def test_conv_job_on_digits_succeeds_with_a_verified_circuit(
+    store: Store, make_worker: MakeWorker
+) -> None:
+    """A convolutional network (trainer.conv) through the queue: the stored options become
+    the trainer's flags, and the run's circuit is built and verified as a dense run's."""
+    await make_worker()  # the real trainer
+    hp = TrainingOptions(
+        gateOptimizer="softmax", gates=40, networkLayers=1, residualLayers=1, epochs=2,
+        dataset="digits", grouping=10, batchSize=64, architecture="conv", convChannels="4,8",
+    ).model_dump()  # fmt: skip
+    job = await insert(store, hp)
+    done = await wait_job(store, job.id, finished, deadline_s=240)
+    lines = await log_text(store, job.id)
+    assert done.status == "Succeeded", (done.error, lines[-20:])
+    assert done.circuit is not None, lines[-20:]
+    assert done.circuit.verified and done.circuit.disagreements == 0
+    assert 0 < done.circuit.gatesLive < done.circuit.gates
+    assert {"network.json", "network.v"} <= {a.name for a in done.artifacts}
 
 
 async def test_stand_in_trainer_metrics_logs_and_artifacts(

@@ -32,6 +32,29 @@ class DataShape:
     raw_features: int
 
 
+@dataclass(frozen=True)
+class ImageShape:
+    """An image data set's encoded layout: `height` x `width` pixels of `channels` bits,
+    stored height-major, then width, then channel (HWC): bit (y, x, c) of a sample is input
+    (y * width + x) * channels + c. Thermometer bits are channels: digits has 4 (one per
+    threshold), mnist 1, cifar10 9 (3 colours x 3 thresholds, colour-major)."""
+
+    height: int
+    width: int
+    channels: int
+
+    @property
+    def inputs(self) -> int:
+        return self.height * self.width * self.channels
+
+
+# The data sets a convolutional network can read (trainer.conv); the others have no shape.
+IMAGE_SHAPES: dict[str, ImageShape] = {
+    "digits": ImageShape(8, 8, 4),
+    "mnist": ImageShape(28, 28, 1),
+    "cifar10": ImageShape(32, 32, 9),
+}
+
 SHAPES: dict[str, DataShape] = {
     "digits": DataShape(inputs=256, train=1437, test=360, raw_features=64),
     "breast_cancer": DataShape(inputs=240, train=455, test=114, raw_features=30),

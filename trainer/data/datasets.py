@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data.catalog import CLASSES, DATASETS
+from trainer.data.catalog import CLASSES, DATASETS, IMAGE_SHAPES, ImageShape
 from trainer.data.cifar import load_cifar10
 from trainer.data.encoded import load_encoded
 from trainer.data.errors import DataError
@@ -46,6 +46,11 @@ class Dataset:
     @property
     def in_dim(self) -> int:
         return int(self.x_train.shape[1])
+
+    @property
+    def image(self) -> ImageShape | None:
+        """The inputs' image layout (HWC, trainer.data.catalog), None for tabular data."""
+        return IMAGE_SHAPES.get(self.name)
 
 
 def thermometer(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -117,6 +122,11 @@ def _mnist(data_dir: Path) -> Dataset:
 
 def _cifar10(data_dir: Path) -> Dataset:
     x_tr, y_tr, x_te, y_te = load_cifar10(data_dir)
+    # Rows are colour-major (3, 32, 32); encode pixel-major so each pixel's 3 colours x 3
+    # thresholds are its 9 channels (HWC, trainer.data.catalog.IMAGE_SHAPES).
+    x_tr, x_te = (
+        x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).reshape(-1, 3072) for x in (x_tr, x_te)
+    )
     n = CIFAR10_THRESHOLDS
     th = np.asarray([255 * (i + 1) / (n + 1) for i in range(n)])
     return Dataset(
@@ -126,7 +136,7 @@ def _cifar10(data_dir: Path) -> Dataset:
         thermometer(x_te, th),
         y_te.astype(np.int64),
         10,
-        f"3x32x32 channel values > {[round((i + 1) / (n + 1), 3) for i in range(n)]}",
+        f"32x32x3 pixel values > {[round((i + 1) / (n + 1), 3) for i in range(n)]}",
     )
 
 

@@ -2,16 +2,17 @@
  * each bad field. A reader (role `read`) sees a note instead of the form. */
 
 import { api } from "./api.js";
-import { $ } from "./dom.js";
+import { $, el } from "./dom.js";
 import { clearErrors, fillOptionFields, optionValues, showErrors } from "./form.js";
 import { upsert } from "./jobs.js";
-import { allOptions } from "./options.js";
+import { allOptions, meta } from "./options.js";
 import { maySubmit } from "./session.js";
 
 export function initJobForm() {
   const form = $("submit-form");
   const banner = $("form-error");
   fillOptionFields(allOptions(), $("form-basic"), $("form-more"));
+  if (meta.presets.length) $("form-basic").prepend(presetField(form));
   const may = maySubmit();
   form.hidden = !may;
   $("readonly-note").hidden = may;
@@ -34,4 +35,28 @@ export function initJobForm() {
     }
   });
   form.addEventListener("reset", () => setTimeout(() => clearErrors(form, banner)));
+}
+
+// A <select> of the named conv configurations (trainer/presets.py): picking one fills the
+// fields it sets; the fields stay editable. It has no `data-kind`, so it is not sent.
+function presetField(form) {
+  const note = el("small", {});
+  const select = el("select", { "aria-label": "Preset" },
+    el("option", { text: "(none)", value: "" }),
+    ...meta.presets.map((p) => el("option", { text: p.name, value: p.name })));
+  select.addEventListener("change", () => {
+    const preset = meta.presets.find((p) => p.name === select.value);
+    note.textContent = preset
+      ? `${preset.gates.toLocaleString()} gates` +
+        (preset.paperGates ? ` (paper: ${preset.paperGates.toLocaleString()})` : "") +
+        ` — ${preset.note}`
+      : "";
+    if (!preset) return;
+    for (const [name, value] of Object.entries(preset.options)) {
+      const input = form.querySelector(`[name="${CSS.escape(name)}"]`);
+      if (input) input.value = String(value);
+    }
+  });
+  return el("label", { class: "field", title: "a named convolutional configuration" },
+    el("span", { text: "Preset" }), select, note);
 }

@@ -6,6 +6,7 @@ import { api } from "./api.js";
 export const meta = {
   training: [], // [{name, type, label, help, default, seed, minimum, maximum, choices, ...}]
   run: [],
+  presets: [], // [{name, note, gates, paperGates, options}]: named conv configurations
   statuses: [],
   finished: new Set(),
 };
@@ -14,6 +15,7 @@ export async function loadOptions() {
   const m = await api("options");
   meta.training = m.training;
   meta.run = m.run;
+  meta.presets = m.presets || [];
   meta.statuses = m.statuses;
   meta.finished = new Set(m.finished);
   return meta;
