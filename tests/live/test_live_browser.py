@@ -169,6 +169,6 @@ async def test_a_preset_fills_the_form(live_api: LiveApi, page: Any) -> None:
     await preset.select_option("cifar10-large")
     await expect(form.locator("select[name=architecture]")).to_have_value("conv")
     await expect(form.locator("input[name=convChannels]")).to_have_value("2048,4096,8192,8192")
-    await expect(form.locator("select[name=dataset]")).to_have_value("cifar10")
+    await expect(form.locator("input[name=dataset]")).to_have_value("cifar10")
     gates = f"{PRESETS['cifar10-large'].gates():,}"
     await expect(form).to_contain_text(f"{gates} gates (paper: 61,000,000)")
