@@ -25,7 +25,7 @@ import torch
 from trainer import checkpoint, environment, logs, protocol, run_state, supervision
 from trainer.conv import conv_arguments
 from trainer.data import Dataset, load_dataset
-from trainer.data.split import validation_split
+from trainer.data.split import split_for_validation
 from trainer.device import gpu_model, gpu_peak_mib, make_optimizer
 from trainer.errors import CheckpointedStop, Diverged, RunConfigError
 from trainer.export import network_document, save_network
@@ -295,9 +295,7 @@ def run(
     torch.manual_seed(args.seed)
 
     t0 = time.perf_counter()
-    data: Dataset = load_dataset(
-        args.dataset, args.data_dir, getattr(args, "dataset_file", None)
-    )
+    data: Dataset = load_dataset(args.dataset, args.data_dir, getattr(args, "dataset_file", None))
     if data.classes != args.grouping:
         raise RunConfigError(
             f"--grouping ({args.grouping}) must equal the number of classes of {data.name} "
@@ -358,13 +356,18 @@ def run(
         torch=torch.__version__,
     )
 
-    train_idx, valid_idx = validation_split(data.y_train, args.valid_fraction, args.seed)
-    x_tr = torch.from_numpy(data.x_train[train_idx]).to(device)
-    y_tr = torch.from_numpy(data.y_train[train_idx]).to(device)
-    x_va = torch.from_numpy(data.x_train[valid_idx]).to(device)
-    y_va = torch.from_numpy(data.y_train[valid_idx]).to(device)
-    if len(valid_idx):
-        log.info("validation split", train=len(train_idx), validation=len(valid_idx))
+    x_tr_np, y_tr_np, x_va_np, y_va_np = split_for_validation(data, args.valid_fraction, args.seed)
+    x_tr = torch.from_numpy(x_tr_np).to(device)
+    y_tr = torch.from_numpy(y_tr_np).to(device)
+    x_va = torch.from_numpy(x_va_np).to(device)
+    y_va = torch.from_numpy(y_va_np).to(device)
+    if len(y_va_np):
+        log.info(
+            "validation split",
+            train=len(y_tr_np),
+            validation=len(y_va_np),
+            source="the data set's own" if data.x_valid is not None else "validFraction",
+        )
     x_te = torch.from_numpy(data.x_test).to(device)
     y_te = torch.from_numpy(data.y_test).to(device)
     opt = make_optimizer(model.parameters(), args.learning_rate, device)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer.convspec import ConvSpec, block_shapes
-from trainer.data.catalog import IMAGE_SHAPES, SHAPES, DataShape
+from trainer.data.catalog import SHAPES, DataShape
 from trainer.options import CONV_NAMES, TRAINING_OPTIONS
 
 # Samples per evaluation batch. Defined here, torch-free, and used by trainer.loop, so the
@@ -269,7 +269,7 @@ def _network(
     if hp["architecture"] != "conv":
         dims = [shape.inputs, *dense]
         return dims, dense, dims[:-1], 0
-    image = IMAGE_SHAPES.get(hp["dataset"])
+    image = shape.image
     if image is None:
         raise ValueError(f"dataset {hp['dataset']!r} has no image shape for a conv network")
     spec = ConvSpec.from_options(hp)
@@ -292,6 +292,8 @@ def _dataset_tensors(shape: DataShape) -> list[int]:
     return [
         shape.train * shape.inputs,
         shape.train * INT64,
+        shape.valid * shape.inputs,
+        shape.valid * INT64,
         shape.test * shape.inputs,
         shape.test * INT64,
     ]

@@ -4,8 +4,8 @@ in the store when the job is submitted, or a built-in.
 `name` is the name's latest version and `name@version` that version; a registered data set
 under a built-in's name (`mnist` registered from local IDX files) takes its place. The job
 stores what the name resolved to (`datasetRef`), so a later upload never changes what it
-trains on; its memory estimate uses the data set's real shape, and `grouping` must equal
-its classes.
+trains on; its memory estimate uses the data set's real shape, `grouping` must equal
+its classes, and a conv run needs its image shape.
 """
 
 from __future__ import annotations
@@ -18,10 +18,12 @@ from service.datasets.record import REF_RE, DatasetRecord, split_ref
 from service.jobs.record import DatasetRef
 from service.store import Store
 from service.sweeps.spec import SweepRequest, listed_values
+from trainer import convspec
 from trainer.data.catalog import CLASSES, DataShape
 from trainer.options import TRAINING_OPTIONS
 
-_DEFAULT = next(o.default for o in TRAINING_OPTIONS if o.name == "dataset")
+_DEFAULTS = {o.name: o.default for o in TRAINING_OPTIONS}
+_DEFAULT = _DEFAULTS["dataset"]
 
 
 async def lookup(store: Store, value: str, where: str = "dataset") -> DatasetRecord | None:
@@ -54,6 +56,39 @@ def grouping_problem(record: DatasetRecord, grouping: Any) -> dict[str, str] | N
     }
 
 
+def shape_problems(
+    record: DatasetRecord, hyperparameters: Mapping[str, Any]
+) -> list[dict[str, str]]:
+    """What a conv run's options cannot do on this data set: it has no image shape (a 422
+    at `architecture`), or a kernel, a pooling or channels do not fit its image (at those
+    options), as trainer.options' rule says for the built-ins."""
+    hp = {**_DEFAULTS, **hyperparameters}
+    if hp["architecture"] != "conv":
+        return []
+    image = record.shape.image
+    if image is None:
+        return [{
+            "field": "architecture",
+            "message": f"architecture conv needs an image data set; {record.name}@"
+            f"{record.version} has no image shape (upload x_train as (n, height, width) or "
+            "(n, height, width, channels) to keep one)",
+            "type": "cross_field",
+        }]  # fmt: skip
+    spec = convspec.ConvSpec.from_options(hp)
+    return [
+        {"field": field, "message": f"{field}: {message}", "type": "cross_field"}
+        for field, message in convspec.problems(image.image_shape(), record.name, spec)
+    ]
+
+
+def dataset_problems(
+    record: DatasetRecord, hyperparameters: Mapping[str, Any]
+) -> list[dict[str, str]]:
+    """Every reason these options cannot train on this registered data set."""
+    problem = grouping_problem(record, hyperparameters.get("grouping"))
+    return ([] if problem is None else [problem]) + shape_problems(record, hyperparameters)
+
+
 async def resolve_dataset(
     store: Store, hyperparameters: Mapping[str, Any]
 ) -> tuple[DatasetRef | None, DataShape | None]:
@@ -62,9 +97,9 @@ async def resolve_dataset(
     record = await lookup(store, hyperparameters.get("dataset", _DEFAULT))
     if record is None:
         return None, None
-    problem = grouping_problem(record, hyperparameters.get("grouping"))
-    if problem is not None:
-        raise validation_error([problem])
+    problems = dataset_problems(record, hyperparameters)
+    if problems:
+        raise validation_error(problems)
     return record.ref(), record.shape.data_shape()
 
 

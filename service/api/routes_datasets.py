@@ -30,6 +30,7 @@ from service.api.routing import Param, Query, Reply, Route, not_found, path_id
 from service.datasets.record import (
     DatasetRecord,
     EncodedFile,
+    Image,
     Shape,
     Source,
     builtins_json,
@@ -193,7 +194,7 @@ async def _register(
         record = new_dataset(
             name=query.name, sha256=sha256, size=size, classes=summary.classes,
             shape=Shape(inputs=summary.inputs, train=summary.train, valid=summary.valid,
-                        test=summary.test),
+                        test=summary.test, image=_image(summary.image)),
             encoding=summary.encoding(options),
             source=Source(format=summary.format, filename=query.filename),
             created_by=principal.name, file_id=file_id,
@@ -210,6 +211,12 @@ async def _register(
     log.info("data set registered", name=record.name, version=record.version,
              bytes=size, inputs=summary.inputs, classes=summary.classes)  # fmt: skip
     return _answer(record, 201)
+
+
+def _image(image: Any) -> Image | None:
+    if image is None:
+        return None
+    return Image(height=image.height, width=image.width, channels=image.channels)
 
 
 async def _discard(tmp: Path) -> None:
@@ -245,6 +252,14 @@ async def dataset_file(request: web.Request) -> web.StreamResponse:
     record = await _existing(request)
     name = record.source.filename or f"{record.name}-{record.version}.{record.source.format}"
     return await _stream_file(request, DATASETS_BUCKET, record.fileId, name)
+
+
+async def dataset_encoded(request: web.Request) -> web.StreamResponse:
+    """The encoded file a worker hands its trainer: what `python -m trainer.evaluate` and
+    `python -m trainer.circuit verify` read with `--dataset-file`."""
+    record = await _existing(request)
+    name = f"{record.name}-{record.version}.encoded.npz"
+    return await _stream_file(request, DATASETS_BUCKET, record.encoded.fileId, name)
 
 
 async def delete_dataset(request: web.Request) -> web.Response:
@@ -310,6 +325,12 @@ ROUTES: tuple[Route, ...] = (
     *_downloads(
         "/datasets/{id}/file", dataset_file, "DatasetFile", "a data set's uploaded file",
         (DATASET_ID,), "The file as it was uploaded.", ERR_404,
+    ),
+    *_downloads(
+        "/datasets/{id}/encoded", dataset_encoded, "DatasetEncoded",
+        "a data set's encoded file", (DATASET_ID,),
+        "The encoded file (the bits a trainer reads; docs/datasets.md, \"The encoded file\"), "
+        "for `--dataset-file` of trainer.evaluate and trainer.circuit verify.", ERR_404,
     ),
     Route(
         "DELETE", "/datasets/{id}", delete_dataset, "deleteDataset", "Delete a data set",

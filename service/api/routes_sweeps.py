@@ -21,7 +21,7 @@ from pydantic import Field
 from service.api.auth import principal_of, require_owner
 from service.api.body import parse_body
 from service.api.connections import read_body
-from service.api.datasets import grouping_problem, sweep_datasets
+from service.api.datasets import dataset_problems, sweep_datasets
 from service.api.errors import MAX_BODY_BYTES, ApiError, json_response
 from service.api.keys import QUOTA, SETTINGS, SLOTS, STORE
 from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
@@ -107,9 +107,9 @@ async def submit_sweep(request: web.Request) -> web.Response:
             record = registered.get(hp["dataset"])
             if record is None:
                 return memory.admit(hp, slots)
-            problem = grouping_problem(record, hp["grouping"])
-            if problem is not None:
-                raise memory.TooBig(problem["message"], [problem])
+            problems = dataset_problems(record, hp)
+            if problems:
+                raise memory.TooBig(problems[0]["message"], problems)
             return memory.admit(hp, slots, record.shape.data_shape())
 
         sweep_plan = await plan_in_slices(spec, max_jobs=max_jobs, admit=admit)

@@ -65,6 +65,11 @@ def add_commands(subparsers: Any) -> None:
     download = sub.add_parser("download", parents=[api], help="save a data set's file")
     download.add_argument("dataset", metavar="NAME[@VERSION]|ID")
     download.add_argument("-o", "--output-dir", default=".", metavar="DIR")
+    download.add_argument(
+        "--encoded", action="store_true",
+        help="the encoded file (for --dataset-file of python -m trainer.evaluate and "
+        "python -m trainer.circuit verify) instead of the upload",
+    )  # fmt: skip
     download.set_defaults(func=client_command(cmd_download))
 
     rm = sub.add_parser("rm", parents=[api], help="delete a data set (one version)")
@@ -90,7 +95,8 @@ async def _find(client: GateQueueClient, spec: str, *, exact: bool = False) -> d
 
 
 def _mnist_npz(folder: Path, target: Path) -> None:
-    """The four IDX files of `folder` as one npz (x_* as (n, 784) uint8)."""
+    """The four IDX files of `folder` as one npz (x_* as (n, 28, 28) uint8: an image, so a
+    conv network can read it)."""
     import numpy as np
 
     from trainer.data.errors import DataError
@@ -106,9 +112,9 @@ def _mnist_npz(folder: Path, target: Path) -> None:
     with open(target, "wb") as fh:
         np.savez(
             fh,
-            x_train=arrays["train_images"].reshape(len(arrays["train_images"]), -1),
+            x_train=arrays["train_images"],
             y_train=arrays["train_labels"],
-            x_test=arrays["test_images"].reshape(len(arrays["test_images"]), -1),
+            x_test=arrays["test_images"],
             y_test=arrays["test_labels"],
         )
 
@@ -205,7 +211,7 @@ async def cmd_download(
     args: argparse.Namespace, settings: Settings, client: GateQueueClient
 ) -> int:
     record = await _find(client, args.dataset)
-    path = await client.download_dataset(record["id"], Path(args.output_dir))
+    path = await client.download_dataset(record["id"], Path(args.output_dir), encoded=args.encoded)
     print(path)
     return EXIT_OK
 

@@ -445,13 +445,20 @@ class GateQueueClient:
     async def dataset(self, dataset_id: str) -> dict[str, Any]:
         return await self._request("GET", "/datasets/" + quote(dataset_id, safe=""))  # type: ignore[no-any-return]
 
-    async def download_dataset(self, dataset_id: str, dest: str | Path) -> Path:
-        """Saves the data set's file as it was uploaded."""
+    async def download_dataset(
+        self, dataset_id: str, dest: str | Path, *, encoded: bool = False
+    ) -> Path:
+        """Saves the data set's file as it was uploaded, or (`encoded`) the encoded file a
+        trainer reads: what `--dataset-file` of trainer.evaluate and trainer.circuit take."""
         record = await self.dataset(dataset_id)
+        base = f"/datasets/{quote(dataset_id, safe='')}"
+        if encoded:
+            name = f"{record['name']}-{record['version']}.encoded.npz"
+            return await self._save(base + "/encoded", Path(dest), name)
         name = record["source"].get("filename") or (
             f"{record['name']}-{record['version']}.{record['source']['format']}"
         )
-        return await self._save(f"/datasets/{quote(dataset_id, safe='')}/file", Path(dest), name)
+        return await self._save(base + "/file", Path(dest), name)
 
     async def delete_dataset(self, dataset_id: str) -> dict[str, Any]:
         return await self._request("DELETE", "/datasets/" + quote(dataset_id, safe=""))  # type: ignore[no-any-return]

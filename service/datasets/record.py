@@ -19,24 +19,51 @@ from bson import ObjectId
 from pydantic import AliasChoices, Field
 
 from service.jobs.record import DatasetRef, Id, Record, Time, utcnow
-from trainer.data.catalog import CLASSES, DATASET_PATTERN, NAME_PATTERN, SHAPES, DataShape
+from trainer.data.catalog import (
+    CLASSES,
+    DATASET_PATTERN,
+    NAME_PATTERN,
+    SHAPES,
+    DataShape,
+    ImageShape,
+)
 
 NAME_RE = re.compile(NAME_PATTERN)
 REF_RE = re.compile(DATASET_PATTERN)
 
 
+class Image(Record):
+    """The encoded bits' image layout, height x width x channels (HWC); each value's
+    thermometer bits are channels (trainer.data.catalog.ImageShape)."""
+
+    height: int = Field(ge=1)
+    width: int = Field(ge=1)
+    channels: int = Field(ge=1)
+
+    def image_shape(self) -> ImageShape:
+        return ImageShape(self.height, self.width, self.channels)
+
+
 class Shape(Record):
     inputs: int = Field(ge=1, description="Input bits per sample after encoding.")
     train: int = Field(ge=0)
-    valid: int = Field(0, ge=0)
+    valid: int = Field(
+        0, ge=0, description="The uploaded validation split (runs validate on it when > 0)."
+    )
     test: int = Field(ge=0)
+    image: Image | None = Field(
+        None,
+        description="Where x_train was (n, height, width) or (n, height, width, channels): "
+        "the bits' layout, what a conv network needs; null for tabular data.",
+    )
 
     def data_shape(self) -> DataShape:
         """What the memory estimate reads (trainer.memory): the encoded file unpacks to
         uint8 bits, one per input."""
         return DataShape(
-            inputs=self.inputs, train=self.train, test=self.test, raw_features=self.inputs
-        )
+            inputs=self.inputs, train=self.train, test=self.test, raw_features=self.inputs,
+            valid=self.valid, image=None if self.image is None else self.image.image_shape(),
+        )  # fmt: skip
 
 
 class EncodedFile(Record):
@@ -128,10 +155,17 @@ def builtins_json() -> list[dict[str, Any]]:
                 "train": SHAPES[name].train,
                 "valid": 0,
                 "test": SHAPES[name].test,
+                "image": _image_json(SHAPES[name].image),
             },
         }
         for name, classes in CLASSES.items()
     ]
+
+
+def _image_json(image: ImageShape | None) -> dict[str, int] | None:
+    if image is None:
+        return None
+    return {"height": image.height, "width": image.width, "channels": image.channels}
 
 
 def split_ref(value: str) -> tuple[str, int | None]:

@@ -1,7 +1,9 @@
 """Retention (docs/design.md, "Deleting and retention"): Failed and Cancelled jobs that
 finished more than `retain_failed_days` ago are removed whole (record, logs, metrics,
 files); finished jobs older than `retain_logs_days` lose their logs. A Succeeded run's
-record, metrics and files are never removed here: only `DELETE` removes them.
+record, metrics and files are never removed here: only `DELETE` removes them. Each pass
+also removes stored files that nothing names once they are ORPHAN_AGE old: a data set's
+files whose record never came, and the chunks of an upload killed before its end.
 
 Every API replica runs the pass on a schedule, but one at a time: a pass holds the lease
 document `retention` (service.store.leases), renewed between batches, so two replicas never
@@ -26,6 +28,7 @@ from bson import ObjectId
 
 from service.jobs.status import Status
 from service.store import Store
+from service.store.files import BUCKETS
 from service.store.removal import Removed
 
 log = structlog.get_logger(__name__)
@@ -36,6 +39,10 @@ BATCH = 200  # jobs per batch
 PAUSE_S = 0.1  # between batches
 EVERY_S = 3600.0  # between passes (jittered)
 FIRST_AFTER_S = 60.0  # the first pass, once the API has settled after a start
+# Stored files nothing names are removed once this old: a data set's files whose record
+# never came, and the chunks of any bucket's file whose upload was killed before its end.
+# An upload under way (or one retried until its lease lapses) is far younger.
+ORPHAN_AGE = timedelta(days=1)
 FINAL = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 REMOVED_WHOLE = (Status.FAILED, Status.CANCELLED)
 
@@ -90,6 +97,7 @@ class Retention:
                 lambda: jobs.finished_before(FINAL, logs_cutoff, self.batch, logs_kept=True),
                 self.store.removal.logs,
             )
+            total += await self._orphans(now - ORPHAN_AGE)
         finally:
             await leases.release(LEASE, self.holder)
         if total.anything:
@@ -113,6 +121,16 @@ class Retention:
                 log.warning("retention lease taken over; this pass stops")
                 break
         return total
+
+    async def _orphans(self, cutoff: datetime) -> Removed:
+        """Stored files that nothing names, older than `cutoff` (ORPHAN_AGE)."""
+        count = await self.store.datasets.remove_orphans(cutoff)
+        for bucket in BUCKETS:
+            count += await self.store.files.remove_partial(bucket, cutoff)
+        removed = Removed(orphans=count)
+        if count and self._on_removed is not None:
+            self._on_removed("orphans", removed)
+        return removed
 
     async def forever(self) -> None:
         """Pass after pass, `EVERY_S` apart (jittered); an error is logged, not fatal."""

@@ -11,6 +11,7 @@ the unique index on `key`: the loser's files are deleted and it answers with the
 from __future__ import annotations
 
 import builtins
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -100,3 +101,21 @@ class DatasetStore:
         result = await self.collection.delete_one({"_id": record.id})
         await self.delete_files(record.fileId, record.encoded.fileId)
         return result.deleted_count == 1
+
+    async def remove_orphans(self, before: datetime) -> int:
+        """Files of the bucket that no record names, stored before `before`: the files of an
+        upload whose API process died before its record was inserted (a record is inserted
+        only after its files, so a younger one may still get its record), and the chunks of
+        an upload killed mid-file (FileStore.remove_partial). The number of files removed."""
+        by_key: dict[str | None, builtins.list[ObjectId]] = {}
+        for file_id, metadata in await self.files.stored_before(DATASETS_BUCKET, before):
+            by_key.setdefault(metadata.get("datasetKey"), []).append(file_id)
+        orphans: builtins.list[ObjectId] = []
+        for key, ids in by_key.items():
+            record = None if key is None else await self.by_key(key)
+            named = set() if record is None else {record.fileId, record.encoded.fileId}
+            orphans += [i for i in ids if i not in named]
+        removed = 0
+        for file_id in orphans:
+            removed += await self.files.discard(DATASETS_BUCKET, file_id)
+        return removed + await self.files.remove_partial(DATASETS_BUCKET, before)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ ARTIFACTS_BUCKET = "artifacts"
 CHECKPOINTS_BUCKET = "checkpoints"
 BUCKETS = (ARTIFACTS_BUCKET, CHECKPOINTS_BUCKET)  # every bucket that holds a job's files
 _CHUNK = 4 << 20
+ORPHAN_BATCH = 500  # file ids looked up at once when looking for orphaned chunks
 
 
 class FileStore:
@@ -127,3 +129,32 @@ class FileStore:
         orphans = [doc["_id"] async for doc in cursor]
         await self.delete(bucket, orphans)
         return len(orphans)
+
+    async def stored_before(
+        self, bucket: str, before: datetime
+    ) -> list[tuple[ObjectId, dict[str, Any]]]:
+        """(id, metadata) of the complete files uploaded before `before`."""
+        cursor = self._db[f"{bucket}.files"].find(
+            {"uploadDate": {"$lt": before}}, {"_id": 1, "metadata": 1}
+        )
+        return [(doc["_id"], doc.get("metadata") or {}) async for doc in cursor]
+
+    async def remove_partial(self, bucket: str, before: datetime) -> int:
+        """Remove the chunks of files that never got their `files` document: an upload
+        killed between its chunks and its close (a process killed, a machine lost), which
+        nothing else would ever name. Only files whose id (an ObjectId, made when the upload
+        opened) is older than `before`, so an upload still under way is never touched.
+        The number of such files removed."""
+        chunks, files = self._db[f"{bucket}.chunks"], self._db[f"{bucket}.files"]
+        ids = await chunks.distinct(
+            "files_id", {"files_id": {"$lt": ObjectId.from_datetime(before)}}
+        )
+        removed = 0
+        for start in range(0, len(ids), ORPHAN_BATCH):
+            batch = ids[start : start + ORPHAN_BATCH]
+            present = {d["_id"] async for d in files.find({"_id": {"$in": batch}}, {"_id": 1})}
+            missing = [i for i in batch if i not in present]
+            if missing:
+                await chunks.delete_many({"files_id": {"$in": missing}})
+                removed += len(missing)
+        return removed

@@ -24,6 +24,7 @@ class Removed:
     logBatches: int = 0  # the API's JSON names
     metrics: int = 0
     files: int = 0
+    orphans: int = 0  # files no record names, and chunks of files never finished
 
     def __add__(self, other: Removed) -> Removed:
         return Removed(**{k: v + getattr(other, k) for k, v in asdict(self).items()})

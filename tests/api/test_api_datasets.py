@@ -4,9 +4,11 @@ with nothing stored (docs/datasets.md)."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import socket
 import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,15 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import TestClient
 from api_helpers import SEED_BODY, MakeApi, bearer, error_of
+from bson import ObjectId
 
 from service import tokens
 from service.api import routes_datasets
+from service.datasets.record import DatasetRecord
+from service.jobs import memory
+from service.jobs.retention import Policy, Retention
 from service.store import Store
+from service.store.files import ARTIFACTS_BUCKET
 from service.tokens import Role
 
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -65,7 +72,7 @@ async def test_npz_registered_listed_downloaded_versioned(api: TestClient, store
     assert resp.headers["Location"] == f"/datasets/{first['id']}"
     assert first["name"] == "blobs" and first["version"] == 1
     assert first["classes"] == 3
-    assert first["shape"] == {"inputs": 24, "train": 240, "valid": 0, "test": 60}
+    assert first["shape"] == {"inputs": 24, "train": 240, "valid": 0, "test": 60, "image": None}
     assert first["encoding"]["bits"] == 4 and first["encoding"]["thermometerFeatures"] == 6
     assert first["bytes"] == len(body)
 
@@ -350,3 +357,133 @@ async def test_a_stalled_upload_is_answered_408_with_nothing_stored(
     writer.close()
     assert status.startswith(b"HTTP/1.1 408"), status
     assert await stored(store) == (0, 0, 0)
+
+
+def images(seed: int = 0, n: int = 120, size: int = 8) -> dict[str, Any]:
+    """(n, size, size) uint8 images, two classes."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = rng.integers(0, 100, (n, size, size)).astype(np.uint8)
+    x[y == 1, size // 2] = 255
+    return {"x_train": x, "y_train": y}
+
+
+CONV = {**SEED_BODY, "grouping": 2, "gates": 40, "networkLayers": 1, "residualLayers": 0,
+        "architecture": "conv", "convChannels": "4", "kernelSize": 3, "poolSize": 2}  # fmt: skip
+
+
+async def test_an_image_keeps_its_shape_and_a_conv_run_is_estimated_on_it(
+    api: TestClient, store: Store
+) -> None:
+    """An (n, 8, 8) npz records its image (thermometer bits as channels); a conv job on it
+    is accepted with the memory estimate of that shape, which the dense estimate of the
+    same bits is not."""
+    resp = await upload(api, npz(**images()), name="imgs", bits=3)
+    assert resp.status == 201, await resp.text()
+    record = await resp.json()
+    assert record["shape"]["image"] == {"height": 8, "width": 8, "channels": 3}
+    assert record["shape"]["inputs"] == 8 * 8 * 3
+    job = await api.post("/jobs", json={**CONV, "dataset": "imgs"})
+    assert job.status == 201, await job.text()
+    estimate = (await job.json())["memoryEstimate"]
+    shape = DatasetRecord.model_validate(record).shape.data_shape()
+    hp = {**CONV, "dataset": "imgs"}
+    assert estimate == memory.estimate(hp, shape).model_dump()
+    assert estimate != memory.estimate({**hp, "architecture": "dense"}, shape).model_dump()
+    listed = await (await api.get("/datasets")).json()
+    digits = next(d for d in listed["datasets"] if d["name"] == "digits")
+    assert digits["shape"]["image"] == {"height": 8, "width": 8, "channels": 4}
+    tabular = next(d for d in listed["datasets"] if d["name"] == "breast_cancer")
+    assert tabular["shape"]["image"] is None
+
+
+@pytest.mark.parametrize(
+    ("dataset", "change", "field", "message"),
+    [
+        ("blobs", {}, "architecture", "blobs@1 has no image shape"),
+        ("imgs", {"kernelSize": 11}, "kernelSize", "kernelSize"),
+        ("imgs", {"convChannels": "4,4,4,4", "poolSize": 2}, "poolSize", "below 1x1"),
+    ],
+    ids=["tabular", "kernel larger than the image", "pooled below 1x1"],
+)
+async def test_conv_runs_that_do_not_fit_a_registered_data_set_are_refused(
+    api: TestClient, store: Store, dataset: str, change: dict[str, Any], field: str, message: str
+) -> None:
+    await _register(api)
+    assert (await upload(api, npz(**images()), name="imgs", bits=3)).status == 201
+    grouping = 3 if dataset == "blobs" else 2
+    body = {**CONV, "dataset": dataset, "grouping": grouping, **change}
+    error = await error_of(await api.post("/jobs", json=body), 422, "validation_error")
+    assert error["fields"][0]["field"] == field
+    assert message in error["fields"][0]["message"]
+    sweep = await api.post("/sweeps", json={"base": body, "grid": {"seed": [0, 1]}})
+    error = await error_of(sweep, 422, "invalid_combination")
+    assert error["fields"][0]["field"] == field
+    assert await store.jobs.collection.count_documents({}) == 0
+
+
+async def test_a_given_validation_split_is_counted_and_the_encoded_file_served(
+    api: TestClient,
+) -> None:
+    data = blobs(n=400)
+    x, y = data["x_train"], data["y_train"]
+    resp = await upload(api, npz(x_train=x[:300], y_train=y[:300], x_valid=x[300:],
+                                 y_valid=y[300:]), name="withvalid")  # fmt: skip
+    record = await resp.json()
+    assert resp.status == 201, record
+    assert record["shape"]["valid"] == 100 and record["shape"]["image"] is None
+    encoded = await api.get(f"/datasets/{record['id']}/encoded")
+    assert encoded.status == 200
+    body = await encoded.read()
+    assert hashlib.sha256(body).hexdigest() == record["encoded"]["sha256"]
+    with np.load(io.BytesIO(body)) as z:
+        assert len(z["y_valid"]) == 100
+
+
+async def _partial_upload(store: Store, bucket: str, file_id: ObjectId) -> None:
+    """What an upload killed between its chunks and its end leaves: GridFS writes chunks
+    (PyMongo's GridIn in batches of up to 32 MB) and the `files` document only on close,
+    which never came."""
+    chunk = b"x" * (255 * 1024)
+    await store.db[f"{bucket}.chunks"].insert_many(
+        [{"files_id": file_id, "n": n, "data": chunk} for n in range(3)]
+    )
+
+
+async def test_files_nothing_names_are_removed_once_old(
+    api: TestClient, store: Store, tmp_path: Path
+) -> None:
+    """Retention's pass removes what dead uploads left: chunks of files never finished (in
+    every bucket) and a data set's files whose record never came, once a day old; a young
+    upload (maybe still under way) and every registered data set's files are kept."""
+    record = await _register(api)
+    long_ago = datetime.now(UTC) - timedelta(days=2)
+    old_partial, young_partial = ObjectId.from_datetime(long_ago), ObjectId()
+    for bucket in ("datasets", ARTIFACTS_BUCKET):
+        await _partial_upload(store, bucket, old_partial)
+    await _partial_upload(store, "datasets", young_partial)
+    # An API that died after storing its two files and before the record.
+    path = tmp_path / "f.bin"
+    path.write_bytes(b"y" * 1000)
+    dead = [await store.datasets.store_file(path, "f", "dead-key", r) for r in ("upload", "x")]
+    young, _ = await store.datasets.store_file(path, "f", "young-key", "upload")
+    for file_id, _ in dead:
+        await store.db["datasets.files"].update_one(
+            {"_id": file_id}, {"$set": {"uploadDate": long_ago}}
+        )
+    chunks = store.db["datasets.chunks"]
+    assert await chunks.count_documents({"files_id": old_partial}) == 3
+
+    removed = await Retention(store, Policy(logs_days=90, failed_days=30)).run_once()
+    assert removed is not None and removed.orphans == 4  # 2 partial files, 2 complete ones
+    for bucket in ("datasets", ARTIFACTS_BUCKET):
+        assert await store.db[f"{bucket}.chunks"].count_documents({"files_id": old_partial}) == 0
+    for file_id, _ in dead:
+        assert await store.db["datasets.files"].count_documents({"_id": file_id}) == 0
+        assert await chunks.count_documents({"files_id": file_id}) == 0
+    assert await chunks.count_documents({"files_id": young_partial}) == 3
+    assert await store.db["datasets.files"].count_documents({"_id": young}) == 1
+    assert (await api.get(f"/datasets/{record['id']}/file")).status == 200
+    assert (await api.get(f"/datasets/{record['id']}/encoded")).status == 200
+    again = await Retention(store, Policy(logs_days=90, failed_days=30)).run_once()
+    assert again is not None and again.orphans == 0

@@ -44,6 +44,7 @@ def build_circuit(
     *,
     dataset: str | None = None,
     data_dir: str | Path = "data",
+    dataset_file: str | Path | None = None,
     threads: int = 1,
     verilog_samples: int = 256,
     bench_samples: int = 1 << 16,
@@ -52,7 +53,8 @@ def build_circuit(
 ) -> dict[str, Any]:
     """Compile into out_dir, verify on the test split, measure images/s; the job field.
 
-    dataset defaults to the one the network names; `test_data` (x, y), when given, is used
+    dataset defaults to the one the network names (`dataset_file`: a registered data set's
+    encoded file, as `--dataset-file`); `test_data` (x, y), when given, is used
     instead of loading it (the trainer has it in memory). The Verilog simulation is bounded
     to the first `verilog_samples` test samples (event-driven simulation is the slow part);
     `threads` is for the verification runs, the speed is always measured on one thread,
@@ -67,7 +69,7 @@ def build_circuit(
         name = dataset or compiled.network.meta.get("dataset", {}).get("name")
         if not name:
             raise ValueError("the network names no dataset; pass dataset=")
-        data = load_dataset(name, data_dir)
+        data = load_dataset(name, data_dir, dataset_file)
         if data.in_dim != in_dim:
             raise ValueError(f"{name} has {data.in_dim} inputs, the network reads {in_dim}")
         x_test, y_test = data.x_test, data.y_test

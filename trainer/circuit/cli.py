@@ -3,7 +3,7 @@
     compile NETWORK.json -o DIR       network.c/.h, network.v, the library, circuit.json
     predict DIR_OR_NETWORK --inputs X.npy --out Y.npy [--scores S.npy] [--threads T]
     bench   DIR_OR_NETWORK [--samples N] [--threads T]
-    verify  DIR_OR_NETWORK [--dataset D] [--data-dir DIR] [--verilog-samples N]
+    verify  DIR_OR_NETWORK [--dataset D] [--data-dir DIR | --dataset-file F] [--verilog-samples N]
 
 A network.json (or a run directory holding one) given where a DIR is expected is compiled
 into a cache directory first ($GATEQUEUE_CIRCUIT_CACHE). Exit status: 0 success, 1 verify
@@ -83,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--dataset", choices=DATASETS, help="default: the network's own")
     v.add_argument("--data-dir", type=Path, default=Path("data"))
     v.add_argument(
+        "--dataset-file",
+        type=Path,
+        help="a registered data set's encoded file (gatequeue data download D --encoded)",
+    )
+    v.add_argument(
         "--verilog-samples",
         type=_count,
         default=None,
@@ -140,11 +145,14 @@ def _bench(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     compiled = bundle.open_circuit(args.circuit)
     name = args.dataset or compiled.network.meta.get("dataset", {}).get("name")
-    if name not in DATASETS:
+    if args.dataset_file is not None:
+        name = name or args.dataset_file.stem
+    elif name not in DATASETS:
         raise ValueError(
-            f"the network's data set {name!r} is not one of {', '.join(DATASETS)}; pass --dataset"
+            f"the network's data set {name!r} is not one of {', '.join(DATASETS)}; pass "
+            "--dataset, or --dataset-file for a registered one"
         )
-    data = load_dataset(name, args.data_dir)
+    data = load_dataset(name, args.data_dir, args.dataset_file)
     if data.in_dim != compiled.network.in_dim:
         raise ValueError(
             f"{name} has {data.in_dim} inputs, the network reads {compiled.network.in_dim}"

@@ -21,23 +21,13 @@ DATASETS: tuple[str, ...] = tuple(CLASSES)
 
 
 @dataclass(frozen=True)
-class DataShape:
-    """A binarized data set's size: `inputs` bits per sample (after thermometer encoding),
-    `train` and `test` samples, and `raw_features` values per sample before encoding (what
-    the loader holds in memory while it encodes)."""
-
-    inputs: int
-    train: int
-    test: int
-    raw_features: int
-
-
-@dataclass(frozen=True)
 class ImageShape:
     """An image data set's encoded layout: `height` x `width` pixels of `channels` bits,
     stored height-major, then width, then channel (HWC): bit (y, x, c) of a sample is input
     (y * width + x) * channels + c. Thermometer bits are channels: digits has 4 (one per
-    threshold), mnist 1, cifar10 9 (3 colours x 3 thresholds, colour-major)."""
+    threshold), mnist 1, cifar10 9 (3 colours x 3 thresholds, colour-major); a registered
+    data set uploaded as (n, H, W) or (n, H, W, C) values has C x its bits per pixel
+    (trainer.data.encode)."""
 
     height: int
     width: int
@@ -48,6 +38,21 @@ class ImageShape:
         return self.height * self.width * self.channels
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """A binarized data set's size: `inputs` bits per sample (after thermometer encoding),
+    `train` and `test` samples, and `raw_features` values per sample before encoding (what
+    the loader holds in memory while it encodes); `image` the inputs' layout where they are
+    an image (what a conv network reads), None for tabular data."""
+
+    inputs: int
+    train: int
+    test: int
+    raw_features: int
+    image: ImageShape | None = None
+    valid: int = 0  # a registered data set's given validation split (docs/datasets.md)
+
+
 # The data sets a convolutional network can read (trainer.conv); the others have no shape.
 IMAGE_SHAPES: dict[str, ImageShape] = {
     "digits": ImageShape(8, 8, 4),
@@ -56,8 +61,8 @@ IMAGE_SHAPES: dict[str, ImageShape] = {
 }
 
 SHAPES: dict[str, DataShape] = {
-    "digits": DataShape(inputs=256, train=1437, test=360, raw_features=64),
+    "digits": DataShape(256, 1437, 360, raw_features=64, image=IMAGE_SHAPES["digits"]),
     "breast_cancer": DataShape(inputs=240, train=455, test=114, raw_features=30),
-    "mnist": DataShape(inputs=784, train=60_000, test=10_000, raw_features=784),
-    "cifar10": DataShape(inputs=9216, train=50_000, test=10_000, raw_features=3072),
+    "mnist": DataShape(784, 60_000, 10_000, raw_features=784, image=IMAGE_SHAPES["mnist"]),
+    "cifar10": DataShape(9216, 50_000, 10_000, raw_features=3072, image=IMAGE_SHAPES["cifar10"]),
 }

@@ -33,7 +33,10 @@ TEST_FRACTION = 0.2
 
 @dataclass(frozen=True)
 class Dataset:
-    """Binary inputs (uint8 0/1, one row per sample) and integer labels."""
+    """Binary inputs (uint8 0/1, one row per sample) and integer labels. `x_valid` and
+    `y_valid`: a validation split the data set brings (a registered one's `x_valid`), which a
+    run validates on instead of drawing one (trainer.data.split); None for the built-ins.
+    `image`: the inputs' image layout (HWC, trainer.data.catalog), None for tabular data."""
 
     name: str
     x_train: np.ndarray
@@ -42,15 +45,13 @@ class Dataset:
     y_test: np.ndarray
     classes: int
     encoding: str
+    x_valid: np.ndarray | None = None
+    y_valid: np.ndarray | None = None
+    image: ImageShape | None = None
 
     @property
     def in_dim(self) -> int:
         return int(self.x_train.shape[1])
-
-    @property
-    def image(self) -> ImageShape | None:
-        """The inputs' image layout (HWC, trainer.data.catalog), None for tabular data."""
-        return IMAGE_SHAPES.get(self.name)
 
 
 def thermometer(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
@@ -83,6 +84,7 @@ def _digits() -> Dataset:
         y_te.astype(np.int64),
         10,
         f"8x8 pixels > {list(DIGITS_THRESHOLDS)}",
+        image=IMAGE_SHAPES["digits"],
     )
 
 
@@ -117,6 +119,7 @@ def _mnist(data_dir: Path) -> Dataset:
         y_te.astype(np.int64),
         10,
         f"28x28 pixels > {MNIST_THRESHOLD} of 255",
+        image=IMAGE_SHAPES["mnist"],
     )
 
 
@@ -137,12 +140,17 @@ def _cifar10(data_dir: Path) -> Dataset:
         y_te.astype(np.int64),
         10,
         f"32x32x3 pixel values > {[round((i + 1) / (n + 1), 3) for i in range(n)]}",
+        image=IMAGE_SHAPES["cifar10"],
     )
 
 
 def _registered(name: str, file: Path) -> Dataset:
-    x_tr, y_tr, x_te, y_te, classes = load_encoded(file)
-    return Dataset(name, x_tr, y_tr, x_te, y_te, classes, f"registered data set ({file.name})")
+    e = load_encoded(file)
+    return Dataset(
+        name, e.x_train, e.y_train, e.x_test, e.y_test, e.classes,
+        f"registered data set ({file.name})", x_valid=e.x_valid, y_valid=e.y_valid,
+        image=e.image,
+    )  # fmt: skip
 
 
 def load_dataset(

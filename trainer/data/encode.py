@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from trainer.data.catalog import ImageShape
 from trainer.data.encoded import write_encoded
 from trainer.data.errors import BadData
 
@@ -91,6 +92,7 @@ class Summary:
     thermometer: int = 0
     categorical: dict[str, list[str]] = field(default_factory=dict)
     test_made: bool = False
+    image: ImageShape | None = None
 
     def encoding(self, options: EncodeOptions) -> dict[str, Any]:
         return {
@@ -264,15 +266,17 @@ def _encode_arrays(
 ) -> Summary:
     xs: dict[str, Rows] = {}
     ys: dict[str, np.ndarray] = {}
+    samples: dict[str, tuple[int, ...]] = {}
     for split in SPLITS:
         if f"x_{split}" not in arrays:
             continue
         x, y = arrays[f"x_{split}"], arrays[f"y_{split}"]
-        if x.ndim < 2:
+        if not 2 <= x.ndim <= 4:
             raise BadData(
-                f"x_{split} must hold one row per sample (2 or more dimensions), "
-                f"got shape {x.shape}"
+                f"x_{split} must be (samples, features), or an image (samples, height, width) "
+                f"or (samples, height, width, channels); got shape {x.shape}"
             )
+        samples[split] = tuple(int(d) for d in x.shape[1:])
         if y.ndim != 1:
             raise BadData(f"y_{split} must be one label per sample, got shape {y.shape}")
         if len(x) != len(y):
@@ -285,10 +289,13 @@ def _encode_arrays(
     widths = {split: x.features for split, x in xs.items()}
     if len(set(widths.values())) != 1:
         raise BadData(f"the splits have different numbers of features: {widths}")
+    if len(set(samples.values())) != 1:
+        raise BadData(f"the splits' samples have different shapes: {samples}")
     labels = np.unique(ys["train"])
     names = [str(int(v)) for v in labels]
     mapped = {split: _map_labels(y, labels, split) for split, y in ys.items()}
-    return _finish(xs, mapped, names, {}, options, target, "npz")
+    image = samples["train"] if len(samples["train"]) > 1 else None
+    return _finish(xs, mapped, names, {}, options, target, "npz", image=image)
 
 
 def _check_finite(x: Rows, name: str) -> None:
@@ -458,7 +465,12 @@ def _finish(
     *,
     extra: dict[str, np.ndarray] | None = None,
     made: bool = False,
+    image: tuple[int, ...] | None = None,
 ) -> Summary:
+    """Split, encode, write. `image`: the samples' (height, width[, channels]) where they are
+    images; then every value gets the same number of bits (one where all of the training
+    values are 0 or 1, else `bits`), so the bits keep the image's layout with the
+    thresholds as channels (trainer.data.catalog.ImageShape)."""
     classes = len(labels)
     if classes < 2:
         raise BadData(f"the training labels have a single class ({labels[0]}): nothing to learn")
@@ -473,6 +485,8 @@ def _finish(
     if len(ys["test"]) == 0 or len(ys["train"]) == 0:
         raise BadData("too few rows to split off a test set: give x_test and y_test")
     binary_columns = _binary_columns(xs["train"])
+    if image is not None and not binary_columns.all():
+        binary_columns[:] = False  # one width for every value: thermometer them all
     binary = int(binary_columns.sum())
     thresholds = _thresholds(xs["train"], binary_columns, options)
     mask = ~np.isnan(thresholds)
@@ -482,6 +496,13 @@ def _finish(
         raise BadData("the data set has no features")
     if inputs > MAX_INPUTS:
         raise BadData(f"the encoding makes {inputs} input bits per sample; at most {MAX_INPUTS}")
+    shape = None
+    if image is not None:
+        per_value = 1 if binary_columns.all() else options.bits
+        height, width, channels = (*image, 1)[:3]
+        shape = ImageShape(height, width, channels * per_value)
+        if shape.inputs != inputs:  # a quantile threshold is never NaN: cannot happen
+            raise BadData(f"the image {image} encodes to {inputs} bits, not {shape.inputs}")
     bits = {
         split: _encode(
             x,
@@ -493,7 +514,9 @@ def _finish(
         for split, x in xs.items()
     }
     try:
-        write_encoded(target, bits, ys, inputs=inputs, classes=classes, thresholds=thresholds)
+        write_encoded(
+            target, bits, ys, inputs=inputs, classes=classes, thresholds=thresholds, image=shape
+        )
     finally:
         for split in bits:
             target.with_name(f"{target.name}.{split}.bits").unlink(missing_ok=True)
@@ -511,6 +534,7 @@ def _finish(
         thermometer=features - binary,
         categorical=categories,
         test_made=made,
+        image=shape,
     )
 
 

@@ -9,7 +9,12 @@ random stream (and with it a resumed run's exact repetition) untouched.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from trainer.data.datasets import Dataset
 
 MAX_FRACTION = 0.5
 
@@ -34,3 +39,17 @@ def validation_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     valid = np.sort(np.concatenate(chosen)) if chosen else everything[:0]
     train = np.setdiff1d(everything, valid, assume_unique=True)
     return train, valid
+
+
+def split_for_validation(
+    data: Dataset, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x_train, y_train, x_valid, y_valid) of a run. A data set that brings its own
+    validation split (a registered npz's `x_valid`) is validated on that, and trained on all
+    of its training split: `fraction` is then ignored (docs/datasets.md, "Formats"), so a
+    data set's official split is what selection reads, the same for every run. Otherwise
+    `fraction` of the training split is held out (validation_split)."""
+    if data.x_valid is not None and data.y_valid is not None:
+        return data.x_train, data.y_train, data.x_valid, data.y_valid
+    train, valid = validation_split(data.y_train, fraction, seed)
+    return data.x_train[train], data.y_train[train], data.x_train[valid], data.y_train[valid]
