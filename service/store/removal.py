@@ -30,7 +30,12 @@ class Removed:
         return Removed(**{k: v + getattr(other, k) for k, v in asdict(self).items()})
 
     def to_json(self) -> dict[str, int]:
-        return asdict(self)
+        """The counts; `orphans` (retention's alone: a removal by id never has any) only
+        where some were removed, so `DELETE`'s answer keeps its four counts."""
+        out = asdict(self)
+        if not out["orphans"]:
+            del out["orphans"]
+        return out
 
     @property
     def anything(self) -> bool:

@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,26 @@ async def test_npz_and_csv_trained_through_the_queue(
     rc, out, err = await gatequeue(live_api.url, "data", "download", "adult", "-o", str(out_dir))
     assert read(out.strip()) == csv_bytes
 
+    # The run's network, evaluated again from the data set's encoded file, as a user would.
+    network = await client.download(blobs_job["id"], "network.json", out_dir / "network.json")
+    rc, out, err = await gatequeue(
+        live_api.url, "data", "download", "blobs", "--encoded", "-o", str(out_dir)
+    )
+    assert rc == 0, err
+    encoded = Path(out.strip())
+    assert encoded.name == "blobs-1.encoded.npz"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "trainer.evaluate", str(network), "--dataset-file", str(encoded),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stdout, stderr = await proc.communicate()
+    assert proc.returncode == 0, stderr.decode()
+    evaluated = dict(p.split("=") for p in stdout.decode().split())
+    done = await client.get(blobs_job["id"])
+    assert float(evaluated["test_acc_discrete"]) == pytest.approx(
+        done["result"]["test_acc_discrete"], abs=1e-4
+    )
+
 
 async def test_a_job_pinned_to_version_1_keeps_it(
     live_api: LiveApi,
@@ -165,6 +187,8 @@ async def test_offline_mnist_from_idx_files(
     rc, out, err = await gatequeue(live_api.url, "data", "add", "mnist", "--from", str(folder))
     assert rc == 0, err
     assert "registered mnist@1" in out and "784 input bits, 400 train / 100 test" in out
+    rc, out, err = await gatequeue(live_api.url, "data", "show", "mnist")
+    assert json.loads(out)["shape"]["image"] == {"height": 28, "width": 28, "channels": 1}
 
     # No network: any attempt to download MNIST would fail at once, and the data dir is empty.
     offline = {**os.environ, "GATEQUEUE_MNIST_URL": f"file://{tmp_path}/no-such-mirror/"}
