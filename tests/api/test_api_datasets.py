@@ -163,6 +163,8 @@ BAD: list[tuple[str, bytes, dict[str, Any], int, str]] = [
      "single class"),
     ("x and y of different lengths", npz(x_train=GOOD["x_train"], y_train=GOOD["y_train"][:-1]),
      {}, 422, "300 rows and y_train 299 labels"),
+    ("x neither rows nor images", npz(x_train=np.zeros((10, 2, 2, 2, 2)),
+                                      y_train=np.arange(10) % 2), {}, 422, "got shape"),
     ("a CSV without the label column", b"a,b\n1,2\n3,4\n", {}, 422, "no label column 'label'"),
     ("a CSV with unequal rows", b"a,label\n1,0\n2\n", {}, 422, "rows of unequal length"),
     ("a file over the limit", npz(**GOOD), {"max_dataset": 1000}, 413, "past the limit"),
@@ -180,12 +182,17 @@ async def test_bad_input_refused_with_nothing_stored(
     status: int,
     message: str,
 ) -> None:
+    # A data set registered before, under the name the bad upload takes: it stays as it was.
+    first = await (await upload(await make_api(), npz(**GOOD), name="bad")).json()
+    before = await stored(store)
     api = await make_api(**settings)
     resp = await upload(api, body, name="bad")
     code = "dataset_too_large" if status == 413 else "invalid_dataset"
     error = await error_of(resp, status, code)
     assert message in error["message"]
-    assert await stored(store) == (0, 0, 0)
+    assert await stored(store) == before == (1, 2, 2)
+    listed = await (await api.get("/datasets", params={"name": "bad"})).json()
+    assert [(d["id"], d["version"]) for d in listed["datasets"]] == [(first["id"], 1)]
 
 
 async def test_name_with_control_characters_refused(api: TestClient, store: Store) -> None:
