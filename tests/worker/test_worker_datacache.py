@@ -9,12 +9,17 @@ import os
 from pathlib import Path
 
 import pytest
+from worker_helpers import TINY_HP, MakeWorker, finished, trainer, wait_job
 
 from service.datasets.record import EncodedFile, Shape, Source, new_dataset
-from service.jobs.record import DatasetRef
+from service.jobs.options import RUN_OPTIONS
+from service.jobs.record import DatasetRef, new_job
+from service.jobs.status import Status
 from service.store import Store
 from service.worker.datacache import DataCache
 from service.worker.errors import DatasetUnavailable
+
+RUN_DEFAULTS = {o.name: o.default for o in RUN_OPTIONS}
 
 
 async def register(store: Store, tmp_path: Path, content: bytes, name: str = "d") -> DatasetRef:
@@ -116,3 +121,28 @@ async def test_a_cache_that_cannot_be_written_fails_the_fetch(store: Store, tmp_
             pass
     async with DataCache(store, tmp_path / "cache", 1 << 30).use(ref) as path:
         assert path.read_bytes() == b"y" * 100
+
+
+async def test_two_runs_starting_at_once_on_one_worker_fetch_the_data_set_once(
+    store: Store, make_worker: MakeWorker, tmp_path: Path
+) -> None:
+    """Two jobs on the same registered data set, claimed together by a worker with two
+    slots: the worker fetches the file once, both trainers run (at the same time) on it."""
+    ref = await register(store, tmp_path, os.urandom(2 << 20))
+    hp = {**TINY_HP, "dataset": "d", "grouping": 2}
+    jobs = []
+    for _ in range(2):
+        job, _ = await store.jobs.insert(new_job(dict(hp), RUN_DEFAULTS, dataset_ref=ref))
+        jobs.append(job)
+    worker = await make_worker(
+        trainer_cmd=trainer("steady"), slots=["0", "1"], env={**os.environ, "GQ_EPOCH_S": "0.5"}
+    )
+    done = [await wait_job(store, job.id, finished) for job in jobs]
+    assert [d.status for d in done] == [Status.SUCCEEDED, Status.SUCCEEDED]
+    a, b = done
+    assert a.startedAt is not None and b.startedAt is not None
+    assert a.finishedAt is not None and b.finishedAt is not None
+    assert a.startedAt < b.finishedAt and b.startedAt < a.finishedAt  # they overlapped
+    assert worker.data_cache.downloads == 1
+    cached = list((tmp_path / "worker1" / "datasets" / "registered").glob("*.npz"))
+    assert len(cached) == 1
