@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from live_helpers import LiveApi
 
+from service.client import GateQueueClient
 from service.worker import Worker
 from trainer.parametrizations import GATE_OPTIMIZERS
 
@@ -172,3 +173,29 @@ async def test_a_preset_fills_the_form(live_api: LiveApi, page: Any) -> None:
     await expect(form.locator("input[name=dataset]")).to_have_value("cifar10")
     gates = f"{PRESETS['cifar10-large'].gates():,}"
     await expect(form).to_contain_text(f"{gates} gates (paper: 61,000,000)")
+
+
+async def test_the_data_sets_view_shows_an_images_shape(
+    live_api: LiveApi, client: GateQueueClient, page: Any, tmp_path: Path
+) -> None:
+    """An uploaded (n, 8, 8) npz is listed with its image shape (what a conv run needs),
+    beside the built-ins' (docs/datasets.md, "Images"); a table of rows shows its bits only."""
+    import io
+
+    import numpy as np
+    from playwright.async_api import expect
+
+    rng = np.random.default_rng(0)
+    y = np.arange(60) % 2
+    for name, x in (("imgs", rng.integers(0, 200, (60, 8, 8))),
+                    ("rows", rng.normal(0, 1, (60, 5)))):  # fmt: skip
+        buf = io.BytesIO()
+        np.savez(buf, x_train=x, y_train=y)
+        (tmp_path / f"{name}.npz").write_bytes(buf.getvalue())
+        await client.upload_dataset(tmp_path / f"{name}.npz", name=name, bits=2)
+    await page.goto(live_api.url + "/#/datasets")
+    body = page.locator("#datasets-body")
+    await expect(body.locator("tr[data-name=imgs]")).to_contain_text("128 (8x8x2)")
+    await expect(body.locator("tr[data-name=digits]")).to_contain_text("256 (8x8x4)")
+    await expect(body.locator("tr[data-name=rows]")).to_contain_text("10")
+    assert "x" not in (await body.locator("tr[data-name=rows] td").nth(3).inner_text())

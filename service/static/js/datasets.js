@@ -10,10 +10,19 @@ import { ago } from "./format.js";
 
 export const DATALIST_ID = "dataset-names";
 
+/* "784" for rows, "784 (28x28x1)" for an image: what a conv run needs (docs/datasets.md,
+ * "Images"). */
+export function inputsText(shape) {
+  const img = shape.image;
+  const bits = String(shape.inputs ?? "");
+  return img ? `${bits} (${img.height}x${img.width}x${img.channels})` : bits;
+}
+
 function label(d) {
   const shape = d.shape || {};
   const who = d.builtin ? "built-in" : `${d.createdBy || "?"}, ${(d.createdAt || "").slice(0, 10)}`;
-  return `${d.classes} classes, ${shape.inputs} input bits, ${shape.train}/${shape.test} (${who})`;
+  const valid = shape.valid ? `, ${shape.valid} valid` : "";
+  return `${d.classes} classes, ${inputsText(shape)} input bits, ${shape.train}/${shape.test}${valid} (${who})`;
 }
 
 export async function refreshDatasetNames() {
@@ -47,8 +56,8 @@ export async function refreshDatasetNames() {
   }));
 }
 
-/* The "Data sets" view: every registered data set (name, version, classes, input bits,
- * train/test rows, who registered it, when) and the built-ins, with how to add one. */
+/* The "Data sets" view: every registered data set (name, version, classes, input bits and
+ * an image's shape, train/test rows, who registered it, when) and the built-ins, with how to add one. */
 export class DatasetList {
   constructor() {
     this.disposed = false;
@@ -68,7 +77,7 @@ export class DatasetList {
         el("td", { text: d.name }),
         el("td", { text: d.builtin ? "built-in" : String(d.version) }),
         el("td", { class: "num", text: String(d.classes) }),
-        el("td", { class: "num", text: String(shape.inputs ?? "") }),
+        el("td", { class: "num", text: inputsText(shape) }),
         el("td", { class: "num", text: `${shape.train ?? ""} / ${shape.test ?? ""}` }),
         el("td", { text: d.builtin ? "—" : d.createdBy || "—" }),
         el("td", { text: d.builtin ? "—" : ago(d.createdAt), title: d.createdAt || "" }));
