@@ -152,11 +152,20 @@ async def cmd_add(args: argparse.Namespace, settings: Settings, client: GateQueu
         record = await _upload(client, path, name, options)
     verb = "registered" if record.pop("status") == 201 else "already registered as"
     shape = record["shape"]
+    valid = f" / {shape['valid']} valid" if shape.get("valid") else ""
+    image = shape.get("image")
+    layout = f"; an image of {_hwc(image)}" if image else ""
     print(
         f"{verb} {record['name']}@{record['version']} ({record['id']}): {record['classes']} "
         f"classes, {shape['inputs']} input bits, {shape['train']} train / {shape['test']} test"
+        f"{valid}{layout}"
     )
     return EXIT_OK
+
+
+def _hwc(image: dict[str, int]) -> str:
+    """height x width x channels: what a conv run reads (docs/datasets.md, "Images")."""
+    return f"{image['height']}x{image['width']}x{image['channels']}"
 
 
 async def _upload(
@@ -192,7 +201,8 @@ async def cmd_ls(args: argparse.Namespace, settings: Settings, client: GateQueue
             "built-in" if d.get("builtin") else str(d["version"]),
             d.get("id", ""),
             str(d["classes"]),
-            str(shape.get("inputs", "")),
+            str(shape.get("inputs", ""))
+            + (f" ({_hwc(shape['image'])})" if shape.get("image") else ""),
             str(shape.get("train", "")),
             str(shape.get("test", "")),
             markup_safe(d.get("createdBy") or ""),

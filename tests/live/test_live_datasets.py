@@ -187,6 +187,7 @@ async def test_offline_mnist_from_idx_files(
     rc, out, err = await gatequeue(live_api.url, "data", "add", "mnist", "--from", str(folder))
     assert rc == 0, err
     assert "registered mnist@1" in out and "784 input bits, 400 train / 100 test" in out
+    assert out.strip().endswith("an image of 28x28x1")
     rc, out, err = await gatequeue(live_api.url, "data", "show", "mnist")
     assert json.loads(out)["shape"]["image"] == {"height": 28, "width": 28, "channels": 1}
 
