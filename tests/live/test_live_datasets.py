@@ -149,6 +149,34 @@ async def test_a_job_pinned_to_version_1_keeps_it(
         assert any("data loaded" in line and f"inputs={inputs}" in line for line in lines), lines
 
 
+async def test_a_given_validation_split_is_what_the_run_validates_on(
+    live_api: LiveApi,
+    client: GateQueueClient,
+    start_worker: Callable[..., Awaitable[Worker]],
+    tmp_path: Path,
+) -> None:
+    """An npz with its own x_valid: the queued run validates on those 120 samples (its
+    validFraction ignored), and its kept network is chosen on them."""
+    blobs_npz(tmp_path / "all.npz")
+    with np.load(tmp_path / "all.npz") as z:
+        x, y = z["x_train"], z["y_train"]
+    buf = io.BytesIO()
+    np.savez(buf, x_train=x[:480], y_train=y[:480], x_valid=x[480:], y_valid=y[480:])
+    (tmp_path / "given.npz").write_bytes(buf.getvalue())
+    record = await client.upload_dataset(tmp_path / "given.npz", name="given", bits=4)
+    assert record["shape"]["valid"] == 120
+    await start_worker(trainer_cmd=None, env=None)
+    job = await client.submit(**{**HP, "epochs": 3, "validFraction": 0.25}, dataset="given",
+                              grouping=3)  # fmt: skip
+    done = await client.wait(job["id"], timeout_s=240)
+    lines = await logs_of(client, job["id"])
+    assert done["status"] == "Succeeded", lines
+    # Not 25 % of the 384 training rows that the made test split leaves: the given 120.
+    assert any("validation split" in ln and "validation=120" in ln for ln in lines), lines
+    assert any("data loaded" in ln and "train=384" in ln for ln in lines), lines
+    assert done["result"]["val_acc_discrete"] is not None
+
+
 def write_idx(path: Path, array: np.ndarray) -> None:
     """The IDX format: 0, 0, dtype 0x08 (ubyte), ndim, big-endian sizes, the bytes."""
     head = bytes([0, 0, 0x08, array.ndim]) + b"".join(
