@@ -180,8 +180,8 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "gateEstimator", str, "straight_through",
-        "how a step's gates are mixed: soft (the relaxed mixture) or straight_through "
-        "(the argmax gates forward, a sample under the noisy maps; the relaxed gradient back)",
+        "how a training step uses the gates: soft (the relaxed mixture) or straight_through "
+        "(the argmax gates forward, the discrete network; the relaxed map's gradient back)",
         "Gate estimator", choices=ESTIMATORS, advanced=True,
     ),
     Option(
