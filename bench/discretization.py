@@ -81,6 +81,7 @@ def run_one(setting: str, name: str, args: argparse.Namespace, out: Path) -> Row
         body["gates"] = args.gates
     if args.epochs is not None:
         body["epochs"] = args.epochs
+    body.update(args.set)
     argv = [sys.executable, "-m", "trainer", "--device", "cpu", "--output-dir", str(out)]
     for key, value in body.items():
         argv += [flag_of(key), str(value)]
@@ -108,6 +109,13 @@ def run_one(setting: str, name: str, args: argparse.Namespace, out: Path) -> Row
     return row
 
 
+def _setting(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected OPTION=VALUE, got {text!r}")
+    return name, value
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--setting", choices=("a", "b", "both"), default="both")
@@ -116,6 +124,10 @@ def main() -> int:
     p.add_argument("--gates", type=int, help="override the gates per layer (smoke runs)")
     p.add_argument("--epochs", type=int, help="override the epochs (smoke runs)")
     p.add_argument("--honest", action="store_true", help="this version's validation defaults")
+    p.add_argument(
+        "--set", action="append", type=_setting, default=[], metavar="OPTION=VALUE",
+        help="a training option for every run, e.g. --set gateEstimator=soft (repeatable)",
+    )  # fmt: skip
     args = p.parse_args()
     names = [n for n in args.parametrizations.split(",") if n]
     unknown = sorted(set(names) - set(GATE_OPTIMIZERS))
@@ -125,7 +137,8 @@ def main() -> int:
     print(
         f"machine: cpu={cpu_model()!r} cores={os.cpu_count()} python={platform.python_version()}"
         f"  settings: a={SETTINGS['a']}  b: residualLayers 0, 20 epochs"
-        + ("  (validFraction 0.1, keep best)" if args.honest else "  (validFraction 0, keep last)"),
+        + ("  (validFraction 0.1, keep best)" if args.honest else "  (validFraction 0, keep last)")
+        + "".join(f"  {name}={value}" for name, value in args.set),
         flush=True,
     )
     header = ["set", "parametrization", "discrete", "relaxed", "gap", "live gates", "depth",

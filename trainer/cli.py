@@ -26,7 +26,14 @@ from trainer.device import out_of_memory_errors
 from trainer.errors import BadCheckpoint, CheckpointedStop, Diverged, RunConfigError
 from trainer.flags import add_option_flag, number
 from trainer.layer import BACKENDS
-from trainer.options import RUN_CONTROL_OPTIONS, TRAINING_OPTIONS, TrainingOptions, flag_of
+from trainer.options import (
+    RUN_CONTROL_OPTIONS,
+    TRAINING_OPTIONS,
+    TrainingOptions,
+    dest_of,
+    flag_of,
+    resolve_defaults,
+)
 from trainer.presets import PRESETS
 from trainer.presets import apply as apply_preset
 
@@ -144,6 +151,10 @@ def validate(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
                 for e in exc.errors(include_url=False)
             )
         )
+    # A null that stands for a chosen value (the gate optimizer's learning rate) is run,
+    # hashed and reported as that value.
+    for name, value in resolve_defaults(values).items():
+        setattr(args, dest_of(name), value)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
     if args.output_dir is None:

@@ -82,8 +82,14 @@ def flag_kwargs(
         kwargs["default"] = None
         if not required and not o.request_required and o.default is not None:
             kwargs["help"] = f"{o.help} (default {o.default})"
+        elif o.default_text:
+            kwargs["help"] = f"{o.help} (default {o.default_text})"
     else:
         kwargs["default"] = o.default  # the parser's formatter shows it
+        if o.default_text:
+            # Say what the null default means; `%(default).0s` prints nothing but keeps
+            # ArgumentDefaultsHelpFormatter from appending "(default: None)".
+            kwargs["help"] = f"{o.help} (default: {o.default_text})%(default).0s"
     if required:
         kwargs["required"] = True
     if o.choices:

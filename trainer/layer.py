@@ -194,8 +194,10 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 class LogicLayer(torch.nn.Module):
     """`out_dim` gates over `in_dim` inputs; forward maps (in_dim, batch) -> (out_dim, batch).
 
-    Training mode mixes gates by the parametrization's noisy probabilities; eval mode uses
-    the argmax gate, unless `relaxed_eval` is set, when it uses the noise-free probabilities.
+    Training mode mixes gates by the parametrization's noisy probabilities (or, under the
+    straight-through estimator, runs their argmax gates: Parametrization.train_probs); eval
+    mode uses the argmax gate, unless `relaxed_eval` is set, when it uses the noise-free
+    probabilities.
     """
 
     # Buffers (registered in __init__), declared so type checkers see tensors.
@@ -246,8 +248,10 @@ class LogicLayer(torch.nn.Module):
 
     def probs(self) -> torch.Tensor:
         """The (out_dim, 16) gate probabilities the current mode computes with."""
-        if self.training or self.relaxed_eval:
-            return self.parametrization.probs(self.logits, noise=self.training)
+        if self.training:
+            return self.parametrization.train_probs(self.logits)
+        if self.relaxed_eval:
+            return self.parametrization.probs(self.logits, noise=False)
         return torch.nn.functional.one_hot(self.gates(), 16).to(self.logits.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -321,6 +321,8 @@ def run(
             gate_optimizer=args.gate_optimizer,
             residual_layers=args.residual_layers,
             noise_temp=args.noise_temp,
+            gate_estimator=args.gate_estimator,
+            residual_pass_prob=args.residual_pass_prob,
             backend=args.backend,
             **conv_arguments(args, data),
         ).to(device)

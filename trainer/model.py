@@ -11,7 +11,7 @@ import torch
 from trainer.convspec import ConvSpec, block_shapes
 from trainer.data.catalog import ImageShape
 from trainer.layer import BACKENDS, GroupSum, LogicLayer, resolve_backend
-from trainer.parametrizations import GATE_OPTIMIZERS, Parametrization
+from trainer.parametrizations import GATE_OPTIMIZERS, RESIDUAL_PASS_PROB, Parametrization
 
 if TYPE_CHECKING:
     from trainer.conv import ConvLogicNet
@@ -112,6 +112,8 @@ def build_model(
     gate_optimizer: str,
     residual_layers: int = 0,
     noise_temp: float = 0.2,
+    gate_estimator: str = "soft",
+    residual_pass_prob: float = RESIDUAL_PASS_PROB,
     backend: str = "auto",
     architecture: Literal["dense"] = "dense",
     image: ImageShape | None = None,
@@ -130,6 +132,8 @@ def build_model(
     gate_optimizer: str,
     residual_layers: int = 0,
     noise_temp: float = 0.2,
+    gate_estimator: str = "soft",
+    residual_pass_prob: float = RESIDUAL_PASS_PROB,
     backend: str = "auto",
     architecture: str,
     image: ImageShape | None = None,
@@ -147,6 +151,8 @@ def build_model(
     gate_optimizer: str,
     residual_layers: int = 0,
     noise_temp: float = 0.2,
+    gate_estimator: str = "soft",
+    residual_pass_prob: float = RESIDUAL_PASS_PROB,
     backend: str = "auto",
     architecture: str = "dense",
     image: ImageShape | None = None,
@@ -158,7 +164,9 @@ def build_model(
     `architecture` "dense" (the default) gives a LogicNet of `network_layers` layers;
     "conv" a trainer.conv.ConvLogicNet: the blocks of `conv` over inputs of shape `image`
     (in_dim must be its size), then `network_layers` dense layers. `residual_layers` counts
-    conv blocks first, then dense layers.
+    conv blocks first, then dense layers; `residual_pass_prob` is their pass-through gate's
+    initial probability. `gate_estimator`: "soft" or "straight_through"
+    (trainer.parametrizations.Parametrization.train_probs).
 
     Connections and initial logits come from torch's global generator: seed it first for a
     reproducible network. Raises ValueError naming the bad argument.
@@ -196,6 +204,9 @@ def build_model(
     for ok, message in checks:
         if not ok:
             raise ValueError(message)
+    parametrization = Parametrization(
+        gate_optimizer, noise_temp, gate_estimator, residual_pass_prob
+    )
     if architecture == "conv":
         from trainer.conv import ConvLogicNet
 
@@ -206,7 +217,7 @@ def build_model(
             layer_widths(gates, network_layers, grouping),
             grouping=grouping,
             group_sum_tau=group_sum_tau,
-            parametrization=Parametrization(gate_optimizer, noise_temp),
+            parametrization=parametrization,
             residual_layers=residual_layers,
             backend=backend,
         )
@@ -215,7 +226,7 @@ def build_model(
         layer_widths(gates, network_layers, grouping),
         grouping=grouping,
         group_sum_tau=group_sum_tau,
-        parametrization=Parametrization(gate_optimizer, noise_temp),
+        parametrization=parametrization,
         residual_layers=residual_layers,
         backend=backend,
     )

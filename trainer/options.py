@@ -31,7 +31,12 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from trainer import convspec
 from trainer.data.catalog import CLASSES, DATASET_NAME_MAX, DATASET_PATTERN, DATASETS, IMAGE_SHAPES
-from trainer.parametrizations import GATE_OPTIMIZERS, REGISTRY
+from trainer.parametrizations import (
+    ESTIMATORS,
+    GATE_OPTIMIZERS,
+    REGISTRY,
+    RESIDUAL_PASS_PROB,
+)
 
 Kind = type[int] | type[float] | type[str]
 ARCHITECTURES: tuple[str, ...] = ("dense", "conv")
@@ -73,6 +78,9 @@ class Option:
     max_length: int | None = None
     pattern: str | None = None
     pattern_help: str = ""  # what a value breaking `pattern` is told
+    # What a null default means, where it stands for a value chosen later (`learningRate`:
+    # the gate optimizer's own); shown as the default by /options, the form and --help.
+    default_text: str = ""
 
     @property
     def flag(self) -> str:
@@ -122,11 +130,17 @@ class Option:
             ("maximum", self.le),
             ("choices", list(self.choices) if self.choices else None),
             ("maxLength", self.max_length),
+            ("defaultText", self.default_text or None),
         ):
             if value is not None:
                 out[key] = value
         return out
 
+
+# The null learning rate's meaning, as /options, the form and --help show it.
+_LEARNING_RATE_TEXT = "the gate optimizer's: " + ", ".join(
+    f"{name} {entry.learning_rate:g}" for name, entry in REGISTRY.items()
+)
 
 TRAINING_OPTIONS: tuple[Option, ...] = (
     Option(
@@ -159,6 +173,18 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
         "Residual layers", ge=0, le=64,
     ),
     Option(
+        "residualPassProb", float, RESIDUAL_PASS_PROB,
+        "initial probability of the pass-through gate in the residual layers (the other "
+        "logits start as random ones): how strongly they start as wires",
+        "Residual pass probability", gt=1 / 16, le=0.99, advanced=True,
+    ),
+    Option(
+        "gateEstimator", str, "straight_through",
+        "how a training step uses the gates: soft (the relaxed mixture) or straight_through "
+        "(the argmax gates forward, the discrete network; the relaxed map's gradient back)",
+        "Gate estimator", choices=ESTIMATORS, advanced=True,
+    ),
+    Option(
         "noiseTemp", float, 0.2,
         "Gumbel temperature (gumbel_*) or Gaussian noise scale (sparsemax_noise)",
         "Noise temperature", ge=0, le=100,
@@ -174,8 +200,8 @@ TRAINING_OPTIONS: tuple[Option, ...] = (
     ),
     Option("batchSize", int, 128, "samples per step", "Batch size", ge=1, le=65_536, advanced=True),
     Option(
-        "learningRate", float, 0.01, "Adam's step size", "Learning rate", gt=0, le=10,
-        advanced=True,
+        "learningRate", float, None, "Adam's step size", "Learning rate", gt=0, le=10,
+        advanced=True, nullable=True, default_text=_LEARNING_RATE_TEXT,
     ),
     Option(
         "seed", int, 0,
@@ -385,6 +411,16 @@ TrainingOptions = options_model(
     request=False,
     doc="The training options of one run, with the trainer's defaults.",
 )
+
+
+def resolve_defaults(values: Mapping[str, Any]) -> dict[str, Any]:
+    """`values` with each null that stands for a chosen value replaced by it: a null
+    `learningRate` becomes the gate optimizer's. A job stores, and the trainer runs and
+    hashes, the resolved values, so a result says what was used."""
+    out = dict(values)
+    if out.get("learningRate", 0) is None and out.get("gateOptimizer") in REGISTRY:
+        out["learningRate"] = REGISTRY[out["gateOptimizer"]].learning_rate
+    return out
 
 
 def hyperparameters_hash(hyperparameters: Mapping[str, Any]) -> str:

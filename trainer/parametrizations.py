@@ -28,8 +28,15 @@ if TYPE_CHECKING:
 torch = LazyModule("torch")
 entmax = LazyModule("entmax")
 
-# Probability the residual initialisation gives the pass-through gate "A".
-RESIDUAL_PASS_PROB = 0.9
+# The gradient estimators (`gateEstimator`): `soft` trains the relaxed mixture itself;
+# `straight_through` runs the argmax gate forward and passes the relaxed map's gradient back.
+ESTIMATORS: tuple[str, ...] = ("soft", "straight_through")
+# Default probability the residual initialisation gives the pass-through gate "A"
+# (`residualPassProb`). 0.9 with equal other logits froze the network as pass-through: every
+# argmax was "A" and stayed so (issue 21's table (a)).
+RESIDUAL_PASS_PROB = 0.3
+# Adam's step size for a map that does not set its own (`learningRate` left null).
+DEFAULT_LEARNING_RATE = 0.01
 # Floor on the surprisal in `log_softmax`, so a saturated gate gets a finite weight.
 _MIN_SURPRISAL = 1e-6
 
@@ -45,7 +52,9 @@ class GateMap:
     API and the trainer both check, trainer.options). `calibrate_as`: the map whose noise-free
     probabilities the residual initialisation is tuned on (the gumbel maps sample gate i with
     probability softmax(z)_i at small temperatures). `positive_init`: initial logits are
-    |N(0, 1)| instead of N(0, 1), so that no gate starts dead under a ReLU.
+    |N(0, 1)| instead of N(0, 1), so that no gate starts dead under a ReLU. `learning_rate`:
+    the map's default Adam step size (`learningRate` null), measured by
+    bench/discretization.py (docs/trainer.md, "Discretization").
     """
 
     name: str
@@ -55,6 +64,7 @@ class GateMap:
     calibrate_as: str | None = None
     positive_init: bool = False
     residual_base: float = 0.0
+    learning_rate: float = DEFAULT_LEARNING_RATE
 
 
 REGISTRY: dict[str, GateMap] = {}
@@ -87,6 +97,7 @@ def _softmax(z: Tensor, t: float, noise: bool) -> Tensor:
     "softmax((z + g) / t) with Gumbel noise g while training, softmax(z / t) relaxed",
     divides_by_temperature=True,
     calibrate_as="softmax",
+    learning_rate=0.5,
 )
 def _gumbel_softmax(z: Tensor, t: float, noise: bool) -> Tensor:
     return torch.softmax((z + _gumbel_like(z) if noise else z) / t, dim=-1)
@@ -102,6 +113,7 @@ def _sparsemax(z: Tensor, t: float, noise: bool) -> Tensor:
     "sparsemax((z + g) / t) with Gumbel noise g while training, sparsemax(z / t) relaxed",
     divides_by_temperature=True,
     calibrate_as="softmax",
+    learning_rate=0.5,
 )
 def _gumbel_sparsemax(z: Tensor, t: float, noise: bool) -> Tensor:
     return entmax.sparsemax((z + _gumbel_like(z) if noise else z) / t, dim=-1)
@@ -120,6 +132,7 @@ def _sparsemax_noise(z: Tensor, t: float, noise: bool) -> Tensor:
 @gate_map(
     "log_softmax",
     "inverse surprisal: w_i = 1 / -log softmax(z)_i, normalized; flatter than softmax",
+    learning_rate=0.03,
 )
 def _log_softmax(z: Tensor, t: float, noise: bool) -> Tensor:
     w = (-torch.log_softmax(z, dim=-1)).clamp_min(_MIN_SURPRISAL).reciprocal()
@@ -154,14 +167,18 @@ GATE_OPTIMIZERS: tuple[str, ...] = tuple(REGISTRY)
 
 @dataclass(frozen=True)
 class Parametrization:
-    """One `gateOptimizer` with its temperature, as a layer uses it.
+    """One `gateOptimizer` with its temperature, estimator and residual strength, as a layer
+    uses it.
 
     `temperature` is `noiseTemp`: the Gumbel temperature for the gumbel_* maps, the scale
-    of the Gaussian logit noise for sparsemax_noise, unused by the others.
+    of the Gaussian logit noise for sparsemax_noise, unused by the others. `estimator` is
+    `gateEstimator`, `pass_prob` is `residualPassProb`.
     """
 
     name: str
     temperature: float = 0.2
+    estimator: str = "soft"
+    pass_prob: float = RESIDUAL_PASS_PROB
 
     def __post_init__(self) -> None:
         entry = REGISTRY.get(self.name)
@@ -173,36 +190,66 @@ class Parametrization:
             raise ValueError(f"noise temperature must be >= 0, got {self.temperature}")
         if entry.divides_by_temperature and self.temperature == 0:
             raise ValueError(f"{self.name} needs a noise temperature > 0")
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(
+                f"unknown gate estimator {self.estimator!r}; choose one of {', '.join(ESTIMATORS)}"
+            )
+        if not 1 / NUM_GATES < self.pass_prob < 1:
+            raise ValueError(
+                f"residual pass probability must be in (1/{NUM_GATES}, 1), got {self.pass_prob}"
+            )
 
     @property
     def entry(self) -> GateMap:
         return REGISTRY[self.name]
 
     def probs(self, logits: Tensor, *, noise: bool) -> Tensor:
-        """Probabilities over the last axis; `noise` is on while training."""
+        """The relaxed probabilities over the last axis; `noise` is on while training."""
         return self.entry.probs(logits, self.temperature, noise)
+
+    def train_probs(self, logits: Tensor) -> Tensor:
+        """What a training step mixes gates by, under the estimator.
+
+        `soft`: the noisy relaxed probabilities. `straight_through`: the argmax gate of the
+        logits as a one-hot row plus `soft - soft.detach()`, which is exactly zero forward
+        (the step computes the discrete network that eval mode and the circuit compute) and
+        carries the noisy relaxed probabilities' gradient backward. Taking the noisy
+        probabilities' argmax instead (a Gumbel sample) learned less on digits
+        (bench/discretization.py: gumbel_sparsemax 0.847 against 0.881, sparsemax_noise
+        0.772 against 0.847 in table (a)). It acts on probabilities, so every backend (C++,
+        torch, difflogic's CUDA kernel) runs it unchanged.
+        """
+        soft = self.probs(logits, noise=True)
+        if self.estimator == "soft":
+            return soft
+        index = logits.argmax(dim=-1)
+        hard = torch.nn.functional.one_hot(index, logits.shape[-1]).to(soft.dtype)
+        return hard + (soft - soft.detach())
 
     def init_logits(self, neurons: int, *, residual: bool) -> Tensor:
         """Initial logits `(neurons, 16)`, drawn from torch's global generator.
 
         Random init is N(0, 1) as difflogic's (|N(0, 1)| for maps with `positive_init`).
-        Residual init is a constant base with the "A" logit raised until the map gives "A"
-        probability RESIDUAL_PASS_PROB, the pass-through start of Petersen et al. 2024; the
-        sparse maps keep every gate in the support at that point, so all logits still get
-        gradients.
+        Residual init is the pass-through start of Petersen et al. 2024, as strong as
+        `pass_prob` says: the "A" logit is raised above a constant base until the map gives
+        "A" that probability, and the other logits are the base plus the random init's
+        noise. The noise breaks the ties between the other fifteen (with equal logits every
+        argmax is "A" and no gradient ever changes it: the network stays a wire), and a
+        modest `pass_prob` leaves the other gates in reach.
         """
-        if residual:
-            base, lift = _residual_logits(self.name, self.temperature)
-            z = torch.full((neurons, NUM_GATES), base)
-            z[:, PASS_THROUGH_A] = lift
-            return z
         z = torch.randn(neurons, NUM_GATES)
-        return z.abs_() if self.entry.positive_init else z
+        if self.entry.positive_init:
+            z.abs_()
+        if residual:
+            base, lift = _residual_logits(self.name, self.temperature, self.pass_prob)
+            z.add_(base)
+            z[:, PASS_THROUGH_A] = lift
+        return z
 
 
 @cache
-def _residual_logits(name: str, temperature: float) -> tuple[float, float]:
-    """(base, lift) such that the expected "A" probability is RESIDUAL_PASS_PROB."""
+def _residual_logits(name: str, temperature: float, pass_prob: float) -> tuple[float, float]:
+    """(base, lift) such that "A" has probability `pass_prob` when the others are `base`."""
     entry = REGISTRY[name]
     base = entry.residual_base
     param = Parametrization(entry.calibrate_as or name, temperature)
@@ -213,9 +260,9 @@ def _residual_logits(name: str, temperature: float) -> tuple[float, float]:
         z[PASS_THROUGH_A] = lift
         return float(param.probs(z, noise=False)[PASS_THROUGH_A])
 
-    while prob_a(hi) < RESIDUAL_PASS_PROB:
+    while prob_a(hi) < pass_prob:
         lo, hi = hi, base + 2 * (hi - base)
     for _ in range(60):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if prob_a(mid) < RESIDUAL_PASS_PROB else (lo, mid)
+        lo, hi = (mid, hi) if prob_a(mid) < pass_prob else (lo, mid)
     return base, hi

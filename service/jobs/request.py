@@ -19,6 +19,7 @@ from trainer.options import (
     Option,
     StrictOptions,
     options_model,
+    resolve_defaults,
 )
 
 # The body the seed's README sent with curl: the example in the OpenAPI document, the web
@@ -50,8 +51,10 @@ class RequestBase(CheckedOptions):
         return self.split()[1]
 
     def split(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """(training options, run options) from one dump of the request."""
-        values = self.model_dump()
+        """(training options, run options) from one dump of the request, with the nulls
+        that stand for a chosen value resolved (trainer.options.resolve_defaults): the job
+        stores what its run uses."""
+        values = resolve_defaults(self.model_dump())
         return (
             {k: values[k] for k in TRAINING_NAMES if k in values},
             {k: values[k] for k in RUN_NAMES if k in values},

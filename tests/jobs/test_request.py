@@ -75,10 +75,31 @@ def _errors(body: dict[str, object]) -> dict[str, str]:
         ({"dataset": "image net"}, "dataset"),
         ({"maxAttempts": 0}, "maxAttempts"),
         ({"learningRate": "fast"}, "learningRate"),
+        ({"learningRate": 0}, "learningRate"),
+        ({"gateEstimator": "hard"}, "gateEstimator"),
+        ({"gateEstimator": None}, "gateEstimator"),
+        ({"residualPassProb": 0.0625}, "residualPassProb"),
+        ({"residualPassProb": 1.0}, "residualPassProb"),
     ],
 )
 def test_bad_values_are_named(patch: dict[str, object], field: str) -> None:
     assert field in _errors({**SEED, **patch})
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_a_null_learning_rate_is_stored_as_the_gate_optimizers(name: str) -> None:
+    """Left out or null, `learningRate` is the map's own rate, stored as a number, and the
+    trainer resolves it the same way; a given rate wins."""
+    own = REGISTRY[name].learning_rate
+    for body in ({**SEED, "gateOptimizer": name}, {**SEED, "gateOptimizer": name,
+                                                    "learningRate": None}):  # fmt: skip
+        assert JobRequest.model_validate(body).hyperparameters()["learningRate"] == own
+    parser = trainer_parser()
+    args = parser.parse_args(["--gate-optimizer", name])
+    validate(parser, args)
+    assert args.learning_rate == own
+    given = JobRequest.model_validate({**SEED, "gateOptimizer": name, "learningRate": 0.123})
+    assert given.hyperparameters()["learningRate"] == 0.123
 
 
 def test_unknown_key_is_named() -> None:

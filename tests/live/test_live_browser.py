@@ -13,7 +13,7 @@ from live_helpers import LiveApi
 
 from service.client import GateQueueClient
 from service.worker import Worker
-from trainer.parametrizations import GATE_OPTIMIZERS
+from trainer.parametrizations import GATE_OPTIMIZERS, REGISTRY
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -84,6 +84,11 @@ async def test_submit_follow_and_cancel_in_the_browser(
     assert tuple(options) == GATE_OPTIMIZERS
     assert await form.locator("select[name=gateOptimizer]").input_value() == "sparsemax_noise"
     await page.screenshot(path=artifacts / "01-new-job-form.png")
+    # A null default says what it stands for: the learning rate is the gate optimizer's.
+    rate = form.locator("input[name=learningRate]")
+    assert await rate.input_value() == ""
+    assert "the gate optimizer's" in (await rate.get_attribute("placeholder") or "")
+    assert await form.locator("select[name=gateEstimator]").input_value() == "straight_through"
 
     # A bad value comes back as a 422 and is shown next to its field.
     await form.locator("input[name=residualLayers]").fill("9")
@@ -153,6 +158,8 @@ async def test_submit_follow_and_cancel_in_the_browser(
     final = await live_api.store.jobs.get(first_id)
     assert final is not None
     assert final.status == "Succeeded"
+    # Left empty, the learning rate is stored as the one the run used.
+    assert final.hyperparameters["learningRate"] == REGISTRY["sparsemax_noise"].learning_rate
 
 
 async def test_a_preset_fills_the_form(live_api: LiveApi, page: Any) -> None:

@@ -238,6 +238,7 @@ def test_checkpoint_flags_are_not_training_options(tmp_path: Path) -> None:
             str(tmp_path / "x.gqckpt"),
         ]
     )
+    validate(parser, plain)
     validate(parser, flagged)
     assert plain.checkpoint_dir is None and plain.resume_from is None
     assert plain.checkpoint_interval_s == 300.0 and flagged.checkpoint_interval_s == 0.0

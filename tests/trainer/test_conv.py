@@ -25,11 +25,11 @@ BACKENDS = ["torch", "cpp"]
 def tree_conv(
     image: ImageShape, spec: ConvSpec, optimizer: str, backend: str, *, residual: bool = False
 ) -> TreeConv:
+    """A residual tree starts strongly (residualPassProb 0.99): a wire everywhere."""
     block = block_shapes(image, spec)[0]
     strides = (1, image.width * image.channels, image.channels)  # HWC, as the data
-    return TreeConv(
-        block, spec, strides, Parametrization(optimizer, 0.5), residual=residual, backend=backend
-    )
+    param = Parametrization(optimizer, 0.5, "soft", 0.99)
+    return TreeConv(block, spec, strides, param, residual=residual, backend=backend)
 
 
 def reference_tree_conv(

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from trainer import build_model
-from trainer.gates import NUM_GATES, PASS_THROUGH_A
+from trainer.gates import NUM_GATES
 from trainer.parametrizations import (
     GATE_OPTIMIZERS,
     REGISTRY,
-    RESIDUAL_PASS_PROB,
     Parametrization,
     gate_map,
 )
@@ -89,19 +88,6 @@ def test_log_softmax_is_finite_when_saturated() -> None:
     z[0, 5] = 1e4
     p = Parametrization("log_softmax").probs(z, noise=False)
     assert torch.isfinite(p).all() and p.argmax() == 5 and p[0, 5] > 0.99
-
-
-@pytest.mark.parametrize("name", GATE_OPTIMIZERS)
-def test_residual_init_makes_pass_through_dominant(name: str) -> None:
-    param = Parametrization(name, 0.2)
-    z = param.init_logits(8, residual=True)
-    assert (z.argmax(-1) == PASS_THROUGH_A).all()
-    calibrate = REGISTRY[name].calibrate_as or name
-    p = Parametrization(calibrate, 0.2).probs(z, noise=False)
-    torch.testing.assert_close(
-        p[:, PASS_THROUGH_A], torch.full((8,), RESIDUAL_PASS_PROB), atol=1e-4, rtol=0
-    )
-    assert (p > 0).all()  # every gate in the support: every logit gets a gradient
 
 
 @pytest.mark.parametrize("name", GATE_OPTIMIZERS)

@@ -22,7 +22,9 @@ export function optionField(opt) {
       max: opt.maximum ?? null,
       maxlength: opt.maxLength ?? null,
       list: opt.name === "dataset" ? DATALIST_ID : null,
-      placeholder: opt.nullable ? "optional" : null,
+      // A null default that stands for a chosen value says which (the learning rate:
+      // the gate optimizer's); left empty, the API fills it in.
+      placeholder: opt.defaultText ? `default: ${opt.defaultText}` : opt.nullable ? "optional" : null,
       required: !opt.nullable && !opt.advanced ? true : null,
       value: start === null || start === undefined ? null : String(start),
     });
