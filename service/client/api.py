@@ -351,6 +351,13 @@ class GateQueueClient:
         """`{name, role, authenticated, open}` of this client's token."""
         return await self._request("GET", "/whoami")  # type: ignore[no-any-return]
 
+    async def usage(self, since: str | None = None) -> dict[str, Any]:
+        """`GET /usage`: `{since, users, sweeps}`, each row with `jobs` by status,
+        `slotHours` ({gpu, cpu}), `logBytes` and `fileBytes`; an admin token gets every
+        user, any other its own. `since`: ISO-8601 (a bad one is a 422 GateQueueError)."""
+        params = {} if since is None else {"since": since}
+        return await self._request("GET", "/usage", params=params)  # type: ignore[no-any-return]
+
     async def metrics(self, job_id: str) -> _List[dict[str, Any]]:
         """One row per finished epoch: `{epoch, epochs, train_loss, test_acc, ..., ts}`."""
         body = await self._request("GET", self._job_path(job_id) + "/metrics")

@@ -21,6 +21,7 @@ from service.store.queue import QueueView
 from service.store.removal import Removal
 from service.store.sessions import SessionStore
 from service.store.sweeps import SweepStore
+from service.store.usage import UsageStore
 from service.store.workers import WorkerStore
 
 __all__ = ["Store"]
@@ -43,6 +44,7 @@ class Store:
         self.workers = WorkerStore(self.db["workers"])
         self.queue = QueueView(self.jobs, self.sweeps, self.workers)
         self.leases = LeaseStore(self.db["leases"])
+        self.usage = UsageStore(self.db)
         self.removal = Removal(self.jobs, self.logs, self.metrics, self.files)
 
     async def ensure_indexes(self) -> None:
