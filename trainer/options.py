@@ -33,7 +33,9 @@ from trainer import convspec
 from trainer.data.catalog import CLASSES, DATASET_NAME_MAX, DATASET_PATTERN, DATASETS, IMAGE_SHAPES
 from trainer.parametrizations import GATE_OPTIMIZERS, REGISTRY
 
-Kind = type[int] | type[float] | type[str]
+# A number, a text, or an object (a pydantic model: a run option such as `notify`, which
+# has no form field and whose flag the model reads with its `from_flag`).
+Kind = type[int] | type[float] | type[str] | type[BaseModel]
 ARCHITECTURES: tuple[str, ...] = ("dense", "conv")
 Spell = Callable[[str], str]
 _REQUIRED: Any = ...
@@ -108,7 +110,7 @@ class Option:
         """The option as the web form reads it (`GET /options`)."""
         out: dict[str, Any] = {
             "name": self.name,
-            "type": {int: "integer", float: "number", str: "string"}[self.kind],
+            "type": {int: "integer", float: "number", str: "string"}.get(self.kind, "object"),
             "label": self.label,
             "help": self.help,
             "default": self.default,

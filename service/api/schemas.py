@@ -140,6 +140,35 @@ class UsageReport(BaseModel):
     sweeps: list[UsageRow]
 
 
+class Delivery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deliveryId: str = Field(
+        description="Sent as X-Gatequeue-Delivery and in the body: "
+        "receivers drop a second copy by it."
+    )
+    event: Literal["finished", "succeeded", "failed", "cancelled"]
+    source: Literal["notify", "server"] = Field(
+        description="The job's or sweep's own `notify`, or a server hook (GATEQUEUE_WEBHOOKS)."
+    )
+    target: str = Field(description="The URL's scheme and host (its path is not shown).")
+    format: Literal["json", "slack"]
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int = Field(ge=0, description="Tries made.")
+    lastStatus: int | None = Field(description="The HTTP status of the last try.")
+    lastError: str | None = Field(description="Why the last try failed.")
+    createdAt: str | None
+    updatedAt: str | None
+    deliveredAt: str | None
+
+
+class Deliveries(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The job's or sweep's id.")
+    deliveries: list[Delivery]
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready"]
 

@@ -275,7 +275,9 @@ class GateQueueClient:
         """The reconnect schedule of one stream: `reconnect_delay_s` doubling up to
         `max_reconnect_delay_s`, jittered, at most `max_reconnect_attempts` in a row."""
         policy = Backoff(initial_s=self.reconnect_delay_s, max_s=self.max_reconnect_delay_s)
-        return Failures(policy, attempts=self.max_reconnect_attempts)
+        return Failures(
+            policy, attempts=self.max_reconnect_attempts, operation="websocket_reconnect"
+        )
 
     async def _pause(self, failures: Failures, last: BaseException) -> None:
         """Wait before reconnecting, or raise once there were too many failures in a row."""

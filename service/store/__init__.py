@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.store.datasets import DatasetStore
+from service.store.deliveries import DeliveryStore
 from service.store.files import FileStore
 from service.store.jobs import JobStore
 from service.store.leases import LeaseStore
@@ -45,7 +46,8 @@ class Store:
         self.queue = QueueView(self.jobs, self.sweeps, self.workers)
         self.leases = LeaseStore(self.db["leases"])
         self.usage = UsageStore(self.db)
-        self.removal = Removal(self.jobs, self.logs, self.metrics, self.files)
+        self.deliveries = DeliveryStore(self.db["webhook_deliveries"])
+        self.removal = Removal(self.jobs, self.logs, self.metrics, self.files, self.deliveries)
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process calls it at start so no deploy step is needed."""
@@ -57,6 +59,7 @@ class Store:
         await self.files.ensure_indexes()
         await self.leases.ensure_indexes()
         await self.datasets.ensure_indexes()
+        await self.deliveries.ensure_indexes()
 
     async def ping(self) -> None:
         await self.db.command("ping")

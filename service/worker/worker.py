@@ -308,7 +308,7 @@ class Worker:
         return out
 
     async def _claimer(self) -> None:
-        failures = Failures(DATABASE)
+        failures = Failures(DATABASE, operation="claim")
         while True:
             await self._wake.wait()
             self._wake.clear()
