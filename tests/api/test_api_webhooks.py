@@ -5,12 +5,18 @@ API replicas learn of them as in production, from the jobs change stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import socket
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -300,3 +306,65 @@ def test_the_slack_format() -> None:
         "text": "gatequeue: job <https://q.example/#/jobs/665f|mnist &lt;big&gt; &amp; wide> "
         "Failed (by alice): exit 1"
     }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _serve(mongo_uri: str, db: str, log: Path) -> tuple[asyncio.subprocess.Process, str]:
+    """`gatequeue serve` in its own process, with webhooks to loopback allowed."""
+    port = _free_port()
+    env = {**os.environ, "MONGODB_URI": mongo_uri, "GATEQUEUE_DB": db,
+           "GATEQUEUE_WEBHOOK_ALLOW": "127.0.0.1", "GATEQUEUE_WEBHOOK_SECRET": SECRET,
+           "GATEQUEUE_LOG_FORMAT": "json"}  # fmt: skip
+    env.pop("GATEQUEUE_API_TOKEN", None)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "service.cli", "serve", "--port", str(port),
+            stdout=fd, stderr=fd, env=env,
+        )  # fmt: skip
+    finally:
+        os.close(fd)
+    url = f"http://127.0.0.1:{port}"
+    async with aiohttp.ClientSession() as http:
+        while True:  # until it answers (its start takes a second or two)
+            assert proc.returncode is None, f"the API exited: see {log}"
+            with contextlib.suppress(aiohttp.ClientError):
+                async with http.get(url + "/readyz") as resp:
+                    if resp.status == 200:
+                        return proc, url
+            await asyncio.sleep(0.1)
+
+
+async def test_two_api_processes_deliver_each_event_once(
+    store: Store, mongo_uri: str, receiver: Receiver, tmp_path: Path
+) -> None:
+    """Two `gatequeue serve` processes on one database, both sending: each event reaches
+    the receiver once, signed."""
+    servers = [await _serve(mongo_uri, store.db.name, tmp_path / f"api{i}.log") for i in (0, 1)]
+    try:
+        ids = []
+        async with aiohttp.ClientSession() as http:
+            for i in range(6):
+                _, url = servers[i % 2]
+                body = {**SEED_BODY, "notify": {"url": receiver.url}}
+                async with http.post(url + "/jobs", json=body) as resp:
+                    assert resp.status == 201, await resp.text()
+                    ids.append((await resp.json())["id"])
+        for job_id in ids:
+            await _end(store, job_id, Status.FAILED)
+        await receiver.delivered(len(ids))
+    finally:
+        for proc, _ in servers:
+            proc.terminate()
+        for proc, _ in servers:
+            await proc.wait()
+    assert sorted(b["job"]["id"] for b in receiver.bodies()) == sorted(ids)
+    assert all(payload.verify(SECRET, b, h[payload.SIGNATURE_HEADER]) for h, b in receiver.posts)
+    states = await store.deliveries.collection.distinct("state")
+    assert states == ["delivered"]
+    assert await store.deliveries.collection.count_documents({}) == len(ids)

@@ -111,3 +111,11 @@ async def test_usage(live_api: LiveApi) -> None:
     assert "usage since 2020-01-01T00:00:00.000Z" in out and "1 Pending" in out
     rc, _, err = await gatequeue(live_api.url, "usage", "--since", "last week")
     assert rc == 2 and "since" in err
+
+
+async def test_submit_notify_is_checked_by_the_api(live_api: LiveApi) -> None:
+    """`--notify URL` becomes the job's `notify`; this API has webhooks off: refused."""
+    rc, _, err = await gatequeue(live_api.url, "submit", *TINY, "--notify", "https://x.example/h")
+    assert rc == 2 and "webhooks are off" in err
+    rc, _, err = await gatequeue(live_api.url, "submit", *TINY, "--notify", '{"url": 1')
+    assert rc == 2 and "--notify" in err
