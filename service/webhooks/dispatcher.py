@@ -23,6 +23,7 @@ was lost is sent again, with the same `deliveryId`, which receivers use to drop 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import socket
@@ -246,6 +247,7 @@ class Dispatcher:
         deliveries = self.store.deliveries
         failures = Failures(self.policy, operation="webhook_delivery")
         failures.resume(delivery.attempts)  # tries an earlier holder made: later delays
+        answered: int | None = None  # the 2xx of the try that got one
         try:
             async with self._slots:
                 while True:
@@ -268,15 +270,20 @@ class Dispatcher:
                         self._outcome("retried")
                         await asyncio.sleep(delay)
                         continue
+                    answered = status
                     await deliveries.finish(delivery.key, self.holder, DELIVERED, status=status)
                     self._outcome("delivered")
                     return
         except asyncio.CancelledError:
-            # Stopping: another replica (or this one, restarted) takes it over at once.
-            try:
-                await asyncio.shield(deliveries.release(delivery.key, self.holder))
-            except Exception:
-                pass
+            # Stopping: a delivery the receiver took is recorded as such (not sent again);
+            # any other, another replica (or this one, restarted) takes over at once.
+            ending = (
+                deliveries.finish(delivery.key, self.holder, DELIVERED, status=answered)
+                if answered is not None
+                else deliveries.release(delivery.key, self.holder)
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.shield(ending)
             raise
         except Exception as exc:  # MongoDB unreachable: the hold lapses and a pass resumes
             log.warning("webhook delivery interrupted", key=delivery.key, error=str(exc))

@@ -346,6 +346,7 @@ async def test_two_api_processes_deliver_each_event_once(
     """Two `gatequeue serve` processes on one database, both sending: each event reaches
     the receiver once, signed."""
     servers = [await _serve(mongo_uri, store.db.name, tmp_path / f"api{i}.log") for i in (0, 1)]
+    recorded = await store.deliveries.collection.watch(full_document="updateLookup")
     try:
         ids = []
         async with aiohttp.ClientSession() as http:
@@ -358,7 +359,15 @@ async def test_two_api_processes_deliver_each_event_once(
         for job_id in ids:
             await _end(store, job_id, Status.FAILED)
         await receiver.delivered(len(ids))
+        delivered: set[str] = set()
+        async for change in recorded:  # until each is recorded delivered, then stop them
+            doc = change.get("fullDocument") or {}
+            if doc.get("state") == "delivered":
+                delivered.add(doc["_id"])
+            if len(delivered) == len(ids):
+                break
     finally:
+        await recorded.close()
         for proc, _ in servers:
             proc.terminate()
         for proc, _ in servers:
