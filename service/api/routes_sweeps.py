@@ -126,7 +126,8 @@ async def submit_sweep(request: web.Request) -> web.Response:
         code = "sweep_too_large" if isinstance(exc, SweepTooLarge) else "sweep_empty"
         raise ApiError(422, code, str(exc)) from None
     store = request.app[STORE]
-    body_hash = None if key is None else request_hash(spec.model_dump(mode="json"))
+    # Python's dump: a `notify` URL whole (its JSON form shows the host alone).
+    body_hash = None if key is None else request_hash(spec.model_dump())
     try:
         # A replay is not new work: no quota for it.
         ttl_s = request.app[SETTINGS].idempotency_ttl_s
