@@ -6,6 +6,8 @@ Services and the CLI build one `Settings` at start-up and pass it down, so no mo
 
 from __future__ import annotations
 
+import ipaddress
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import overload
 
 from service.errors import ConfigError
+from service.jobs.notify import Notify
 
 DEFAULT_DB = "gatequeue"
 DEFAULT_LEASE_S = 30.0
@@ -74,6 +77,11 @@ class Settings:
     retain_failed_days: float = DEFAULT_RETAIN_FAILED_DAYS
     max_dataset: int = DEFAULT_MAX_DATASET
     data_cache: int = DEFAULT_DATA_CACHE
+    # Webhooks (docs/webhooks.md): every job's and sweep's hooks, the HMAC key of the
+    # signature, and the hosts a hook may call (empty: webhooks are off).
+    webhooks: tuple[Notify, ...] = ()
+    webhook_secret: str | None = None
+    webhook_allow: tuple[str, ...] = ()
 
     @property
     def auth_configured(self) -> bool:
@@ -157,6 +165,9 @@ class Settings:
             or DEFAULT_MAX_DATASET,
             data_cache=parse_bytes("GATEQUEUE_DATA_CACHE", env.get("GATEQUEUE_DATA_CACHE"))
             or DEFAULT_DATA_CACHE,
+            webhooks=parse_webhooks(env.get("GATEQUEUE_WEBHOOKS")),
+            webhook_secret=env.get("GATEQUEUE_WEBHOOK_SECRET") or None,
+            webhook_allow=parse_allow(env.get("GATEQUEUE_WEBHOOK_ALLOW")),
         )  # fmt: skip
 
 
@@ -223,6 +234,54 @@ def parse_origins(raw: str | None) -> tuple[str, ...]:
                 "(scheme://host[:port], e.g. https://queue.example.com)"
             )
         out.append(origin.lower())
+    return tuple(out)
+
+
+def parse_webhooks(raw: str | None) -> tuple[Notify, ...]:
+    """`GATEQUEUE_WEBHOOKS`: hooks called for every job and sweep. Either comma-separated
+    URLs (each told of every end), or a JSON list of `{"url", "events"}` objects."""
+    if not raw or not raw.strip():
+        return ()
+    raw = raw.strip()
+    try:
+        if raw.startswith("["):
+            items = json.loads(raw)
+            if not isinstance(items, list):
+                raise ValueError("expected a JSON list")
+        else:
+            items = [{"url": url.strip()} for url in raw.split(",") if url.strip()]
+        return tuple(Notify.model_validate(item) for item in items)
+    except ValueError as exc:  # pydantic's ValidationError and JSON's errors are ValueErrors
+        raise ConfigError(
+            f"GATEQUEUE_WEBHOOKS: {exc}; expected URLs separated by commas, or a JSON list "
+            'of {"url": ..., "events": [...]}'
+        ) from None
+
+
+_LABEL = r"[a-z0-9]([a-z0-9-]*[a-z0-9])?"
+_HOST_PATTERN = re.compile(rf"(\*\.)?{_LABEL}(\.{_LABEL})*|\*")
+
+
+def parse_allow(raw: str | None) -> tuple[str, ...]:
+    """`GATEQUEUE_WEBHOOK_ALLOW`: comma-separated host patterns a webhook may call
+    (`hooks.slack.com`, `*.example.com`, `*`), and addresses or networks (`10.0.0.0/8`,
+    `127.0.0.1`) that a hook may reach although private or loopback (docs/webhooks.md)."""
+    if not raw or not raw.strip():
+        return ()
+    out = []
+    for part in raw.split(","):
+        pattern = part.strip().lower()
+        if not pattern:
+            continue
+        try:
+            ipaddress.ip_network(pattern.strip("[]"), strict=False)
+        except ValueError:
+            if not _HOST_PATTERN.fullmatch(pattern):
+                raise ConfigError(
+                    f"GATEQUEUE_WEBHOOK_ALLOW: {pattern!r} is neither a host pattern "
+                    "(hooks.slack.com, *.example.com) nor an address or network (10.0.0.0/8)"
+                ) from None
+        out.append(pattern)
     return tuple(out)
 
 

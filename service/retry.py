@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -47,20 +48,35 @@ DATABASE = Backoff(initial_s=0.1, max_s=2.0)
 RECONNECT = Backoff(initial_s=0.1, max_s=5.0)
 
 
+# Tries after an error in this process, by operation (`retry(operation=...)`,
+# `Failures(operation=...)`): `/metrics`' and the workers' `gatequeue_retries_total`.
+RETRIES: Counter[str] = Counter()
+
+
 class Failures:
     """The failures in a row of a loop that lives on: `failed()` counts one and says how long
     to wait before the next try; `exhausted` says to give up instead (more than `attempts`
     in a row); `reset()`, after a success, starts the schedule over."""
 
-    def __init__(self, policy: Backoff = DATABASE, *, attempts: int | None = None) -> None:
+    def __init__(
+        self, policy: Backoff = DATABASE, *, attempts: int | None = None, operation: str = "other"
+    ) -> None:
         self.policy = policy
+        self.operation = operation
         self.attempts = attempts
         self.count = 0
         self._delays = policy.delays()
 
     def failed(self) -> float:
         self.count += 1
+        RETRIES[self.operation] += 1
         return next(self._delays)
+
+    def resume(self, count: int) -> None:
+        """Go on from `count` failures another process counted (their delays skipped)."""
+        for _ in range(count):
+            self.count += 1
+            next(self._delays)
 
     @property
     def exhausted(self) -> bool:
@@ -80,6 +96,7 @@ async def retry(
     attempts: int | None = None,
     deadline: float | Callable[[], float] | None = None,
     on_error: Callable[[BaseException, float], None] | None = None,
+    operation: str = "other",
 ) -> T:
     """`await op()` until it returns; after a `retry_on` error (default: any PyMongoError)
     for which `retry_if` holds (default: always), sleep and try again.
@@ -88,7 +105,8 @@ async def retry(
     start after `deadline` (a `time.monotonic()` value: a lease's end, say; or a function
     giving it, read after each error, for a deadline that moves: a lease renewed meanwhile,
     so an outage that a renewal outlived is still retried). `on_error` sees
-    each error that is retried and the delay before the next try.
+    each error that is retried and the delay before the next try. `operation` names what
+    is retried in `RETRIES` (the retries metric).
     """
     if retry_on is None:
         from pymongo.errors import PyMongoError
@@ -110,6 +128,7 @@ async def retry(
                 end = deadline() if callable(deadline) else deadline
                 if time.monotonic() + delay >= end:
                     raise
+            RETRIES[operation] += 1
             if on_error is not None:
                 on_error(exc, delay)
             await asyncio.sleep(delay)

@@ -40,6 +40,7 @@ DOCS = REPO / "docs" / "deploy.md"
 NAMESPACE = "gatequeue"
 NODE_PORT = 30080
 API_PORT = 8080
+WORKER_METRICS_PORT = 9100  # `gatequeue worker --metrics-port` in the manifests
 # The oldest Kubernetes minor these manifests promise to work on, and the newest schema
 # bundled with kubernetes-validate.
 K8S_VERSIONS = ("1.29", kubernetes_validate.latest_version())
@@ -459,7 +460,17 @@ def test_containers_run_gatequeue_serve_and_worker() -> None:
         assert full_command(api_container)[:2] == ["gatequeue", "serve"], where
         command = full_command(api_container)
         assert command[command.index("--port") + 1] == str(API_PORT), where
-        assert full_command(worker_container) == ["gatequeue", "worker"], where
+        assert full_command(worker_container) == [
+            "gatequeue",
+            "worker",
+            "--metrics-port",
+            str(WORKER_METRICS_PORT),
+        ], where
+        ports = {p["name"]: p["containerPort"] for p in worker_container.get("ports", [])}
+        assert ports == {"metrics": WORKER_METRICS_PORT}, where
+        template = find(objects, "Deployment", "gatequeue-worker")["spec"]["template"]
+        annotations = template["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/port") == str(WORKER_METRICS_PORT), where
         assert image_basename(api_container["image"]) == "gatequeue-api", where
         assert image_basename(worker_container["image"]) == "gatequeue-worker", where
 

@@ -19,10 +19,19 @@ import argparse
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from pydantic import BaseModel
+
 from trainer.options import Option
 
 METAVARS: dict[type, str] = {int: "N", float: "X", str: "TEXT"}
 CHOICE_METAVAR = "NAME"
+OBJECT_METAVAR = "URL|JSON"  # an object option (`notify`): its model reads the text
+
+
+def metavar(o: Option) -> str:
+    if o.choices:
+        return CHOICE_METAVAR
+    return METAVARS.get(o.kind, OBJECT_METAVAR)  # type: ignore[call-overload]
 
 Parser = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -94,6 +103,8 @@ def flag_kwargs(
         kwargs["required"] = True
     if o.choices:
         kwargs |= {"choices": o.choices, "metavar": CHOICE_METAVAR}
+    elif isinstance(o.kind, type) and issubclass(o.kind, BaseModel):
+        kwargs |= {"type": o.kind.from_flag, "metavar": OBJECT_METAVAR}  # type: ignore[attr-defined]
     elif o.kind in (int, float):
         kwargs |= {"type": within_bounds(o) if bounded else number(o.kind)}
         kwargs["metavar"] = METAVARS[o.kind]

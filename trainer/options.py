@@ -38,7 +38,9 @@ from trainer.parametrizations import (
     RESIDUAL_PASS_PROB,
 )
 
-Kind = type[int] | type[float] | type[str]
+# A number, a text, or an object (a pydantic model: a run option such as `notify`, which
+# has no form field and whose flag the model reads with its `from_flag`).
+Kind = type[int] | type[float] | type[str] | type[BaseModel]
 ARCHITECTURES: tuple[str, ...] = ("dense", "conv")
 Spell = Callable[[str], str]
 _REQUIRED: Any = ...
@@ -116,7 +118,7 @@ class Option:
         """The option as the web form reads it (`GET /options`)."""
         out: dict[str, Any] = {
             "name": self.name,
-            "type": {int: "integer", float: "number", str: "string"}[self.kind],
+            "type": {int: "integer", float: "number", str: "string"}.get(self.kind, "object"),
             "label": self.label,
             "help": self.help,
             "default": self.default,

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the quota's module reports errors through service.api.error
     from service.api.capacity import SlotCache
     from service.api.quota import SubmissionQuota
     from service.jobs.retention import Retention
+    from service.webhooks.dispatcher import Dispatcher
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 STORE: web.AppKey[Store] = web.AppKey("store", Store)
@@ -32,6 +33,8 @@ QUOTA: web.AppKey[SubmissionQuota] = web.AppKey("quota")
 SLOTS: web.AppKey[SlotCache] = web.AppKey("slots")
 # This replica's retention passes (service.jobs.retention), started by routes_jobs.setup.
 RETENTION: web.AppKey[Retention] = web.AppKey("retention")
+# This replica's webhook sender (service.webhooks.dispatcher), where webhooks are on.
+WEBHOOKS: web.AppKey[Dispatcher] = web.AppKey("webhooks")
 
 # Per-request: the request id the middleware picked. `web.RequestKey` exists from aiohttp
 # 3.14 on (which warns about plain string keys); older versions take the string.

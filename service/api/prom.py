@@ -19,6 +19,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from service.jobs.status import Status
+from service.retry_metrics import RetriesCollector
 
 # Latency buckets around the submit path's budget (p99 < 50 ms).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -26,6 +27,7 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 QUEUE_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0)
 RUN_BUCKETS = (10.0, 60.0, 300.0, 900.0, 3600.0, 3 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0)
 FINAL = frozenset({Status.SUCCEEDED.value, Status.FAILED.value, Status.CANCELLED.value})
+WEBHOOK_OUTCOMES = ("delivered", "retried", "failed")
 # What an expired lease did to its job, by the job's new status.
 EXPIRY_ACTIONS = {Status.PENDING.value: "requeued", Status.FAILED.value: "failed",
                   Status.CANCELLED.value: "cancelled"}  # fmt: skip
@@ -94,6 +96,16 @@ class ApiMetrics:
             ("what",),
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "gatequeue_webhook_deliveries",
+            "Webhook tries of this replica by outcome: delivered, retried (a try failed; "
+            "another follows), failed (the tries are spent).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        for outcome in WEBHOOK_OUTCOMES:
+            self.webhook_deliveries.labels(outcome)
+        self.registry.register(RetriesCollector())
         for status in FINAL:  # the histograms exist, at zero, before the first run ends
             self.run_duration.labels(status)
         for action in EXPIRY_ACTIONS.values():
@@ -157,6 +169,9 @@ class ApiMetrics:
         for name, n in counts.items():
             if n:
                 self.retention_removed.labels(name).inc(n)
+
+    def note_delivery(self, outcome: str) -> None:
+        self.webhook_deliveries.labels(outcome).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

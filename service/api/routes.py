@@ -14,12 +14,15 @@ from service.api import (
     routes_jobs,
     routes_session,
     routes_sweeps,
+    routes_usage,
     routes_web,
+    routes_webhooks,
     ws,
 )
 from service.api.routing import Route, all_routes
 
 ROUTE_MODULES: list[ModuleType] = [
-    routes_health, routes_jobs, routes_sweeps, routes_datasets, routes_session, ws, routes_web,
+    routes_health, routes_jobs, routes_sweeps, routes_datasets, routes_usage, routes_session,
+    ws, routes_webhooks, routes_web,
 ]  # fmt: skip
 ROUTES: tuple[Route, ...] = tuple(all_routes(ROUTE_MODULES))

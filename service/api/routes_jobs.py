@@ -44,6 +44,7 @@ from service.api.routing import (
     path_id,
 )
 from service.api.schemas import Deleted, JobList, Logs, Metrics
+from service.api.webhooks import check_notifies
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
 from service.jobs.record import Job, JobRecord, MemoryEstimate, new_job
@@ -122,6 +123,9 @@ async def submit_job(request: web.Request) -> web.Response:
     quota.charge(principal.name)  # first: a refused submission counts too
     body = await read_body(request)
     job_request = parse_body(JobRequest, body)
+    notify = getattr(job_request, "notify", None)
+    if notify is not None:
+        await check_notifies(request, iter([("notify", notify)]))
     hyperparameters, run_options = job_request.split()
     dataset_ref, shape = await resolve_dataset(request.app[STORE], hyperparameters)
     estimate = await admit_memory(request, hyperparameters, shape)
@@ -426,7 +430,10 @@ ROUTES: tuple[Route, ...] = (
             Reply(415, "Content-Type is not application/json.", "Error"),
             Reply(422, "Invalid options; `fields` names every bad field. Also a job no live "
                        "worker's slot could hold (code `too_big_for_workers`: its estimated "
-                       "peak memory, and `fields` naming batchSize, gates, networkLayers).",
+                       "peak memory, and `fields` naming batchSize, gates, networkLayers); "
+                       "or a `notify` URL the server will not call (code `webhook_refused`: "
+                       "webhooks off, a host outside GATEQUEUE_WEBHOOK_ALLOW, or an address "
+                       "that is loopback, link-local or private).",
                   "Error"),
         ),
     ),

@@ -28,6 +28,7 @@ from service.api.limits import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
 from service.api.routes_jobs import ERR_408_BODY, ERR_422_QUERY, IDEMPOTENCY_PARAM, idempotency_key
 from service.api.routing import ID_PATTERN, Param, Query, Reply, Route, not_found, path_id
 from service.api.schemas import Deleted
+from service.api.webhooks import check_notifies, sweep_notifies
 from service.cancellation import cancel_and_wait
 from service.jobs import memory
 from service.jobs.record import MemoryEstimate
@@ -97,6 +98,7 @@ async def submit_sweep(request: web.Request) -> web.Response:
     key = idempotency_key(request)
     request.app[QUOTA].charge(principal.name)  # a refused sweep counts too
     spec = parse_body(SweepRequest, await read_body(request))
+    await check_notifies(request, sweep_notifies(spec))
     max_jobs = request.app[SETTINGS].max_sweep
     try:
         check_size(spec, max_jobs=max_jobs)
@@ -124,7 +126,8 @@ async def submit_sweep(request: web.Request) -> web.Response:
         code = "sweep_too_large" if isinstance(exc, SweepTooLarge) else "sweep_empty"
         raise ApiError(422, code, str(exc)) from None
     store = request.app[STORE]
-    body_hash = None if key is None else request_hash(spec.model_dump(mode="json"))
+    # Python's dump: a `notify` URL whole (its JSON form shows the host alone).
+    body_hash = None if key is None else request_hash(spec.model_dump())
     try:
         # A replay is not new work: no quota for it.
         ttl_s = request.app[SETTINGS].idempotency_ttl_s
@@ -225,7 +228,11 @@ async def _tidy_forever(app: web.Application) -> None:
     store = app[STORE]
     while True:
         removed, released = await retry(
-            lambda: tidy(store), policy=TIDY_RETRY, retry_on=(Exception,), on_error=_tidy_failed
+            lambda: tidy(store),
+            policy=TIDY_RETRY,
+            retry_on=(Exception,),
+            on_error=_tidy_failed,
+            operation="sweeps_tidy",
         )
         if removed or released:
             log.info("sweeps tidied", removed=removed, released=released)
@@ -276,7 +283,8 @@ ROUTES: tuple[Route, ...] = (
             Reply(415, "Content-Type is not application/json.", "Error"),
             Reply(422, "Invalid body (`fields`), a combination that is no valid job "
                        "(`invalid_combination`), more jobs than GATEQUEUE_MAX_SWEEP "
-                       "(`sweep_too_large`) or none (`sweep_empty`).", "Error"),
+                       "(`sweep_too_large`) or none (`sweep_empty`), or a `notify` URL the "
+                       "server will not call (`webhook_refused`).", "Error"),
             Reply(429, "Too many Pending jobs for this token (`too_many_pending`) or too many "
                        "submissions a minute (`rate_limited`); see Retry-After.", "Error",
                   headers=("Retry-After",)),

@@ -112,6 +112,63 @@ class Whoami(BaseModel):
     expiresAt: str | None = Field(None, description="When the session ends (POST /session).")
 
 
+class SlotHours(BaseModel):
+    gpu: float = Field(ge=0, description="Hours of Running time on GPU slots.")
+    cpu: float = Field(ge=0, description="Hours of Running time on CPU slots.")
+
+
+class UsageRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str | None = Field(description="The token name that submitted the jobs (null: open API).")
+    sweepId: str | None = Field(None, description="The sweep (rows of `sweeps` only).")
+    jobs: dict[str, int] = Field(description="Jobs of the period by status (every status named).")
+    slotHours: SlotHours = Field(
+        description="Running time x slots in the period (a run holds one slot)."
+    )
+    logBytes: int = Field(ge=0, description="UTF-8 bytes of the jobs' stored log lines.")
+    fileBytes: int = Field(ge=0, description="Bytes of the jobs' stored files and checkpoints.")
+
+
+class UsageReport(BaseModel):
+    """`GET /usage`: per user and per sweep (an admin sees everyone; others themselves)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    since: str | None = Field(description="The period's start (null: since the beginning).")
+    users: list[UsageRow]
+    sweeps: list[UsageRow]
+
+
+class Delivery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    deliveryId: str = Field(
+        description="Sent as X-Gatequeue-Delivery and in the body: "
+        "receivers drop a second copy by it."
+    )
+    event: Literal["finished", "succeeded", "failed", "cancelled"]
+    source: Literal["notify", "server"] = Field(
+        description="The job's or sweep's own `notify`, or a server hook (GATEQUEUE_WEBHOOKS)."
+    )
+    target: str = Field(description="The URL's scheme and host (its path is not shown).")
+    format: Literal["json", "slack"]
+    state: Literal["pending", "delivered", "failed"]
+    attempts: int = Field(ge=0, description="Tries made.")
+    lastStatus: int | None = Field(description="The HTTP status of the last try.")
+    lastError: str | None = Field(description="Why the last try failed.")
+    createdAt: str | None
+    updatedAt: str | None
+    deliveredAt: str | None
+
+
+class Deliveries(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(description="The job's or sweep's id.")
+    deliveries: list[Delivery]
+
+
 class Health(BaseModel):
     status: Literal["ok", "ready"]
 

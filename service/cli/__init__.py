@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from service.cli import data, jobs, server, sweeps, tokens
+    from service.cli import data, jobs, server, sweeps, tokens, usage
 
     parser = argparse.ArgumentParser(
         prog="gatequeue",
@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweeps.add_commands(sub)
     tokens.add_commands(sub)
     data.add_commands(sub)
+    usage.add_commands(sub)
     return parser
 
 

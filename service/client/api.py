@@ -275,7 +275,9 @@ class GateQueueClient:
         """The reconnect schedule of one stream: `reconnect_delay_s` doubling up to
         `max_reconnect_delay_s`, jittered, at most `max_reconnect_attempts` in a row."""
         policy = Backoff(initial_s=self.reconnect_delay_s, max_s=self.max_reconnect_delay_s)
-        return Failures(policy, attempts=self.max_reconnect_attempts)
+        return Failures(
+            policy, attempts=self.max_reconnect_attempts, operation="websocket_reconnect"
+        )
 
     async def _pause(self, failures: Failures, last: BaseException) -> None:
         """Wait before reconnecting, or raise once there were too many failures in a row."""
@@ -350,6 +352,13 @@ class GateQueueClient:
     async def whoami(self) -> dict[str, Any]:
         """`{name, role, authenticated, open}` of this client's token."""
         return await self._request("GET", "/whoami")  # type: ignore[no-any-return]
+
+    async def usage(self, since: str | None = None) -> dict[str, Any]:
+        """`GET /usage`: `{since, users, sweeps}`, each row with `jobs` by status,
+        `slotHours` ({gpu, cpu}), `logBytes` and `fileBytes`; an admin token gets every
+        user, any other its own. `since`: ISO-8601 (a bad one is a 422 GateQueueError)."""
+        params = {} if since is None else {"since": since}
+        return await self._request("GET", "/usage", params=params)  # type: ignore[no-any-return]
 
     async def metrics(self, job_id: str) -> _List[dict[str, Any]]:
         """One row per finished epoch: `{epoch, epochs, train_loss, test_acc, ..., ts}`."""

@@ -9,6 +9,7 @@ fields of the job record (service.jobs.record) from these definitions alone
 
 from __future__ import annotations
 
+from service.jobs.notify import Notify
 from trainer.options import RUN_CONTROL_OPTIONS, Option
 
 # Characters that show nothing or change how the text around them shows (docs/security.md,
@@ -59,6 +60,12 @@ RUN_OPTIONS: tuple[Option, ...] = (
         ge=-100, le=100, advanced=True,
     ),
     *RUN_CONTROL_OPTIONS,
+    Option(
+        "notify", Notify, None,
+        "a webhook: {url, events} (finished, succeeded, failed, cancelled); a URL alone is "
+        "every end (docs/webhooks.md)", "Notify",
+        nullable=True, advanced=True,
+    ),
 )  # fmt: skip
 
 RUN_NAMES: tuple[str, ...] = tuple(o.name for o in RUN_OPTIONS)

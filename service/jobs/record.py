@@ -29,6 +29,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from service.jobs.notify import Notify
 from service.jobs.options import RUN_OPTIONS
 from service.jobs.status import Status
 
@@ -299,6 +300,7 @@ class Job(JobRecord):
     priority: int = _run_option("priority")
     checkpointIntervalS: float = _run_option("checkpointIntervalS")
     keep: Literal["best", "last"] = _run_option("keep")
+    notify: Notify | None = _run_option("notify")
 
 
 def new_job(

@@ -174,7 +174,7 @@ class ResumableChangeStream:
             await self._opened_count.wait_for(lambda: self.opens >= count)
 
     async def run(self, on_change: ChangeHandler, on_open: OpenHandler) -> None:
-        failures = Failures(self._backoff)
+        failures = Failures(self._backoff, operation="change_stream")
         while True:
             opened_at: float | None = None
             try:

@@ -16,6 +16,7 @@ import { initSession, mayRead, showSignIn, whoami } from "./js/session.js";
 import { initSweepForm } from "./js/sweepform.js";
 import { SweepList } from "./js/sweeplist.js";
 import { SweepView } from "./js/sweepview.js";
+import { UsageView } from "./js/usage.js";
 
 const ID = "[0-9a-f]{24}";
 let view = null; // the open view object (JobView, CompareView, ...), or null
@@ -36,6 +37,7 @@ function match(hash) {
   if (hash === "#/compare") return ["view-compare", CompareView, selected(), "compare"];
   if (hash === "#/sweeps") return ["view-sweeps", SweepList, null, "sweeps"];
   if (hash === "#/datasets") return ["view-datasets", DatasetList, null, "data sets"];
+  if (hash === "#/usage") return ["view-usage", UsageView, null, "usage"];
   if (hash === "#/sweeps/new") return ["view-sweep-new", null, null, "new sweep"];
   if ((m = hash.match(new RegExp(`^#/sweeps/(${ID})$`)))) return ["view-sweep", SweepView, m[1], `sweep ${m[1].slice(-8)}`];
   return ["view-new", null, null, "new job"];
@@ -54,7 +56,8 @@ function route() {
     view = new Kind(arg);
     view.key = key;
   }
-  const area = section.includes("sweep") ? "sweeps" : section.includes("dataset") ? "datasets" : "jobs";
+  const area = section.includes("sweep") ? "sweeps" : section.includes("dataset") ? "datasets"
+    : section.includes("usage") ? "usage" : "jobs";
   for (const a of document.querySelectorAll(".nav a")) {
     if (a.dataset.area === area) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");

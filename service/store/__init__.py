@@ -11,6 +11,7 @@ from pymongo import AsyncMongoClient
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service.store.datasets import DatasetStore
+from service.store.deliveries import DeliveryStore
 from service.store.files import FileStore
 from service.store.jobs import JobStore
 from service.store.leases import LeaseStore
@@ -21,6 +22,7 @@ from service.store.queue import QueueView
 from service.store.removal import Removal
 from service.store.sessions import SessionStore
 from service.store.sweeps import SweepStore
+from service.store.usage import UsageStore
 from service.store.workers import WorkerStore
 
 __all__ = ["Store"]
@@ -43,7 +45,9 @@ class Store:
         self.workers = WorkerStore(self.db["workers"])
         self.queue = QueueView(self.jobs, self.sweeps, self.workers)
         self.leases = LeaseStore(self.db["leases"])
-        self.removal = Removal(self.jobs, self.logs, self.metrics, self.files)
+        self.usage = UsageStore(self.db)
+        self.deliveries = DeliveryStore(self.db["webhook_deliveries"])
+        self.removal = Removal(self.jobs, self.logs, self.metrics, self.files, self.deliveries)
 
     async def ensure_indexes(self) -> None:
         """Idempotent; every process calls it at start so no deploy step is needed."""
@@ -55,6 +59,7 @@ class Store:
         await self.files.ensure_indexes()
         await self.leases.ensure_indexes()
         await self.datasets.ensure_indexes()
+        await self.deliveries.ensure_indexes()
 
     async def ping(self) -> None:
         await self.db.command("ping")

@@ -364,6 +364,33 @@ class JobStore:
         cursor = self.collection.find(query, {"_id": 1}).sort("finishedAt", ASCENDING)
         return [doc["_id"] async for doc in cursor.limit(limit)]
 
+    async def to_notify(
+        self, statuses: Iterable[Status], since: datetime, limit: int
+    ) -> builtins.list[Job]:
+        """Up to `limit` jobs in `statuses` (the final ones) that finished after `since` and
+        whose webhooks were not looked at yet (`notifiedAt` unset): service.webhooks."""
+        query = {
+            "status": {"$in": [s.value for s in statuses]},
+            "finishedAt": {"$gte": since},
+            "notifiedAt": None,
+        }
+        cursor = self.collection.find(query).sort("finishedAt", ASCENDING).limit(limit)
+        return [Job.from_doc(doc) async for doc in cursor]
+
+    async def mark_notified(self, job_ids: builtins.list[ObjectId]) -> None:
+        await self.collection.update_many(
+            {"_id": {"$in": job_ids}}, {"$currentDate": {"notifiedAt": True}}
+        )
+
+    async def sweep_counts(self, sweep_id: ObjectId) -> dict[str, int]:
+        """A sweep's jobs by status, every status named."""
+        counts = {s.value: 0 for s in Status}
+        async for row in await self.collection.aggregate(
+            [{"$match": {"sweepId": sweep_id}}, {"$group": {"_id": "$status", "n": {"$sum": 1}}}]
+        ):
+            counts[row["_id"]] = row["n"]
+        return counts
+
     async def mark_logs_removed(self, job_ids: builtins.list[ObjectId]) -> None:
         await self.collection.update_many(
             {"_id": {"$in": job_ids}}, {"$currentDate": {"logsRemovedAt": True}}
@@ -501,7 +528,7 @@ class JobStore:
         except Exception as exc:
             if not outcome_unknown(exc):
                 raise
-            current = await retry(lambda: self.get(job.id), deadline=deadline)
+            current = await retry(lambda: self.get(job.id), deadline=deadline, operation="job_read")
             if current is not None and current.attemptId == attempt_id:
                 return current
             return None
@@ -625,7 +652,12 @@ class JobStore:
 
         try:
             return await retry(
-                one_round, retry_on=(Exception,), retry_if=again, attempts=100, on_error=note
+                one_round,
+                retry_on=(Exception,),
+                retry_if=again,
+                attempts=100,
+                on_error=note,
+                operation="cancel",
             )
         except _LostRace:  # pragma: no cover
             raise RuntimeError(f"cancel of job {job_id} kept losing races") from None

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 
 from bson import ObjectId
 
+from service.store.deliveries import DeliveryStore
 from service.store.files import BUCKETS, FileStore
 from service.store.jobs import JobStore
 from service.store.logs import LogStore
@@ -44,8 +45,14 @@ class Removed:
 
 class Removal:
     def __init__(
-        self, jobs: JobStore, logs: LogStore, metrics: MetricStore, files: FileStore
+        self,
+        jobs: JobStore,
+        logs: LogStore,
+        metrics: MetricStore,
+        files: FileStore,
+        deliveries: DeliveryStore,
     ) -> None:
+        self._deliveries = deliveries
         self._jobs = jobs
         self._logs = logs
         self._metrics = metrics
@@ -60,6 +67,7 @@ class Removal:
         if not job_ids:
             return Removed()
         removed = await self.data(job_ids)
+        await self._deliveries.delete_for("job", job_ids)  # their webhooks' records
         removed.jobs = await self._jobs.delete_ids(job_ids)
         return removed + await self.data(job_ids)
 

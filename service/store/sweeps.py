@@ -186,7 +186,7 @@ class SweepStore:
             doc = await retry(
                 lambda: self.collection.find_one({"_id": sweep_id, "running.attemptId": attempt_id},
                                                  {"_id": 1}),
-                deadline=deadline,
+                deadline=deadline, operation="sweep_read",
             )  # fmt: skip
             return doc is not None
 

@@ -163,5 +163,6 @@ async def delete_sweep(store: Store, sweep_id: ObjectId) -> Removed:
     ids = await store.jobs.ids_of_sweep(sweep_id)
     for start in range(0, len(ids), DELETE_SLICE):
         removed += await store.removal.jobs(ids[start : start + DELETE_SLICE])
+    await store.deliveries.delete_for("sweep", [sweep_id])
     await store.sweeps.delete(sweep_id)
     return removed

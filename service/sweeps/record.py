@@ -18,6 +18,7 @@ from bson import ObjectId
 from pydantic import AliasChoices, Field
 
 from service.jobs.eta import sweep_eta_s
+from service.jobs.notify import Notify
 from service.jobs.record import Circuit, Id, JobWarning, Record, Result, Time, utcnow
 from service.jobs.status import Status
 from service.sweeps.spec import SweepPlan
@@ -62,6 +63,7 @@ class SweepRecord(Record):
     cancelRequested: bool = False
     cancelledAt: Time | None = None
     running: list[Reservation] = Field(default_factory=list)
+    notify: Notify | None = None
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SweepRecord:
@@ -95,6 +97,7 @@ def new_sweep(
         createdAt=now,
         state=SweepState.CREATING,
         creatingUntil=now + timedelta(seconds=creating_for_s),
+        notify=spec.notify,
     )
 
 

@@ -33,6 +33,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from service.jobs.memory import TooBig
+from service.jobs.notify import Notify
 from service.jobs.options import PRINTABLE, RUN_NAMES
 from service.jobs.record import DatasetRef, MemoryEstimate
 from service.jobs.request import (
@@ -124,6 +125,12 @@ class SweepRequest(_Strict):
         description="The EPOCH metric that ranks runs (a finished run's kept network's value "
         "where its `result` has it); names ending in `loss` rank lower first. A test metric "
         "is allowed, with a warning: selecting on the test set biases it.",
+    )
+    notify: Notify | None = Field(
+        None,
+        description="A webhook told when the sweep ends (every run finished): `{url, "
+        "events}`; events `finished`, `succeeded` (no run Failed), `failed` (one did), "
+        "`cancelled` (docs/webhooks.md). `base.notify` is each run's own.",
     )
     seeds: int = Field(
         1,

@@ -53,7 +53,10 @@ class OutputUpload:
                     file_id=file_id,
                 )
                 _, length = await retry(
-                    upload, deadline=deadline, attempts=1 if deadline is None else None
+                    upload,
+                    deadline=deadline,
+                    attempts=1 if deadline is None else None,
+                    operation="artifact_upload",
                 )
                 out.append(
                     Artifact(name=name, fileId=file_id, length=length, bucket=ARTIFACTS_BUCKET)
@@ -74,7 +77,9 @@ class OutputUpload:
                 await self._files.discard(ARTIFACTS_BUCKET, file_id)
 
         try:
-            await retry(discard_all, policy=RECONNECT, deadline=deadline)
+            await retry(
+                discard_all, policy=RECONNECT, deadline=deadline, operation="artifact_discard"
+            )
         except PyMongoError:
             return False
         return True

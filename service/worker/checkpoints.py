@@ -74,7 +74,7 @@ class CheckpointUploader:
                 {"jobId": job.id, "attemptId": self._attempt_id, "epoch": line.epoch,
                  "step": line.step},
             ),
-            deadline=deadline,
+            deadline=deadline, operation="checkpoint_upload",
         )  # fmt: skip
         checkpoint = Checkpoint(
             fileId=file_id, epoch=line.epoch, step=line.step, length=length,
@@ -83,6 +83,7 @@ class CheckpointUploader:
         dropped = await retry(
             lambda: self._store.jobs.add_checkpoint(self._lease.job, checkpoint),
             deadline=self._lease.deadline,
+            operation="checkpoint_record",
         )
         if dropped is None:
             self.refused = True

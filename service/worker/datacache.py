@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import os
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import structlog
@@ -43,7 +43,16 @@ def file_sha256(path: Path) -> str | None:
 
 
 class DataCache:
-    def __init__(self, store: Store, folder: Path, max_bytes: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        folder: Path,
+        max_bytes: int,
+        on_lookup: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_lookup("hit" | "miss")` for each run's look-up (the worker's metrics): a hit
+        is a file found cached and intact, or one another run is fetching already."""
+        self._on_lookup = on_lookup
         self.store = store
         self.folder = folder
         self.max_bytes = max_bytes
@@ -64,7 +73,9 @@ class DataCache:
         self._users[sha] += 1
         try:
             future = self._inflight.get(sha)
-            if future is None:
+            if future is not None:
+                self._lookup("hit")
+            else:
                 future = asyncio.ensure_future(self._fetch(sha, record.encoded.fileId))
                 self._inflight[sha] = future
                 future.add_done_callback(lambda _: self._inflight.pop(sha, None))
@@ -74,16 +85,22 @@ class DataCache:
             if self._users[sha] <= 0:
                 del self._users[sha]
 
+    def _lookup(self, outcome: str) -> None:
+        if self._on_lookup is not None:
+            self._on_lookup(outcome)
+
     async def _fetch(self, sha: str, file_id: ObjectId) -> Path:
         path = self.folder / f"{sha}{SUFFIX}"
         found = await asyncio.to_thread(file_sha256, path)
         if found == sha:
+            self._lookup("hit")
             await asyncio.to_thread(os.utime, path)  # recently used: evicted last
             await asyncio.to_thread(self._evict, sha)  # what a run in use kept, if any
             return path
         if found is not None:
             log.warning("cached data set damaged; fetching it again", path=str(path),
                         sha256=found, expected=sha)  # fmt: skip
+        self._lookup("miss")
         part = path.with_name(f"{path.name}.fetch")
         try:
             await asyncio.to_thread(self.folder.mkdir, parents=True, exist_ok=True)

@@ -204,7 +204,9 @@ class JobRun:
         output_dir = workdir / "output"
         await asyncio.to_thread(_make_dirs, output_dir, self.s.datasets_dir)
         next_seq = await retry(
-            lambda: self.store.logs.next_seq(self.job_id), deadline=self.lease.deadline
+            lambda: self.store.logs.next_seq(self.job_id),
+            deadline=self.lease.deadline,
+            operation="log_seq",
         )
         self.sink = LogSink(
             self.store.logs,
@@ -494,7 +496,9 @@ class JobRun:
         seen held by another attempt: if the write did land (its reply lost) and the job
         cannot be read to tell, the files are the job's and must stay."""
         try:
-            current = await retry(lambda: self.store.jobs.get(self.job_id), attempts=3)
+            current = await retry(
+                lambda: self.store.jobs.get(self.job_id), attempts=3, operation="job_read"
+            )
         except PyMongoError:
             return False
         return current is None or current.attemptId != self.attempt_id
@@ -560,7 +564,9 @@ class JobRun:
                 continue
             try:  # as long as the lease surely holds: an outage shorter than it costs nothing
                 await retry(
-                    functools.partial(self._store_epoch, epoch), deadline=self.lease.deadline
+                    functools.partial(self._store_epoch, epoch),
+                    deadline=self.lease.deadline,
+                    operation="metrics_write",
                 )
             except PyMongoError as exc:
                 self.log.error("metrics write failed; dropped", epoch=epoch.epoch, error=str(exc))

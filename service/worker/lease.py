@@ -70,7 +70,7 @@ class Lease:
         """Renew every `renew_every_s`; faster retries while MongoDB errs. Returns once the
         lease is lost or the final write was made."""
         delay = self.renew_every_s
-        failures = Failures(DATABASE)
+        failures = Failures(DATABASE, operation="lease_renewal")
         while True:
             await asyncio.sleep(delay)
             async with self._cas:
@@ -109,7 +109,9 @@ class Lease:
                 return None
             job = self.job
             try:
-                result = await retry(lambda: write(job), deadline=self.deadline)
+                result = await retry(
+                    lambda: write(job), deadline=self.deadline, operation="final_write"
+                )
             except PyMongoError as exc:
                 log.error("final write failed; the lease will expire",
                           job_id=str(job.id), error=str(exc))  # fmt: skip

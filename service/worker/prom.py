@@ -1,6 +1,7 @@
 """A worker's own Prometheus metrics (`gatequeue worker --metrics-port N`): its slots, the
-claims it won and lost, the runs it started and how they ended, its trainers' exit codes and
-the expired leases its sweeper acted on. The API's `/metrics` has the queue as a whole
+claims it won and lost, the runs it started and how they ended, its trainers' exit codes,
+the expired leases its sweeper acted on, its data cache's hits and misses and its retries
+by operation. The API's `/metrics` has the queue as a whole
 (docs/api.md); these are what only a worker sees.
 
 Each worker has its own registry (tests run many in one process); the endpoint is a tiny
@@ -14,6 +15,8 @@ from contextlib import asynccontextmanager
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+
+from service.retry_metrics import RetriesCollector
 
 
 class WorkerMetrics:
@@ -52,9 +55,22 @@ class WorkerMetrics:
             ("action",),
             registry=self.registry,
         )
+        self.data_cache = Counter(
+            "gatequeue_worker_data_cache",
+            "Runs' look-ups of their registered data set in this worker's cache, by outcome: "
+            "hit (cached and intact, or being fetched for another run), miss (downloaded).",
+            ("outcome",),
+            registry=self.registry,
+        )
+        self.registry.register(RetriesCollector())  # gatequeue_retries_total{operation}
         for outcome in ("won", "lost"):
             self.claims.labels(outcome)
+        for outcome in ("hit", "miss"):
+            self.data_cache.labels(outcome)
         self._slot_counts: Callable[[], tuple[int, int]] | None = None
+
+    def note_data_cache(self, outcome: str) -> None:
+        self.data_cache.labels(outcome).inc()
 
     def count_slots(self, counts: Callable[[], tuple[int, int]]) -> None:
         """(busy, total), read at each scrape."""

@@ -121,9 +121,11 @@ class Worker:
             memory_limit_headroom=memory_limit_headroom,
         )
         self.register_every_s = register_every_s
+        self.metrics = WorkerMetrics()  # served by `--metrics-port` (service.worker.prom)
         self.data_cache = DataCache(
-            store, self.run_settings.datasets_dir / "registered", data_cache_bytes
-        )
+            store, self.run_settings.datasets_dir / "registered", data_cache_bytes,
+            on_lookup=self.metrics.note_data_cache,
+        )  # fmt: skip
         self.log = log.bind(worker_id=worker_id)
         self.feed = job_feed(store, worker_id)
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
@@ -137,7 +139,6 @@ class Worker:
         self._sweep_wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._hurry = asyncio.Event()
-        self.metrics = WorkerMetrics()  # served by `--metrics-port` (service.worker.prom)
         self.metrics.count_slots(lambda: (len(self._busy), len(self.slots)))
         self.ready = asyncio.Event()  # the stream is open and the first catch-up is done
         self.stopped = asyncio.Event()  # run() has returned: runs handed back, token stored
@@ -308,7 +309,7 @@ class Worker:
         return out
 
     async def _claimer(self) -> None:
-        failures = Failures(DATABASE)
+        failures = Failures(DATABASE, operation="claim")
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -12,7 +12,7 @@ from service.cli.jobs import request_body
 from service.cli.sweeps import sweep_body
 from service.jobs.request import REQUEST_OPTIONS
 from trainer.cli import build_parser as trainer_parser
-from trainer.flags import CHOICE_METAVAR, METAVARS
+from trainer.flags import metavar
 from trainer.options import RUN_CONTROL_OPTIONS, TRAINING_OPTIONS, Option
 
 
@@ -42,7 +42,7 @@ def test_every_option_is_one_flag_spelled_one_way(command: str) -> None:
     for o in options:
         action = _action(parser, o.flag)
         assert action.dest == o.dest
-        assert action.metavar == (CHOICE_METAVAR if o.choices else METAVARS[o.kind])
+        assert action.metavar == metavar(o)
         assert action.help is not None and action.help.startswith(o.help)
 
 

@@ -93,3 +93,29 @@ async def test_submit_wait_exits_by_outcome(
     assert rc == 1, err
     assert "Failed" in out
     assert "diverged" in out
+
+
+async def test_usage(live_api: LiveApi) -> None:
+    """`gatequeue usage`: the open API's jobs (submitted by nobody named) by status, as a
+    table and as the API's JSON; a bad `--since` is refused naming it."""
+    rc, out, err = await gatequeue(live_api.url, "submit", *TINY)
+    assert rc == 0, err
+    rc, out, err = await gatequeue(live_api.url, "usage", "--json")
+    assert rc == 0, err
+    report = json.loads(out)
+    (row,) = report["users"]
+    assert row["user"] is None and row["jobs"]["Pending"] == 1
+    assert row["slotHours"] == {"gpu": 0.0, "cpu": 0.0}
+    rc, out, err = await gatequeue(live_api.url, "usage", "--since", "2020-01-01")
+    assert rc == 0, err
+    assert "usage since 2020-01-01T00:00:00.000Z" in out and "1 Pending" in out
+    rc, _, err = await gatequeue(live_api.url, "usage", "--since", "last week")
+    assert rc == 2 and "since" in err
+
+
+async def test_submit_notify_is_checked_by_the_api(live_api: LiveApi) -> None:
+    """`--notify URL` becomes the job's `notify`; this API has webhooks off: refused."""
+    rc, _, err = await gatequeue(live_api.url, "submit", *TINY, "--notify", "https://x.example/h")
+    assert rc == 2 and "webhooks are off" in err
+    rc, _, err = await gatequeue(live_api.url, "submit", *TINY, "--notify", '{"url": 1')
+    assert rc == 2 and "--notify" in err

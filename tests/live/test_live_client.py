@@ -164,3 +164,18 @@ async def test_following_gives_up_after_max_reconnect_attempts_in_a_row(follow: 
             with pytest.raises(GateQueueConnectionError, match="after 3 attempts"):
                 async for _ in stream:
                     pass
+
+
+async def test_usage_and_a_refused_webhook(client: GateQueueClient) -> None:
+    """`usage()` is GET /usage; a webhook on an API whose webhooks are off is a 422."""
+    await client.submit(**SEED)
+    report = await client.usage(since="2020-01-01T00:00:00Z")
+    assert report["since"] == "2020-01-01T00:00:00.000Z"
+    (row,) = report["users"]
+    assert row["jobs"]["Pending"] == 1
+    with pytest.raises(GateQueueError) as refused:
+        await client.usage(since="soon")
+    assert refused.value.status == 422
+    with pytest.raises(GateQueueError) as refused:
+        await client.submit(**SEED, notify={"url": "https://hooks.example.com/x"})
+    assert refused.value.status == 422 and "webhooks are off" in str(refused.value)

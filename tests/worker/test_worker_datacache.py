@@ -18,6 +18,7 @@ from service.jobs.status import Status
 from service.store import Store
 from service.worker.datacache import DataCache
 from service.worker.errors import DatasetUnavailable
+from service.worker.prom import WorkerMetrics
 
 RUN_DEFAULTS = {o.name: o.default for o in RUN_OPTIONS}
 
@@ -42,7 +43,8 @@ async def register(store: Store, tmp_path: Path, content: bytes, name: str = "d"
 async def test_concurrent_runs_share_one_download(store: Store, tmp_path: Path) -> None:
     content = os.urandom(3 << 20)
     ref = await register(store, tmp_path, content)
-    cache = DataCache(store, tmp_path / "cache", 1 << 30)
+    metrics = WorkerMetrics()
+    cache = DataCache(store, tmp_path / "cache", 1 << 30, on_lookup=metrics.note_data_cache)
     started = asyncio.Event()
     release = asyncio.Event()
 
@@ -60,12 +62,18 @@ async def test_concurrent_runs_share_one_download(store: Store, tmp_path: Path) 
     async with cache.use(ref):  # cached now: no download
         pass
     assert cache.downloads == 1
+    # the worker's metrics: one miss (the download), a hit for the run that shared it and
+    # one for the run that found it cached
+    text = metrics.render().decode()
+    assert 'gatequeue_worker_data_cache_total{outcome="miss"} 1.0' in text
+    assert 'gatequeue_worker_data_cache_total{outcome="hit"} 2.0' in text
 
 
 async def test_a_damaged_file_is_detected_and_fetched_again(store: Store, tmp_path: Path) -> None:
     content = os.urandom(100_000)
     ref = await register(store, tmp_path, content)
-    cache = DataCache(store, tmp_path / "cache", 1 << 30)
+    lookups: list[str] = []
+    cache = DataCache(store, tmp_path / "cache", 1 << 30, on_lookup=lookups.append)
     async with cache.use(ref) as path:
         pass
     damaged = bytearray(content)
@@ -75,6 +83,7 @@ async def test_a_damaged_file_is_detected_and_fetched_again(store: Store, tmp_pa
         assert again == path
         assert again.read_bytes() == content
     assert cache.downloads == 2
+    assert lookups == ["miss", "miss"]  # a damaged file is no hit
 
 
 async def test_least_recently_used_evicted_above_the_limit(store: Store, tmp_path: Path) -> None:

@@ -14,7 +14,8 @@ export const meta = {
 export async function loadOptions() {
   const m = await api("options");
   meta.training = m.training;
-  meta.run = m.run;
+  // An object option (`notify`: a webhook) has no form field: the API and the CLI set it.
+  meta.run = m.run.filter((o) => o.type !== "object");
   meta.presets = m.presets || [];
   meta.statuses = m.statuses;
   meta.finished = new Set(m.finished);
