@@ -32,6 +32,7 @@ from service.mongo.changestream import StoredTokens
 from service.retry import DATABASE, Failures
 from service.store import Store
 from service.store.workers import HEARTBEAT_S
+from service.sweeps import controller
 from service.worker.datacache import DataCache
 from service.worker.dispatch import job_feed
 from service.worker.gpus import Slot
@@ -434,6 +435,9 @@ class Worker:
         finally:
             if job.sweepId is not None and job.sweepMaxParallel is not None:
                 await asyncio.shield(self._settle_slot(job))
+        if job.sweepId is not None and run.outcome is not None:
+            # A place for its search's next trial (service.sweeps.controller).
+            await controller.settle(self.store, job.sweepId)
 
     async def _settle_slot(self, job: JobRecord) -> None:
         """After a run: give its sweep slot back, unless the job is still Running under this
