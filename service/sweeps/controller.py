@@ -63,10 +63,6 @@ AFTER_ASK: Callable[[list[Asked]], Awaitable[None]] | None = None
 ROUNDS = 100  # compare-and-set rounds before giving up (each lost to another decision)
 
 
-class ControllerBusy(Exception):
-    """Every round of a decision lost to another one: contention no sweep should see."""
-
-
 async def _read(store: Store, sweep_id: ObjectId) -> SweepRecord | None:
     return await retry(lambda: store.sweeps.get(sweep_id), attempts=5)
 
@@ -132,7 +128,9 @@ async def at_rung(store: Store, job: JobRecord, epoch: int) -> RungOutcome | Non
         sweep = await _read(store, job.sweepId)
         if sweep is None:
             return None
-    raise ControllerBusy(f"no rung decision for job {job.id} after {ROUNDS} rounds")
+    raise RuntimeError(  # every round lost to another decision: contention no sweep sees
+        f"no rung decision for job {job.id} after {ROUNDS} rounds"
+    )
 
 
 # -- median -----------------------------------------------------------------------------
@@ -179,7 +177,9 @@ async def median_check(store: Store, job: JobRecord, epoch: int) -> Decision | N
         sweep = await _read(store, job.sweepId)
         if sweep is None:
             return None
-    raise ControllerBusy(f"no median decision for job {job.id} after {ROUNDS} rounds")
+    raise RuntimeError(  # every round lost to another decision: contention no sweep sees
+        f"no median decision for job {job.id} after {ROUNDS} rounds"
+    )
 
 
 # -- search: new trials -----------------------------------------------------------------
@@ -306,7 +306,9 @@ async def fill(store: Store, sweep_id: ObjectId) -> int:
             log.info("trials asked", sweep=str(sweep_id), trials=[a.trial for a in asks])
             if AFTER_ASK is not None:
                 await AFTER_ASK(asks)
-    raise ControllerBusy(f"no trials asked for sweep {sweep_id} after {ROUNDS} rounds")
+    raise RuntimeError(  # every round lost to another decision: contention no sweep sees
+        f"no trials asked for sweep {sweep_id} after {ROUNDS} rounds"
+    )
 
 
 async def settle(store: Store, sweep_id: ObjectId | None) -> None:

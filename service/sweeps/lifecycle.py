@@ -13,6 +13,7 @@ them let go (docs/sweeps.md, "All or nothing").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +115,8 @@ async def _fill(store: Store, sweep_plan: SweepPlan, sweep: SweepRecord) -> Crea
     ready = sweep.model_copy(update={"state": SweepState.READY, "creatingUntil": None})
     if ready.adaptive:  # its first trials; the rest as runs finish
         await controller.settle(store, sweep.id)
+        with contextlib.suppress(Exception):  # shown as made; its page shows the trials
+            ready = await store.sweeps.get(sweep.id) or ready
         return Created(ready, True, None)
     return Created(ready, True, docs)
 

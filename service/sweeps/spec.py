@@ -411,7 +411,7 @@ def check_size(spec: SweepRequest, *, max_jobs: int) -> int:
             f"{size} runs ({spec.search.trials} trials x {spec.seeds} seeds); at most "  # type: ignore[union-attr]
             f"{max_jobs} are allowed in one sweep (GATEQUEUE_MAX_SWEEP)"
         )
-        raise SweepValuesInvalid([{"field": "search.trials", "message": message}], 1)
+        raise SweepValuesInvalid([_problem("search.trials", message)], 1)
     if size == 0:
         raise SweepEmpty()
     if size > max_jobs:
@@ -466,9 +466,10 @@ def _planning(
         total_problems += len(errors)
         problems += errors[: MAX_FIELDS - len(problems)]
         yield
-    problems += search_problems(spec)
+    searched = search_problems(spec)
+    problems += searched
     if problems:
-        raise SweepValuesInvalid(problems, len(problems) + total_problems)
+        raise SweepValuesInvalid(problems, total_problems + len(searched))
     priority = spec.priority if spec.priority is not None else spec.base.get("priority", 0)
     runs: list[PlannedRun] = []
     bad: list[BadCombination] = []
@@ -531,30 +532,38 @@ def probe_points(spec: SweepRequest) -> Iterator[dict[str, Any]]:
                 yield {**point, "seed": seed}
 
 
+def _problem(field: str, message: str) -> dict[str, str]:
+    """One bad field of a sweep's scheduler or search, in the shape of `value_errors`'."""
+    return {"field": field, "message": message, "type": "sweep_search"}
+
+
 def search_problems(spec: SweepRequest) -> list[dict[str, str]]:
     """What makes the `scheduler` and `search` of a sweep unusable, each naming its field."""
     out: list[dict[str, str]] = []
     chooses = spec.scheduler is not None or spec.adaptive
     if chooses and spec.metric.startswith("test_"):
-        out.append({"field": "metric", "message": f"a scheduler or a random or TPE search "
-                    f"selects by its metric; {spec.metric} is a test-set metric (select by "
-                    "a validation metric such as val_acc_discrete)"})  # fmt: skip
+        out.append(_problem("metric", (
+            f"a scheduler or a random or TPE search selects by the sweep's metric; "
+            f"{spec.metric} is a test-set metric (select by a validation metric such as "
+            "val_acc_discrete)"
+        )))  # fmt: skip
     if spec.adaptive:
         if spec.runs or spec.random is not None:
-            why = "a random or TPE search draws from `space` and the grid's lists, not `runs`"
-            out.append({"field": "search", "message": why})
+            out.append(_problem("search", (
+                "a random or TPE search draws from `space` and the grid's lists; it takes "
+                "no `runs` or `random`"
+            )))  # fmt: skip
         space = spec.space_json()
         if not space:
-            out.append({"field": "space", "message": "a random or TPE search needs a `space` "
-                        "(or grid lists) to draw from"})  # fmt: skip
+            out.append(_problem("space", "a random or TPE search needs a `space` (or grid "
+                                "lists) to draw from"))  # fmt: skip
         problem = space_problem(space)
         if problem is not None:
             key, why = problem
-            where = "space" if key in spec.space else "grid"
-            out.append({"field": f"{where}.{key}", "message": why})
+            out.append(_problem(f"{'space' if key in spec.space else 'grid'}.{key}", why))
     elif spec.space:
-        out.append({"field": "space", "message": "`space` is the space of a random or TPE "
-                    "`search`; set `search` or use `random.space`"})  # fmt: skip
+        out.append(_problem("space", "`space` is the space of a random or TPE `search`; set "
+                            "`search` or use `random.space`"))  # fmt: skip
     return out
 
 
@@ -563,15 +572,17 @@ def run_problems(spec: SweepRequest, values: dict[str, Any]) -> list[dict[str, s
     out: list[dict[str, str]] = []
     chooses = spec.scheduler is not None or spec.adaptive
     if chooses and spec.metric.startswith("val_") and values.get("validFraction") == 0:
-        out.append({"field": "base.validFraction", "message": f"the sweep selects by "
-                    f"{spec.metric}, a validation metric; a run with validFraction 0 has no "
-                    "validation split"})  # fmt: skip
+        out.append(_problem("base.validFraction", (
+            f"the sweep selects by {spec.metric}, a validation metric; a run with "
+            "validFraction 0 has no validation split"
+        )))  # fmt: skip
     scheduler = spec.scheduler
     epochs = values.get("epochs")
     if scheduler is not None and scheduler.type == "asha" and isinstance(epochs, int):
         if scheduler.minEpochs > epochs:
-            out.append({"field": "scheduler.minEpochs", "message": f"minEpochs "
-                        f"({scheduler.minEpochs}) is above a run's epochs ({epochs})"})  # fmt: skip
+            out.append(_problem("scheduler.minEpochs", (
+                f"minEpochs ({scheduler.minEpochs}) is above a run's epochs ({epochs})"
+            )))  # fmt: skip
     return out
 
 
