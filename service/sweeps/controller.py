@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import statistics
-from collections.abc import Awaitable, Callable
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,15 +56,17 @@ from trainer.options import TRAINING_NAMES
 
 log = structlog.get_logger(__name__)
 
-# Test seams: awaited right after a decision or an ask is stored, before it is acted on (the
-# fault tests stop a controller there, by SIGKILL).
-AFTER_DECISION: Callable[[Decision], Awaitable[None]] | None = None
-AFTER_ASK: Callable[[list[Asked]], Awaitable[None]] | None = None
 ROUNDS = 100  # compare-and-set rounds before giving up (each lost to another decision)
+# How long a read or an insert of the controller is retried (an election takes seconds).
+WITHIN_S = 30.0
+
+
+def _within() -> float:
+    return time.monotonic() + WITHIN_S
 
 
 async def _read(store: Store, sweep_id: ObjectId) -> SweepRecord | None:
-    return await retry(lambda: store.sweeps.get(sweep_id), attempts=5)
+    return await retry(lambda: store.sweeps.get(sweep_id), deadline=_within())
 
 
 async def _record(
@@ -122,9 +124,7 @@ async def at_rung(store: Store, job: JobRecord, epoch: int) -> RungOutcome | Non
             promote=not sweep.cancelRequested
             and asha_promotes(value, recorded, scheduler["reductionFactor"], lower_is_better=lower),
         )
-        stored = await _record(store, sweep, {"$push": {"decisions": decision.model_dump()}})
-        if stored and AFTER_DECISION is not None:
-            await AFTER_DECISION(decision)
+        await _record(store, sweep, {"$push": {"decisions": decision.model_dump()}})
         sweep = await _read(store, job.sweepId)
         if sweep is None:
             return None
@@ -170,8 +170,6 @@ async def median_check(store: Store, job: JobRecord, epoch: int) -> Decision | N
         if made is not None:
             return None if made.promote else made
         if await _record(store, sweep, {"$push": {"decisions": decision.model_dump()}}):
-            if AFTER_DECISION is not None:
-                await AFTER_DECISION(decision)
             log.info("median rule stops a run", job_id=str(job.id), epoch=epoch, value=own,
                      median=statistics.median(others))  # fmt: skip
         sweep = await _read(store, job.sweepId)
@@ -272,7 +270,7 @@ async def _make_missing(store: Store, sweep: SweepRecord, rows: list[dict[str, A
         for doc in trial_docs(sweep, asked):
             if doc["sweepIndex"] in have:
                 continue
-            if await retry(lambda d=doc: store.jobs.insert_trial(d), attempts=5):  # type: ignore[misc]
+            if await retry(lambda d=doc: store.jobs.insert_trial(d), deadline=_within()):  # type: ignore[misc]
                 made += 1
     return made
 
@@ -285,7 +283,7 @@ async def fill(store: Store, sweep_id: ObjectId) -> int:
         sweep = await _read(store, sweep_id)
         if sweep is None or not sweep.adaptive or sweep.state.value != "ready":
             return made
-        rows = await store.jobs.sweep_rows(sweep_id)
+        rows = await retry(lambda: store.jobs.sweep_rows(sweep_id), deadline=_within())
         made += await _make_missing(store, sweep, rows)
         if sweep.cancelRequested:
             if made:  # runs of trials asked before the cancel: cancelled with the rest
@@ -304,8 +302,6 @@ async def fill(store: Store, sweep_id: ObjectId) -> int:
         entries = [a.model_dump() for a in asks]
         if await _record(store, sweep, {"$push": {"asked": {"$each": entries}}}, live=True):
             log.info("trials asked", sweep=str(sweep_id), trials=[a.trial for a in asks])
-            if AFTER_ASK is not None:
-                await AFTER_ASK(asks)
     raise RuntimeError(  # every round lost to another decision: contention no sweep sees
         f"no trials asked for sweep {sweep_id} after {ROUNDS} rounds"
     )
