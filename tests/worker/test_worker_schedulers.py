@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from worker_helpers import TINY_HP, MakeWorker, trainer
+from worker_helpers import TINY_HP, MakeWorker, status_is, trainer, wait_job
 
 from service.jobs.status import Status
 from service.store import Store
@@ -208,3 +208,28 @@ async def test_random_search_with_asha_and_seeds_never_exceeds_trials(
     assert await controller.fill(store, sweep.id) == 0
     assert len(await store.jobs.sweep_rows(sweep.id)) == 10
     assert math.isfinite(sum(r["latestMetrics"]["val_acc_discrete"] for r in rows))
+
+
+async def test_cancelling_a_searching_sweep_stops_its_controller_and_every_run(
+    store: Store, make_worker: MakeWorker
+) -> None:
+    from service.sweeps.lifecycle import cancel_sweep, tidy
+
+    await make_worker(trainer_cmd=trainer("rungs"), env={"GQ_EPOCH_S": "0.3"}, slots=["0", "1"])
+    sweep = await make(
+        store, grid={"gates": GATES}, search={"type": "tpe", "trials": 8, "seed": 2},
+        scheduler={"type": "asha", "minEpochs": 1, "reductionFactor": 2}, maxParallel=2,
+    )  # fmt: skip
+    first = (await store.jobs.sweep_rows(sweep.id))[0]["_id"]
+    await wait_job(store, first, status_is(Status.RUNNING))
+    assert await cancel_sweep(store, sweep.id) is not None
+    rows = await sweep_done(store, sweep.id, 1)
+    asked = len((await store.sweeps.get(sweep.id)).asked)  # type: ignore[union-attr]
+    assert asked < 8
+    assert all(r["status"] in ("Cancelled", "Succeeded") for r in rows)
+    assert any(r["status"] == "Cancelled" for r in rows)
+    await tidy(store)  # the tidier makes no trial for a cancelled sweep
+    assert await controller.fill(store, sweep.id) == 0
+    after = await store.sweeps.get(sweep.id)
+    assert after is not None and len(after.asked) == asked
+    assert len(await store.jobs.sweep_rows(sweep.id)) == len(rows)
