@@ -468,6 +468,9 @@ def summarize(sweep: SweepRecord, stats: SweepStats, *, detail: bool = False) ->
     projects them); with `detail` the detail view, with every run and combination."""
     counts = stats.counts
     remaining = counts[Status.PENDING.value] + counts[Status.RUNNING.value]
+    if sweep.adaptive and not sweep.cancelRequested:  # its trials not made yet count too
+        finished = sum(n for s, n in counts.items() if Status(s).finished)
+        remaining = max(remaining, sweep.total - finished)
     if sweep.cancelRequested:
         status = SweepStatus.CANCELLED
     elif remaining == 0 and sweep.state is SweepState.READY:
