@@ -126,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     for option in RUN_CONTROL_OPTIONS:  # --checkpoint-interval-s: a run option of the job
         add_option_flag(durable, option, bounded=True)
     durable.add_argument(
+        "--stop-epoch",
+        type=_positive(int),
+        default=None,
+        metavar="K",
+        help="after epoch K (below --epochs), write a checkpoint and exit 76: a sweep's "
+        "scheduler decides whether the run goes on (resumed from it) or ends there",
+    )
+    durable.add_argument(
         "--resume-from",
         type=Path,
         default=None,

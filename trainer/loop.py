@@ -417,6 +417,9 @@ def run(
 
     metrics: dict[str, float] = dict(progress.metrics)
     kept = progress.kept
+    stop_epoch = getattr(args, "stop_epoch", None)
+    if stop_epoch is not None and stop_epoch <= progress.epochs_done < args.epochs:
+        saver.stop(progress, "stop-epoch")  # resumed at (or past) its rung already
     for epoch in range(progress.epochs_done + 1, args.epochs + 1):
         maybe_stop(progress)
         e0 = time.perf_counter()
@@ -450,6 +453,8 @@ def run(
         emit(protocol.Epoch(epoch, args.epochs, metrics))
         progress = Progress(epochs_done=epoch, kept=kept, metrics=metrics)
         saver.at_epoch_end(progress)
+        if stop_epoch is not None and stop_epoch <= epoch < args.epochs:
+            saver.stop(progress, "stop-epoch")  # a sweep's rung: its scheduler decides
 
     total_s = saver.train_s()
     kept_epoch, kept_metrics = args.epochs, metrics

@@ -77,6 +77,20 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
         help="where a random sample draws OPTION: log:LO:HI, uniform:LO:HI, int:LO:HI or "
         "choice:A,B,C",
     )  # fmt: skip
+    sweep.add_argument(
+        "--scheduler", metavar="asha[:R:ETA] | median[:G]",
+        help="stop runs early: ASHA with rungs at R, R*ETA, ... (defaults 1 and 4), or the "
+        "median rule from epoch G (default 1) (docs/sweeps.md)",
+    )  # fmt: skip
+    sweep.add_argument(
+        "--search", choices=("grid", "random", "tpe"),
+        help="how combinations are picked: every one (grid), or --trials drawn at random or "
+        "asked of TPE from --space and the --grid lists, as runs finish",
+    )  # fmt: skip
+    sweep.add_argument("--trials", type=int, metavar="N", help="combinations a search makes")
+    sweep.add_argument(
+        "--search-seed", type=int, default=0, help="the search's seed (not the runs' --seed)"
+    )
     sweep.add_argument("--max-parallel", type=int, metavar="M", help="at most M Running at once")
     sweep.add_argument("--priority", type=int, help="of every job of the sweep (-100..100)")
     sweep.add_argument(
@@ -187,6 +201,21 @@ def parse_space(items: list[str]) -> dict[str, dict[str, list[Any]]]:
     return space
 
 
+def parse_scheduler(text: str) -> dict[str, Any]:
+    """`asha`, `asha:R:ETA`, `median` or `median:G` as the sweep's `scheduler`."""
+    kind, *numbers = text.strip().split(":")
+    try:
+        values = [int(n) for n in numbers]
+    except ValueError:
+        raise SweepFlagError(f"--scheduler {text!r}: R, ETA and G are integers") from None
+    if kind == "asha" and len(values) in (0, 2):
+        r, eta = values or [1, 4]
+        return {"type": "asha", "minEpochs": r, "reductionFactor": eta}
+    if kind == "median" and len(values) in (0, 1):
+        return {"type": "median", "graceEpochs": values[0] if values else 1}
+    raise SweepFlagError(f"--scheduler {text!r}: expected asha, asha:R:ETA, median or median:G")
+
+
 def sweep_body(args: argparse.Namespace) -> dict[str, Any]:
     """The POST /sweeps body from the flags (raises SweepFlagError)."""
     base = given(args, (o for o in REQUEST_OPTIONS if o.name not in _SWEEP_OWN))
@@ -197,7 +226,20 @@ def sweep_body(args: argparse.Namespace) -> dict[str, Any]:
         body["grid"] = parse_grid(args.grid)
     if args.run:
         body["runs"] = parse_runs(args.run)
-    if args.random is not None or args.space:
+    adaptive = args.search in ("random", "tpe")
+    if adaptive:
+        if args.trials is None or args.random is not None:
+            raise SweepFlagError(f"--search {args.search} needs --trials N (and no --random)")
+        body["search"] = {"type": args.search, "trials": args.trials, "seed": args.search_seed}
+        if args.space:
+            body["space"] = parse_space(args.space)
+    elif args.trials is not None:
+        raise SweepFlagError("--trials goes with --search random or tpe")
+    elif args.search == "grid":
+        body["search"] = {"type": "grid"}
+    if args.scheduler is not None:
+        body["scheduler"] = parse_scheduler(args.scheduler)
+    if not adaptive and (args.random is not None or args.space):
         if args.random is None or not args.space:
             raise SweepFlagError("--random N and --space go together")
         body["random"] = {
@@ -226,6 +268,7 @@ async def cmd_sweep(args: argparse.Namespace, settings: Settings, client: GateQu
         runs=body.get("runs"), max_parallel=body.get("maxParallel"),
         priority=body.get("priority"), metric=body.get("metric"), seeds=body.get("seeds"),
         name=body.get("name"), idempotency_key=args.idempotency_key,
+        scheduler=body.get("scheduler"), search=body.get("search"), space=body.get("space"),
     )  # fmt: skip
     if not args.wait:
         print(sweep["id"])
@@ -335,7 +378,33 @@ def _headline(sweep: Sweep) -> str:
     return (
         f"[bold]{sweep['id']}[/]  {_sweep_status(sweep)}  {name}  "
         f"{done}/{sweep['total']} done; {escape(_progress_text(sweep))}"
-    )
+    ) + escape(search_text(sweep))
+
+
+def search_text(sweep: Sweep) -> str:
+    """`; trials 5 done / 7 asked / 12; 31 of 192 epochs of the full grid (16%), 9 stopped
+    early` for a sweep with a search or a scheduler; "" otherwise."""
+    if not sweep.get("scheduler") and not sweep.get("search"):
+        return ""
+    p, c = sweep.get("progress") or {}, sweep.get("compute") or {}
+    text = f"; trials {p.get('done', 0)} done / {p.get('asked', 0)} asked / {p.get('total', 0)}"
+    if c.get("gridEpochs"):
+        share = 100 * c["epochs"] / c["gridEpochs"]
+        text += f"; {c['epochs']} of {c['gridEpochs']} epochs of the full grid ({share:.0f}%)"
+    else:
+        text += f"; {c.get('epochs', 0)} epochs"
+    return text + f", {c.get('stoppedEarly', 0)} stopped early"
+
+
+def rung_text(run: dict[str, Any]) -> str:
+    """`stopped e2 (rung 1)`, `stopped e3 (median)`, `rung 0` (training towards it), or ""."""
+    stopped = run.get("stoppedEarly")
+    if stopped:
+        where = f"rung {stopped['rung']}" if stopped.get("rung") is not None else "median"
+        return f"stopped e{stopped['epoch']} ({where})"
+    if run.get("rung") is not None and run.get("targetEpoch"):
+        return f"rung {run['rung']} (e{run['targetEpoch']})"
+    return ""
 
 
 def _kept_test_acc(run: dict[str, Any]) -> Any:
@@ -362,6 +431,9 @@ def runs_table(sweep: Sweep) -> Table:
     for option in sweep.get("varying") or []:
         table.add_column(option)
     table.add_column("STATUS")
+    scheduled = bool(sweep.get("scheduler"))
+    if scheduled:  # where each run is on its scheduler's rungs, or where it was stopped
+        table.add_column("RUNG")
     table.add_column(metric, justify="right")
     if metric != "test_acc_discrete":  # the kept network's, beside the metric it was kept by
         table.add_column("test_acc_discrete", justify="right")
@@ -379,6 +451,8 @@ def runs_table(sweep: Sweep) -> Table:
         cells = [str(run["index"])]
         cells += [markup_safe(num(options.get(o))) for o in sweep.get("varying") or []]
         cells.append(status_markup(run.get("status")))
+        if scheduled:
+            cells.append(escape(rung_text(run)))
         cells.append(num(run["value"]) if run.get("value") is not None else "")
         if metric != "test_acc_discrete":
             acc = _kept_test_acc(run)

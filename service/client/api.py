@@ -520,18 +520,26 @@ class GateQueueClient:
         seeds: int | None = None,
         name: str | None = None,
         idempotency_key: str | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        search: Mapping[str, Any] | None = None,
+        space: Mapping[str, Any] | None = None,
     ) -> Sweep:
         """Many jobs in one request (docs/sweeps.md): `grid` (every combination) crossed with
         `runs` (explicit overrides), plus `random` (`{"n", "seed", "space"}`), each on top of
         `base`, `seeds` times each (seed 0..seeds-1). All or nothing: a value no option accepts
         is a GateQueueError 422 whose `fields` say where it is (`grid.seed.1`), a combination
         that is no valid job one whose `body["error"]["combination"]` names it, and no job is
-        made."""
+        made.
+
+        `scheduler` stops runs early (`{"type": "asha", "minEpochs", "reductionFactor"}` or
+        `{"type": "median", "graceEpochs"}`); `search` picks the combinations (`{"type":
+        "grid"}`, `{"type": "random" | "tpe", "trials", "seed"}`) from `space` and the grid's
+        lists (docs/sweeps.md, "Schedulers" and "Search")."""
         body: dict[str, Any] = {"base": dict(base)}
         for key, value in (
             ("name", name), ("grid", grid), ("random", random), ("runs", runs),
             ("maxParallel", max_parallel), ("priority", priority), ("metric", metric),
-            ("seeds", seeds),
+            ("seeds", seeds), ("scheduler", scheduler), ("search", search), ("space", space),
         ):  # fmt: skip
             if value is not None:
                 body[key] = value

@@ -176,6 +176,16 @@ class Result(Record):
     discretization_gap: float = Field(description="test_acc - test_acc_discrete.")
 
 
+class StoppedEarly(Record):
+    """Why a sweep's scheduler ended a run before its `epochs` (docs/sweeps.md)."""
+
+    epoch: int = Field(ge=0, description="The last epoch it trained.")
+    rung: int | None = Field(
+        None, ge=0, description="Its ASHA rung (0: the first); null for median."
+    )
+    reason: str = Field(description="`asha`, `median` or `cancelled`, and why.")
+
+
 class JobWarning(Record):
     """Something a researcher must know about a Succeeded run (service.jobs.warnings)."""
 
@@ -251,6 +261,17 @@ class JobRecord(Record):
     )
     etaS: float | None = Field(
         None, ge=0, description="A Running job's estimated seconds to finish (null otherwise)."
+    )
+    targetEpoch: int | None = Field(
+        None,
+        ge=1,
+        description="A sweep's scheduler's next rung: the run checkpoints and stops at this "
+        "epoch for a decision (null: it trains to `epochs`).",
+    )
+    stoppedEarly: StoppedEarly | None = Field(
+        None,
+        description="A run its sweep's scheduler stopped: Succeeded, its metrics and "
+        'checkpoint kept, no circuit (docs/sweeps.md, "Schedulers").',
     )
     queuePosition: int | None = Field(
         None,

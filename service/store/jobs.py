@@ -147,6 +147,9 @@ class JobStore:
         await self.collection.create_index([("status", ASCENDING), *CLAIM_ORDER])
         await self.collection.create_index([("sweepId", ASCENDING), ("sweepIndex", ASCENDING)])
         await self.collection.create_index("held", sparse=True)
+        # A run a sweep's search made: "<sweep id>:<index>", so a trial's run is made once,
+        # however many controllers try (service.sweeps.controller).
+        await self.collection.create_index("sweepSlot", unique=True, sparse=True)
         await self.collection.create_index([("status", ASCENDING), ("_id", ASCENDING)])
         await self.collection.create_index([("status", ASCENDING), ("leaseExpiresAt", ASCENDING)])
         await self.collection.create_index([("submittedBy", ASCENDING), ("status", ASCENDING)])
@@ -405,7 +408,7 @@ class JobStore:
             {"sweepId": sweep_id},
             {"status": 1, "name": 1, "sweepIndex": 1, "hyperparameters": 1, "latestMetrics": 1,
              "startedAt": 1, "finishedAt": 1, "circuit": 1, "result": 1, "warnings": 1,
-             "etaS": 1, **{o: 1 for o in RUN_NAMES}},
+             "etaS": 1, "targetEpoch": 1, "stoppedEarly": 1, **{o: 1 for o in RUN_NAMES}},
         ).sort("sweepIndex", ASCENDING)  # fmt: skip
         return await cursor.to_list(length=None)
 
@@ -578,6 +581,40 @@ class JobStore:
             ),
         )
         return done if done is not None else await self._settled(job, status)
+
+    async def insert_trial(self, doc: dict[str, Any]) -> bool:
+        """Store a run a sweep's search made (`doc` carries its `sweepSlot`); False when a run
+        of that slot exists already (another controller, or this one's lost reply)."""
+        try:
+            await self.collection.insert_one(doc)
+        except DuplicateKeyError:
+            return False
+        return True
+
+    async def promote(self, job: JobRecord, target: int | None) -> JobRecord | None:
+        """A run its scheduler promoted: back to Pending (the attempt not held against it) to
+        resume from its checkpoint towards `target` (None: to its `epochs`). Not if the job
+        is being cancelled: the caller then ends it."""
+        done = await self._transition(
+            {**self._mine(job), "cancelRequested": {"$ne": True}},
+            _pipeline(
+                {"status": Status.PENDING.value, "worker": None, "leaseExpiresAt": None,
+                 "error": None, "etaS": None, "targetEpoch": target},
+                now=("updatedAt",),
+                add={"version": 1, "attempt": -1},
+            ),
+        )  # fmt: skip
+        if done is not None:
+            return done
+        current = await self.get(job.id)
+        if (
+            current is not None
+            and current.attemptId == job.attemptId
+            and current.status is Status.PENDING
+            and current.targetEpoch == target
+        ):
+            return current
+        return None
 
     async def release(self, job: JobRecord, reason: str) -> JobRecord | None:
         """Give a Running job back to the queue (worker shutdown); the attempt is not held

@@ -3,6 +3,7 @@ metrics"): `{jobId, epoch, epochs, <key>: <number>..., ts}`."""
 
 from __future__ import annotations
 
+import builtins
 from typing import Any
 
 from bson import ObjectId
@@ -45,3 +46,17 @@ class MetricStore:
     async def list(self, job_id: ObjectId) -> list[dict[str, Any]]:
         cursor = self.collection.find({"jobId": job_id}, {"_id": 0}).sort("epoch", ASCENDING)
         return await cursor.to_list(length=None)
+
+    async def values(self, job_ids: builtins.list[ObjectId], metric: str, *, up_to: int
+                     ) -> dict[ObjectId, dict[int, float]]:  # fmt: skip
+        """{job: {epoch: value}} of `metric` for epochs <= `up_to` (a scheduler's view)."""
+        cursor = self.collection.find(
+            {"jobId": {"$in": job_ids}, "epoch": {"$lte": up_to}, metric: {"$exists": True}},
+            {"_id": 0, "jobId": 1, "epoch": 1, metric: 1},
+        )
+        out: dict[ObjectId, dict[int, float]] = {}
+        async for doc in cursor:
+            value = doc.get(metric)
+            if isinstance(value, int | float):
+                out.setdefault(doc["jobId"], {})[int(doc["epoch"])] = float(value)
+        return out

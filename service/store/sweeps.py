@@ -89,10 +89,36 @@ class SweepStore:
         """Whether `submitted_by` made a sweep with this Idempotency-Key that is still
         remembered (a replay: no quota)."""
         stored_key = idempotency.scoped(submitted_by, idempotency_key)
-        found = await self.collection.find_one(
-            idempotency.live(stored_key, key_ttl_s), {"_id": 1}
-        )
+        found = await self.collection.find_one(idempotency.live(stored_key, key_ttl_s), {"_id": 1})
         return found is not None
+
+    # -- the controller (service.sweeps.controller) ----------------------------------------
+
+    async def decide(
+        self, sweep_id: ObjectId, version: int, update: dict[str, Any], *, live: bool = False
+    ) -> bool:
+        """Apply one decision of the sweep's controller (`update`, a `$push`) only if no other
+        decision came since `version` was read (and, with `live`, the sweep is not
+        cancelled): the compare-and-set that makes one actor decide at a time. False: another
+        one came first; re-read and decide again. A lost reply raises: the caller re-reads to
+        see whether its decision is there (docs/sweeps.md, "One controller")."""
+        query: dict[str, Any] = {"_id": sweep_id, "controlVersion": version}
+        if version == 0:  # sweeps stored before the field existed
+            query = {"_id": sweep_id, "controlVersion": {"$in": [0, None]}}
+        if live:
+            query["cancelRequested"] = {"$ne": True}
+        result = await self.collection.update_one(query, {**update, "$inc": {"controlVersion": 1}})
+        return result.modified_count == 1
+
+    async def adaptive_active(self) -> builtins.list[ObjectId]:
+        """Ready, not cancelled sweeps of a random or TPE search (the tidier's pass makes the
+        trials a dead controller left unmade)."""
+        cursor = self.collection.find(
+            {"state": SweepState.READY.value, "cancelRequested": {"$ne": True},
+             "search.type": {"$in": ["random", "tpe"]}},
+            {"_id": 1},
+        )  # fmt: skip
+        return [doc["_id"] async for doc in cursor]
 
     async def mark_ready(self, sweep_id: ObjectId) -> None:
         await self.collection.update_one(

@@ -13,6 +13,7 @@ them let go (docs/sweeps.md, "All or nothing").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,9 @@ from service.config import DEFAULT_IDEMPOTENCY_TTL_S
 from service.jobs.record import new_job
 from service.store import Store
 from service.store.removal import Removed
+from service.sweeps import controller
 from service.sweeps.record import SweepRecord, SweepState, new_sweep
+from service.sweeps.search import first_target
 from service.sweeps.spec import SweepPlan
 
 log = structlog.get_logger(__name__)
@@ -54,6 +57,7 @@ def sweep_docs(sweep_plan: SweepPlan, sweep: SweepRecord) -> list[dict[str, Any]
             "sweepId": sweep.id,
             "sweepIndex": run.index,
             "sweepMaxParallel": sweep.maxParallel,
+            "targetEpoch": first_target(sweep.scheduler, hyperparameters["epochs"]),
         }
         own["memoryEstimate"] = None if run.estimate is None else run.estimate.model_dump()
         ref = sweep_plan.datasets.get(hyperparameters.get("dataset", ""))
@@ -109,6 +113,11 @@ async def _fill(store: Store, sweep_plan: SweepPlan, sweep: SweepRecord) -> Crea
         raise
     await _release(store, sweep.id)
     ready = sweep.model_copy(update={"state": SweepState.READY, "creatingUntil": None})
+    if ready.adaptive:  # its first trials; the rest as runs finish
+        await controller.settle(store, sweep.id)
+        with contextlib.suppress(Exception):  # shown as made; its page shows the trials
+            ready = await store.sweeps.get(sweep.id) or ready
+        return Created(ready, True, None)
     return Created(ready, True, docs)
 
 
@@ -129,7 +138,8 @@ async def _release(store: Store, sweep_id: ObjectId) -> None:
 
 
 async def tidy(store: Store) -> tuple[int, int]:
-    """Finish what dead creations left: (sweeps removed, sweeps whose jobs were let go)."""
+    """Finish what dead creations left: (sweeps removed, sweeps whose jobs were let go), and
+    make the trials of random and TPE searches a dead controller left unmade."""
     removed = released = 0
     for sweep_id in await store.sweeps.abandoned():
         log.warning("removing a sweep whose creation did not finish", sweep_id=str(sweep_id))
@@ -141,6 +151,7 @@ async def tidy(store: Store) -> tuple[int, int]:
         if sweep is not None and sweep.state is SweepState.READY:
             await store.jobs.release_held(sweep_id)
             released += 1
+    await controller.fill_all(store)
     return removed, released
 
 

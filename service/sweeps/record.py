@@ -8,6 +8,7 @@ every time, so it cannot disagree with them.
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -19,8 +20,19 @@ from pydantic import AliasChoices, Field
 
 from service.jobs.eta import sweep_eta_s
 from service.jobs.notify import Notify
-from service.jobs.record import Circuit, Id, JobWarning, Record, Result, Time, utcnow
+from service.jobs.record import (
+    Circuit,
+    DatasetRef,
+    Id,
+    JobWarning,
+    Record,
+    Result,
+    StoppedEarly,
+    Time,
+    utcnow,
+)
 from service.jobs.status import Status
+from service.sweeps.search import adaptive, rung_index
 from service.sweeps.spec import SweepPlan
 
 
@@ -41,6 +53,25 @@ class Reservation(Record):
     attemptId: str
     jobId: Id
     at: Time
+
+
+class Asked(Record):
+    """A trial of a random or TPE search: its number and the values drawn for it. Stored in
+    the sweep (one compare-and-set) before its runs are made, so a trial is never made twice
+    and one whose runs were not made yet is made by the next controller pass."""
+
+    trial: int = Field(ge=0)
+    params: dict[str, Any]
+
+
+class Decision(Record):
+    """A scheduler's decision on one run at one epoch (docs/sweeps.md, "One controller")."""
+
+    jobId: Id
+    epoch: int = Field(ge=0)
+    rung: int | None = None
+    value: float | None = None
+    promote: bool
 
 
 class SweepRecord(Record):
@@ -64,6 +95,24 @@ class SweepRecord(Record):
     cancelledAt: Time | None = None
     running: list[Reservation] = Field(default_factory=list)
     notify: Notify | None = None
+    scheduler: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None
+    space: dict[str, Any] = Field(default_factory=dict)
+    datasetRef: DatasetRef | None = Field(
+        None, description="What `base.dataset` resolved to: the runs a search makes store it."
+    )
+    # The controller's state, changed only by a compare-and-set on `controlVersion`
+    # (service.store.sweeps.SweepStore.decide).
+    controlVersion: int = 0
+    asked: list[Asked] = Field(default_factory=list)
+    decisions: list[Decision] = Field(default_factory=list)
+
+    @property
+    def adaptive(self) -> bool:
+        return adaptive(self.search)
+
+    def decision(self, job_id: ObjectId, epoch: int) -> Decision | None:
+        return next((d for d in self.decisions if d.jobId == job_id and d.epoch == epoch), None)
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SweepRecord:
@@ -91,7 +140,11 @@ def new_sweep(
         priority=sweep_plan.priority,
         metric=spec.metric,
         seeds=spec.seeds,
-        total=len(sweep_plan.runs),
+        scheduler=spec.scheduler_json(),
+        search=spec.search_json(),
+        space=spec.space_json() if spec.adaptive else {},
+        datasetRef=sweep_plan.datasets.get(str(spec.base.get("dataset", ""))),
+        total=spec.size() if spec.adaptive else len(sweep_plan.runs),
         varying=sweep_plan.varying,
         submittedBy=submitted_by,
         createdAt=now,
@@ -177,6 +230,27 @@ class SweepRun(Record):
     circuit: Circuit | None = Field(
         None, description="A Succeeded run's circuit (live gates, speed: sortable columns)."
     )
+    epoch: int = Field(0, ge=0, description="Epochs it trained so far.")
+    epochs: int | None = Field(None, description="The epochs it was asked to train.")
+    rung: int | None = Field(
+        None, description="ASHA: the rung it trains towards or stopped at (0: the first)."
+    )
+    targetEpoch: int | None = Field(None, description="The epoch it stops at for a decision.")
+    stoppedEarly: StoppedEarly | None = None
+
+
+class Progress(Record):
+    done: int = Field(ge=0, description="Trials (combinations) whose runs all finished.")
+    asked: int = Field(ge=0, description="Trials made so far.")
+    total: int = Field(ge=0, description="Trials the sweep will make at most.")
+
+
+class Compute(Record):
+    epochs: int = Field(ge=0, description="Epochs trained by its runs so far.")
+    gridEpochs: int | None = Field(
+        description="Epochs a full grid of its space would train (null: a continuous space)."
+    )
+    stoppedEarly: int = Field(ge=0, description="Runs its scheduler stopped.")
 
 
 class Sweep(Record):
@@ -211,6 +285,13 @@ class Sweep(Record):
     grid: dict[str, list[Any]]
     random: dict[str, Any] | None
     runs: list[dict[str, Any]]
+    scheduler: dict[str, Any] | None = Field(None, description="Its scheduler, as asked.")
+    search: dict[str, Any] | None = Field(None, description="Its search, as asked.")
+    space: dict[str, Any] = Field(
+        default_factory=dict, description="A random or TPE search's space (grid lists as choices)."
+    )
+    progress: Progress = Field(description="Trials done, asked and in all.")
+    compute: Compute = Field(description="Epochs trained against a full grid's.")
 
 
 class SweepDetail(Sweep):
@@ -333,11 +414,66 @@ def sweep_eta(sweep: SweepRecord, stats: SweepStats) -> float | None:
     )
 
 
+def _epochs_of(doc: dict[str, Any]) -> int:
+    epochs = (doc.get("hyperparameters") or {}).get("epochs")
+    return int(epochs) if isinstance(epochs, int) else 0
+
+
+def _trained(doc: dict[str, Any]) -> int:
+    epoch = (doc.get("latestMetrics") or {}).get("epoch")
+    return int(epoch) if isinstance(epoch, int | float) else 0
+
+
+def progress(sweep: SweepRecord, groups: list[dict[str, Any]], rows: list[dict[str, Any]]
+             ) -> dict[str, int]:  # fmt: skip
+    """Trials done / asked / total (a grid's combinations are all asked at once)."""
+    finished = {d["_id"] for d in rows if Status(d["status"]).finished}
+    done = sum(1 for g in groups if g["jobs"] and all(j in finished for j in g["jobs"]))
+    if sweep.adaptive:
+        return {"done": done, "asked": len(sweep.asked), "total": sweep.total // sweep.seeds}
+    combos = sweep.total // sweep.seeds
+    return {"done": done, "asked": combos, "total": combos}
+
+
+def compute(sweep: SweepRecord, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Epochs trained so far against what a full grid of the space would train."""
+    grid: int | None
+    if not sweep.adaptive:
+        grid = sum(_epochs_of(d) for d in rows)
+    elif all("choice" in d for d in sweep.space.values()):
+        epochs = sweep.base.get("epochs")
+        if not isinstance(epochs, int):
+            from trainer.options import TrainingOptions
+
+            epochs = int(TrainingOptions().epochs)  # type: ignore[attr-defined]
+        grid = math.prod(len(d["choice"]) for d in sweep.space.values()) * sweep.seeds * epochs
+    else:
+        grid = None
+    return {
+        "epochs": sum(_trained(d) for d in rows),
+        "gridEpochs": grid,
+        "stoppedEarly": sum(1 for d in rows if d.get("stoppedEarly")),
+    }
+
+
+def run_rung(sweep: SweepRecord, doc: dict[str, Any]) -> int | None:
+    stopped = doc.get("stoppedEarly")
+    if stopped:
+        return stopped.get("rung")  # type: ignore[no-any-return]
+    target = doc.get("targetEpoch")
+    if sweep.scheduler is None or sweep.scheduler.get("type") != "asha" or not target:
+        return None
+    return rung_index(sweep.scheduler, _epochs_of(doc), target)
+
+
 def summarize(sweep: SweepRecord, stats: SweepStats, *, detail: bool = False) -> dict[str, Any]:
     """The API's JSON of a sweep from its jobs' documents (as `JobStore.sweep_rows`
     projects them); with `detail` the detail view, with every run and combination."""
     counts = stats.counts
     remaining = counts[Status.PENDING.value] + counts[Status.RUNNING.value]
+    if sweep.adaptive and not sweep.cancelRequested:  # its trials not made yet count too
+        finished = sum(n for s, n in counts.items() if Status(s).finished)
+        remaining = max(remaining, sweep.total - finished)
     if sweep.cancelRequested:
         status = SweepStatus.CANCELLED
     elif remaining == 0 and sweep.state is SweepState.READY:
@@ -369,6 +505,11 @@ def summarize(sweep: SweepRecord, stats: SweepStats, *, detail: bool = False) ->
         "grid": sweep.grid,
         "random": sweep.random,
         "runs": sweep.runs,
+        "scheduler": sweep.scheduler,
+        "search": sweep.search,
+        "space": sweep.space,
+        "progress": progress(sweep, groups, stats.rows),
+        "compute": compute(sweep, stats.rows),
     }
     if not detail:
         return Sweep.model_validate(view).model_dump(mode="json")
@@ -389,6 +530,11 @@ def summarize(sweep: SweepRecord, stats: SweepStats, *, detail: bool = False) ->
                 "startedAt": doc.get("startedAt"),
                 "finishedAt": doc.get("finishedAt"),
                 "circuit": doc.get("circuit"),
+                "epoch": _trained(doc),
+                "epochs": _epochs_of(doc) or None,
+                "rung": run_rung(sweep, doc),
+                "targetEpoch": doc.get("targetEpoch"),
+                "stoppedEarly": doc.get("stoppedEarly"),
             }
             for doc in stats.rows
         ),

@@ -43,6 +43,14 @@ from service.jobs.request import (
     field_errors,
     value_errors,
 )
+from service.sweeps.search import (
+    Scheduler,
+    Search,
+    adaptive,
+    sample_random,
+    search_space,
+    space_problem,
+)
 from trainer.options import TRAINING_NAMES
 
 DEFAULT_METRIC = "val_acc_discrete"  # selection on the validation split (docs/sweeps.md)
@@ -139,6 +147,21 @@ class SweepRequest(_Strict):
         description="Runs per combination, with `seed` 0..seeds-1; tables show each "
         "combination's mean, standard deviation and n.",
     )
+    scheduler: Scheduler | None = Field(
+        None,
+        description="Stop runs early: `{type: asha, minEpochs, reductionFactor}` (defaults 1 "
+        'and 4) or `{type: median, graceEpochs}` (docs/sweeps.md, "Schedulers").',
+    )
+    search: Search | None = Field(
+        None,
+        description="How combinations are picked: `{type: grid}` (every one, the default), "
+        "`{type: random, trials, seed}` or `{type: tpe, trials, seed}` over `space` and the "
+        'grid\'s lists, created as runs finish (docs/sweeps.md, "Search").',
+    )
+    space: dict[str, Space] = Field(
+        default_factory=dict,
+        description="The search space of a random or TPE `search`, as `random.space`.",
+    )
 
     @model_validator(mode="after")
     def _names(self) -> SweepRequest:
@@ -146,6 +169,7 @@ class SweepRequest(_Strict):
         named: list[tuple[str, Iterable[str]]] = [
             ("grid", self.grid),
             ("random.space", self.random.space if self.random else {}),
+            ("space", self.space),
             *((f"runs.{i}", run) for i, run in enumerate(self.runs)),
         ]
         for where, names in named:
@@ -162,15 +186,35 @@ class SweepRequest(_Strict):
             ]
         if problems:
             raise ValueError("; ".join(problems))
+        spaces = [("space", self.space)]
         if self.random is not None:
-            for key, space in self.random.space.items():
+            spaces.append(("random.space", self.random.space))
+        for where, entries in spaces:
+            for key, space in entries.items():
                 problem = _space_problem(key, space)
                 if problem:
-                    raise ValueError(f"random.space.{key}: {problem}")
+                    raise ValueError(f"{where}.{key}: {problem}")
         return self
+
+    @property
+    def adaptive(self) -> bool:
+        """Runs made as the sweep goes (random or TPE search), not all up front."""
+        return adaptive(self.search_json())
+
+    def search_json(self) -> dict[str, Any] | None:
+        return None if self.search is None else self.search.model_dump()
+
+    def scheduler_json(self) -> dict[str, Any] | None:
+        return None if self.scheduler is None else self.scheduler.model_dump()
+
+    def space_json(self) -> dict[str, Any]:
+        """The search space as stored: `space` and each grid list as a choice."""
+        return search_space({k: v.model_dump() for k, v in self.space.items()}, self.grid)
 
     def size(self) -> int:
         """How many jobs it names, without expanding it."""
+        if self.search is not None and self.search.type != "grid":
+            return self.search.trials * self.seeds
         explicit = 0
         if self.grid or self.runs:
             explicit = math.prod(len(v) for v in self.grid.values()) * max(1, len(self.runs))
@@ -245,11 +289,14 @@ def listed_values(spec: SweepRequest) -> Iterator[tuple[str, str, Any]]:
     for i, run in enumerate(spec.runs):
         for key, value in run.items():
             yield key, f"runs.{i}.{key}", value
+    spaces = [("space", spec.space)]
     if spec.random is not None:
-        for key, space in spec.random.space.items():
+        spaces.append(("random.space", spec.random.space))
+    for where, entries in spaces:
+        for key, space in entries.items():
             kind, listed = _listed(space)
             for i, value in enumerate(listed):
-                yield key, f"random.space.{key}.{kind}.{i}", value
+                yield key, f"{where}.{key}.{kind}.{i}", value
 
 
 def _listed(space: Space) -> tuple[str, list[Any]]:
@@ -366,6 +413,12 @@ def check_size(spec: SweepRequest, *, max_jobs: int) -> int:
     """How many jobs the sweep names, or SweepEmpty / SweepTooLarge: the cheap bounds,
     checked before any value is looked at."""
     size = spec.size()
+    if spec.adaptive and size > max_jobs:
+        message = (
+            f"{size} runs ({spec.search.trials} trials x {spec.seeds} seeds); at most "  # type: ignore[union-attr]
+            f"{max_jobs} are allowed in one sweep (GATEQUEUE_MAX_SWEEP)"
+        )
+        raise SweepValuesInvalid([_problem("search.trials", message)], 1)
     if size == 0:
         raise SweepEmpty()
     if size > max_jobs:
@@ -420,13 +473,17 @@ def _planning(
         total_problems += len(errors)
         problems += errors[: MAX_FIELDS - len(problems)]
         yield
+    searched = search_problems(spec)
+    problems += searched
     if problems:
-        raise SweepValuesInvalid(problems, total_problems)
+        raise SweepValuesInvalid(problems, total_problems + len(searched))
     priority = spec.priority if spec.priority is not None else spec.base.get("priority", 0)
     runs: list[PlannedRun] = []
     bad: list[BadCombination] = []
     total_bad = 0
-    for index, overrides in enumerate(combinations(spec)):
+    scheduled: list[dict[str, str]] = []
+    points = probe_points(spec) if spec.adaptive else combinations(spec)
+    for index, overrides in enumerate(points):
         yield
         body = {**spec.base, **overrides}
         if spec.priority is not None:
@@ -442,10 +499,98 @@ def _planning(
                 problems = field_errors(exc) if isinstance(exc, ValidationError) else exc.fields
                 bad.append(BadCombination(index, overrides, problems))
             continue
+        scheduled += run_problems(spec, run.values)
         runs.append(run)
     if bad:
         raise SweepInvalid(bad, total_bad, size)
-    return SweepPlan(spec, runs, _varying(spec, runs), priority if isinstance(priority, int) else 0)
+    if scheduled:
+        unique = list({(p["field"], p["message"]): p for p in scheduled}.values())
+        raise SweepValuesInvalid(unique[:MAX_FIELDS], len(unique))
+    varying = _varying(spec, runs)
+    if spec.adaptive:  # `runs` were probes: the sweep's runs are made as it goes
+        varying = [k for k in spec.space_json() if k != "name"]
+        varying += ["seed"] if spec.seeds > 1 else []
+        runs = []
+    return SweepPlan(spec, runs, varying, priority if isinstance(priority, int) else 0)
+
+
+PROBES = 32  # combinations of a random or TPE space validated before the sweep is stored
+
+
+def probe_points(spec: SweepRequest) -> Iterator[dict[str, Any]]:
+    """What a random or TPE sweep is checked with before anything is stored: every
+    combination of an all-choice space of up to PROBES, else PROBES draws, each with every
+    seed (a trial is validated again when it is made: service.sweeps.controller)."""
+    space = spec.space_json()
+    if (
+        all("choice" in d for d in space.values())
+        and math.prod(len(d["choice"]) for d in space.values()) <= PROBES
+    ):
+        keys = list(space)
+        points = [dict(zip(keys, p, strict=True))
+                  for p in itertools.product(*(space[k]["choice"] for k in keys))]  # fmt: skip
+    else:
+        points = [sample_random(space, -1, i) for i in range(PROBES)]
+    for point in points:
+        if spec.seeds == 1:
+            yield point
+        else:
+            for seed in range(spec.seeds):
+                yield {**point, "seed": seed}
+
+
+def _problem(field: str, message: str) -> dict[str, str]:
+    """One bad field of a sweep's scheduler or search, in the shape of `value_errors`'."""
+    return {"field": field, "message": message, "type": "sweep_search"}
+
+
+def search_problems(spec: SweepRequest) -> list[dict[str, str]]:
+    """What makes the `scheduler` and `search` of a sweep unusable, each naming its field."""
+    out: list[dict[str, str]] = []
+    chooses = spec.scheduler is not None or spec.adaptive
+    if chooses and spec.metric.startswith("test_"):
+        out.append(_problem("metric", (
+            f"a scheduler or a random or TPE search selects by the sweep's metric; "
+            f"{spec.metric} is a test-set metric (select by a validation metric such as "
+            "val_acc_discrete)"
+        )))  # fmt: skip
+    if spec.adaptive:
+        if spec.runs or spec.random is not None:
+            out.append(_problem("search", (
+                "a random or TPE search draws from `space` and the grid's lists; it takes "
+                "no `runs` or `random`"
+            )))  # fmt: skip
+        space = spec.space_json()
+        if not space:
+            out.append(_problem("space", "a random or TPE search needs a `space` (or grid "
+                                "lists) to draw from"))  # fmt: skip
+        problem = space_problem(space)
+        if problem is not None:
+            key, why = problem
+            out.append(_problem(f"{'space' if key in spec.space else 'grid'}.{key}", why))
+    elif spec.space:
+        out.append(_problem("space", "`space` is the space of a random or TPE `search`; set "
+                            "`search` or use `random.space`"))  # fmt: skip
+    return out
+
+
+def run_problems(spec: SweepRequest, values: dict[str, Any]) -> list[dict[str, str]]:
+    """What the scheduler cannot do with one run's values (its epochs, its validation)."""
+    out: list[dict[str, str]] = []
+    chooses = spec.scheduler is not None or spec.adaptive
+    if chooses and spec.metric.startswith("val_") and values.get("validFraction") == 0:
+        out.append(_problem("base.validFraction", (
+            f"the sweep selects by {spec.metric}, a validation metric; a run with "
+            "validFraction 0 has no validation split"
+        )))  # fmt: skip
+    scheduler = spec.scheduler
+    epochs = values.get("epochs")
+    if scheduler is not None and scheduler.type == "asha" and isinstance(epochs, int):
+        if scheduler.minEpochs > epochs:
+            out.append(_problem("scheduler.minEpochs", (
+                f"minEpochs ({scheduler.minEpochs}) is above a run's epochs ({epochs})"
+            )))  # fmt: skip
+    return out
 
 
 def _varying(spec: SweepRequest, runs: list[PlannedRun]) -> list[str]:

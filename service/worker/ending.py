@@ -29,6 +29,7 @@ class StopReason(StrEnum):
     SHUTDOWN = "shutdown"  # the worker is stopping: back to Pending
     LOST = "lost"  # the lease is gone: write nothing
     LOG_FAILED = "log_failed"  # logs cannot be stored: Failed
+    SCHEDULER = "scheduler"  # its sweep's scheduler stopped it: Succeeded, stoppedEarly
 
 
 @dataclass(frozen=True)

@@ -25,13 +25,21 @@ from pymongo.errors import PyMongoError
 
 from service.cancellation import cancel_and_wait
 from service.jobs import eta, memory
-from service.jobs.record import Checkpoint, Circuit, JobRecord, Result, ResumedFrom
+from service.jobs.record import (
+    Checkpoint,
+    Circuit,
+    JobRecord,
+    Result,
+    ResumedFrom,
+    StoppedEarly,
+)
 from service.jobs.status import Status
 from service.jobs.warnings import job_warnings
 from service.retry import retry
 from service.store import Store
 from service.store.files import ARTIFACTS_BUCKET, CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
+from service.sweeps import controller
 from service.worker import artifacts, checkpoints
 from service.worker.datacache import DataCache
 from service.worker.ending import (
@@ -57,6 +65,8 @@ T = TypeVar("T")
 # How long a run whose lease lapsed during its upload keeps trying to delete what it wrote
 # (MongoDB is unreachable meanwhile, so its slot could not be given another job anyway).
 DISCARD_WITHIN_S = 300.0
+# How long a run its sweep's scheduler stops may take to write its checkpoint.
+SCHEDULER_GRACE_S = 60.0
 
 
 class Outcome(StrEnum):
@@ -153,6 +163,8 @@ class JobRun:
         self._epoch_s: dict[int, float] = {}  # this attempt's epoch times, for `etaS`
         self._epoch_seen_at: float | None = None
         self.outcome: Outcome | None = None
+        self._scheduler: str | None = None  # its sweep's scheduler type, read at the start
+        self._median_stop: StoppedEarly | None = None  # the median rule stopped it there
         self.started = asyncio.Event()  # the trainer process exists (tests read its pid)
 
     # -- requests from outside (the worker's change stream, shutdown) ------------------
@@ -224,6 +236,12 @@ class JobRun:
         sink_watch = asyncio.create_task(self._watch_sink(self.sink))
         if self.lease.job.cancelRequested:
             self.request_cancel()
+        sweep_id = self.lease.job.sweepId
+        if sweep_id is not None:
+            sweep = await retry(
+                lambda: self.store.sweeps.get(sweep_id), deadline=self.lease.deadline
+            )
+            self._scheduler = None if sweep is None else (sweep.scheduler or {}).get("type")
         try:
             rc, stopped_by_us, start_error = await self._supervise(workdir, output_dir)
             await self._metrics.put(None)
@@ -250,6 +268,7 @@ class JobRun:
             "--output-dir", str(output_dir),
             "--checkpoint-dir", str(workdir / "checkpoints"),
             *(["--resume-from", str(resume)] if resume is not None else []),
+            *(["--stop-epoch", str(job.targetEpoch)] if job.targetEpoch is not None else []),
             *self.slot.device_args(),
         ]  # fmt: skip
 
@@ -332,14 +351,17 @@ class JobRun:
         try:
             await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
             stopped_by_us = not waiter.done()
-            if stopped_by_us and self.stop_reason is StopReason.SHUTDOWN:
+            if stopped_by_us and self.stop_reason in (StopReason.SHUTDOWN, StopReason.SCHEDULER):
                 # A graceful stop: the trainer checkpoints at its next step and exits 76, so
                 # the job resumes elsewhere from there. A trainer that ends otherwise within
                 # the grace (it was about to finish) ends the run as it would have anyway.
                 self.proc.send(protocol.CheckpointAndStop().format())
                 hurry = asyncio.create_task(self._hurried.wait())
+                grace_s = self.s.checkpoint_grace_s
+                if self.stop_reason is StopReason.SCHEDULER:  # no one waits to go: let it save
+                    grace_s = max(grace_s, SCHEDULER_GRACE_S)
                 await asyncio.wait(
-                    {waiter, hurry}, timeout=self.s.checkpoint_grace_s,
+                    {waiter, hurry}, timeout=grace_s,
                     return_when=asyncio.FIRST_COMPLETED,
                 )  # fmt: skip
                 hurry.cancel()
@@ -383,6 +405,8 @@ class JobRun:
         if self.lease.lost:
             await sink.discard()
             self.outcome = Outcome.LOST
+            return
+        if await self._scheduler_ending(sink, rc, stopped_by_us, start_error):
             return
         saved = self.uploader.uploaded[-1:] if self.uploader is not None else []
         ending = decide(
@@ -435,6 +459,90 @@ class JobRun:
             await self._delete_orphan_files(done)
         self.outcome = Outcome(status.value) if done is not None else Outcome.LOST
         self.log.info("job finished", status=self.outcome.value, exit_code=rc)
+
+    # -- a sweep's scheduler (docs/sweeps.md, "Schedulers") ------------------------------
+
+    async def _scheduler_ending(
+        self, sink: LogSink, rc: int | None, stopped_by_us: bool, start_error: str
+    ) -> bool:
+        """A run that stopped for its sweep's scheduler: at its ASHA rung (promoted back to
+        Pending, or ended with `stoppedEarly`), or by the median rule. False: not one."""
+        job = self.lease.job
+        if self._cancel_requested or start_error:
+            return False
+        if stopped_by_us and self.stop_reason is StopReason.SCHEDULER:
+            assert self._median_stop is not None
+            await self._stop_early(sink, rc, self._median_stop)
+            return True
+        if stopped_by_us or job.targetEpoch is None or rc != protocol.EXIT_CHECKPOINTED:
+            return False
+        epoch = job.targetEpoch
+        outcome = await retry(lambda: controller.at_rung(self.store, job, epoch),
+                              deadline=self.lease.deadline)  # fmt: skip
+        if outcome is None:  # the sweep lost its scheduler (deleted): train to the end
+            await self._promote(sink, None, f"epoch {epoch}: no scheduler any more")
+            return True
+        d = outcome.decision
+        value = "no value" if d.value is None else f"{d.value:.4g}"
+        where = f"rung {d.rung} (epoch {epoch}), {value}"
+        if d.promote:
+            then = f"epoch {outcome.target}" if outcome.target else "its last epoch"
+            await self._promote(sink, outcome.target,
+                                f"{where}: in the top 1/{outcome.factor}; promoted, it resumes "
+                                f"from its checkpoint towards {then}")  # fmt: skip
+            return True
+        reason = f"asha: {where}, not in the top 1/{outcome.factor} of its rung"
+        await self._stop_early(sink, rc, StoppedEarly(epoch=epoch, rung=d.rung, reason=reason))
+        return True
+
+    async def _promote(self, sink: LogSink, target: int | None, line: str) -> None:
+        await sink.system(line)
+        if not await self._close_sink(sink):
+            return
+        done = await self.lease.final_write(lambda job: self.store.jobs.promote(job, target))
+        if done is None and not self.lease.lost:  # refused: the job is being cancelled
+            cancelled = await self.lease.final_write(
+                lambda job: self.store.jobs.finish(
+                    job, Status.CANCELLED, error="cancelled on request"
+                )
+            )
+            self.outcome = Outcome.CANCELLED if cancelled is not None else Outcome.LOST
+            return
+        self.outcome = Outcome.RELEASED if done is not None else Outcome.LOST
+        self.log.info("promoted by its sweep's scheduler", target=target)
+
+    async def _stop_early(self, sink: LogSink, rc: int | None, stopped: StoppedEarly) -> None:
+        """Succeeded, stopped early: its metrics and checkpoints kept, no network, no circuit
+        (`gatequeue` can resume it by hand to full length)."""
+        await sink.system(f"stopped early by its sweep's scheduler: {stopped.reason}")
+        if not await self._close_sink(sink):
+            return
+        extra = {"stoppedEarly": stopped.model_dump(), "targetEpoch": None}
+        done = await self.lease.final_write(
+            lambda job: self.store.jobs.finish(job, Status.SUCCEEDED, exit_code=rc, extra=extra)
+        )
+        self.outcome = Outcome.SUCCEEDED if done is not None else Outcome.LOST
+        self.log.info("stopped early by its sweep's scheduler", reason=stopped.reason)
+
+    async def _median_check(self, epoch: protocol.Epoch) -> None:
+        """After each stored epoch of a median-scheduled sweep's run: stop it when the rule
+        says so (a checkpoint, then Succeeded with `stoppedEarly`)."""
+        if self._scheduler != "median" or self.stop_reason is not None:
+            return
+        try:
+            decision = await controller.median_check(self.store, self.lease.job, epoch.epoch)
+        except PyMongoError as exc:  # the next epoch asks again
+            self.log.warning("median rule not checked", epoch=epoch.epoch, error=str(exc))
+            return
+        if decision is None:
+            return
+        value = "no value" if decision.value is None else f"{decision.value:.4g}"
+        self._median_stop = StoppedEarly(
+            epoch=epoch.epoch, rung=None,
+            reason=f"median: best {value} by epoch {epoch.epoch}, below the median of the "
+            "other runs' there",
+        )  # fmt: skip
+        self._request_stop(StopReason.SCHEDULER, self.s.stop_grace_s)
 
     async def _while_lease_holds(self, op: Callable[[Callable[[], float]], Awaitable[T]]) -> T:
         """`op(deadline)` (which retries MongoDB errors until `deadline()`, the lease's end)
@@ -594,6 +702,7 @@ class JobRun:
             self.lease.lose("the job is no longer ours (metrics write refused)")
             return
         await self.store.metrics.write(self.job_id, epoch.epoch, epoch.epochs, epoch.metrics)
+        await self._median_check(epoch)
 
     async def _watch_sink(self, sink: LogSink) -> None:
         await sink.failed.wait()

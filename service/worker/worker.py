@@ -32,6 +32,7 @@ from service.mongo.changestream import StoredTokens
 from service.retry import DATABASE, Failures
 from service.store import Store
 from service.store.workers import HEARTBEAT_S
+from service.sweeps import controller
 from service.worker.datacache import DataCache
 from service.worker.dispatch import job_feed
 from service.worker.gpus import Slot
@@ -131,6 +132,8 @@ class Worker:
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
         self._busy: dict[str, ObjectId] = {}  # slot gpu -> job id
         self._run_tasks: set[asyncio.Task[None]] = set()
+        # Controller passes after runs of sweeps (their next trials): not waited for on stop.
+        self._settles: set[asyncio.Task[None]] = set()
         self._hints: list[Job] = []
         self._full_sweeps: set[ObjectId] = set()  # maxParallel reached, this round
         self._early_cancels: set[ObjectId] = set()
@@ -204,6 +207,7 @@ class Worker:
             await asyncio.wait([claimer], timeout=_CLAIMER_STOP_S)
             await cancel_and_wait(stop_wait, *background)
             await self._shutdown_runs()
+            await cancel_and_wait(*self._settles)
             with contextlib.suppress(PyMongoError):
                 await self.feed.tokens.flush()
             with contextlib.suppress(PyMongoError):
@@ -435,6 +439,12 @@ class Worker:
         finally:
             if job.sweepId is not None and job.sweepMaxParallel is not None:
                 await asyncio.shield(self._settle_slot(job))
+        if job.sweepId is not None and run.outcome is not None and not self._stopping.is_set():
+            # A place for its search's next trial (service.sweeps.controller); a stopping
+            # worker leaves it to the next run's end or the API's tidier.
+            settle = asyncio.create_task(controller.settle(self.store, job.sweepId))
+            self._settles.add(settle)
+            settle.add_done_callback(self._settles.discard)
 
     async def _settle_slot(self, job: JobRecord) -> None:
         """After a run: give its sweep slot back, unless the job is still Running under this

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Awaitable, Callable
 
 import aiohttp
@@ -17,6 +18,7 @@ from live_helpers import TINY_JOB, LiveApi
 from page_helpers import SHOTS, chromium
 from test_live_browser import CHROMIUM
 
+from service.client import GateQueueClient
 from service.worker import Worker
 
 pytestmark = [
@@ -266,3 +268,44 @@ async def test_a_sweep_over_seeds_and_a_test_metric_on_its_page(
         )
         assert bands == 2
         await expect(page.locator("#sweep-best")).to_contain_text("(n=3)")
+
+
+async def test_a_scheduled_sweep_shows_rungs_trials_and_compute(
+    live_api: LiveApi, client: GateQueueClient, start_worker: Callable[..., Awaitable[Worker]]
+) -> None:
+    """An ASHA sweep's page: a rung column (each run's rung, or where it was stopped), the
+    trials done / asked / total and the epochs trained against a full grid's."""
+    from playwright.async_api import expect
+
+    rungs = os.path.join(os.path.dirname(__file__), "..", "worker", "trainers", "rungs.py")
+    await start_worker(trainer_cmd=[sys.executable, rungs], env=dict(os.environ))
+    sweep = await client.submit_sweep(
+        base={**TINY_JOB, "epochs": 4}, grid={"gates": [40, 50, 60, 70, 80, 90]},
+        scheduler={"type": "asha", "minEpochs": 1, "reductionFactor": 2}, max_parallel=1,
+    )  # fmt: skip
+    final = await client.wait_sweep(sweep["id"], timeout_s=60)
+    stopped = [r for r in final["jobs"] if r["stoppedEarly"]]
+    assert stopped and final["compute"]["gridEpochs"] == 24
+    async with chromium() as browser:
+        page = await browser.new_page()
+        await page.goto(f"{live_api.url}/#/sweeps/{sweep['id']}")
+        await expect(page.locator("#sweep-body tr")).to_have_count(6)
+        heads = await page.locator("#sweep-head th").all_text_contents()
+        assert "rung" in heads
+        column = heads.index("rung")
+        texts = {
+            await row.get_attribute("data-id"): await row.locator("td").nth(column).text_content()
+            for row in await page.locator("#sweep-body tr").all()
+        }
+        for run in final["jobs"]:
+            st = run["stoppedEarly"]
+            want = f"stopped at {st['epoch']} (rung {st['rung']})" if st else "—"
+            assert texts[run["id"]] == want, (texts, run)
+        meta = page.locator("#sweep-meta")
+        await expect(meta.locator('[data-key="trials"] dd')).to_have_text("6 done / 6 asked / 6")
+        c = final["compute"]
+        share = round(100 * c["epochs"] / 24)
+        await expect(meta.locator('[data-key="compute"] dd')).to_have_text(
+            f"{c['epochs']} epochs of 24 ({share}% of a full grid); {len(stopped)} stopped early"
+        )
+        await page.screenshot(path=SHOTS / "sweep-asha.png", full_page=True)

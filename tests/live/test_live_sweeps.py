@@ -139,3 +139,43 @@ async def test_sweep_wait_in_a_terminal_shows_one_progress_bar_and_the_table(
     assert rc == 0 and out.count("Succeeded") == 6
     rc, out, _ = await gatequeue(live_api.url, "sweeps", sweep_id)
     assert rc == 0 and "best" in out
+
+
+async def test_gatequeue_sweep_with_asha_and_tpe(
+    live_api: LiveApi, client: GateQueueClient, start_worker: Callable[..., Awaitable[Worker]]
+) -> None:
+    """`gatequeue sweep --scheduler asha:1:2 --search tpe --trials N --wait` end to end: the
+    trials made, some runs stopped early (a RUNG column), progress and compute in the
+    headline; the same fields through the client."""
+    rungs = os.path.join(os.path.dirname(__file__), "..", "worker", "trainers", "rungs.py")
+    await start_worker(trainer_cmd=[sys.executable, str(rungs)], env=dict(os.environ))
+    base = ["--gate-optimizer", "softmax", "--network-layers", "1", "--epochs", "4",
+            "--gates", "40"]  # fmt: skip
+    for flags, message in (
+        (["--search", "tpe"], "needs --trials N"),
+        (["--trials", "3"], "--trials goes with --search random or tpe"),
+        (["--scheduler", "asha:2"], "expected asha, asha:R:ETA"),
+    ):
+        rc, _, err = await gatequeue(live_api.url, "sweep", *base, *flags)
+        assert rc == 2 and message in err, err
+    rc, out, err = await gatequeue(
+        live_api.url, "sweep", *base, "--grid", "gates=40,50,60,70,80,90",
+        "--scheduler", "asha:1:2", "--search", "tpe", "--trials", "5", "--search-seed", "3",
+        "--max-parallel", "1", "--wait",
+    )  # fmt: skip
+    assert rc == 0, err
+    assert "trials 5 done / 5 asked / 5" in out, out
+    assert "RUNG" in out, out
+    sweep = (await client.sweeps())[0]
+    assert sweep["search"] == {"type": "tpe", "trials": 5, "seed": 3}
+    assert sweep["scheduler"] == {"type": "asha", "minEpochs": 1, "reductionFactor": 2}
+    assert sweep["progress"] == {"done": 5, "asked": 5, "total": 5}
+    assert sweep["compute"]["gridEpochs"] == 24
+    runs = (await client.sweep(sweep["id"]))["jobs"]
+    ends = [(r["stoppedEarly"] or {}).get("epoch", 4) for r in runs]
+    assert sweep["compute"]["epochs"] == sum(ends)
+    assert sweep["compute"]["stoppedEarly"] == sum(1 for r in runs if r["stoppedEarly"])
+    for run, end in zip(runs, ends, strict=True):
+        assert run["epoch"] == end
+        if end < 4:
+            assert f"stopped e{end} (rung {[1, 2].index(end)})" in out

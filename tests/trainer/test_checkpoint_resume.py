@@ -151,6 +151,7 @@ class Runs:
     threaded: Done  # uninterrupted, --threads 2
     threaded_stopped: Done
     after_threaded: Done  # resumed where the default is one thread
+    rungs: list[Done]  # --stop-epoch 1, resumed with --stop-epoch 2, resumed to the end
 
 
 @pytest.fixture(scope="module")
@@ -176,8 +177,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
             [*THREADED, "--threads", "2", "--checkpoint-dir", str(tmp / "ck-threaded")],
             stop_at=2,
         ),
+        Trainer(
+            tmp / "rung-1", [*RUN, "--checkpoint-dir", str(tmp / "ck-rung"), "--stop-epoch", "1"]
+        ),
     ]
-    reference, signalled, by_stdin, threaded, threaded_stopped = (t.done() for t in first)
+    reference, signalled, by_stdin, threaded, threaded_stopped, rung1 = (t.done() for t in first)
     for done in (reference, signalled, by_stdin, threaded, threaded_stopped):
         assert done.rc in (0, EXIT_CHECKPOINTED), done.err
     assert reference.rc == threaded.rc == 0
@@ -197,8 +201,14 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         resume("after-stdin", by_stdin, RUN),
         # no --threads, and OMP_NUM_THREADS=1: torch's default here is one thread
         resume("after-threaded", threaded_stopped, THREADED, env={"OMP_NUM_THREADS": "1"}),
+        resume(
+            "rung-2", rung1, [*RUN, "--checkpoint-dir", str(tmp / "ck-rung"), "--stop-epoch", "2"]
+        ),
     ]
-    epoch_end, finished, after_signal, after_stdin, after_threaded = (t.done() for t in second)
+    epoch_end, finished, after_signal, after_stdin, after_threaded, rung2 = (
+        t.done() for t in second
+    )
+    rung_end = resume("rung-end", rung2, RUN).done()
     yield Runs(
         reference,
         epoch_end,
@@ -210,6 +220,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runs]:
         threaded,
         threaded_stopped,
         after_threaded,
+        [rung1, rung2, rung_end],
     )
 
 
@@ -289,3 +300,18 @@ def test_a_resume_computes_with_the_checkpoints_threads(runs: Runs) -> None:
     assert resumed.network() == runs.threaded.network()
     built = [line for line in resumed.out.splitlines() if "model built" in line]
     assert built and " threads=2 " in built[0] + " ", built
+
+
+def test_stop_epoch_stops_at_each_rung_and_the_resumed_legs_repeat_the_run(runs: Runs) -> None:
+    """A sweep's ASHA rungs (docs/sweeps.md): the run checkpoints after epoch 1 and exits 76,
+    resumes to epoch 2 and exits 76, then to the end: no epoch trained twice, and the same
+    epochs and network as the run that never stopped."""
+    first, second, last = runs.rungs
+    assert (first.rc, second.rc, last.rc) == (EXIT_CHECKPOINTED, EXIT_CHECKPOINTED, 0)
+    assert first.epochs() == runs.reference.epochs()[:1]
+    assert [(e, s) for e, s, _, _ in first.checkpoints()] == [(1, 0)]
+    assert "RESUMED epoch=1 step=0" in second.out.splitlines()
+    assert second.epochs() == runs.reference.epochs()[1:2]
+    assert "RESUMED epoch=2 step=0" in last.out.splitlines()
+    assert last.epochs() == runs.reference.epochs()[2:]
+    assert last.network() == runs.reference.network()

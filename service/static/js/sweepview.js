@@ -94,6 +94,7 @@ export class SweepView {
     Object.assign(run, {
       status: job.status, latestMetrics: job.latestMetrics, startedAt: job.startedAt,
       finishedAt: job.finishedAt, result: job.result, warnings: job.warnings || [], etaS: job.etaS,
+      targetEpoch: job.targetEpoch, stoppedEarly: job.stoppedEarly,
     });
     run.value = valueOf(run, this.sweep.metric);
     this.render();
@@ -147,6 +148,7 @@ export class SweepView {
       ["seeds", String(s.seeds ?? 1)],
     ];
     if (s.status === "Active" && eta(s.etaS)) meta.push(["time left", `about ${eta(s.etaS)}`]);
+    meta.push(...searchMeta(s));
     $("sweep-meta").replaceChildren(...meta.map(([k, v]) =>
       el("div", { "data-key": k }, el("dt", { text: k }), el("dd", { text: v, title: v }))));
     const cancel = $("sweep-cancel");
@@ -199,6 +201,9 @@ export class SweepView {
     cols.push({ key: "status", label: "status", get: (r) => r.status });
     cols.push({ key: "epoch", label: "epoch", get: (r) => epochs(r)[0], num: true,
       show: (r) => { const [d, t] = epochs(r); return t ? `${d}/${t}` : "—"; } });
+    if (s.scheduler) { // where the run is on its scheduler's rungs, or where it was stopped
+      cols.push({ key: "rung", label: "rung", get: (r) => rungSort(r), num: true, show: rungText });
+    }
     cols.push({ key: "value", label: s.metric, get: (r) => r.value, num: true, metric: s.metric });
     if (s.metric !== HEADLINE) { // the kept network's test accuracy, beside the metric it was kept by
       cols.push({ key: HEADLINE, label: HEADLINE, get: (r) => valueOf(r, HEADLINE), num: true, metric: HEADLINE });
@@ -353,3 +358,39 @@ export class SweepView {
   }
 }
 
+
+// A sweep's scheduler and search (docs/sweeps.md): what it is, trials done / asked / total,
+// and the epochs its runs trained against a full grid's.
+export function searchMeta(s) {
+  const out = [];
+  const sc = s.scheduler;
+  if (sc) {
+    out.push(["scheduler", sc.type === "asha"
+      ? `ASHA, rungs from epoch ${sc.minEpochs}, ×${sc.reductionFactor}`
+      : `median after epoch ${sc.graceEpochs}`]);
+  }
+  if (s.search && s.search.type !== "grid") {
+    out.push(["search", `${s.search.type === "tpe" ? "TPE" : "random"}, seed ${s.search.seed}`]);
+  }
+  if (sc || s.search) {
+    const p = s.progress || {};
+    out.push(["trials", `${p.done ?? 0} done / ${p.asked ?? 0} asked / ${p.total ?? 0}`]);
+    const c = s.compute || {};
+    const grid = c.gridEpochs ? ` of ${c.gridEpochs} (${Math.round((100 * c.epochs) / c.gridEpochs)}% of a full grid)` : "";
+    out.push(["compute", `${c.epochs ?? 0} epochs${grid}; ${c.stoppedEarly ?? 0} stopped early`]);
+  }
+  return out;
+}
+
+// "stopped at 2 (rung 1)", "stopped at 3 (median)", "→ rung 0 (epoch 1)", or "—".
+export function rungText(r) {
+  const st = r.stoppedEarly;
+  if (st) return `stopped at ${st.epoch} (${st.rung === null || st.rung === undefined ? "median" : `rung ${st.rung}`})`;
+  if (r.rung !== null && r.rung !== undefined && r.targetEpoch) return `→ rung ${r.rung} (epoch ${r.targetEpoch})`;
+  return "—";
+}
+
+function rungSort(r) {
+  if (r.stoppedEarly) return r.stoppedEarly.epoch;
+  return r.targetEpoch ?? Infinity;
+}
