@@ -74,6 +74,8 @@ class Settings:
     retain_failed_days: float = DEFAULT_RETAIN_FAILED_DAYS
     max_dataset: int = DEFAULT_MAX_DATASET
     data_cache: int = DEFAULT_DATA_CACHE
+    # Each worker slot forks its runs from a warm trainer (docs/worker.md, "Warm starts").
+    warm_start: bool = True
 
     @property
     def auth_configured(self) -> bool:
@@ -157,6 +159,7 @@ class Settings:
             or DEFAULT_MAX_DATASET,
             data_cache=parse_bytes("GATEQUEUE_DATA_CACHE", env.get("GATEQUEUE_DATA_CACHE"))
             or DEFAULT_DATA_CACHE,
+            warm_start=_parse_switch("GATEQUEUE_WARM_START", env.get("GATEQUEUE_WARM_START"), True),
         )  # fmt: skip
 
 
@@ -280,3 +283,17 @@ def _parse_choice(name: str, raw: str | None, choices: tuple[str, ...], default:
     if value not in choices:
         raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
     return value
+
+
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+def _parse_switch(name: str, raw: str | None, default: bool) -> bool:
+    """On or off: 1/true/yes/on or 0/false/no/off (any case); unset or empty: `default`."""
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in _ON + _OFF:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(_ON + _OFF)}")
+    return value in _ON
