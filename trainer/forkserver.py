@@ -245,13 +245,28 @@ class Server:
             for fd in fds:
                 os.close(fd)
             return False
+        message = protocol.parse_fork_message(data)
         try:
-            self._spawn(protocol.parse_fork_message(data), fds)
+            if message is not None and message["op"] == protocol.FORK_KEEP:
+                self._keep(message)
+            else:
+                self._spawn(message, fds)
         finally:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         return True
+
+    def _keep(self, message: dict[str, Any]) -> None:
+        argv = list(message["argv"])
+        if code_fingerprint() != self.fingerprint:
+            self.send(protocol.FORK_REFUSED, why="the trainer's code changed", stale=True)
+            return
+        kept = None
+        if self.entry.matches(argv[1:]):
+            with contextlib.suppress(Exception):  # the run loads it itself, says what fails
+                kept = self.entry.keep_data(argv[1 + len(self.entry.words) :])
+        self.send(protocol.FORK_KEPT, kept=kept is not None)
 
     def _spawn(self, message: dict[str, Any] | None, fds: list[int]) -> None:
         if message is None or message["op"] != protocol.FORK_SPAWN or len(fds) != 3:

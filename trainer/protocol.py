@@ -66,6 +66,8 @@ def supervised_env(
 # carries the run's stdin, stdout and stderr as three file descriptors (SCM_RIGHTS).
 
 FORK_READY = "ready"  # server -> worker, once: {pid}, everything imported
+FORK_KEEP = "keep"  # worker -> server: {argv}: load the run's data set now (before its env)
+FORK_KEPT = "kept"  # server -> worker: {kept}: whether it is in memory
 FORK_SPAWN = "spawn"  # worker -> server: {argv, env, cwd, memoryLimit} + 3 fds
 FORK_SPAWNED = "spawned"  # server -> worker: {pid} of the forked run
 FORK_REFUSED = "refused"  # server -> worker: {why, stale}; stale: start a new server

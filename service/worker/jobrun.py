@@ -307,6 +307,8 @@ class JobRun:
             argv = self._argv(workdir, output_dir, resume, dataset)
         except (KeyError, TypeError, AttributeError) as exc:
             return None, False, f"the job's hyperparameters cannot be passed on: {exc}"
+        if self.warm is not None:  # may start its server: before the lease deadline is read
+            await self.warm.prepare(argv)
         env = self.slot.env(self.s.env)
         env |= protocol.supervised_env(
             deadline=self._fence_deadline(self.lease.deadline),

@@ -34,7 +34,7 @@ from trainer import protocol
 log = structlog.get_logger(__name__)
 
 READY_WITHIN_S = 180.0  # imports on a busy machine, and the C++ kernel's first build
-REPLY_WITHIN_S = 30.0  # a fork, plus loading the run's data set the first time
+REPLY_WITHIN_S = 60.0  # a fork; a `keep`: loading the run's data set the first time
 _READ_LIMIT = 1 << 16
 # Started with -c so that `trainer.forkserver` imports whatever PYTHONPATH the slot's
 # environment has: the worker's own trainer package is appended (found last, as the
@@ -106,6 +106,7 @@ class _Server:
         self.sock = sock
         self.pid: int | None = None  # the server's own, from its ready message
         self.ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.ready.add_done_callback(_retrieved)  # a server lost before anyone waited on it
         self.reply: asyncio.Future[dict[str, Any]] | None = None
         self.exits: dict[int, asyncio.Future[int]] = {}
         self.closed = asyncio.Event()
@@ -176,6 +177,11 @@ class _Server:
                 self.proc.kill()
             await self.proc.wait()
         await cancel_and_wait(*self.tasks)
+
+
+def _retrieved(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 async def _killed_with_server(pid: int, fut: asyncio.Future[int]) -> None:
@@ -272,6 +278,31 @@ class WarmTrainer:
         ]
         return server
 
+    async def prepare(self, argv: Sequence[str]) -> bool:
+        """Before a run's environment is made (its first lease deadline in it): the server
+        ready, started or replaced if it died or its trainer code changed, and the run's
+        data set loaded in it, so that `spawn` is a fork and nothing slower. False: the run
+        will start cold."""
+        message = protocol.fork_message(protocol.FORK_KEEP, argv=list(argv))
+        async with self._lock:
+            for _ in range(2):
+                server = await self._ensure()
+                if server is None:
+                    return False
+                try:
+                    reply = await self._ask(server, message, [])
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    log.warning("warm trainer failed; starting a new one", error=str(exc))
+                    await self._drop()
+                    continue
+                if reply["op"] == protocol.FORK_KEPT:
+                    return True
+                if not reply.get("stale"):
+                    return False
+                log.info("warm trainer is stale; starting a new one", why=reply.get("why"))
+                await self._drop()
+            return False
+
     async def spawn(
         self,
         argv: Sequence[str],
@@ -281,34 +312,45 @@ class WarmTrainer:
         memory_limit: int | None,
         stdin: bool,
     ) -> ForkedProcess | None:
-        """The run forked from the server, or None: start it cold (no server, or it
-        refused). A server that refuses as stale is replaced and asked once more."""
+        """The run forked from the ready server, or None: start it cold (no server, or it
+        refused; a stale one is replaced for the next run, not this one, whose lease
+        deadline in `env` must still hold when it starts)."""
         async with self._lock:
-            for _ in range(2):
-                server = await self._ensure()
-                if server is None:
-                    return None
-                try:
-                    reply, pipes, exited = await self._request(
-                        server, argv, env, cwd, memory_limit, stdin
-                    )
-                except (OSError, ConnectionError, TimeoutError) as exc:
-                    log.warning("warm trainer failed; starting the run cold", error=str(exc))
-                    await server.close()
-                    self._server = None
-                    return None
-                if exited is not None:
-                    return await self._forked(int(reply["pid"]), exited, pipes, stdin)
-                for fd in pipes:
-                    os.close(fd)
-                why = str(reply.get("why", reply))
-                if not reply.get("stale"):
-                    log.warning("warm trainer refused the run; starting it cold", why=why)
-                    return None
-                log.info("warm trainer is stale; starting a new one", why=why)
-                await server.close()
-                self._server = None
+            server = self._server
+            if server is None or not server.alive:
+                return None
+            try:
+                reply, pipes, exited = await self._request(
+                    server, argv, env, cwd, memory_limit, stdin
+                )
+            except (OSError, ConnectionError, TimeoutError) as exc:
+                log.warning("warm trainer failed; starting the run cold", error=str(exc))
+                await self._drop()
+                return None
+            if exited is not None:
+                return await self._forked(int(reply["pid"]), exited, pipes, stdin)
+            for fd in pipes:
+                os.close(fd)
+            log.warning("warm trainer refused the run; starting it cold",
+                        why=str(reply.get("why", reply)))  # fmt: skip
+            if reply.get("stale"):
+                await self._drop()
             return None
+
+    async def _drop(self) -> None:
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
+
+    async def _ask(self, server: _Server, message: bytes, fds: list[int]) -> dict[str, Any]:
+        """One request and its reply. A few KiB into an empty socket buffer never blocks
+        (if it would: OSError, and the run starts cold)."""
+        server.reply = asyncio.get_running_loop().create_future()
+        try:
+            socket.send_fds(server.sock, [message], fds)
+            return await asyncio.wait_for(asyncio.shield(server.reply), REPLY_WITHIN_S)
+        finally:
+            server.reply = None
 
     async def _request(
         self,
@@ -331,17 +373,13 @@ class WarmTrainer:
                 protocol.FORK_SPAWN, argv=list(argv), env=dict(env), cwd=str(cwd),
                 memoryLimit=memory_limit,
             )  # fmt: skip
-            server.reply = asyncio.get_running_loop().create_future()
-            # A few KiB into an empty socket buffer: never blocks (else: OSError, cold).
-            socket.send_fds(server.sock, [message], [in_r, out_w, err_w])
-            reply = await asyncio.wait_for(asyncio.shield(server.reply), REPLY_WITHIN_S)
+            reply = await self._ask(server, message, [in_r, out_w, err_w])
         except BaseException:
             for fd in ours:
                 if fd >= 0:
                     os.close(fd)
             raise
         finally:
-            server.reply = None
             for fd in (in_r, out_w, err_w):
                 os.close(fd)
         exited: asyncio.Future[int] | None = reply.get("exited")
