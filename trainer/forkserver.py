@@ -340,8 +340,7 @@ def _child(
                 os.close(fd)
         server.selector.close()
         server.sock.close()
-        os.environ.clear()
-        os.environ.update(env)
+        environment.become(env)
         os.chdir(message["cwd"])
         if kept is not None:
             from trainer.data.datasets import forget_others
@@ -373,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     words = args.entry[1:] if args.entry[:1] == ["--"] else args.entry
     sock = socket.socket(fileno=args.fd)
-    env = dict(os.environ)
+    env = environment.snapshot()
     entry = Entry(words)
     _prepare_libc()
     entry.warm_up()

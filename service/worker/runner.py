@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING
 
 import structlog
 
+from service import config
+
 if TYPE_CHECKING:
     from service.worker.warm import ForkedProcess, WarmTrainer
 
@@ -166,7 +168,7 @@ class TrainerProcess:
         if self._warm is not None:
             server = self._warm.server_pid
             self._proc = await self._warm.spawn(
-                self.argv, env=self._env if self._env is not None else os.environ,
+                self.argv, env=self._env if self._env is not None else config.environment(),
                 cwd=self._cwd if self._cwd is not None else Path.cwd(),
                 memory_limit=self.memory_limit, stdin=self._stdin,
             )  # fmt: skip
