@@ -102,6 +102,24 @@ async def test_a_server_killed_between_runs_is_rebuilt(
     assert worker.warm["cpu"].started == 2
 
 
+async def test_a_server_killed_mid_run_takes_its_run_along_and_is_rebuilt(
+    store: Store, make_worker: MakeWorker
+) -> None:
+    """No run outlives its server (its parent-death signal): the run ends as killed, and
+    the next run gets a new server."""
+    worker = await make_worker(trainer_cmd=trainer("whoami"))
+    job = await insert(store, {**TINY_HP, "seed": SLEEP_SEED}, maxAttempts=1)
+    pid = await logged_value(store, job.id, "pid")
+    old = await _parent(store, job.id)
+    os.kill(old, signal.SIGKILL)
+    killed = await wait_job(store, job.id, finished)
+    assert killed.status == Status.FAILED and killed.exitCode == -signal.SIGKILL
+    assert not pid_alive(pid)
+    after = await _run(store)
+    assert after.status == Status.SUCCEEDED, after.error
+    assert await _parent(store, after.id) == _server(worker) != old
+
+
 async def test_a_change_of_the_trainer_code_rebuilds_the_server(
     store: Store, make_worker: MakeWorker
 ) -> None:
