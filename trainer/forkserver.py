@@ -372,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     words = args.entry[1:] if args.entry[:1] == ["--"] else args.entry
     sock = socket.socket(fileno=args.fd)
+    os.close(os.pidfd_open(os.getpid()))  # Linux >= 5.3, else exit here: runs start cold
     env = environment.snapshot()
     entry = Entry(words)
     _prepare_libc()

@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from trainer import protocol
 log = structlog.get_logger(__name__)
 
 READY_WITHIN_S = 180.0  # imports on a busy machine, and the C++ kernel's first build
+RETRY_AFTER_S = 300.0  # a server that failed to start is not tried again sooner
 REPLY_WITHIN_S = 60.0  # a fork; a `keep`: loading the run's data set the first time
 _READ_LIMIT = 1 << 16
 # Started with -c so that `trainer.forkserver` imports whatever PYTHONPATH the slot's
@@ -223,6 +225,7 @@ class WarmTrainer:
         self._server: _Server | None = None
         self._lock = asyncio.Lock()
         self.started = 0  # servers started so far (tests, logs)
+        self._failed_at: float | None = None  # the last start that failed (monotonic)
 
     @property
     def server_pid(self) -> int | None:
@@ -240,15 +243,20 @@ class WarmTrainer:
         if self._server is not None:
             await self._server.close()
             self._server = None
+        if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_AFTER_S:
+            return None  # runs start cold meanwhile, without waiting for a start that fails
         try:
             self._server = await self._launch()
             await asyncio.wait_for(asyncio.shield(self._server.ready), READY_WITHIN_S)
         except (OSError, ConnectionError, TimeoutError) as exc:
-            log.warning("warm trainer did not start; runs start cold", error=str(exc))
+            log.warning("warm trainer did not start; runs start cold", error=str(exc),
+                        retry_after_s=RETRY_AFTER_S)  # fmt: skip
+            self._failed_at = time.monotonic()
             if self._server is not None:
                 await self._server.close()
                 self._server = None
             return None
+        self._failed_at = None
         log.info("warm trainer ready", pid=self._server.pid, entry=self.entry)
         return self._server
 
