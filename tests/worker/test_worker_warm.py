@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -179,6 +180,21 @@ async def test_cold_start_when_turned_off(store: Store, make_worker: MakeWorker)
     assert await _parent(store, done.id) == os.getpid()  # the worker's own child
     assert Settings.from_env({"GATEQUEUE_WARM_START": "0"}).warm_start is False
     assert Settings.from_env({}).warm_start is True
+
+
+async def test_runs_start_cold_when_the_server_cannot_start(
+    store: Store, make_worker: MakeWorker, tmp_path: Path
+) -> None:
+    """A warm start is never why a run fails: here the server's directory is a file."""
+    data_dir = tmp_path / "blocked"
+    data_dir.mkdir()
+    (data_dir / "warm").write_text("not a directory")
+    worker = await make_worker(trainer_cmd=trainer("whoami"), data_dir=data_dir)
+    for _ in range(2):
+        done = await _run(store)
+        assert done.status == Status.SUCCEEDED, done.error
+        assert await _parent(store, done.id) == os.getpid()  # started cold, by the worker
+    assert worker.warm["cpu"].server_pid is None
 
 
 async def test_warm_and_cold_runs_of_the_real_trainer_are_identical(
