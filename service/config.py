@@ -82,6 +82,8 @@ class Settings:
     webhooks: tuple[Notify, ...] = ()
     webhook_secret: str | None = None
     webhook_allow: tuple[str, ...] = ()
+    # Each worker slot forks its runs from a warm trainer (docs/worker.md, "Warm starts").
+    warm_start: bool = True
 
     @property
     def auth_configured(self) -> bool:
@@ -168,6 +170,7 @@ class Settings:
             webhooks=parse_webhooks(env.get("GATEQUEUE_WEBHOOKS")),
             webhook_secret=env.get("GATEQUEUE_WEBHOOK_SECRET") or None,
             webhook_allow=parse_allow(env.get("GATEQUEUE_WEBHOOK_ALLOW")),
+            warm_start=_parse_switch("GATEQUEUE_WARM_START", env.get("GATEQUEUE_WARM_START"), True),
         )  # fmt: skip
 
 
@@ -339,3 +342,17 @@ def _parse_choice(name: str, raw: str | None, choices: tuple[str, ...], default:
     if value not in choices:
         raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(choices)}")
     return value
+
+
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+def _parse_switch(name: str, raw: str | None, default: bool) -> bool:
+    """On or off: 1/true/yes/on or 0/false/no/off (any case); unset or empty: `default`."""
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value not in _ON + _OFF:
+        raise ConfigError(f"{name}={raw!r}: expected one of {', '.join(_ON + _OFF)}")
+    return value in _ON

@@ -31,6 +31,19 @@ def set_default(name: str, value: str) -> None:
     os.environ.setdefault(name, value)
 
 
+def snapshot() -> dict[str, str]:
+    """The whole environment, as a warm trainer started (trainer/forkserver.py): a run it
+    forks must have been meant for the same one."""
+    return dict(os.environ)
+
+
+def become(env: dict[str, str]) -> None:
+    """Replace the whole environment: a forked run takes the one its worker made for it, as
+    a cold run starts with it."""
+    os.environ.clear()
+    os.environ.update(env)
+
+
 def cache_home() -> Path:
     """The user's cache folder: $XDG_CACHE_HOME, else ~/.cache."""
     xdg = _get("XDG_CACHE_HOME")

@@ -60,6 +60,37 @@ def supervised_env(
     }
 
 
+# -- the warm trainer's control socket -----------------------------------------------------
+# A worker slot's fork server (trainer/forkserver.py) and the worker (service/worker/warm.py)
+# exchange one JSON object per SOCK_SEQPACKET message, `op` naming its kind. A `spawn`
+# carries the run's stdin, stdout and stderr as three file descriptors (SCM_RIGHTS).
+
+FORK_READY = "ready"  # server -> worker, once: {pid}, everything imported
+FORK_KEEP = "keep"  # worker -> server: {argv}: load the run's data set now (before its env)
+FORK_KEPT = "kept"  # server -> worker: {kept}: whether it is in memory
+FORK_SPAWN = "spawn"  # worker -> server: {argv, env, cwd, memoryLimit} + 3 fds
+FORK_SPAWNED = "spawned"  # server -> worker: {pid} of the forked run
+FORK_REFUSED = "refused"  # server -> worker: {why, stale}; stale: start a new server
+FORK_EXITED = "exited"  # server -> worker: {pid, code}; code < 0: killed by signal -code
+FORK_MESSAGE_MAX = 1 << 20  # bytes of one message (a run's argv and environment)
+
+
+def fork_message(op: str, **fields: Any) -> bytes:
+    """One control message, as sent."""
+    return json.dumps({"op": op, **fields}, separators=(",", ":")).encode()
+
+
+def parse_fork_message(data: bytes) -> dict[str, Any] | None:
+    """A received control message, or None for anything that is not one."""
+    try:
+        message = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+        return None
+    return message
+
+
 # -- stdin commands ------------------------------------------------------------------------
 
 

@@ -64,6 +64,7 @@ async def run_worker(
             lease_s=settings.lease_s,
             heartbeat_file=settings.heartbeat_file,
             data_cache_bytes=settings.data_cache,
+            warm_start=settings.warm_start,
             **options,
         )
         if metrics_port is not None:

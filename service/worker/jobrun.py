@@ -55,6 +55,7 @@ from service.worker.gpus import Slot
 from service.worker.lease import Lease
 from service.worker.logsink import LogSink
 from service.worker.runner import TrainerProcess
+from service.worker.warm import WarmTrainer
 from trainer import protocol
 from trainer.options import run_control_args, trainer_args
 
@@ -123,9 +124,11 @@ class JobRun:
         *,
         claimed_at: float | None = None,
         data_cache: DataCache | None = None,
+        warm: WarmTrainer | None = None,
     ) -> None:
         self.store = store
         self.data_cache = data_cache
+        self.warm = warm  # the slot's warm trainer (service.worker.warm); None: cold starts
         self.s = settings
         self.slot = slot
         self.job_id = job.id
@@ -325,6 +328,8 @@ class JobRun:
             argv = self._argv(workdir, output_dir, resume, dataset)
         except (KeyError, TypeError, AttributeError) as exc:
             return None, False, f"the job's hyperparameters cannot be passed on: {exc}"
+        if self.warm is not None:  # may start its server: before the lease deadline is read
+            await self.warm.prepare(argv)
         env = self.slot.env(self.s.env)
         env |= protocol.supervised_env(
             deadline=self._fence_deadline(self.lease.deadline),
@@ -337,6 +342,7 @@ class JobRun:
         self.proc = TrainerProcess(
             argv, on_line=self._on_line, env=env, cwd=workdir,
             die_with_worker=self.s.die_with_worker, stdin=True, memory_limit=self.memory_limit,
+            warm=self.warm,
         )  # fmt: skip
         if self._stop.is_set():
             return None, True, ""
@@ -345,7 +351,8 @@ class JobRun:
         except OSError as exc:
             return None, False, f"cannot start the trainer {self.s.trainer_cmd[0]!r}: {exc}"
         self.started.set()
-        self.log.info("trainer started", pid=self.proc.pid, resume=str(resume or ""))
+        self.log.info("trainer started", pid=self.proc.pid, resume=str(resume or ""),
+                      forked_from=self.proc.forked_from)  # fmt: skip
         waiter = asyncio.create_task(self.proc.wait())
         stopper = asyncio.create_task(self._stop.wait())
         try:

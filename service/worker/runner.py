@@ -18,8 +18,14 @@ import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
+
+from service import config
+
+if TYPE_CHECKING:
+    from service.worker.warm import ForkedProcess, WarmTrainer
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +119,10 @@ async def _find_launcher() -> list[str]:
 
 
 class TrainerProcess:
-    """Start once, then `wait()` for the exit code; `terminate()` may run concurrently."""
+    """Start once, then `wait()` for the exit code; `terminate()` may run concurrently.
+
+    With `warm` (the slot's warm trainer, service.worker.warm) the process is forked from
+    it, else (or when it cannot) started cold; everything after the start is the same."""
 
     def __init__(
         self,
@@ -127,8 +136,11 @@ class TrainerProcess:
         drain_timeout_s: float = DRAIN_TIMEOUT_S,
         stdin: bool = False,
         memory_limit: int | None = None,
+        warm: WarmTrainer | None = None,
     ) -> None:
         self.argv = list(argv)
+        self._warm = warm
+        self.forked_from: int | None = None  # the warm trainer's pid, for a forked run
         self.memory_limit = memory_limit
         self._on_line = on_line
         self._env = dict(env) if env is not None else None
@@ -137,7 +149,7 @@ class TrainerProcess:
         self._max_line_bytes = max_line_bytes
         self._drain_timeout_s = drain_timeout_s
         self._stdin = stdin
-        self._proc: asyncio.subprocess.Process | None = None
+        self._proc: asyncio.subprocess.Process | ForkedProcess | None = None
         self._pumps: list[asyncio.Task[None]] = []
         self.stderr_tail: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self.returncode: int | None = None
@@ -153,6 +165,17 @@ class TrainerProcess:
 
     async def start(self) -> None:
         """Raises OSError when the command cannot be started at all."""
+        if self._warm is not None:
+            server = self._warm.server_pid
+            self._proc = await self._warm.spawn(
+                self.argv, env=self._env if self._env is not None else config.environment(),
+                cwd=self._cwd if self._cwd is not None else Path.cwd(),
+                memory_limit=self.memory_limit, stdin=self._stdin,
+            )  # fmt: skip
+            if self._proc is not None:
+                self.forked_from = self._warm.server_pid or server
+                self._start_pumps(self._proc.stdout, self._proc.stderr)
+                return
         prefix = await parent_death_launcher() if self._die_with_worker else []
         argv = [*prefix, *memory_limit_prefix(self.memory_limit), *self.argv]
         self._proc = await asyncio.create_subprocess_exec(
@@ -165,10 +188,15 @@ class TrainerProcess:
             start_new_session=True,  # own session, so its own process group (pgid == pid)
             limit=_READ_LIMIT,
         )
-        assert self._proc.stdout is not None and self._proc.stderr is not None
+        self._start_pumps(self._proc.stdout, self._proc.stderr)
+
+    def _start_pumps(
+        self, stdout: asyncio.StreamReader | None, stderr: asyncio.StreamReader | None
+    ) -> None:
+        assert stdout is not None and stderr is not None
         self._pumps = [
-            asyncio.create_task(self._pump("stdout", self._proc.stdout)),
-            asyncio.create_task(self._pump("stderr", self._proc.stderr)),
+            asyncio.create_task(self._pump("stdout", stdout)),
+            asyncio.create_task(self._pump("stderr", stderr)),
         ]
 
     async def wait(self) -> int:

@@ -39,6 +39,7 @@ from service.worker.gpus import Slot
 from service.worker.heartbeat import DEFAULT_INTERVAL_S, run_heartbeat
 from service.worker.jobrun import JobRun, RunSettings
 from service.worker.prom import WorkerMetrics
+from service.worker.warm import WarmTrainer, entry_of
 
 log = structlog.get_logger(__name__)
 
@@ -84,6 +85,7 @@ class Worker:
         memory_limit_headroom: int = memory.LIMIT_HEADROOM,
         register_every_s: float = HEARTBEAT_S,
         data_cache_bytes: int = config.DEFAULT_DATA_CACHE,
+        warm_start: bool = True,
     ) -> None:
         if not slots:
             raise ValueError("a worker needs at least one slot")
@@ -128,6 +130,15 @@ class Worker:
             on_lookup=self.metrics.note_data_cache,
         )  # fmt: skip
         self.log = log.bind(worker_id=worker_id)
+        # One warm trainer per slot (docs/worker.md, "Warm starts"), where the trainer is a
+        # Python command the worker's interpreter runs; others start cold.
+        self.warm: dict[str, WarmTrainer] = {}
+        if warm_start and entry_of(cmd) is not None:
+            for s in self.slots:
+                self.warm[s.gpu] = WarmTrainer(
+                    cmd, s.env(base_env), cwd=self.run_settings.data_dir / "warm",
+                    die_with_worker=die_with_worker,
+                )  # fmt: skip
         self.feed = job_feed(store, worker_id)
         self.runs: dict[ObjectId, JobRun] = {}  # by job id
         self._busy: dict[str, ObjectId] = {}  # slot gpu -> job id
@@ -183,6 +194,9 @@ class Worker:
         ]
         if self.sweep_leases:
             background.append(asyncio.create_task(self._sweeper(), name="sweeper"))
+        # Warmed in the background: a run claimed meanwhile waits for its server to be ready
+        # (or starts cold when it cannot start).
+        warming = [asyncio.create_task(w.start(), name="warm-start") for w in self.warm.values()]
         heartbeat = None
         if self.heartbeat_file is not None:
             heartbeat = asyncio.create_task(
@@ -208,6 +222,8 @@ class Worker:
             await cancel_and_wait(stop_wait, *background)
             await self._shutdown_runs()
             await cancel_and_wait(*self._settles)
+            await cancel_and_wait(*warming)
+            await asyncio.gather(*(w.close() for w in self.warm.values()), return_exceptions=True)
             with contextlib.suppress(PyMongoError):
                 await self.feed.tokens.flush()
             with contextlib.suppress(PyMongoError):
@@ -420,7 +436,10 @@ class Worker:
         return True
 
     def _start_run(self, slot: Slot, job: JobRecord) -> None:
-        run = JobRun(self.store, self.run_settings, slot, job, data_cache=self.data_cache)
+        run = JobRun(
+            self.store, self.run_settings, slot, job, data_cache=self.data_cache,
+            warm=self.warm.get(slot.gpu),
+        )  # fmt: skip
         run.log.info("job claimed", attempt=job.attempt)
         self.runs[job.id] = run
         if job.id in self._early_cancels:

@@ -203,3 +203,52 @@ def test_shipped_datasets_are_binary_and_fixed(name: str, classes: int) -> None:
 def test_unknown_dataset_is_a_clear_error() -> None:
     with pytest.raises(DataError, match="unknown dataset"):
         load_dataset("imagenet")
+
+
+@pytest.fixture
+def kept() -> Iterator[None]:
+    """The process's kept data sets (a warm trainer's), emptied around the test."""
+    from trainer.data import datasets
+
+    datasets._kept.clear()
+    yield
+    datasets._kept.clear()
+
+
+def _encoded(path: Path, rows: int) -> None:
+    from trainer.data.encoded import write_encoded
+
+    rng = np.random.default_rng(rows)
+    x = rng.integers(0, 2, (rows, 12), dtype=np.uint8)
+    y = np.arange(rows) % 2
+    write_encoded(
+        path, {"train": np.packbits(x, axis=1), "test": np.packbits(x[:4], axis=1)},
+        {"train": y, "test": y[:4]}, inputs=12, classes=2, thresholds=np.zeros((12, 1)),
+    )  # fmt: skip
+
+
+def test_a_kept_data_set_is_served_from_memory_until_its_file_changes(
+    kept: None, tmp_path: Path
+) -> None:
+    """A warm trainer keeps what it loaded (trainer.data.datasets.keep_loaded); a forked run
+    gets the same arrays without reading a file, and a registered file that changed on disk
+    is read again, never served stale."""
+    from trainer.data.datasets import forget_others, keep_loaded
+
+    assert keep_loaded("digits")
+    assert load_dataset("digits") is load_dataset("digits")
+    file = tmp_path / "a.npz"
+    _encoded(file, 8)
+    assert keep_loaded("mine", "data", file)
+    first = load_dataset("mine", "data", file)
+    assert first is load_dataset("mine", "data", file) and len(first.y_train) == 8
+    _encoded(file, 10)  # another size: another key
+    changed = load_dataset("mine", "data", file)
+    assert changed is not first and len(changed.y_train) == 10
+    forget_others("digits")
+    from trainer.data import datasets
+
+    assert [k[1] for k in datasets._kept] == ["digits"]
+    # Nothing is downloaded or kept for a data set not on disk.
+    assert not keep_loaded("mnist", tmp_path)
+    assert not keep_loaded("nonesuch")

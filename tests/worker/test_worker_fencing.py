@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 from worker_helpers import (
     TINY_HP,
     MakeWorker,
@@ -74,6 +75,8 @@ async def test_a_frozen_workers_trainer_stops_by_its_deadline_and_its_writes_are
         first_attempt = running.attemptId
         assert running.worker is not None and running.worker.id == "frozen"
         trainer_pid = await logged_value(store, job.id, "pid")
+        # Forked by the worker's warm trainer (on by default), not started by the worker.
+        assert psutil.Process(trainer_pid).ppid() not in (frozen.pid, 1)
         await eventually(lambda: asyncio.to_thread(_heard_a_renewal, ledger, first_attempt))
         frozen.send_signal(signal.SIGSTOP)
 

@@ -16,6 +16,8 @@ from trainer.data.catalog import CLASSES, DATASETS, IMAGE_SHAPES, ImageShape
 from trainer.data.cifar import load_cifar10
 from trainer.data.encoded import load_encoded
 from trainer.data.errors import DataError
+from trainer.data.mnist import FILES as MNIST_FILES
+from trainer.data.mnist import find_file as find_mnist_file
 from trainer.data.mnist import load_mnist
 
 __all__ = ["CLASSES", "DATASETS", "DataError", "Dataset", "load_dataset"]
@@ -153,12 +155,87 @@ def _registered(name: str, file: Path) -> Dataset:
     )  # fmt: skip
 
 
+# -- kept in memory by a warm trainer (trainer/forkserver.py) ------------------------------
+# A fork server loads each data set it serves once, before it forks the run, so the run and
+# every later one inherit it ready (copy-on-write pages, nothing copied). Keyed by what
+# identifies the bytes: a built-in's name (and folder, for the downloaded ones), a
+# registered data set's file (named by its SHA-256 in the worker's cache) with its size and
+# modification time. Least recently used ones go first above KEPT_MAX_BYTES.
+KEPT_MAX_BYTES = 2 << 30
+_kept: dict[tuple[str, ...], Dataset] = {}
+
+
+def _kept_key(name: str, data_dir: Path, file: Path | None) -> tuple[str, ...] | None:
+    if file is not None:
+        try:
+            st = file.stat()
+        except OSError:
+            return None
+        return ("file", name, str(file.resolve()), str(st.st_size), str(st.st_mtime_ns))
+    if name in ("digits", "breast_cancer"):
+        return ("builtin", name)
+    if name in ("mnist", "cifar10"):
+        return ("builtin", name, str(data_dir.resolve()))
+    return None
+
+
+def _nbytes(data: Dataset) -> int:
+    arrays = (data.x_train, data.y_train, data.x_valid, data.y_valid, data.x_test, data.y_test)
+    return sum(a.nbytes for a in arrays if a is not None)
+
+
+def _on_disk(name: str, data_dir: Path) -> bool:
+    """A built-in that loads without a download (a fork server never downloads)."""
+    if name == "mnist":
+        return all(find_mnist_file(data_dir, f) is not None for f in MNIST_FILES.values())
+    if name == "cifar10":
+        return False  # 0.5 GB of bits: loaded by the runs that need it, not kept
+    return True
+
+
+def keep_loaded(name: str, data_dir: str | Path = "data", file: str | Path | None = None) -> bool:
+    """Load the data set into this process's memory for the processes it forks (a warm
+    trainer); True when it is kept. A data set that cannot be loaded here (missing, needs a
+    download, too large) is not an error: the run loads it itself and reports what fails."""
+    data_dir, path = Path(data_dir), None if file is None else Path(file)
+    key = _kept_key(name, data_dir, path)
+    if key is None:
+        return False
+    if key in _kept:
+        _kept[key] = _kept.pop(key)  # most recently used last
+        return True
+    if path is None and not _on_disk(name, data_dir):
+        return False
+    try:
+        data = load_dataset(name, data_dir, path)
+    except (DataError, OSError, ValueError):
+        return False
+    if _nbytes(data) > KEPT_MAX_BYTES:
+        return False
+    _kept[key] = data
+    while sum(_nbytes(d) for d in _kept.values()) > KEPT_MAX_BYTES:
+        del _kept[next(iter(_kept))]
+    return True
+
+
+def forget_others(name: str, data_dir: str | Path = "data", file: str | Path | None = None) -> None:
+    """A forked run's first step: drop the kept data sets it does not use, so its memory
+    cap (RLIMIT_DATA) is not spent on them."""
+    key = _kept_key(name, Path(data_dir), None if file is None else Path(file))
+    for other in [k for k in _kept if k != key]:
+        del _kept[other]
+
+
 def load_dataset(
     name: str, data_dir: str | Path = "data", file: str | Path | None = None
 ) -> Dataset:
     """The named data set, binarized: from `file` (a registered data set's encoded file,
     trainer.data.encoded) when given, else a built-in. Raises DataError naming any file that
-    is missing."""
+    is missing. A data set a warm trainer kept (`keep_loaded`) is returned as it is."""
+    if _kept:
+        key = _kept_key(name, Path(data_dir), None if file is None else Path(file))
+        if key is not None and key in _kept:
+            return _kept[key]
     if file is not None:
         return _registered(name, Path(file))
     data_dir = Path(data_dir)
