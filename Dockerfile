@@ -46,6 +46,7 @@ RUN --mount=type=cache,target=/root/.cache/pip \
         "prometheus-client>=0.20" \
         "rich>=13.7" \
         "orjson>=3.9" \
+        "optuna>=4.0" \
         "numpy>=1.26"
 COPY pyproject.toml README.md /src/
 COPY service /src/service

@@ -7,10 +7,11 @@ Two in-process workers of one CPU slot each run the real trainer (`python -m tra
 --no-circuit`, one thread) for every sweep in turn, on a MongoDB (`MONGODB_URI`, else the
 embedded server). The space is gateOptimizer x gates x groupSumTau x learningRate (2 x 3 x 2
 x 4 = 48 combinations by default). Per sweep: total trainer CPU-seconds (the children's
-rusage), wall time, epochs trained, and the best run's test accuracy, the best run chosen by
-`val_acc_discrete` (the validation split) as the sweep's `best` picks it. The goal (issue
-22): the best within 0.5 pp of the grid's with at most a quarter of its compute. The grid is
-the baseline; each ratio is printed against it, with the machine.
+rusage, warm trainers included: workers are made per sweep and stopped before it is read;
+`--cold` for cold starts), wall time, epochs trained, and the best run's test accuracy, the
+best run chosen by `val_acc_discrete` (the validation split) as the sweep's `best` picks it.
+The goal (issue 22): the best within 0.5 pp of the grid's with at most a quarter of its
+compute. The grid is the baseline; each ratio is printed against it, with the machine.
 """
 
 from __future__ import annotations
@@ -46,7 +47,6 @@ def children_cpu_s() -> float:
 
 
 async def run_sweep(store: Store, body: dict[str, Any]) -> dict[str, Any]:
-    cpu0, t0 = children_cpu_s(), time.perf_counter()
     made = await create_sweep(
         store, plan(SweepRequest.model_validate(body), max_jobs=10_000), submitted_by=None
     )
@@ -59,19 +59,47 @@ async def run_sweep(store: Store, body: dict[str, Any]) -> dict[str, Any]:
         if len(finished) == sweep.total:
             break
         await asyncio.sleep(1.0)
-    wall, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
     failed = [r for r in rows if r["status"] != "Succeeded"]
     assert not failed, failed[0].get("error")
     best = max(rows, key=lambda r: metric_value(r, "val_acc_discrete") or -1.0)
     return {
         "runs": len(rows),
-        "cpu_s": cpu,
-        "wall_s": wall,
         "epochs": sum((r.get("latestMetrics") or {}).get("epoch", 0) for r in rows),
         "stopped": sum(1 for r in rows if r.get("stoppedEarly")),
         "val": metric_value(best, "val_acc_discrete"),
         "test": metric_value(best, "test_acc_discrete"),
     }
+
+
+async def with_workers(
+    store: Store, body: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """One sweep on two fresh workers of one CPU slot each, stopped before its CPU time is
+    read: a warm trainer (docs/worker.md) reaps the runs it forked and is itself reaped when
+    its worker stops, so its own start and every run it forked count, as a cold run's do."""
+    with tempfile.TemporaryDirectory() as tmp:
+        workers = [
+            Worker(
+                store, worker_id=f"bench{i}", slots=["cpu"], data_dir=Path(tmp) / str(i),
+                trainer_cmd=[sys.executable, "-m", "trainer", "--no-circuit", "--threads", "1"],
+                lease_s=60.0, warm_start=not args.cold,
+            )
+            for i in range(2)
+        ]  # fmt: skip
+        tasks = [asyncio.create_task(w.run()) for w in workers]
+        cpu0, t0 = children_cpu_s(), time.perf_counter()
+        try:
+            for w in workers:
+                await w.ready.wait()
+            result = await run_sweep(store, body)
+        finally:
+            for w in workers:
+                w.stop(now=True)
+            with contextlib.suppress(Exception):
+                await asyncio.gather(*tasks)
+        result["cpu_s"] = children_cpu_s() - cpu0
+        result["wall_s"] = time.perf_counter() - t0
+        return result
 
 
 async def bench(uri: str, args: argparse.Namespace) -> list[tuple[str, dict[str, Any]]]:
@@ -98,33 +126,16 @@ async def bench(uri: str, args: argparse.Namespace) -> list[tuple[str, dict[str,
                       "search": {"type": "tpe", "trials": args.trials, "seed": 1}}),
     ]  # fmt: skip
     out = []
-    with tempfile.TemporaryDirectory() as tmp:
-        # Two CPU slots: two workers of one slot each (a worker has one CPU slot).
-        workers = [
-            Worker(
-                store, worker_id=f"bench{i}", slots=["cpu"], data_dir=Path(tmp) / str(i),
-                trainer_cmd=[sys.executable, "-m", "trainer", "--no-circuit", "--threads", "1"],
-                lease_s=60.0,
-            )
-            for i in range(2)
-        ]  # fmt: skip
-        tasks = [asyncio.create_task(w.run()) for w in workers]
-        for w in workers:
-            await w.ready.wait()
-        try:
-            for name, extra in variants:
-                if args.only and name not in args.only.split(","):
-                    continue
-                result = await run_sweep(store, {**common, "name": name, **extra})
-                print(f"  {name}: {result}", file=sys.stderr, flush=True)
-                out.append((name, result))
-        finally:
-            for w in workers:
-                w.stop(now=True)
-            with contextlib.suppress(Exception):
-                await asyncio.gather(*tasks)
-            await client.drop_database(store.db.name)
-            await client.close()
+    try:
+        for name, extra in variants:
+            if args.only and name not in args.only.split(","):
+                continue
+            result = await with_workers(store, {**common, "name": name, **extra}, args)
+            print(f"  {name}: {result}", file=sys.stderr, flush=True)
+            out.append((name, result))
+    finally:
+        await client.drop_database(store.db.name)
+        await client.close()
     return out
 
 
@@ -133,11 +144,13 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--gates", default="250,500,1000", help="three values: a 48 space")
+    parser.add_argument("--cold", action="store_true", help="GATEQUEUE_WARM_START=0's workers")
     parser.add_argument("--only", help="comma-separated variants (grid first for ratios)")
     args = parser.parse_args()
     with mongodb() as (uri, where):
         results = asyncio.run(bench(uri, args))
-    print(f"machine: {machine()}; MongoDB: {where}; trainer: 1 thread, no circuit")
+    starts = "cold starts" if args.cold else "warm starts"
+    print(f"machine: {machine()}; MongoDB: {where}; trainer: 1 thread, no circuit, {starts}")
     print(f"digits, {args.epochs} epochs, 2 CPU slots, space 2 x {len(args.gates.split(','))}"
           " x 2 x 4 (gateOptimizer x gates x groupSumTau x learningRate)")  # fmt: skip
     print(f"{'sweep':12} {'runs':>5} {'epochs':>7} {'stopped':>8} {'CPU s':>8} {'wall s':>8} "

@@ -8,6 +8,7 @@ from service.jobs import memory
 from service.jobs.options import RUN_OPTIONS
 from service.jobs.record import JobRecord, new_job
 from service.store import Store
+from trainer.options import resolve_defaults
 
 
 async def insert_job(
@@ -20,7 +21,9 @@ async def insert_job(
     **run_options: Any,
 ) -> tuple[JobRecord, bool]:
     """A Pending job as `POST /jobs` would store it (run options by their request names,
-    `maxAttempts=2`; with `estimate`, its memory estimate too); returns (the job, created)."""
+    `maxAttempts=2`; with `estimate`, its memory estimate too); returns (the job, created).
+    Nulls that stand for a chosen value are resolved, as the API resolves them."""
+    hyperparameters = resolve_defaults(hyperparameters)
     options = {o.name: run_options.pop(o.name, o.default) for o in RUN_OPTIONS}
     if run_options:
         raise TypeError(f"not run options: {sorted(run_options)}")

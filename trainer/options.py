@@ -454,5 +454,7 @@ def trainer_args(hyperparameters: Mapping[str, Any]) -> list[str]:
         option = known.get(key)
         if option is None:
             raise KeyError(f"no trainer flag for hyperparameter {key!r}")
+        if value is None:  # the trainer's own choice (resolve_defaults), as when unset
+            continue
         args += [option.flag, str(value)]
     return args

@@ -51,7 +51,7 @@ from service.sweeps.search import (
     search_space,
     space_problem,
 )
-from trainer.options import TRAINING_NAMES
+from trainer.options import TRAINING_NAMES, resolve_defaults
 
 DEFAULT_METRIC = "val_acc_discrete"  # selection on the validation split (docs/sweeps.md)
 MAX_REPORTED = 10  # bad combinations listed in one 422
@@ -366,7 +366,7 @@ class PlannedRun:
     index: int
     overrides: dict[str, Any]
     request: RequestBase
-    values: dict[str, Any]  # the request's dump, made once
+    values: dict[str, Any]  # the request's dump, made once, its chosen defaults resolved
     estimate: MemoryEstimate | None = None
 
     def split(self) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -490,7 +490,7 @@ def _planning(
             body["priority"] = spec.priority
         try:
             request = JobRequest.model_validate(body)
-            run = PlannedRun(index, overrides, request, request.model_dump())
+            run = PlannedRun(index, overrides, request, resolve_defaults(request.model_dump()))
             if admit is not None:
                 run = replace(run, estimate=admit(run.split()[0]))
         except (ValidationError, TooBig) as exc:

@@ -16,6 +16,7 @@ from service.jobs.status import Status
 from service.store import Store
 from service.sweeps.lifecycle import tidy
 from service.sweeps.record import SweepRecord
+from trainer.parametrizations import REGISTRY
 
 BASE: dict[str, Any] = {
     "gateOptimizer": "softmax",
@@ -70,6 +71,21 @@ async def test_grid_creates_every_combination_in_order(api: TestClient, store: S
     # GET /jobs?sweep= lists exactly them
     listed = await (await api.get(f"/jobs?sweep={sweep['id']}&limit=100")).json()
     assert sorted(j["id"] for j in listed["jobs"]) == sorted(j["id"] for j in sweep["jobs"])
+
+
+async def test_a_null_learning_rate_is_each_runs_own_gate_optimizers(
+    api: TestClient, store: Store
+) -> None:
+    """A sweep's runs store the learning rate they use, as a job does (a stored null reached
+    the trainer as `--learning-rate None` and every run failed on its flags)."""
+    body = grid_body(grid={"gateOptimizer": ["softmax", "gumbel_softmax", "log_softmax"]})
+    resp = await post(api, body)
+    assert resp.status == 201, await resp.text()
+    docs = await store.jobs.collection.find({}).sort("sweepIndex", 1).to_list(None)
+    assert [d["hyperparameters"]["learningRate"] for d in docs] == [
+        REGISTRY[name].learning_rate for name in ("softmax", "gumbel_softmax", "log_softmax")
+    ]
+    assert len({d["hyperparameters"]["learningRate"] for d in docs}) == 3
 
 
 async def test_an_invalid_combination_is_a_422_naming_it_and_nothing_is_stored(

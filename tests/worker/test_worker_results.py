@@ -21,7 +21,7 @@ PACED = [sys.executable, str(ROOT / "tests" / "live" / "trainers" / "paced.py")]
 # Validation accuracy of this run peaks at epoch 4 of 5 (tests/trainer/test_validation.py).
 PEAKS_EARLY = TrainingOptions(
     gateOptimizer="softmax", gates=200, networkLayers=2, groupSumTau=10.0, learningRate=0.05,
-    epochs=5, residualLayers=0,
+    epochs=5, residualLayers=0, gateEstimator="soft",
 ).model_dump()  # fmt: skip
 
 
