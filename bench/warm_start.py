@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -30,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import psutil
 import structlog
+from api_submit import machine, mongodb
 
 from service.jobs.options import RUN_OPTIONS
 from service.jobs.record import JobRecord, new_job
 from service.jobs.status import Status
-from service.mongo import discovery as mongo_discovery
 from service.mongo.connect import connect
 from service.store import Store
 from service.worker import jobrun
@@ -117,17 +116,6 @@ async def _finished(store: Store, job_id: Any) -> None:
                 return
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
-
-
 def _row(name: str, values: list[float]) -> str:
     q = statistics.quantiles(values, n=10, method="inclusive") if len(values) > 1 else values * 9
     return (
@@ -138,11 +126,7 @@ def _row(name: str, values: list[float]) -> str:
 
 async def main_async(args: argparse.Namespace, uri: str, description: str) -> int:
     _instrument()
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} cpus "
-        f"({_cpu_model()}), load average {os.getloadavg()[0]:.2f}, Python "
-        f"{platform.python_version()}; MongoDB: {description}"
-    )
+    print(f"machine: {machine()}; MongoDB: {description}")
     results = {}
     with tempfile.TemporaryDirectory(prefix="gq-warm-bench-") as tmp:
         for warm in (False, True):
@@ -173,9 +157,8 @@ def main() -> int:
     args = p.parse_args()
     logging.disable(logging.WARNING)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    kind = "uri" if os.environ.get("MONGODB_URI") else "embedded"
-    with mongo_discovery.discover(kind=kind) as mongo:
-        return asyncio.run(main_async(args, mongo.uri, mongo.description))
+    with mongodb() as (uri, where):
+        return asyncio.run(main_async(args, uri, where))
 
 
 if __name__ == "__main__":
