@@ -110,6 +110,12 @@ class SweepStore:
         result = await self.collection.update_one(query, {**update, "$inc": {"controlVersion": 1}})
         return result.modified_count == 1
 
+    async def mark_made(self, sweep_id: ObjectId, trials: builtins.list[int]) -> None:
+        """Note that these trials' runs were inserted (service.sweeps.controller)."""
+        await self.collection.update_one(
+            {"_id": sweep_id}, {"$addToSet": {"made": {"$each": trials}}}
+        )
+
     async def adaptive_active(self) -> builtins.list[ObjectId]:
         """Ready, not cancelled sweeps of a random or TPE search (the tidier's pass makes the
         trials a dead controller left unmade)."""

@@ -214,13 +214,15 @@ def _ask(sweep: SweepRecord, rows: list[dict[str, Any]], trial: int) -> dict[str
 
 
 def _in_flight(sweep: SweepRecord, rows: list[dict[str, Any]]) -> int:
-    """Trials asked whose runs are not all finished (or not all made yet)."""
-    finished: dict[int, int] = {}
-    for doc in rows:
-        if Status(doc["status"]).finished:
-            trial = int(doc.get("sweepIndex", 0)) // sweep.seeds
-            finished[trial] = finished.get(trial, 0) + 1
-    return sum(1 for a in sweep.asked if finished.get(a.trial, 0) < sweep.seeds)
+    """Trials asked whose runs are not all made yet or not all finished (a removed run of a
+    made trial counts as finished: it is never made again)."""
+    made = set(sweep.made)
+    unfinished = {
+        int(doc.get("sweepIndex", 0)) // sweep.seeds
+        for doc in rows
+        if not Status(doc["status"]).finished
+    }
+    return sum(1 for a in sweep.asked if a.trial not in made or a.trial in unfinished)
 
 
 def trial_docs(sweep: SweepRecord, asked: Asked) -> list[dict[str, Any]]:
@@ -263,16 +265,23 @@ def trial_docs(sweep: SweepRecord, asked: Asked) -> list[dict[str, Any]]:
 
 
 async def _make_missing(store: Store, sweep: SweepRecord, rows: list[dict[str, Any]]) -> int:
-    """Insert the runs of asked trials that have none yet (a dead controller's)."""
+    """Insert the runs of asked trials not made yet (this pass's, or a dead controller's),
+    then note them made; the runs inserted."""
     have = {int(d.get("sweepIndex", -1)) for d in rows}
-    made = 0
+    done = set(sweep.made)
+    inserted, trials = 0, []
     for asked in sweep.asked:
+        if asked.trial in done:
+            continue
         for doc in trial_docs(sweep, asked):
             if doc["sweepIndex"] in have:
                 continue
             if await retry(lambda d=doc: store.jobs.insert_trial(d), deadline=_within()):  # type: ignore[misc]
-                made += 1
-    return made
+                inserted += 1
+        trials.append(asked.trial)
+    if trials:
+        await retry(lambda: store.sweeps.mark_made(sweep.id, trials), deadline=_within())
+    return inserted
 
 
 async def fill(store: Store, sweep_id: ObjectId) -> int:
@@ -284,7 +293,16 @@ async def fill(store: Store, sweep_id: ObjectId) -> int:
         if sweep is None or not sweep.adaptive or sweep.state.value != "ready":
             return made
         rows = await retry(lambda: store.jobs.sweep_rows(sweep_id), deadline=_within())
-        made += await _make_missing(store, sweep, rows)
+        if any(a.trial not in sweep.made for a in sweep.asked):
+            made += await _make_missing(store, sweep, rows)
+            # A cancel or a delete may have passed over the sweep's runs while these were
+            # inserted (the API flags the sweep before it does): read it again.
+            sweep = await _read(store, sweep_id)
+            if sweep is None:
+                await store.jobs.delete_sweep_jobs(sweep_id)
+                return made
+            if not sweep.cancelRequested:
+                continue  # ask with the runs just made counted
         if sweep.cancelRequested:
             if made:  # runs of trials asked before the cancel: cancelled with the rest
                 await store.jobs.cancel_sweep(sweep_id)

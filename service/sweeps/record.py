@@ -106,10 +106,20 @@ class SweepRecord(Record):
     controlVersion: int = 0
     asked: list[Asked] = Field(default_factory=list)
     decisions: list[Decision] = Field(default_factory=list)
+    # Trials whose runs were inserted (`$addToSet`, monotonic: no compare-and-set needed). A
+    # made trial is never made again, so a run removed later (DELETE, retention) stays gone.
+    made: list[int] = Field(default_factory=list)
 
     @property
     def adaptive(self) -> bool:
         return adaptive(self.search)
+
+    def unmade_runs(self) -> int:
+        """Runs a random or TPE search has still to make (its trials not asked or not made
+        yet): a sweep with any is not finished, though none of its runs is unfinished."""
+        if not self.adaptive or self.cancelRequested:
+            return 0
+        return max(0, self.total // self.seeds - len(set(self.made))) * self.seeds
 
     def decision(self, job_id: ObjectId, epoch: int) -> Decision | None:
         return next((d for d in self.decisions if d.jobId == job_id and d.epoch == epoch), None)
@@ -470,10 +480,7 @@ def summarize(sweep: SweepRecord, stats: SweepStats, *, detail: bool = False) ->
     """The API's JSON of a sweep from its jobs' documents (as `JobStore.sweep_rows`
     projects them); with `detail` the detail view, with every run and combination."""
     counts = stats.counts
-    remaining = counts[Status.PENDING.value] + counts[Status.RUNNING.value]
-    if sweep.adaptive and not sweep.cancelRequested:  # its trials not made yet count too
-        finished = sum(n for s, n in counts.items() if Status(s).finished)
-        remaining = max(remaining, sweep.total - finished)
+    remaining = counts[Status.PENDING.value] + counts[Status.RUNNING.value] + sweep.unmade_runs()
     if sweep.cancelRequested:
         status = SweepStatus.CANCELLED
     elif remaining == 0 and sweep.state is SweepState.READY:

@@ -209,12 +209,14 @@ class Dispatcher:
             await self._record_sweep(job.sweepId)
 
     async def _record_sweep(self, sweep_id: ObjectId) -> None:
-        """The sweep's event, once none of its runs is Pending or Running."""
+        """The sweep's event, once none of its runs is Pending or Running and a search has
+        made every trial's runs (between a trial's end and its successor's insert, a random
+        or TPE sweep has no unfinished run, but it has not ended)."""
         sweep = await self.store.sweeps.get(sweep_id)
         if sweep is None or sweep.state.value != "ready":
             return
         counts = await self.store.jobs.sweep_counts(sweep_id)
-        if counts[Status.PENDING.value] or counts[Status.RUNNING.value]:
+        if counts[Status.PENDING.value] or counts[Status.RUNNING.value] or sweep.unmade_runs():
             return
         if sweep.cancelRequested:
             event = "cancelled"
