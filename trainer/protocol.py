@@ -203,6 +203,12 @@ class Epoch:
 
     PREFIX: ClassVar[str] = "EPOCH "
     _HEAD: ClassVar[re.Pattern[str]] = re.compile(r"^EPOCH (\d+)/(\d+)(?:\s+(.*))?$")
+    # The metrics `python -m trainer` writes (trainer/loop.py; `val_*` with a validation
+    # split, `gpu_peak_mib` on CUDA): what a sweep's scheduler or search may select by.
+    METRICS: ClassVar[tuple[str, ...]] = (
+        "train_loss", "train_acc", "val_acc", "val_acc_discrete", "test_acc",
+        "test_acc_discrete", "epoch_s", "step_ms", "gpu_peak_mib",
+    )  # fmt: skip
 
     def format(self) -> str:
         pairs = format_pairs(self.metrics)

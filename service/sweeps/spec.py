@@ -52,6 +52,7 @@ from service.sweeps.search import (
     space_problem,
 )
 from trainer.options import TRAINING_NAMES, resolve_defaults
+from trainer.protocol import Epoch
 
 DEFAULT_METRIC = "val_acc_discrete"  # selection on the validation split (docs/sweeps.md)
 MAX_REPORTED = 10  # bad combinations listed in one 422
@@ -548,7 +549,12 @@ def search_problems(spec: SweepRequest) -> list[dict[str, str]]:
     """What makes the `scheduler` and `search` of a sweep unusable, each naming its field."""
     out: list[dict[str, str]] = []
     chooses = spec.scheduler is not None or spec.adaptive
-    if chooses and spec.metric.startswith("test_"):
+    if chooses and spec.metric not in Epoch.METRICS:  # a typo would stop every run unranked
+        out.append(_problem("metric", (
+            f"a scheduler or a random or TPE search selects by a metric the trainer writes "
+            f"each epoch; {spec.metric!r} is none of {', '.join(Epoch.METRICS)}"
+        )))  # fmt: skip
+    elif chooses and spec.metric.startswith("test_"):
         out.append(_problem("metric", (
             f"a scheduler or a random or TPE search selects by the sweep's metric; "
             f"{spec.metric} is a test-set metric (select by a validation metric such as "
@@ -560,6 +566,11 @@ def search_problems(spec: SweepRequest) -> list[dict[str, str]]:
                 "a random or TPE search draws from `space` and the grid's lists; it takes "
                 "no `runs` or `random`"
             )))  # fmt: skip
+        for key in spec.space:
+            if key in spec.grid:  # one would silently win over the other
+                out.append(_problem(f"space.{key}", (
+                    f"{key} is both a grid list and in `space`: give it once"
+                )))  # fmt: skip
         space = spec.space_json()
         if not space:
             out.append(_problem("space", "a random or TPE search needs a `space` (or grid "
