@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from aiohttp import web
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from service.api.auth import principal_of
 from service.api.errors import json_response
@@ -26,12 +26,23 @@ class UsageQuery(Query):
         "Running time is clipped to it. Absent: all time.",
     )
 
+    @field_validator("since")
+    @classmethod
+    def _utc(cls, since: datetime | None) -> datetime | None:
+        """In UTC (none given: UTC); a time that has no UTC equivalent is a bad `since`."""
+        if since is None:
+            return None
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        try:
+            return since.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("is outside the years 1 to 9999 in UTC") from None
+
 
 async def usage(request: web.Request, query: UsageQuery) -> web.Response:
     principal = principal_of(request)
     since = query.since
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
     everyone = principal.may(Role.ADMIN)
     report = await request.app[STORE].usage.report(
         since=since, user=principal.name, only_user=not everyone

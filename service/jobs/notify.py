@@ -71,8 +71,13 @@ class Notify(BaseModel):
 
 
 def redact(url: str) -> str:
+    """A URL as the API shows it: scheme, host and port, never a path (also for one stored
+    before its port was checked: a record that cannot be shown would take a listing down)."""
     parts = urlsplit(url)
     host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
     bare = parts.path in ("", "/") and not parts.query and not parts.fragment
     return url if bare else f"{parts.scheme}://{host}{port}/…"

@@ -142,6 +142,15 @@ class DeliveryStore:
         )
         return result.modified_count == 1
 
+    async def renew(self, key: str, holder: str, lease_s: float) -> bool:
+        """Hold the delivery `lease_s` more, before a try: False when `holder` no longer
+        holds it (its lease lapsed while it waited and another replica claimed it)."""
+        result = await self.collection.update_one(
+            {"_id": key, "holder": holder, "state": PENDING},
+            [{"$set": {"leaseExpiresAt": _lease(lease_s)}}],
+        )
+        return result.modified_count == 1
+
     async def release(self, key: str, holder: str) -> None:
         """Let another replica take it at once (this one is stopping)."""
         await self.collection.update_one(

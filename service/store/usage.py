@@ -142,9 +142,11 @@ class UsageStore:
     ) -> list[tuple[dict[str, Any], int, float]]:
         """(user, sweep, status, cpu) -> (jobs, Running milliseconds in the period)."""
         start: Any = "$startedAt" if since is None else {"$max": ["$startedAt", since]}
+        # A job handed back to the queue keeps its `startedAt` while Pending: not running.
         running_ms = {
             "$cond": [
-                {"$ifNull": ["$startedAt", False]},
+                {"$and": [{"$ifNull": ["$startedAt", False]},
+                          {"$ne": ["$status", Status.PENDING.value]}]},
                 {"$max": [0, {"$subtract": [{"$ifNull": ["$finishedAt", "$$NOW"]}, start]}]},
                 0,
             ]

@@ -36,7 +36,7 @@ import aiohttp
 import structlog
 from bson import ObjectId
 
-from service.jobs.notify import Notify
+from service.jobs.notify import Notify, redact
 from service.jobs.record import JobRecord, iso
 from service.jobs.status import Status
 from service.retry import Backoff, Failures
@@ -44,7 +44,7 @@ from service.store import Store
 from service.store.deliveries import DELIVERED, FAILED, Delivery
 from service.webhooks import payload
 from service.webhooks.errors import DeliveryFailed, WebhookRefused
-from service.webhooks.targets import AllowList, CheckedResolver
+from service.webhooks.targets import AllowList, CheckedResolver, check_url
 
 log = structlog.get_logger(__name__)
 
@@ -253,6 +253,10 @@ class Dispatcher:
         try:
             async with self._slots:
                 while True:
+                    # Waiting for a slot or between tries may outlast the hold: another
+                    # replica may have claimed the delivery since. Only its holder sends.
+                    if not await deliveries.renew(delivery.key, self.holder, LEASE_S):
+                        return
                     try:
                         status = await self._try(delivery)
                     except DeliveryFailed as exc:
@@ -303,6 +307,10 @@ class Dispatcher:
         if self.secret:
             headers[payload.SIGNATURE_HEADER] = payload.signature(self.secret, delivery.body)
         try:
+            # The resolver checks host names as aiohttp connects, but aiohttp never asks it
+            # about an address literal (`127.0.0.1`, `127.1`): check every URL here too,
+            # against the allow-list as it is now (server hooks were never submitted).
+            await check_url(self.allow, delivery.url)
             async with self._http.post(
                 delivery.url, data=delivery.body, headers=headers, allow_redirects=False
             ) as resp:
@@ -313,4 +321,6 @@ class Dispatcher:
         except DeliveryFailed:
             raise
         except (aiohttp.ClientError, OSError, TimeoutError, ValueError, WebhookRefused) as exc:
-            raise DeliveryFailed(f"{type(exc).__name__}: {exc}") from None
+            # Recorded where every reader sees it: never the URL's path (a Slack secret).
+            error = f"{type(exc).__name__}: {exc}".replace(delivery.url, redact(delivery.url))
+            raise DeliveryFailed(error) from None

@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
+from service.jobs.notify import redact
 from service.webhooks.errors import WebhookRefused
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -101,7 +102,13 @@ class AllowList:
         parts = urlsplit(url)
         host = parts.hostname or ""
         if parts.scheme not in ("http", "https") or not host:
-            raise WebhookRefused(f"{url!r} is not an http(s) URL")
+            raise WebhookRefused(f"{redact(url)!r} is not an http(s) URL")
+        try:
+            port = parts.port
+        except ValueError:  # not a number, above 65535, or two of them
+            port = 0
+        if port == 0:
+            raise WebhookRefused(f"{redact(url)!r} has no valid port (1 to 65535)")
         if not self.host_allowed(host):
             raise WebhookRefused(
                 f"host {host!r} is not allowed for webhooks (GATEQUEUE_WEBHOOK_ALLOW: "

@@ -192,7 +192,19 @@ async def test_a_running_job_counts_up_to_now(
     assert carol["slotHours"]["gpu"] >= 1.0 and carol["slotHours"]["cpu"] == 0.0
 
 
-@pytest.mark.parametrize("since", ["yesterday", "2026-13-01", "2026-01-01T25:00"])
+async def test_a_job_handed_back_to_the_queue_is_not_running(
+    store: Store, api: TestClient, tmp_path: Path
+) -> None:
+    """A released or expired attempt leaves the job Pending with its `startedAt`: its time
+    in the queue is no slot's."""
+    await _job(store, tmp_path, user="dave", status=Status.PENDING, ran=(3, -1))
+    (dave,) = (await (await api.get("/usage")).json())["users"]
+    assert dave["jobs"] == _statuses(Pending=1)
+    assert dave["slotHours"] == {"gpu": 0.0, "cpu": 0.0}
+
+
+@pytest.mark.parametrize("since", ["yesterday", "2026-13-01", "2026-01-01T25:00",
+                                   "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00"])
 async def test_a_bad_since_is_a_422_naming_it(api: TestClient, since: str) -> None:
     error = await error_of(await api.get("/usage", params={"since": since}), 422)
     assert [f["field"] for f in error["fields"]] == ["since"]

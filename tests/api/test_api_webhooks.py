@@ -377,3 +377,62 @@ async def test_two_api_processes_deliver_each_event_once(
     states = await store.deliveries.collection.distinct("state")
     assert states == ["delivered"]
     assert await store.deliveries.collection.count_documents({}) == len(ids)
+
+
+async def test_a_notify_url_with_a_bad_port_is_refused_and_a_stored_one_still_lists(
+    make_api: MakeApi, store: Store
+) -> None:
+    api = await _api(make_api)
+    for url in ("http://127.0.0.1:99999/x", "http://127.0.0.1:80:80/secret", "http://h:abc/"):
+        resp = await api.post("/jobs", json={**SEED_BODY, "notify": {"url": url}}, headers=JSON)
+        error = await error_of(resp, 422)
+        assert [f["field"] for f in error["fields"]] == ["notify.url"], url
+    assert await job_count(store) == 0
+    # A record stored before the port was checked never takes the listing down.
+    job, _ = await insert_job(store, SEED_BODY)
+    bad = {"url": "http://127.0.0.1:80:80/T000/B000/slack-secret", "events": ["finished"]}
+    await store.jobs.collection.update_one({"_id": job.id}, {"$set": {"notify": bad}})
+    resp = await api.get("/jobs")
+    assert resp.status == 200, await resp.text()
+    assert "slack-secret" not in await resp.text()
+
+
+async def test_a_sender_that_lost_its_hold_does_not_send(
+    make_api: MakeApi, store: Store, receiver: Receiver
+) -> None:
+    """A delivery waiting for a free sending slot (or between tries) outlived its hold and
+    another replica claimed it: only that one sends."""
+    job, _ = await insert_job(store, SEED_BODY)
+    await store.jobs.mark_notified([job.id])
+    late = Delivery(key=f"job:{job.id}:succeeded:notify:y", deliveryId="d2", kind="job",
+                    subjectId=job.id, event="succeeded", url=receiver.url, source="notify",
+                    format="json", body=b'{"deliveryId":"d2"}')  # fmt: skip
+    api = await _api(make_api)
+    sender = _dispatcher(api)
+    assert await store.deliveries.create(late, sender.holder, lease_s=60)
+    # Its hold lapsed while it waited and another replica claimed it (claim_due's update).
+    await store.deliveries.collection.update_one(
+        {"_id": late.key}, {"$set": {"holder": "another-replica"}}
+    )
+    await sender._send(late)  # what the waiting task would do once a slot is free
+    assert receiver.posts == []
+    doc = await store.deliveries.collection.find_one({"_id": late.key})
+    assert doc is not None and (doc["holder"], doc["state"]) == ("another-replica", "pending")
+
+
+async def test_an_address_literal_is_checked_at_each_try_server_hooks_too(
+    make_api: MakeApi, store: Store, receiver: Receiver
+) -> None:
+    """aiohttp never asks the resolver about an address literal: `*` never admits
+    loopback, and a server hook (never submitted) is checked as it is sent."""
+    api = await _api(make_api, webhook_allow=("*",), webhooks=(Notify(url=receiver.url),))
+    _dispatcher(api).max_attempts = 2
+    job_id = await _submit(api, None)
+    await _end(store, job_id, Status.SUCCEEDED)
+    ended = {"state": {"$in": ["failed", "delivered"]}}
+    while not await store.deliveries.collection.count_documents(ended):
+        await _settled(api)
+    assert receiver.posts == []
+    (delivery,) = (await (await api.get(f"/jobs/{job_id}/deliveries")).json())["deliveries"]
+    assert delivery["state"] == "failed" and "loopback" in delivery["lastError"]
+    assert "/hook" not in delivery["lastError"]
