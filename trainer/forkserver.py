@@ -37,6 +37,7 @@ import socket
 import sys
 import traceback
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn
 
@@ -66,21 +67,24 @@ def _prepare_libc() -> None:
 
 
 def code_fingerprint() -> tuple[tuple[str, int, int], ...]:
-    """(file, size, mtime) of every trainer module this process imported: a change on disk
+    """(file, size, mtime) of every trainer module this process imported, and of the source
+    a module builds from (its `SOURCE`: the C++ kernel, loaded once here): a change on disk
     means a forked run would train with stale code."""
     out = []
     for name, module in list(sys.modules.items()):
         if name != "trainer" and not name.startswith("trainer."):
             continue
-        path = getattr(module, "__file__", None)
-        if not path:
-            continue
-        try:
-            st = os.stat(path)
-        except OSError:
-            out.append((path, -1, -1))
-            continue
-        out.append((path, st.st_size, st.st_mtime_ns))
+        source = getattr(module, "SOURCE", None)
+        built_from = source if isinstance(source, Path) else None
+        for path in (getattr(module, "__file__", None), built_from):
+            if not path:
+                continue
+            try:
+                st = os.stat(path)
+            except OSError:
+                out.append((str(path), -1, -1))
+                continue
+            out.append((str(path), st.st_size, st.st_mtime_ns))
     return tuple(sorted(out))
 
 
@@ -288,13 +292,23 @@ class Server:
         except Exception:  # the run loads it itself and reports what fails
             kept = None
         _flush()
+        # The run's pid is told only once the run leads its own process group (or died): a
+        # signal to the group sent as soon as the worker knows the pid must not miss it.
+        settled_r, settled_w = os.pipe()
         try:
             pid = os.fork()
         except OSError as exc:
+            os.close(settled_r)
+            os.close(settled_w)
             self.send(protocol.FORK_REFUSED, why=f"fork failed: {exc}", stale=False)
             return
         if pid == 0:
-            _child(self, args, env, message, fds, kept)
+            os.close(settled_r)
+            _child(self, args, env, message, fds, kept, settled_w)
+        os.close(settled_w)
+        with contextlib.suppress(OSError):
+            os.read(settled_r, 1)  # EOF: the child closed its end after setsid, or exited
+        os.close(settled_r)
         pidfd = os.pidfd_open(pid)
         self.children[pid] = pidfd
         self.selector.register(pidfd, selectors.EVENT_READ, pid)
@@ -323,12 +337,14 @@ def _child(
     message: dict[str, Any],
     fds: list[int],
     kept: tuple[str, str, str | None] | None,
+    settled: int,
 ) -> NoReturn:
     """The forked run: its own session, pipes, environment, directory and cap; never
-    returns into the server's loop."""
+    returns into the server's loop. `settled` is closed once it leads its own group."""
     code = 127
     try:
         os.setsid()  # its own process group: the worker signals the run's whole group
+        os.close(settled)
         if _libc is not None:
             _libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL))
         if os.getppid() != server.pid:

@@ -96,6 +96,8 @@ class ForkedProcess:
 
     async def wait(self) -> int:
         await asyncio.shield(self._exited)
+        if self.returncode is None:  # done, but its callback has not run yet
+            self._on_exit(self._exited)
         assert self.returncode is not None
         return self.returncode
 

@@ -211,8 +211,10 @@ def kept() -> Iterator[None]:
     from trainer.data import datasets
 
     datasets._kept.clear()
+    datasets._not_kept.clear()
     yield
     datasets._kept.clear()
+    datasets._not_kept.clear()
 
 
 def _encoded(path: Path, rows: int) -> None:
@@ -252,3 +254,21 @@ def test_a_kept_data_set_is_served_from_memory_until_its_file_changes(
     # Nothing is downloaded or kept for a data set not on disk.
     assert not keep_loaded("mnist", tmp_path)
     assert not keep_loaded("nonesuch")
+
+
+def test_a_data_set_too_large_to_keep_is_not_loaded_again_for_each_run(
+    kept: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server asks to keep a run's data set before each fork: one it could not keep is
+    not loaded (and dropped) again every time, which delayed every run's start."""
+    from trainer.data import datasets
+
+    file = tmp_path / "big.npz"
+    _encoded(file, 64)
+    monkeypatch.setattr(datasets, "KEPT_MAX_BYTES", 100)
+    loads = []
+    real = datasets._registered
+    monkeypatch.setattr(datasets, "_registered", lambda *a: loads.append(a) or real(*a))
+    assert not datasets.keep_loaded("big", "data", file)
+    assert not datasets.keep_loaded("big", "data", file)
+    assert len(loads) == 1 and not datasets._kept

@@ -163,6 +163,7 @@ def _registered(name: str, file: Path) -> Dataset:
 # modification time. Least recently used ones go first above KEPT_MAX_BYTES.
 KEPT_MAX_BYTES = 2 << 30
 _kept: dict[tuple[str, ...], Dataset] = {}
+_not_kept: set[tuple[str, ...]] = set()  # too large or unloadable here: not tried again
 
 
 def _kept_key(name: str, data_dir: Path, file: Path | None) -> tuple[str, ...] | None:
@@ -204,13 +205,17 @@ def keep_loaded(name: str, data_dir: str | Path = "data", file: str | Path | Non
     if key in _kept:
         _kept[key] = _kept.pop(key)  # most recently used last
         return True
+    if key in _not_kept:  # loading it again before every run would only delay each
+        return False
     if path is None and not _on_disk(name, data_dir):
         return False
     try:
         data = load_dataset(name, data_dir, path)
     except (DataError, OSError, ValueError):
+        _not_kept.add(key)
         return False
     if _nbytes(data) > KEPT_MAX_BYTES:
+        _not_kept.add(key)
         return False
     _kept[key] = data
     while sum(_nbytes(d) for d in _kept.values()) > KEPT_MAX_BYTES:
