@@ -39,8 +39,13 @@ def _network(pattern: str) -> IpNetwork | None:
 
 def _kind(address: IpAddress) -> str | None:
     """What makes an address one a webhook may not reach by default (None: public)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return _kind(address.ipv4_mapped)
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:  # ::ffff:a.b.c.d is a.b.c.d
+            return _kind(address.ipv4_mapped)
+        # An IPv4 address a 6to4 or Teredo address carries may not be reached through it.
+        tunnelled = address.sixtofour or (address.teredo[1] if address.teredo else None)
+        if tunnelled is not None and (kind := _kind(tunnelled)) is not None:
+            return kind
     for kind, flag in (
         ("loopback", address.is_loopback), ("link-local", address.is_link_local),
         ("private", address.is_private), ("multicast", address.is_multicast),

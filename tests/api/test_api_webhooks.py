@@ -194,6 +194,7 @@ async def test_a_receiver_that_never_answers_2xx_is_given_up_on(
         (("*",), "http://127.0.0.1:9/hook", "a loopback address"),
         (("*",), "http://169.254.169.254/latest/meta-data", "a link-local address"),
         (("*",), "http://10.1.2.3/hook", "a private address"),
+        (("*",), "http://[2002:7f00:1::]/hook", "a loopback address"),  # 6to4 of 127.0.0.1
         ((), "http://127.0.0.1:9/hook", "webhooks are off"),
     ],
 )
