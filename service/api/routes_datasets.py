@@ -263,7 +263,8 @@ async def dataset_encoded(request: web.Request) -> web.StreamResponse:
 
 
 async def delete_dataset(request: web.Request) -> web.Response:
-    """Its uploader or an admin; never while a Pending or Running job trains on it."""
+    """Its uploader or an admin; never while a Pending or Running job trains on it, or a
+    random or TPE sweep will still make runs on it."""
     record = await _existing(request)
     principal = principal_of(request)
     if not principal.may(Role.ADMIN) and record.createdBy != principal.name:
@@ -279,6 +280,13 @@ async def delete_dataset(request: web.Request) -> web.Response:
             409, "dataset_in_use",
             f"job {job.id} ({job.status.value}) trains on {record.name}@{record.version}; "
             "delete it once no Pending or Running job does",
+        )  # fmt: skip
+    sweep = await store.sweeps.searching_dataset(record.id)
+    if sweep is not None:
+        raise ApiError(
+            409, "dataset_in_use",
+            f"sweep {sweep.id} still makes runs on {record.name}@{record.version}; delete "
+            "it once the sweep has made its trials, or cancel the sweep",
         )  # fmt: skip
     await store.datasets.delete(record)
     return json_response({"deleted": str(record.id)})

@@ -116,6 +116,19 @@ class SweepStore:
             {"_id": sweep_id}, {"$addToSet": {"made": {"$each": trials}}}
         )
 
+    async def searching_dataset(self, dataset_id: ObjectId) -> SweepRecord | None:
+        """A random or TPE sweep on the data set with trials still to make (it may not be
+        deleted meanwhile: those runs would train on nothing)."""
+        cursor = self.collection.find(
+            {"datasetRef.id": dataset_id, "cancelRequested": {"$ne": True},
+             "search.type": {"$in": ["random", "tpe"]}},
+        )  # fmt: skip
+        async for doc in cursor:
+            sweep = SweepRecord.from_doc(doc)
+            if sweep.unmade_runs():
+                return sweep
+        return None
+
     async def adaptive_active(self) -> builtins.list[ObjectId]:
         """Ready, not cancelled sweeps of a random or TPE search (the tidier's pass makes the
         trials a dead controller left unmade)."""

@@ -52,6 +52,7 @@ from service.sweeps.search import (
     rung_index,
     sample_random,
 )
+from trainer.data.catalog import DataShape
 from trainer.options import TRAINING_NAMES
 
 log = structlog.get_logger(__name__)
@@ -225,8 +226,12 @@ def _in_flight(sweep: SweepRecord, rows: list[dict[str, Any]]) -> int:
     return sum(1 for a in sweep.asked if a.trial not in made or a.trial in unfinished)
 
 
-def trial_docs(sweep: SweepRecord, asked: Asked) -> list[dict[str, Any]]:
-    """The job documents of one trial: one run per seed, each with its `sweepSlot`."""
+def trial_docs(
+    sweep: SweepRecord, asked: Asked, shape: DataShape | None = None
+) -> list[dict[str, Any]]:
+    """The job documents of one trial: one run per seed, each with its `sweepSlot`
+    (`shape`: the sweep's registered data set's, for the memory estimate). A drawn trial
+    that makes no valid job is stored as a Failed run saying why."""
     docs = []
     for seed in range(sweep.seeds):
         index = asked.trial * sweep.seeds + seed
@@ -244,24 +249,39 @@ def trial_docs(sweep: SweepRecord, asked: Asked) -> list[dict[str, Any]]:
         }
         try:
             request = JobRequest.model_validate(body)
+            hp, run_options = request.split()
+            estimate = memory.estimate(hp, shape)
         except ValidationError as exc:
-            hp = {k: v for k, v in body.items() if k in TRAINING_NAMES}
-            job = new_job(hp, {"name": body["name"], "priority": sweep.priority},
-                          submitted_by=sweep.submittedBy)  # fmt: skip
             problems = "; ".join(f"{f['field']}: {f['message']}" for f in field_errors(exc))
-            doc = {**job.to_doc(), **own, "status": Status.FAILED.value,
-                   "error": f"the search drew an invalid combination: {problems}",
-                   "finishedAt": job.createdAt}  # fmt: skip
-            docs.append(doc)
+            docs.append(_failed_trial(sweep, body, own, f"an invalid combination: {problems}"))
             continue
-        hp, run_options = request.split()
+        except ValueError as exc:  # its registered data set is gone: no shape to size it by
+            docs.append(_failed_trial(sweep, body, own, f"a run that cannot be sized: {exc}"))
+            continue
         job = new_job(
             hp, run_options, submitted_by=sweep.submittedBy,
-            memory_estimate=memory.estimate(hp), dataset_ref=sweep.datasetRef,
+            memory_estimate=estimate, dataset_ref=sweep.datasetRef,
         )  # fmt: skip
         job = job.model_copy(update={"targetEpoch": first_target(sweep.scheduler, hp["epochs"])})
         docs.append({**job.to_doc(), **own})
     return docs
+
+
+def _failed_trial(
+    sweep: SweepRecord, body: dict[str, Any], own: dict[str, Any], why: str
+) -> dict[str, Any]:
+    hp = {k: v for k, v in body.items() if k in TRAINING_NAMES}
+    job = new_job(hp, {"name": body["name"], "priority": sweep.priority},
+                  submitted_by=sweep.submittedBy)  # fmt: skip
+    return {**job.to_doc(), **own, "status": Status.FAILED.value,
+            "error": f"the search drew {why}", "finishedAt": job.createdAt}  # fmt: skip
+
+
+async def _shape(store: Store, sweep: SweepRecord) -> DataShape | None:
+    if sweep.datasetRef is None:
+        return None
+    record = await retry(lambda: store.datasets.get(sweep.datasetRef.id), deadline=_within())  # type: ignore[union-attr]
+    return None if record is None else record.shape.data_shape()
 
 
 async def _make_missing(store: Store, sweep: SweepRecord, rows: list[dict[str, Any]]) -> int:
@@ -269,11 +289,12 @@ async def _make_missing(store: Store, sweep: SweepRecord, rows: list[dict[str, A
     then note them made; the runs inserted."""
     have = {int(d.get("sweepIndex", -1)) for d in rows}
     done = set(sweep.made)
+    shape = await _shape(store, sweep)
     inserted, trials = 0, []
     for asked in sweep.asked:
         if asked.trial in done:
             continue
-        for doc in trial_docs(sweep, asked):
+        for doc in trial_docs(sweep, asked, shape):
             if doc["sweepIndex"] in have:
                 continue
             if await retry(lambda d=doc: store.jobs.insert_trial(d), deadline=_within()):  # type: ignore[misc]

@@ -25,6 +25,7 @@ from service.jobs import memory
 from service.jobs.retention import Policy, Retention
 from service.store import Store
 from service.store.files import ARTIFACTS_BUCKET
+from service.sweeps import controller
 from service.tokens import Role
 
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -334,6 +335,33 @@ async def test_sweeps_over_registered_data_sets(api: TestClient, store: Store) -
     error = await error_of(ten, 422, "invalid_combination")
     assert "classes of blobs@1 (3)" in error["fields"][0]["message"]
     assert await store.jobs.collection.count_documents({}) == 2
+
+
+async def test_a_random_search_over_a_registered_data_set_makes_its_trials(
+    api: TestClient, store: Store
+) -> None:
+    """Its runs are sized by the data set's shape (they were never made: "unknown dataset"),
+    and the data set is not deleted while the search has trials to make."""
+    record = await _register(api)
+    base = {"gateOptimizer": "softmax", "gates": 30, "networkLayers": 2, "grouping": 3,
+            "dataset": "blobs"}  # fmt: skip
+    resp = await api.post("/sweeps", json={
+        "base": base, "grid": {"gates": [30, 60, 90]}, "maxParallel": 2,
+        "search": {"type": "random", "trials": 3, "seed": 1},
+    })  # fmt: skip
+    assert resp.status == 201, await resp.text()
+    sweep_id = ObjectId((await resp.json())["id"])
+    await controller.fill(store, sweep_id)
+    jobs = [job async for job in store.jobs.collection.find({"sweepId": sweep_id})]
+    assert [j["status"] for j in jobs] == ["Pending", "Pending"]
+    assert {str(j["datasetRef"]["id"]) for j in jobs} == {record["id"]}
+    assert all(j["memoryEstimate"]["cpu"] > 0 for j in jobs)
+    # Its runs so far ended (as a worker writes it), its third trial not made yet.
+    await store.jobs.collection.update_many(
+        {"sweepId": sweep_id}, {"$set": {"status": "Succeeded"}}
+    )
+    error = await error_of(await api.delete(f"/datasets/{record['id']}"), 409, "dataset_in_use")
+    assert str(sweep_id) in error["message"]
 
 
 async def test_an_upload_streams_past_the_json_body_limit(api: TestClient) -> None:
