@@ -51,6 +51,7 @@ from service.jobs.record import Job, JobRecord, MemoryEstimate, new_job
 from service.jobs.request import SEED_BODY, JobRequest, describe_options
 from service.jobs.retention import Policy, Retention
 from service.jobs.status import Status
+from service.store.errors import FileGone
 from service.store.files import CHECKPOINTS_BUCKET
 from service.store.jobs import CancelOutcome, IdempotencyKeyReused, request_hash
 from service.store.logs import batch_json
@@ -280,7 +281,10 @@ async def _stream_file(
 ) -> web.StreamResponse:
     """The file, or the one range of it that `Range` asks for (service.api.ranges); HEAD
     gets the headers alone. A stored file never changes, so its id is its ETag."""
-    grid_out = await request.app[STORE].files.open(bucket, file_id)
+    try:
+        grid_out = await request.app[STORE].files.open(bucket, file_id)
+    except FileGone:  # its record names a file removed since (a delete, retention)
+        raise ApiError(404, "file_not_found", f"{name} is no longer stored") from None
     length = grid_out.length
     etag = f'"{file_id}"'
     if_range = request.headers.get("If-Range")

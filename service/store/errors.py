@@ -36,3 +36,11 @@ class SweepInProgress(Exception):
 
 class StaleAttempt(Exception):
     """The attempt writing is not the one running the job now: its lines are refused."""
+
+
+class FileGone(Exception):
+    """A record names a stored file that is no longer there (removed by a delete or by
+    retention since the record was read)."""
+
+    def __init__(self, bucket: str, file_id: object) -> None:
+        super().__init__(f"file {file_id} of {bucket} is no longer stored")

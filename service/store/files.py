@@ -18,8 +18,11 @@ from typing import Any
 from bson import ObjectId
 from gridfs import AsyncGridFSBucket
 from gridfs.asynchronous.grid_file import AsyncGridOut
+from gridfs.errors import NoFile
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
+
+from service.store.errors import FileGone
 
 ARTIFACTS_BUCKET = "artifacts"
 # A run's checkpoints, `metadata: {jobId, attemptId, epoch, step}`; the job keeps the last two.
@@ -76,7 +79,11 @@ class FileStore:
         return stream._id, length
 
     async def open(self, bucket: str, file_id: ObjectId) -> AsyncGridOut:
-        return await self.bucket(bucket).open_download_stream(file_id)
+        """Raises FileGone for a file no longer stored."""
+        try:
+            return await self.bucket(bucket).open_download_stream(file_id)
+        except NoFile:
+            raise FileGone(bucket, file_id) from None
 
     async def download(self, bucket: str, file_id: ObjectId, path: Path) -> int:
         """Save a stored file to `path` (written beside it and renamed: a partial download is

@@ -22,6 +22,7 @@ from bson import ObjectId
 
 from service.jobs.record import DatasetRef
 from service.store import Store
+from service.store.errors import FileGone
 from service.worker.errors import DatasetUnavailable
 
 log = structlog.get_logger(__name__)
@@ -111,6 +112,10 @@ class DataCache:
                     f"the stored data set file {file_id} has SHA-256 {got}, its record says {sha}"
                 )
             await asyncio.to_thread(part.replace, path)
+        except FileGone:  # its file was removed (the data set deleted): no retry brings it
+            raise DatasetUnavailable(
+                f"the stored data set file {file_id} is gone (was the data set deleted?)"
+            ) from None
         except OSError as exc:  # a full or unwritable disk: the run fails saying so
             raise DatasetUnavailable(
                 f"the data set could not be fetched into {self.folder}: {exc}"

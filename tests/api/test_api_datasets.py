@@ -146,6 +146,30 @@ def _ragged() -> bytes:
     return buf.getvalue()
 
 
+def _flagged(body: bytes, *, flag: int = 0, method: int | None = None) -> bytes:
+    """An npz whose members claim encryption (`flag`) or a compression method Python cannot
+    read (`method`): the central directory edited as another tool would write it."""
+    data = bytearray(body)
+    at = 0
+    while (at := data.find(b"PK\x01\x02", at)) >= 0:  # central directory entries
+        data[at + 8] |= flag
+        if method is not None:
+            data[at + 10 : at + 12] = method.to_bytes(2, "little")
+        at += 4
+    at = 0
+    while (at := data.find(b"PK\x03\x04", at)) >= 0:  # local headers
+        data[at + 6] |= flag
+        if method is not None:
+            data[at + 8 : at + 10] = method.to_bytes(2, "little")
+        at += 4
+    return bytes(data)
+
+
+def _ids_csv(rows: int) -> bytes:
+    lines = ["label,id,a", *(f"{i % 2},id{i},{i % 7}" for i in range(rows))]
+    return "\n".join(lines).encode()
+
+
 GOOD = blobs()
 BAD: list[tuple[str, bytes, dict[str, Any], int, str]] = [
     ("not a file of either kind", bytes(range(256)) * 4, {}, 422, "not a UTF-8 CSV"),
@@ -170,6 +194,13 @@ BAD: list[tuple[str, bytes, dict[str, Any], int, str]] = [
     ("a CSV with unequal rows", b"a,label\n1,0\n2\n", {}, 422, "rows of unequal length"),
     ("a file over the limit", npz(**GOOD), {"max_dataset": 1000}, 413, "past the limit"),
     ("a decompression bomb", _bomb(), {"max_dataset": 1 << 20}, 413, "expands to"),
+    ("an encrypted member", _flagged(npz(**GOOD), flag=1), {}, 422, "encrypted"),
+    ("an unknown compression", _flagged(npz(**GOOD), method=99), {}, 422, "encrypted or"),
+    ("labels past exact integers", npz(x_train=GOOD["x_train"][:2],
+                                       y_train=np.array([1e20, 2e20])), {}, 422, "too large"),
+    ("an id as a categorical column", _ids_csv(20_000), {}, 422, "Is 'id' an id?"),
+    ("more classes than a network takes", b"label,a\n" + b"".join(
+        b"%d,%d\n" % (i, i % 3) for i in range(1500)), {}, 422, "1500 classes"),
 ]  # fmt: skip
 
 
@@ -522,3 +553,19 @@ async def test_files_nothing_names_are_removed_once_old(
     assert (await api.get(f"/datasets/{record['id']}/encoded")).status == 200
     again = await Retention(store, Policy(logs_days=90, failed_days=30)).run_once()
     assert again is not None and again.orphans == 0
+
+
+async def test_a_csv_with_a_byte_order_mark_is_read(api: TestClient) -> None:
+    rows = "".join(f"{i % 2},{i % 5},{i % 3}\n" for i in range(60))
+    resp = await upload(api, ("\ufefflabel,a,b\n" + rows).encode(), name="bom")
+    assert resp.status == 201, await resp.text()
+
+
+async def test_a_removed_file_is_a_404_not_a_500(api: TestClient, store: Store) -> None:
+    record = await _register(api)
+    stored_record = await store.datasets.get(ObjectId(record["id"]))
+    assert stored_record is not None
+    await store.datasets.delete_files(stored_record.encoded.fileId)  # retention, a delete
+    for method in (api.get, api.head):
+        resp = await method(f"/datasets/{record['id']}/encoded")
+        assert resp.status == 404, await resp.text()

@@ -46,11 +46,14 @@ DEFAULT_BITS = 8
 MAX_BITS = 255
 TEST_FRACTION = 0.2
 MAX_CLASSES = 1000  # the most a network's GroupSum takes (trainer.options `grouping`)
+# The zip methods Python reads: stored, deflated, bzip2, lzma.
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
 # Bytes of temporaries at once (a block of columns as floats, a chunk of rows' bits): an
 # upload's arrays are memory-mapped, so encoding one of any size needs about this much.
 WORK_BYTES = 16 << 20
 MAX_CSV_BYTES = 256 << 20
 MAX_INPUTS = 1 << 22  # input bits per sample: a network's first layer must address them
+MAX_ONEHOT = 1 << 28  # a CSV's one-hot bits in all (rows x categories: bytes while encoding)
 _ZIP_MAGIC = b"PK\x03\x04"
 _EMPTY_ZIP = b"PK\x05\x06"
 
@@ -171,12 +174,18 @@ def read_npz(path: Path, limit: int, work: Path) -> dict[str, np.ndarray]:
                     f"upload limit of {limit} bytes",
                     413,
                 )
+            if info.flag_bits & 0x1 or info.compress_type not in _ZIP_METHODS:
+                raise BadData(
+                    f"member {info.filename} is encrypted or compressed in a way npz files "
+                    "are not (save it with numpy.savez or savez_compressed)"
+                )
             try:
                 with archive.open(info) as fh:
                     array, nbytes = _read_npy(fh, budget, info.filename, limit, work / name)
             except BadData:
                 raise
-            except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+            except (zipfile.BadZipFile, ValueError, OSError, EOFError, RuntimeError,
+                    NotImplementedError) as exc:  # fmt: skip
                 raise BadData(
                     f"member {info.filename} is not a readable .npy array: {exc}"
                 ) from None
@@ -323,6 +332,9 @@ def _integer_labels(y: np.ndarray, name: str) -> np.ndarray:
     if not np.isfinite(y).all() or not (y == np.round(y)).all():
         bad = y[~np.isfinite(y) | (y != np.round(y))][0].item()
         raise BadData(f"{name} holds labels that are not integers (e.g. {bad!r})")
+    if len(y) and (np.abs(y) > 2**53).any():  # past exact integers in float64: would merge
+        bad = y[np.abs(y) > 2**53][0].item()
+        raise BadData(f"{name} holds labels too large to be told apart as integers ({bad!r})")
     return y.astype(np.int64)
 
 
@@ -344,7 +356,7 @@ def _map_labels(y: np.ndarray, labels: np.ndarray, split: str) -> np.ndarray:
 
 def _rows(path: Path) -> Iterator[list[str]]:
     try:
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:  # a BOM is no header
             yield from csv.reader(fh)
     except UnicodeDecodeError as exc:
         raise BadData(f"not an npz file and not a UTF-8 CSV ({exc})") from None
@@ -401,17 +413,27 @@ def _encode_csv(path: Path, options: EncodeOptions, target: Path) -> Summary:
             )
         numeric.append((name, parsed))
     n = len(y_raw)
+    if len(set(y_raw)) > MAX_CLASSES:  # before any work that grows with the classes
+        raise BadData(f"the label column has {len(set(y_raw))} classes; at most {MAX_CLASSES}")
     test = _stratified_test(_class_index(y_raw), options.split_seed)
     train = np.setdiff1d(np.arange(n), test)
     split_rows = {"train": train, "test": test}
     label_names = sorted(set(y_raw[i] for i in train))
-    y_all = np.asarray([label_names.index(v) if v in label_names else -1 for v in y_raw])
+    index = {v: k for k, v in enumerate(label_names)}
+    y_all = np.asarray([index.get(v, -1) for v in y_raw])
     x_num = np.stack([v for _, v in numeric], axis=1) if numeric else np.zeros((n, 0), np.float64)
     onehot_parts: list[np.ndarray] = []
-    cats: dict[str, list[str]] = {}
+    cats = {name: sorted({values[i] for i in train}) for name, values in categorical}
+    width = sum(len(seen) for seen in cats.values())
+    if width > MAX_INPUTS or n * width > MAX_ONEHOT:  # before one-hot matrices: rows x width
+        big = max(cats, key=lambda c: len(cats[c]))
+        raise BadData(
+            f"the categorical columns make {width} input bits a row ({big!r} alone has "
+            f"{len(cats[big])} values), {n * width} for the file: at most {MAX_INPUTS} a row "
+            f"and {MAX_ONEHOT} in all. Is {big!r} an id? Leave such columns out"
+        )
     for name, values in categorical:
-        seen = sorted({values[i] for i in train})
-        cats[name] = seen
+        seen = cats[name]
         lookup = {v: k for k, v in enumerate(seen)}
         codes = np.asarray([lookup.get(v, -1) for v in values])
         onehot_parts.append((codes[:, None] == np.arange(len(seen))[None, :]).astype(np.uint8))
@@ -484,6 +506,9 @@ def _finish(
         made = True
     if len(ys["test"]) == 0 or len(ys["train"]) == 0:
         raise BadData("too few rows to split off a test set: give x_test and y_test")
+    features = xs["train"].features + (0 if extra is None else extra["train"].shape[1])
+    if features > MAX_INPUTS:  # before thresholds and bits that grow with the features
+        raise BadData(f"the data set has {features} features; at most {MAX_INPUTS} input bits")
     binary_columns = _binary_columns(xs["train"])
     if image is not None and not binary_columns.all():
         binary_columns[:] = False  # one width for every value: thermometer them all
