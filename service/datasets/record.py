@@ -116,7 +116,14 @@ class DatasetRecord(Record):
 
 
 def dataset_key(sha256: str, options: dict[str, Any]) -> str:
-    """The identity of a data set: its bytes and how they are encoded."""
+    """The identity of a data set: its bytes and how they are encoded, the options spelled
+    one way (the default label column named or not, categorical columns in any order or
+    repeated: the same encoding, so the same data set)."""
+    options = dict(options)
+    if options.get("labelColumn") == "label":
+        options["labelColumn"] = None
+    if options.get("categorical"):
+        options["categorical"] = sorted(set(options["categorical"]))
     blob = json.dumps({"sha256": sha256, "options": options}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 

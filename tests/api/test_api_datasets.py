@@ -569,3 +569,14 @@ async def test_a_removed_file_is_a_404_not_a_500(api: TestClient, store: Store) 
     for method in (api.get, api.head):
         resp = await method(f"/datasets/{record['id']}/encoded")
         assert resp.status == 404, await resp.text()
+
+
+async def test_the_same_encoding_spelled_otherwise_is_the_same_data_set(api: TestClient) -> None:
+    rows = "".join(f"{i % 2},{i % 5},{'xyz'[i % 3]},{'pq'[i % 2]}\n" for i in range(60))
+    body = ("label,a,b,c\n" + rows).encode()
+    first = await upload(api, body, name="same", categorical="b,c")
+    assert first.status == 201, await first.text()
+    for params in ({"labelColumn": "label", "categorical": "c,b"}, {"categorical": "b,c,b"}):
+        again = await upload(api, body, name="same", **params)
+        assert again.status == 200, (params, await again.text())
+        assert (await again.json())["id"] == (await first.json())["id"]
