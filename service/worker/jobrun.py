@@ -37,6 +37,7 @@ from service.jobs.status import Status
 from service.jobs.warnings import job_warnings
 from service.retry import retry
 from service.store import Store
+from service.store.errors import FileGone
 from service.store.files import ARTIFACTS_BUCKET, CHECKPOINTS_BUCKET
 from service.store.logs import StaleAttempt
 from service.sweeps import controller
@@ -287,7 +288,7 @@ class JobRun:
             if candidate is not None:
                 try:
                     resume = await checkpoints.download(self.store, candidate, workdir / "resume")
-                except (OSError, PyMongoError) as exc:
+                except (OSError, PyMongoError, FileGone) as exc:
                     await self._fall_back(candidate, f"could not be downloaded ({exc})")
                     continue
             self._resuming = candidate
