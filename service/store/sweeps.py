@@ -110,11 +110,15 @@ class SweepStore:
         result = await self.collection.update_one(query, {**update, "$inc": {"controlVersion": 1}})
         return result.modified_count == 1
 
-    async def mark_made(self, sweep_id: ObjectId, trials: builtins.list[int]) -> None:
-        """Note that these trials' runs were inserted (service.sweeps.controller)."""
-        await self.collection.update_one(
-            {"_id": sweep_id}, {"$addToSet": {"made": {"$each": trials}}}
-        )
+    async def mark_made(
+        self, sweep_id: ObjectId, trials: builtins.list[int], *, all_made: bool
+    ) -> None:
+        """Note that these trials' runs were inserted (service.sweeps.controller); with
+        `all_made`, every trial's were: the tidier's pass leaves the sweep alone from then."""
+        update: dict[str, Any] = {"$addToSet": {"made": {"$each": trials}}}
+        if all_made:
+            update["$set"] = {"allMade": True}
+        await self.collection.update_one({"_id": sweep_id}, update)
 
     async def searching_dataset(self, dataset_id: ObjectId) -> SweepRecord | None:
         """A random or TPE sweep on the data set with trials still to make (it may not be
@@ -130,11 +134,11 @@ class SweepStore:
         return None
 
     async def adaptive_active(self) -> builtins.list[ObjectId]:
-        """Ready, not cancelled sweeps of a random or TPE search (the tidier's pass makes the
-        trials a dead controller left unmade)."""
+        """Ready, not cancelled sweeps of a random or TPE search with trials still to make
+        (the tidier's pass makes the trials a dead controller left unmade)."""
         cursor = self.collection.find(
             {"state": SweepState.READY.value, "cancelRequested": {"$ne": True},
-             "search.type": {"$in": ["random", "tpe"]}},
+             "search.type": {"$in": ["random", "tpe"]}, "allMade": {"$ne": True}},
             {"_id": 1},
         )  # fmt: skip
         return [doc["_id"] async for doc in cursor]

@@ -301,7 +301,9 @@ async def _make_missing(store: Store, sweep: SweepRecord, rows: list[dict[str, A
                 inserted += 1
         trials.append(asked.trial)
     if trials:
-        await retry(lambda: store.sweeps.mark_made(sweep.id, trials), deadline=_within())
+        every = len(set(sweep.made) | set(trials)) >= sweep.total // sweep.seeds
+        await retry(lambda: store.sweeps.mark_made(sweep.id, trials, all_made=every),
+                    deadline=_within())  # fmt: skip
     return inserted
 
 

@@ -109,6 +109,7 @@ class SweepRecord(Record):
     # Trials whose runs were inserted (`$addToSet`, monotonic: no compare-and-set needed). A
     # made trial is never made again, so a run removed later (DELETE, retention) stays gone.
     made: list[int] = Field(default_factory=list)
+    allMade: bool = False  # every trial made: nothing left for the tidier's pass
 
     @property
     def adaptive(self) -> bool:

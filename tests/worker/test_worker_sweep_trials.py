@@ -67,6 +67,7 @@ async def fill_with(store: Store, sweep_id: ObjectId, beside: Any) -> None:
 
 async def test_a_cancel_during_a_trials_insert_cancels_its_run(store: Store) -> None:
     sweep = await random_sweep(store, trials=3, max_parallel=1)
+    assert sweep.id in await store.sweeps.adaptive_active()  # two trials to make
     (first,) = await store.jobs.sweep_rows(sweep.id)
     await finish(store, first["_id"])
     await fill_with(store, sweep.id, cancel_sweep)
@@ -87,6 +88,7 @@ async def test_a_delete_during_a_trials_insert_leaves_no_run(store: Store) -> No
 
 async def test_a_removed_run_of_a_made_trial_is_not_made_again(store: Store) -> None:
     sweep = await random_sweep(store, trials=2, max_parallel=2)
+    assert sweep.id not in await store.sweeps.adaptive_active()  # every trial made
     failed, ok = await store.jobs.sweep_rows(sweep.id)
     await finish(store, failed["_id"], Status.FAILED)
     await finish(store, ok["_id"])
