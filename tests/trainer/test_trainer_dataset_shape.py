@@ -5,7 +5,6 @@ evaluated and verified again from the encoded file (`--dataset-file`)."""
 
 from __future__ import annotations
 
-import io
 import os
 import subprocess
 import sys
@@ -14,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from test_trainer_encode import LIMIT, write_npz
 
 from trainer.data import load_dataset
 from trainer.data.catalog import ImageShape
@@ -22,14 +22,6 @@ from trainer.data.errors import BadData
 from trainer.data.split import split_for_validation
 
 ROOT = Path(__file__).resolve().parents[2]
-LIMIT = 1 << 30
-
-
-def write_npz(path: Path, **arrays: Any) -> Path:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    path.write_bytes(buf.getvalue())
-    return path
 
 
 def bars(n: int, seed: int, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
